@@ -1,2 +1,219 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""The ``scenemtl`` command.
+
+``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI (YAML configs, dotted
+overrides); the tools (data, grade, runs, complexity, bench, demo) are plain argparse
+subcommands. A :class:`~scenemtl.errors.UserError` anywhere becomes one line on stderr and
+exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scenemtl.errors import UserError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"128x256"`` -> ``(128, 256)`` (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# data
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from scenemtl.data.procedural import SynthParams, bench, default_root, synthesize
+
+    if args.bench:
+        rate = bench(size=args.size, n=args.bench, workers=args.workers)
+        print(f"procedural generator: {rate:.1f} images/s at {args.size[0]}x{args.size[1]}")
+        return 0
+    params = SynthParams(
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        size=args.size,
+        seed=args.seed,
+        depth_encoding=args.depth_encoding,
+    )
+    root = Path(args.root) if args.root else default_root(params)
+    info = synthesize(root, params, workers=args.workers)
+    sizes = ", ".join(f"{k} {v['size']}" for k, v in info.splits.items())
+    print(f"dataset {info.name} ({sizes}, {info.image_size[0]}x{info.image_size[1]}) at {root}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from scenemtl.data.check import check_dataset
+
+    problems = check_dataset(args.root, workers=args.workers)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
+        return 1
+    print(f"{args.root}: OK")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from scenemtl.data.stats import format_stats, write_stats
+
+    info, plots = write_stats(args.root, plots_dir=args.plots)
+    print(format_stats(info.stats))
+    print(f"statistics written to {Path(args.root) / 'dataset.json'}")
+    for p in plots:
+        print(f"histogram: {p}")
+    return 0
+
+
+def cmd_data_cityscapes(args: argparse.Namespace) -> int:
+    from scenemtl.data.cityscapes import convert_cityscapes
+
+    info = convert_cityscapes(
+        args.src, args.out, size=args.size, depth_encoding=args.depth_encoding
+    )
+    sizes = ", ".join(f"{k} {v['size']}" for k, v in info.splits.items())
+    print(f"converted Cityscapes ({sizes}) to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scenemtl.data.check import check_dataset
+    from scenemtl.data.procedural import SynthParams, default_root, synthesize
+    from scenemtl.data.stats import format_stats, write_stats
+
+    params = SynthParams()
+    root = default_root(params)
+    print(f"[1/3] procedural dataset (cached) at {root}")
+    synthesize(root, params)
+    print("[2/3] integrity check")
+    problems = check_dataset(root)
+    if problems:
+        for p in problems[:20]:
+            print(p)
+        raise UserError(f"{len(problems)} problem(s) in the generated dataset at {root}")
+    print("[3/3] statistics")
+    info, plots = write_stats(root)
+    print(format_stats(info.stats))
+    print("histograms: " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scenemtl",
+        description="Multi-task semantic segmentation + metric depth for street scenes. "
+        "Training: scenemtl fit|validate|test|predict --config CFG (see --help of each).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND"
+    )
+    synth = data.add_parser("synth", help="render the procedural street-scene dataset")
+    synth.add_argument("--root", help="output folder (default: cache under $SCENEMTL_DATA)")
+    synth.add_argument("--train", type=_non_negative, default=2000)
+    synth.add_argument("--val", type=_non_negative, default=250)
+    synth.add_argument("--test", type=_non_negative, default=250)
+    synth.add_argument("--size", type=parse_size, default=(128, 256), help="HxW (128x256)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="disparity8")
+    synth.add_argument("--workers", type=int, default=None, help="processes (all cores)")
+    synth.add_argument(
+        "--bench",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="only time rendering+writing N images and print images/s",
+    )
+    synth.set_defaults(func=cmd_data_synth)
+
+    check = data.add_parser("check", help="verify every file of a dataset (read-only)")
+    check.add_argument("--root", required=True)
+    check.add_argument("--workers", type=int, default=None)
+    check.set_defaults(func=cmd_data_check)
+
+    stats = data.add_parser("stats", help="compute statistics into dataset.json")
+    stats.add_argument("--root", required=True)
+    stats.add_argument("--plots", help="folder for histogram PNGs (default ROOT/stats)")
+    stats.set_defaults(func=cmd_data_stats)
+
+    cs = data.add_parser("cityscapes", help="convert a Cityscapes tree")
+    cs.add_argument("--src", required=True, help="folder holding leftImg8bit/, gtFine/, ...")
+    cs.add_argument("--out", required=True)
+    cs.add_argument("--size", type=parse_size, default=None, help="resize to HxW")
+    cs.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="meters16")
+    cs.set_defaults(func=cmd_data_cityscapes)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo behind `make demo`")
+    demo.set_defaults(func=cmd_demo)
+
+    complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
+    complexity.add_argument("--config", required=True)
+    complexity.add_argument("--size", type=parse_size, default=(256, 512))
+    complexity.set_defaults(func=cmd_complexity)
+    return parser
+
+
+def cmd_complexity(args: argparse.Namespace) -> int:
+    from scenemtl.complexity import run
+
+    print(run(args.config, args.size))
+    return 0
+
+
+def _run_guarded(func: Callable[[], int | None]) -> int:
+    try:
+        return int(func() or 0)
+    except UserError as e:
+        print(f"scenemtl: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # disk full, permission denied, a path that is a file: the user's environment
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"scenemtl: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("scenemtl: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from scenemtl.engine.cli import run_lightning_cli
+
+        raise SystemExit(_run_guarded(lambda: run_lightning_cli(argv)))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    raise SystemExit(_run_guarded(lambda: args.func(args)))

@@ -1,0 +1,3 @@
+from scenemtl.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Datasets: on-disk format, reader, DataModule, augmentation, tools, generator."""

@@ -1,0 +1,134 @@
+"""``scenemtl data check``: read every file of a dataset and report every problem.
+
+Read-only by construction: nothing here opens a file for writing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from scenemtl.data.format import (
+    MODALITIES,
+    RGB_EXTENSIONS,
+    DatasetInfo,
+    decode_depth,
+    depth_encoding_of,
+    encode_depth,
+    find_rgb,
+    label_path,
+    open_image,
+    read_info,
+)
+from scenemtl.errors import DataFormatError
+from scenemtl.tasks import IGNORE_INDEX, SEMSEG
+
+_INDEX_NAME = re.compile(r"^(0|[1-9][0-9]*)\.(jpg|png)$")
+
+
+def _depth_tolerance(info: DatasetInfo) -> tuple[float, float]:
+    """Decoded range of the declared range: quantization can move a bound by one code."""
+    lo, hi = info.depth_range_m
+    probe = decode_depth(encode_depth(np.array([[lo, hi]]), info.depth_encoding))[0]
+    return min(lo, float(probe[0])) * (1 - 1e-6), max(hi, float(probe[1])) * (1 + 1e-6)
+
+
+def _check_sample(root: Path, info: DatasetInfo, split: str, index: int) -> list[str]:
+    problems: list[str] = []
+    h, w = info.image_size
+    rgb_file = find_rgb(root, split, index, info.rgb_extension)
+    sizes: dict[str, tuple[int, int]] = {}
+    try:
+        rgb = open_image(rgb_file)
+        if rgb.mode != "RGB":
+            problems.append(f"{rgb_file}: mode {rgb.mode}, expected RGB")
+        sizes["rgb"] = (rgb.height, rgb.width)
+    except DataFormatError as e:
+        problems.append(str(e))
+    if info.has_gt(split):
+        sem_file = label_path(root, split, "semseg", index)
+        try:
+            sem = open_image(sem_file)
+            sizes["semseg"] = (sem.height, sem.width)
+            if sem.mode not in ("L", "P"):
+                problems.append(f"{sem_file}: mode {sem.mode}, expected L or P")
+            else:
+                values = np.unique(np.asarray(sem))
+                bad = values[(values >= SEMSEG.channels) & (values != IGNORE_INDEX)]
+                if bad.size:
+                    problems.append(
+                        f"{sem_file}: label values {bad.tolist()[:8]} outside 0..18 and 255"
+                    )
+        except DataFormatError as e:
+            problems.append(str(e))
+        depth_file = label_path(root, split, "depth", index)
+        try:
+            dimg = open_image(depth_file)
+            sizes["depth"] = (dimg.height, dimg.width)
+            if depth_encoding_of(dimg) != info.depth_encoding:
+                problems.append(
+                    f"{depth_file}: mode {dimg.mode} is {depth_encoding_of(dimg)}, "
+                    f"dataset.json declares {info.depth_encoding}"
+                )
+            depth = decode_depth(dimg)
+            valid = depth[depth > 0]
+            lo, hi = _depth_tolerance(info)
+            if valid.size and (valid.min() < lo or valid.max() > hi):
+                problems.append(
+                    f"{depth_file}: depth {valid.min():.3g}..{valid.max():.3g} m outside "
+                    f"declared range {info.depth_range_m[0]:g}..{info.depth_range_m[1]:g} m"
+                )
+        except DataFormatError as e:
+            problems.append(str(e))
+    for modality, size in sizes.items():
+        if size != (h, w):
+            problems.append(
+                f"{root / split / modality}/{index}: size {size[1]}x{size[0]} differs from "
+                f"dataset.json image_size {w}x{h}"
+            )
+    return problems
+
+
+def _check_extra_files(root: Path, info: DatasetInfo, split: str) -> list[str]:
+    problems = []
+    n = info.split_size(split)
+    for modality in MODALITIES:
+        folder = root / split / modality
+        if not folder.is_dir():
+            if modality == "rgb" or info.has_gt(split):
+                problems.append(f"{folder}: missing directory")
+            continue
+        for entry in sorted(os.listdir(folder)):
+            match = _INDEX_NAME.match(entry)
+            allowed = RGB_EXTENSIONS if modality == "rgb" else (".png",)
+            if not match or f".{match.group(2)}" not in allowed:
+                problems.append(f"{folder / entry}: unexpected file (names are <index>.png)")
+            elif int(match.group(1)) >= n:
+                problems.append(f"{folder / entry}: index beyond split size {n}")
+    return problems
+
+
+def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[str]:
+    """Every problem found in the dataset at ``root``, each naming its file; [] if clean."""
+    root = Path(root)
+    try:
+        info = read_info(root)
+    except DataFormatError as e:
+        return [str(e)]
+    problems: list[str] = []
+    jobs = []
+    for split in info.splits:
+        if not (root / split).is_dir():
+            problems.append(f"{root / split}: split listed in dataset.json but missing")
+            continue
+        problems += _check_extra_files(root, info, split)
+        jobs += [(split, i) for i in range(info.split_size(split))]
+    # PIL releases the GIL while decoding, so threads use every core without pickling.
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for found in pool.map(lambda job: _check_sample(root, info, *job), jobs, chunksize=16):
+            problems += found
+    return problems

@@ -1,0 +1,364 @@
+"""The on-disk dataset format (MiniScapes layout).
+
+::
+
+    ROOT/dataset.json
+    ROOT/{train,val,test}/rgb/{i}.jpg|png      RGB, 8-bit
+    ROOT/{train,val,test}/semseg/{i}.png       mode L or P, trainIds 0..18, 255 = ignore
+    ROOT/{train,val,test}/depth/{i}.png        8-bit disparity code or 16-bit meters x 256
+
+Depth PNGs describe themselves by their mode, so a reader never needs dataset.json to
+decode one:
+
+* mode ``L``: MiniScapes disparity code. ``v`` in 1..255 is linear in inverse depth,
+  ``v=1`` is 1/300 m^-1 and ``v=255`` is 1/4 m^-1; ``v=0`` is invalid.
+* mode ``I;16`` or ``I``: depth in meters times 256 (KITTI convention); 0 is invalid.
+
+In memory, depth is float32 meters and invalid pixels are exactly ``0.0``
+(:data:`scenemtl.tasks.INVALID_DEPTH`); ``depth > 0`` is the validity mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from scenemtl.errors import DataFormatError
+from scenemtl.tasks import IGNORE_INDEX, SEMSEG, class_colors, class_names
+
+FORMAT_NAME = "scenemtl-miniscapes"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+MODALITIES = ("rgb", "semseg", "depth")
+RGB_EXTENSIONS = (".jpg", ".png")
+
+DISPARITY8 = "disparity8"
+METERS16 = "meters16"
+DEPTH_ENCODINGS = (DISPARITY8, METERS16)
+
+# Range of the MiniScapes disparity code, meters.
+DISPARITY8_MIN_M = 4.0
+DISPARITY8_MAX_M = 300.0
+# 16-bit meters x 256 tops out just below 256 m.
+METERS16_SCALE = 256.0
+METERS16_MAX_M = 65535 / METERS16_SCALE
+
+
+# --------------------------------------------------------------------------------------
+# depth codecs
+
+
+def encodable_range(encoding: str) -> tuple[float, float]:
+    """The (min, max) depth in meters an encoding can represent."""
+    if encoding == DISPARITY8:
+        return DISPARITY8_MIN_M, DISPARITY8_MAX_M
+    if encoding == METERS16:
+        return 1.0 / METERS16_SCALE, METERS16_MAX_M
+    raise DataFormatError(f"unknown depth encoding {encoding!r}; known: {DEPTH_ENCODINGS}")
+
+
+def encode_depth(depth_m: np.ndarray, encoding: str) -> Image.Image:
+    """Depth in meters (0 or non-finite = invalid) to a self-describing PNG image.
+
+    Valid depths are clipped to the encoding's range.
+    """
+    depth = np.asarray(depth_m, dtype=np.float64)
+    valid = np.isfinite(depth) & (depth > 0)
+    lo, hi = encodable_range(encoding)
+    clipped = np.clip(np.where(valid, depth, hi), lo, hi)
+    if encoding == DISPARITY8:
+        inv_lo, inv_hi = 1.0 / DISPARITY8_MAX_M, 1.0 / DISPARITY8_MIN_M
+        code = 1.0 + (1.0 / clipped - inv_lo) / (inv_hi - inv_lo) * 254.0
+        out = np.where(valid, np.clip(np.rint(code), 1, 255), 0).astype(np.uint8)
+        return Image.fromarray(out)
+    code = np.clip(np.rint(clipped * METERS16_SCALE), 1, 65535)
+    out = np.where(valid, code, 0).astype(np.uint16)
+    return Image.fromarray(out)
+
+
+def decode_depth(image: Image.Image) -> np.ndarray:
+    """A depth PNG (any of the two encodings) to float32 meters, 0 = invalid."""
+    if image.mode == "L":
+        code = np.asarray(image, dtype=np.float64)
+        inv_lo, inv_hi = 1.0 / DISPARITY8_MAX_M, 1.0 / DISPARITY8_MIN_M
+        inv = inv_lo + (code - 1.0) / 254.0 * (inv_hi - inv_lo)
+        depth = np.where(code > 0, 1.0 / np.maximum(inv, 1e-12), 0.0)
+        return depth.astype(np.float32)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        code = np.asarray(image).astype(np.float64)
+        if code.min(initial=0) < 0:
+            raise DataFormatError("16-bit depth PNG holds negative values")
+        return (code / METERS16_SCALE).astype(np.float32)
+    raise DataFormatError(f"depth PNG has mode {image.mode}; expected L (disparity) or I;16")
+
+
+def depth_encoding_of(image: Image.Image) -> str:
+    return DISPARITY8 if image.mode == "L" else METERS16
+
+
+# --------------------------------------------------------------------------------------
+# dataset.json
+
+
+@dataclass
+class DatasetInfo:
+    """Contents of ``dataset.json``.
+
+    ``splits`` maps a split name to ``{"size": N, "gt": bool}``; ``stats`` is filled by
+    ``scenemtl data stats``; ``source`` records how the data was made.
+    """
+
+    name: str
+    image_size: tuple[int, int]
+    splits: dict[str, dict[str, Any]]
+    depth_encoding: str = DISPARITY8
+    depth_range_m: tuple[float, float] = (DISPARITY8_MIN_M, DISPARITY8_MAX_M)
+    rgb_extension: str = ".jpg"
+    version: str = "1"
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            self.classes = [
+                {"train_id": i, "name": n, "color": list(c)}
+                for i, (n, c) in enumerate(zip(class_names(), class_colors(), strict=True))
+            ]
+
+    def split_size(self, split: str) -> int:
+        if split not in self.splits:
+            raise DataFormatError(f"dataset {self.name!r} has no split {split!r}")
+        return int(self.splits[split]["size"])
+
+    def has_gt(self, split: str) -> bool:
+        return bool(self.splits.get(split, {}).get("gt", False))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": d["name"],
+            "version": d["version"],
+            "image_size": list(self.image_size),
+            "splits": d["splits"],
+            "rgb_extension": self.rgb_extension,
+            "classes": d["classes"],
+            "depth": {
+                "encoding": self.depth_encoding,
+                "min_m": float(self.depth_range_m[0]),
+                "max_m": float(self.depth_range_m[1]),
+                "invalid": 0,
+            },
+            "stats": d["stats"],
+            "source": d["source"],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "dataset.json") -> DatasetInfo:
+        def bad(msg: str) -> DataFormatError:
+            return DataFormatError(f"{where}: {msg}")
+
+        if not isinstance(data, dict):
+            raise bad("top level is not an object")
+        if data.get("format") != FORMAT_NAME:
+            raise bad(f"'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
+        try:
+            size = data["image_size"]
+            if not (
+                isinstance(size, list)
+                and len(size) == 2
+                and all(isinstance(v, int) and v > 0 for v in size)
+            ):
+                raise bad(f"'image_size' must be [H, W] of positive ints, got {size!r}")
+            splits = data["splits"]
+            if not isinstance(splits, dict) or not splits:
+                raise bad("'splits' must be a non-empty object")
+            for name, s in splits.items():
+                if name not in SPLITS:
+                    raise bad(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
+                if not (isinstance(s, dict) and isinstance(s.get("size"), int) and s["size"] >= 0):
+                    raise bad(f"split {name!r} needs a non-negative integer 'size'")
+            depth = data["depth"]
+            encoding = depth["encoding"]
+            if encoding not in DEPTH_ENCODINGS:
+                raise bad(f"unknown depth encoding {encoding!r}; known: {DEPTH_ENCODINGS}")
+            lo, hi = float(depth["min_m"]), float(depth["max_m"])
+            if not 0 < lo < hi:
+                raise bad(f"depth range [{lo}, {hi}] is not a positive interval")
+            ext = data.get("rgb_extension", ".jpg")
+            if ext not in RGB_EXTENSIONS:
+                raise bad(f"'rgb_extension' {ext!r} not in {RGB_EXTENSIONS}")
+            classes = data.get("classes") or []
+            if classes and len(classes) != SEMSEG.channels:
+                raise bad(f"{len(classes)} classes listed, expected {SEMSEG.channels}")
+            return cls(
+                name=str(data.get("name", "unnamed")),
+                version=str(data.get("version", "1")),
+                image_size=(size[0], size[1]),
+                splits={
+                    k: {"size": v["size"], "gt": bool(v.get("gt", True))} for k, v in splits.items()
+                },
+                depth_encoding=encoding,
+                depth_range_m=(lo, hi),
+                rgb_extension=ext,
+                classes=classes,
+                stats=dict(data.get("stats") or {}),
+                source=dict(data.get("source") or {}),
+            )
+        except KeyError as e:
+            raise bad(f"missing key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, DataFormatError):
+                raise
+            raise bad(f"malformed value ({e})") from None
+
+
+def info_path(root: str | os.PathLike) -> Path:
+    return Path(root) / "dataset.json"
+
+
+def read_info(root: str | os.PathLike) -> DatasetInfo:
+    """Read and validate ``ROOT/dataset.json``; one clear error if anything is off."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFormatError(f"dataset root {root} does not exist or is not a directory")
+    path = info_path(root)
+    if not path.is_file():
+        raise DataFormatError(f"{path} not found: not a scenemtl dataset root")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    return DatasetInfo.from_json(data, where=str(path))
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_info(root: str | os.PathLike, info: DatasetInfo) -> None:
+    text = json.dumps(info.to_json(), indent=2) + "\n"
+    atomic_write_bytes(info_path(root), text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------
+# samples
+
+
+def rgb_path(root: str | os.PathLike, split: str, index: int, extension: str) -> Path:
+    return Path(root) / split / "rgb" / f"{index}{extension}"
+
+
+def label_path(root: str | os.PathLike, split: str, modality: str, index: int) -> Path:
+    return Path(root) / split / modality / f"{index}.png"
+
+
+def find_rgb(root: str | os.PathLike, split: str, index: int, preferred: str = ".jpg") -> Path:
+    """The RGB file of a sample, whichever allowed extension it has."""
+    for ext in (preferred, *[e for e in RGB_EXTENSIONS if e != preferred]):
+        p = rgb_path(root, split, index, ext)
+        if p.exists():
+            return p
+    return rgb_path(root, split, index, preferred)
+
+
+def write_sample(
+    root: str | os.PathLike,
+    split: str,
+    index: int,
+    rgb: np.ndarray,
+    semseg: np.ndarray | None,
+    depth_m: np.ndarray | None,
+    depth_encoding: str = DISPARITY8,
+    rgb_extension: str = ".jpg",
+    jpeg_quality: int = 90,
+) -> None:
+    """Write one sample: ``rgb`` HxWx3 uint8, ``semseg`` HxW trainIds, ``depth_m`` HxW meters."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be HxWx3 uint8, got {rgb.dtype} {rgb.shape}")
+    p = rgb_path(root, split, index, rgb_extension)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(rgb)
+    if rgb_extension == ".jpg":
+        img.save(p, quality=jpeg_quality)
+    else:
+        img.save(p)
+    if semseg is not None:
+        sem = np.asarray(semseg)
+        ok = (sem < SEMSEG.channels) | (sem == IGNORE_INDEX)
+        if sem.shape != rgb.shape[:2] or sem.min(initial=0) < 0 or not ok.all():
+            raise ValueError("semseg must be HxW (as rgb) with values in 0..18 or 255")
+        p = label_path(root, split, "semseg", index)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sem.astype(np.uint8)).save(p)
+    if depth_m is not None:
+        if np.shape(depth_m) != rgb.shape[:2]:
+            raise ValueError("depth must be HxW like rgb")
+        p = label_path(root, split, "depth", index)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        encode_depth(depth_m, depth_encoding).save(p)
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image; DataFormatError naming the file if it cannot."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataFormatError(f"{path}: cannot decode image ({e})") from None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """HxWx3 uint8."""
+    im = open_image(path)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def read_semseg(path: Path) -> np.ndarray:
+    """HxW uint8 trainIds (a P image's palette indices are its trainIds)."""
+    im = open_image(path)
+    if im.mode not in ("L", "P"):
+        raise DataFormatError(f"{path}: semseg PNG has mode {im.mode}; expected L or P")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def read_depth(path: Path) -> np.ndarray:
+    """HxW float32 meters, 0 = invalid."""
+    try:
+        return decode_depth(open_image(path))
+    except DataFormatError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise DataFormatError(f"{path}: {e}") from None
+
+
+def iter_indices(info: DatasetInfo, split: str) -> Iterator[int]:
+    yield from range(info.split_size(split))

@@ -1,0 +1,61 @@
+"""Shared fixtures: small datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scenemtl.data.format import DISPARITY8, DatasetInfo, encodable_range, write_info, write_sample
+
+
+def write_random_dataset(
+    root: Path,
+    sizes: dict[str, int] | None = None,
+    image_size: tuple[int, int] = (24, 40),
+    depth_encoding: str = DISPARITY8,
+    test_gt: bool = True,
+    seed: int = 0,
+) -> DatasetInfo:
+    """A tiny dataset with random RGB, labels (incl. ignore) and depth (incl. invalid)."""
+    sizes = sizes or {"train": 4, "val": 2, "test": 2}
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    lo, hi = encodable_range(depth_encoding)
+    hi = min(hi, 300.0)
+    for split, n in sizes.items():
+        gt = test_gt or split != "test"
+        for i in range(n):
+            rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            semseg = rng.integers(0, 19, (h, w)).astype(np.uint8)
+            semseg[rng.random((h, w)) < 0.1] = 255
+            depth = np.exp(rng.uniform(np.log(max(lo, 4.0)), np.log(hi), (h, w)))
+            depth[: h // 6] = 0.0  # "sky"
+            write_sample(
+                root,
+                split,
+                i,
+                rgb,
+                semseg if gt else None,
+                depth if gt else None,
+                depth_encoding=depth_encoding,
+                rgb_extension=".png",
+            )
+    info = DatasetInfo(
+        name="random",
+        image_size=image_size,
+        splits={s: {"size": n, "gt": test_gt or s != "test"} for s, n in sizes.items()},
+        depth_encoding=depth_encoding,
+        depth_range_m=(max(lo, 4.0) if depth_encoding == DISPARITY8 else lo, hi),
+        rgb_extension=".png",
+    )
+    write_info(root, info)
+    return info
+
+
+@pytest.fixture
+def random_dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "ds"
+    write_random_dataset(root)
+    return root

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from scenemtl.data.dataset import SceneDataset
+from scenemtl.data.format import read_info
+from scenemtl.data.stats import write_stats
+from scenemtl.errors import DataFormatError
+from tests.conftest import write_random_dataset
+
+
+def test_stats_match_numpy_over_valid_train_pixels(random_dataset, tmp_path):
+    _, plots = write_stats(random_dataset, plots_dir=tmp_path / "plots")
+    ds = SceneDataset(random_dataset, "train")
+    depth = np.concatenate([ds[i]["depth"].numpy().ravel() for i in range(len(ds))])
+    labels = np.concatenate([ds[i]["semseg"].numpy().ravel() for i in range(len(ds))])
+    valid = depth[depth > 0].astype(np.float64)
+    stats = read_info(random_dataset).stats  # what training will read
+    assert stats["depth_m"]["mean"] == pytest.approx(valid.mean(), rel=1e-9)
+    assert stats["depth_m"]["std"] == pytest.approx(valid.std(), rel=1e-6)
+    assert stats["depth_log"]["mean"] == pytest.approx(np.log(valid).mean(), rel=1e-9)
+    assert stats["depth_log"]["std"] == pytest.approx(np.log(valid).std(), rel=1e-6)
+    assert stats["depth_inv"]["mean"] == pytest.approx((1 / valid).mean(), rel=1e-9)
+    assert stats["valid_depth_fraction"] == pytest.approx(valid.size / depth.size)
+    freq = np.bincount(labels[labels != 255], minlength=19) / (labels != 255).sum()
+    np.testing.assert_allclose(stats["class_pixel_frequency"], freq)
+    assert stats["num_images"] == 4
+    assert [p.name for p in plots] == ["depth_hist_meters.png", "depth_hist_log.png"]
+    assert all(p.stat().st_size > 1000 for p in plots)
+
+
+def test_stats_keep_the_rest_of_dataset_json(random_dataset):
+    before = read_info(random_dataset)
+    after, _ = write_stats(random_dataset)
+    assert after.splits == before.splits and after.image_size == before.image_size
+    assert not list(random_dataset.glob(".dataset.json.*"))  # no temp file left behind
+
+
+def test_stats_fail_cleanly_without_gt(tmp_path):
+    write_random_dataset(tmp_path, sizes={"test": 2}, test_gt=False)
+    before = (tmp_path / "dataset.json").read_bytes()
+    with pytest.raises(DataFormatError, match="no ground truth"):
+        write_stats(tmp_path)
+    assert (tmp_path / "dataset.json").read_bytes() == before
+
+
+def test_stats_on_corrupt_file_leave_dataset_json_untouched(random_dataset):
+    before = (random_dataset / "dataset.json").read_bytes()
+    (random_dataset / "train/depth/2.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataFormatError, match="train/depth/2.png"):
+        write_stats(random_dataset)
+    assert (random_dataset / "dataset.json").read_bytes() == before

@@ -1,0 +1,70 @@
+"""The CLI contract: user mistakes give one line and a non-zero exit, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from scenemtl.cli import main
+from tests.conftest import write_random_dataset
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_check_ok_and_failing(tmp_path, capsys):
+    write_random_dataset(tmp_path)
+    code, out, _ = run(["data", "check", "--root", str(tmp_path)], capsys)
+    assert code == 0 and "OK" in out
+    (tmp_path / "val/rgb/1.png").unlink()
+    code, out, err = run(["data", "check", "--root", str(tmp_path)], capsys)
+    assert code == 1
+    assert out.strip() == f"{tmp_path}/val/rgb/1.png: file not found"
+    assert "1 problem(s)" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "stats", "--root", "/nonexistent/x"], "does not exist"),
+        (["data", "check", "--root", "/nonexistent/x"], "does not exist"),
+        (["data", "cityscapes", "--src", "/nonexistent/x", "--out", "/tmp/y"], "no leftImg8bit"),
+    ],
+)
+def test_bad_paths_give_one_line(argv, message, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 1
+    assert "Traceback" not in err
+    if argv[1] == "check":
+        assert message in out
+    else:
+        assert err.count("\n") == 1 and message in err
+
+
+def test_stats_prints_frequencies(tmp_path, capsys):
+    write_random_dataset(tmp_path)
+    code, out, _ = run(["data", "stats", "--root", str(tmp_path)], capsys)
+    assert code == 0
+    assert "traffic light" in out and "depth_log" in out
+
+
+def test_bad_size_argument(capsys):
+    code, _, err = run(["data", "synth", "--size", "big"], capsys)
+    assert code == 2 and "size must be HxW" in err
+
+
+def test_console_script_reports_error_without_traceback(tmp_path):
+    (tmp_path / "dataset.json").write_text("{")
+    proc = subprocess.run(
+        [sys.executable, "-m", "scenemtl", "data", "stats", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("scenemtl: error: ") and "not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
