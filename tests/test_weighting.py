@@ -1,0 +1,175 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scenemtl.errors import UserError
+from scenemtl.tasks import DEPTH, SEMSEG, TASK_NAMES
+from scenemtl.weighting import (
+    DynamicWeightAveraging,
+    FixedWeighting,
+    UncertaintyWeighting,
+    build_weighting,
+)
+
+
+def losses(sem: float, dep: float, requires_grad: bool = False) -> dict[str, torch.Tensor]:
+    return {
+        SEMSEG.name: torch.tensor(sem, requires_grad=requires_grad),
+        DEPTH.name: torch.tensor(dep, requires_grad=requires_grad),
+    }
+
+
+def test_fixed_weights_sum_and_default_one():
+    w = build_weighting("fixed", {DEPTH.name: 0.25})
+    assert isinstance(w, FixedWeighting)
+    total, weights = w(losses(2.0, 8.0))
+    assert total.item() == pytest.approx(2.0 * 1.0 + 8.0 * 0.25)
+    assert weights[SEMSEG.name].item() == 1.0
+    assert weights[DEPTH.name].item() == 0.25
+
+
+@pytest.mark.parametrize(
+    "weights, fragment",
+    [
+        ({"normals": 1.0}, "unknown task"),
+        ({DEPTH.name: -1.0}, ">= 0"),
+        ({DEPTH.name: float("nan")}, ">= 0"),
+        ({DEPTH.name: "heavy"}, "not a number"),
+        ({SEMSEG.name: 0.0, DEPTH.name: 0.0}, "all loss weights are zero"),
+    ],
+)
+def test_bad_weights_are_user_errors(weights, fragment):
+    with pytest.raises(UserError, match=fragment):
+        build_weighting("fixed", weights)
+
+
+def test_unknown_method_and_option_are_user_errors():
+    with pytest.raises(UserError, match="unknown loss weighting"):
+        build_weighting("gradnorm")
+    with pytest.raises(UserError, match="does not take"):
+        build_weighting("fixed", temperature=2.0)
+    with pytest.raises(UserError, match="does not take"):
+        build_weighting("dwa", init_log_var=0.0)
+    with pytest.raises(UserError, match="temperature"):
+        build_weighting("dwa", temperature=0.0)
+
+
+def test_missing_task_loss_is_an_error():
+    w = build_weighting("fixed")
+    with pytest.raises(KeyError):
+        w({SEMSEG.name: torch.tensor(1.0)})
+
+
+def test_uncertainty_total_and_gradients_match_kendall_formula():
+    w = build_weighting("uncertainty", init_log_var={SEMSEG.name: 0.3, DEPTH.name: -0.2})
+    assert isinstance(w, UncertaintyWeighting)
+    # the optimizer of an owning module must see the log variances
+    assert any(p is w.log_vars for p in w.parameters())
+    ls, ld = 1.7, 0.6
+    total, weights = w(losses(ls, ld))
+    total.backward()
+    s_s, s_d = 0.3, -0.2
+    # classification: L/sigma^2 + log sigma; regression: L/(2 sigma^2) + log sigma
+    expected = math.exp(-s_s) * ls + 0.5 * s_s + 0.5 * math.exp(-s_d) * ld + 0.5 * s_d
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    grad = dict(zip(TASK_NAMES, w.log_vars.grad.tolist(), strict=True))
+    assert grad[SEMSEG.name] == pytest.approx(-math.exp(-s_s) * ls + 0.5, rel=1e-5)
+    assert grad[DEPTH.name] == pytest.approx(-0.5 * math.exp(-s_d) * ld + 0.5, rel=1e-5)
+    assert weights[SEMSEG.name].item() == pytest.approx(math.exp(-s_s), rel=1e-6)
+    assert weights[DEPTH.name].item() == pytest.approx(0.5 * math.exp(-s_d), rel=1e-6)
+    assert not weights[SEMSEG.name].requires_grad
+
+
+def test_uncertainty_learns_larger_variance_for_larger_loss():
+    w = build_weighting("uncertainty")
+    opt = torch.optim.SGD(w.parameters(), lr=0.1)
+    for _ in range(50):
+        opt.zero_grad()
+        total, _ = w(losses(0.1, 10.0))
+        total.backward()
+        opt.step()
+    s = dict(zip(TASK_NAMES, w.log_vars.tolist(), strict=True))
+    # optimum s = log(2 c L): log(0.2) for semseg, log(10) for depth
+    assert s[DEPTH.name] > 0 > s[SEMSEG.name]
+    assert w.current_weights()[DEPTH.name] < w.current_weights()[SEMSEG.name]
+
+
+def dwa_reference(history: list[list[float]], temperature: float, k: int = 2) -> np.ndarray:
+    """Liu et al. 2019, eq. for lambda_k(t), written independently in numpy."""
+    if len(history) < 2:
+        return np.ones(k)
+    r = np.asarray(history[-1]) / np.asarray(history[-2])
+    e = np.exp(r / temperature)
+    return k * e / e.sum()
+
+
+def test_dwa_follows_formula_on_hand_example():
+    w = build_weighting("dwa", temperature=2.0)
+    assert isinstance(w, DynamicWeightAveraging)
+    epochs = [[2.0, 4.0], [1.0, 3.0], [0.9, 1.5]]
+    seen: list[list[float]] = []
+    for epoch_means in epochs:
+        # equal weights while fewer than two epochs are complete
+        got = np.array([w.current_weights()[n] for n in TASK_NAMES])
+        np.testing.assert_allclose(got, dwa_reference(seen, 2.0), rtol=1e-6)
+        w.on_epoch_end(dict(zip(TASK_NAMES, epoch_means, strict=True)))
+        seen.append(epoch_means)
+    got = np.array([w.current_weights()[n] for n in TASK_NAMES])
+    np.testing.assert_allclose(got, dwa_reference(seen, 2.0), rtol=1e-6)
+    # hand check of the last step: r = (0.9, 0.5); the task whose loss fell least
+    # (semseg) gets the larger weight, and the weights sum to K
+    assert got[0] > 1 > got[1]
+    assert got.sum() == pytest.approx(2.0)
+    r = np.array([0.9 / 1.0, 1.5 / 3.0])
+    assert got[0] == pytest.approx(2 * math.exp(r[0] / 2) / np.exp(r / 2).sum(), rel=1e-6)
+
+
+def test_dwa_accumulates_training_losses_only():
+    w = build_weighting("dwa", temperature=1.0)
+    w.train()
+    for ls, ld in [(2.0, 1.0), (4.0, 3.0)]:  # epoch 1 means (3, 2)
+        w(losses(ls, ld))
+    w.eval()
+    w(losses(100.0, 100.0))  # validation must not count
+    w.train()
+    w.on_epoch_end()
+    for ls, ld in [(1.5, 2.0), (1.5, 2.0), (1.5, 2.0)]:  # epoch 2 means (1.5, 2)
+        w(losses(ls, ld))
+    w(losses(float("nan"), 1.0))  # a non-finite step must not poison the averages
+    w.on_epoch_end()
+    got = np.array([w.current_weights()[n] for n in TASK_NAMES])
+    np.testing.assert_allclose(got, dwa_reference([[3.0, 2.0], [1.5, 2.0]], 1.0), rtol=1e-6)
+    # the weights are the ones forward applies
+    total, _ = w(losses(1.0, 1.0))
+    assert total.item() == pytest.approx(got.sum(), rel=1e-6)
+
+
+def test_dwa_epoch_without_steps_is_ignored():
+    w = build_weighting("dwa")
+    w.on_epoch_end()
+    assert int(w.epochs_done) == 0
+
+
+def test_dwa_state_survives_state_dict_round_trip():
+    a = build_weighting("dwa", temperature=2.0)
+    a.on_epoch_end({SEMSEG.name: 2.0, DEPTH.name: 4.0})
+    a.train()
+    a(losses(1.0, 1.0))  # a partially accumulated epoch, as in a mid-epoch checkpoint
+    b = build_weighting("dwa", temperature=2.0)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.on_epoch_end()
+    assert a.current_weights() == b.current_weights()
+    assert a.current_weights()[SEMSEG.name] != 1.0
+
+
+def test_uncertainty_state_survives_state_dict_round_trip():
+    a = build_weighting("uncertainty")
+    with torch.no_grad():
+        a.log_vars.copy_(torch.tensor([0.5, -1.0]))
+    b = build_weighting("uncertainty")
+    b.load_state_dict(a.state_dict())
+    assert a.current_weights() == b.current_weights()
+    assert b.current_weights()[SEMSEG.name] == pytest.approx(math.exp(-0.5), rel=1e-6)
