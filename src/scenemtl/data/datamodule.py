@@ -1,0 +1,174 @@
+"""The LightningDataModule: datasets, loaders, and the on-device batch transform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from scenemtl.data.dataset import SceneDataset
+from scenemtl.data.format import DatasetInfo, read_info
+from scenemtl.data.transforms import BatchAugment, prepare_eval_batch
+from scenemtl.errors import UserError
+
+
+class SceneDataModule(L.LightningDataModule):
+    """Train/val/test splits of one dataset root.
+
+    Decoding runs in DataLoader workers; geometric augmentation runs on the training
+    device after the batch is transferred (:meth:`on_after_batch_transfer`), seeded by
+    ``(seed, global_step)`` so a resumed run draws exactly the batches it would have.
+
+    Args:
+        root: dataset root holding ``dataset.json``; ``None`` renders (once, cached)
+            the default procedural dataset, see ``scenemtl data synth``.
+        batch_size: training batch size.
+        val_batch_size: validation/test batch size.
+        num_workers: DataLoader processes (0 = decode in the main process).
+        crop_size: training crop ``[h, w]``; ``None`` trains on whole images.
+        scale_min, scale_max: random zoom bracket.
+        hflip: probability of a horizontal reflection.
+        tilt_deg: largest random rotation in degrees.
+        wiggle: perspective warp strength in [0, 1].
+        seed: seed of the augmentation stream.
+        synth_size: image size ``[h, w]`` of the procedural dataset when ``root`` is None.
+        train_limit: use only the first N training images (quick experiments, tests).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 4,
+        val_batch_size: int = 8,
+        num_workers: int = 2,
+        crop_size: tuple[int, int] | None = (256, 256),
+        scale_min: float = 1.0,
+        scale_max: float = 1.0,
+        hflip: float = 0.5,
+        tilt_deg: float = 0.0,
+        wiggle: float = 0.0,
+        seed: int = 0,
+        synth_size: tuple[int, int] = (128, 256),
+        train_limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value < 1:
+                raise UserError(f"data.{name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
+        if train_limit is not None and train_limit < 1:
+            raise UserError(f"data.train_limit must be >= 1, got {train_limit}")
+        self.save_hyperparameters()
+        self.root = root
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.synth_size = tuple(synth_size)
+        self.train_limit = train_limit
+        self.augment = BatchAugment(
+            crop_size=crop_size,
+            scale_min=scale_min,
+            scale_max=scale_max,
+            hflip=hflip,
+            tilt_deg=tilt_deg,
+            wiggle=wiggle,
+        )
+        self._info: DatasetInfo | None = None
+        if root is not None:
+            self._info = read_info(root)  # fail before training starts
+            self._check_crop(self._info)
+
+    # ----------------------------------------------------------------------------------
+
+    @property
+    def data_root(self) -> Path:
+        if self.root is not None:
+            return Path(self.root)
+        from scenemtl.data.procedural import SynthParams, default_root
+
+        return default_root(SynthParams(size=self.synth_size))
+
+    @property
+    def info(self) -> DatasetInfo:
+        if self._info is None:
+            self._info = read_info(self.data_root)
+        return self._info
+
+    def _check_crop(self, info: DatasetInfo) -> None:
+        crop = self.augment.crop_size
+        if crop is None:
+            return
+        h, w = info.image_size
+        # Padding is allowed (labels 255, depth invalid) but a crop that is mostly padding
+        # at the largest zoom would train on nothing.
+        if crop[0] > 2 * h * self.augment.scale_max or crop[1] > 2 * w * self.augment.scale_max:
+            raise UserError(
+                f"data.crop_size {list(crop)} is more than twice the scaled image "
+                f"({h}x{w} x scale_max {self.augment.scale_max}); most of each crop would be padding"
+            )
+
+    def prepare_data(self) -> None:
+        if self.root is None:
+            from scenemtl.data.procedural import SynthParams, synthesize
+
+            synthesize(self.data_root, SynthParams(size=self.synth_size))
+
+    def setup(self, stage: str) -> None:
+        info = self.info
+        self._check_crop(info)
+        if not info.stats:
+            raise UserError(
+                f"{self.data_root}/dataset.json has no statistics: run "
+                f"`scenemtl data stats --root {self.data_root}` first"
+            )
+        self.datasets: dict[str, SceneDataset] = {}
+        for split in info.splits:
+            self.datasets[split] = SceneDataset(self.data_root, split, info=info)
+
+    def dataset(self, split: str) -> SceneDataset:
+        if split not in self.datasets:
+            raise UserError(f"{self.data_root} has no {split!r} split")
+        return self.datasets[split]
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        ds: Any = self.dataset(split)
+        if split == "train" and self.train_limit is not None:
+            ds = torch.utils.data.Subset(ds, range(min(self.train_limit, len(ds))))
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) >= batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)
+
+    # ----------------------------------------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            # One stream per (seed, process, step): a resumed run replays the same draws.
+            stream = (self.seed * 65_537 + trainer.global_rank) * 1_000_003 + trainer.global_step
+            generator = torch.Generator().manual_seed(stream % (2**63))
+            self.augment.train()
+            return self.augment(batch, generator=generator)
+        return prepare_eval_batch(batch)

@@ -1,0 +1,1 @@
+"""Training engine: LightningModule, callbacks, schedules, LightningCLI wiring."""

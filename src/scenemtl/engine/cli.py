@@ -1,0 +1,145 @@
+"""LightningCLI wiring: ``scenemtl fit|validate|test|predict --config CFG``.
+
+Every run lives in ``<run.root>/<run.name>/<version>/`` with config.yaml, metrics.csv,
+TensorBoard events and checkpoints/{best,last}.ckpt. ``--ckpt_path last`` resumes the
+newest run of that name that has a last.ckpt, in its own directory; a checkpoint path
+inside a run directory also logs into that run.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from scenemtl.data.datamodule import SceneDataModule
+from scenemtl.engine.callbacks import VisualizationCallback
+from scenemtl.engine.module import MultiTaskModule
+from scenemtl.errors import UserError
+
+_VERSION = re.compile(r"^version_(\d+)$")
+
+
+def _versions(run_dir: Path) -> list[tuple[int, Path]]:
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _VERSION.match(p.name))]
+    return sorted(found)
+
+
+def resolve_run(root: Path, name: str, ckpt_path: str | None) -> tuple[str, str | None]:
+    """The version folder to log into, and the checkpoint path to load (resolved).
+
+    * no checkpoint: a new ``version_N``;
+    * ``last``: the newest version of ``name`` that holds checkpoints/last.ckpt;
+    * a file inside ``root/name/version_N/checkpoints``: that version.
+    """
+    run_dir = root / name
+    versions = _versions(run_dir)
+    if ckpt_path == "last":
+        for _, path in reversed(versions):
+            last = path / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                return path.name, str(last)
+        raise UserError(f"--ckpt_path last: no {run_dir}/version_*/checkpoints/last.ckpt to resume")
+    if ckpt_path is not None:
+        ckpt = Path(ckpt_path)
+        if not ckpt.is_file():
+            raise UserError(f"--ckpt_path {ckpt_path}: file not found")
+        parent = ckpt.resolve().parent
+        if parent.name == "checkpoints" and _VERSION.match(parent.parent.name):
+            if parent.parent.parent == run_dir.resolve():
+                return parent.parent.name, str(ckpt)
+    next_version = versions[-1][0] + 1 if versions else 0
+    return f"version_{next_version}", ckpt_path
+
+
+class SceneCLI(LightningCLI):
+    """LightningCLI with scenemtl's run-directory layout and checkpoints."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run.root", type=str, default="runs", help="folder of all runs")
+        parser.add_argument(
+            "--run.name",
+            type=str | None,
+            default=None,
+            help="run name (default: the config file's stem)",
+        )
+        parser.add_argument(
+            "--run.checkpoint_every_n_steps",
+            type=int,
+            default=0,
+            help="also refresh last.ckpt every N optimizer steps (0: at epoch ends only)",
+        )
+        parser.add_lightning_class_args(VisualizationCallback, "visualize")
+
+    def _run_config(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        cfg = self._run_config()
+        run = cfg.run
+        name = run.name
+        if name is None:
+            configs = cfg.get("config") or []
+            name = Path(str(configs[-1])).stem if configs else "default"
+        root = Path(run.root)
+        ckpt = cfg.get("ckpt_path") if self.subcommand else None
+        version, ckpt = resolve_run(root, name, ckpt)
+        if self.subcommand:
+            self.config_init[self.subcommand]["ckpt_path"] = ckpt
+        loggers = [
+            TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
+            CSVLogger(root, name=name, version=version),
+        ]
+        ckpt_dir = root / name / version / "checkpoints"
+        every = run.checkpoint_every_n_steps
+        if every < 0:
+            raise UserError(f"run.checkpoint_every_n_steps must be >= 0, got {every}")
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        callbacks += [
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor="val/grader",
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            ),
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="last",
+                save_top_k=1,
+                every_n_train_steps=every or None,
+                enable_version_counter=False,
+            ),
+        ]
+        kwargs["logger"] = loggers
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def run_lightning_cli(argv: list[str]) -> int:
+    """Run one LightningCLI subcommand; returns the exit status."""
+    SceneCLI(
+        MultiTaskModule,
+        SceneDataModule,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "scenemtl", "default_env": False},
+        seed_everything_default=0,
+        trainer_defaults={"logger": False},
+        auto_configure_optimizers=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_lightning_cli(sys.argv[1:]))
