@@ -1,0 +1,78 @@
+"""What every multi-task architecture shares: the encoder, the output contract, and the
+factories that turn a :class:`~scenemtl.models.registry.ModelConfig` into blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import Tensor, nn
+
+from scenemtl.models.blocks import ASPP, DeepLabV3PlusDecoder, Projection, resize
+from scenemtl.models.encoder import build_encoder
+
+if TYPE_CHECKING:
+    from scenemtl.models.registry import ModelConfig
+
+
+class MultiTaskNet(nn.Module):
+    """Base class of the architectures.
+
+    Output contract of ``forward(x)``, x float [B, 3, H, W] ImageNet-normalized:
+    ``{task name: [Tensor, ...]}`` with one tensor per entry of :attr:`output_stages`, in
+    that order, each at the input size [B, task.channels, H, W] (semseg: logits, depth:
+    the configured normalized depth space). The LAST tensor is the prediction; earlier
+    ones are deep-supervision outputs that only feed the loss.
+
+    Subclasses build their heads in ``__init__`` (after ``super().__init__(cfg)``) and
+    implement :meth:`decode`.
+    """
+
+    output_stages: ClassVar[tuple[str, ...]] = ("final",)
+    """Names of the per-task outputs, in list order; the last one is the prediction."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
+
+    def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:
+        """Per-task outputs at any resolution from the encoder's pyramid."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        size = x.shape[-2:]
+        outputs = self.decode(self.encoder(x))
+        return {task: [resize(o, size) for o in outs] for task, outs in outputs.items()}
+
+
+def make_bottleneck(cfg: ModelConfig, cin: int) -> nn.Module:
+    """ASPP, or the 1x1 projection when ``cfg.aspp`` is false. [B, cin, h, w] -> [B, C, h, w]."""
+    if cfg.aspp:
+        return ASPP(
+            cin,
+            cfg.channels,
+            cfg.aspp_rates,
+            squeeze_excitation=cfg.squeeze_excitation,
+            se_reduction=cfg.se_reduction,
+        )
+    return Projection(
+        cin, cfg.channels, squeeze_excitation=cfg.squeeze_excitation, se_reduction=cfg.se_reduction
+    )
+
+
+def make_decoder(
+    cfg: ModelConfig, pyramid_channels: Mapping[int, int], out_channels: int
+) -> DeepLabV3PlusDecoder:
+    """The DeepLabV3+ decoder configured by ``cfg``, reading a ``cfg.channels`` bottleneck."""
+    return DeepLabV3PlusDecoder(
+        cfg.channels,
+        pyramid_channels,
+        out_channels,
+        channels=cfg.channels,
+        skip_channels=cfg.skip_channels,
+        skip=cfg.skip,
+        extra_skips=cfg.extra_skips,
+        squeeze_excitation=cfg.squeeze_excitation,
+        se_reduction=cfg.se_reduction,
+    )

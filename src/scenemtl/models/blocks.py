@@ -1,0 +1,249 @@
+"""Building blocks between the encoder and the predictions.
+
+ASPP (and its 1x1 stand-in), the DeepLabV3+ decoder (optionally with extra skips at 2x and
+8x), squeeze-and-excitation, the cross-task self-attention of task distillation, and the
+skip-less head used as the final decoder of distillation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize of [B, C, h, w] to [B, C, *size] (no-op when already that size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class ConvBnReLU(nn.Sequential):
+    """Conv (no bias, BN follows) -> BatchNorm -> ReLU. [B, cin, H, W] -> [B, cout, H, W]."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 1, dilation: int = 1) -> None:
+        padding = dilation * (kernel_size // 2)
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel_size, padding=padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel re-weighting of Hu et al. (2018): x * sigmoid(MLP(global average of x)).
+
+    No normalization inside, so it works at batch size 1. [B, C, H, W] -> [B, C, H, W].
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s), inplace=True)))
+        return x * s
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling (DeepLabV3).
+
+    Five parallel branches on the bottleneck: a 1x1 Conv-BN-ReLU, three 3x3 atrous
+    Conv-BN-ReLU with ``rates``, and image pooling (global average -> 1x1 conv -> ReLU,
+    broadcast back to the map size); concatenated and projected by a 1x1 Conv-BN-ReLU.
+
+    The pooling branch has a conv bias instead of BatchNorm: BN over a 1x1 map normalizes
+    over the batch only, which raises at batch size 1 in training and is pure noise at
+    batch sizes 2-4, the sizes this project trains with on small machines.
+
+    Shapes: [B, cin, H, W] -> [B, cout, H, W].
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int = 256,
+        rates: Sequence[int] = (6, 12, 18),
+        squeeze_excitation: bool = False,
+        se_reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [ConvBnReLU(cin, cout, 1)] + [ConvBnReLU(cin, cout, 3, dilation=r) for r in rates]
+        )
+        self.pooling = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)
+        )
+        self.project = ConvBnReLU(cout * (len(rates) + 2), cout, 1)
+        self.se = SqueezeExcitation(cout, se_reduction) if squeeze_excitation else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [branch(x) for branch in self.branches]
+        # a 1x1 map upsampled bilinearly is a constant map: expand avoids the copy
+        outs.append(self.pooling(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
+        y = self.project(torch.cat(outs, dim=1))
+        return y if self.se is None else self.se(y)
+
+
+class Projection(nn.Module):
+    """The course template's stand-in for ASPP (``aspp: false``): one 1x1 Conv-BN-ReLU.
+
+    Shapes: [B, cin, H, W] -> [B, cout, H, W].
+    """
+
+    def __init__(
+        self, cin: int, cout: int = 256, squeeze_excitation: bool = False, se_reduction: int = 16
+    ) -> None:
+        super().__init__()
+        self.conv = ConvBnReLU(cin, cout, 1)
+        self.se = SqueezeExcitation(cout, se_reduction) if squeeze_excitation else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return y if self.se is None else self.se(y)
+
+
+class _SkipFusion(nn.Module):
+    """Upsample ``x`` to a skip's size, concat the skip reduced by a 1x1 Conv-BN-ReLU, and
+    mix with ``n_convs`` 3x3 Conv-BN-ReLU. [B, cin, h, w] + [B, cskip, H, W] -> [B, cout, H, W].
+    """
+
+    def __init__(self, cin: int, cskip: int, reduced: int, cout: int, n_convs: int) -> None:
+        super().__init__()
+        self.reduce = ConvBnReLU(cskip, reduced, 1)
+        convs = [ConvBnReLU(cin + reduced, cout, 3)]
+        convs += [ConvBnReLU(cout, cout, 3) for _ in range(n_convs - 1)]
+        self.fuse = nn.Sequential(*convs)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = resize(x, skip.shape[-2:])
+        return self.fuse(torch.cat([x, self.reduce(skip)], dim=1))
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """DeepLabV3+ decoder with the course's switches and the Problem 4 extra skips.
+
+    ``skip=True`` (DeepLabV3+): the 4x encoder features are reduced to ``skip_channels``
+    (48) by a 1x1 Conv-BN-ReLU, the bottleneck is upsampled to 4x, both are concatenated and
+    mixed by two 3x3 Conv-BN-ReLU at ``channels`` (256), then a 1x1 conv gives the
+    predictions.
+
+    ``skip=False`` (the course template's stub decoder): no skip and no 3x3 convs, the
+    1x1 prediction conv runs on the bottleneck. (The template upsampled to 4x first; a 1x1
+    conv commutes with bilinear upsampling, so the predictions are the same, 16x cheaper.)
+
+    ``extra_skips=True``: before the 4x stage, when the pyramid has an 8x level finer than
+    the bottleneck, fuse it (one 3x3 conv at ``channels``); after the 4x stage, fuse the
+    stem's 2x features (reduced to ``skip_channels // 2``) with one 3x3 conv at
+    ``channels // 2``. Width is halved at 2x because that map has 4x the pixels.
+
+    Forward: ``(bottleneck [B, cin, H/os, W/os], pyramid {scale: [B, C_s, H/s, W/s]})`` ->
+    ``(predictions [B, out_channels, H/s_f, W/s_f], features [B, feature_channels, H/s_f,
+    W/s_f])`` where ``s_f`` is 4 (2 with extra skips, os without skip) and ``features`` are
+    the input of the final 1x1 conv.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        pyramid_channels: Mapping[int, int],
+        out_channels: int,
+        *,
+        channels: int = 256,
+        skip_channels: int = 48,
+        skip: bool = True,
+        extra_skips: bool = False,
+        squeeze_excitation: bool = False,
+        se_reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        if extra_skips and not skip:
+            raise ValueError("extra_skips needs skip=True")
+        output_stride = max(pyramid_channels)
+        self.stages = nn.ModuleDict()
+        width = cin
+        if skip:
+            if extra_skips and 8 in pyramid_channels and output_stride > 8:
+                self.stages["s8"] = _SkipFusion(
+                    width, pyramid_channels[8], skip_channels, channels, 1
+                )
+                width = channels
+            self.stages["s4"] = _SkipFusion(width, pyramid_channels[4], skip_channels, channels, 2)
+            width = channels
+            if extra_skips:
+                half = max(channels // 2, 1)
+                self.stages["s2"] = _SkipFusion(
+                    width, pyramid_channels[2], max(skip_channels // 2, 1), half, 1
+                )
+                width = half
+        self.feature_channels = width
+        self.se = SqueezeExcitation(width, se_reduction) if squeeze_excitation else None
+        self.predict = nn.Conv2d(width, out_channels, 1)
+
+    def forward(self, bottleneck: Tensor, pyramid: Mapping[int, Tensor]) -> tuple[Tensor, Tensor]:
+        x = bottleneck
+        for key, stage in self.stages.items():
+            x = stage(x, pyramid[int(key[1:])])
+        if self.se is not None:
+            x = self.se(x)
+        return self.predict(x), x
+
+
+class HeadDecoder(nn.Module):
+    """Skip-less decoder (distillation's final decoders): ``n_convs`` 3x3 Conv-BN-ReLU,
+    optional SE, 1x1 conv to the predictions. It mirrors the DeepLabV3+ decoder after its
+    concatenation, the input already carries the skip information.
+
+    Forward: [B, cin, H, W] -> (predictions [B, out_channels, H, W],
+    features [B, channels, H, W]).
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        out_channels: int,
+        *,
+        channels: int = 256,
+        n_convs: int = 2,
+        squeeze_excitation: bool = False,
+        se_reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        convs = [ConvBnReLU(cin if i == 0 else channels, channels, 3) for i in range(n_convs)]
+        self.convs = nn.Sequential(*convs)
+        width = channels if n_convs else cin
+        self.feature_channels = width
+        self.se = SqueezeExcitation(width, se_reduction) if squeeze_excitation else None
+        self.predict = nn.Conv2d(width, out_channels, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.convs(x)
+        if self.se is not None:
+            x = self.se(x)
+        return self.predict(x), x
+
+
+class SelfAttention(nn.Module):
+    """Gated feature transfer of task distillation (PAD-Net style).
+
+    ``conv(x) * sigmoid(attention(x))`` with two bias-free 3x3 convs. The attention conv
+    starts at zero, so the gate opens at 0.5 everywhere and learns where to pass the
+    other task's features.
+
+    Shapes: [B, cin, H, W] -> [B, cout, H, W].
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.attention = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        nn.init.zeros_(self.attention.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) * torch.sigmoid(self.attention(x))

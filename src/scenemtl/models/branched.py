@@ -1,0 +1,40 @@
+"""Branched architecture (Problem 2): shared encoder, one ASPP and decoder per task.
+
+::
+
+    x -> encoder -+-> ASPP[semseg] -> decoder[semseg] -> semseg
+                  +-> ASPP[depth]  -> decoder[depth]  -> depth
+      (each decoder also reads the encoder's 4x features)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
+from scenemtl.tasks import TASKS
+
+if TYPE_CHECKING:
+    from scenemtl.models.registry import ModelConfig
+
+
+class BranchedNet(MultiTaskNet):
+    """Shared encoder; ``aspp[task]`` and ``decoder[task]`` per task. One output per task."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        cin = self.encoder.channels[self.encoder.output_stride]
+        self.aspp = nn.ModuleDict({t.name: make_bottleneck(cfg, cin) for t in TASKS})
+        self.decoder = nn.ModuleDict(
+            {t.name: make_decoder(cfg, self.encoder.channels, t.channels) for t in TASKS}
+        )
+
+    def branch_outputs(self, pyramid: dict[int, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per task (predictions, decoder features before the last conv)."""
+        bottleneck = pyramid[self.encoder.output_stride]
+        return {t.name: self.decoder[t.name](self.aspp[t.name](bottleneck), pyramid) for t in TASKS}
+
+    def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:
+        return {name: [pred] for name, (pred, _) in self.branch_outputs(pyramid).items()}

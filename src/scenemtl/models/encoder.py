@@ -1,0 +1,270 @@
+"""ResNet-18/34 encoders that return a feature pyramid.
+
+torchvision cannot be installed next to the CPU build of torch used here, so the ResNet is
+written out in this file. Module names (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``layer2.0.downsample.0`` ...) are exactly torchvision's, so torchvision's ImageNet files
+(``resnet18-f37072fd.pth``, ``resnet34-b627a593.pth``) load with ``strict=True``; their
+``fc`` layer is loaded too and dropped right after, the encoder has no classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from scenemtl.errors import UserError
+
+ENCODERS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+}
+"""Encoder name -> number of BasicBlocks in layer1..layer4."""
+
+IMAGENET_URLS: dict[str, str] = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+}
+"""torchvision's published ImageNet weights (IMAGENET1K_V1); the 8 hex digits after the
+dash are the start of the file's sha256, which ``check_hash`` verifies on download."""
+
+STAGE_CHANNELS: tuple[int, int, int, int] = (64, 128, 256, 512)
+STEM_CHANNELS = 64
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    # padding == dilation keeps the spatial size for stride 1 at any dilation
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut.
+
+    ``dilation_in`` is used by the first convolution and ``dilation`` by the second, as
+    torchvision does for its first block of a dilated stage: the first convolution still
+    sees the finer grid of the previous stage.
+
+    Shapes: [B, cin, H, W] -> [B, cout, ceil(H / stride), ceil(W / stride)].
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int = 1,
+        dilation_in: int = 1,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(cin, cout, stride, dilation_in)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(cout, cout, 1, dilation)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Sequential | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet-18/34 trunk without pooling and classifier, returning a feature pyramid.
+
+    Args:
+        name: "resnet18" or "resnet34".
+        dilation: for layer2, layer3, layer4: replace that stage's stride 2 by dilation
+            (torchvision's ``replace_stride_with_dilation``).
+
+    Forward: x [B, 3, H, W] -> ``{scale: Tensor [B, C_scale, ceil(H/scale), ceil(W/scale)]}``
+    (sizes rounded up per strided layer). ``scale`` is the true downscale factor. When
+    dilation makes several stages share a scale, the deepest one is kept, so
+    ``max(pyramid)`` is the output stride and ``pyramid[max(pyramid)]`` the bottleneck.
+    Key 2 is the stem (after conv1/bn1/relu, before max pooling), key 4 the deepest stage
+    at 1/4 (layer1 without dilation).
+    """
+
+    def __init__(
+        self, name: str = "resnet34", dilation: tuple[bool, bool, bool] = (False, False, False)
+    ) -> None:
+        super().__init__()
+        if name not in ENCODERS:
+            raise UserError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
+        if len(dilation) != 3:
+            raise UserError(f"dilation needs 3 flags (layer2, layer3, layer4), got {dilation}")
+        self.name = name
+        self.dilation_flags = tuple(bool(d) for d in dilation)
+        self.conv1 = nn.Conv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        # scale and dilation bookkeeping while stacking stages
+        scale, current_dilation = 4, 1
+        self.stage_scales: list[int] = []
+        cin = STEM_CHANNELS
+        blocks = ENCODERS[name]
+        for i, (n_blocks, cout) in enumerate(zip(blocks, STAGE_CHANNELS, strict=True)):
+            stride = 1 if i == 0 else 2
+            dilation_in = current_dilation
+            if i > 0 and self.dilation_flags[i - 1]:
+                current_dilation *= stride
+                stride = 1
+            scale *= stride
+            layers = [BasicBlock(cin, cout, stride, dilation_in, current_dilation)]
+            layers += [
+                BasicBlock(cout, cout, 1, current_dilation, current_dilation)
+                for _ in range(n_blocks - 1)
+            ]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+            self.stage_scales.append(scale)
+            cin = cout
+
+        self.channels: dict[int, int] = {2: STEM_CHANNELS}
+        for s, c in zip(self.stage_scales, STAGE_CHANNELS, strict=True):
+            self.channels[s] = c  # later (deeper) stages overwrite shallower ones
+        self.output_stride = max(self.channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random initialization as torchvision's with ``zero_init_residual=True``.
+
+        Zeroing the last BN of each residual branch makes every block start as identity,
+        which trains better from scratch (Goyal et al., 2017).
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+                m.reset_running_stats()
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        pyramid: dict[int, Tensor] = {}
+        x = self.relu(self.bn1(self.conv1(x)))
+        pyramid[2] = x
+        x = self.maxpool(x)
+        for i, scale in enumerate(self.stage_scales):
+            x = getattr(self, f"layer{i + 1}")(x)
+            pyramid[scale] = x
+        return pyramid
+
+    def load_torchvision_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
+        """Load a torchvision ResNet state dict strictly; its ``fc`` layer is dropped.
+
+        A state dict without ``fc.*`` keys (an encoder saved from this class) loads too.
+        Any missing, unexpected or mis-shaped key raises :class:`UserError` naming
+        ``source`` and the first offending keys.
+        """
+        if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+            raise UserError(f"{source} does not hold a state dict (a mapping of names to tensors)")
+        has_fc = any(k.startswith("fc.") for k in state)
+        if has_fc:
+            # a temporary classifier makes strict loading check fc's keys and shapes too
+            self.fc = nn.Linear(STAGE_CHANNELS[-1], 1000)
+        try:
+            expected = self.state_dict()
+            problem = _state_dict_mismatch(expected, state)
+            if problem:
+                raise UserError(f"{source} does not fit {self.name}: {problem}")
+            self.load_state_dict(state, strict=True)
+        finally:
+            if has_fc:
+                del self.fc
+
+
+def _state_dict_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, object]) -> str:
+    """One-line description of how ``given`` differs from ``expected`` ("" if it fits)."""
+
+    def first(keys: set[str]) -> str:
+        shown = sorted(keys)[:3]
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        return ", ".join(shown) + more
+
+    parts = []
+    missing = set(expected) - set(given)
+    unexpected = set(given) - set(expected)
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({first(unexpected)})")
+    for key in sorted(set(expected) & set(given)):
+        value = given[key]
+        if not isinstance(value, Tensor):
+            parts.append(f"{key} is not a tensor")
+            break
+        if value.shape != expected[key].shape:
+            parts.append(
+                f"{key} has shape {list(value.shape)}, expected {list(expected[key].shape)}"
+            )
+            break
+    return "; ".join(parts)
+
+
+def imagenet_file_name(name: str) -> str:
+    """File name of torchvision's ImageNet weights for ``name``, e.g. resnet34-b627a593.pth."""
+    return IMAGENET_URLS[name].rsplit("/", 1)[-1]
+
+
+def load_imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for ``name`` from the user's torch hub cache.
+
+    Downloads into ``torch.hub.get_dir()/checkpoints`` when the file is not cached.
+    Offline and not cached -> :class:`UserError` naming the file and the folder to put it in.
+    """
+    url = IMAGENET_URLS[name]
+    file_name = imagenet_file_name(name)
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", check_hash=True, weights_only=True, progress=False
+        )
+    except Exception as e:  # URLError, hash mismatch, corrupt cache file ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"cannot get ImageNet weights {file_name} ({reason}); "
+            f"download torchvision's {file_name} and put it in {folder}"
+        ) from None
+
+
+def load_weights_file(path: str | Path) -> Mapping[str, Tensor]:
+    """A state dict from a ``.pth`` file, loaded with ``weights_only=True`` on the CPU."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"weights file not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused, truncated file, not a torch file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load weights file {p}: {reason}") from None
+
+
+def build_encoder(
+    name: str = "resnet34",
+    weights: str | None = None,
+    dilation: tuple[bool, bool, bool] = (False, False, False),
+) -> ResNetEncoder:
+    """An encoder with random (``None``), ImageNet (``"imagenet"``) or file weights."""
+    encoder = ResNetEncoder(name, dilation)
+    if weights is None:
+        return encoder
+    if weights == "imagenet":
+        state = load_imagenet_state_dict(name)
+        source = f"ImageNet weights {imagenet_file_name(name)}"
+    else:
+        state = load_weights_file(weights)
+        source = f"weights file {weights}"
+    encoder.load_torchvision_state_dict(state, source)
+    return encoder

@@ -1,0 +1,159 @@
+"""Model configuration and the architecture registry.
+
+A new architecture is one file with a :class:`~scenemtl.models.base.MultiTaskNet`
+subclass plus one line in :data:`ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from scenemtl.errors import UserError
+from scenemtl.models.base import MultiTaskNet
+from scenemtl.models.branched import BranchedNet
+from scenemtl.models.distillation import DistillationNet
+from scenemtl.models.encoder import ENCODERS
+from scenemtl.models.joint import JointNet
+
+ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
+    "joint": JointNet,
+    "branched": BranchedNet,
+    "distillation": DistillationNet,
+}
+
+_BOOL_FIELDS = ("aspp", "skip", "extra_skips", "squeeze_excitation")
+_POSITIVE_INT_FIELDS = ("channels", "skip_channels", "se_reduction")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a network (the ``model.net`` section of a config).
+
+    Attributes:
+        architecture: a key of :data:`ARCHITECTURES` ("joint", "branched", "distillation").
+        encoder: "resnet18" or "resnet34".
+        weights: encoder initialization: None (random, zero-init residuals), "imagenet"
+            (torchvision's file via the torch hub cache) or a path to a ``.pth`` state dict.
+        dilation: replace the stride of layer2, layer3, layer4 by dilation; at most two,
+            so that the output stride is 8, 16 or 32 and the 4x skip stays a separate level.
+        aspp: ASPP on the bottleneck; False = the course template's 1x1 projection.
+        aspp_rates: dilation rates of the three 3x3 ASPP branches.
+        skip: DeepLabV3+ decoder with the 4x skip; False = the template's stub decoder (a
+            1x1 prediction conv on the bottleneck).
+        extra_skips: decoder also fuses the 8x (when finer than the bottleneck) and 2x levels.
+        squeeze_excitation: SE blocks after ASPP and before every prediction conv.
+        se_reduction: SE bottleneck ratio.
+        channels: width of ASPP and decoders (256 in DeepLabV3+).
+        skip_channels: width the 4x skip is reduced to (48 in DeepLabV3+).
+        final_decoder_convs: 3x3 convs in each final decoder of ``distillation``.
+    """
+
+    architecture: str = "joint"
+    encoder: str = "resnet34"
+    weights: str | None = None
+    dilation: tuple[bool, bool, bool] = (False, False, False)
+    aspp: bool = True
+    aspp_rates: tuple[int, int, int] = (6, 12, 18)
+    skip: bool = True
+    extra_skips: bool = False
+    squeeze_excitation: bool = False
+    se_reduction: int = 16
+    channels: int = 256
+    skip_channels: int = 48
+    final_decoder_convs: int = 2
+
+    def __post_init__(self) -> None:
+        # YAML and JSON give lists; the dataclass promises tuples
+        if isinstance(self.dilation, list):
+            self.dilation = tuple(self.dilation)  # type: ignore[assignment]
+        if isinstance(self.aspp_rates, list):
+            self.aspp_rates = tuple(self.aspp_rates)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` (one line naming the field) for any bad value."""
+        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
+            raise UserError(
+                f"model.net.architecture: unknown architecture {self.architecture!r}; "
+                f"known: {', '.join(ARCHITECTURES)}"
+            )
+        if not isinstance(self.encoder, str) or self.encoder not in ENCODERS:
+            raise UserError(
+                f"model.net.encoder: unknown encoder {self.encoder!r}; known: {', '.join(ENCODERS)}"
+            )
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise UserError(
+                f"model.net.weights: expected null, 'imagenet' or a file path, got {self.weights!r}"
+            )
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(
+                    f"model.net.{name}: expected true or false, got {getattr(self, name)!r}"
+                )
+        for name in _POSITIVE_INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"model.net.{name}: expected a positive integer, got {value!r}")
+        d = self.final_decoder_convs
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 8:
+            raise UserError(f"model.net.final_decoder_convs: expected an integer 0..8, got {d!r}")
+        if (
+            not isinstance(self.dilation, tuple)
+            or len(self.dilation) != 3
+            or not all(isinstance(v, bool) for v in self.dilation)
+        ):
+            raise UserError(
+                "model.net.dilation: expected 3 true/false flags for layer2, layer3, layer4, "
+                f"got {self.dilation!r}"
+            )
+        if all(self.dilation):
+            raise UserError(
+                "model.net.dilation: dilating all three stages gives output stride 4, where the "
+                "bottleneck and the 4x skip coincide; dilate at most two stages"
+            )
+        rates = self.aspp_rates
+        if (
+            not isinstance(rates, tuple)
+            or len(rates) != 3
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates)
+        ):
+            raise UserError(
+                f"model.net.aspp_rates: expected 3 positive integers, got {self.aspp_rates!r}"
+            )
+        if self.extra_skips and not self.skip:
+            raise UserError(
+                "model.net.extra_skips: needs skip: true (extra skips extend the 4x skip)"
+            )
+
+    @property
+    def output_stride(self) -> int:
+        """Downscale factor of the encoder's bottleneck: 32 halved per dilated stage."""
+        return 32 // 2 ** sum(self.dilation)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ModelConfig:
+        """A config from a plain mapping (a YAML section); unknown keys -> UserError."""
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise UserError(
+                f"model.net: expected a mapping of options, got {type(values).__name__}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"model.net: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**dict(values))
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network ``cfg`` describes (see :class:`~scenemtl.models.base.MultiTaskNet`)."""
+    cfg.validate()
+    return ARCHITECTURES[cfg.architecture](cfg)
