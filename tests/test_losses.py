@@ -92,6 +92,17 @@ def test_depth_space_statistics_come_back_from_a_checkpoint():
     torch.testing.assert_close(rebuilt.decode(x), trained.decode(x))
 
 
+def test_set_stats_replaces_normalization_in_place():
+    space = DepthSpace("meters", {"depth_m": {"mean": 0.0, "std": 1.0}})
+    mean_buffer = space.mean
+    space.set_stats(STATS)
+    assert space.mean is mean_buffer
+    assert space.decode(torch.tensor([1.0])).item() == pytest.approx(35.0)
+    with pytest.raises(UserError, match="scenemtl data stats"):
+        space.set_stats({"depth_log": {"mean": 1.0, "std": 1.0}})
+    assert space.decode(torch.tensor([1.0])).item() == pytest.approx(35.0)
+
+
 def test_decode_predictions_takes_last_output_and_decodes():
     space = DepthSpace("inverse", STATS)
     logits = torch.randn(2, SEMSEG.channels, 3, 4)

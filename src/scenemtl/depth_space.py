@@ -83,12 +83,20 @@ class DepthSpace(nn.Module):
             )
         if not (0 < min_m < max_m and math.isfinite(max_m)):
             raise UserError(f"depth clamp range [{min_m}, {max_m}] must be 0 < min < max < inf")
-        key = STATS_KEYS[kind]
+        self.kind = kind
+        self.min_m = float(min_m)
+        self.max_m = float(max_m)
+        mean, std = self._parse_stats(stats)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def _parse_stats(self, stats: Mapping[str, Any] | None) -> tuple[float, float]:
+        key = STATS_KEYS[self.kind]
         entry = (stats or {}).get(key)
         if not isinstance(entry, Mapping) or "mean" not in entry or "std" not in entry:
             raise UserError(
-                f"dataset statistics {key!r} (needed by depth space {kind!r}) are missing: "
-                "run `scenemtl data stats --root DATASET_ROOT` first"
+                f"dataset statistics {key!r} (needed by depth space {self.kind!r}) are "
+                "missing: run `scenemtl data stats --root DATASET_ROOT` first"
             )
         try:
             mean, std = float(entry["mean"]), float(entry["std"])
@@ -99,11 +107,20 @@ class DepthSpace(nn.Module):
                 f"dataset statistics {key!r} are unusable (mean={mean}, std={std}); "
                 "re-run `scenemtl data stats --root DATASET_ROOT`"
             )
-        self.kind = kind
-        self.min_m = float(min_m)
-        self.max_m = float(max_m)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        return mean, std
+
+    def set_stats(self, stats: Mapping[str, Any] | None) -> None:
+        """Replace the normalization in place (buffers keep their device and identity).
+
+        Args:
+            stats: the ``"stats"`` object of ``dataset.json``.
+
+        Raises:
+            UserError: the entry for this kind is missing or unusable.
+        """
+        mean, std = self._parse_stats(stats)
+        self.mean.fill_(mean)
+        self.std.fill_(std)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, mean={self.mean.item():.4g}, std={self.std.item():.4g}"
