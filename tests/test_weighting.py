@@ -173,3 +173,44 @@ def test_uncertainty_state_survives_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     assert a.current_weights() == b.current_weights()
     assert b.current_weights()[SEMSEG.name] == pytest.approx(math.exp(-0.5), rel=1e-6)
+
+
+def run_epoch(w, epoch: int, steps: list[tuple[float, float]], close: bool = True) -> None:
+    w.train()
+    w.on_epoch_start(epoch)
+    for ls, ld in steps:
+        w(losses(ls, ld))
+    if close:
+        w.on_epoch_end()
+
+
+EPOCHS = [[(2.0, 1.0), (4.0, 3.0)], [(1.5, 2.0), (1.0, 2.5)], [(1.0, 1.0), (0.5, 2.0)]]
+
+
+def reference_run() -> dict[str, float]:
+    w = build_weighting("dwa")
+    for e, steps in enumerate(EPOCHS):
+        run_epoch(w, e, steps)
+    return w.current_weights()
+
+
+def test_dwa_resume_from_mid_epoch_checkpoint_is_exact():
+    a = build_weighting("dwa")
+    run_epoch(a, 0, EPOCHS[0])
+    run_epoch(a, 1, EPOCHS[1][:1], close=False)  # killed mid-epoch 1
+    b = build_weighting("dwa")
+    b.load_state_dict(a.state_dict())
+    run_epoch(b, 1, EPOCHS[1][1:])  # the resumed epoch 1 starts again at epoch index 1
+    run_epoch(b, 2, EPOCHS[2])
+    assert b.current_weights() == pytest.approx(reference_run(), rel=1e-12)
+
+
+def test_dwa_resume_from_checkpoint_taken_before_epoch_end_hook_is_exact():
+    a = build_weighting("dwa")
+    run_epoch(a, 0, EPOCHS[0])
+    run_epoch(a, 1, EPOCHS[1], close=False)  # saved after the last step, hook not yet run
+    b = build_weighting("dwa")
+    b.load_state_dict(a.state_dict())
+    run_epoch(b, 2, EPOCHS[2])  # on_epoch_start(2) closes epoch 1 first
+    assert b.current_weights() == pytest.approx(reference_run(), rel=1e-12)
+    assert int(b.epochs_done) == 3

@@ -13,7 +13,8 @@ Methods (``build_weighting(method, ...)``):
   ``lambda_k(t) = K exp(r_k / T) / sum_i exp(r_i / T)`` with
   ``r_k = Lbar_k(t-1) / Lbar_k(t-2)`` the ratio of the task's average training loss over
   the last two epochs; all weights are 1 during the first two epochs. The owner calls
-  :meth:`TaskWeighting.on_epoch_end` once at the end of every training epoch.
+  :meth:`TaskWeighting.on_epoch_start` (with the epoch index) at the start and
+  :meth:`TaskWeighting.on_epoch_end` at the end of every training epoch.
 
 The configured fixed weights also act as constant multipliers for the automatic methods,
 so ``weights`` means the same thing whatever the method. All state lives in parameters
@@ -84,6 +85,9 @@ class TaskWeighting(nn.Module):
 
     def observe(self, losses: Tensor) -> None:
         """Called with the detached [K] losses of every training forward; no-op here."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Start-of-training-epoch hook (needed by DWA; a no-op for the other methods)."""
 
     def on_epoch_end(self, mean_losses: Mapping[str, float] | None = None) -> None:
         """End-of-training-epoch hook (needed by DWA; a no-op for the other methods)."""
@@ -157,6 +161,7 @@ class DynamicWeightAveraging(TaskWeighting):
     epoch_sum: Tensor
     epoch_count: Tensor
     dwa_weights: Tensor
+    accumulating_epoch: Tensor
 
     def __init__(
         self,
@@ -175,6 +180,7 @@ class DynamicWeightAveraging(TaskWeighting):
         self.register_buffer("epoch_sum", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("epoch_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("dwa_weights", torch.ones(k, dtype=torch.float32))
+        self.register_buffer("accumulating_epoch", torch.tensor(-1, dtype=torch.long))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
@@ -189,6 +195,20 @@ class DynamicWeightAveraging(TaskWeighting):
         if torch.isfinite(losses).all():
             self.epoch_sum += losses.to(self.epoch_sum)
             self.epoch_count += 1
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Tell which epoch the coming training steps belong to.
+
+        If the accumulated steps belong to an earlier epoch that was never closed, it is
+        closed now. This makes resume exact whichever way the checkpoint was taken: a
+        mid-epoch checkpoint continues the same epoch's averages, and one written after
+        the last step of an epoch but before :meth:`on_epoch_end` ran (Lightning saves at
+        validation end, before ``on_train_epoch_end``) closes that epoch here. Under DDP
+        it must be called on every process (it may all-reduce).
+        """
+        if int(self.accumulating_epoch) not in (-1, epoch) and self.epoch_count > 0:
+            self.on_epoch_end()
+        self.accumulating_epoch.fill_(epoch)
 
     def on_epoch_end(self, mean_losses: Mapping[str, float] | None = None) -> None:
         """Close an epoch: record its mean losses and update the weights.
