@@ -203,7 +203,9 @@ def _fmt_int(n: int) -> str:
 
 
 def _fmt_macs(macs: float | None) -> str:
-    return "-" if macs is None else f"{macs / 1e9:.2f} G"
+    if macs is None:
+        return "-"
+    return f"{macs / 1e9:.2f} G" if macs >= 1e9 else f"{macs / 1e6:.1f} M"
 
 
 def run(config_path: str | Path, size: tuple[int, int] = DEFAULT_SIZE) -> str:

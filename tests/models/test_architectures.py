@@ -1,0 +1,215 @@
+"""The three architectures, the registry and ModelConfig."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from scenemtl.errors import UserError
+from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
+from scenemtl.models.joint import JointNet
+from scenemtl.tasks import TASKS
+
+DILATIONS = [(False, False, False), (False, False, True), (False, True, True)]
+
+
+def small(**kw: object) -> ModelConfig:
+    """A narrow ResNet-18 model: same code paths, fast on two cores."""
+    base = dict(encoder="resnet18", channels=16, skip_channels=8, se_reduction=4)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "dilation"), list(itertools.product(ARCHITECTURES, DILATIONS))
+)
+def test_output_contract_at_odd_input_size(
+    architecture: str, dilation: tuple[bool, bool, bool]
+) -> None:
+    model = build_model(small(architecture=architecture, dilation=dilation)).eval()
+    x = torch.randn(2, 3, 45, 67)
+    with torch.no_grad():
+        out = model(x)
+    assert set(out) == {t.name for t in TASKS}
+    for task in TASKS:
+        assert len(out[task.name]) == len(model.output_stages)
+        for o in out[task.name]:
+            assert o.shape == (2, task.channels, 45, 67)
+            assert o.dtype == torch.float32
+            assert torch.isfinite(o).all()
+
+
+VARIANTS = [
+    {},
+    {"aspp": False, "skip": False},
+    {"aspp": False},
+    {"skip": False},
+    {"extra_skips": True},
+    {"extra_skips": True, "dilation": (False, True, True)},
+    {"squeeze_excitation": True},
+]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "variant"), list(itertools.product(ARCHITECTURES, VARIANTS))
+)
+def test_batch_size_one_train_step_reaches_every_parameter(
+    architecture: str, variant: dict
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(small(architecture=architecture, **variant)).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = model(torch.randn(1, 3, 37, 51))
+    loss = sum((o**2).mean() for outs in out.values() for o in outs)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # zero-initialized residual BNs and attention gates still get a nonzero gradient
+    assert model.encoder.layer1[0].bn2.weight.grad.abs().sum() > 0
+    before = copy.deepcopy(model.state_dict())
+    opt.step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_joint_splits_one_conv_in_task_order() -> None:
+    model = build_model(small(architecture="joint"))
+    assert isinstance(model, JointNet)
+    assert model.decoder.predict.out_channels == sum(t.channels for t in TASKS)
+    model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        # the depth output is the last channel of the shared prediction conv
+        model.decoder.predict.bias[-1] += 1.0
+        shifted = model(x)
+    assert torch.allclose(shifted["depth"][0], out["depth"][0] + 1.0, atol=1e-5)
+    assert torch.equal(shifted["semseg"][0], out["semseg"][0])
+
+
+def _perturb(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+
+
+def test_branches_are_independent_after_the_encoder() -> None:
+    torch.manual_seed(0)
+    model = build_model(small(architecture="branched")).eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        out = model(x)
+        _perturb(model.decoder["depth"])
+        _perturb(model.aspp["depth"])
+        after = model(x)
+    assert torch.equal(after["semseg"][0], out["semseg"][0])
+    assert not torch.allclose(after["depth"][0], out["depth"][0])
+
+
+def test_distillation_exchanges_features_across_tasks() -> None:
+    torch.manual_seed(0)
+    model = build_model(small(architecture="distillation")).eval()
+    assert model.output_stages == ("initial", "final")
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        out = model(x)
+        _perturb(model.decoder["depth"])
+        after = model(x)
+    # the initial semseg output is the branch's own; the final one also sees depth features
+    assert torch.equal(after["semseg"][0], out["semseg"][0])
+    assert not torch.allclose(after["semseg"][1], out["semseg"][1])
+    assert set(model.attention["semseg"]) == {"depth"}
+    assert set(model.attention["depth"]) == {"semseg"}
+
+
+def test_a_fourth_architecture_is_one_class_and_one_registry_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class EncoderOnly(MultiTaskNet):
+        def __init__(self, cfg: ModelConfig) -> None:
+            super().__init__(cfg)
+            c = self.encoder.channels[self.encoder.output_stride]
+            self.heads = torch.nn.ModuleDict(
+                {t.name: torch.nn.Conv2d(c, t.channels, 1) for t in TASKS}
+            )
+
+        def decode(self, pyramid: dict[int, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+            f = pyramid[self.encoder.output_stride]
+            return {name: [head(f)] for name, head in self.heads.items()}
+
+    monkeypatch.setitem(ARCHITECTURES, "encoder_only", EncoderOnly)
+    model = build_model(small(architecture="encoder_only")).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 29, 31))
+    assert out["semseg"][0].shape == (1, 19, 29, 31)
+
+
+def test_imagenet_style_parameter_counts_of_the_designs() -> None:
+    # ResNet-34 + ASPP + DeepLabV3+ decoder, counted by hand from the layer shapes
+    encoder = 21_797_672 - 513_000  # torchvision resnet34 without fc
+    aspp = (512 * 256 + 512) + 3 * (512 * 256 * 9 + 512) + (512 * 256 + 256) + (1280 * 256 + 512)
+    dec_body = (64 * 48 + 96) + (304 * 256 * 9 + 512) + (256 * 256 * 9 + 512)
+    joint = build_model(ModelConfig(architecture="joint"))
+    n = sum(p.numel() for p in joint.parameters())
+    assert n == encoder + aspp + dec_body + 256 * 20 + 20
+    branched = build_model(ModelConfig(architecture="branched"))
+    n = sum(p.numel() for p in branched.parameters())
+    assert n == encoder + 2 * aspp + 2 * dec_body + 256 * 20 + 20
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("architecture", "mtinet", "unknown architecture 'mtinet'"),
+        ("architecture", ["joint"], "architecture"),
+        ("encoder", "resnet50", "unknown encoder 'resnet50'"),
+        ("dilation", (True, True, True), "output stride 4"),
+        ("dilation", (False, True), "dilation"),
+        ("dilation", (0, 0, 1), "dilation"),
+        ("aspp_rates", (6, 12), "aspp_rates"),
+        ("aspp_rates", (6, 0, 18), "aspp_rates"),
+        ("aspp", "yes", "model.net.aspp"),
+        ("channels", 0, "model.net.channels"),
+        ("channels", True, "model.net.channels"),
+        ("weights", "", "model.net.weights"),
+        ("final_decoder_convs", -1, "final_decoder_convs"),
+    ],
+)
+def test_bad_config_values_are_one_line_user_errors(field: str, value: object, needle: str) -> None:
+    with pytest.raises(UserError) as err:
+        ModelConfig(**{field: value})
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_extra_skips_need_the_skip() -> None:
+    with pytest.raises(UserError, match="extra_skips"):
+        ModelConfig(skip=False, extra_skips=True)
+
+
+def test_from_dict_takes_yaml_lists_and_rejects_unknown_keys() -> None:
+    cfg = ModelConfig.from_dict({"architecture": "branched", "dilation": [False, False, True]})
+    assert cfg.dilation == (False, False, True)
+    assert cfg.output_stride == 16
+    with pytest.raises(UserError, match="unknown option 'dilations'"):
+        ModelConfig.from_dict({"dilations": [False, False, True]})
+
+
+def test_jsonargparse_builds_the_dataclass() -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--net", type=ModelConfig, default=ModelConfig())
+    ns = parser.parse_args(
+        ["--net", '{"architecture": "distillation", "dilation": [false, true, true]}']
+    )
+    # ``instantiate`` replaced ``instantiate_classes`` in jsonargparse 4.49
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    cfg = instantiate(ns).net
+    assert isinstance(cfg, ModelConfig)
+    assert cfg.architecture == "distillation"
+    assert cfg.dilation == (False, True, True)
+    assert cfg.aspp_rates == (6, 12, 18)
