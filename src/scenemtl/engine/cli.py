@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,8 @@ class SceneCLI(LightningCLI):
         every = run.checkpoint_every_n_steps
         if every < 0:
             raise UserError(f"run.checkpoint_every_n_steps must be >= 0, got {every}")
-        callbacks = list(kwargs.pop("callbacks", None) or [])
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks")
+        callbacks = list(configured or [])
         callbacks += [
             ModelCheckpoint(
                 dirpath=ckpt_dir,
@@ -126,9 +128,36 @@ class SceneCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def _user_error_in_chain(exc: BaseException) -> UserError | None:
+    """jsonargparse wraps errors raised while instantiating classes; find ours."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def run_lightning_cli(argv: list[str]) -> int:
     """Run one LightningCLI subcommand; returns the exit status."""
-    SceneCLI(
+    # Library deprecation chatter that users can do nothing about.
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within")
+    warnings.filterwarnings("ignore", message=".*skip_none parameter was deprecated")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    try:
+        _make_cli(argv)
+    except (ValueError, TypeError) as e:
+        found = _user_error_in_chain(e)
+        if found is None:
+            raise
+        raise found from None
+    return 0
+
+
+def _make_cli(argv: list[str]) -> SceneCLI:
+    return SceneCLI(
         MultiTaskModule,
         SceneDataModule,
         args=argv,
@@ -138,7 +167,6 @@ def run_lightning_cli(argv: list[str]) -> int:
         trainer_defaults={"logger": False},
         auto_configure_optimizers=False,
     )
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -106,9 +106,7 @@ class MultiTaskModule(L.LightningModule):
         statistics its weights were trained with, so resuming or evaluating a
         checkpoint keeps them even on a dataset with other statistics.
         """
-        fresh = DepthSpace(self.hparams.depth_space, stats)
-        self.depth_space.mean.copy_(fresh.mean)
-        self.depth_space.std.copy_(fresh.std)
+        self.depth_space.set_stats(stats)
         self.stats_adopted.fill_(True)
 
     def setup(self, stage: str) -> None:
@@ -137,7 +135,7 @@ class MultiTaskModule(L.LightningModule):
             raise UserError(
                 f"non-finite training loss at step {self.global_step} (epoch "
                 f"{self.current_epoch}, batch {batch_idx}): "
-                + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.tasks.items())
+                + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.tasks.items())
                 + "; lower the learning rate or check the data"
             )
         batch_size = batch["image"].shape[0]
@@ -145,6 +143,9 @@ class MultiTaskModule(L.LightningModule):
             self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=batch_size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
         return losses.total
+
+    def on_train_epoch_start(self) -> None:
+        self.criterion.weighting.on_epoch_start(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         self.criterion.weighting.on_epoch_end()
@@ -189,7 +190,16 @@ class MultiTaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
+        # Learned task weights (uncertainty) must not be decayed towards zero.
+        weighting = {id(p) for p in self.criterion.weighting.parameters()}
+        params = [
+            {
+                "params": [
+                    p for p in self.parameters() if p.requires_grad and id(p) not in weighting
+                ]
+            },
+            {"params": list(self.criterion.weighting.parameters()), "weight_decay": 0.0},
+        ]
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(
                 params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay

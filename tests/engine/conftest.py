@@ -1,0 +1,65 @@
+"""A tiny dataset and config shared by the engine tests (a few seconds per fit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scenemtl.data.stats import write_stats
+from tests.conftest import write_random_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    write_random_dataset(root, sizes={"train": 8, "val": 4, "test": 4}, image_size=(32, 48))
+    write_stats(root)
+    return root
+
+
+def tiny_config(tmp_path: Path, root: Path, **overrides) -> Path:
+    """Write a YAML config for a 2-epoch run of a narrow ResNet-18 joint model."""
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 1,
+            "enable_model_summary": False,
+            "enable_progress_bar": False,
+        },
+        "model": {
+            "net": {
+                "architecture": "joint",
+                "encoder": "resnet18",
+                "channels": 16,
+                "skip_channels": 8,
+            },
+            "optimizer": "adam",
+            "lr": 0.001,
+        },
+        "data": {
+            "root": str(root),
+            "batch_size": 2,
+            "val_batch_size": 2,
+            "num_workers": 0,
+            "crop_size": [32, 32],
+            "scale_min": 0.75,
+            "scale_max": 1.25,
+        },
+        "run": {"root": str(tmp_path / "runs"), "name": "tiny"},
+        "visualize": {"ids": [0, 1], "every_n_epochs": 1},
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -1,0 +1,108 @@
+"""End-to-end runs of `scenemtl fit` on a tiny dataset."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from scenemtl.cli import main
+from scenemtl.engine.schedules import PolyFactor
+from tests.engine.conftest import tiny_config
+
+
+def run_cli(argv, capsys=None):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_poly_factor():
+    f = PolyFactor(total=10, power=0.9, floor=1e-3)
+    assert f(0) == 1.0
+    assert f(5) == pytest.approx(0.5**0.9)
+    assert f(10) == 1e-3 and f(20) == 1e-3
+    assert f(9) > f(10)
+
+
+def test_fit_leaves_a_complete_run_directory(tmp_path, tiny_root):
+    cfg = tiny_config(tmp_path, tiny_root)
+    assert run_cli(["fit", "--config", str(cfg)]) == 0
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    rows = read_metrics(run_dir)
+    val = [r for r in rows if r.get("val/grader")]
+    assert len(val) == 2  # one validation per epoch
+    for r in val:
+        assert 0 <= float(r["val/semseg"]) <= 100
+        assert float(r["val/depth"]) >= 0
+        assert float(r["val/grader"]) == pytest.approx(
+            max(float(r["val/semseg"]) - 50, 0) + max(50 - float(r["val/depth"]), 0), abs=1e-4
+        )
+    lrs = [float(r["lr"]) for r in rows if r.get("lr")]
+    assert lrs[0] == pytest.approx(1e-3) and lrs == sorted(lrs, reverse=True)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 8  # 2 epochs x 4 batches
+    # the depth normalization travelled with the weights
+    assert bool(ckpt["state_dict"]["stats_adopted"])
+    # a second run gets its own version
+    assert run_cli(["fit", "--config", str(cfg), "--trainer.max_epochs", "1"]) == 0
+    assert (tmp_path / "runs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--model.lr", "-1"], "model.lr must be a positive number"),
+        (["--model.optimizer", "rmsprop"], "model.optimizer 'rmsprop' unknown"),
+        (["--model.net.architecture", "unet"], "unet"),
+        (["--data.root", "/nonexistent/ds"], "does not exist"),
+        (["--data.crop_size", "[512, 512]"], "crop_size"),
+        (["--model.loss_weights", "{normals: 1.0}"], "unknown task"),
+    ],
+)
+def test_invalid_config_fails_before_training(tmp_path, tiny_root, capsys, override, message):
+    cfg = tiny_config(tmp_path, tiny_root)
+    code = run_cli(["fit", "--config", str(cfg), *override])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, capsys, monkeypatch):
+    from scenemtl.losses import MultiTaskLoss
+
+    original = MultiTaskLoss.forward
+    calls = {"train": 0}
+
+    def poisoned(self, outputs, batch):
+        out = original(self, outputs, batch)
+        if torch.is_grad_enabled():
+            calls["train"] += 1
+            if calls["train"] == 6:  # step 5, in the second epoch
+                out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(MultiTaskLoss, "forward", poisoned)
+    cfg = tiny_config(tmp_path, tiny_root)
+    code = run_cli(["fit", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "non-finite training loss at step 5" in err and "Traceback" not in err
+    best = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    ckpt = torch.load(best, weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 4  # from the end of epoch 0, never overwritten
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )

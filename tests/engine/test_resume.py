@@ -1,0 +1,71 @@
+"""Kill a run mid-epoch with SIGKILL, resume it, and compare with an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.engine.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fit(cfg: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "scenemtl", "fit", "--config", str(cfg), *extra],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_root):
+    common = {"trainer.max_epochs": 3, "run.checkpoint_every_n_steps": 2}
+    ref_cfg = tiny_config(tmp_path / "ref", tiny_root, **common)
+    assert fit(ref_cfg).returncode == 0
+    ref = torch.load(
+        tmp_path / "ref/runs/tiny/version_0/checkpoints/last.ckpt",
+        weights_only=True,
+        map_location="cpu",
+    )
+
+    # 4 batches per epoch; last.ckpt is refreshed at step 6, the kill comes at step 7
+    cfg = tiny_config(
+        tmp_path / "crash",
+        tiny_root,
+        **common,
+        **{
+            "trainer.callbacks": [
+                {"class_path": "tests.engine.killer.KillAtStep", "init_args": {"step": 7}}
+            ]
+        },
+    )
+    crashed = fit(cfg)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    run_dir = tmp_path / "crash/runs/tiny/version_0"
+    mid = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    assert mid["global_step"] == 6 and mid["epoch"] == 1
+
+    resumed = fit(cfg, "--ckpt_path", "last", "--trainer.callbacks", "[]")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not (tmp_path / "crash/runs/tiny/version_1").exists()  # resumed in place
+    final = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    assert final["global_step"] == ref["global_step"] == 12
+    assert final["epoch"] == ref["epoch"]
+    sched, ref_sched = final["lr_schedulers"][0], ref["lr_schedulers"][0]
+    assert sched["last_epoch"] == ref_sched["last_epoch"] == 12
+    assert sched["_last_lr"] == ref_sched["_last_lr"]
+    assert sched["lr_lambdas"] == ref_sched["lr_lambdas"]  # same total steps and power
+    assert (
+        final["optimizer_states"][0]["param_groups"][0]["lr"]
+        == (ref["optimizer_states"][0]["param_groups"][0]["lr"])
+    )
