@@ -8,6 +8,7 @@ inside a run directory also logs into that run.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -25,6 +26,7 @@ from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 
 _VERSION = re.compile(r"^version_(\d+)$")
+_VERSION_ENV = "SCENEMTL_RUN_VERSION"
 
 
 def _versions(run_dir: Path) -> list[tuple[int, Path]]:
@@ -54,9 +56,9 @@ def resolve_run(root: Path, name: str, ckpt_path: str | None) -> tuple[str, str 
         if not ckpt.is_file():
             raise UserError(f"--ckpt_path {ckpt_path}: file not found")
         parent = ckpt.resolve().parent
-        if parent.name == "checkpoints" and _VERSION.match(parent.parent.name):
-            if parent.parent.parent == run_dir.resolve():
-                return parent.parent.name, str(ckpt)
+        in_run = parent.name == "checkpoints" and _VERSION.match(parent.parent.name)
+        if in_run and parent.parent.parent == run_dir.resolve():
+            return parent.parent.name, str(ckpt)
     next_version = versions[-1][0] + 1 if versions else 0
     return f"version_{next_version}", ckpt_path
 
@@ -93,6 +95,12 @@ class SceneCLI(LightningCLI):
         root = Path(run.root)
         ckpt = cfg.get("ckpt_path") if self.subcommand else None
         version, ckpt = resolve_run(root, name, ckpt)
+        # DDP workers re-run this command line; they must log into rank 0's version even
+        # if rank 0 already created its directory.
+        if os.environ.get("LOCAL_RANK", "0") != "0" and _VERSION_ENV in os.environ:
+            version = os.environ[_VERSION_ENV]
+        else:
+            os.environ[_VERSION_ENV] = version
         if self.subcommand:
             self.config_init[self.subcommand]["ckpt_path"] = ckpt
         loggers = [
