@@ -1,0 +1,275 @@
+"""Rendering whole datasets: splits, worker processes, the on-disk cache."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenemtl.data.format import (
+    SPLITS,
+    DatasetInfo,
+    info_path,
+    label_path,
+    read_info,
+    rgb_path,
+    write_info,
+    write_sample,
+)
+from scenemtl.data.procedural.params import GENERATOR_NAME, GENERATOR_VERSION, SynthParams
+from scenemtl.errors import DataFormatError, UserError
+from scenemtl.tasks import INVALID_DEPTH, SEMSEG, class_names
+
+RGB_EXTENSION = ".jpg"
+CHUNK = 8
+"""Images per task sent to a worker: big enough to amortize messaging, small enough to
+balance the load at the end."""
+
+_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
+
+
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of one image: independent of every other image and of the
+    order or process in which images are made."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODE[split], index]))
+
+
+def render_sample(
+    params: SynthParams, split: str, index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render image ``index`` of ``split``.
+
+    Returns:
+        rgb: uint8 [H, W, 3] (before JPEG compression).
+        semseg: uint8 [H, W] Cityscapes trainIds 0..18.
+        depth: float32 [H, W] z-depth in meters within ``params.depth_range_m``;
+            ``0.0`` (invalid) for sky.
+    """
+    from scenemtl.data.procedural.render import render
+    from scenemtl.data.procedural.scene import make_scene
+
+    if split not in _SPLIT_CODE:
+        raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if not isinstance(index, (int, np.integer)) or index < 0:
+        raise UserError(f"image index must be a non-negative integer, got {index!r}")
+    rng = image_rng(params.seed, split, int(index))
+    scene = make_scene(rng, params.size)
+    rgb, semseg, depth = render(scene, rng)
+    lo, hi = params.depth_range_m
+    depth = np.where(np.isfinite(depth), np.clip(depth, lo, hi), INVALID_DEPTH).astype(np.float32)
+    return rgb, semseg, depth
+
+
+def _render_chunk(
+    task: tuple[str, dict[str, Any], str, list[int]],
+) -> tuple[str, np.ndarray, int]:
+    """Worker: render and write some images; returns the split, its class pixel counts
+    and the number of images."""
+    root, params_json, split, indices = task
+    params = SynthParams.from_json(params_json)
+    counts = np.zeros(SEMSEG.channels, np.int64)
+    gt = params.has_gt(split)
+    for i in indices:
+        rgb, semseg, depth = render_sample(params, split, i)
+        counts += np.bincount(semseg.ravel(), minlength=SEMSEG.channels)[: SEMSEG.channels]
+        write_sample(
+            root,
+            split,
+            i,
+            rgb,
+            semseg if gt else None,
+            depth if gt else None,
+            depth_encoding=params.depth_encoding,
+            rgb_extension=RGB_EXTENSION,
+            jpeg_quality=params.jpeg_quality,
+        )
+    return split, counts, len(indices)
+
+
+def _cached(root: Path, params: SynthParams) -> DatasetInfo | None:
+    """The dataset at ``root`` if it is complete and was made from exactly ``params``."""
+    if not info_path(root).is_file():
+        return None
+    try:
+        info = read_info(root)
+    except DataFormatError:
+        return None
+    src = info.source
+    if (
+        src.get("generator") != GENERATOR_NAME
+        or src.get("generator_version") != GENERATOR_VERSION
+        or src.get("params") != params.to_json()
+    ):
+        return None
+    # dataset.json is written last, so its presence means every file was written;
+    # checking the last file of each split still catches a tree someone pruned.
+    for split, n in params.splits.items():
+        if n == 0:
+            continue
+        files = [rgb_path(root, split, n - 1, RGB_EXTENSION)]
+        if params.has_gt(split):
+            files += [label_path(root, split, m, n - 1) for m in ("semseg", "depth")]
+        if not all(f.is_file() for f in files):
+            return None
+    return info
+
+
+def _prepare_root(root: Path) -> None:
+    """Make ``root`` ready for writing, refusing to overwrite anything not ours."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"dataset root {root} exists and is not a directory")
+    if not root.exists():
+        root.mkdir(parents=True)
+        return
+    if info_path(root).is_file():
+        try:
+            source = read_info(root).source
+        except DataFormatError:
+            source = {}
+        if source.get("generator") != GENERATOR_NAME:
+            raise UserError(
+                f"{root} holds a dataset that this generator did not make; choose another root"
+            )
+        # Ours, from other parameters: forget it first so that it can never be taken for
+        # complete while it is being replaced.
+        info_path(root).unlink()
+    else:
+        foreign = [
+            p.name for p in root.iterdir() if p.name not in SPLITS and not p.name.startswith(".")
+        ]
+        if foreign:
+            raise UserError(
+                f"{root} is not empty and not a generated dataset (found {foreign[0]!r}); "
+                "choose another root"
+            )
+    for split in SPLITS:
+        if (root / split).is_dir():
+            shutil.rmtree(root / split)
+
+
+def _print_progress(done: int, total: int, start: float, final: bool = False) -> None:
+    rate = done / max(time.perf_counter() - start, 1e-9)
+    line = f"synth: {done}/{total} images ({rate:.1f} images/s)"
+    if sys.stderr.isatty():
+        print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def format_frequencies(freq: list[float]) -> str:
+    """Per-class pixel frequencies as an aligned two-column table (percent)."""
+    return "\n".join(
+        f"  {name:<14s} {100 * f:6.2f}%" for name, f in zip(class_names(), freq, strict=True)
+    )
+
+
+def synthesize(
+    root: str | os.PathLike,
+    params: SynthParams,
+    workers: int | None = None,
+    progress: bool = True,
+) -> DatasetInfo:
+    """Generate the dataset of ``params`` at ``root`` (or find it already there).
+
+    Images are rendered in ``workers`` processes (default: all cores) and written in the
+    MiniScapes layout; ``dataset.json`` is written last and atomically, with the
+    parameters in ``source``, so an interrupted run never looks complete. The output is
+    the same, byte for byte, whatever the number of workers.
+
+    Returns:
+        The dataset's :class:`DatasetInfo`.
+    """
+    root = Path(root)
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise UserError(f"workers must be a positive integer, got {workers!r}")
+    cached = _cached(root, params)
+    if cached is not None:
+        if progress:
+            print(f"synth: {root} already holds this dataset (cached)", file=sys.stderr)
+        return cached
+    _prepare_root(root)
+
+    tasks = []
+    for split, n in params.splits.items():
+        for start in range(0, n, CHUNK):
+            tasks.append(
+                (str(root), params.to_json(), split, list(range(start, min(n, start + CHUNK))))
+            )
+    total = sum(params.splits.values())
+    n_workers = min(workers or os.cpu_count() or 1, len(tasks))
+    counts = {s: np.zeros(SEMSEG.channels, np.int64) for s in SPLITS}
+    done = 0
+    t0 = time.perf_counter()
+    last = t0
+    if n_workers <= 1:
+        results = map(_render_chunk, tasks)
+        pool = None
+    else:
+        pool = _pool(n_workers)
+        results = pool.imap_unordered(_render_chunk, tasks)
+    try:
+        for split, c, n_done in results:
+            counts[split] += c
+            done += n_done
+            if progress and time.perf_counter() - last > 2.0:
+                _print_progress(min(done, total), total, t0)
+                last = time.perf_counter()
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    if progress:
+        _print_progress(total, total, t0, final=True)
+
+    gt_splits = [s for s in SPLITS if params.splits[s] and params.has_gt(s)]
+    basis = "train" if params.train else ("+".join(gt_splits) or "none")
+    pix = (
+        counts["train"]
+        if params.train
+        else sum((counts[s] for s in gt_splits), np.zeros(SEMSEG.channels, np.int64))
+    )
+    freq = (pix / max(int(pix.sum()), 1)).tolist()
+    info = DatasetInfo(
+        name=params.name(),
+        image_size=params.size,
+        splits={s: {"size": n, "gt": params.has_gt(s)} for s, n in params.splits.items()},
+        depth_encoding=params.depth_encoding,
+        depth_range_m=params.depth_range_m,
+        rgb_extension=RGB_EXTENSION,
+        source={
+            "generator": GENERATOR_NAME,
+            "generator_version": GENERATOR_VERSION,
+            "params": params.to_json(),
+            "class_pixel_frequency": freq,
+            "class_pixel_frequency_of": basis,
+        },
+    )
+    write_info(root, info)
+    if progress:
+        print(f"class pixel frequencies ({basis}):\n{format_frequencies(freq)}", file=sys.stderr)
+    return info
+
+
+def _pool(n: int):
+    """A process pool. Workers need only numpy and Pillow, so forking is safe and
+    cheap where it exists; elsewhere they start fresh."""
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method).Pool(n)
+
+
+def bench(size: tuple[int, int] = (128, 256), n: int = 64, workers: int | None = None) -> float:
+    """Images per second, end to end: worker start-up, rendering, JPEG/PNG encoding and
+    writing ``n`` images of ``size`` into a temporary directory."""
+    params = SynthParams(train=n, val=0, test=0, size=size)
+    with tempfile.TemporaryDirectory(prefix="scenemtl-bench-") as tmp:
+        t0 = time.perf_counter()
+        synthesize(Path(tmp) / "data", params, workers=workers, progress=False)
+        elapsed = time.perf_counter() - t0
+    return n / elapsed

@@ -1,0 +1,419 @@
+"""Analytic ray casting of the convex primitives, with screen-space culling.
+
+Each primitive is intersected only with the rays of the pixel rectangle its bounding
+box projects to, so the cost follows screen area, not scene size. Intersections are
+ray-parameter intervals ``[t_in, t_out]``; a compound solid is the intersection of its
+pieces' intervals. A z-buffer keeps the nearest hit per pixel; normals and local
+coordinates are recovered afterwards from the winning hit points only.
+
+Large primitives are cast one by one, front to back, so that those wholly behind
+nearer surfaces are skipped. The many small ones (a person's limbs, a far car's
+wheels) are cast together as one batch of (primitive, pixel) pairs, which removes the
+per-primitive overhead that would otherwise dominate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scenemtl.data.procedural.camera import NEAR, Camera
+from scenemtl.data.procedural.geometry import (
+    BOX,
+    CUT_NONE,
+    CYLINDER,
+    ELLIPSOID,
+    ROUNDED_BOX,
+    Prim,
+    all_corners,
+    distance_bounds,
+)
+from scenemtl.data.procedural.textures import cutout_open
+
+SKY = -1
+"""Buffer id of pixels whose ray hits nothing."""
+GROUND = -2
+"""Buffer id of pixels whose ray hits the ground plane y = 0."""
+
+BATCH_AREA = 600
+"""Primitives whose pixel rectangle is at most this big are cast in the batch."""
+
+_INF = np.float32(np.inf)
+
+
+@dataclass
+class PrimTable:
+    """The primitives' geometry as arrays (K rows), for batched intersection."""
+
+    center: np.ndarray  # [K, 3]
+    rotation: np.ndarray  # [K, 3, 3] local -> world
+    half: np.ndarray  # [K, 3]
+    radii: np.ndarray  # [K, 3] ellipsoid semi-axes of ROUNDED_BOX (half * round_scale)
+    shape: np.ndarray  # [K]
+    cutout: np.ndarray  # [K]
+    params: np.ndarray  # [K, 4]
+    tex: np.ndarray  # [K]
+
+    @classmethod
+    def of(cls, prims: list[Prim]) -> PrimTable:
+        if not prims:
+            z3 = np.zeros((0, 3), np.float32)
+            return cls(
+                z3,
+                np.zeros((0, 3, 3), np.float32),
+                z3,
+                z3,
+                np.zeros(0, int),
+                np.zeros(0, int),
+                np.zeros((0, 4), np.float32),
+                np.zeros(0, np.float32),
+            )
+        half = np.array([p.half for p in prims], np.float32)
+        scale = np.array([np.broadcast_to(p.round_scale, (3,)) for p in prims], np.float32)
+        return cls(
+            center=np.array([p.center for p in prims], np.float32),
+            rotation=np.array([p.rotation for p in prims], np.float32),
+            half=half,
+            radii=half * scale,
+            shape=np.array([p.shape for p in prims]),
+            cutout=np.array([p.cutout for p in prims]),
+            params=np.array([p.params for p in prims], np.float32),
+            tex=np.array([p.tex for p in prims], np.float32),
+        )
+
+
+def safe_inverse(d: np.ndarray) -> np.ndarray:
+    """1 / d with zeros nudged away, so slabs parallel to a ray give +-inf, not NaN."""
+    tiny = np.float32(1e-12)
+    return 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+
+
+def _quadric(o, d, radii, axes: tuple[int, ...]):
+    """Interval of rays inside the ellipsoid / elliptic cylinder
+    ``sum over axes of (p_a / r_a)^2 <= 1``.
+
+    ``o[a]``, ``d[a]`` and ``radii[a]`` are scalars or equally shaped arrays. Rays
+    parallel to a cylinder's axis would need care; none occur here (camera rays stay
+    within the field of view, the sun is never at the zenith nor on the horizon).
+    """
+    a = 0.0
+    b = 0.0
+    c = -1.0
+    for ax in axes:
+        inv_r = np.float32(1.0) / radii[ax]
+        oa = o[ax] * inv_r
+        da = d[ax] * inv_r
+        a = a + da * da
+        b = b + oa * da
+        c = c + oa * oa
+    disc = b * b - a * c
+    a_safe = np.maximum(a, np.float32(1e-20))
+    sq = np.sqrt(np.maximum(disc, np.float32(0.0)))
+    miss = disc < 0
+    t0 = np.where(miss, _INF, (-b - sq) / a_safe)
+    t1 = np.where(miss, -_INF, (-b + sq) / a_safe)
+    return t0, t1
+
+
+def _slab(o, inv, h):
+    t1 = (-h - o) * inv
+    t2 = (h - o) * inv
+    return np.minimum(t1, t2), np.maximum(t1, t2)
+
+
+def _interval(shape: int, o, d, half, radii, inv=None):
+    """Interval of rays ``o + t d`` (local frame) inside a solid of ``shape``.
+
+    All vectors are 3-tuples of components (scalars or equally shaped arrays); ``half``
+    and ``radii`` likewise; ``inv`` optionally the precomputed 1/d. A miss has
+    ``t_in > t_out``.
+    """
+    if shape in (BOX, ROUNDED_BOX):
+        if inv is None:
+            inv = tuple(safe_inverse(np.asarray(c, dtype=np.float32)) for c in d)
+        x0, x1 = _slab(o[0], inv[0], half[0])
+        y0, y1 = _slab(o[1], inv[1], half[1])
+        z0, z1 = _slab(o[2], inv[2], half[2])
+        tin = np.maximum(np.maximum(x0, y0), z0)
+        tout = np.minimum(np.minimum(x1, y1), z1)
+        if shape == ROUNDED_BOX:
+            e0, e1 = _quadric(o, d, radii, (0, 1, 2))
+            tin = np.maximum(tin, e0)
+            tout = np.minimum(tout, e1)
+        return tin, tout
+    if shape == CYLINDER:
+        inv_y = safe_inverse(np.asarray(d[1], dtype=np.float32)) if inv is None else inv[1]
+        y0, y1 = _slab(o[1], inv_y, half[1])
+        c0, c1 = _quadric(o, d, half, (0, 2))
+        return np.maximum(y0, c0), np.minimum(y1, c1)
+    if shape == ELLIPSOID:
+        return _quadric(o, d, half, (0, 1, 2))
+    raise ValueError(f"unknown primitive shape {shape}")
+
+
+def interval(prim: Prim, o, d, inv_d=None) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-parameter interval [t_in, t_out] of rays ``o + t d`` inside ``prim``.
+
+    ``o`` and ``d`` are local-frame origins/directions given as three components, each
+    a scalar or a float32 array, broadcasting against each other.
+    """
+    half = prim.half.astype(np.float32)
+    radii = half * np.asarray(prim.round_scale, dtype=np.float32)
+    return _interval(prim.shape, o, d, tuple(half), tuple(radii), inv_d)
+
+
+def pair_interval(tab: PrimTable, k: np.ndarray, o: np.ndarray, d: np.ndarray):
+    """Intervals for a batch of (primitive, ray) pairs.
+
+    Args:
+        k: int [P] primitive of each pair.
+        o, d: float32 [P, 3] local-frame ray origins and directions.
+
+    Returns:
+        (t_in, t_out), float32 [P] each.
+    """
+    tin = np.full(len(k), _INF, np.float32)
+    tout = np.full(len(k), -_INF, np.float32)
+    shapes = tab.shape[k]
+    for shape in (BOX, CYLINDER, ELLIPSOID, ROUNDED_BOX):
+        m = np.flatnonzero(shapes == shape)
+        if not len(m):
+            continue
+        km = k[m]
+        half = tab.half[km]
+        radii = tab.radii[km]
+        oo, dd = o[m], d[m]
+        a, b = _interval(
+            shape,
+            (oo[:, 0], oo[:, 1], oo[:, 2]),
+            (dd[:, 0], dd[:, 1], dd[:, 2]),
+            (half[:, 0], half[:, 1], half[:, 2]),
+            (radii[:, 0], radii[:, 1], radii[:, 2]),
+        )
+        tin[m] = a
+        tout[m] = b
+    return tin, tout
+
+
+def local_normal(prim: Prim, p: np.ndarray) -> np.ndarray:
+    """Outward unit normals [N, 3] (local frame) at surface points ``p`` [N, 3].
+
+    The active piece of a compound solid is the one whose implicit function is closest
+    to (or past) its boundary at the point.
+    """
+    half = prim.half
+    n = np.zeros_like(p)
+    if prim.shape in (BOX, ROUNDED_BOX):
+        ratio = np.abs(p) / half
+        axis = ratio.argmax(axis=1)
+        rows = np.arange(len(p))
+        n[rows, axis] = np.sign(p[rows, axis])
+        if prim.shape == ROUNDED_BOX:
+            radii = half * np.asarray(prim.round_scale)
+            ell = np.sqrt(np.sum((p / radii) ** 2, axis=1))
+            on_ell = ell >= ratio.max(axis=1)
+            n[on_ell] = p[on_ell] / radii**2
+    elif prim.shape == CYLINDER:
+        radial = np.sqrt((p[:, 0] / half[0]) ** 2 + (p[:, 2] / half[2]) ** 2)
+        cap = np.abs(p[:, 1]) / half[1] >= radial
+        n[cap, 1] = np.sign(p[cap, 1])
+        side = ~cap
+        n[side, 0] = p[side, 0] / half[0] ** 2
+        n[side, 2] = p[side, 2] / half[2] ** 2
+    else:
+        n = p / half**2
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    return (n / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _pairs(rects: np.ndarray, ks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (primitive, flat pixel index) pairs of the given primitives' rectangles."""
+    r0, r1, c0, c1 = rects[ks].T
+    w = c1 - c0
+    area = (r1 - r0) * w
+    total = int(area.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    which = np.repeat(np.arange(len(ks)), area)
+    start = np.cumsum(area) - area
+    i = np.arange(total) - start[which]
+    row = r0[which] + i // w[which]
+    col = c0[which] + i % w[which]
+    return ks[which], row * width + col
+
+
+def cast_primary(
+    camera: Camera,
+    prims: list[Prim],
+    dirs: np.ndarray,
+    inv_dirs: np.ndarray,
+    table: PrimTable | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit per pixel.
+
+    Args:
+        dirs: float32 [3, H, W] unit world ray directions as planes; ``inv_dirs`` their
+            inverses.
+
+    Returns:
+        t: float32 [H, W] ray distance of the nearest hit (inf for sky).
+        ids: int32 [H, W] index into ``prims``, GROUND or SKY.
+    """
+    h, w = dirs.shape[1:]
+    tab = PrimTable.of(prims) if table is None else table
+    origin = camera.position.astype(np.float32)
+    ids = np.full((h, w), SKY, dtype=np.int32)
+    # The ground plane first: every ray pointing down reaches it.
+    down = dirs[1] < -1e-6
+    t = np.where(down, -origin[1] / np.where(down, dirs[1], -1.0), _INF).astype(np.float32)
+    ids[down] = GROUND
+    if not prims:
+        return t, ids
+    rects = camera.pixel_rects(all_corners(prims))
+    lower = distance_bounds(prims, camera.position)
+    area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
+    rect_list = rects.tolist()
+    # Big primitives front to back, so that whatever is wholly behind nearer surfaces
+    # is skipped.
+    for k in np.argsort(lower, kind="stable").tolist():
+        if area[k] <= BATCH_AREA:
+            continue
+        r0, r1, c0, c1 = rect_list[k]
+        tb = t[r0:r1, c0:c1]
+        if lower[k] > tb.max():
+            continue
+        prim = prims[k]
+        o = (origin - prim.center).astype(np.float32)
+        world = (dirs[0, r0:r1, c0:c1], dirs[1, r0:r1, c0:c1], dirs[2, r0:r1, c0:c1])
+        if prim.axis_aligned:
+            d = world
+            inv = (inv_dirs[0, r0:r1, c0:c1], inv_dirs[1, r0:r1, c0:c1], inv_dirs[2, r0:r1, c0:c1])
+            tin, tout = interval(prim, tuple(o.tolist()), d, inv)
+        else:
+            rot = prim.rotation.astype(np.float32)
+            o = o @ rot
+            d = tuple(
+                world[0] * rot[0, j] + world[1] * rot[1, j] + world[2] * rot[2, j] for j in range(3)
+            )
+            tin, tout = interval(prim, tuple(o.tolist()), d)
+        closer = (tin <= tout) & (tin > NEAR) & (tin < tb)
+        if prim.cutout != CUT_NONE:
+            idx = np.flatnonzero(closer)
+            if len(idx):
+                p = o + tin.flat[idx][:, None] * np.stack([c.flat[idx] for c in d], 1)
+                opened = cutout_open(prim.cutout, p, tab.half[k], tab.params[k], tab.tex[k])
+                closer.flat[idx[opened]] = False
+        tb[closer] = tin[closer]
+        ids[r0:r1, c0:c1][closer] = k
+
+    # Small primitives as one batch of pairs.
+    small = np.flatnonzero((area > 0) & (area <= BATCH_AREA))
+    k, pix = _pairs(rects, small, w)
+    tflat = t.reshape(-1)
+    keep = lower[k] <= tflat[pix]
+    k, pix = k[keep], pix[keep]
+    if len(k):
+        rot = tab.rotation[k]
+        o = np.einsum("pi,pij->pj", origin[None, :] - tab.center[k], rot)
+        d = np.einsum("pi,pij->pj", dirs.reshape(3, -1)[:, pix].T, rot)
+        tin, tout = pair_interval(tab, k, o, d)
+        hit = (tin <= tout) & (tin > NEAR) & (tin < tflat[pix])
+        cut = hit & (tab.cutout[k] != CUT_NONE)
+        ci = np.flatnonzero(cut)
+        if len(ci):
+            kc = k[ci]
+            p = o[ci] + tin[ci, None] * d[ci]
+            opened = cutout_open(tab.cutout[kc], p, tab.half[kc], tab.params[kc], tab.tex[kc])
+            hit[ci[opened]] = False
+        hi = np.flatnonzero(hit)
+        if len(hi):
+            # Nearest pair per pixel: sort by (pixel, t) and keep each pixel's first.
+            order = np.lexsort((tin[hi], pix[hi]))
+            hs = hi[order]
+            first = np.ones(len(hs), bool)
+            first[1:] = pix[hs][1:] != pix[hs][:-1]
+            win = hs[first]
+            tflat[pix[win]] = tin[win]
+            ids.reshape(-1)[pix[win]] = k[win]
+    return t, ids
+
+
+def cast_shadows(
+    camera: Camera,
+    prims: list[Prim],
+    ids: np.ndarray,
+    points: np.ndarray,
+    normals: np.ndarray,
+    lit: np.ndarray,
+    sun: np.ndarray,
+    table: PrimTable | None = None,
+) -> np.ndarray:
+    """Which surface points are hidden from the sun by some primitive.
+
+    Args:
+        camera: the camera whose pixel grid ``ids`` etc. are on.
+        ids: int32 [H, W] from :func:`cast_primary`.
+        points: float32 [H, W, 3] world hit points; ``normals`` their world normals.
+        lit: bool [H, W] points facing the sun (the only ones that can be shadowed).
+        sun: (3,) unit direction towards the sun, y > 0.
+
+    Returns:
+        bool [H, W], True where the point is in a cast shadow.
+    """
+    h, w = ids.shape
+    shadow = np.zeros((h, w), dtype=bool)
+    tab = PrimTable.of(prims) if table is None else table
+    # Shadows of far casters fall on far, hazy, tiny surfaces: not worth their rays.
+    near = distance_bounds(prims, camera.position) < 110.0 if prims else np.zeros(0, bool)
+    casters = np.array([k for k, p in enumerate(prims) if p.shadow and near[k]], dtype=np.int64)
+    if not len(casters) or not lit.any():
+        return shadow
+    corners = all_corners([prims[k] for k in casters])
+    # The shadow volume is the solid swept away from the sun down to the ground; its
+    # hull projects to the only pixels that can lie in this shadow.
+    drop = (corners[..., 1] + 0.05) / sun[1]
+    hull = np.concatenate([corners, corners - drop[..., None] * sun], axis=1)
+    rects = np.zeros((len(prims), 4), np.int64)
+    rects[casters] = camera.pixel_rects(hull)
+    area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
+    sun32 = sun.astype(np.float32)
+    lifted = points + 0.03 * normals
+    for k in casters.tolist():
+        if area[k] <= BATCH_AREA:
+            continue
+        r0, r1, c0, c1 = rects[k].tolist()
+        cand = lit[r0:r1, c0:c1] & (ids[r0:r1, c0:c1] != k) & ~shadow[r0:r1, c0:c1]
+        if not cand.any():
+            continue
+        prim = prims[k]
+        rot = tab.rotation[k]
+        o = (lifted[r0:r1, c0:c1][cand] - tab.center[k]) @ rot
+        d = sun32 @ rot
+        tin, tout = interval(prim, (o[:, 0], o[:, 1], o[:, 2]), tuple(d.tolist()))
+        hit = (tin <= tout) & (tout > 1e-3)
+        if prim.cutout != CUT_NONE and hit.any():
+            sel = np.flatnonzero(hit)
+            q = o[sel] + np.maximum(tin[sel], 0.0)[:, None] * d
+            hit[sel[cutout_open(prim.cutout, q, tab.half[k], tab.params[k], tab.tex[k])]] = False
+        view = shadow[r0:r1, c0:c1]
+        view[cand] = hit
+    small = casters[(area[casters] > 0) & (area[casters] <= BATCH_AREA)]
+    k, pix = _pairs(rects, small, w)
+    keep = lit.reshape(-1)[pix] & (ids.reshape(-1)[pix] != k) & ~shadow.reshape(-1)[pix]
+    k, pix = k[keep], pix[keep]
+    if len(k):
+        rot = tab.rotation[k]
+        o = np.einsum("pi,pij->pj", lifted.reshape(-1, 3)[pix] - tab.center[k], rot)
+        d = np.einsum("i,pij->pj", sun32, rot)
+        tin, tout = pair_interval(tab, k, o, d)
+        hit = (tin <= tout) & (tout > 1e-3)
+        ci = np.flatnonzero(hit & (tab.cutout[k] != CUT_NONE))
+        if len(ci):
+            kc = k[ci]
+            q = o[ci] + np.maximum(tin[ci], 0.0)[:, None] * d[ci]
+            hit[ci[cutout_open(tab.cutout[kc], q, tab.half[kc], tab.params[kc], tab.tex[kc])]] = (
+                False
+            )
+        shadow.reshape(-1)[pix[hit]] = True
+    return shadow
