@@ -105,25 +105,54 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate (cached) + check + stats, train the demo config, test, print the table."""
     from scenemtl.data.check import check_dataset
     from scenemtl.data.procedural import SynthParams, default_root, synthesize
     from scenemtl.data.stats import format_stats, write_stats
+    from scenemtl.engine.cli import run_lightning_cli
+    from scenemtl.runs import format_best, summarize_run
 
+    config = Path(args.config)
+    if not config.is_file():
+        raise UserError(f"demo config {config} not found (run `make demo` from the repository)")
     params = SynthParams()
     root = default_root(params)
-    print(f"[1/3] procedural dataset (cached) at {root}")
+    print(f"[1/5] procedural dataset (cached) at {root}", flush=True)
     synthesize(root, params)
-    print("[2/3] integrity check")
+    print("[2/5] integrity check", flush=True)
     problems = check_dataset(root)
     if problems:
         for p in problems[:20]:
             print(p)
         raise UserError(f"{len(problems)} problem(s) in the generated dataset at {root}")
-    print("[3/3] statistics")
+    print("[3/5] statistics", flush=True)
     info, plots = write_stats(root)
     print(format_stats(info.stats))
     print("histograms: " + ", ".join(str(p) for p in plots))
+    print(f"[4/5] training {config}", flush=True)
+    run_root = Path(args.runs)
+    run_lightning_cli(["fit", "--config", str(config), "--run.root", str(run_root)])
+    run_dir = _newest_run(run_root / config.stem)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    print(f"[5/5] test split with {best}", flush=True)
+    run_lightning_cli(
+        ["test", "--config", str(config), "--run.root", str(run_root), "--ckpt_path", str(best)]
+    )
+    print()
+    print(format_best(summarize_run(run_dir)))
+    print(f"\nrun directory: {run_dir}")
+    print(f"TensorBoard:   tensorboard --logdir {run_root}")
     return 0
+
+
+def _newest_run(run_dir: Path) -> Path:
+    versions = sorted(
+        (p for p in run_dir.glob("version_*") if p.name[8:].isdigit()),
+        key=lambda p: int(p.name[8:]),
+    )
+    if not versions:
+        raise UserError(f"no run found under {run_dir}")
+    return versions[-1]
 
 
 # --------------------------------------------------------------------------------------
@@ -176,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     cs.set_defaults(func=cmd_data_cityscapes)
 
     demo = sub.add_parser("demo", help="the end-to-end demo behind `make demo`")
+    demo.add_argument("--config", default="configs/demo.yaml")
+    demo.add_argument("--runs", default="runs", help="folder of run directories")
     demo.set_defaults(func=cmd_demo)
 
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
