@@ -277,7 +277,7 @@ def cast_primary(
     # Big primitives front to back, so that whatever is wholly behind nearer surfaces
     # is skipped.
     for k in np.argsort(lower, kind="stable").tolist():
-        if area[k] <= BATCH_AREA:
+        if area[k] == 0 or area[k] <= BATCH_AREA:
             continue
         r0, r1, c0, c1 = rect_list[k]
         tb = t[r0:r1, c0:c1]
@@ -380,7 +380,7 @@ def cast_shadows(
     sun32 = sun.astype(np.float32)
     lifted = points + 0.03 * normals
     for k in casters.tolist():
-        if area[k] <= BATCH_AREA:
+        if area[k] == 0 or area[k] <= BATCH_AREA:
             continue
         r0, r1, c0, c1 = rects[k].tolist()
         cand = lit[r0:r1, c0:c1] & (ids[r0:r1, c0:c1] != k) & ~shadow[r0:r1, c0:c1]

@@ -1,0 +1,402 @@
+"""The procedural street-scene generator: geometry, determinism, format, cache."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scenemtl.data import format as fmt
+from scenemtl.data.procedural import (
+    GENERATOR_VERSION,
+    SynthParams,
+    bench,
+    default_root,
+    raycast,
+    render_sample,
+    synthesize,
+)
+from scenemtl.data.procedural import generate as gen
+from scenemtl.data.procedural.camera import Camera, make_camera
+from scenemtl.data.procedural.geometry import (
+    BOX,
+    CYLINDER,
+    ELLIPSOID,
+    ROUNDED_BOX,
+    make,
+    rot_y,
+)
+from scenemtl.data.procedural.render import render
+from scenemtl.data.procedural.scene import make_scene
+from scenemtl.errors import UserError
+from scenemtl.tasks import IGNORE_INDEX, SEMSEG, train_id
+
+TINY = SynthParams(train=5, val=2, test=2, size=(24, 48), seed=3)
+SKY = train_id("sky")
+ROAD = train_id("road")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+# --------------------------------------------------------------------------------------
+# parameters
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"train": -1},
+        {"val": 1.5},
+        {"test": True},
+        {"train": 0, "val": 0, "test": 0},
+        {"size": (0, 64)},
+        {"size": (32,)},
+        {"size": "128x256"},
+        {"seed": -3},
+        {"depth_encoding": "meters8"},
+        {"jpeg_quality": 0},
+        {"jpeg_quality": 101},
+        {"test_gt": "yes"},
+    ],
+)
+def test_params_reject_bad_values(kwargs: dict) -> None:
+    with pytest.raises(UserError):
+        SynthParams(**kwargs)
+
+
+def test_params_roundtrip_and_key() -> None:
+    p = SynthParams(train=3, size=[32, 64])  # a list (from JSON) becomes a tuple
+    assert p.size == (32, 64)
+    assert SynthParams.from_json(p.to_json()) == p
+    assert p.key() == SynthParams(train=3, size=(32, 64)).key()
+    assert p.key() != SynthParams(train=3, size=(32, 64), seed=1).key()
+    with pytest.raises(UserError, match="unknown"):
+        SynthParams.from_json({**p.to_json(), "colour": 1})
+
+
+def test_default_root_follows_env_and_params(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SCENEMTL_DATA", str(tmp_path))
+    a = default_root(SynthParams())
+    assert a.parent == tmp_path
+    assert a == default_root(SynthParams())
+    assert a != default_root(SynthParams(size=(256, 512)))
+    monkeypatch.delenv("SCENEMTL_DATA")
+    assert default_root(SynthParams()).parent == Path.home() / ".cache" / "scenemtl"
+
+
+# --------------------------------------------------------------------------------------
+# ray casting
+
+
+def _camera(size: tuple[int, int] = (32, 64), height: float = 1.5) -> Camera:
+    rot = np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]])  # level, looking along +z
+    h, w = size
+    return Camera(h, w, w * 1.1, w * 1.1, w / 2, h / 2, np.array([0.0, height, 0.0]), rot)
+
+
+@pytest.mark.parametrize(
+    ("shape", "half", "expected"),
+    [
+        (BOX, (1.0, 1.0, 1.0), 9.0),
+        (CYLINDER, (1.0, 1.0, 1.0), 9.0),
+        (ELLIPSOID, (1.0, 1.0, 2.0), 8.0),
+        (ROUNDED_BOX, (1.0, 1.0, 1.0), 9.0),
+    ],
+)
+def test_interval_on_axis(shape: int, half: tuple, expected: float) -> None:
+    prim = make(shape, (0.0, 0.0, 10.0), half, 0, 0, (0.5, 0.5, 0.5))
+    o = tuple(np.zeros(3) - prim.center)
+    tin, tout = raycast.interval(prim, o, (0.0, 0.0, 1.0))
+    assert float(tin) == pytest.approx(expected)
+    assert float(tout) == pytest.approx(20.0 - expected)
+
+
+def test_rounded_box_cuts_corners_and_rotation_matters() -> None:
+    d = np.array([0.5, 0.5, 9.0])
+    d /= np.linalg.norm(d)  # aims off-centre at the front face of a unit box centred at z=10
+    kw = {"label": 0, "material": 0, "color": (0.5, 0.5, 0.5)}
+    box = make(BOX, (0, 0, 10), (1, 1, 1), **kw)
+    rounded = make(ROUNDED_BOX, (0, 0, 10), (1, 1, 1), round_scale=1.2, **kw)
+    o = (0.0, 0.0, -10.0)
+    t_box, _ = raycast.interval(box, o, tuple(d))
+    t_round, out_round = raycast.interval(rounded, o, tuple(d))
+    assert float(t_box) == pytest.approx(9.0 / d[2], rel=1e-5)
+    assert float(t_round) > float(t_box) + 0.01
+    assert float(t_round) < float(out_round)
+    # Turned by 45 degrees, the box presents an edge: the on-axis hit comes earlier.
+    turned = make(BOX, (0, 0, 10), (1, 1, 1), rotation=rot_y(math.pi / 4), **kw)
+    o_local = tuple(np.array(o) @ turned.rotation)
+    d_local = tuple(np.array([0.0, 0.0, 1.0]) @ turned.rotation)
+    tin, _ = raycast.interval(turned, o_local, d_local)
+    assert float(tin) == pytest.approx(10.0 - math.sqrt(2), rel=1e-5)
+
+
+def test_local_normals_point_outward() -> None:
+    kw = {"label": 0, "material": 0, "color": (0.5, 0.5, 0.5)}
+    box = make(BOX, (0, 0, 0), (1, 2, 3), **kw)
+    pts = np.array([[1.0, 0.5, 0.5], [0.2, -2.0, 1.0], [0.0, 0.0, 3.0]])
+    np.testing.assert_allclose(raycast.local_normal(box, pts), [[1, 0, 0], [0, -1, 0], [0, 0, 1]])
+    cyl = make(CYLINDER, (0, 0, 0), (1, 1, 1), **kw)
+    pts = np.array([[0.6, 0.0, 0.8], [0.1, 1.0, 0.1]])
+    np.testing.assert_allclose(
+        raycast.local_normal(cyl, pts), [[0.6, 0, 0.8], [0, 1, 0]], atol=1e-6
+    )
+
+
+def _scene(seed: int = 11, size: tuple[int, int] = (48, 96)):
+    return make_scene(np.random.default_rng(seed), size)
+
+
+def test_batched_and_per_primitive_casting_agree(monkeypatch) -> None:
+    scene = _scene()
+    dirs, _ = scene.camera.rays()
+    planes = np.ascontiguousarray(dirs.transpose(2, 0, 1))
+    inv = raycast.safe_inverse(planes)
+    monkeypatch.setattr(raycast, "BATCH_AREA", -1)  # every primitive one by one
+    t_loop, ids_loop = raycast.cast_primary(scene.camera, scene.prims, planes, inv)
+    monkeypatch.setattr(raycast, "BATCH_AREA", 10**9)  # every primitive in the batch
+    t_batch, ids_batch = raycast.cast_primary(scene.camera, scene.prims, planes, inv)
+    assert (ids_loop >= 0).sum() > 100  # the scene does show objects
+    np.testing.assert_array_equal(ids_loop, ids_batch)
+    np.testing.assert_allclose(t_loop, t_batch, rtol=1e-5)
+
+
+def test_screen_rectangles_are_conservative(monkeypatch) -> None:
+    """Culling by projected rectangles must never lose a hit."""
+    scene = _scene(seed=5)
+    dirs, _ = scene.camera.rays()
+    planes = np.ascontiguousarray(dirs.transpose(2, 0, 1))
+    inv = raycast.safe_inverse(planes)
+    t_culled, ids_culled = raycast.cast_primary(scene.camera, scene.prims, planes, inv)
+    cam = scene.camera
+    monkeypatch.setattr(
+        type(cam),
+        "pixel_rects",
+        lambda self, pts: np.tile([0, self.height, 0, self.width], (len(pts), 1)),
+    )
+    monkeypatch.setattr(raycast, "BATCH_AREA", -1)
+    t_full, ids_full = raycast.cast_primary(cam, scene.prims, planes, inv)
+    np.testing.assert_array_equal(ids_culled, ids_full)
+    np.testing.assert_allclose(t_culled, t_full, rtol=1e-5)
+
+
+def test_ground_depth_matches_the_plane() -> None:
+    """Road pixels are ground-plane hits: their z-depth follows from the camera alone."""
+    scene = _scene(seed=2)
+    _, semseg, depth = render(scene, np.random.default_rng(0))
+    cam = scene.camera
+    dirs, zfac = cam.rays()
+    road = (semseg == ROAD) & (dirs[..., 1] < -0.01)
+    assert road.sum() > 200
+    expected = -cam.position[1] / dirs[..., 1] * zfac
+    np.testing.assert_allclose(depth[road], expected[road], rtol=1e-4)
+    # Sky is exactly where nothing is hit.
+    assert np.array_equal(semseg == SKY, ~np.isfinite(depth))
+
+
+def test_shadow_falls_under_a_floating_box() -> None:
+    cam = _camera(size=(48, 96), height=3.0)
+    box = make(BOX, (0.0, 2.0, 20.0), (1.5, 0.2, 1.5), 2, 0, (0.5, 0.5, 0.5))
+    dirs, _ = cam.rays()
+    planes = np.ascontiguousarray(dirs.transpose(2, 0, 1))
+    t, ids = raycast.cast_primary(cam, [box], planes, raycast.safe_inverse(planes))
+    points = cam.position.astype(np.float32) + np.where(np.isfinite(t), t, 0)[..., None] * dirs
+    normals = np.zeros_like(points)
+    normals[..., 1] = 1.0
+    lit = ids == raycast.GROUND
+    sun = np.array([0.0, 1.0, 0.0])  # straight above (a test-only sun)
+    shadow = raycast.cast_shadows(cam, [box], ids, points, normals, lit, sun)
+    under = lit & (np.abs(points[..., 0]) < 1.3) & (np.abs(points[..., 2] - 20.0) < 1.3)
+    away = lit & ((np.abs(points[..., 0]) > 1.8) | (np.abs(points[..., 2] - 20.0) > 1.8))
+    assert under.sum() > 5 and away.sum() > 5
+    assert shadow[under].all()
+    assert not shadow[away].any()
+
+
+def test_camera_jitter_stays_plausible() -> None:
+    for seed in range(20):
+        cam = make_camera(np.random.default_rng(seed), (128, 256))
+        assert 1.2 <= cam.position[1] <= 1.7
+        forward = cam.rotation[:, 2]
+        assert forward[2] > 0.99  # looks along the street
+        hfov = 2 * math.degrees(math.atan(cam.width / 2 / cam.fx))
+        assert 44 < hfov < 53
+
+
+# --------------------------------------------------------------------------------------
+# samples
+
+
+def test_render_sample_contract() -> None:
+    params = SynthParams(size=(40, 80), seed=1)
+    rgb, semseg, depth = render_sample(params, "train", 4)
+    assert rgb.shape == (40, 80, 3) and rgb.dtype == np.uint8
+    assert semseg.shape == (40, 80) and semseg.dtype == np.uint8
+    assert depth.shape == (40, 80) and depth.dtype == np.float32
+    assert semseg.max() < SEMSEG.channels
+    lo, hi = params.depth_range_m
+    valid = depth > 0
+    assert (lo, hi) == (4.0, 300.0)
+    assert depth[valid].min() >= lo and depth[valid].max() <= hi
+    assert np.array_equal(~valid, semseg == SKY)
+    assert rgb.std() > 10  # not a flat picture
+    again = render_sample(params, "train", 4)
+    for a, b in zip((rgb, semseg, depth), again, strict=True):
+        assert np.array_equal(a, b)
+    other = render_sample(params, "val", 4)
+    assert not np.array_equal(other[1], semseg)
+
+
+def test_same_scene_at_every_size() -> None:
+    """The layout does not depend on the resolution: a bigger image shows the same
+    scene (so `--size 256x512` is the same dataset, sharper)."""
+    small = render_sample(SynthParams(size=(32, 64)), "train", 0)[1]
+    big = render_sample(SynthParams(size=(64, 128)), "train", 0)[1]
+    agree = (big[::2, ::2] == small).mean()
+    assert agree > 0.8
+
+
+def test_every_class_appears_in_a_modest_sample() -> None:
+    params = SynthParams(size=(48, 96), seed=0)
+    seen = np.zeros(SEMSEG.channels, bool)
+    for i in range(60):
+        seen |= np.bincount(render_sample(params, "train", i)[1].ravel(), minlength=19)[:19] > 0
+        if seen.all():
+            break
+    missing = [c for c in range(SEMSEG.channels) if not seen[c]]
+    assert not missing, f"classes never rendered: {missing}"
+
+
+# --------------------------------------------------------------------------------------
+# datasets on disk
+
+
+def test_synthesize_writes_readable_format(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    info = synthesize(root, TINY, workers=1, progress=False)
+    assert fmt.read_info(root).to_json() == info.to_json()
+    assert info.image_size == TINY.size
+    assert info.splits == {s: {"size": n, "gt": True} for s, n in TINY.splits.items()}
+    assert info.source["params"] == TINY.to_json()
+    assert info.source["generator_version"] == GENERATOR_VERSION
+    assert sum(info.source["class_pixel_frequency"]) == pytest.approx(1.0)
+    for split, n in TINY.splits.items():
+        assert len(list((root / split / "rgb").iterdir())) == n
+        for i in range(n):
+            rgb = fmt.read_rgb(fmt.find_rgb(root, split, i))
+            sem = fmt.read_semseg(fmt.label_path(root, split, "semseg", i))
+            dep = fmt.read_depth(fmt.label_path(root, split, "depth", i))
+            ref_rgb, ref_sem, ref_dep = render_sample(TINY, split, i)
+            assert np.array_equal(sem, ref_sem)
+            assert np.abs(rgb.astype(int) - ref_rgb).mean() < 12  # JPEG
+            assert np.array_equal(dep > 0, ref_dep > 0)
+            valid = ref_dep > 0
+            # The disparity code is linear in 1/depth with 254 steps over [1/300, 1/4].
+            step = (1 / 4 - 1 / 300) / 254
+            assert np.all(np.abs(1 / dep[valid] - 1 / ref_dep[valid]) <= step / 2 + 1e-6)
+            assert not np.isin(sem, [IGNORE_INDEX]).any()
+
+
+def test_output_is_identical_whatever_the_worker_count(tmp_path: Path) -> None:
+    a = synthesize(tmp_path / "one", TINY, workers=1, progress=False)
+    b = synthesize(tmp_path / "two", TINY, workers=2, progress=False)
+    assert a.to_json() == b.to_json()
+    fa, fb = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert fa.keys() == fb.keys() and len(fa) == 3 * 9 + 1
+    assert all(fa[k] == fb[k] for k in fa)
+
+
+def test_second_call_is_a_cache_hit(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "ds"
+    first = synthesize(root, TINY, workers=1, progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rendered although cached")
+
+    monkeypatch.setattr(gen, "_render_chunk", fail)
+    again = synthesize(root, TINY, workers=1, progress=False)
+    assert again.to_json() == first.to_json()
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
+
+
+def test_other_params_regenerate_in_place(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    synthesize(root, TINY, workers=1, progress=False)
+    smaller = SynthParams(train=2, val=1, test=0, size=(24, 48), seed=3)
+    info = synthesize(root, smaller, workers=1, progress=False)
+    assert info.source["params"] == smaller.to_json()
+    assert len(list((root / "train" / "rgb").iterdir())) == 2  # stale images are gone
+    assert not (root / "test").exists()
+
+
+def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "ds"
+    real = gen.render_sample
+
+    def flaky(params, split, index):
+        if split == "val":
+            raise RuntimeError("killed")
+        return real(params, split, index)
+
+    monkeypatch.setattr(gen, "render_sample", flaky)
+    with pytest.raises(RuntimeError):
+        synthesize(root, TINY, workers=1, progress=False)
+    assert (root / "train" / "rgb").is_dir()
+    assert not fmt.info_path(root).exists()
+    monkeypatch.setattr(gen, "render_sample", real)
+    info = synthesize(root, TINY, workers=1, progress=False)  # resumes from scratch
+    assert fmt.read_info(root).splits == info.splits
+
+
+def test_refuses_to_overwrite_foreign_data(tmp_path: Path) -> None:
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        synthesize(stray, TINY, workers=1, progress=False)
+    other = tmp_path / "other"
+    fmt.write_info(
+        other, fmt.DatasetInfo(name="real", image_size=(24, 48), splits={"train": {"size": 0}})
+    )
+    with pytest.raises(UserError, match="did not make"):
+        synthesize(other, TINY, workers=1, progress=False)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="not a directory"):
+        synthesize(a_file, TINY, workers=1, progress=False)
+    with pytest.raises(UserError, match="workers"):
+        synthesize(tmp_path / "w", TINY, workers=0, progress=False)
+
+
+def test_meters16_and_test_split_without_gt(tmp_path: Path) -> None:
+    params = SynthParams(
+        train=2, val=0, test=2, size=(24, 48), depth_encoding="meters16", test_gt=False
+    )
+    root = tmp_path / "ds"
+    info = synthesize(root, params, workers=1, progress=False)
+    assert info.depth_encoding == "meters16"
+    assert info.depth_range_m[1] < 256
+    assert info.splits["test"] == {"size": 2, "gt": False}
+    assert not (root / "test" / "depth").exists() and not (root / "test" / "semseg").exists()
+    dep = fmt.read_depth(fmt.label_path(root, "train", "depth", 0))
+    _, _, ref = render_sample(params, "train", 0)
+    np.testing.assert_allclose(dep, ref, atol=1 / 512 + 1e-6)
+    assert ref.max() <= info.depth_range_m[1]
+
+
+def test_bench_reports_a_rate(capsys) -> None:
+    assert bench(size=(16, 32), n=2, workers=1) > 0
+    from scenemtl.data.procedural import bench as bench_module  # may now be the module
+
+    assert callable(bench_module)
+    from scenemtl.data.procedural.bench import main
+
+    assert main(["--size", "16x32", "-n", "2", "--workers", "1"]) == 0
+    assert "images/s at 16x32" in capsys.readouterr().out
