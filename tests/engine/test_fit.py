@@ -106,3 +106,24 @@ def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, cap
     assert all(
         torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
     )
+
+
+def test_from_checkpoint_restores_network_and_depth_statistics(tmp_path, tiny_root):
+    import json
+
+    from scenemtl.engine.module import MultiTaskModule
+    from scenemtl.errors import UserError
+
+    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
+    assert run_cli(["fit", "--config", str(cfg)]) == 0
+    best = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    module = MultiTaskModule.from_checkpoint(best)
+    stats = json.loads((tiny_root / "dataset.json").read_text())["stats"]
+    assert float(module.depth_space.mean) == pytest.approx(stats["depth_m"]["mean"], rel=1e-6)
+    assert not module.training
+    preds = module.predict_batch(torch.zeros(1, 3, 32, 48))
+    assert preds["semseg"].shape == (1, 32, 48) and (preds["depth"] > 0).all()
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(UserError, match="not a scenemtl checkpoint"):
+        MultiTaskModule.from_checkpoint(broken)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -63,7 +65,10 @@ class MultiTaskModule(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        net = net if net is not None else ModelConfig()
+        if net is None:
+            net = ModelConfig()
+        elif isinstance(net, dict):  # hyper_parameters of a checkpoint hold plain dicts
+            net = ModelConfig(**net)
         if optimizer not in OPTIMIZERS:
             raise UserError(f"model.optimizer {optimizer!r} unknown; choose one of {OPTIMIZERS}")
         for name, value in (("lr", lr), ("lr_floor", lr_floor)):
@@ -95,6 +100,35 @@ class MultiTaskModule(L.LightningModule):
         self.register_buffer("stats_adopted", torch.tensor(False), persistent=True)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str = "cpu") -> MultiTaskModule:
+        """The trained network of a checkpoint, in eval mode, without unpickling anything.
+
+        The encoder is built without its initialization weights (the checkpoint has them),
+        so loading never reaches for the network.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} not found")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            hparams = dict(ckpt["hyper_parameters"])
+            state = ckpt["state_dict"]
+        except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError) as e:
+            raise UserError(f"{path}: not a scenemtl checkpoint ({type(e).__name__})") from None
+        hparams.pop("_instantiator", None)
+        net = dict(hparams.pop("net", None) or {})
+        net["weights"] = None
+        module = cls(net=net, **hparams)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise UserError(
+                f"{path}: weights do not fit the configured network ({first})"
+            ) from None
+        return module.eval()
 
     # ----------------------------------------------------------------------------------
     # data statistics
