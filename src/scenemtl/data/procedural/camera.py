@@ -91,30 +91,42 @@ class Camera:
         pc = self.to_camera(points.reshape(-1, 3)).reshape(k, npts, 3)
         z = pc[..., 2]
         front = z >= NEAR
-        ia, ib = np.triu_indices(npts, 1)
-        za, zb = z[:, ia], z[:, ib]
-        cross = (za >= NEAR) != (zb >= NEAR)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            f = np.where(cross, (NEAR - za) / (zb - za), 0.0)
-        cp = pc[:, ia] + f[..., None] * (pc[:, ib] - pc[:, ia])
-        allp = np.concatenate([pc, cp], axis=1)
-        valid = np.concatenate([front, cross], axis=1)
-        zs = np.where(valid, np.maximum(allp[..., 2], NEAR), 1.0)
-        u = np.where(valid, self.fx * allp[..., 0] / zs + self.cx, np.nan)
-        v = np.where(valid, self.fy * allp[..., 1] / zs + self.cy, np.nan)
-        some = valid.any(axis=1)
-        with np.errstate(invalid="ignore"):
-            umin = np.where(some, np.nanmin(np.where(some[:, None], u, 0.0), axis=1), 0.0)
-            umax = np.where(some, np.nanmax(np.where(some[:, None], u, 0.0), axis=1), 0.0)
-            vmin = np.where(some, np.nanmin(np.where(some[:, None], v, 0.0), axis=1), 0.0)
-            vmax = np.where(some, np.nanmax(np.where(some[:, None], v, 0.0), axis=1), 0.0)
+        umin = np.zeros(k)
+        umax = np.zeros(k)
+        vmin = np.zeros(k)
+        vmax = np.zeros(k)
+        whole = front.all(axis=1)
+        if whole.any():
+            q = pc[whole]
+            u = self.fx * q[..., 0] / q[..., 2] + self.cx
+            v = self.fy * q[..., 1] / q[..., 2] + self.cy
+            umin[whole], umax[whole] = u.min(1), u.max(1)
+            vmin[whole], vmax[whole] = v.min(1), v.max(1)
+        part = np.flatnonzero(front.any(axis=1) & ~whole)
+        if len(part):
+            q, zq, fq = pc[part], z[part], front[part]
+            ia, ib = np.triu_indices(npts, 1)
+            za, zb = zq[:, ia], zq[:, ib]
+            cross = (za >= NEAR) != (zb >= NEAR)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f = np.where(cross, (NEAR - za) / (zb - za), 0.0)
+            cp = q[:, ia] + f[..., None] * (q[:, ib] - q[:, ia])
+            allp = np.concatenate([q, cp], axis=1)
+            valid = np.concatenate([fq, cross], axis=1)
+            zs = np.where(valid, np.maximum(allp[..., 2], NEAR), 1.0)
+            u = self.fx * allp[..., 0] / zs + self.cx
+            v = self.fy * allp[..., 1] / zs + self.cy
+            umin[part] = np.where(valid, u, np.inf).min(1)
+            umax[part] = np.where(valid, u, -np.inf).max(1)
+            vmin[part] = np.where(valid, v, np.inf).min(1)
+            vmax[part] = np.where(valid, v, -np.inf).max(1)
         big = 1e7
         c0 = np.clip(np.ceil(np.clip(umin, -big, big) - 0.5) - 1, 0, self.width)
         c1 = np.clip(np.floor(np.clip(umax, -big, big) - 0.5) + 2, 0, self.width)
         r0 = np.clip(np.ceil(np.clip(vmin, -big, big) - 0.5) - 1, 0, self.height)
         r1 = np.clip(np.floor(np.clip(vmax, -big, big) - 0.5) + 2, 0, self.height)
         rects = np.stack([r0, r1, c0, c1], 1).astype(np.int64)
-        empty = ~some | (rects[:, 0] >= rects[:, 1]) | (rects[:, 2] >= rects[:, 3])
+        empty = ~front.any(axis=1) | (rects[:, 0] >= rects[:, 1]) | (rects[:, 2] >= rects[:, 3])
         rects[empty] = 0
         return rects
 

@@ -549,10 +549,10 @@ def tree(
         pal.pick(rng, pal.BARK, 0.08),
         tex=float(rng.uniform(0, 256)),
     )
-    conifer = rng.random() < 0.12
+    kind = rng.choice(4, p=[0.62, 0.12, 0.14, 0.12])  # round, conifer, columnar, broad
     radius = rng.uniform(1.6, 3.6) * scale
     leaf = pal.pick(rng, pal.FOLIAGE, 0.08)
-    if conifer:
+    if kind == 1:
         c = (0, trunk_h + radius * 1.3, 0)
         pl.add(
             ELLIPSOID,
@@ -565,6 +565,23 @@ def tree(
             cutout=CUT_FOLIAGE,
         )
         return pl.prims
+    if kind == 2:
+        r = radius * rng.uniform(0.35, 0.5)
+        tall = rng.uniform(2.5, 4.0) * r
+        for i in range(2):
+            pl.add(
+                ELLIPSOID,
+                (rng.normal(0, 0.1), trunk_h + tall * (0.9 + 0.8 * i), 0),
+                (r, tall, r),
+                VEGETATION,
+                pal.M_FOLIAGE,
+                leaf * np.exp(rng.normal(0, 0.08, 3)),
+                tex=float(rng.uniform(0, 256)),
+                cutout=CUT_FOLIAGE,
+            )
+        return pl.prims
+    if kind == 3:
+        radius *= 1.3
     # Far trees are a few pixels wide: fewer leaf clumps cost less and look the same.
     far = math.hypot(x, z) > 70.0
     n = int(rng.integers(1, 3)) if far else int(rng.integers(3, 6))
@@ -661,7 +678,7 @@ def sign_post(
     y = h - 0.05
     for _ in range(1 + int(rng.random() < 0.35)):
         kind = int(rng.integers(0, 7))
-        size = rng.uniform(0.28, 0.4)
+        size = rng.uniform(0.3, 0.45)
         c = (0.0, y - size, 0.0) + turn @ np.array([0.0, 0.0, -0.05])
         face = pal.SIGN_FACE[[0, 1, 0, 1, 3, 4, 0][kind]]
         params = (float(kind), 0.0, 0.0, 0.0)

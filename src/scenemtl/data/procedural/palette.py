@@ -159,5 +159,6 @@ LAMP = _p((255, 40, 30), (255, 190, 30), (60, 255, 120))
 def pick(rng: np.random.Generator, palette: np.ndarray, jitter: float = 0.08) -> np.ndarray:
     """One palette colour with per-channel and brightness jitter (linear albedo)."""
     base = palette[rng.integers(len(palette))]
-    gain = np.exp(rng.normal(0.0, jitter, 3) + rng.normal(0.0, 1.5 * jitter))
+    g = rng.normal(0.0, jitter, 4)
+    gain = np.exp(g[:3] + 1.5 * g[3])
     return np.minimum(np.maximum(base * gain, 0.003), 0.95)

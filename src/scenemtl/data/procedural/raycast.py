@@ -26,8 +26,6 @@ from scenemtl.data.procedural.geometry import (
     ELLIPSOID,
     ROUNDED_BOX,
     Prim,
-    all_corners,
-    distance_bounds,
 )
 from scenemtl.data.procedural.textures import cutout_open
 
@@ -70,7 +68,10 @@ class PrimTable:
                 np.zeros(0, np.float32),
             )
         half = np.array([p.half for p in prims], np.float32)
-        scale = np.array([np.broadcast_to(p.round_scale, (3,)) for p in prims], np.float32)
+        scale = np.array(
+            [r if isinstance(r, tuple) else (r, r, r) for r in (p.round_scale for p in prims)],
+            np.float32,
+        )
         return cls(
             center=np.array([p.center for p in prims], np.float32),
             rotation=np.array([p.rotation for p in prims], np.float32),
@@ -81,6 +82,21 @@ class PrimTable:
             params=np.array([p.params for p in prims], np.float32),
             tex=np.array([p.tex for p in prims], np.float32),
         )
+
+    def corners(self) -> np.ndarray:
+        """[K, 8, 3] world corners of the bounding boxes."""
+        local = _SIGNS[None, :, :] * self.half[:, None, :]
+        return self.center[:, None, :] + np.einsum("knj,kij->kni", local, self.rotation)
+
+    def distance_bounds(self, point: np.ndarray) -> np.ndarray:
+        """[K] lower bounds of the distance from ``point`` to each primitive."""
+        q = np.einsum("ki,kij->kj", point[None, :].astype(np.float32) - self.center, self.rotation)
+        return np.linalg.norm(np.maximum(np.abs(q) - self.half, 0.0), axis=1)
+
+
+_SIGNS = np.array(
+    [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float32
+)
 
 
 def safe_inverse(d: np.ndarray) -> np.ndarray:
@@ -227,6 +243,42 @@ def local_normal(prim: Prim, p: np.ndarray) -> np.ndarray:
     return (n / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
+def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Batched :func:`local_normal`: unit local normals [N, 3] at local surface points
+    ``p`` [N, 3] of primitives ``k`` [N]."""
+    n = np.zeros_like(p)
+    shapes = tab.shape[k]
+    rows = np.arange(len(p))
+    boxy = (shapes == BOX) | (shapes == ROUNDED_BOX)
+    if boxy.any():
+        b = np.flatnonzero(boxy)
+        ratio = np.abs(p[b]) / tab.half[k[b]]
+        axis = ratio.argmax(axis=1)
+        n[b, axis] = np.sign(p[b, axis])
+        rb = shapes[b] == ROUNDED_BOX
+        if rb.any():
+            r = b[rb]
+            radii = tab.radii[k[r]]
+            ell = np.sqrt(np.sum((p[r] / radii) ** 2, axis=1))
+            on = ell >= ratio[rb].max(axis=1)
+            n[r[on]] = p[r[on]] / radii[on] ** 2
+    c = np.flatnonzero(shapes == CYLINDER)
+    if len(c):
+        half = tab.half[k[c]]
+        q = p[c]
+        radial = np.sqrt((q[:, 0] / half[:, 0]) ** 2 + (q[:, 2] / half[:, 2]) ** 2)
+        cap = np.abs(q[:, 1]) / half[:, 1] >= radial
+        n[c, 0] = np.where(cap, 0.0, q[:, 0] / half[:, 0] ** 2)
+        n[c, 1] = np.where(cap, np.sign(q[:, 1]), 0.0)
+        n[c, 2] = np.where(cap, 0.0, q[:, 2] / half[:, 2] ** 2)
+    e = np.flatnonzero(shapes == ELLIPSOID)
+    if len(e):
+        n[e] = p[e] / tab.half[k[e]] ** 2
+    del rows
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    return (n / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
 def _pairs(rects: np.ndarray, ks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """All (primitive, flat pixel index) pairs of the given primitives' rectangles."""
     r0, r1, c0, c1 = rects[ks].T
@@ -270,8 +322,8 @@ def cast_primary(
     ids[down] = GROUND
     if not prims:
         return t, ids
-    rects = camera.pixel_rects(all_corners(prims))
-    lower = distance_bounds(prims, camera.position)
+    rects = camera.pixel_rects(tab.corners())
+    lower = tab.distance_bounds(camera.position)
     area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
     rect_list = rects.tolist()
     # Big primitives front to back, so that whatever is wholly behind nearer surfaces
@@ -365,11 +417,14 @@ def cast_shadows(
     shadow = np.zeros((h, w), dtype=bool)
     tab = PrimTable.of(prims) if table is None else table
     # Shadows of far casters fall on far, hazy, tiny surfaces: not worth their rays.
-    near = distance_bounds(prims, camera.position) < 110.0 if prims else np.zeros(0, bool)
-    casters = np.array([k for k, p in enumerate(prims) if p.shadow and near[k]], dtype=np.int64)
-    if not len(casters) or not lit.any():
+    if not prims or not lit.any():
         return shadow
-    corners = all_corners([prims[k] for k in casters])
+    near = tab.distance_bounds(camera.position) < 110.0
+    casts = np.array([p.shadow for p in prims])
+    casters = np.flatnonzero(near & casts)
+    if not len(casters):
+        return shadow
+    corners = tab.corners()[casters]
     # The shadow volume is the solid swept away from the sun down to the ground; its
     # hull projects to the only pixels that can lie in this shadow.
     drop = (corners[..., 1] + 0.05) / sun[1]

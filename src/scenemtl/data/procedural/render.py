@@ -11,7 +11,7 @@ from scenemtl.data.procedural.raycast import (
     PrimTable,
     cast_primary,
     cast_shadows,
-    local_normal,
+    pair_normal,
     safe_inverse,
 )
 from scenemtl.data.procedural.scene import Scene
@@ -77,21 +77,15 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     table_label = rows([p.label for p in prims], 0, np.uint8)
     table_mat = rows([p.material for p in prims], 0, np.int32)
 
-    # Group hit pixels by primitive once instead of scanning the image per primitive.
-    order = np.argsort(hid, kind="stable")
-    sorted_ids = hid[order]
-    present = np.unique(sorted_ids[sorted_ids >= 0])
-    starts = np.searchsorted(sorted_ids, present, side="left")
-    ends = np.searchsorted(sorted_ids, present, side="right")
-    for i, a, b in zip(present.tolist(), starts.tolist(), ends.tolist(), strict=True):
-        prim = prims[i]
-        sel = order[a:b]
-        rot = prim.rotation.astype(np.float32)
-        q = (p[sel] - prim.center.astype(np.float32)) @ rot
-        nloc = local_normal(prim, q)
-        pl[sel] = q
-        nl[sel] = nloc
-        n[sel] = nloc @ rot.T
+    on_prim = np.flatnonzero(hid >= 0)
+    if len(on_prim):
+        kp = hid[on_prim]
+        rot = table.rotation[kp]
+        q = np.einsum("pi,pij->pj", p[on_prim] - table.center[kp], rot)
+        nloc = pair_normal(table, kp, q)
+        pl[on_prim] = q
+        nl[on_prim] = nloc
+        n[on_prim] = np.einsum("pj,pij->pi", nloc, rot)
 
     ground = hid == GROUND
     prim_rows = np.where(ground, k, hid)

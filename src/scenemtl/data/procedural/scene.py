@@ -84,15 +84,23 @@ class _Occupancy:
     """Footprint circles on the ground, to keep objects from overlapping."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[float, float, float]] = []
+        self._xzr = np.zeros((256, 3))
+        self._n = 0
 
     def free(self, x: float, z: float, r: float) -> bool:
-        return all((x - a) ** 2 + (z - b) ** 2 > (r + c) ** 2 for a, b, c in self.items)
+        a = self._xzr[: self._n]
+        return bool(np.all((a[:, 0] - x) ** 2 + (a[:, 1] - z) ** 2 > (a[:, 2] + r) ** 2))
+
+    def put(self, x: float, z: float, r: float) -> None:
+        if self._n == len(self._xzr):
+            self._xzr = np.concatenate([self._xzr, np.zeros_like(self._xzr)])
+        self._xzr[self._n] = (x, z, r)
+        self._n += 1
 
     def take(self, x: float, z: float, r: float) -> bool:
         if not self.free(x, z, r):
             return False
-        self.items.append((x, z, r))
+        self.put(x, z, r)
         return True
 
 
@@ -305,6 +313,39 @@ class _Street:
                 tex=float(rng.uniform(0, 256)),
             )
         )
+        if not house and rng.random() < 0.5:
+            # A cornice: a slab sticking out along the top of the facade.
+            t, over = rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.45)
+            self.add(
+                make(
+                    BOX,
+                    ((x0 + x1) / 2, height - t / 2 + 0.05, (z0 + z1) / 2),
+                    ((x1 - x0) / 2 + over, t / 2 + 0.05, (z1 - z0) / 2 + over * 0.5),
+                    ob.BUILDING,
+                    pal.M_WALL,
+                    np.minimum(col * rng.uniform(0.7, 1.3), 0.9),
+                    params=(0.5, 0.0, 0.0, 0.0),
+                    tex=float(rng.uniform(0, 256)),
+                )
+            )
+        if not house and height > 12 and rng.random() < 0.3:
+            # Set-back top storeys.
+            inset = rng.uniform(2.0, 5.0)
+            top = rng.uniform(3.0, 9.0)
+            xa, xb = sorted((x_face + s * inset, x_face + s * depth))
+            self.add(
+                make(
+                    BOX,
+                    ((xa + xb) / 2, height + top / 2, (z0 + z1) / 2),
+                    ((xb - xa) / 2, top / 2, (z1 - z0) / 2 - rng.uniform(0.0, 2.0)),
+                    ob.BUILDING,
+                    pal.M_BUILDING,
+                    col,
+                    color2=glass,
+                    params=(floor_h, spacing, rng.uniform(0.3, 0.7), float(style)),
+                    tex=float(rng.uniform(0, 256)),
+                )
+            )
         if house and rng.random() < 0.7:
             # A gable roof: a box turned 45 deg about the ridge, half buried in the house.
             a = (x1 - x0) / 2 / math.sqrt(2) * 1.02
@@ -325,7 +366,7 @@ class _Street:
         rng = self.rng
         u = self.urban
         weights = np.array(
-            [0.3 + 0.55 * u, 0.3 * (1 - u) + 0.04, 0.08, 0.08, 0.07, 0.12 * (1 - u) + 0.02]
+            [0.3 + 0.55 * u, 0.3 * (1 - u) + 0.04, 0.12, 0.11, 0.07, 0.12 * (1 - u) + 0.02]
         )
         weights /= weights.sum()
         for s in (-1, 1):
@@ -573,7 +614,7 @@ class _Street:
                     ):
                         self.add(ob.streetlamp(rng, curb + s * 0.4, z, h, -float(s)))
                     z += step
-            for _ in range(int(rng.poisson(1.6))):
+            for _ in range(int(rng.poisson(2.4))):
                 z = rng.uniform(3.0, 70.0)
                 x = curb + s * rng.uniform(0.3, 0.8)
                 if _in_any(z - 1, z + 1, self.crossings) or not self.occ.take(x, z, 0.5):
@@ -620,7 +661,7 @@ class _Street:
             side = self.side[s]
             lo = side["curb"] + s * (side["strip"] + 0.8)
             hi = side["outer"] - s * 0.4
-            lam = rng.uniform(0.0, 7.0) * (0.4 + self.urban)
+            lam = rng.uniform(0.0, 11.0) * (0.4 + self.urban)
             for _ in range(int(rng.poisson(lam))):
                 z = 2.0 + rng.exponential(25.0)
                 if z > 110 or _in_any(z - 0.5, z + 0.5, self.crossings, 1.0):
@@ -650,7 +691,7 @@ class _Street:
                                 rider=False,
                             )
                         )
-            if rng.random() < 0.08:
+            if rng.random() < 0.15:
                 z = rng.uniform(4.0, 40.0)
                 x = side["curb"] + s * 0.9
                 if self.occ.take(x, z, 0.8):
@@ -683,7 +724,7 @@ class _Street:
                 p.center = p.center + np.array([0.0, 0.0, z])
             self.add(prims)
             for dz in np.arange(-length / 2, length / 2, 1.5):
-                self.occ.items.append((x, z + dz, 1.3))
+                self.occ.put(x, z + dz, 1.3)
         for i, x in enumerate(self.lanes):
             oncoming = self.oncoming[i]
             own = abs(x) < 0.1
@@ -699,7 +740,7 @@ class _Street:
                     continue
                 yaw = (math.pi if oncoming else 0.0) + rng.normal(0, 0.02)
                 xx = x + rng.normal(0, 0.25)
-                kind = rng.choice(5, p=[0.855, 0.035, 0.04, 0.045, 0.025])
+                kind = rng.choice(5, p=[0.85, 0.025, 0.04, 0.06, 0.025])
                 if kind == 0:
                     prims, length = ob.car(rng, xx, z, yaw), 4.8
                 elif kind == 1:
@@ -716,7 +757,7 @@ class _Street:
                     for dz in np.linspace(-length / 2, length / 2, 4)
                 ):
                     for dz in np.linspace(-length / 2, length / 2, 4):
-                        self.occ.items.append((xx, zc + dz, 1.0))
+                        self.occ.put(xx, zc + dz, 1.0)
                     # Builders place the object's centre; move it to zc.
                     for p in prims:
                         p.center = p.center + np.array([0.0, 0.0, zc - z])
@@ -742,7 +783,7 @@ class _Street:
                         prims, length = ob.car(rng, x, z + 2.4, yaw), 4.8
                     self.add(prims)
                     for dz in np.linspace(0, length, 4):
-                        self.occ.items.append((x, z + dz, 1.0))
+                        self.occ.put(x, z + dz, 1.0)
                     z += length + rng.uniform(0.4, 2.5)
                 else:
                     z += 2.0

@@ -288,30 +288,24 @@ def _paint(s: Surface, sel: np.ndarray, out: Shade) -> None:
         s.color[sel]
         * (0.93 + 0.12 * noise(MEDIUM, pl[:, 0] * 8 + s.tex[sel], pl[:, 1] * 8))[:, None]
     )
-    bumper = vertical & (q[:, 1] < -0.6) & ((flags & ob.LIGHTS) > 0)
+    # Lights, bumper and plate have absolute sizes: a truck's tail lights are no bigger
+    # than a car's.
+    y_up = pl[:, 1] + half[:, 1]  # height above the solid's bottom
+    has_lights = (flags & ob.LIGHTS) > 0
+    bumper = vertical & has_lights & (y_up < np.minimum(0.22, 0.5 * half[:, 1]))
     albedo[bumper] *= 0.35
     albedo[glass] = s.color2[sel][glass]
     emission = np.zeros_like(albedo)
-    lights = (
-        end
-        & ((flags & ob.LIGHTS) > 0)
-        & (np.abs(q[:, 0]) > 0.6)
-        & (q[:, 1] > 0.0)
-        & (q[:, 1] < 0.6)
-    )
+    low = np.minimum(0.35, half[:, 1])
+    lights = end & has_lights & (np.abs(pl[:, 0]) > half[:, 0] - 0.32) & (y_up > low)
+    lights &= y_up < low + 0.2
     front = nl[:, 2] > 0
     head = lights & front
     tail = lights & ~front
     albedo[head] = pal.srgb(220, 220, 210).astype(np.float32)
     albedo[tail] = pal.srgb(150, 20, 20).astype(np.float32)
     emission[tail] = np.array([0.25, 0.01, 0.01], np.float32)
-    plate = (
-        end
-        & ((flags & ob.LIGHTS) > 0)
-        & (np.abs(q[:, 0]) < 0.22)
-        & (q[:, 1] > -0.55)
-        & (q[:, 1] < -0.15)
-    )
+    plate = end & has_lights & (np.abs(pl[:, 0]) < 0.26) & (y_up > 0.1) & (y_up < 0.3)
     albedo[plate] = pal.srgb(215, 215, 205).astype(np.float32)
     out.albedo[sel] = albedo
     out.emission[sel] = emission
@@ -495,6 +489,7 @@ def camera_response(post: Post, radiance: np.ndarray, rng: np.random.Generator) 
     yy = (np.arange(h, dtype=np.float32)[:, None] - h / 2) / (h / 2)
     xx = (np.arange(w, dtype=np.float32)[None, :] - w / 2) / (w / 2)
     x = x * (1 - post.vignette * 0.5 * (xx * xx + yy * yy))[..., None]
-    x = x + rng.normal(0.0, post.noise, (h, w, 1)).astype(np.float32)
-    x = x + rng.normal(0.0, post.noise * 0.5, (h, w, 3)).astype(np.float32)
+    sigma = np.float32(post.noise)
+    x = x + rng.standard_normal((h, w, 1), dtype=np.float32) * sigma
+    x = x + rng.standard_normal((h, w, 3), dtype=np.float32) * (sigma * 0.5)
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
