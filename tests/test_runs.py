@@ -37,4 +37,50 @@ def test_unfinished_and_empty_runs_are_labelled(tmp_path):
     write_run(tmp_path / "a" / "version_0", rows, max_epochs=16)
     assert summarize_run(tmp_path / "a" / "version_0").status == "unfinished"
     (tmp_path / "b" / "version_0").mkdir(parents=True)
-    assert summarize_run(tmp_path / "b" / "version_0").status == "no metrics"
+    assert summarize_run(tmp_path / "b" / "version_0").status == "unfinished"
+
+
+def test_run_table_lists_every_run_with_its_state(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from scenemtl.cli import main
+
+    ok = [{"epoch": 0, "step": 4, "val/semseg": 60, "val/depth": 25, "val/grader": 35}]
+    write_run(tmp_path / "good" / "version_0", ok, max_epochs=1)
+    (tmp_path / "good" / "version_0" / "run.json").write_text(
+        json.dumps({"status": "finished", "parameters": 22_400_000, "train_seconds": 600})
+    )
+    (tmp_path / "config.yaml").write_text("model:\n  net:\n    architecture: branched\n")
+    write_run(tmp_path / "boom" / "version_0", ok, max_epochs=1)
+    (tmp_path / "boom" / "version_0" / "run.json").write_text(
+        json.dumps({"status": "crashed", "error": "non-finite training loss at step 3"})
+    )
+    (tmp_path / "killed" / "version_2" / "checkpoints").mkdir(parents=True)
+    for fmt in ("md", "csv", "latex"):
+        with pytest.raises(SystemExit) as exc:
+            main(["runs", str(tmp_path), "--format", fmt])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert out.count("good") == 1 and out.count("boom") == 1 and out.count("killed") == 1
+    lines = out.splitlines()
+    assert "crashed" in next(line for line in lines if "boom" in line)
+    assert "unfinished" in next(line for line in lines if "killed" in line)
+    with pytest.raises(SystemExit):
+        main(["runs", str(tmp_path), "--format", "csv"])
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    good = next(r for r in rows if r["run"].startswith("good"))
+    assert good["params (M)"] == "22.40" and good["train time"] == "10.0 min"
+    assert good["grader"] == "35.00" and good["status"] == "finished"
+
+
+def test_missing_runs_folder_is_one_line(tmp_path, capsys):
+    import pytest
+
+    from scenemtl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["runs", str(tmp_path / "nope")])
+    assert exc.value.code == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -209,11 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", default="runs", help="folder of run directories")
     demo.set_defaults(func=cmd_demo)
 
+    runs = sub.add_parser("runs", help="table of all runs below a folder")
+    runs.add_argument("root", nargs="?", default="runs", metavar="RUNS_DIR")
+    runs.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    runs.add_argument("--sort", choices=("grader", "name"), default="grader")
+    runs.set_defaults(func=cmd_runs)
+
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
     complexity.add_argument("--config", required=True)
     complexity.add_argument("--size", type=parse_size, default=(256, 512))
     complexity.set_defaults(func=cmd_complexity)
     return parser
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from scenemtl.runs import run_table
+
+    print(run_table(args.root, fmt=args.format, sort=args.sort))
+    return 0
 
 
 def cmd_complexity(args: argparse.Namespace) -> int:
@@ -229,6 +242,10 @@ def _run_guarded(func: Callable[[], int | None]) -> int:
     except UserError as e:
         print(f"scenemtl: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `scenemtl runs | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except OSError as e:
         # disk full, permission denied, a path that is a file: the user's environment
         where = f"{e.filename}: " if e.filename else ""

@@ -109,7 +109,8 @@ class SceneDataModule(L.LightningDataModule):
         if crop[0] > 2 * h * self.augment.scale_max or crop[1] > 2 * w * self.augment.scale_max:
             raise UserError(
                 f"data.crop_size {list(crop)} is more than twice the scaled image "
-                f"({h}x{w} x scale_max {self.augment.scale_max}); most of each crop would be padding"
+                f"({h}x{w} x scale_max {self.augment.scale_max}); most of each crop would be "
+                "padding"
             )
 
     def prepare_data(self) -> None:

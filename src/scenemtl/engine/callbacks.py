@@ -1,12 +1,19 @@
-"""Callbacks: prediction grids and depth histograms in TensorBoard."""
+"""Callbacks: prediction grids and depth histograms in TensorBoard; the run record."""
 
 from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import default_collate
 
+from scenemtl.data.format import atomic_write_bytes
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.tasks import DEPTH, SEMSEG
 from scenemtl.visualize import prediction_panel, tile
@@ -67,3 +74,60 @@ class VisualizationCallback(L.Callback):
                 "val/depth_pred_m", preds[DEPTH.name][valid].float().cpu(), trainer.global_step
             )
             writer.add_histogram("val/depth_gt_m", gt[valid].cpu(), trainer.global_step)
+
+
+class RunRecordCallback(L.Callback):
+    """Keeps ``run.json`` in the run directory: status, parameters, training time.
+
+    The run table reads it to tell finished, crashed and unfinished runs apart and to
+    show their size and cost without loading checkpoints. Training time adds up over
+    resumes.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        super().__init__()
+        self.path = Path(run_dir) / "run.json"
+        self._start = 0.0
+        self._previous_seconds = 0.0
+
+    def _write(self, **fields: object) -> None:
+        record = self._read()
+        record.update(fields)
+        atomic_write_bytes(self.path, (json.dumps(record, indent=2) + "\n").encode())
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def _elapsed(self) -> float:
+        return round(self._previous_seconds + time.monotonic() - self._start, 1)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._start = time.monotonic()
+        self._previous_seconds = float(self._read().get("train_seconds", 0.0))
+        net = getattr(pl_module, "net", pl_module)
+        self._write(
+            status="running",
+            parameters=sum(p.numel() for p in net.parameters()),
+            max_epochs=trainer.max_epochs,
+            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._write(train_seconds=self._elapsed(), epochs_done=trainer.current_epoch + 1)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._write(status="finished", train_seconds=self._elapsed())
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.is_global_zero and self._start:
+            first = str(exception).splitlines()[0] if str(exception) else type(exception).__name__
+            self._write(status="crashed", error=first[:300], train_seconds=self._elapsed())

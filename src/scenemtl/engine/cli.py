@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from scenemtl.data.datamodule import SceneDataModule
-from scenemtl.engine.callbacks import VisualizationCallback
+from scenemtl.engine.callbacks import RunRecordCallback, VisualizationCallback
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 
@@ -131,6 +131,8 @@ class SceneCLI(LightningCLI):
                 enable_version_counter=False,
             ),
         ]
+        if self.subcommand == "fit":
+            callbacks.append(RunRecordCallback(root / name / version))
         kwargs["logger"] = loggers
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
