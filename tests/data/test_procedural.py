@@ -336,7 +336,10 @@ def test_other_params_regenerate_in_place(tmp_path: Path) -> None:
     assert not (root / "test").exists()
 
 
-def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch, workers: int) -> None:
+    """A failing image (here: every val image) aborts the run, in-process or in a pool
+    (forked workers inherit the patch), and leaves no dataset.json behind."""
     root = tmp_path / "ds"
     real = gen.render_sample
 
@@ -346,9 +349,9 @@ def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch) -> None:
         return real(params, split, index)
 
     monkeypatch.setattr(gen, "render_sample", flaky)
-    with pytest.raises(RuntimeError):
-        synthesize(root, TINY, workers=1, progress=False)
-    assert (root / "train" / "rgb").is_dir()
+    with pytest.raises(RuntimeError, match="killed"):
+        synthesize(root, TINY, workers=workers, progress=False)
+    assert root.is_dir()
     assert not fmt.info_path(root).exists()
     monkeypatch.setattr(gen, "render_sample", real)
     info = synthesize(root, TINY, workers=1, progress=False)  # resumes from scratch

@@ -214,6 +214,7 @@ def synthesize(
     else:
         pool = _pool(n_workers)
         results = pool.imap_unordered(_render_chunk, tasks)
+    finished = False
     try:
         for split, c, n_done in results:
             counts[split] += c
@@ -221,9 +222,15 @@ def synthesize(
             if progress and time.perf_counter() - last > 2.0:
                 _print_progress(min(done, total), total, t0)
                 last = time.perf_counter()
+        finished = True
     finally:
         if pool is not None:
-            pool.close()
+            # On an error or Ctrl-C, stop the workers instead of letting them finish
+            # the queue.
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()
             pool.join()
     if progress:
         _print_progress(total, total, t0, final=True)
