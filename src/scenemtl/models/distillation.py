@@ -51,7 +51,8 @@ class DistillationNet(BranchedNet):
                 t.name: HeadDecoder(
                     feat[t.name],
                     t.channels,
-                    channels=cfg.channels,
+                    # same width as the features it refines (half width at 2x)
+                    channels=feat[t.name],
                     n_convs=cfg.final_decoder_convs,
                     squeeze_excitation=cfg.squeeze_excitation,
                     se_reduction=cfg.se_reduction,
