@@ -59,3 +59,14 @@ def random_dataset(tmp_path: Path) -> Path:
     root = tmp_path / "ds"
     write_random_dataset(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A tiny dataset with statistics, shared by the tests that train or benchmark."""
+    from scenemtl.data.stats import write_stats
+
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    write_random_dataset(root, sizes={"train": 8, "val": 4, "test": 4}, image_size=(32, 48))
+    write_stats(root)
+    return root

@@ -215,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--sort", choices=("grader", "name"), default="grader")
     runs.set_defaults(func=cmd_runs)
 
+    bench = sub.add_parser("bench", help="training throughput: model, data, end to end, FLOP/s")
+    bench.add_argument("--config", required=True)
+    bench.add_argument("--precision", choices=("32-true", "bf16-mixed", "16-mixed"), default=None)
+    bench.add_argument("--steps", type=_non_negative, default=10)
+    bench.set_defaults(func=cmd_bench)
+
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
     complexity.add_argument("--config", required=True)
     complexity.add_argument("--size", type=parse_size, default=(256, 512))
@@ -226,6 +232,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from scenemtl.runs import run_table
 
     print(run_table(args.root, fmt=args.format, sort=args.sort))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from scenemtl.bench import run_bench
+
+    print(run_bench(args.config, precision=args.precision, steps=max(args.steps, 2)).format())
     return 0
 
 

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
-
-from scenemtl.data.stats import write_stats
-from tests.conftest import write_random_dataset
-
-
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny") / "ds"
-    write_random_dataset(root, sizes={"train": 8, "val": 4, "test": 4}, image_size=(32, 48))
-    write_stats(root)
-    return root
 
 
 def tiny_config(tmp_path: Path, root: Path, **overrides) -> Path:

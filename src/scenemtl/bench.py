@@ -1,0 +1,209 @@
+"""``scenemtl bench --config CFG``: where training time goes, in figures.
+
+Prints, for the configured model, input size and precision:
+
+* model-only training images/s (synthetic tensors already on the device),
+* DataLoader images/s (decoding only),
+* end-to-end training images/s (Lightning Trainer, real data, augmentation on device),
+* achieved GFLOP/s of the model-only step (``torch.utils.flop_counter``),
+* this machine's matmul peak in the same precision, so the fraction of peak is visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from scenemtl.errors import UserError
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+
+
+@dataclass
+class BenchResult:
+    precision: str
+    batch_size: int
+    size: tuple[int, int]
+    model_images_per_s: float
+    loader_images_per_s: float
+    end_to_end_images_per_s: float
+    step_gflop: float
+    achieved_gflops: float
+    matmul_peak_gflops: float
+
+    def format(self) -> str:
+        h, w = self.size
+        frac = self.achieved_gflops / self.matmul_peak_gflops if self.matmul_peak_gflops else 0
+        e2e = (
+            self.end_to_end_images_per_s / self.model_images_per_s if self.model_images_per_s else 0
+        )
+        return "\n".join(
+            [
+                f"precision {self.precision}, batch {self.batch_size}, input {h}x{w}, "
+                f"{torch.get_num_threads()} threads",
+                f"  model only (synthetic tensors) {self.model_images_per_s:8.2f} images/s",
+                f"  DataLoader (decode only)       {self.loader_images_per_s:8.2f} images/s",
+                f"  end-to-end training            {self.end_to_end_images_per_s:8.2f} images/s"
+                f"  ({100 * e2e:.0f}% of model only)",
+                f"  work per step                  {self.step_gflop:8.1f} GFLOP (fwd+bwd)",
+                f"  achieved                       {self.achieved_gflops:8.1f} GFLOP/s",
+                f"  matmul peak (this machine)     {self.matmul_peak_gflops:8.1f} GFLOP/s"
+                f"  -> {100 * frac:.0f}% of peak",
+            ]
+        )
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _timed(fn: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def matmul_peak_gflops(precision: str, device: torch.device, n: int = 1024) -> float:
+    """Best-of-several square matmul throughput in the precision's compute dtype."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, torch.float32)
+    if dtype == torch.float16 and device.type == "cpu":
+        dtype = torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = min(_timed(lambda: torch.mm(a, b), steps=5, warmup=2, device=device) for _ in range(3))
+    return 2 * n**3 / best / 1e9
+
+
+def load_sections(config: str | Path) -> dict[str, Any]:
+    path = Path(config)
+    if not path.is_file():
+        raise UserError(f"config {path} not found")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a mapping at top level")
+    return cfg
+
+
+def build_from_config(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """The LightningModule and DataModule a config describes (encoder init weights off)."""
+    from scenemtl.data.datamodule import SceneDataModule
+    from scenemtl.engine.module import MultiTaskModule
+
+    model_cfg = dict(cfg.get("model") or {})
+    net = dict(model_cfg.pop("net", None) or {})
+    net["weights"] = None  # speed does not depend on the initialization
+    try:
+        module = MultiTaskModule(net=net, **model_cfg)
+        datamodule = SceneDataModule(**(cfg.get("data") or {}))
+    except TypeError as e:
+        raise UserError(f"config: {e}") from None
+    return module, datamodule
+
+
+def _batches(loader: Any) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def run_bench(
+    config: str | Path,
+    precision: str | None = None,
+    steps: int = 10,
+    warmup: int = 3,
+) -> BenchResult:
+    cfg = load_sections(config)
+    trainer_cfg = cfg.get("trainer") or {}
+    precision = str(precision or trainer_cfg.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} not benchmarked; choose one of {PRECISIONS}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module, datamodule = build_from_config(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module.adopt_dataset_stats(datamodule.info.stats)
+    module.to(device).train()
+    size = datamodule.augment.output_size(datamodule.info.image_size)
+    bs = datamodule.batch_size
+
+    # model only: the training step on tensors that are already there
+    image = torch.randn(bs, 3, *size, device=device)
+    target = {
+        "semseg": torch.randint(0, 19, (bs, *size), device=device),
+        "depth": torch.rand(bs, *size, device=device) * 50 + 5,
+    }
+    opt = torch.optim.SGD(module.parameters(), lr=1e-6)
+
+    def step() -> None:
+        with _autocast(precision, device):
+            loss = module.criterion(module(image), target).total
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flop = counter.get_total_flops()
+    model_s = _timed(step, steps, warmup, device)
+
+    # DataLoader only: decoding in workers
+    batches = _batches(datamodule.train_dataloader())
+    loader_s = _timed(lambda: next(batches), steps * 2, warmup, torch.device("cpu"))
+
+    # end to end: the real Lightning loop on real data
+    times: list[float] = []
+
+    class _Clock(L.Callback):
+        def on_train_batch_start(self, *args: Any) -> None:
+            times.append(time.perf_counter())
+
+    trainer = L.Trainer(
+        max_steps=warmup + steps + 1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision=precision,
+        callbacks=[_Clock()],
+        accelerator="auto",
+        devices=1,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    measured = times[warmup:]
+    e2e_s = (measured[-1] - measured[0]) / max(len(measured) - 1, 1)
+
+    return BenchResult(
+        precision=precision,
+        batch_size=bs,
+        size=tuple(size),
+        model_images_per_s=bs / model_s,
+        loader_images_per_s=bs / loader_s,
+        end_to_end_images_per_s=bs / e2e_s,
+        step_gflop=flop / 1e9,
+        achieved_gflops=flop / model_s / 1e9,
+        matmul_peak_gflops=matmul_peak_gflops(precision, device),
+    )

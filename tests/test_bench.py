@@ -1,0 +1,50 @@
+"""`scenemtl bench` runs every measurement on a tiny config (figures are not asserted)."""
+
+import pytest
+import yaml
+
+from scenemtl.bench import run_bench
+from scenemtl.errors import UserError
+
+
+def test_bench_reports_all_figures(tmp_path, tiny_root):
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "net": {
+                        "architecture": "joint",
+                        "encoder": "resnet18",
+                        "channels": 16,
+                        "skip_channels": 8,
+                    }
+                },
+                "data": {
+                    "root": str(tiny_root),
+                    "batch_size": 2,
+                    "num_workers": 0,
+                    "crop_size": [32, 32],
+                },
+            }
+        )
+    )
+    result = run_bench(cfg, steps=2, warmup=1)
+    assert result.size == (32, 32) and result.batch_size == 2
+    for value in (
+        result.model_images_per_s,
+        result.loader_images_per_s,
+        result.end_to_end_images_per_s,
+        result.step_gflop,
+        result.matmul_peak_gflops,
+    ):
+        assert value > 0
+    text = result.format()
+    assert "% of peak" in text and "end-to-end training" in text
+
+
+def test_bench_rejects_unknown_keys(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model:\n  learning_rate: 0.1\n")
+    with pytest.raises(UserError, match="learning_rate"):
+        run_bench(cfg)
