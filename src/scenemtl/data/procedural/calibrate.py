@@ -23,7 +23,7 @@ import numpy as np
 
 from scenemtl.data.format import find_rgb, label_path, read_depth, read_info, read_rgb, read_semseg
 from scenemtl.errors import UserError
-from scenemtl.tasks import SEMSEG
+from scenemtl.tasks import SEMSEG, class_names
 
 LEVELS = 16
 """Quantization levels per colour channel (16^3 colour cells)."""
@@ -152,6 +152,27 @@ def measure(root: str | os.PathLike, train_limit: int | None = None) -> dict[str
     }
 
 
+def class_table(root: str | os.PathLike, split: str = "train") -> list[tuple[str, float, float]]:
+    """(class name, % of labelled pixels, % of images containing it) for a split."""
+    root = Path(root)
+    info = read_info(root)
+    c = SEMSEG.channels
+    pixels = np.zeros(c, np.int64)
+    images = np.zeros(c, np.int64)
+    n = info.split_size(split)
+    for i in range(n):
+        counts = np.bincount(
+            read_semseg(label_path(root, split, "semseg", i)).ravel(), minlength=256
+        )[:c]
+        pixels += counts
+        images += counts > 0
+    share = 100 * pixels / max(int(pixels.sum()), 1)
+    return [
+        (name, float(share[k]), float(100 * images[k] / max(n, 1)))
+        for k, name in enumerate(class_names())
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Cue-only baselines of a dataset.")
     parser.add_argument("--root", default=None, help="dataset root (default: the default synth)")
@@ -180,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| per-row median depth | SI-logRMSE | {res['depth_row_prior_silog']:.1f} |")
     oracle = res["depth_class_and_row_oracle_silog"]
     print(f"| per-(true class, row) median depth | SI-logRMSE | {oracle:.1f} |")
+    print()
+    print("| class | % of train pixels | % of train images |")
+    print("|---|---:|---:|")
+    for name, share, present in class_table(root):
+        print(f"| {name} | {share:.2f} | {present:.0f} |")
     return 0
 
 

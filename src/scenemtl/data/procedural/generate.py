@@ -141,8 +141,10 @@ def _prepare_root(root: Path) -> None:
         # complete while it is being replaced.
         info_path(root).unlink()
     else:
+        # Split folders (and the statistics plots) of an interrupted run are fine.
+        ours = {*SPLITS, "stats"}
         foreign = [
-            p.name for p in root.iterdir() if p.name not in SPLITS and not p.name.startswith(".")
+            p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(".")
         ]
         if foreign:
             raise UserError(
