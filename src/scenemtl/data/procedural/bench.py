@@ -7,7 +7,7 @@ import os
 import sys
 import types
 
-from scenemtl.data.procedural.generate import bench
+from scenemtl.data.procedural.generate import _available_cores, bench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size must be HxW, e.g. 128x256, got {args.size!r}")
     rate = bench((h, w), args.n, args.workers)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    workers = args.workers or os.cpu_count()
+    workers = args.workers or _available_cores()
     print(
         f"procedural generator: {rate:.1f} images/s at {h}x{w} "
         f"({args.n} images, {workers} workers, {os.cpu_count()} cores, load average {load:.2f})"

@@ -205,7 +205,7 @@ def synthesize(
                 (str(root), params.to_json(), split, list(range(start, min(n, start + CHUNK))))
             )
     total = sum(params.splits.values())
-    n_workers = min(workers or os.cpu_count() or 1, len(tasks))
+    n_workers = min(workers or _available_cores(), len(tasks))
     counts = {s: np.zeros(SEMSEG.channels, np.int64) for s in SPLITS}
     done = 0
     t0 = time.perf_counter()
@@ -221,7 +221,7 @@ def synthesize(
         for split, c, n_done in results:
             counts[split] += c
             done += n_done
-            if progress and time.perf_counter() - last > 2.0:
+            if progress and time.perf_counter() - last > (0.5 if sys.stderr.isatty() else 10.0):
                 _print_progress(min(done, total), total, t0)
                 last = time.perf_counter()
         finished = True
@@ -264,6 +264,14 @@ def synthesize(
     if progress:
         print(f"class pixel frequencies ({basis}):\n{format_frequencies(freq)}", file=sys.stderr)
     return info
+
+
+def _available_cores() -> int:
+    """Cores this process may run on (respects affinity masks, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _pool(n: int):

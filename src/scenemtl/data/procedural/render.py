@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from scenemtl.data.procedural import objects as ob
+from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.raycast import (
     GROUND,
     SKY,
@@ -20,6 +21,7 @@ from scenemtl.data.procedural.shading import (
     Shade,
     Surface,
     camera_response,
+    contact_occlusion,
     ground_labels,
     haze,
     illuminate,
@@ -125,8 +127,13 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
         lit = (ndotl > 0.0) & (t_hit < 150.0)
         shadow = _soft_shadows(cam, scene, ids, hit_idx, p, n, lit, table)
 
+    occlusion = np.ones(m, np.float32)
+    near_ground = np.flatnonzero(ground & (t_hit < 80.0))
+    if len(near_ground):
+        occlusion[near_ground] = contact_occlusion(p[near_ground], _footprints(scene, table))
+
     radiance = np.zeros((h * w, 3), np.float32)
-    lit_rgb = illuminate(light, out, n, shadow, d_hit)
+    lit_rgb = illuminate(light, out, n, shadow, d_hit, occlusion)
     radiance[hit_idx] = haze(light, lit_rgb, t_hit)
     sky_idx = np.flatnonzero(flat_ids == SKY)
     radiance[sky_idx] = sky(
@@ -139,6 +146,29 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     depth = np.full(h * w, np.inf, np.float32)
     depth[hit_idx] = t_hit * zfac.ravel()[hit_idx]
     return rgb, semseg.reshape(h, w), depth.reshape(h, w)
+
+
+_VEHICLES = (ob.CAR, ob.TRUCK, ob.BUS, ob.TRAIN)
+
+
+def _footprints(scene: Scene, table: PrimTable) -> np.ndarray:
+    """[F, 4] ground footprints (x, z, half_x, half_z) of vehicle bodies near the camera."""
+    rows = [
+        k
+        for k, prim in enumerate(scene.prims)
+        if prim.label in _VEHICLES
+        and prim.material == pal.M_PAINT
+        and prim.center[1] - prim.half[1] < 0.6  # the body, not the cabin or roof
+        and np.hypot(prim.center[0], prim.center[2]) < 90.0
+    ]
+    if not rows:
+        return np.zeros((0, 4), np.float32)
+    corners = table.corners()[rows]
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
+    # Shrink the bounding box a little: rounded bodies do not fill it.
+    half = (hi - lo) / 2 * 0.85
+    centre = (hi + lo) / 2
+    return np.stack([centre[:, 0], centre[:, 2], half[:, 0], half[:, 2]], 1).astype(np.float32)
 
 
 def _soft_shadows(

@@ -443,12 +443,20 @@ def sky(light: Light, dirs: np.ndarray, tex: float) -> np.ndarray:
 
 
 def illuminate(
-    light: Light, shade: Shade, n: np.ndarray, shadow: np.ndarray, view: np.ndarray
+    light: Light,
+    shade: Shade,
+    n: np.ndarray,
+    shadow: np.ndarray,
+    view: np.ndarray,
+    occlusion: np.ndarray | None = None,
 ) -> np.ndarray:
     """Radiance [M, 3] of surface points: Lambert sun (times 1 - ``shadow`` [M]), hemispherical
-    sky ambient, a little sky reflection on glossy surfaces, and emission."""
+    sky ambient (times ``occlusion`` [M], 1 = open sky), a little sky reflection on glossy
+    surfaces, and emission."""
     ndotl = np.clip(n @ light.sun.astype(np.float32), 0.0, None) * (1.0 - shadow)
     ambient = light.ambient_rgb.astype(np.float32)[None, :] * (0.55 + 0.45 * n[:, 1:2])
+    if occlusion is not None:
+        ambient = ambient * occlusion[:, None]
     bounce = (
         np.float32(0.12) * light.sun_rgb.astype(np.float32)[None, :] * (0.5 - 0.5 * n[:, 1:2]) * 0.3
     )
@@ -464,6 +472,26 @@ def illuminate(
         refl = sky(light, r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6), 0.0)
         out[g] += refl * fres[:, None]
     return out.astype(np.float32)
+
+
+def contact_occlusion(p: np.ndarray, footprints: np.ndarray) -> np.ndarray:
+    """Sky visibility [M] of ground points ``p`` [M, 3] near vehicles: the ground under
+    and right beside a car sees little sky, which grounds it even without sun shadows.
+
+    ``footprints``: [F, 4] rows (x, z, half_x, half_z) of axis-aligned ground footprints.
+    """
+    occ = np.ones(len(p), np.float32)
+    x, z = p[:, 0], p[:, 2]
+    for cx, cz, a, b in footprints.tolist():
+        near = np.flatnonzero((np.abs(x - cx) < a + 1.2) & (np.abs(z - cz) < b + 1.2))
+        if not len(near):
+            continue
+        # Distance outside the footprint's box, in meters (0 underneath).
+        dx = np.maximum(np.abs(x[near] - cx) - a, 0.0)
+        dz = np.maximum(np.abs(z[near] - cz) - b, 0.0)
+        d = np.sqrt(dx * dx + dz * dz)
+        occ[near] *= 1.0 - 0.7 * np.exp(-3.0 * d) * np.float32(1.0)
+    return occ
 
 
 def haze(light: Light, radiance: np.ndarray, dist: np.ndarray) -> np.ndarray:
