@@ -104,29 +104,6 @@ class Prim:
 _SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
 
 
-def all_corners(prims: list[Prim]) -> np.ndarray:
-    """[K, 8, 3] world corners of every primitive's bounding box, in one batch."""
-    if not prims:
-        return np.zeros((0, 8, 3))
-    centers = np.stack([p.center for p in prims])
-    halves = np.stack([p.half for p in prims])
-    rots = np.stack([p.rotation for p in prims])
-    local = _SIGNS[None, :, :] * halves[:, None, :]
-    return centers[:, None, :] + np.einsum("knj,kij->kni", local, rots)
-
-
-def distance_bounds(prims: list[Prim], point: np.ndarray) -> np.ndarray:
-    """[K] lower bounds of the distance from ``point`` to each primitive (distance to its
-    bounding box), for front-to-back ordering and occlusion culling."""
-    if not prims:
-        return np.zeros(0)
-    centers = np.stack([p.center for p in prims])
-    halves = np.stack([p.half for p in prims])
-    rots = np.stack([p.rotation for p in prims])
-    q = np.einsum("ki,kij->kj", point[None, :] - centers, rots)
-    return np.linalg.norm(np.maximum(np.abs(q) - halves, 0.0), axis=1)
-
-
 def make(
     shape: int,
     center: tuple[float, float, float] | np.ndarray,

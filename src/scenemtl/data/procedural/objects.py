@@ -18,7 +18,6 @@ from scenemtl.data.procedural.geometry import (
     CUT_FOLIAGE,
     CYLINDER,
     ELLIPSOID,
-    IDENTITY,
     ROUNDED_BOX,
     Prim,
     make,
@@ -769,22 +768,3 @@ def traffic_light(
 def bollard(rng: np.random.Generator, x: float, z: float, base_y: float, col: np.ndarray) -> Prim:
     h = rng.uniform(0.7, 1.0)
     return make(CYLINDER, (x, base_y + h / 2, z), (0.07, h / 2, 0.07), POLE, pal.M_METAL, col)
-
-
-__all__ = [
-    "BOX",
-    "IDENTITY",
-    "bicycle",
-    "bollard",
-    "bus",
-    "car",
-    "hedge",
-    "motorcycle",
-    "person",
-    "sign_post",
-    "streetlamp",
-    "traffic_light",
-    "tram",
-    "tree",
-    "truck",
-]

@@ -248,7 +248,6 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     ``p`` [N, 3] of primitives ``k`` [N]."""
     n = np.zeros_like(p)
     shapes = tab.shape[k]
-    rows = np.arange(len(p))
     boxy = (shapes == BOX) | (shapes == ROUNDED_BOX)
     if boxy.any():
         b = np.flatnonzero(boxy)
@@ -274,7 +273,6 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     e = np.flatnonzero(shapes == ELLIPSOID)
     if len(e):
         n[e] = p[e] / tab.half[k[e]] ** 2
-    del rows
     norm = np.linalg.norm(n, axis=1, keepdims=True)
     return (n / np.maximum(norm, 1e-12)).astype(np.float32)
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
+from scenemtl.data.procedural.camera import Camera
 from scenemtl.data.procedural.raycast import (
     GROUND,
     SKY,
@@ -172,7 +173,7 @@ def _footprints(scene: Scene, table: PrimTable) -> np.ndarray:
 
 
 def _soft_shadows(
-    cam,
+    cam: Camera,
     scene: Scene,
     ids: np.ndarray,
     hit_idx: np.ndarray,
@@ -205,7 +206,7 @@ def _soft_shadows(
     return soft.ravel()[hit_idx] * lit
 
 
-def _half_camera(cam):
+def _half_camera(cam: Camera) -> Camera:
     """The camera whose pixels are the even rows/columns of ``cam``'s (for culling)."""
     from dataclasses import replace
 

@@ -18,7 +18,7 @@ import numpy as np
 from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.camera import Camera, make_camera
-from scenemtl.data.procedural.geometry import BOX, CUT_LATTICE, ROUNDED_BOX, Prim, make, rot_z
+from scenemtl.data.procedural.geometry import BOX, CUT_LATTICE, Prim, make, rot_z
 
 FAR_Z = 420.0
 """Streets end here at the latest (beyond the 300 m depth range)."""
@@ -590,7 +590,6 @@ class _Street:
 
     def furniture(self) -> None:
         rng = self.rng
-        blocks = self.blocks()
         for s in (-1, 1):
             side = self.side[s]
             curb, h = side["curb"], side["h"]
@@ -653,7 +652,6 @@ class _Street:
                 z = zc + rng.uniform(10.0, 16.0)
                 if self.occ.take(x, z, 0.4):
                     self.add(ob.traffic_light(rng, x, z, self.side[s]["h"], math.pi))
-        del blocks
 
     def pedestrians(self) -> None:
         rng = self.rng
@@ -880,4 +878,4 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
     )
 
 
-__all__ = ["ROUNDED_BOX", "Ground", "Light", "Post", "Scene", "make_scene"]
+__all__ = ["Ground", "Light", "Post", "Scene", "make_scene"]

@@ -204,7 +204,6 @@ def _sign(s: Surface, sel: np.ndarray, out: Shade) -> None:
     face = s.color[sel]
     white = pal.srgb(235, 235, 235).astype(np.float32)
     dark = pal.srgb(25, 25, 25).astype(np.float32)
-    red = pal.SIGN_FACE[0].astype(np.float32)
     albedo = face.copy()
     k0 = kind == 0
     albedo[k0 & (ring < 0.72)] = white
@@ -219,7 +218,6 @@ def _sign(s: Surface, sel: np.ndarray, out: Shade) -> None:
     albedo[(kind == 4) & (ring > 0.8)] = white
     albedo[(kind == 5) & (ring > 0.88)] = white
     albedo[(kind == 6) & (np.abs(qy) < 0.16) & (np.abs(qx) < 0.65)] = white
-    del red
     back = nl[:, 2] > -0.5
     albedo[back] = pal.srgb(120, 122, 125).astype(np.float32)
     out.albedo[sel] = albedo
@@ -490,7 +488,7 @@ def contact_occlusion(p: np.ndarray, footprints: np.ndarray) -> np.ndarray:
         dx = np.maximum(np.abs(x[near] - cx) - a, 0.0)
         dz = np.maximum(np.abs(z[near] - cz) - b, 0.0)
         d = np.sqrt(dx * dx + dz * dz)
-        occ[near] *= 1.0 - 0.7 * np.exp(-3.0 * d) * np.float32(1.0)
+        occ[near] *= 1.0 - 0.7 * np.exp(-3.0 * d)
     return occ
 
 
