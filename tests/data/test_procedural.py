@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def test_params_reject_bad_values(kwargs: dict) -> None:
 def test_params_roundtrip_and_key() -> None:
     p = SynthParams(train=3, size=[32, 64])  # a list (from JSON) becomes a tuple
     assert p.size == (32, 64)
+    q = SynthParams(train=np.int64(3), size=(np.int32(32), np.int64(64)), seed=np.uint8(0))
+    assert q == p and type(q.train) is int and json.dumps(q.to_json())
     assert SynthParams.from_json(p.to_json()) == p
     assert p.key() == SynthParams(train=3, size=(32, 64)).key()
     assert p.key() != SynthParams(train=3, size=(32, 64), seed=1).key()

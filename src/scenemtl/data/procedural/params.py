@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from scenemtl.data.format import (
     DEPTH_ENCODINGS,
@@ -57,6 +60,7 @@ class SynthParams:
             n = getattr(self, name)
             if not _is_int(n) or not 0 <= n <= MAX_SPLIT:
                 raise UserError(f"{name} must be an integer in 0..{MAX_SPLIT}, got {n!r}")
+            object.__setattr__(self, name, int(n))
         if self.train + self.val + self.test == 0:
             raise UserError("nothing to generate: train, val and test are all 0")
         size = self.size
@@ -71,12 +75,14 @@ class SynthParams:
         object.__setattr__(self, "size", (int(size[0]), int(size[1])))
         if not _is_int(self.seed) or self.seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
         if self.depth_encoding not in DEPTH_ENCODINGS:
             known = ", ".join(DEPTH_ENCODINGS)
             raise UserError(f"depth encoding must be one of {known}, got {self.depth_encoding!r}")
         q = self.jpeg_quality
         if not _is_int(q) or not 1 <= q <= 100:
             raise UserError(f"jpeg_quality must be an integer in 1..100, got {q!r}")
+        object.__setattr__(self, "jpeg_quality", int(q))
         if not isinstance(self.test_gt, bool):
             raise UserError(f"test_gt must be true or false, got {self.test_gt!r}")
 
@@ -123,7 +129,8 @@ class SynthParams:
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    # numpy integers count (they register as Integral); booleans do not.
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
 def data_home() -> Path:
