@@ -265,6 +265,12 @@ def test_same_scene_at_every_size() -> None:
     assert agree > 0.8
 
 
+def test_the_large_size_renders() -> None:
+    rgb, semseg, depth = render_sample(SynthParams(size=(256, 512)), "val", 1)
+    assert rgb.shape == (256, 512, 3) and semseg.shape == depth.shape == (256, 512)
+    assert np.array_equal(depth == 0, semseg == SKY)
+
+
 def test_every_class_appears_in_a_modest_sample() -> None:
     params = SynthParams(size=(48, 96), seed=0)
     seen = np.zeros(SEMSEG.channels, bool)
