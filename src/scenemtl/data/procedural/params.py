@@ -22,7 +22,7 @@ from scenemtl.data.format import (
 from scenemtl.errors import UserError
 
 GENERATOR_NAME = "scenemtl.data.procedural"
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 """Bump whenever the images a given set of parameters produces change, so that cached
 datasets made by an older generator are not reused."""
 

@@ -328,6 +328,25 @@ class _Street:
                     tex=float(rng.uniform(0, 256)),
                 )
             )
+        if not house and height > 9 and style in (0, 1) and rng.random() < 0.25:
+            # Balconies: a solid balustrade band in front of each upper floor.
+            depth_b = rng.uniform(0.9, 1.5)
+            rail = pal.pick(rng, pal.WALL, 0.07) if rng.random() < 0.5 else col * 1.1
+            floors = int(min((height - 1.0) // floor_h, 7))
+            for f in range(1, floors):
+                y0 = f * floor_h
+                self.add(
+                    make(
+                        BOX,
+                        (x_face - s * depth_b / 2, y0 + 0.5, (z0 + z1) / 2),
+                        (depth_b / 2, 0.55, (z1 - z0) / 2 - 0.6),
+                        ob.BUILDING,
+                        pal.M_WALL,
+                        np.minimum(rail, 0.9),
+                        params=(0.5, 0.0, 0.0, 0.0),
+                        tex=float(rng.uniform(0, 256)),
+                    )
+                )
         if not house and height > 12 and rng.random() < 0.3:
             # Set-back top storeys.
             inset = rng.uniform(2.0, 5.0)
@@ -874,7 +893,7 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
         ground=st.ground,
         light=st.light(),
         post=st.post(),
-        meta={"urban": st.urban},
+        meta={"urban": st.urban, "sky_tex": float(rng.uniform(0.0, 256.0))},
     )
 
 
