@@ -81,10 +81,11 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
         max_epochs = (config.get("trainer") or {}).get("max_epochs")
         finished = max_epochs is None or epochs_done >= int(max_epochs)
         summary.status = "finished" if finished else "unfinished"
-    if record.get("status") == "crashed":
-        summary.status = "crashed"
-    elif record.get("status") == "running":
-        # a record nobody updates any more belongs to a killed run (or a live one)
+    # run.json knows best; "running" in a record nobody updates is a killed (or live) run
+    status = record.get("status")
+    if status in ("finished", "crashed"):
+        summary.status = status
+    elif status == "running":
         summary.status = "unfinished"
     return summary
 

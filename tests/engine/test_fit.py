@@ -54,6 +54,13 @@ def test_fit_leaves_a_complete_run_directory(tmp_path, tiny_root):
     assert ckpt["global_step"] == 8  # 2 epochs x 4 batches
     # the depth normalization travelled with the weights
     assert bool(ckpt["state_dict"]["stats_adopted"])
+    # `test` with the run's checkpoint logs into the same run and keeps the trace
+    best = run_dir / "checkpoints" / "best.ckpt"
+    assert run_cli(["test", "--config", str(cfg), "--ckpt_path", str(best)]) == 0
+    after = read_metrics(run_dir)
+    assert len([r for r in after if r.get("val/grader")]) == 2
+    assert [r for r in after if r.get("test/grader")]
+    assert after[: len(rows)] == [{**r, **{k: "" for k in after[0] if k not in r}} for r in rows]
     # a second run gets its own version
     assert run_cli(["fit", "--config", str(cfg), "--trainer.max_epochs", "1"]) == 0
     assert (tmp_path / "runs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt").is_file()

@@ -17,11 +17,12 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from scenemtl.data.datamodule import SceneDataModule
 from scenemtl.engine.callbacks import RunRecordCallback, VisualizationCallback
+from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 
@@ -61,6 +62,15 @@ def resolve_run(root: Path, name: str, ckpt_path: str | None) -> tuple[str, str 
             return parent.parent.name, str(ckpt)
     next_version = versions[-1][0] + 1 if versions else 0
     return f"version_{next_version}", ckpt_path
+
+
+class FitConfigCallback(SaveConfigCallback):
+    """Saves config.yaml for `fit` only: evaluating a run's checkpoint must not replace
+    the configuration the run was trained with."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class SceneCLI(LightningCLI):
@@ -105,7 +115,8 @@ class SceneCLI(LightningCLI):
             self.config_init[self.subcommand]["ckpt_path"] = ckpt
         loggers = [
             TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
-            CSVLogger(root, name=name, version=version),
+            # flushed often so that a killed run keeps its trace up to the crash
+            AppendingCSVLogger(root, name=name, version=version, flush_logs_every_n_steps=10),
         ]
         ckpt_dir = root / name / version / "checkpoints"
         every = run.checkpoint_every_n_steps
@@ -155,6 +166,10 @@ def run_lightning_cli(argv: list[str]) -> int:
     # Library deprecation chatter that users can do nothing about.
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within")
     warnings.filterwarnings("ignore", message=".*skip_none parameter was deprecated")
+    # AppendingCSVLogger keeps earlier rows, so Lightning's warning does not apply
+    warnings.filterwarnings(
+        "ignore", message=".*Previous log files in this directory will be deleted"
+    )
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     try:
         _make_cli(argv)
@@ -171,6 +186,7 @@ def _make_cli(argv: list[str]) -> SceneCLI:
         MultiTaskModule,
         SceneDataModule,
         args=argv,
+        save_config_callback=FitConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "scenemtl", "default_env": False},
         seed_everything_default=0,
