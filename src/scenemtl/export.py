@@ -1,0 +1,484 @@
+"""``scenemtl export onnx``: the trained network as an ONNX model, checked and timed.
+
+The exported graph (:class:`InferenceWrapper`) takes what every scenemtl model takes and
+returns the final predictions of both tasks in the units of the files and metrics:
+
+=================  =====================  ==========================================
+name               shape / dtype          meaning
+=================  =====================  ==========================================
+``image``          [B,3,H,W] float32      RGB / 255, ImageNet mean/std normalized
+``semseg_logits``  [B,19,H,W] float32     class scores (softmax for probabilities)
+``semseg``         [B,H,W] int64          trainIds 0..18 (argmax of the logits)
+``depth``          [B,H,W] float32        meters, decoded from the training depth space
+=================  =====================  ==========================================
+
+Logits are kept next to the labels because consumers often want confidences; the labels
+save them the argmax. Batch, height and width are dynamic axes: ``--size`` only fixes
+the example input used for tracing, the check and the timing. The depth normalization
+statistics of the checkpoint are baked into the graph as constants.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), the
+maintained path in torch 2.x.
+
+Check: onnxruntime (CPU) runs the exported file on the tracing size and on a second size
+(so the dynamic axes are exercised) and must agree with torch eager within
+:data:`LOGIT_ATOL` (absolute, logits), :data:`DEPTH_RTOL` (relative, meters) and on the
+label of every pixel whose top-2 logit margin exceeds ``2 * LOGIT_ATOL`` (closer calls
+may flip legitimately under float reordering). The ``.onnx`` file only appears at
+``--out`` once the check has passed; it is written to a temporary file beside it and
+renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from scenemtl.errors import UserError
+from scenemtl.tasks import DEPTH, SEMSEG, TASKS
+
+if TYPE_CHECKING:
+    from scenemtl.depth_space import DepthSpace
+    from scenemtl.engine.module import MultiTaskModule
+
+INPUT_NAME = "image"
+LOGIT_ATOL = 1e-3
+"""Largest absolute difference of a semseg logit between onnxruntime and torch."""
+DEPTH_RTOL = 1e-3
+"""Largest relative difference of depth in meters between onnxruntime and torch."""
+DEFAULT_OPSET = 18
+DEFAULT_SIZE = (128, 256)
+
+
+def output_names() -> tuple[str, ...]:
+    """Names of the graph outputs, in order: per classification task logits and labels,
+    per regression task the decoded value."""
+    names: list[str] = []
+    for task in TASKS:
+        if task.kind == "classification":
+            names += [f"{task.name}_logits", task.name]
+        else:
+            names.append(task.name)
+    return tuple(names)
+
+
+class InferenceWrapper(nn.Module):
+    """A multi-task network plus the decoding of its outputs, as one exportable module.
+
+    Args:
+        net: the architecture; ``net(image)`` returns task name -> list of tensors.
+        depth_space: the space the regression outputs live in (decoded to meters here).
+
+    ``forward(image)``: image float32 [B,3,H,W] normalized -> tuple in
+    :func:`output_names` order: logits [B,C,H,W] float32 and labels [B,H,W] int64 per
+    classification task, meters [B,H,W] float32 per regression task.
+    """
+
+    def __init__(self, net: nn.Module, depth_space: DepthSpace) -> None:
+        super().__init__()
+        self.net = net
+        self.depth_space = depth_space
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.net(image)
+        result: list[Tensor] = []
+        for task in TASKS:
+            last = outputs[task.name][-1]
+            if task.kind == "classification":
+                result += [last, last.argmax(dim=1)]
+            else:
+                result.append(self.depth_space.decode(last[:, 0]))
+        return tuple(result)
+
+
+# --------------------------------------------------------------------------------------
+# checking
+
+
+@dataclass
+class Comparison:
+    """How far onnxruntime's outputs are from torch's for one input."""
+
+    size: tuple[int, int]
+    logit_max_abs: float
+    depth_max_abs_m: float
+    depth_max_rel: float
+    label_disagreement: float
+    """Fraction of pixels with different labels (any margin)."""
+    confident_label_mismatches: int
+    """Pixels with a top-2 margin > 2 * LOGIT_ATOL whose labels differ; must be 0."""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.logit_max_abs <= LOGIT_ATOL
+            and self.depth_max_rel <= DEPTH_RTOL
+            and self.confident_label_mismatches == 0
+        )
+
+    def format(self) -> str:
+        return (
+            f"{self.size[0]}x{self.size[1]}: semseg logits max |diff| {self.logit_max_abs:.2e} "
+            f"(tol {LOGIT_ATOL:g}), labels differ on {100 * self.label_disagreement:.3f}% of "
+            f"pixels ({self.confident_label_mismatches} above the tie margin), depth max "
+            f"|diff| {self.depth_max_abs_m:.2e} m, max rel {self.depth_max_rel:.2e} "
+            f"(tol {DEPTH_RTOL:g})"
+        )
+
+
+def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> Comparison:
+    """Compare two output tuples in :func:`output_names` order (torch vs onnxruntime).
+
+    Args:
+        reference: the torch outputs as numpy arrays (logits [B,C,H,W], labels [B,H,W],
+            depth [B,H,W] meters).
+        candidate: the same from onnxruntime.
+
+    Raises:
+        UserError: the shapes or the number of outputs differ.
+    """
+    names = output_names()
+    if len(reference) != len(names) or len(candidate) != len(names):
+        raise UserError(f"ONNX model has {len(candidate)} outputs, expected {len(names)}")
+    for name, ref, cand in zip(names, reference, candidate, strict=True):
+        if ref.shape != cand.shape:
+            raise UserError(f"ONNX output {name!r} has shape {cand.shape}, torch {ref.shape}")
+    ref = dict(zip(names, reference, strict=True))
+    cand = dict(zip(names, candidate, strict=True))
+    logits_name = f"{SEMSEG.name}_logits"
+    logits, labels = ref[logits_name].astype(np.float64), ref[SEMSEG.name]
+    logit_diff = float(np.abs(logits - cand[logits_name]).max(initial=0.0))
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) > 2 * LOGIT_ATOL
+    differ = labels != cand[SEMSEG.name]
+    depth_ref = ref[DEPTH.name].astype(np.float64)
+    depth_abs = np.abs(depth_ref - cand[DEPTH.name])
+    return Comparison(
+        size=(int(labels.shape[-2]), int(labels.shape[-1])),
+        logit_max_abs=logit_diff,
+        depth_max_abs_m=float(depth_abs.max(initial=0.0)),
+        depth_max_rel=float((depth_abs / np.maximum(np.abs(depth_ref), 1e-12)).max(initial=0.0)),
+        label_disagreement=float(differ.mean()) if differ.size else 0.0,
+        confident_label_mismatches=int((differ & confident).sum()),
+    )
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "ONNX export needs onnx, onnxruntime and onnxscript: pip install 'scenemtl[export]'"
+        ) from None
+    return onnxruntime
+
+
+def ort_session(path: str | os.PathLike, threads: int = 0) -> Any:
+    """An onnxruntime CPU inference session on ``path`` (``threads=0``: its default)."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(session: Any, image: np.ndarray) -> list[np.ndarray]:
+    return session.run(list(output_names()), {INPUT_NAME: image})
+
+
+def _run_torch(wrapper: nn.Module, image: np.ndarray) -> list[np.ndarray]:
+    with torch.inference_mode():
+        return [t.numpy() for t in wrapper(torch.from_numpy(image))]
+
+
+def example_input(size: tuple[int, int], batch: int = 1, seed: int = 0) -> np.ndarray:
+    """A deterministic normalized input [batch,3,H,W] float32 (standard normal noise)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, 3, *size)).astype(np.float32)
+
+
+def second_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Another input size (not a multiple of 32) that exercises the dynamic axes."""
+    return size[0] + 8 + 3, size[1] + 8 + 5
+
+
+# --------------------------------------------------------------------------------------
+# export
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's progress prints, warnings and log lines (not its errors)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with (
+            warnings.catch_warnings(),
+            open(os.devnull, "w") as devnull,
+            contextlib.redirect_stdout(devnull),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_to_file(
+    wrapper: nn.Module, path: Path, size: tuple[int, int], opset: int = DEFAULT_OPSET
+) -> None:
+    """Export ``wrapper`` to ``path`` (one self-contained file) with dynamic B, H, W.
+
+    Raises:
+        UserError: the exporter failed (first line of its message).
+    """
+    from torch.export import Dim
+
+    _onnxruntime()  # fail early, in one line, when the extra is missing
+    image = torch.from_numpy(example_input(size))
+    dims = {0: Dim("batch", min=1, max=1024), 2: Dim.AUTO, 3: Dim.AUTO}
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                wrapper,
+                (image,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=list(output_names()),
+                opset_version=opset,
+                dynamic_shapes={"image": dims},
+                verbose=False,
+            )
+            program.save(str(path), external_data=False)
+    except Exception as e:  # the exporter raises many types; the user needs one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"ONNX export failed at opset {opset}: {first}") from None
+
+
+def median_latency_ms(fn: Callable[[], Any], runs: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+@dataclass
+class ExportReport:
+    """Outcome of :func:`export_onnx`."""
+
+    path: Path
+    size_bytes: int
+    opset: int
+    comparisons: list[Comparison]
+    torch_ms: float
+    onnxruntime_ms: float
+    runs: int
+    threads: int
+
+    def format(self) -> str:
+        lines = [f"wrote {self.path} ({self.size_bytes / 2**20:.1f} MiB, opset {self.opset})"]
+        lines += [f"check {c.format()}" for c in self.comparisons]
+        h, w = self.comparisons[0].size
+        lines.append(
+            f"latency at batch 1, {h}x{w}, median of {self.runs} runs: torch eager "
+            f"{self.torch_ms:.2f} ms, onnxruntime {self.onnxruntime_ms:.2f} ms "
+            f"({self.threads} thread(s) each)"
+        )
+        return "\n".join(lines)
+
+
+def export_onnx(
+    module: MultiTaskModule,
+    out: str | os.PathLike,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    opset: int = DEFAULT_OPSET,
+    runs: int = 20,
+    threads: int | None = None,
+) -> ExportReport:
+    """Export a trained module to ONNX, check it against torch and time both.
+
+    Args:
+        module: the trained module (its ``net`` and ``depth_space`` are exported).
+        out: the ``.onnx`` path; written only if the check passes.
+        size: ``(H, W)`` of the example input used for tracing, checking and timing.
+        opset: ONNX opset version.
+        runs: timed runs per engine (median reported).
+        threads: intra-op threads of both torch and onnxruntime while timing (default:
+            torch's current setting). The same count for both keeps the comparison fair;
+            on a loaded machine fewer threads than cores are often faster for both.
+
+    Returns:
+        the report (comparisons at two sizes, latencies).
+
+    Raises:
+        UserError: export failed, or onnxruntime disagrees with torch beyond tolerance.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as model.onnx")
+    if runs < 1:
+        raise UserError(f"runs must be >= 1, got {runs}")
+    previous_threads = torch.get_num_threads()
+    threads = previous_threads if threads is None else threads
+    if threads < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    wrapper = InferenceWrapper(module.net, module.depth_space).cpu().eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        export_to_file(wrapper, tmp, size, opset)
+        # mkstemp makes the file private; the model gets ordinary permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        session = ort_session(tmp, threads)
+        comparisons = []
+        for i, s in enumerate((size, second_size(size))):
+            image = example_input(s, seed=i)
+            comparisons.append(
+                compare_outputs(_run_torch(wrapper, image), _run_onnx(session, image))
+            )
+        bad = [c for c in comparisons if not c.ok]
+        if bad:
+            raise UserError(
+                f"onnxruntime disagrees with torch beyond tolerance at {bad[0].format()}"
+            )
+        image = example_input(size)
+        tensor = torch.from_numpy(image)
+
+        def torch_once() -> None:
+            with torch.inference_mode():
+                wrapper(tensor)
+
+        torch.set_num_threads(threads)
+        torch_ms = median_latency_ms(torch_once, runs)
+        ort_ms = median_latency_ms(lambda: _run_onnx(session, image), runs)
+        os.replace(tmp, out)
+    finally:
+        torch.set_num_threads(previous_threads)
+        tmp.unlink(missing_ok=True)
+    return ExportReport(
+        path=out,
+        size_bytes=out.stat().st_size,
+        opset=opset,
+        comparisons=comparisons,
+        torch_ms=torch_ms,
+        onnxruntime_ms=ort_ms,
+        runs=runs,
+        threads=threads,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# command line
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``export onnx`` on the ``scenemtl`` subcommand parser."""
+    export = subparsers.add_parser("export", help="export a trained model (ONNX)")
+    formats = export.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    p = formats.add_parser(
+        "onnx",
+        help="ONNX model with both tasks' final outputs (depth in meters)",
+        description="Export a checkpoint to ONNX: input 'image' [B,3,H,W] normalized; outputs "
+        "'semseg_logits' [B,19,H,W], 'semseg' [B,H,W] int64, 'depth' [B,H,W] meters; B, H, W "
+        "dynamic. Checked against torch with onnxruntime, then both are timed at batch 1.",
+    )
+    p.add_argument("--ckpt_path", "--ckpt-path", required=True, help="checkpoint (.ckpt)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument(
+        "--size",
+        type=_parse_size,
+        default=DEFAULT_SIZE,
+        help="HxW of the example input for tracing, check and timing (default 128x256)",
+    )
+    p.add_argument("--opset", type=_int_at_least(7), default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--runs", type=_int_at_least(1), default=20, help="timed runs per engine")
+    p.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=None,
+        help="intra-op threads for both engines while timing (default: torch's setting)",
+    )
+    p.set_defaults(func=cmd_export)
+    return p
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Entry point of ``scenemtl export onnx``."""
+    from scenemtl.predict import load_module
+
+    module = load_module(args.ckpt_path)
+    print(f"exporting {args.ckpt_path} at {args.size[0]}x{args.size[1]} ...", flush=True)
+    report = export_onnx(
+        module,
+        args.out,
+        size=tuple(args.size),
+        opset=args.opset,
+        runs=args.runs,
+        threads=args.threads,
+    )
+    print(report.format())
+    sys.stdout.flush()
+    return 0
+
+
+__all__ = [
+    "DEPTH_RTOL",
+    "LOGIT_ATOL",
+    "Comparison",
+    "ExportReport",
+    "InferenceWrapper",
+    "add_export_parser",
+    "cmd_export",
+    "compare_outputs",
+    "export_onnx",
+    "output_names",
+]

@@ -1,0 +1,213 @@
+"""`scenemtl predict` on a tiny trained checkpoint: files, formats, batching, TTA, errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scenemtl.cli import _run_guarded, main
+from scenemtl.data.format import decode_depth
+from scenemtl.data.transforms import normalize_rgb
+from scenemtl.depth_space import decode_predictions
+from scenemtl.engine.module import MultiTaskModule
+from scenemtl.errors import UserError
+from scenemtl.predict import (
+    OUTPUT_SUFFIXES,
+    Predictor,
+    add_predict_parser,
+    find_images,
+    output_stems,
+    resolve_device,
+)
+from scenemtl.tta import tta_outputs
+from scenemtl.visualize import colorize_semseg
+from tests.engine.conftest import tiny_config
+
+SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7)}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, tiny_root):
+    tmp = tmp_path_factory.mktemp("predict_fit")
+    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(cfg)])
+    assert exc.value.code == 0
+    return tmp / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    for name, (h, w) in SIZES.items():
+        # smooth-ish images so that JPEG and the network see some structure
+        base = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+        img.save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "sub" / "nested.png")
+    return folder
+
+
+def run_predict(argv, capsys=None):
+    parser = argparse.ArgumentParser(prog="scenemtl")
+    add_predict_parser(parser.add_subparsers())
+    args = parser.parse_args(["predict", *argv])
+    return _run_guarded(lambda: args.func(args))
+
+
+def read_outputs(out_dir, stem):
+    return {s: Image.open(out_dir / f"{stem}{s}") for s in OUTPUT_SUFFIXES}
+
+
+def reference(ckpt, path, scales=(1.0,), flip=False):
+    """The module's own predictions for one image file, without the predict tool."""
+    module = MultiTaskModule.from_checkpoint(ckpt)
+    rgb = np.array(Image.open(path).convert("RGB"))
+    image = normalize_rgb(torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous())
+    with torch.no_grad():
+        outputs = tta_outputs(module, image, scales, flip, depth_space=module.depth_space)
+        preds = decode_predictions(outputs, module.depth_space)
+    return rgb, preds["semseg"][0].numpy(), preds["depth"][0].numpy()
+
+
+def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--ckpt_path", str(ckpt), "--input", str(images), "--output", str(out)]
+    assert run_predict(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "4 image(s) written" in stdout
+    expected = {f"{p.rsplit('.', 1)[0]}{s}" for p in SIZES for s in OUTPUT_SUFFIXES}
+    assert {p.name for p in out.iterdir()} == expected  # no nested.png, no notes.txt, no tmp
+
+    for name, (h, w) in SIZES.items():
+        stem = name.rsplit(".", 1)[0]
+        files = read_outputs(out, stem)
+        color, labels, depth, panel = (files[s] for s in OUTPUT_SUFFIXES)
+        assert labels.mode == "L" and labels.size == (w, h)
+        assert depth.mode.startswith("I") and depth.size == (w, h)
+        assert color.mode == "RGB" and color.size == (w, h)
+        assert panel.mode == "RGB" and panel.size == (3 * w + 2 * 2, h)
+        lab = np.asarray(labels)
+        assert lab.max() < 19
+        np.testing.assert_array_equal(np.asarray(color), colorize_semseg(lab))
+        rgb, ref_sem, ref_depth = reference(ckpt, images / name)
+        np.testing.assert_array_equal(lab, ref_sem)
+        meters = decode_depth(depth)
+        # 16-bit meters x 256: quantized to 1/256 m, saturating below 256 m
+        np.testing.assert_allclose(meters, np.minimum(ref_depth, 65535 / 256), atol=0.5 / 256)
+        np.testing.assert_array_equal(np.asarray(panel)[:, :w], rgb)
+        np.testing.assert_array_equal(np.asarray(panel)[:, w + 2 : 2 * w + 2], np.asarray(color))
+
+
+def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
+    one, many = tmp_path / "one", tmp_path / "many"
+    common = ["--ckpt_path", str(ckpt), "--input", str(images)]
+    assert run_predict([*common, "--output", str(one), "--batch-size", "1"]) == 0
+    assert run_predict([*common, "--output", str(many), "--batch-size", "3"]) == 0
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in many.iterdir())
+    for name in names:
+        a = np.asarray(Image.open(one / name)).astype(np.int64)
+        b = np.asarray(Image.open(many / name)).astype(np.int64)
+        assert a.shape == b.shape, name
+        # batched convolutions may round differently: depth within a few 1/256 m codes,
+        # labels equal except at the odd near-tie pixel
+        tolerance = 4 if name.endswith("_depth.png") else 0
+        assert (np.abs(a - b) > tolerance).mean() < 0.01, name
+
+
+def test_tta_flags_reach_the_model(ckpt, images, tmp_path):
+    out = tmp_path / "tta"
+    argv = ["--ckpt_path", str(ckpt), "--input", str(images / "c.png"), "--output", str(out)]
+    assert run_predict([*argv, "--tta-scales", "0.5", "1", "1.5", "--tta-flip"]) == 0
+    _, ref_sem, ref_depth = reference(ckpt, images / "c.png", (0.5, 1.0, 1.5), True)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "c_semseg.png")), ref_sem)
+    meters = decode_depth(Image.open(out / "c_depth.png"))
+    np.testing.assert_allclose(meters, np.minimum(ref_depth, 65535 / 256), atol=0.5 / 256)
+    # and TTA really changed something compared to the plain forward
+    _, _, plain_depth = reference(ckpt, images / "c.png")
+    assert not np.allclose(plain_depth, ref_depth)
+
+
+def test_unreadable_image_is_reported_and_the_rest_written(ckpt, images, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((images / "a.png").read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    code = run_predict(["--ckpt_path", str(ckpt), "--input", str(folder), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert sum("broken.png" in line for line in lines) == 1
+    assert sum("empty.jpg" in line for line in lines) == 1
+    assert "2 of 3 image(s) could not be read" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"good{s}" for s in OUTPUT_SUFFIXES)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--input", "{missing}"], "does not exist"),
+        (["--input", "{empty}"], "holds no .jpg or .png"),
+        (["--output", "{file}"], "is not a folder"),
+        (["--output", "{images}"], "is the input folder"),
+        (["--ckpt_path", "{file}"], "not a scenemtl checkpoint"),
+        (["--device", "cuda:7"], "device"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_input_is_one_line(ckpt, images, tmp_path, capsys, argv, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    fill = {
+        "missing": tmp_path / "nope",
+        "empty": tmp_path / "empty",
+        "file": tmp_path / "file",
+        "images": images,
+    }
+    base = {"--ckpt_path": str(ckpt), "--input": str(images), "--output": str(tmp_path / "o")}
+    for key, value in zip(argv[::2], argv[1::2], strict=True):
+        base[key] = value.format(**fill)
+    code = run_predict([x for kv in base.items() for x in kv])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "bad", [["--tta-scales", "0"], ["--tta-scales", "x"], ["--batch-size", "0"]]
+)
+def test_bad_numbers_are_rejected_by_the_parser(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_predict(["--ckpt_path", "c", "--input", "i", "--output", "o", *bad])
+    assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_find_images_and_stems(tmp_path):
+    for name in ("b.png", "a.JPG", "a.png", "c.jpeg", "d.gif", "e.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = find_images(tmp_path)
+    assert [p.name for p in found] == ["a.JPG", "a.png", "b.png", "c.jpeg"]
+    assert output_stems(found) == ["a_JPG", "a_png", "b", "c"]
+    assert find_images(tmp_path / "d.gif") == [tmp_path / "d.gif"]  # a file is taken as is
+
+
+def test_predictor_returns_cpu_labels_and_meters(ckpt):
+    predictor = Predictor(ckpt, "cpu", (1.0,), False)
+    preds = predictor(torch.zeros(2, 3, 20, 28, dtype=torch.uint8))
+    assert preds["semseg"].shape == (2, 20, 28) and preds["semseg"].dtype == torch.int64
+    assert preds["depth"].shape == (2, 20, 28) and (preds["depth"] > 0).all()
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(UserError):
+        Predictor(ckpt, "cpu", (-1.0,), False)
