@@ -1,0 +1,445 @@
+"""``scenemtl grade SUBMISSION.zip --gt ROOT``: score a submission's predictions.
+
+A submission is untrusted input. The grader
+
+* reads members straight from the archive into memory (nothing is extracted to disk)
+  and never unpickles anything: only ``predictions/`` (and ``manifest.json``, if
+  present, to check hashes) are read; the checkpoint and source are not touched;
+* rejects, with one line naming the member: absolute paths, ``..`` components, links and
+  other non-regular entries, encrypted members, members larger than a size cap or
+  inflating more than a compression-ratio cap (counted on the bytes actually
+  decompressed, not on the headers), missing, duplicate or unexpected prediction files,
+  images that are not PNG or have the wrong size or mode, semseg labels outside 0..18
+  and 255, depth predictions that are invalid (0) where the ground truth is valid;
+* scores with the metric classes training uses (:class:`~scenemtl.metrics.MultiTaskMetrics`).
+
+A semseg prediction of 255 ("no class") is allowed; at a labelled pixel it counts as a
+miss of the ground-truth class (in that class's union, in no other class's), which
+training never needs because an argmax always names a class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from scenemtl.data.format import (
+    SPLITS,
+    decode_depth,
+    label_path,
+    read_depth,
+    read_info,
+    read_semseg,
+)
+from scenemtl.errors import DataFormatError, UserError
+from scenemtl.metrics import MultiTaskMetrics, SemsegMetrics, _count
+from scenemtl.submission import MANIFEST_NAME, PREDICTIONS_DIR, prediction_name
+from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG, TASKS
+
+MiB = 2**20
+
+SEMSEG_MODES = ("L", "P")  # P: palette indices are the trainIds, as for ground truth
+DEPTH_MODES = ("L", "I;16", "I;16B", "I;16L", "I")
+
+_PREDICTION = re.compile(r"^(0|[1-9][0-9]*)\.png$")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_ZIP_ENCRYPTED = 0x1
+
+
+class SubmissionError(UserError):
+    """A submission archive is malformed or hostile; the message names the member."""
+
+
+@dataclass(frozen=True)
+class GradeLimits:
+    """Caps applied to every member the grader reads.
+
+    Attributes:
+        max_member_bytes: largest decompressed size of one member.
+        max_ratio: largest decompressed/compressed size ratio (zip bombs).
+        ratio_min_bytes: the ratio is only enforced once a member has inflated past this
+            many bytes: small members cannot exhaust anything, and a tiny PNG of a
+            constant image legitimately deflates well.
+    """
+
+    max_member_bytes: int = 64 * MiB
+    max_ratio: float = 200.0
+    ratio_min_bytes: int = 1 * MiB
+
+    def __post_init__(self) -> None:
+        if self.max_member_bytes <= 0 or not self.max_ratio >= 1 or self.ratio_min_bytes < 0:
+            raise UserError(
+                f"grade limits must be positive (size cap {self.max_member_bytes} bytes, "
+                f"ratio cap {self.max_ratio})"
+            )
+
+
+class _SubmissionSemseg(SemsegMetrics):
+    """:class:`SemsegMetrics` that also takes 255 ("no class") as a prediction.
+
+    Such a pixel, where the ground truth is labelled, is a false negative of the
+    ground-truth class only; with no 255 in the predictions the scores are exactly
+    those of the parent class.
+    """
+
+    missed: Tensor
+
+    def __init__(self) -> None:
+        super().__init__(num_classes=SEMSEG.channels, prefix=SEMSEG.name)
+        self.add_state(
+            "missed", default=torch.zeros(self.num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Args: preds int [B,H,W] in 0..C-1 or 255; target int [B,H,W] (255 = unlabelled)."""
+        preds, target = preds.long(), target.long()
+        abstained = (preds == IGNORE_INDEX) & (target != IGNORE_INDEX)
+        if bool(abstained.any()):
+            gt = target[abstained]
+            if bool(((gt < 0) | (gt >= self.num_classes)).any()):
+                raise ValueError(f"semseg target holds values outside 0..{self.num_classes - 1}")
+            self.missed += _count(gt, self.num_classes)
+            target = torch.where(abstained, torch.full_like(target, IGNORE_INDEX), target)
+        super().update(preds, target)
+
+    def per_class_iou(self) -> Tensor:
+        cm = self.confmat.to(torch.float64)
+        tp = cm.diagonal()
+        union = cm.sum(dim=0) + cm.sum(dim=1) - tp + self.missed.to(torch.float64)
+        iou = 100.0 * tp / union
+        return torch.where(union > 0, iou, torch.full_like(iou, math.nan))
+
+
+# --------------------------------------------------------------------------------------
+# reading the archive
+
+
+def _fail(name: str, problem: str) -> SubmissionError:
+    return SubmissionError(f"submission member {name!r}: {problem}")
+
+
+def check_member_name(info: zipfile.ZipInfo) -> None:
+    """Reject names and entry types that could escape or confuse an extraction.
+
+    Raises:
+        SubmissionError: absolute path, drive letter, ``..`` component, NUL byte,
+            symlink or other non-regular entry, encrypted member.
+    """
+    name = info.filename
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise _fail(name, "absolute path")
+    if ".." in re.split(r"[\\/]", name):
+        raise _fail(name, "'..' path component")
+    if "\x00" in name:
+        raise _fail(name, "NUL byte in name")
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if stat.S_ISLNK(mode):
+        raise _fail(name, "symbolic link entry")
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise _fail(name, f"special file entry (mode {oct(mode)})")
+    if info.flag_bits & _ZIP_ENCRYPTED:
+        raise _fail(name, "encrypted member")
+
+
+def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: GradeLimits) -> bytes:
+    """One member's bytes, decompressed in chunks under the size and ratio caps.
+
+    The declared sizes are checked first (cheap rejection), then the bytes actually
+    produced by the decompressor, because headers can lie. The compressed size used for
+    the ratio is bounded by the archive's own size, so overstating it does not help.
+    """
+    name = info.filename
+    archive_bytes = os.fstat(zf.fp.fileno()).st_size if zf.fp is not None else info.compress_size
+    compressed = max(min(info.compress_size, archive_bytes), 1)
+
+    def check(size: int, declared: bool) -> None:
+        how = "declared" if declared else "decompressed"
+        if size > limits.max_member_bytes:
+            raise _fail(
+                name, f"{how} size {size} bytes exceeds the cap of {limits.max_member_bytes} bytes"
+            )
+        if size > limits.ratio_min_bytes and size > limits.max_ratio * compressed:
+            raise _fail(
+                name,
+                f"{how} compression ratio {size / compressed:.0f}:1 exceeds the cap of "
+                f"{limits.max_ratio:.0f}:1",
+            )
+
+    check(info.file_size, declared=True)
+    out = bytearray()
+    try:
+        with zf.open(info) as f:
+            while chunk := f.read(256 * 1024):
+                out += chunk
+                check(len(out), declared=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as e:
+        raise _fail(name, f"cannot be read ({e})") from None
+    except NotImplementedError as e:  # e.g. an unsupported compression method
+        raise _fail(name, f"cannot be read ({e})") from None
+    return bytes(out)
+
+
+def _open_archive(zip_path: Path) -> zipfile.ZipFile:
+    if not zip_path.is_file():
+        raise SubmissionError(f"submission {zip_path} not found")
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as e:
+        raise SubmissionError(
+            f"submission {zip_path} is not a readable zip archive ({e})"
+        ) from None
+
+
+def _index_predictions(zf: zipfile.ZipFile, size: int) -> dict[str, dict[int, zipfile.ZipInfo]]:
+    """task -> id -> member; rejects unexpected, duplicate and missing prediction files."""
+    found: dict[str, dict[int, zipfile.ZipInfo]] = {t.name: {} for t in TASKS}
+    allowed_dirs = {f"{PREDICTIONS_DIR}/", *(f"{PREDICTIONS_DIR}/{t}/" for t in found)}
+    for info in zf.infolist():
+        name = info.filename
+        if not name.startswith(f"{PREDICTIONS_DIR}/"):
+            continue
+        if info.is_dir():
+            if name not in allowed_dirs:
+                raise _fail(name, f"unexpected folder under {PREDICTIONS_DIR}/")
+            continue
+        parts = name.split("/")
+        match = _PREDICTION.match(parts[2]) if len(parts) == 3 else None
+        if parts[1] not in found or match is None:
+            raise _fail(name, f"unexpected file; {PREDICTIONS_DIR}/ holds only {{task}}/{{id}}.png")
+        index = int(match.group(1))
+        if index >= size:
+            raise _fail(name, f"id {index} is not in the split (ids 0..{size - 1})")
+        if index in found[parts[1]]:
+            raise _fail(name, "duplicate entry")
+        found[parts[1]][index] = info
+    if not any(found.values()):
+        nested = [i.filename for i in zf.infolist() if f"/{PREDICTIONS_DIR}/" in i.filename]
+        if nested:
+            raise _fail(
+                prediction_name(SEMSEG.name, 0),
+                f"missing: {PREDICTIONS_DIR}/ must be at the top of the archive, found "
+                f"{nested[0]!r} (was the archive repacked?)",
+            )
+    for task, members in found.items():
+        missing = [i for i in range(size) if i not in members]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise _fail(prediction_name(task, missing[0]), f"missing{more}")
+    return found
+
+
+def _manifest_hashes(zf: zipfile.ZipFile, limits: GradeLimits) -> dict[str, str]:
+    """member name -> sha256 from manifest.json (empty without a manifest)."""
+    infos = [i for i in zf.infolist() if i.filename == MANIFEST_NAME]
+    if not infos:
+        return {}
+    if len(infos) > 1:
+        raise _fail(MANIFEST_NAME, "duplicate entry")
+    try:
+        manifest = json.loads(read_member(zf, infos[0], limits).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _fail(MANIFEST_NAME, f"not valid JSON ({e})") from None
+    members = manifest.get("members", {}) if isinstance(manifest, dict) else None
+    if not isinstance(members, dict):
+        raise _fail(MANIFEST_NAME, "'members' is not an object of name -> {sha256, bytes}")
+    return {
+        k: v["sha256"]
+        for k, v in members.items()
+        if isinstance(v, dict) and isinstance(v.get("sha256"), str)
+    }
+
+
+def _decode_png(
+    name: str, payload: bytes, modes: tuple[str, ...], size_hw: tuple[int, int]
+) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(payload))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _fail(name, f"not a decodable image ({e})") from None
+    with image:
+        if image.format != "PNG":
+            raise _fail(name, f"is {image.format}, not PNG")
+        h, w = size_hw
+        # before decoding any pixel: a huge canvas in a small file must not be inflated
+        if image.size != (w, h):
+            raise _fail(name, f"size {image.size[0]}x{image.size[1]}, expected {w}x{h} (WxH)")
+        if image.mode not in modes:
+            raise _fail(name, f"mode {image.mode}, expected one of {', '.join(modes)}")
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise _fail(name, f"not a decodable image ({e})") from None
+        return image.copy()
+
+
+# --------------------------------------------------------------------------------------
+# grading
+
+
+def grade(
+    zip_path: str | os.PathLike,
+    gt_root: str | os.PathLike,
+    split: str = "test",
+    limits: GradeLimits | None = None,
+) -> dict[str, float]:
+    """Score a submission's predictions against a dataset split's ground truth.
+
+    Args:
+        zip_path: the submission archive.
+        gt_root: dataset root whose ``split`` holds semseg and depth ground truth.
+        split: the split the predictions are of.
+        limits: size and ratio caps (default :class:`GradeLimits`).
+
+    Returns:
+        the metrics as training names them (``semseg``, ``semseg_iou/<class>``,
+        ``depth``, ``depth_mae``, ..., ``grader``): floats, NaN where undefined.
+
+    Raises:
+        SubmissionError: anything wrong with the archive (message names the member).
+        UserError: a missing or malformed ground truth.
+    """
+    limits = limits or GradeLimits()
+    zip_path, gt_root = Path(zip_path), Path(gt_root)
+    info = read_info(gt_root)
+    size = info.split_size(split)
+    if not info.has_gt(split):
+        raise UserError(f"{gt_root}: split {split!r} has no ground truth to grade against")
+    if size == 0:
+        raise UserError(f"{gt_root}: split {split!r} is empty; nothing to grade")
+    metrics = MultiTaskMetrics()
+    metrics.tasks[SEMSEG.name] = _SubmissionSemseg()
+    with _open_archive(zip_path) as zf:
+        for member in zf.infolist():
+            check_member_name(member)
+        found = _index_predictions(zf, size)
+        hashes = _manifest_hashes(zf, limits)
+        for index in range(size):
+            gt_sem = read_semseg(label_path(gt_root, split, SEMSEG.name, index))
+            gt_depth = read_depth(label_path(gt_root, split, DEPTH.name, index))
+            preds: dict[str, np.ndarray] = {}
+            for task in TASKS:
+                member = found[task.name][index]
+                payload = read_member(zf, member, limits)
+                expected = hashes.get(member.filename)
+                if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
+                    raise _fail(member.filename, f"sha256 differs from {MANIFEST_NAME}")
+                preds[task.name] = _check_prediction(
+                    member.filename, payload, task.name, gt_sem.shape, gt_depth
+                )
+            batch = {
+                SEMSEG.name: torch.from_numpy(gt_sem.astype(np.int64))[None],
+                DEPTH.name: torch.from_numpy(gt_depth)[None],
+            }
+            metrics.update({k: torch.from_numpy(v)[None] for k, v in preds.items()}, batch)
+    return {k: float(v) for k, v in metrics.compute().items()}
+
+
+def _check_prediction(
+    name: str, payload: bytes, task: str, size_hw: tuple[int, int], gt_depth: np.ndarray
+) -> np.ndarray:
+    """Decode and validate one prediction PNG: int64 labels or float32 meters [H,W]."""
+    if task == SEMSEG.name:
+        image = _decode_png(name, payload, SEMSEG_MODES, size_hw)
+        labels = np.asarray(image, dtype=np.uint8)
+        bad = (labels >= SEMSEG.channels) & (labels != IGNORE_INDEX)
+        if bad.any():
+            values = sorted({int(v) for v in np.unique(labels[bad])})[:5]
+            raise _fail(name, f"label values {values} outside 0..{SEMSEG.channels - 1} and 255")
+        return labels.astype(np.int64)
+    image = _decode_png(name, payload, DEPTH_MODES, size_hw)
+    try:
+        depth = decode_depth(image)
+    except DataFormatError as e:
+        raise _fail(name, str(e)) from None
+    holes = int(((depth <= 0) & (gt_depth > 0)).sum())
+    if holes:
+        raise _fail(name, f"depth 0 (invalid) at {holes} pixel(s) where the ground truth has depth")
+    return depth
+
+
+# --------------------------------------------------------------------------------------
+# command line
+
+
+def format_report(metrics: dict[str, float]) -> str:
+    """The three course metrics, one per line."""
+    return "\n".join(
+        [
+            f"semseg  {metrics['semseg']:7.2f}   mean IoU (%)",
+            f"depth   {metrics['depth']:7.2f}   SI-logRMSE (x100)",
+            f"grader  {metrics['grader']:7.2f}",
+        ]
+    )
+
+
+def _json_safe(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    """``scenemtl grade``: print the scores (``--json``: every metric, NaN as null)."""
+    limits = GradeLimits(
+        max_member_bytes=int(args.max_member_mib * MiB), max_ratio=float(args.max_ratio)
+    )
+    metrics = grade(args.submission, args.gt, split=args.split, limits=limits)
+    if args.json:
+        print(json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2))
+    else:
+        print(format_report(metrics))
+    return 0
+
+
+def add_grade_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``grade`` to an argparse subparsers object (from ``add_subparsers()``)."""
+    parser = subparsers.add_parser(
+        "grade",
+        help="score a submission.zip against a dataset's ground truth",
+        description="Score the predictions/ of a submission.zip against the ground truth "
+        "of a dataset split. The archive is treated as untrusted: it is read in memory, "
+        "nothing is unpickled or extracted.",
+    )
+    parser.add_argument("submission", metavar="SUBMISSION.zip")
+    parser.add_argument("--gt", required=True, metavar="ROOT", help="dataset root with GT")
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--json", action="store_true", help="all metrics as JSON")
+    parser.add_argument(
+        "--max-member-mib",
+        type=_positive_float,
+        default=GradeLimits.max_member_bytes / MiB,
+        help="largest decompressed member, MiB (default 64)",
+    )
+    parser.add_argument(
+        "--max-ratio",
+        type=_positive_float,
+        default=GradeLimits.max_ratio,
+        help="largest compression ratio of a member (default 200)",
+    )
+    parser.set_defaults(func=cmd_grade)
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
