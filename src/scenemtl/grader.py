@@ -31,26 +31,22 @@ import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
-from scenemtl.data.format import (
-    SPLITS,
-    decode_depth,
-    label_path,
-    read_depth,
-    read_info,
-    read_semseg,
-)
 from scenemtl.errors import DataFormatError, UserError
-from scenemtl.metrics import MultiTaskMetrics, SemsegMetrics, _count
 from scenemtl.submission import MANIFEST_NAME, PREDICTIONS_DIR, prediction_name
 from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG, TASKS
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torchmetrics import Metric
+
+# numpy, torch and the metrics are imported where they are used: `scenemtl --help` and
+# the other tools build this module's parser and should not pay for loading torch.
 
 MiB = 2**20
 
@@ -90,40 +86,53 @@ class GradeLimits:
             )
 
 
-class _SubmissionSemseg(SemsegMetrics):
-    """:class:`SemsegMetrics` that also takes 255 ("no class") as a prediction.
+@cache
+def _submission_semseg_class() -> type[Metric]:
+    import torch
+    from torch import Tensor
 
-    Such a pixel, where the ground truth is labelled, is a false negative of the
-    ground-truth class only; with no 255 in the predictions the scores are exactly
-    those of the parent class.
-    """
+    from scenemtl.metrics import SemsegMetrics, _count
 
-    missed: Tensor
+    class SubmissionSemseg(SemsegMetrics):
+        """:class:`SemsegMetrics` that also takes 255 ("no class") as a prediction.
 
-    def __init__(self) -> None:
-        super().__init__(num_classes=SEMSEG.channels, prefix=SEMSEG.name)
-        self.add_state(
-            "missed", default=torch.zeros(self.num_classes, dtype=torch.long), dist_reduce_fx="sum"
-        )
+        Such a pixel, where the ground truth is labelled, is a false negative of the
+        ground-truth class only; with no 255 in the predictions the scores are exactly
+        those of the parent class.
+        """
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Args: preds int [B,H,W] in 0..C-1 or 255; target int [B,H,W] (255 = unlabelled)."""
-        preds, target = preds.long(), target.long()
-        abstained = (preds == IGNORE_INDEX) & (target != IGNORE_INDEX)
-        if bool(abstained.any()):
-            gt = target[abstained]
-            if bool(((gt < 0) | (gt >= self.num_classes)).any()):
-                raise ValueError(f"semseg target holds values outside 0..{self.num_classes - 1}")
-            self.missed += _count(gt, self.num_classes)
-            target = torch.where(abstained, torch.full_like(target, IGNORE_INDEX), target)
-        super().update(preds, target)
+        missed: Tensor
 
-    def per_class_iou(self) -> Tensor:
-        cm = self.confmat.to(torch.float64)
-        tp = cm.diagonal()
-        union = cm.sum(dim=0) + cm.sum(dim=1) - tp + self.missed.to(torch.float64)
-        iou = 100.0 * tp / union
-        return torch.where(union > 0, iou, torch.full_like(iou, math.nan))
+        def __init__(self) -> None:
+            super().__init__(num_classes=SEMSEG.channels, prefix=SEMSEG.name)
+            self.add_state(
+                "missed",
+                default=torch.zeros(self.num_classes, dtype=torch.long),
+                dist_reduce_fx="sum",
+            )
+
+        def update(self, preds: Tensor, target: Tensor) -> None:
+            """preds int [B,H,W] in 0..C-1 or 255; target int [B,H,W] (255 = unlabelled)."""
+            preds, target = preds.long(), target.long()
+            abstained = (preds == IGNORE_INDEX) & (target != IGNORE_INDEX)
+            if bool(abstained.any()):
+                gt = target[abstained]
+                if bool(((gt < 0) | (gt >= self.num_classes)).any()):
+                    raise ValueError(
+                        f"semseg target holds values outside 0..{self.num_classes - 1}"
+                    )
+                self.missed += _count(gt, self.num_classes)
+                target = torch.where(abstained, torch.full_like(target, IGNORE_INDEX), target)
+            super().update(preds, target)
+
+        def per_class_iou(self) -> Tensor:
+            cm = self.confmat.to(torch.float64)
+            tp = cm.diagonal()
+            union = cm.sum(dim=0) + cm.sum(dim=1) - tp + self.missed.to(torch.float64)
+            iou = 100.0 * tp / union
+            return torch.where(union > 0, iou, torch.full_like(iou, math.nan))
+
+    return SubmissionSemseg
 
 
 # --------------------------------------------------------------------------------------
@@ -315,6 +324,12 @@ def grade(
         SubmissionError: anything wrong with the archive (message names the member).
         UserError: a missing or malformed ground truth.
     """
+    import numpy as np
+    import torch
+
+    from scenemtl.data.format import label_path, read_depth, read_info, read_semseg
+    from scenemtl.metrics import MultiTaskMetrics
+
     limits = limits or GradeLimits()
     zip_path, gt_root = Path(zip_path), Path(gt_root)
     info = read_info(gt_root)
@@ -324,7 +339,7 @@ def grade(
     if size == 0:
         raise UserError(f"{gt_root}: split {split!r} is empty; nothing to grade")
     metrics = MultiTaskMetrics()
-    metrics.tasks[SEMSEG.name] = _SubmissionSemseg()
+    metrics.tasks[SEMSEG.name] = _submission_semseg_class()()
     with _open_archive(zip_path) as zf:
         for member in zf.infolist():
             check_member_name(member)
@@ -355,6 +370,10 @@ def _check_prediction(
     name: str, payload: bytes, task: str, size_hw: tuple[int, int], gt_depth: np.ndarray
 ) -> np.ndarray:
     """Decode and validate one prediction PNG: int64 labels or float32 meters [H,W]."""
+    import numpy as np
+
+    from scenemtl.data.format import decode_depth
+
     if task == SEMSEG.name:
         image = _decode_png(name, payload, SEMSEG_MODES, size_hw)
         labels = np.asarray(image, dtype=np.uint8)
@@ -417,7 +436,7 @@ def add_grade_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("submission", metavar="SUBMISSION.zip")
     parser.add_argument("--gt", required=True, metavar="ROOT", help="dataset root with GT")
-    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--split", default="test", help="split of ROOT (default: test)")
     parser.add_argument("--json", action="store_true", help="all metrics as JSON")
     parser.add_argument(
         "--max-member-mib",
