@@ -29,7 +29,6 @@ from scenemtl.submission import package_source_files, source_zip_bytes, write_su
 from tests.conftest import write_random_dataset
 from tests.engine.conftest import tiny_config
 
-CALLBACK = {"class_path": "scenemtl.engine.submission_callback.SubmissionCallback"}
 N_TEST = 3
 
 
@@ -53,7 +52,7 @@ def run(tmp_path_factory):
         depth_encoding=METERS16, seed=1,
     )  # fmt: skip
     write_stats(root)
-    cfg = tiny_config(base, root, **{"trainer.max_epochs": 1, "trainer.callbacks": [CALLBACK]})
+    cfg = tiny_config(base, root, **{"trainer.max_epochs": 1, "submission.enabled": True})
     assert run_cli(["fit", "--config", str(cfg)]) == 0
     fit_dir = base / "runs" / "tiny" / "version_0"
     fit_zip = (fit_dir / "submission.zip").read_bytes()  # before anything can replace it

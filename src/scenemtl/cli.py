@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", default="runs", help="folder of run directories")
     demo.set_defaults(func=cmd_demo)
 
+    from scenemtl.grader import add_grade_parser
+
+    add_grade_parser(sub)
+
     runs = sub.add_parser("runs", help="table of all runs below a folder")
     runs.add_argument("root", nargs="?", default="runs", metavar="RUNS_DIR")
     runs.add_argument("--format", choices=("md", "latex", "csv"), default="md")

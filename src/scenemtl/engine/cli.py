@@ -24,6 +24,7 @@ from scenemtl.data.datamodule import SceneDataModule
 from scenemtl.engine.callbacks import RunRecordCallback, VisualizationCallback
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
+from scenemtl.engine.submission_callback import SubmissionCallback
 from scenemtl.errors import UserError
 
 _VERSION = re.compile(r"^version_(\d+)$")
@@ -91,6 +92,7 @@ class SceneCLI(LightningCLI):
             help="also refresh last.ckpt every N optimizer steps (0: at epoch ends only)",
         )
         parser.add_lightning_class_args(VisualizationCallback, "visualize")
+        parser.add_lightning_class_args(SubmissionCallback, "submission")
 
     def _run_config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
