@@ -15,8 +15,17 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 def test_there_is_a_config_per_course_step():
     names = {p.stem for p in CONFIGS}
-    assert {"template", "tuned", "imagenet", "dilation", "aspp", "deeplabv3p", "branched",
-            "distillation", "demo"} <= names
+    assert {
+        "template",
+        "tuned",
+        "imagenet",
+        "dilation",
+        "aspp",
+        "deeplabv3p",
+        "branched",
+        "distillation",
+        "demo",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

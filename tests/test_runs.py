@@ -5,8 +5,17 @@ from scenemtl.runs import format_best, summarize_run
 
 def write_run(run_dir, rows, max_epochs):
     run_dir.mkdir(parents=True)
-    keys = ["epoch", "step", "train/loss", "val/semseg", "val/depth", "val/grader", "test/semseg",
-            "test/depth", "test/grader"]
+    keys = [
+        "epoch",
+        "step",
+        "train/loss",
+        "val/semseg",
+        "val/depth",
+        "val/grader",
+        "test/semseg",
+        "test/depth",
+        "test/grader",
+    ]
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
