@@ -1,6 +1,6 @@
 """The ``scenemtl`` command.
 
-``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI (YAML configs, dotted
+``fit``, ``validate`` and ``test`` go to LightningCLI (YAML configs, dotted
 overrides); the tools (data, grade, runs, complexity, bench, demo) are plain argparse
 subcommands. A :class:`~scenemtl.errors.UserError` anywhere becomes one line on stderr and
 exit status 1.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scenemtl.errors import UserError
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scenemtl",
         description="Multi-task semantic segmentation + metric depth for street scenes. "
-        "Training: scenemtl fit|validate|test|predict --config CFG (see --help of each).",
+        "Training: scenemtl fit|validate|test --config CFG (see --help of each).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -209,9 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", default="runs", help="folder of run directories")
     demo.set_defaults(func=cmd_demo)
 
+    from scenemtl.export import add_export_parser
     from scenemtl.grader import add_grade_parser
+    from scenemtl.predict import add_predict_parser
 
     add_grade_parser(sub)
+    add_predict_parser(sub)
+    add_export_parser(sub)
 
     runs = sub.add_parser("runs", help="table of all runs below a folder")
     runs.add_argument("root", nargs="?", default="runs", metavar="RUNS_DIR")

@@ -134,3 +134,25 @@ def test_from_checkpoint_restores_network_and_depth_statistics(tmp_path, tiny_ro
     broken.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.raises(UserError, match="not a scenemtl checkpoint"):
         MultiTaskModule.from_checkpoint(broken)
+
+
+def test_tta_hparams_drive_evaluation_outputs():
+    from scenemtl.engine.module import MultiTaskModule
+    from scenemtl.errors import UserError
+    from scenemtl.tta import tta_outputs
+
+    net = {"architecture": "joint", "encoder": "resnet18", "channels": 16, "skip_channels": 8}
+    torch.manual_seed(0)
+    plain = MultiTaskModule(net=net).eval()
+    tta = MultiTaskModule(net=net, tta_scales=[0.75, 1.0], tta_flip=True).eval()
+    tta.load_state_dict(plain.state_dict())
+    image = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(plain.eval_outputs(image)["depth"][-1], plain(image)["depth"][-1])
+        merged = tta_outputs(tta, image, [0.75, 1.0], True, depth_space=tta.depth_space)
+        got = tta.eval_outputs(image)
+        assert torch.allclose(got["depth"][0], merged["depth"])
+        assert not torch.allclose(got["depth"][0], plain(image)["depth"][-1])
+        assert tta.predict_batch(image)["semseg"].shape == (1, 40, 56)
+    with pytest.raises(UserError, match="TTA scale"):
+        MultiTaskModule(net=net, tta_scales=[0.0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
 from scenemtl.tasks import DEPTH, TASKS
+from scenemtl.tta import check_scales, is_identity, tta_outputs
 from scenemtl.weighting import build_weighting
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -45,6 +47,9 @@ class MultiTaskModule(L.LightningModule):
         loss_weights: task name -> fixed (or initial) weight; missing tasks weigh 1.
         weighting_options: extra options of the weighting method.
         channels_last: run convolutions in channels-last memory format.
+        tta_scales: test-time augmentation for validation/test/predict: input scales
+            whose predictions are merged (None = a single plain pass).
+        tta_flip: also merge horizontally mirrored views.
     """
 
     def __init__(
@@ -63,6 +68,8 @@ class MultiTaskModule(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         weighting_options: dict[str, float] | None = None,
         channels_last: bool = False,
+        tta_scales: list[float] | None = None,
+        tta_flip: bool = False,
     ) -> None:
         super().__init__()
         if net is None:
@@ -86,6 +93,8 @@ class MultiTaskModule(L.LightningModule):
         unknown = set(loss_weights or {}) - {t.name for t in TASKS}
         if unknown:
             raise UserError(f"model.loss_weights names unknown task(s) {sorted(unknown)}")
+        if tta_scales is not None:
+            check_scales(tta_scales)
         self.save_hyperparameters()
         self.net = build_model(net)
         self.depth_space = DepthSpace(depth_space, _UNSET_STATS)
@@ -115,7 +124,15 @@ class MultiTaskModule(L.LightningModule):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
             hparams = dict(ckpt["hyper_parameters"])
             state = ckpt["state_dict"]
-        except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError) as e:
+        except (
+            OSError,
+            RuntimeError,
+            KeyError,
+            TypeError,
+            EOFError,
+            ValueError,
+            pickle.UnpicklingError,
+        ) as e:
             raise UserError(f"{path}: not a scenemtl checkpoint ({type(e).__name__})") from None
         hparams.pop("_instantiator", None)
         net = dict(hparams.pop("net", None) or {})
@@ -157,9 +174,18 @@ class MultiTaskModule(L.LightningModule):
             image = image.contiguous(memory_format=torch.channels_last)
         return self.net(image)
 
+    def eval_outputs(self, image: Tensor) -> dict[str, list[Tensor]]:
+        """Outputs for validation/test/predict: a plain forward, or merged TTA views."""
+        scales = self.hparams.get("tta_scales") or [1.0]
+        flip = bool(self.hparams.get("tta_flip", False))
+        if is_identity(scales, flip):
+            return self(image)
+        merged = tta_outputs(self, image, scales, flip, depth_space=self.depth_space)
+        return {task: [out] for task, out in merged.items()}
+
     def predict_batch(self, image: Tensor) -> dict[str, Tensor]:
         """Final predictions in metric units: semseg labels [B,H,W], depth meters [B,H,W]."""
-        return decode_predictions(self(image), self.depth_space)
+        return decode_predictions(self.eval_outputs(image), self.depth_space)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         outputs = self(batch["image"])
@@ -187,7 +213,7 @@ class MultiTaskModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Tensor], metrics: MultiTaskMetrics, stage: str) -> None:
         if not all(t.name in batch for t in TASKS):
             return  # a split without ground truth: nothing to score
-        outputs = self(batch["image"])
+        outputs = self.eval_outputs(batch["image"])
         losses = self.criterion(outputs, batch)
         self.log(f"{stage}/loss", losses.total, batch_size=batch["image"].shape[0], sync_dist=True)
         metrics.update(decode_predictions(outputs, self.depth_space), batch)
