@@ -59,6 +59,9 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         depth_encoding=args.depth_encoding,
     )
     root = Path(args.root) if args.root else default_root(params)
+    if args.print_root:
+        print(root)
+        return 0
     info = synthesize(root, params, workers=args.workers)
     sizes = ", ".join(f"{k} {v['size']}" for k, v in info.splits.items())
     print(f"dataset {info.name} ({sizes}, {info.image_size[0]}x{info.image_size[1]}) at {root}")
@@ -142,6 +145,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_best(summarize_run(run_dir)))
     print(f"\nrun directory: {run_dir}")
     print(f"TensorBoard:   tensorboard --logdir {run_root}")
+    print(f"grade it:      scenemtl grade {run_dir / 'submission.zip'} --gt {root}")
+    print(f"all runs:      scenemtl runs {run_root}")
     return 0
 
 
@@ -184,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="only time rendering+writing N images and print images/s",
+    )
+    synth.add_argument(
+        "--print-root",
+        action="store_true",
+        help="only print the cache folder these parameters map to (for scripts)",
     )
     synth.set_defaults(func=cmd_data_synth)
 
