@@ -21,7 +21,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from scenemtl.data.format import atomic_output
 from scenemtl.errors import UserError
 from scenemtl.tasks import DEPTH, SEMSEG, TASKS
 
@@ -194,6 +194,24 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def slim_checkpoint_bytes(path: Path) -> bytes:
+    """The part of a Lightning checkpoint that predicts: weights and hyperparameters.
+
+    Optimizer and loop states (two thirds of an Adam checkpoint) only serve resuming,
+    which the run directory's own checkpoints are for.
+    """
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    slim = {k: ckpt[k] for k in _SLIM_KEYS if k in ckpt}
+    buf = io.BytesIO()
+    torch.save(slim, buf)
+    return buf.getvalue()
+
+
+_SLIM_KEYS = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
+
+
 def write_submission(
     run_dir: str | os.PathLike,
     best_ckpt: str | os.PathLike,
@@ -259,57 +277,46 @@ def write_submission(
     dataset = SceneDataset(root, split, with_gt=False, info=info)
     module = MultiTaskModule.from_checkpoint(best_ckpt).to(device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / SUBMISSION_NAME
-    fd, tmp_name = tempfile.mkstemp(dir=run_dir, prefix=f".{SUBMISSION_NAME}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with zipfile.ZipFile(raw, "w") as zf:
-                writer = _MemberWriter(zf)
-                for name, path in optional.items():
-                    if path is not None:
-                        writer.add_file(name, path)
-                # float weights, PNG and zip data barely deflate: storing them saves time
-                writer.add_file(CHECKPOINT_NAME, best_ckpt, compress=False)
-                writer.add_bytes(SOURCE_NAME, source_zip_bytes(), compress=False)
-                written = 0
-                for index, pred in iter_predictions(
-                    module, dataset, batch_size, device=device, num_workers=num_workers
-                ):
-                    semseg_png = _png(Image.fromarray(pred[SEMSEG.name]))
-                    depth_png = _png(encode_depth(pred[DEPTH.name], info.depth_encoding))
-                    writer.add_bytes(prediction_name(SEMSEG.name, index), semseg_png, False)
-                    writer.add_bytes(prediction_name(DEPTH.name, index), depth_png, False)
-                    written += 1
-                manifest = {
-                    "format": SUBMISSION_FORMAT,
-                    "format_version": SUBMISSION_FORMAT_VERSION,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "versions": _versions(),
-                    "dataset": {
-                        "name": info.name,
-                        "version": info.version,
-                        "image_size": list(info.image_size),
-                        "depth_encoding": info.depth_encoding,
-                        "split": split,
-                        "split_size": len(dataset),
-                    },
-                    "predictions": {
-                        "count": written,
-                        "tasks": [t.name for t in TASKS],
-                        "semseg": "trainIds 0..18, PNG mode L",
-                        "depth": f"PNG, {info.depth_encoding} (see scenemtl.data.format)",
-                    },
-                    "checkpoint": CHECKPOINT_NAME,
-                    "members": writer.members,
-                }
-                text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-                zf.writestr(_zip_info(MANIFEST_NAME, compress=True), text.encode("utf-8"))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as raw, zipfile.ZipFile(raw, "w") as zf:
+        writer = _MemberWriter(zf)
+        for name, path in optional.items():
+            if path is not None:
+                writer.add_file(name, path)
+        # float weights, PNG and zip data barely deflate: storing them saves time
+        writer.add_bytes(CHECKPOINT_NAME, slim_checkpoint_bytes(best_ckpt), compress=False)
+        writer.add_bytes(SOURCE_NAME, source_zip_bytes(), compress=False)
+        written = 0
+        for index, pred in iter_predictions(
+            module, dataset, batch_size, device=device, num_workers=num_workers
+        ):
+            semseg_png = _png(Image.fromarray(pred[SEMSEG.name]))
+            depth_png = _png(encode_depth(pred[DEPTH.name], info.depth_encoding))
+            writer.add_bytes(prediction_name(SEMSEG.name, index), semseg_png, False)
+            writer.add_bytes(prediction_name(DEPTH.name, index), depth_png, False)
+            written += 1
+        manifest = {
+            "format": SUBMISSION_FORMAT,
+            "format_version": SUBMISSION_FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "dataset": {
+                "name": info.name,
+                "version": info.version,
+                "image_size": list(info.image_size),
+                "depth_encoding": info.depth_encoding,
+                "split": split,
+                "split_size": len(dataset),
+            },
+            "predictions": {
+                "count": written,
+                "tasks": [t.name for t in TASKS],
+                "semseg": "trainIds 0..18, PNG mode L",
+                "depth": f"PNG, {info.depth_encoding} (see scenemtl.data.format)",
+            },
+            "checkpoint": CHECKPOINT_NAME,
+            "members": writer.members,
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+        zf.writestr(_zip_info(MANIFEST_NAME, compress=True), text.encode("utf-8"))
     return target

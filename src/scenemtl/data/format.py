@@ -24,9 +24,10 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -248,8 +249,13 @@ def _current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so readers see the old or the new file, never half."""
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` only when the block ends without error.
+
+    Readers see the old file or the complete new one, never a half-written one; on error
+    the old file stays and no temporary file is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -257,13 +263,19 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
         # mkstemp creates 0600; the result should be as readable as any file the user writes
         os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as f:
+        f.write(payload)
 
 
 def write_info(root: str | os.PathLike, info: DatasetInfo) -> None:
