@@ -25,7 +25,9 @@ class RunSummary:
 
     path: Path
     name: str
-    status: str  # "finished", "unfinished" (killed, still running, or never validated), "crashed"
+    # "finished", "unfinished" (killed, still running, or never validated), "crashed",
+    # "evaluation" (a `scenemtl validate` of a checkpoint)
+    status: str
     best_epoch: int | None = None
     best: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
@@ -81,6 +83,8 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
         max_epochs = (config.get("trainer") or {}).get("max_epochs")
         finished = max_epochs is None or epochs_done >= int(max_epochs)
         summary.status = "finished" if finished else "unfinished"
+    if not record and not any(r.get("train/loss") for r in rows) and summary.best:
+        summary.status = "evaluation"  # `scenemtl validate` of a checkpoint, no training
     # run.json knows best; "running" in a record nobody updates is a killed (or live) run
     status = record.get("status")
     if status in ("finished", "crashed"):

@@ -156,3 +156,32 @@ def test_tta_hparams_drive_evaluation_outputs():
         assert tta.predict_batch(image)["semseg"].shape == (1, 40, 56)
     with pytest.raises(UserError, match="TTA scale"):
         MultiTaskModule(net=net, tta_scales=[0.0])
+
+
+def test_validate_applies_tta_from_the_command_line_in_its_own_run(tmp_path, tiny_root):
+    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
+    assert run_cli(["fit", "--config", str(cfg)]) == 0
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    trace_before = (run_dir / "metrics.csv").read_bytes()
+    best = str(run_dir / "checkpoints" / "best.ckpt")
+    assert run_cli(["validate", "--config", str(cfg), "--ckpt_path", best]) == 0
+    assert (
+        run_cli(
+            [
+                "validate",
+                "--config",
+                str(cfg),
+                "--ckpt_path",
+                best,
+                "--model.tta_scales",
+                "[0.5, 1.0]",
+                "--model.tta_flip",
+                "true",
+            ]
+        )
+        == 0
+    )
+    # an explicitly named run gets new versions: the training run's trace stays as it was
+    plain, tta = (read_metrics(tmp_path / "runs" / "tiny" / f"version_{i}")[-1] for i in (1, 2))
+    assert plain["val/depth"] != tta["val/depth"]
+    assert (run_dir / "metrics.csv").read_bytes() == trace_before  # training trace untouched

@@ -38,12 +38,15 @@ def _versions(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_run(root: Path, name: str, ckpt_path: str | None) -> tuple[str, str | None]:
+def resolve_run(
+    root: Path, name: str, ckpt_path: str | None, reuse_checkpoint_run: bool = True
+) -> tuple[str, str | None]:
     """The version folder to log into, and the checkpoint path to load (resolved).
 
     * no checkpoint: a new ``version_N``;
     * ``last``: the newest version of ``name`` that holds checkpoints/last.ckpt;
-    * a file inside ``root/name/version_N/checkpoints``: that version.
+    * a file inside ``root/name/version_N/checkpoints``: that version, unless
+      ``reuse_checkpoint_run`` is False (then a new version).
     """
     run_dir = root / name
     versions = _versions(run_dir)
@@ -59,7 +62,7 @@ def resolve_run(root: Path, name: str, ckpt_path: str | None) -> tuple[str, str 
             raise UserError(f"--ckpt_path {ckpt_path}: file not found")
         parent = ckpt.resolve().parent
         in_run = parent.name == "checkpoints" and _VERSION.match(parent.parent.name)
-        if in_run and parent.parent.parent == run_dir.resolve():
+        if reuse_checkpoint_run and in_run and parent.parent.parent == run_dir.resolve():
             return parent.parent.name, str(ckpt)
     next_version = versions[-1][0] + 1 if versions else 0
     return f"version_{next_version}", ckpt_path
@@ -94,6 +97,21 @@ class SceneCLI(LightningCLI):
         parser.add_lightning_class_args(VisualizationCallback, "visualize")
         parser.add_lightning_class_args(SubmissionCallback, "submission")
 
+    # Evaluation-time switches: the command line decides them, not the checkpoint.
+    EVALUATION_HPARAMS = ("tta_scales", "tta_flip")
+
+    def _parse_ckpt_path(self) -> None:
+        """As LightningCLI (the checkpoint's hyperparameters define the network), except
+        that evaluation-time switches given for this command are kept."""
+        sub = self.config.get("subcommand")
+        keep = {}
+        if sub:
+            model_cfg = self.config[sub].get("model")
+            keep = {k: model_cfg.get(k) for k in self.EVALUATION_HPARAMS if model_cfg}
+        super()._parse_ckpt_path()
+        for key, value in keep.items():
+            self.config[sub]["model"][key] = value
+
     def _run_config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
 
@@ -104,9 +122,14 @@ class SceneCLI(LightningCLI):
         if name is None:
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "default"
+            if self.subcommand == "validate":
+                name = f"{name}-validate"
         root = Path(run.root)
         ckpt = cfg.get("ckpt_path") if self.subcommand else None
-        version, ckpt = resolve_run(root, name, ckpt)
+        # val/ rows in a training run's trace would change its best-grader row
+        version, ckpt = resolve_run(
+            root, name, ckpt, reuse_checkpoint_run=self.subcommand != "validate"
+        )
         # DDP workers re-run this command line; they must log into rank 0's version even
         # if rank 0 already created its directory.
         if os.environ.get("LOCAL_RANK", "0") != "0" and _VERSION_ENV in os.environ:
