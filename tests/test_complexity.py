@@ -75,17 +75,6 @@ def test_missing_config_file(tmp_path: Path) -> None:
         complexity.load_model_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize(("text", "expected"), [("256x512", (256, 512)), (" 100X203 ", (100, 203))])
-def test_parse_size(text: str, expected: tuple[int, int]) -> None:
-    assert complexity.parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["256", "0x5", "256x", "axb", "-1x3"])
-def test_parse_size_rejects(text: str) -> None:
-    with pytest.raises(UserError, match="HEIGHTxWIDTH"):
-        complexity.parse_size(text)
-
-
 def test_count_macs_of_a_known_convolution() -> None:
     conv = torch.nn.Conv2d(3, 8, 3, padding=1)
     macs, _ = complexity.count_macs(conv, (10, 12))

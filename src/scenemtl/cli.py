@@ -13,30 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from scenemtl.argtypes import int_at_least, size_hw
 from scenemtl.errors import UserError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"128x256"`` -> ``(128, 256)`` (height, width)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 # --------------------------------------------------------------------------------------
@@ -176,16 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth = data.add_parser("synth", help="render the procedural street-scene dataset")
     synth.add_argument("--root", help="output folder (default: cache under $SCENEMTL_DATA)")
-    synth.add_argument("--train", type=_non_negative, default=2000)
-    synth.add_argument("--val", type=_non_negative, default=250)
-    synth.add_argument("--test", type=_non_negative, default=250)
-    synth.add_argument("--size", type=parse_size, default=(128, 256), help="HxW (128x256)")
+    synth.add_argument("--train", type=int_at_least(0), default=2000)
+    synth.add_argument("--val", type=int_at_least(0), default=250)
+    synth.add_argument("--test", type=int_at_least(0), default=250)
+    synth.add_argument("--size", type=size_hw, default=(128, 256), help="HxW (128x256)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="disparity8")
     synth.add_argument("--workers", type=int, default=None, help="processes (all cores)")
     synth.add_argument(
         "--bench",
-        type=_non_negative,
+        type=int_at_least(0),
         default=0,
         metavar="N",
         help="only time rendering+writing N images and print images/s",
@@ -210,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs = data.add_parser("cityscapes", help="convert a Cityscapes tree")
     cs.add_argument("--src", required=True, help="folder holding leftImg8bit/, gtFine/, ...")
     cs.add_argument("--out", required=True)
-    cs.add_argument("--size", type=parse_size, default=None, help="resize to HxW")
+    cs.add_argument("--size", type=size_hw, default=None, help="resize to HxW")
     cs.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="meters16")
     cs.set_defaults(func=cmd_data_cityscapes)
 
@@ -236,12 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="training throughput: model, data, end to end, FLOP/s")
     bench.add_argument("--config", required=True)
     bench.add_argument("--precision", choices=("32-true", "bf16-mixed", "16-mixed"), default=None)
-    bench.add_argument("--steps", type=_non_negative, default=10)
+    bench.add_argument("--steps", type=int_at_least(0), default=10)
     bench.set_defaults(func=cmd_bench)
 
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
     complexity.add_argument("--config", required=True)
-    complexity.add_argument("--size", type=parse_size, default=(256, 512))
+    complexity.add_argument("--size", type=size_hw, default=(256, 512))
     complexity.set_defaults(func=cmd_complexity)
     return parser
 

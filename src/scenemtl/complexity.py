@@ -33,14 +33,6 @@ from scenemtl.models.registry import ModelConfig, build_model
 DEFAULT_SIZE = (256, 512)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"256x512"`` -> (256, 512) (height x width); anything else -> UserError."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise UserError(f"--size: expected HEIGHTxWIDTH such as 256x512, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
 def load_model_config(path: str | Path) -> ModelConfig:
     """The ``model.net`` section of a YAML config as a :class:`ModelConfig`.
 

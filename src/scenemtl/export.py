@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from scenemtl.argtypes import int_at_least, size_hw
 from scenemtl.errors import UserError
 from scenemtl.tasks import DEPTH, SEMSEG, TASKS
 
@@ -397,29 +398,6 @@ def export_onnx(
 # command line
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``export onnx`` on the ``scenemtl`` subcommand parser."""
     export = subparsers.add_parser("export", help="export a trained model (ONNX)")
@@ -435,15 +413,15 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument(
         "--size",
-        type=_parse_size,
+        type=size_hw,
         default=DEFAULT_SIZE,
         help="HxW of the example input for tracing, check and timing (default 128x256)",
     )
-    p.add_argument("--opset", type=_int_at_least(7), default=DEFAULT_OPSET, help="ONNX opset")
-    p.add_argument("--runs", type=_int_at_least(1), default=20, help="timed runs per engine")
+    p.add_argument("--opset", type=int_at_least(7), default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--runs", type=int_at_least(1), default=20, help="timed runs per engine")
     p.add_argument(
         "--threads",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=None,
         help="intra-op threads for both engines while timing (default: torch's setting)",
     )

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from scenemtl.argtypes import positive_float
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.submission import MANIFEST_NAME, PREDICTIONS_DIR, prediction_name
 from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG, TASKS
@@ -440,25 +441,15 @@ def add_grade_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="all metrics as JSON")
     parser.add_argument(
         "--max-member-mib",
-        type=_positive_float,
+        type=positive_float,
         default=GradeLimits.max_member_bytes / MiB,
         help="largest decompressed member, MiB (default 64)",
     )
     parser.add_argument(
         "--max-ratio",
-        type=_positive_float,
+        type=positive_float,
         default=GradeLimits.max_ratio,
         help="largest compression ratio of a member (default 200)",
     )
     parser.set_defaults(func=cmd_grade)
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value

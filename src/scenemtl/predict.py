@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from scenemtl.argtypes import int_at_least, positive_float
 from scenemtl.data.format import METERS16, atomic_write_bytes, encode_depth, read_rgb
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.depth_space import decode_predictions
@@ -280,26 +281,6 @@ def predict_images(
 # command line
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``predict`` on the ``scenemtl`` subcommand parser."""
     p = subparsers.add_parser(
@@ -314,7 +295,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--output", required=True, help="output folder (created if missing)")
     p.add_argument(
         "--tta-scales",
-        type=_positive_float,
+        type=positive_float,
         nargs="+",
         default=[1.0],
         metavar="S",
@@ -322,7 +303,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument("--tta-flip", action="store_true", help="test-time augmentation: also mirror")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward")
+    p.add_argument("--batch-size", type=int_at_least(1), default=1, help="images per forward")
     p.set_defaults(func=cmd_predict)
     return p
 
