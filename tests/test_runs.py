@@ -41,10 +41,13 @@ def test_best_grader_reports_semseg_and_depth_of_that_validation(tmp_path):
     assert "| val (best grader) | 2 | 60.00 | 25.00 | 35.00 |" in format_best(s)
 
 
-def test_unfinished_and_empty_runs_are_labelled(tmp_path):
-    rows = [{"epoch": 0, "step": 4, "val/semseg": 55, "val/depth": 30, "val/grader": 25}]
-    write_run(tmp_path / "a" / "version_0", rows, max_epochs=16)
+def test_unfinished_empty_and_evaluation_runs_are_labelled(tmp_path):
+    val = {"epoch": 0, "step": 4, "val/semseg": 55, "val/depth": 30, "val/grader": 25}
+    write_run(tmp_path / "a" / "version_0", [{"epoch": 0, "step": 3, "train/loss": 1}, val], 16)
     assert summarize_run(tmp_path / "a" / "version_0").status == "unfinished"
+    # `scenemtl validate` of a checkpoint: validation rows only, no training record
+    write_run(tmp_path / "v" / "version_0", [val], max_epochs=16)
+    assert summarize_run(tmp_path / "v" / "version_0").status == "evaluation"
     (tmp_path / "b" / "version_0").mkdir(parents=True)
     assert summarize_run(tmp_path / "b" / "version_0").status == "unfinished"
 
