@@ -100,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"demo config {config} not found (run `make demo` from the repository)")
     params = SynthParams()
     root = default_root(params)
-    print(f"[1/5] procedural dataset (cached) at {root}", flush=True)
+    print(f"[1/5] procedural dataset at {root} (rendered once, then cached)", flush=True)
     synthesize(root, params)
     print("[2/5] integrity check", flush=True)
     problems = check_dataset(root)
