@@ -419,21 +419,10 @@ class _Street:
         rng = self.rng
         depth = rng.uniform(10, 20)
         self.add(
-            make(
-                BOX,
+            _plain_building(
+                rng,
                 ((x0 + x1) / 2, h / 2 - 0.5, z0 + depth / 2),
                 ((x1 - x0) / 2, h / 2 + 0.5, depth / 2),
-                ob.BUILDING,
-                pal.M_BUILDING,
-                pal.pick(rng, pal.BUILDING, 0.07),
-                color2=pal.pick(rng, pal.GLASS, 0.12),
-                params=(
-                    rng.uniform(2.8, 3.8),
-                    rng.uniform(2.0, 4.2),
-                    rng.uniform(0.3, 0.7),
-                    float(rng.integers(0, 4)),
-                ),
-                tex=float(rng.uniform(0, 256)),
             )
         )
 
@@ -456,21 +445,10 @@ class _Street:
                 zz0, zz1 = sorted((z_face, z_face + dz * depth))
                 xx0, xx1 = sorted((x, x + s * w))
                 self.add(
-                    make(
-                        BOX,
+                    _plain_building(
+                        rng,
                         ((xx0 + xx1) / 2, h / 2 - 0.5, (zz0 + zz1) / 2),
                         ((xx1 - xx0) / 2, h / 2 + 0.5, (zz1 - zz0) / 2),
-                        ob.BUILDING,
-                        pal.M_BUILDING,
-                        pal.pick(rng, pal.BUILDING, 0.07),
-                        color2=pal.pick(rng, pal.GLASS, 0.12),
-                        params=(
-                            rng.uniform(2.8, 3.8),
-                            rng.uniform(2.0, 4.2),
-                            rng.uniform(0.3, 0.7),
-                            float(rng.integers(0, 4)),
-                        ),
-                        tex=float(rng.uniform(0, 256)),
                     )
                 )
             x += s * w
@@ -898,3 +876,31 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
 
 
 __all__ = ["Ground", "Light", "Post", "Scene", "make_scene"]
+
+
+def _plain_building(
+    rng: np.random.Generator,
+    center: tuple[float, float, float],
+    half: tuple[float, float, float],
+) -> Prim:
+    """A windowed building box with random facade colour, glass and window grid.
+
+    The random draws happen in a fixed order (facade, glass, storey height, window
+    spacing, window fraction, style, texture offset), so scenes stay reproducible.
+    """
+    return make(
+        BOX,
+        center,
+        half,
+        ob.BUILDING,
+        pal.M_BUILDING,
+        pal.pick(rng, pal.BUILDING, 0.07),
+        color2=pal.pick(rng, pal.GLASS, 0.12),
+        params=(
+            rng.uniform(2.8, 3.8),
+            rng.uniform(2.0, 4.2),
+            rng.uniform(0.3, 0.7),
+            float(rng.integers(0, 4)),
+        ),
+        tex=float(rng.uniform(0, 256)),
+    )
