@@ -185,3 +185,24 @@ def test_validate_applies_tta_from_the_command_line_in_its_own_run(tmp_path, tin
     plain, tta = (read_metrics(tmp_path / "runs" / "tiny" / f"version_{i}")[-1] for i in (1, 2))
     assert plain["val/depth"] != tta["val/depth"]
     assert (run_dir / "metrics.csv").read_bytes() == trace_before  # training trace untouched
+
+
+def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root):
+    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
+    code = run_cli(
+        [
+            "fit",
+            "--config",
+            str(cfg),
+            "--trainer.precision",
+            "bf16-mixed",
+            "--model.channels_last",
+            "true",
+            "--trainer.gradient_clip_val",
+            "1.0",
+        ]
+    )
+    assert code == 0
+    rows = read_metrics(tmp_path / "runs" / "tiny" / "version_0")
+    val = [r for r in rows if r.get("val/grader")]
+    assert val and all(float(r["val/depth"]) >= 0 for r in val)
