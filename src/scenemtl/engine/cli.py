@@ -8,6 +8,7 @@ inside a run directory also logs into that run.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -196,6 +197,7 @@ def run_lightning_cli(argv: list[str]) -> int:
         "ignore", message=".*Previous log files in this directory will be deleted"
     )
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    _hide_advertising()
     try:
         _make_cli(argv)
     except (ValueError, TypeError) as e:
@@ -204,6 +206,19 @@ def run_lightning_cli(argv: list[str]) -> int:
             raise
         raise found from None
     return 0
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def _hide_advertising() -> None:
+    """Lightning advertises a cloud logger at every run; our users log locally."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
 
 
 def _make_cli(argv: list[str]) -> SceneCLI:
