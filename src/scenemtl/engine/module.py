@@ -18,7 +18,7 @@ from scenemtl.errors import UserError
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
-from scenemtl.tasks import DEPTH, TASKS
+from scenemtl.tasks import TASK_NAMES, TASKS
 from scenemtl.tta import check_scales, is_identity, tta_outputs
 from scenemtl.weighting import build_weighting
 
@@ -225,12 +225,12 @@ class MultiTaskModule(L.LightningModule):
         self._evaluate(batch, self.test_metrics, "test")
 
     def _log_metrics(self, metrics: MultiTaskMetrics, stage: str) -> None:
-        if not metrics.tasks[DEPTH.name].update_count:
+        if not any(m.update_count for m in metrics.tasks.values()):
             return
         values = metrics.compute()
         # Metrics are already synced by torchmetrics; the three course metrics go to the bar.
         for key, value in values.items():
-            shown = key in ("semseg", "depth", "grader")
+            shown = key in (*TASK_NAMES, "grader")
             self.log(f"{stage}/{key}", value.float(), prog_bar=shown, sync_dist=False)
         metrics.reset()
 
