@@ -206,3 +206,38 @@ def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root):
     rows = read_metrics(tmp_path / "runs" / "tiny" / "version_0")
     val = [r for r in rows if r.get("val/grader")]
     assert val and all(float(r["val/depth"]) >= 0 for r in val)
+
+
+@pytest.mark.parametrize(
+    "weighting, space, loss",
+    [("uncertainty", "inverse", "silog"), ("dwa", "log", "l2")],
+)
+def test_loss_options_train_through_the_cli(tmp_path, tiny_root, weighting, space, loss):
+    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 3})
+    code = run_cli(
+        [
+            "fit",
+            "--config",
+            str(cfg),
+            "--model.loss_weighting",
+            weighting,
+            "--model.depth_space",
+            space,
+            "--model.depth_loss",
+            loss,
+        ]
+    )
+    assert code == 0
+    rows = [r for r in read_metrics(tmp_path / "runs" / "tiny" / "version_0") if r.get("lr")]
+    first, last = rows[0], rows[-1]
+    if weighting == "uncertainty":  # learned weights move from their start
+        assert float(last["train/weight_depth"]) != float(first["train/weight_depth"])
+    else:  # DWA keeps equal weights for two epochs, then follows the loss ratios
+        assert {float(r["train/weight_depth"]) for r in rows if r["epoch"] in ("0", "1")} == {1.0}
+        assert float(last["train/weight_depth"]) != 1.0
+    ckpt = torch.load(
+        tmp_path / "runs/tiny/version_0/checkpoints/last.ckpt",
+        weights_only=True,
+        map_location="cpu",
+    )
+    assert ckpt["hyper_parameters"]["depth_space"] == space
