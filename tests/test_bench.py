@@ -1,34 +1,14 @@
 """`scenemtl bench` runs every measurement on a tiny config (figures are not asserted)."""
 
 import pytest
-import yaml
 
 from scenemtl.bench import run_bench
 from scenemtl.errors import UserError
+from tests.engine.conftest import tiny_config
 
 
 def test_bench_reports_all_figures(tmp_path, tiny_root):
-    cfg = tmp_path / "bench.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "model": {
-                    "net": {
-                        "architecture": "joint",
-                        "encoder": "resnet18",
-                        "channels": 16,
-                        "skip_channels": 8,
-                    }
-                },
-                "data": {
-                    "root": str(tiny_root),
-                    "batch_size": 2,
-                    "num_workers": 0,
-                    "crop_size": [32, 32],
-                },
-            }
-        )
-    )
+    cfg = tiny_config(tmp_path, tiny_root)
     result = run_bench(cfg, steps=2, warmup=1)
     assert result.size == (32, 32) and result.batch_size == 2
     for value in (

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -53,3 +57,26 @@ def tiny_config(tmp_path: Path, root: Path, **overrides) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_scenemtl(*argv: str) -> subprocess.CompletedProcess:
+    """`python -m scenemtl ...` in a child process (for crashes and DDP workers)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "scenemtl", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))

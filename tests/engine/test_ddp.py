@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import tiny_config
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def scenemtl(*argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "scenemtl", *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=900,
-        check=False,
-    )
+from tests.engine.conftest import read_metrics, run_scenemtl, tiny_config
 
 
 def last_val_row(run_dir: Path) -> dict[str, str]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/grader")]
+    rows = [r for r in read_metrics(run_dir) if r.get("val/grader")]
     assert rows, f"no validation row in {run_dir}/metrics.csv"
     return rows[-1]
 
 
 def test_ddp_two_processes_validate_like_one(tmp_path, tiny_root):
     cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
-    ddp = scenemtl(
+    ddp = run_scenemtl(
         "fit",
         "--config",
         str(cfg),
@@ -51,7 +31,7 @@ def test_ddp_two_processes_validate_like_one(tmp_path, tiny_root):
     assert not (tmp_path / "runs" / "tiny" / "version_1").exists()  # one run dir for 2 ranks
     ddp_row = last_val_row(run_dir)
 
-    single = scenemtl(
+    single = run_scenemtl(
         "validate",
         "--config",
         str(cfg),

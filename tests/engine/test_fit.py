@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
 
 from scenemtl.cli import main
 from scenemtl.engine.schedules import PolyFactor
-from tests.engine.conftest import tiny_config
+from tests.engine.conftest import read_metrics, tiny_config
 
 
 def run_cli(argv, capsys=None):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     return exc.value.code
-
-
-def read_metrics(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_poly_factor():

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from tests.engine.conftest import tiny_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.engine.conftest import run_scenemtl, tiny_config
 
 
-def fit(cfg: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "scenemtl", "fit", "--config", str(cfg), *extra],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+def fit(cfg: Path, *extra: str):
+    return run_scenemtl("fit", "--config", str(cfg), *extra)
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_root):
