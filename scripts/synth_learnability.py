@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenemtl.data.format import find_rgb, label_path, read_depth, read_info, read_rgb, read_semseg
-from scenemtl.data.procedural import SynthParams, default_root, synthesize
+from scenemtl.data.procedural import cached_dataset
 from scenemtl.data.procedural.calibrate import miou, si_log_rmse
 
 C = 19
@@ -138,12 +138,7 @@ def main() -> int:
     parser.add_argument("--train-limit", type=int, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    if args.root is None:
-        params = SynthParams()
-        root = default_root(params)
-        synthesize(root, params)
-    else:
-        root = Path(args.root)
+    root = cached_dataset() if args.root is None else Path(args.root)
     data = load(root, "train", args.train_limit)
     val = load(root, "val")
     print(

@@ -90,7 +90,7 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (cached) + check + stats, train the demo config, test, print the table."""
     from scenemtl.data.check import check_dataset
-    from scenemtl.data.procedural import SynthParams, default_root, synthesize
+    from scenemtl.data.procedural import SynthParams, cached_dataset, default_root
     from scenemtl.data.stats import format_stats, write_stats
     from scenemtl.engine.cli import run_lightning_cli
     from scenemtl.runs import format_best, summarize_run
@@ -98,10 +98,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = Path(args.config)
     if not config.is_file():
         raise UserError(f"demo config {config} not found (run `make demo` from the repository)")
-    params = SynthParams()
-    root = default_root(params)
-    print(f"[1/5] procedural dataset at {root} (rendered once, then cached)", flush=True)
-    synthesize(root, params)
+    print(
+        f"[1/5] procedural dataset at {default_root(SynthParams())} (rendered once, then cached)",
+        flush=True,
+    )
+    root = cached_dataset()
     print("[2/5] integrity check", flush=True)
     problems = check_dataset(root)
     if problems:

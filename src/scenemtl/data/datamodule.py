@@ -115,9 +115,9 @@ class SceneDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.root is None:
-            from scenemtl.data.procedural import SynthParams, synthesize
+            from scenemtl.data.procedural import SynthParams, cached_dataset
 
-            synthesize(self.data_root, SynthParams(size=self.synth_size))
+            cached_dataset(SynthParams(size=self.synth_size))
 
     def setup(self, stage: str) -> None:
         info = self.info

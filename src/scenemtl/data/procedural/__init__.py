@@ -9,11 +9,12 @@ Public API::
 
     SynthParams, GENERATOR_VERSION, default_root(params)
     synthesize(root, params, workers=None, progress=True) -> DatasetInfo
+    cached_dataset(params=None, workers=None) -> root (rendered on first use)
     render_sample(params, split, index) -> (rgb, semseg, depth)
     bench(size=(128, 256), n=64, workers=None) -> images/s
 """
 
-from scenemtl.data.procedural.generate import bench, render_sample, synthesize
+from scenemtl.data.procedural.generate import bench, cached_dataset, render_sample, synthesize
 from scenemtl.data.procedural.params import (
     GENERATOR_VERSION,
     SynthParams,
@@ -25,6 +26,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "SynthParams",
     "bench",
+    "cached_dataset",
     "data_home",
     "default_root",
     "render_sample",

@@ -179,11 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-limit", type=int, default=None, help="use at most N train images")
     args = parser.parse_args(argv)
     if args.root is None:
-        from scenemtl.data.procedural import SynthParams, default_root, synthesize
+        from scenemtl.data.procedural import cached_dataset
 
-        params = SynthParams()
-        root = default_root(params)
-        synthesize(root, params)
+        root = cached_dataset()
     else:
         root = Path(args.root)
     res = measure(root, args.train_limit)

@@ -23,7 +23,12 @@ from scenemtl.data.format import (
     write_info,
     write_sample,
 )
-from scenemtl.data.procedural.params import GENERATOR_NAME, GENERATOR_VERSION, SynthParams
+from scenemtl.data.procedural.params import (
+    GENERATOR_NAME,
+    GENERATOR_VERSION,
+    SynthParams,
+    default_root,
+)
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks import INVALID_DEPTH, SEMSEG, class_names
 
@@ -272,6 +277,15 @@ def _available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def cached_dataset(params: SynthParams | None = None, workers: int | None = None) -> Path:
+    """The root of the dataset of ``params`` (default: the default dataset), rendered into
+    the cache the first time it is asked for."""
+    params = params if params is not None else SynthParams()
+    root = default_root(params)
+    synthesize(root, params, workers=workers)
+    return root
 
 
 def _pool(n: int):
