@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from scenemtl.cli import main
-from scenemtl.complexity import load_model_config
+from scenemtl.commands.complexity import load_model_config
 from scenemtl.models.registry import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

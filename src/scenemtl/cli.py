@@ -65,7 +65,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     from scenemtl.data.stats import format_stats, write_stats
 
     info, plots = write_stats(args.root, plots_dir=args.plots)
-    print(format_stats(info.stats))
+    print(format_stats(info.stats, [c["name"] for c in info.classes]))
     print(f"statistics written to {Path(args.root) / 'dataset.json'}")
     for p in plots:
         print(f"histogram: {p}")
@@ -89,11 +89,11 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (cached) + check + stats, train the demo config, test, print the table."""
+    from scenemtl.commands.lightning import run_lightning_cli
+    from scenemtl.commands.runs import format_best, summarize_run
     from scenemtl.data.check import check_dataset
     from scenemtl.data.procedural import SynthParams, cached_dataset, default_root
     from scenemtl.data.stats import format_stats, write_stats
-    from scenemtl.engine.cli import run_lightning_cli
-    from scenemtl.runs import format_best, summarize_run
 
     config = Path(args.config)
     if not config.is_file():
@@ -111,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"{len(problems)} problem(s) in the generated dataset at {root}")
     print("[3/5] statistics", flush=True)
     info, plots = write_stats(root)
-    print(format_stats(info.stats))
+    print(format_stats(info.stats, [c["name"] for c in info.classes]))
     print("histograms: " + ", ".join(str(p) for p in plots))
     print(f"[4/5] training {config}", flush=True)
     run_root = Path(args.runs)
@@ -200,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", default="runs", help="folder of run directories")
     demo.set_defaults(func=cmd_demo)
 
-    from scenemtl.export import add_export_parser
-    from scenemtl.grader import add_grade_parser
-    from scenemtl.predict import add_predict_parser
+    from scenemtl.commands.export import add_export_parser
+    from scenemtl.commands.grader import add_grade_parser
+    from scenemtl.commands.predict import add_predict_parser
 
     add_grade_parser(sub)
     add_predict_parser(sub)
@@ -228,21 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from scenemtl.runs import run_table
+    from scenemtl.commands.runs import run_table
 
     print(run_table(args.root, fmt=args.format, sort=args.sort))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from scenemtl.bench import run_bench
+    from scenemtl.commands.bench import run_bench
 
     print(run_bench(args.config, precision=args.precision, steps=max(args.steps, 2)).format())
     return 0
 
 
 def cmd_complexity(args: argparse.Namespace) -> int:
-    from scenemtl.complexity import run
+    from scenemtl.commands.complexity import run
 
     print(run(args.config, args.size))
     return 0
@@ -271,7 +271,7 @@ def _run_guarded(func: Callable[[], int | None]) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        from scenemtl.engine.cli import run_lightning_cli
+        from scenemtl.commands.lightning import run_lightning_cli
 
         raise SystemExit(_run_guarded(lambda: run_lightning_cli(argv)))
     parser = build_parser()

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.tasks import TASKS
 
 DEPTH_SPACES: tuple[str, ...] = ("meters", "log", "inverse")
 """Names accepted by :class:`DepthSpace`."""
@@ -186,31 +185,3 @@ class DepthSpace(nn.Module):
         if self.kind == "log":
             return _clamp_straight_through(raw, math.log(self.min_m), math.log(self.max_m))
         return -torch.log(_clamp_straight_through(raw, 1.0 / self.max_m, 1.0 / self.min_m))
-
-
-def decode_predictions(outputs: Mapping[str, Any], depth_space: DepthSpace) -> dict[str, Tensor]:
-    """Final predictions of a model in the units the metrics and files use.
-
-    Takes the last element of each task's output list: classification tasks become
-    labels (argmax), regression tasks are decoded to meters with ``depth_space``.
-
-    Args:
-        outputs: task name -> list of tensors (or one tensor); classification logits
-            [B,C,H,W], regression [B,1,H,W] in the normalized space.
-        depth_space: the space the model was trained in.
-
-    Returns:
-        task name -> int64 labels [B,H,W] for classification, float32 meters [B,H,W]
-        for regression.
-    """
-    preds: dict[str, Tensor] = {}
-    for task in TASKS:
-        if task.name not in outputs:
-            raise KeyError(f"model outputs lack task {task.name!r}")
-        out = outputs[task.name]
-        last = out[-1] if isinstance(out, (list, tuple)) else out
-        if task.kind == "classification":
-            preds[task.name] = last.argmax(dim=1)
-        else:
-            preds[task.name] = depth_space.decode(last[:, 0] if last.dim() == 4 else last)
-    return preds

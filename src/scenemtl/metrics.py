@@ -2,7 +2,7 @@
 
 Definitions (shared/DESIGN.md, "Metrics and the reporting convention"):
 
-* ``semseg``: mean IoU in [0, 100] over the 19 classes, from ONE confusion matrix
+* ``semseg``: mean IoU in [0, 100] over the classes of the class table, from ONE confusion matrix
   accumulated over all labelled pixels of the split (label 255 is ignored). A class with
   no pixel in the ground truth and none in the prediction has an undefined IoU (0/0): it
   is reported as NaN and left out of the mean, as cityscapesscripts does. A class only
@@ -15,7 +15,8 @@ Definitions (shared/DESIGN.md, "Metrics and the reporting convention"):
   (every valid pixel weighs the same, whichever image it is in).
 * ``depth_delta1..3``: percentage (0..100) of valid pixels with
   ``max(pred/gt, gt/pred) < 1.25^k``, pixel-averaged over the split.
-* ``grader = max(semseg - 50, 0) + max(50 - depth, 0)``.
+* ``grader = max(semseg - 50, 0) + max(50 - depth, 0)``: the course metric, defined
+  for runs that learn both ``semseg`` and ``depth`` (:data:`GRADER_TASKS`).
 
 Depth metrics accept meters only: predictions decoded with
 :meth:`scenemtl.depth_space.DepthSpace.decode`, ground truth exactly as the batch holds
@@ -26,15 +27,22 @@ ground truth. Accumulation is float64 (depth sums) and int64 (confusion matrix).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG, TASKS, Task, class_names
+from scenemtl.data.format import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from scenemtl.tasks.base import Task
 
 DELTA_BASE = 1.25
+GRADER = "grader"
+GRADER_TASKS = ("semseg", "depth")
+"""The tasks whose headline metrics the course's grader combines."""
 
 
 def _count(values: Tensor, size: int) -> Tensor:
@@ -79,8 +87,9 @@ class SemsegMetrics(Metric):
     float64 scalars in [0, 100] (NaN for a class absent from both GT and prediction).
 
     Args:
-        num_classes: number of classes (default 19).
-        names: class names for the per-class keys (default: Cityscapes names).
+        num_classes: number of classes.
+        names: class names for the per-class keys (default: ``class_<i>``).
+        prefix: key of the mean IoU (the task's name).
     """
 
     is_differentiable = False
@@ -91,13 +100,15 @@ class SemsegMetrics(Metric):
 
     def __init__(
         self,
-        num_classes: int = SEMSEG.channels,
+        num_classes: int = 19,
         names: list[str] | None = None,
-        prefix: str = SEMSEG.name,
+        prefix: str = "semseg",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.names = list(names) if names is not None else class_names()[:num_classes]
+        self.names = (
+            list(names) if names is not None else [f"class_{i}" for i in range(num_classes)]
+        )
         if len(self.names) != num_classes:
             raise ValueError(f"{len(self.names)} class names for {num_classes} classes")
         self.prefix = prefix
@@ -183,7 +194,7 @@ class DepthMetrics(Metric):
     _SUMS = ("silog_sum", "num_images", "num_pixels", "abs_sum", "sq_sum", "absrel_sum",
              "sqrel_sum", "logsq_sum")  # fmt: skip
 
-    def __init__(self, prefix: str = DEPTH.name) -> None:
+    def __init__(self, prefix: str = "depth") -> None:
         super().__init__()
         self.prefix = prefix
         for name in self._SUMS:
@@ -270,33 +281,28 @@ class DepthMetrics(Metric):
         return out
 
 
-def metric_for_task(task: Task) -> Metric:
-    """The metric of a task, by its kind (classification -> IoU, regression -> depth)."""
-    if task.kind == "classification":
-        return SemsegMetrics(num_classes=task.channels, prefix=task.name)
-    return DepthMetrics(prefix=task.name)
-
-
 class MultiTaskMetrics(nn.Module):
-    """All tasks' metrics plus the grader, as one flat dict.
+    """All tasks' metrics plus, when the run has both its tasks, the course grader.
 
-    Keys: ``"semseg"``, ``"semseg_iou/<class>"``, ``"depth"``, ``"depth_mae"``, ...,
+    Keys: ``"<task>"`` (the headline), ``"<task>_..."`` (the task's other metrics) and
     ``"grader"``. Prefix them (``val/``, ``test/``) when logging. Each task metric is a
     torchmetrics ``Metric`` that syncs itself over DDP processes in ``compute()``.
     Keep one instance per split (validation and test must not share state).
+
+    Args:
+        tasks: the run's tasks; each makes its own metric (:meth:`Task.make_metric`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tasks: Sequence[Task]) -> None:
         super().__init__()
-        self.tasks = nn.ModuleDict({t.name: metric_for_task(t) for t in TASKS})
+        self.tasks = nn.ModuleDict({t.name: t.make_metric() for t in tasks})
+        self.has_grader = all(name in self.tasks for name in GRADER_TASKS)
 
     def update(self, preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
         """Accumulate a batch.
 
         Args:
-            preds: task name -> final prediction in metric units (semseg labels
-                [B,H,W] or logits, depth meters [B,H,W]); see
-                :func:`scenemtl.depth_space.decode_predictions`.
+            preds: task name -> final prediction in metric units (:meth:`Task.decode`).
             batch: the DataLoader batch; ``batch[task]`` is the ground truth as loaded.
         """
         for name, metric in self.tasks.items():
@@ -306,12 +312,17 @@ class MultiTaskMetrics(nn.Module):
                 raise KeyError(f"batch lacks ground truth for task {name!r}")
             metric.update(preds[name], batch[name])
 
+    @property
+    def update_count(self) -> int:
+        return sum(m.update_count for m in self.tasks.values())
+
     def compute(self) -> dict[str, Tensor]:
-        """Flat dict of float64 scalar tensors, including ``"grader"``."""
+        """Flat dict of float64 scalar tensors, including ``"grader"`` when defined."""
         out: dict[str, Tensor] = {}
         for metric in self.tasks.values():
             out.update(metric.compute())
-        out["grader"] = grader(out[SEMSEG.name], out[DEPTH.name])
+        if self.has_grader:
+            out[GRADER] = grader(*(out[name] for name in GRADER_TASKS))
         return out
 
     def reset(self) -> None:

@@ -1,24 +1,19 @@
 """Test-time augmentation: run a model on rescaled and mirrored copies of an image.
 
 :func:`tta_outputs` evaluates ``forward`` on one *view* per (scale, flip) pair, maps every
-view's outputs back onto the input's pixel grid and merges them:
+view's outputs back onto the input's pixel grid and merges them. How a task's views are
+averaged is the task's own rule (:meth:`~scenemtl.tasks.base.Task.to_merge_space` and
+:meth:`~scenemtl.tasks.base.Task.from_merge_space`):
 
-* Classification (semseg): the **softmax probabilities** are averaged, and the result is
-  returned as their logarithm. Averaging probabilities rather than raw logits keeps one
-  over-confident view (logit magnitudes differ a lot between scales) from outvoting the
-  others: each view contributes at most ``1 / n_views`` to any class. The log of a
-  probability is a valid logit vector (``softmax(log p) == p``), so argmax, softmax and
-  cross-entropy downstream work unchanged.
-* Regression (depth): with a :class:`~scenemtl.depth_space.DepthSpace`, the views are
-  averaged in **log-meters** (a geometric mean of the decoded depths) and the result is
-  encoded back into the model's normalized space. The log domain is where the course
-  metric (SI-logRMSE) measures error, and it keeps the far range, where views disagree by
-  tens of meters, from dominating the mean; decoding the merged output gives the geometric
-  mean whatever space the model regresses in. Without a depth space the views are averaged
-  in the model's output space as they are.
+* segmentation: the **softmax probabilities** are averaged and returned as their log
+  (a valid logit vector), so one over-confident view cannot outvote the others;
+* depth: the views are averaged in **log-meters** (a geometric mean of the decoded
+  depths) and encoded back into the model's normalized space; the log domain is where
+  SI-logRMSE measures error and keeps the far range from dominating.
 
-A single view (``scales=(1.0,)``, no flip) returns the model's depth output bit for bit and
-its semseg logits as log-softmax (same argmax, same probabilities).
+A single plain view (``scales=(1.0,)``, no flip) returns what
+:meth:`~scenemtl.tasks.base.Task.single_view` makes of the model's output (the depth
+output bit for bit, segmentation logits as log-softmax: same argmax and probabilities).
 
 Rescaling uses bilinear interpolation without anti-aliasing, the same resampling the
 training augmentation's scale jitter uses, so downscaled views look like what the network
@@ -35,15 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from scenemtl.depth_space import DepthSpace
 from scenemtl.errors import UserError
-from scenemtl.tasks import TASK_NAMES, get_task
+from scenemtl.tasks.base import Task
+
+MAX_SCALE = 4.0
+"""Largest TTA scale: a view costs scale^2 of the image's compute and memory, and scales
+beyond a few times the training resolution are typos (``100`` for ``1.00``)."""
 
 Forward = Callable[[Tensor], Mapping[str, Any]]
-
-# Smallest probability kept before the log: a class no view gives any mass to gets a
-# large negative but finite logit, so a cross-entropy on the merged output stays finite.
-_MIN_PROB = 1e-30
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -67,12 +61,14 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     for s in values:
         if not (math.isfinite(s) and s > 0):
             raise UserError(f"TTA scale {s} is not a positive number")
+        if s > MAX_SCALE:
+            raise UserError(f"TTA scale {s} is above {MAX_SCALE:g} (a view costs scale^2 memory)")
     return values
 
 
-def is_identity(scales: Sequence[float], flip: bool) -> bool:
-    """True when the TTA setting is a single plain forward pass."""
-    return tuple(float(s) for s in scales) == (1.0,) and not flip
+def is_identity(scales: Sequence[float] | None, flip: bool) -> bool:
+    """True when the TTA setting is a single plain forward pass (``None``: no scales)."""
+    return (scales is None or tuple(float(s) for s in scales) == (1.0,)) and not flip
 
 
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -111,16 +107,12 @@ def _views(
             yield view
 
 
-def _is_classification(name: str) -> bool:
-    return name in TASK_NAMES and get_task(name).kind == "classification"
-
-
 def tta_outputs(
     forward: Forward,
     image: Tensor,
+    tasks: Sequence[Task],
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    depth_space: DepthSpace | None = None,
 ) -> dict[str, Tensor]:
     """Merge a model's predictions over rescaled and horizontally mirrored inputs.
 
@@ -129,48 +121,28 @@ def tta_outputs(
             task name -> list of tensors (the last is the prediction) or one tensor.
             Called once per view; the caller decides grad/no-grad and eval mode.
         image: float [B,3,H,W], ImageNet-normalized.
+        tasks: the model's tasks; each merges its own views.
         scales: resize factors; each view runs at ``round(H*s) x round(W*s)``.
         flip: also run every scale on the horizontally mirrored image (flipped back).
-        depth_space: the model's depth space; when given, regression outputs are merged
-            as the geometric mean of the decoded meters (see the module docstring).
 
     Returns:
-        task name -> merged output at input resolution: classification [B,C,H,W]
-        log-probabilities (usable as logits), regression [B,1,H,W] in the model's
-        normalized output space.
+        task name -> merged output at input resolution [B,C,H,W], usable wherever the
+        model's own final output is (losses, :meth:`Task.decode`).
 
     Raises:
         UserError: invalid scales.
     """
     scales = check_scales(scales)
+    by_name = {t.name: t for t in tasks}
     n_views = len(scales) * (2 if flip else 1)
     if n_views == 1 and scales[0] == 1.0:
         outputs = forward(image)
-        merged = {}
-        for name, out in outputs.items():
-            y = _last(out)
-            merged[name] = torch.log_softmax(y.float(), dim=1) if _is_classification(name) else y
-        return merged
+        return {name: by_name[name].single_view(_last(outputs[name])) for name in by_name}
 
     sums: dict[str, Tensor] = {}
     # Running sums rather than a stack of views: memory stays at two outputs per task.
     for view in _views(forward, image, scales, flip):
-        for name, y in view.items():
-            if _is_classification(name):
-                term = torch.softmax(y.float(), dim=1)
-            elif depth_space is not None:
-                term = depth_space.log_meters(y)
-            else:
-                term = y.float()
+        for name, task in by_name.items():
+            term = task.to_merge_space(view[name])
             sums[name] = term if name not in sums else sums[name] + term
-
-    merged = {}
-    for name, total in sums.items():
-        mean = total / n_views
-        if _is_classification(name):
-            merged[name] = torch.log(mean.clamp_min(_MIN_PROB))
-        elif depth_space is not None:
-            merged[name] = depth_space.encode(torch.exp(mean))
-        else:
-            merged[name] = mean
-    return merged
+    return {name: by_name[name].from_merge_space(total / n_views) for name, total in sums.items()}

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scenemtl.tasks import SEMSEG, class_colors
-
-
-@cache
-def _palette() -> np.ndarray:
-    """256x3 lookup: trainId -> Cityscapes colour; everything else (255 ignore) black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: SEMSEG.channels] = np.array(class_colors(), dtype=np.uint8)
-    return lut
-
-
-def colorize_semseg(labels: np.ndarray) -> np.ndarray:
-    """trainIds [H,W] -> Cityscapes colours [H,W,3]; ignore (255) is black."""
-    return _palette()[np.asarray(labels).astype(np.uint8)]
+if TYPE_CHECKING:
+    from scenemtl.tasks.base import Task
 
 
 def colorize_depth(
@@ -55,18 +44,15 @@ def tile(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
 
 def prediction_panel(
     rgb: np.ndarray,
-    pred_semseg: np.ndarray,
-    pred_depth: np.ndarray,
-    gt_semseg: np.ndarray | None = None,
-    gt_depth: np.ndarray | None = None,
-    depth_range: tuple[float, float] = (4.0, 300.0),
+    tasks: Sequence[Task],
+    preds: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """One row: RGB, [GT semseg], predicted semseg, [GT depth], predicted depth."""
+    """One row: RGB, then per task [its ground truth] and its prediction, each in the
+    task's own colours (:meth:`~scenemtl.tasks.base.Task.colorize`)."""
     row = [np.asarray(rgb, dtype=np.uint8)]
-    if gt_semseg is not None:
-        row.append(colorize_semseg(gt_semseg))
-    row.append(colorize_semseg(pred_semseg))
-    if gt_depth is not None:
-        row.append(colorize_depth(gt_depth, *depth_range))
-    row.append(colorize_depth(pred_depth, *depth_range))
+    for task in tasks:
+        if targets is not None and task.name in targets:
+            row.append(task.colorize(targets[task.name]))
+        row.append(task.colorize(preds[task.name]))
     return row

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.tasks import TASKS, Task
+
+if TYPE_CHECKING:
+    from scenemtl.tasks.base import Task
 
 WEIGHTING_METHODS: tuple[str, ...] = ("fixed", "uncertainty", "dwa")
 
@@ -42,16 +44,18 @@ class TaskWeighting(nn.Module):
 
     Args:
         weights: task name -> non-negative weight; missing tasks get 1.0.
-        tasks: the tasks to weight (default: all of :data:`scenemtl.tasks.TASKS`).
+        tasks: the tasks to weight (at least one).
     """
 
     base_weights: Tensor
 
     def __init__(
-        self, weights: Mapping[str, float] | None = None, tasks: Sequence[Task] = TASKS
+        self, weights: Mapping[str, float] | None = None, tasks: Sequence[Task] = ()
     ) -> None:
         super().__init__()
         self.tasks: tuple[Task, ...] = tuple(tasks)
+        if not self.tasks:
+            raise ValueError("a task weighting needs at least one task")
         self.task_names: tuple[str, ...] = tuple(t.name for t in self.tasks)
         self.register_buffer("base_weights", _check_weights(weights, self.task_names))
 
@@ -115,7 +119,7 @@ class UncertaintyWeighting(TaskWeighting):
     def __init__(
         self,
         weights: Mapping[str, float] | None = None,
-        tasks: Sequence[Task] = TASKS,
+        tasks: Sequence[Task] = (),
         init_log_var: float | Mapping[str, float] = 0.0,
     ) -> None:
         super().__init__(weights, tasks)
@@ -129,9 +133,9 @@ class UncertaintyWeighting(TaskWeighting):
         if not all(math.isfinite(v) for v in init):
             raise UserError(f"init_log_var must be finite, got {init}")
         self.log_vars = nn.Parameter(torch.tensor(init, dtype=torch.float32))
-        # L/sigma^2 for classification (softmax likelihood), L/(2 sigma^2) for regression
-        # (Gaussian likelihood): the task-specific part of the method.
-        scale = [1.0 if t.kind == "classification" else 0.5 for t in self.tasks]
+        # L/sigma^2 for a softmax likelihood, L/(2 sigma^2) for a Gaussian one: each task
+        # says which (Task.likelihood_scale).
+        scale = [float(t.likelihood_scale) for t in self.tasks]
         self.register_buffer("likelihood_scale", torch.tensor(scale), persistent=False)
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,7 +170,7 @@ class DynamicWeightAveraging(TaskWeighting):
     def __init__(
         self,
         weights: Mapping[str, float] | None = None,
-        tasks: Sequence[Task] = TASKS,
+        tasks: Sequence[Task] = (),
         temperature: float = 2.0,
     ) -> None:
         super().__init__(weights, tasks)
@@ -280,7 +284,7 @@ _OPTIONS: dict[str, tuple[type[TaskWeighting], tuple[str, ...]]] = {
 def build_weighting(
     method: str,
     weights: Mapping[str, float] | None = None,
-    tasks: Sequence[Task] = TASKS,
+    tasks: Sequence[Task] = (),
     **kw: Any,
 ) -> TaskWeighting:
     """Make a task weighting by name.

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from scenemtl.data.format import (
+    IGNORE_INDEX,
     MODALITIES,
     RGB_EXTENSIONS,
     DatasetInfo,
@@ -25,7 +26,6 @@ from scenemtl.data.format import (
     read_info,
 )
 from scenemtl.errors import DataFormatError
-from scenemtl.tasks import IGNORE_INDEX, SEMSEG
 
 _INDEX_NAME = re.compile(r"^(0|[1-9][0-9]*)\.(jpg|png)$")
 
@@ -58,7 +58,7 @@ def _check_sample(root: Path, info: DatasetInfo, split: str, index: int) -> list
                 problems.append(f"{sem_file}: mode {sem.mode}, expected L or P")
             else:
                 values = np.unique(np.asarray(sem))
-                bad = values[(values >= SEMSEG.channels) & (values != IGNORE_INDEX)]
+                bad = values[(values >= info.num_classes) & (values != IGNORE_INDEX)]
                 if bad.size:
                     problems.append(
                         f"{sem_file}: label values {bad.tolist()[:8]} outside 0..18 and 255"

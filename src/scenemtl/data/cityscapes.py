@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from scenemtl.data.format import (
+    IGNORE_INDEX,
     METERS16,
     DatasetInfo,
     encodable_range,
@@ -33,7 +34,6 @@ from scenemtl.data.format import (
     write_sample,
 )
 from scenemtl.errors import DataFormatError, UserError
-from scenemtl.tasks import IGNORE_INDEX
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
 

@@ -11,8 +11,10 @@ from torch.utils.data import DataLoader
 
 from scenemtl.data.dataset import SceneDataset
 from scenemtl.data.format import DatasetInfo, read_info
-from scenemtl.data.transforms import BatchAugment, prepare_eval_batch
+from scenemtl.data.transforms import BatchAugment, prepare_eval_batch, target_rules
 from scenemtl.errors import UserError
+from scenemtl.tasks import TaskSpecs, build_tasks, dataset_task_specs, select_tasks
+from scenemtl.tasks.base import Task
 
 
 class SceneDataModule(L.LightningDataModule):
@@ -25,6 +27,8 @@ class SceneDataModule(L.LightningDataModule):
     Args:
         root: dataset root holding ``dataset.json``; ``None`` renders (once, cached)
             the default procedural dataset, see ``scenemtl data synth``.
+        tasks: the tasks the run learns, e.g. ``[semseg]`` for a single-task baseline
+            (default: every task the dataset provides).
         batch_size: training batch size.
         val_batch_size: validation/test batch size.
         num_workers: DataLoader processes (0 = decode in the main process).
@@ -41,6 +45,7 @@ class SceneDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | None = None,
+        tasks: list[str] | None = None,
         batch_size: int = 4,
         val_batch_size: int = 8,
         num_workers: int = 2,
@@ -64,6 +69,7 @@ class SceneDataModule(L.LightningDataModule):
             raise UserError(f"data.train_limit must be >= 1, got {train_limit}")
         self.save_hyperparameters()
         self.root = root
+        self.task_names = list(tasks) if tasks is not None else None
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
@@ -79,9 +85,11 @@ class SceneDataModule(L.LightningDataModule):
             wiggle=wiggle,
         )
         self._info: DatasetInfo | None = None
+        self._tasks: list[Task] | None = None
         if root is not None:
             self._info = read_info(root)  # fail before training starts
             self._check_crop(self._info)
+            select_tasks(dataset_task_specs(self._info), self.task_names)
 
     # ----------------------------------------------------------------------------------
 
@@ -95,9 +103,25 @@ class SceneDataModule(L.LightningDataModule):
 
     @property
     def info(self) -> DatasetInfo:
+        """``dataset.json``; with ``root: null`` the procedural dataset is rendered first
+        (once, cached), since the tasks and class table come from it."""
         if self._info is None:
+            self.prepare_data()
             self._info = read_info(self.data_root)
         return self._info
+
+    @property
+    def task_specs(self) -> TaskSpecs:
+        """The specs of the tasks this run learns (the model's ``tasks``), in order."""
+        return select_tasks(dataset_task_specs(self.info), self.task_names)
+
+    @property
+    def tasks(self) -> list[Task]:
+        """Task objects for reading and augmenting targets (no run options, no state)."""
+        if self._tasks is None:
+            self._tasks = build_tasks(self.task_specs)
+            self.augment.targets = target_rules(self._tasks)
+        return self._tasks
 
     def _check_crop(self, info: DatasetInfo) -> None:
         crop = self.augment.crop_size
@@ -129,7 +153,7 @@ class SceneDataModule(L.LightningDataModule):
             )
         self.datasets: dict[str, SceneDataset] = {}
         for split in info.splits:
-            self.datasets[split] = SceneDataset(self.data_root, split, info=info)
+            self.datasets[split] = SceneDataset(self.data_root, split, info=info, tasks=self.tasks)
 
     def dataset(self, split: str) -> SceneDataset:
         if split not in self.datasets:

@@ -13,16 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from scenemtl.data.format import (
-    DatasetInfo,
-    find_rgb,
-    label_path,
-    read_depth,
-    read_info,
-    read_rgb,
-    read_semseg,
-)
+from scenemtl.data.format import DatasetInfo, find_rgb, label_path, read_info, read_rgb
 from scenemtl.errors import DataFormatError
+from scenemtl.tasks import build_tasks, dataset_task_specs, select_tasks
+from scenemtl.tasks.base import Task
 
 Sample = dict[str, torch.Tensor]
 
@@ -33,9 +27,10 @@ class SceneDataset(Dataset[Sample]):
     Each item is a dict:
 
     * ``rgb``: uint8 ``[3, H, W]``
-    * ``semseg``: int64 ``[H, W]``, trainIds 0..18, 255 = ignore (only with GT)
-    * ``depth``: float32 ``[H, W]`` meters, ``0.0`` = invalid (only with GT)
     * ``index``: int64 scalar, the sample's file index
+    * one ``[H, W]`` target per task (only with GT), read from ``<split>/<task>/{i}.png``
+      by the task (:meth:`~scenemtl.tasks.base.Task.read_target`): ``semseg`` int64
+      class ids, 255 = ignore; ``depth`` float32 meters, ``0.0`` = invalid
 
     Args:
         root: dataset root (holding ``dataset.json``).
@@ -43,6 +38,7 @@ class SceneDataset(Dataset[Sample]):
         with_gt: load semseg and depth; ``None`` follows ``dataset.json`` (a test split
             without GT then yields RGB only).
         info: an already-read ``dataset.json`` (saves re-reading it).
+        tasks: the tasks whose targets to load (default: every task the dataset provides).
     """
 
     def __init__(
@@ -51,6 +47,7 @@ class SceneDataset(Dataset[Sample]):
         split: str,
         with_gt: bool | None = None,
         info: DatasetInfo | None = None,
+        tasks: list[Task] | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -61,6 +58,9 @@ class SceneDataset(Dataset[Sample]):
         elif with_gt and not self.info.has_gt(split):
             raise DataFormatError(f"{self.root}: split {split!r} has no ground truth")
         self.with_gt = with_gt
+        if tasks is None:
+            tasks = build_tasks(select_tasks(dataset_task_specs(self.info), None))
+        self.tasks = list(tasks)
 
     def __len__(self) -> int:
         return self.size
@@ -74,15 +74,13 @@ class SceneDataset(Dataset[Sample]):
             "index": torch.tensor(index, dtype=torch.int64),
         }
         if self.with_gt:
-            semseg = read_semseg(label_path(self.root, self.split, "semseg", index))
-            depth = read_depth(label_path(self.root, self.split, "depth", index))
-            for name, arr in (("semseg", semseg), ("depth", depth)):
-                if arr.shape != rgb.shape[:2]:
+            for task in self.tasks:
+                path = label_path(self.root, self.split, task.name, index)
+                target = task.read_target(path)
+                if target.shape != rgb.shape[:2]:
                     raise DataFormatError(
-                        f"{self.root / self.split / name / f'{index}.png'}: size "
-                        f"{arr.shape[1]}x{arr.shape[0]} differs from its RGB "
-                        f"{rgb.shape[1]}x{rgb.shape[0]}"
+                        f"{path}: size {target.shape[1]}x{target.shape[0]} differs from its "
+                        f"RGB {rgb.shape[1]}x{rgb.shape[0]}"
                     )
-            sample["semseg"] = torch.from_numpy(semseg.astype(np.int64))
-            sample["depth"] = torch.from_numpy(depth)
+                sample[task.name] = torch.from_numpy(target)
         return sample

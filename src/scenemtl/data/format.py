@@ -15,7 +15,7 @@ decode one:
 * mode ``I;16`` or ``I``: depth in meters times 256 (KITTI convention); 0 is invalid.
 
 In memory, depth is float32 meters and invalid pixels are exactly ``0.0``
-(:data:`scenemtl.tasks.INVALID_DEPTH`); ``depth > 0`` is the validity mask.
+(:data:`INVALID_DEPTH`); ``depth > 0`` is the validity mask.
 """
 
 from __future__ import annotations
@@ -32,14 +32,21 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from scenemtl.data.classes import cityscapes_class_table
 from scenemtl.errors import DataFormatError
-from scenemtl.tasks import IGNORE_INDEX, SEMSEG, class_colors, class_names
 
 FORMAT_NAME = "scenemtl-miniscapes"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 MODALITIES = ("rgb", "semseg", "depth")
 RGB_EXTENSIONS = (".jpg", ".png")
+
+IGNORE_INDEX = 255
+"""Label value of pixels without a semantic class (Cityscapes convention)."""
+INVALID_DEPTH = 0.0
+"""Depth value (meters) of pixels without valid depth: sky, missing disparity, padding."""
+MAX_CLASSES = IGNORE_INDEX
+"""A class table holds at most 255 classes: labels are 8-bit and 255 means ignore."""
 
 DISPARITY8 = "disparity8"
 METERS16 = "meters16"
@@ -130,10 +137,11 @@ class DatasetInfo:
 
     def __post_init__(self) -> None:
         if not self.classes:
-            self.classes = [
-                {"train_id": i, "name": n, "color": list(c)}
-                for i, (n, c) in enumerate(zip(class_names(), class_colors(), strict=True))
-            ]
+            self.classes = cityscapes_class_table()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def split_size(self, split: str) -> int:
         if split not in self.splits:
@@ -200,8 +208,18 @@ class DatasetInfo:
             if ext not in RGB_EXTENSIONS:
                 raise bad(f"'rgb_extension' {ext!r} not in {RGB_EXTENSIONS}")
             classes = data.get("classes") or []
-            if classes and len(classes) != SEMSEG.channels:
-                raise bad(f"{len(classes)} classes listed, expected {SEMSEG.channels}")
+            if not isinstance(classes, list) or len(classes) >= MAX_CLASSES:
+                raise bad(f"'classes' must be a list of at most {MAX_CLASSES - 1} classes")
+            for i, c in enumerate(classes):
+                color = c.get("color") if isinstance(c, dict) else None
+                if not (
+                    isinstance(c, dict)
+                    and isinstance(c.get("name"), str)
+                    and isinstance(color, list)
+                    and len(color) == 3
+                    and all(isinstance(v, int) and 0 <= v <= 255 for v in color)
+                ):
+                    raise bad(f"class {i} must be {{'name': str, 'color': [r, g, b] 0..255}}")
             return cls(
                 name=str(data.get("name", "unnamed")),
                 version=str(data.get("version", "1")),
@@ -314,6 +332,7 @@ def write_sample(
     depth_encoding: str = DISPARITY8,
     rgb_extension: str = ".jpg",
     jpeg_quality: int = 90,
+    num_classes: int = 19,
 ) -> None:
     """Write one sample: ``rgb`` HxWx3 uint8, ``semseg`` HxW trainIds, ``depth_m`` HxW meters."""
     rgb = np.asarray(rgb)
@@ -328,9 +347,11 @@ def write_sample(
         img.save(p)
     if semseg is not None:
         sem = np.asarray(semseg)
-        ok = (sem < SEMSEG.channels) | (sem == IGNORE_INDEX)
+        ok = (sem < num_classes) | (sem == IGNORE_INDEX)
         if sem.shape != rgb.shape[:2] or sem.min(initial=0) < 0 or not ok.all():
-            raise ValueError("semseg must be HxW (as rgb) with values in 0..18 or 255")
+            raise ValueError(
+                f"semseg must be HxW (as rgb) with values in 0..{num_classes - 1} or 255"
+            )
         p = label_path(root, split, "semseg", index)
         p.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(sem.astype(np.uint8)).save(p)

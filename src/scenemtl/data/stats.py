@@ -21,7 +21,6 @@ from scenemtl.data.format import (
     write_info,
 )
 from scenemtl.errors import DataFormatError
-from scenemtl.tasks import SEMSEG, class_names
 
 _HIST_BINS = 128
 
@@ -95,8 +94,8 @@ def compute_stats(
     count, s, s2, ls, ls2, is_, is2 = total.sums
     if count == 0:
         raise DataFormatError(f"{root}: split {split!r} has no valid depth pixel")
-    labelled = total.class_counts[: SEMSEG.channels].sum()
-    freq = total.class_counts[: SEMSEG.channels] / max(labelled, 1)
+    labelled = total.class_counts[: info.num_classes].sum()
+    freq = total.class_counts[: info.num_classes] / max(labelled, 1)
     stats = {
         "split": split,
         "num_images": int(total.count),
@@ -153,7 +152,7 @@ def write_stats(
     return info, plots
 
 
-def format_stats(stats: dict[str, Any]) -> str:
+def format_stats(stats: dict[str, Any], class_names: list[str] | None = None) -> str:
     lines = [
         f"split {stats['split']}: {stats['num_images']} images, "
         f"{100 * stats['valid_depth_fraction']:.1f}% valid depth pixels",
@@ -163,6 +162,8 @@ def format_stats(stats: dict[str, Any]) -> str:
             f"  {key:10s} mean {stats[key]['mean']:.4g} std {stats[key]['std']:.4g} {unit}"
         )
     lines.append("  class pixel frequency:")
-    for name, f in zip(class_names(), stats["class_pixel_frequency"], strict=True):
+    freq = stats["class_pixel_frequency"]
+    names = class_names if class_names is not None else [f"class {i}" for i in range(len(freq))]
+    for name, f in zip(names, stats["class_pixel_frequency"], strict=True):
         lines.append(f"    {name:14s} {100 * f:6.2f}%")
     return "\n".join(lines)

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scenemtl.data.format import IGNORE_INDEX, INVALID_DEPTH
 from scenemtl.errors import UserError
-from scenemtl.tasks import IGNORE_INDEX, INVALID_DEPTH, TASKS, Task
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -57,12 +57,20 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # jittered quadrilateral is always convex and its homography never degenerates.
 WIGGLE_SPAN = 0.2
 
-SPATIAL_KEYS = ("rgb", *(t.name for t in TASKS))
+TargetRule = tuple[float, torch.dtype]
+"""How a task's target [B,H,W] is warped: nearest neighbour, with this fill value where
+there is no source pixel, in this dtype (:attr:`Task.fill_value`, :attr:`Task.target_dtype`)."""
+
+DEFAULT_TARGETS: dict[str, TargetRule] = {
+    "semseg": (float(IGNORE_INDEX), torch.int64),
+    "depth": (INVALID_DEPTH, torch.float32),
+}
+"""The course's two tasks, for callers that warp without a task list."""
 
 
-def fill_value(task: Task) -> float | int:
-    """Value written where a task's target has no source pixel (padding, outside image)."""
-    return IGNORE_INDEX if task.kind == "classification" else INVALID_DEPTH
+def target_rules(tasks: Sequence[Any]) -> dict[str, TargetRule]:
+    """Task name -> (fill value, dtype) from task objects."""
+    return {t.name: (float(t.fill_value), t.target_dtype) for t in tasks}
 
 
 # --------------------------------------------------------------------------------------
@@ -286,22 +294,26 @@ def _sample_bilinear_rgb(rgb: Tensor, coords: Tensor) -> Tensor:
 
 
 def warp_batch(
-    batch: Mapping[str, Any], out_to_src: Tensor, crop_hw: tuple[int, int]
+    batch: Mapping[str, Any],
+    out_to_src: Tensor,
+    crop_hw: tuple[int, int],
+    targets: Mapping[str, TargetRule] | None = None,
 ) -> dict[str, Any]:
     """Warp a batch with one homography per sample and normalize the result.
 
     Args:
         batch: ``{"rgb": uint8 [B,3,H,W], "index": int64 [B]}`` and optionally
-            ``"semseg": int [B,H,W]``, ``"depth": float [B,H,W]`` (any task of
-            :data:`scenemtl.tasks.TASKS`).
+            one ``[B,H,W]`` target per task, e.g. ``"semseg"`` int, ``"depth"`` float.
         out_to_src: ``[B, 3, 3]`` output->source homographies (:func:`output_to_source`).
         crop_hw: output ``(h, w)``.
+        targets: task name -> (fill value, dtype) of the targets to warp (default:
+            :data:`DEFAULT_TARGETS`); other entries of ``batch`` pass through.
 
     Returns:
         ``{"image": float32 [B,3,h,w] normalized, "rgb": uint8 [B,3,h,w],
         "semseg": int64 [B,h,w], "depth": float32 [B,h,w], ...}``: task targets only if
         present in the input, every non-spatial entry (e.g. ``"index"``) passed through.
-        Target pixels without a source pixel get :func:`fill_value` of their task.
+        Target pixels without a source pixel get their task's fill value.
     """
     rgb = batch["rgb"]
     _check_rgb(rgb)
@@ -311,24 +323,22 @@ def warp_batch(
     if out_to_src.shape != (b, 3, 3):
         raise ValueError(f"need {b} homographies [B,3,3], got {tuple(out_to_src.shape)}")
 
+    rules = DEFAULT_TARGETS if targets is None else targets
     coords = source_coordinates(out_to_src, crop_hw, rgb.device)
-    out = {k: v for k, v in batch.items() if k not in SPATIAL_KEYS}
+    out = {k: v for k, v in batch.items() if k != "rgb" and k not in rules}
     out["rgb"] = _sample_bilinear_rgb(rgb, coords)
     out["image"] = normalize_rgb(out["rgb"])
-    for task in TASKS:
-        if task.name not in batch:
+    for name, (fill, dtype) in rules.items():
+        if name not in batch:
             continue
-        target = batch[task.name]
+        target = batch[name]
         if tuple(target.shape) != (b, height, width):
             raise ValueError(
-                f"{task.name} must have shape {(b, height, width)} to match rgb, "
+                f"{name} must have shape {(b, height, width)} to match rgb, "
                 f"got {tuple(target.shape)}"
             )
-        if task.kind == "classification":
-            target = target.to(torch.int64)
-        else:
-            target = target.to(torch.float32)
-        out[task.name] = _gather_nearest(target, coords, fill_value(task))
+        fill_value = int(fill) if not dtype.is_floating_point else fill
+        out[name] = _gather_nearest(target.to(dtype), coords, fill_value)
     return out
 
 
@@ -370,6 +380,8 @@ class BatchAugment(nn.Module):
         hflip: reflection probability in [0, 1]; ``True`` means 0.5.
         tilt_deg: largest absolute rotation, degrees, in [0, 180].
         wiggle: perspective strength in [0, 1]; 0 disables it.
+        targets: task name -> (fill value, dtype) of the targets to warp (see
+            :func:`target_rules`; default: the course's semseg and depth).
     """
 
     def __init__(
@@ -380,8 +392,10 @@ class BatchAugment(nn.Module):
         hflip: bool | float = False,
         tilt_deg: float = 0.0,
         wiggle: float = 0.0,
+        targets: Mapping[str, TargetRule] | None = None,
     ) -> None:
         super().__init__()
+        self.targets = dict(DEFAULT_TARGETS if targets is None else targets)
         self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
         if isinstance(hflip, bool):
             hflip = 0.5 if hflip else 0.0
@@ -488,4 +502,5 @@ class BatchAugment(nn.Module):
         image_hw = (int(rgb.shape[-2]), int(rgb.shape[-1]))
         crop_hw = self.output_size(image_hw)
         params = self.sample_params(rgb.shape[0], image_hw, generator)
-        return warp_batch(batch, output_to_source(params, image_hw, crop_hw), crop_hw)
+        out_to_src = output_to_source(params, image_hw, crop_hw)
+        return warp_batch(batch, out_to_src, crop_hw, self.targets)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timezone
-from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,15 +14,16 @@ from torch.utils.data import default_collate
 
 from scenemtl.data.format import atomic_write_bytes
 from scenemtl.data.transforms import prepare_eval_batch
-from scenemtl.tasks import DEPTH, SEMSEG
+from scenemtl.engine.run_dir import RunDir
 from scenemtl.visualize import prediction_panel, tile
 
 
 class VisualizationCallback(L.Callback):
     """Every ``every_n_epochs`` validations, log a grid of fixed validation samples.
 
-    Each row: RGB, GT and predicted segmentation (Cityscapes colours), GT and predicted
-    depth (log colormap, invalid black). Also logs histograms of predicted and GT depth.
+    Each row: RGB, then per task its ground truth and prediction in the task's colours
+    (segmentation: the class table's colours; depth: log colormap, invalid black). Also
+    logs histograms of the values of tasks that have them (depth in meters).
 
     Args:
         ids: indices of the validation samples to show (ids beyond the split are skipped).
@@ -51,29 +51,36 @@ class VisualizationCallback(L.Callback):
         batch = default_collate([dataset[i] for i in ids])
         batch = prepare_eval_batch({k: v.to(pl_module.device) for k, v in batch.items()})
         with torch.no_grad():
-            preds = pl_module.predict_batch(batch["image"])
-        depth_range = datamodule.info.depth_range_m
+            preds = pl_module.predict_step(batch)
+        tasks = pl_module.task_list
+
+        def numpy(x: torch.Tensor) -> Any:
+            return x.float().cpu().numpy() if x.is_floating_point() else x.cpu().numpy()
+
         rows = [
             prediction_panel(
                 batch["rgb"][k].permute(1, 2, 0).cpu().numpy(),
-                preds[SEMSEG.name][k].cpu().numpy(),
-                preds[DEPTH.name][k].float().cpu().numpy(),
-                batch[SEMSEG.name][k].cpu().numpy(),
-                batch[DEPTH.name][k].cpu().numpy(),
-                depth_range,
+                tasks,
+                {t.name: numpy(preds[t.name][k]) for t in tasks},
+                {t.name: numpy(batch[t.name][k]) for t in tasks if t.name in batch},
             )
             for k in range(len(ids))
         ]
         grid = tile(rows)
-        gt = batch[DEPTH.name]
-        valid = gt > 0
         for logger in loggers:
             writer = logger.experiment
             writer.add_image("val/predictions", grid, trainer.global_step, dataformats="HWC")
-            writer.add_histogram(
-                "val/depth_pred_m", preds[DEPTH.name][valid].float().cpu(), trainer.global_step
-            )
-            writer.add_histogram("val/depth_gt_m", gt[valid].cpu(), trainer.global_step)
+            for task in tasks:
+                if task.name not in batch:
+                    continue
+                values = task.histogram_values(preds[task.name], batch[task.name])
+                if values is not None:
+                    writer.add_histogram(
+                        f"val/{task.name}_pred", values[0].cpu(), trainer.global_step
+                    )
+                    writer.add_histogram(
+                        f"val/{task.name}_gt", values[1].cpu(), trainer.global_step
+                    )
 
 
 class RunRecordCallback(L.Callback):
@@ -84,9 +91,10 @@ class RunRecordCallback(L.Callback):
     resumes.
     """
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: RunDir, monitor: str | None = None, mode: str = "max") -> None:
         super().__init__()
-        self.path = Path(run_dir) / "run.json"
+        self.path = run_dir.record
+        self.monitor = {"metric": monitor, "mode": mode} if monitor else None
         self._start = 0.0
         self._previous_seconds = 0.0
 
@@ -108,9 +116,16 @@ class RunRecordCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         self._start = time.monotonic()
-        self._previous_seconds = float(self._read().get("train_seconds", 0.0))
+        record = self._read()
+        self._previous_seconds = float(record.get("train_seconds", 0.0))
+        if "error" in record:  # a resume: the old failure is history, not the state
+            record["previous_errors"] = [*record.get("previous_errors", []), record.pop("error")]
+            atomic_write_bytes(self.path, (json.dumps(record, indent=2) + "\n").encode())
         net = getattr(pl_module, "net", pl_module)
+        tasks = getattr(pl_module, "tasks", {})
         self._write(
+            tasks=list(tasks),
+            monitor=self.monitor,
             status="running",
             parameters=sum(p.numel() for p in net.parameters()),
             max_epochs=trainer.max_epochs,

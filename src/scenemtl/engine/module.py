@@ -10,23 +10,28 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from scenemtl.depth_space import DEPTH_SPACES, DepthSpace, decode_predictions
+from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.schedules import PolyFactor
 from scenemtl.errors import UserError
 from scenemtl.losses import MultiTaskLoss
-from scenemtl.metrics import MultiTaskMetrics
+from scenemtl.metrics import GRADER, MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
-from scenemtl.tasks import TASK_NAMES, TASKS
+from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs
+from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
 from scenemtl.weighting import build_weighting
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
-# Placeholder statistics until the dataset's are adopted in setup() or restored from a
-# checkpoint; never used for a real forward.
-_UNSET_STATS = {k: {"mean": 0.0, "std": 1.0} for k in ("depth_m", "depth_log", "depth_inv")}
+# The flat spellings of the depth task's options: kept because every config and checkpoint
+# before tasks-as-data used them, and because they are short on the command line.
+FLAT_TASK_OPTIONS = {
+    "depth_space": ("depth", "space"),
+    "depth_loss": ("depth", "loss"),
+    "silog_lambda": ("depth", "silog_lambda"),
+}
 
 
 class MultiTaskModule(L.LightningModule):
@@ -34,15 +39,19 @@ class MultiTaskModule(L.LightningModule):
 
     Args:
         net: the architecture (see :class:`scenemtl.models.registry.ModelConfig`).
+        task_specs: task name -> spec, the tasks this network learns (set from the data by
+            the CLI, see ``data.tasks``; None = the course's semseg + depth).
+        task_options: task name -> options of that task, e.g.
+            ``{"depth": {"space": "log", "loss": "silog"}}``.
         optimizer: ``sgd``, ``adam`` or ``adamw``.
         lr: base learning rate.
         momentum: SGD momentum (ignored by Adam/AdamW).
         weight_decay: L2 (SGD, Adam) or decoupled (AdamW) weight decay.
         lr_power: exponent of the poly schedule ``(1 - step / total) ** lr_power``.
         lr_floor: the learning rate never goes below this.
-        depth_space: ``meters``, ``log`` or ``inverse`` (each normalized with dataset stats).
-        depth_loss: ``l1``, ``l2`` or ``silog``.
-        silog_lambda: variance weight of the SILog loss.
+        depth_space: the depth task's ``space`` (``meters``, ``log``, ``inverse``).
+        depth_loss: the depth task's ``loss`` (``l1``, ``l2``, ``silog``).
+        silog_lambda: the depth task's ``silog_lambda``.
         loss_weighting: ``fixed``, ``uncertainty`` or ``dwa``.
         loss_weights: task name -> fixed (or initial) weight; missing tasks weigh 1.
         weighting_options: extra options of the weighting method.
@@ -55,15 +64,17 @@ class MultiTaskModule(L.LightningModule):
     def __init__(
         self,
         net: ModelConfig | None = None,
+        task_specs: dict[str, dict[str, Any]] | None = None,
+        task_options: dict[str, dict[str, Any]] | None = None,
         optimizer: str = "sgd",
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         lr_power: float = 0.9,
         lr_floor: float = 1e-6,
-        depth_space: str = "meters",
-        depth_loss: str = "l1",
-        silog_lambda: float = 0.85,
+        depth_space: str | None = None,
+        depth_loss: str | None = None,
+        silog_lambda: float | None = None,
         loss_weighting: str = "fixed",
         loss_weights: dict[str, float] | None = None,
         weighting_options: dict[str, float] | None = None,
@@ -86,29 +97,46 @@ class MultiTaskModule(L.LightningModule):
                 raise UserError(f"model.{name} must be >= 0, got {value}")
         if not (math.isfinite(lr_power) and lr_power >= 0):
             raise UserError(f"model.lr_power must be >= 0, got {lr_power}")
-        if depth_space not in DEPTH_SPACES:
-            raise UserError(
-                f"model.depth_space {depth_space!r} unknown; choose one of {DEPTH_SPACES}"
-            )
-        unknown = set(loss_weights or {}) - {t.name for t in TASKS}
-        if unknown:
-            raise UserError(f"model.loss_weights names unknown task(s) {sorted(unknown)}")
         if tta_scales is not None:
             check_scales(tta_scales)
         self.save_hyperparameters()
-        self.net = build_model(net)
-        self.depth_space = DepthSpace(depth_space, _UNSET_STATS)
-        self.criterion = MultiTaskLoss(
-            self.depth_space,
-            depth_loss=depth_loss,
-            silog_lambda=silog_lambda,
-            weighting=build_weighting(loss_weighting, loss_weights, **(weighting_options or {})),
+        specs: TaskSpecs = dict(task_specs) if task_specs is not None else legacy_task_specs()
+        options = _merge_flat_options(
+            task_options,
+            {"depth_space": depth_space, "depth_loss": depth_loss, "silog_lambda": silog_lambda},
         )
-        self.val_metrics = MultiTaskMetrics()
-        self.test_metrics = MultiTaskMetrics()
+        self.tasks = nn.ModuleDict({t.name: t for t in build_tasks(specs, options)})
+        unknown = set(loss_weights or {}) - set(self.tasks)
+        if unknown:
+            raise UserError(f"model.loss_weights names unknown task(s) {sorted(unknown)}")
+        self.net = build_model(net, {t.name: t.channels for t in self.task_list})
+        self.criterion = MultiTaskLoss(
+            self.task_list,
+            weighting=build_weighting(
+                loss_weighting, loss_weights, tasks=self.task_list, **(weighting_options or {})
+            ),
+        )
+        self.val_metrics = MultiTaskMetrics(self.task_list)
+        self.test_metrics = MultiTaskMetrics(self.task_list)
         self.register_buffer("stats_adopted", torch.tensor(False), persistent=True)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def task_list(self) -> list[Task]:
+        """The run's tasks, in the order the network emits them."""
+        return list(self.tasks.values())
+
+    def current_task_specs(self) -> TaskSpecs:
+        return {t.name: t.spec() for t in self.task_list}
+
+    def monitor(self) -> tuple[str, str]:
+        """(metric key, "max"|"min") that picks the best checkpoint: ``val/grader`` when the
+        run has the grader's tasks, else the single (first) task's headline metric."""
+        if self.val_metrics.has_grader:
+            return f"val/{GRADER}", "max"
+        first = self.task_list[0]
+        return f"val/{first.name}", "max" if first.higher_is_better else "min"
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str = "cpu") -> MultiTaskModule:
@@ -117,29 +145,18 @@ class MultiTaskModule(L.LightningModule):
         The encoder is built without its initialization weights (the checkpoint has them),
         so loading never reaches for the network.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} not found")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-            hparams = dict(ckpt["hyper_parameters"])
-            state = ckpt["state_dict"]
-        except (
-            OSError,
-            RuntimeError,
-            KeyError,
-            TypeError,
-            EOFError,
-            ValueError,
-            pickle.UnpicklingError,
-        ) as e:
-            raise UserError(f"{path}: not a scenemtl checkpoint ({type(e).__name__})") from None
+        ckpt = read_checkpoint(path, map_location)
+        hparams = dict(ckpt["hyper_parameters"])
         hparams.pop("_instantiator", None)
         net = dict(hparams.pop("net", None) or {})
         net["weights"] = None
-        module = cls(net=net, **hparams)
         try:
-            module.load_state_dict(state, strict=True)
+            module = cls(net=net, **hparams)
+        except TypeError as e:
+            raise UserError(f"{path}: hyperparameters do not fit this scenemtl ({e})") from None
+        migrate_checkpoint(ckpt)
+        try:
+            module.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as e:
             first = str(e).splitlines()[0]
             raise UserError(
@@ -147,17 +164,30 @@ class MultiTaskModule(L.LightningModule):
             ) from None
         return module.eval()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get("hyper_parameters", {}).get("task_specs") or legacy_task_specs()
+        if list(stored) != list(self.tasks) or any(
+            _spec_shape(stored[n]) != _spec_shape(t.spec()) for n, t in self.tasks.items()
+        ):
+            raise UserError(
+                "the checkpoint learned tasks "
+                f"{_describe_specs(stored)}, but this run's data gives "
+                f"{_describe_specs(self.current_task_specs())}; choose matching data.tasks / data.root"
+            )
+        migrate_checkpoint(checkpoint)
+
     # ----------------------------------------------------------------------------------
     # data statistics
 
     def adopt_dataset_stats(self, stats: dict[str, Any]) -> None:
-        """Take the depth normalization from ``dataset.json`` statistics.
+        """Take the tasks' normalization from ``dataset.json`` statistics.
 
         Called once when training starts from scratch; a checkpoint carries the
         statistics its weights were trained with, so resuming or evaluating a
         checkpoint keeps them even on a dataset with other statistics.
         """
-        self.depth_space.set_stats(stats)
+        for task in self.task_list:
+            task.adopt_stats(stats)
         self.stats_adopted.fill_(True)
 
     def setup(self, stage: str) -> None:
@@ -176,16 +206,38 @@ class MultiTaskModule(L.LightningModule):
 
     def eval_outputs(self, image: Tensor) -> dict[str, list[Tensor]]:
         """Outputs for validation/test/predict: a plain forward, or merged TTA views."""
-        scales = self.hparams.get("tta_scales") or [1.0]
+        scales = self.hparams.get("tta_scales")
         flip = bool(self.hparams.get("tta_flip", False))
         if is_identity(scales, flip):
             return self(image)
-        merged = tta_outputs(self, image, scales, flip, depth_space=self.depth_space)
+        merged = tta_outputs(self, image, self.task_list, scales or [1.0], flip)
         return {task: [out] for task, out in merged.items()}
 
-    def predict_batch(self, image: Tensor) -> dict[str, Tensor]:
-        """Final predictions in metric units: semseg labels [B,H,W], depth meters [B,H,W]."""
-        return decode_predictions(self.eval_outputs(image), self.depth_space)
+    def decode(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
+        """Final predictions in metric units (each task's :meth:`Task.decode` of the last
+        output): e.g. semseg labels int64 [B,H,W], depth meters float32 [B,H,W]."""
+        return {t.name: t.decode(_last(outputs[t.name])) for t in self.task_list}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Batches from a bare DataLoader (predict, submissions) arrive as uint8 RGB; the
+        # DataModule's own hook has already normalized the batches it serves.
+        if isinstance(batch, dict) and "image" not in batch and "rgb" in batch:
+            return prepare_eval_batch(batch)
+        return batch
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> dict[str, Tensor]:
+        """The one way predictions are made (predict, submissions, pictures, export checks).
+
+        Args:
+            batch: ``{"image": float [B,3,H,W] normalized, "index": [B], ...}``.
+
+        Returns:
+            task name -> decoded prediction [B,H,W], plus ``"index"`` when the batch has it.
+        """
+        preds = self.decode(self.eval_outputs(batch["image"]))
+        if "index" in batch:
+            preds["index"] = batch["index"]
+        return preds
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         outputs = self(batch["image"])
@@ -211,12 +263,12 @@ class MultiTaskModule(L.LightningModule):
         self.criterion.weighting.on_epoch_end()
 
     def _evaluate(self, batch: dict[str, Tensor], metrics: MultiTaskMetrics, stage: str) -> None:
-        if not all(t.name in batch for t in TASKS):
+        if not all(name in batch for name in self.tasks):
             return  # a split without ground truth: nothing to score
         outputs = self.eval_outputs(batch["image"])
         losses = self.criterion(outputs, batch)
         self.log(f"{stage}/loss", losses.total, batch_size=batch["image"].shape[0], sync_dist=True)
-        metrics.update(decode_predictions(outputs, self.depth_space), batch)
+        metrics.update(self.decode(outputs), batch)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
@@ -225,13 +277,13 @@ class MultiTaskModule(L.LightningModule):
         self._evaluate(batch, self.test_metrics, "test")
 
     def _log_metrics(self, metrics: MultiTaskMetrics, stage: str) -> None:
-        if not any(m.update_count for m in metrics.tasks.values()):
+        if not metrics.update_count:
             return
         values = metrics.compute()
-        # Metrics are already synced by torchmetrics; the three course metrics go to the bar.
+        # Metrics are already synced by torchmetrics; the headline metrics go to the bar.
+        shown = {*self.tasks, GRADER}
         for key, value in values.items():
-            shown = key in (*TASK_NAMES, "grader")
-            self.log(f"{stage}/{key}", value.float(), prog_bar=shown, sync_dist=False)
+            self.log(f"{stage}/{key}", value.float(), prog_bar=key in shown, sync_dist=False)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -239,11 +291,6 @@ class MultiTaskModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        preds = self.predict_batch(batch["image"])
-        preds["index"] = batch["index"]
-        return preds
 
     # ----------------------------------------------------------------------------------
     # optimization
@@ -273,3 +320,80 @@ class MultiTaskModule(L.LightningModule):
             opt, PolyFactor(total, hp.lr_power, hp.lr_floor / hp.lr)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _last(out: Any) -> Tensor:
+    return out[-1] if isinstance(out, (list, tuple)) else out
+
+
+def _merge_flat_options(
+    task_options: dict[str, dict[str, Any]] | None, flat: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    merged = {k: dict(v or {}) for k, v in (task_options or {}).items()}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        task, option = FLAT_TASK_OPTIONS[key]
+        merged.setdefault(task, {})[option] = value
+    return merged
+
+
+def _spec_shape(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a spec decides the network's weights: its kind and class count."""
+    return (spec.get("kind"), len(spec.get("classes") or ()))
+
+
+def _describe_specs(specs: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for name, spec in specs.items():
+        n = len(spec.get("classes") or ())
+        parts.append(f"{name} ({n} classes)" if n else name)
+    return ", ".join(parts)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    """A scenemtl checkpoint's contents, loaded weights-only (nothing is unpickled).
+
+    Raises:
+        UserError: missing file, or a file that is not a Lightning checkpoint of scenemtl
+            (garbage, text, a zip, an empty or truncated file, a bare tensor).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path}: not a scenemtl checkpoint ({type(e).__name__})") from None
+    if (
+        not isinstance(ckpt, dict)
+        or not isinstance(ckpt.get("state_dict"), dict)
+        or not isinstance(ckpt.get("hyper_parameters"), dict)
+    ):
+        raise UserError(f"{path}: not a scenemtl checkpoint (no state_dict and hyperparameters)")
+    return ckpt
+
+
+# State keys of checkpoints written before tasks were data: the depth normalization was
+# the module's own `depth_space` (and shared by the loss).
+_LEGACY_STATE_KEYS = {
+    "depth_space.mean": "tasks.depth.space.mean",
+    "depth_space.std": "tasks.depth.space.std",
+}
+_LEGACY_DROPPED_PREFIXES = ("criterion.depth_space.",)
+
+
+def migrate_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Rename, in place, the state keys of checkpoints written before tasks were data."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        return
+    for old, new in _LEGACY_STATE_KEYS.items():
+        if old in state and new not in state:
+            state[new] = state.pop(old)
+    for key in [k for k in state if k.startswith(_LEGACY_DROPPED_PREFIXES)]:
+        del state[key]

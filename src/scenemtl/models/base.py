@@ -8,11 +8,15 @@ from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
+from scenemtl.errors import UserError
 from scenemtl.models.blocks import ASPP, DeepLabV3PlusDecoder, Projection, resize
 from scenemtl.models.encoder import build_encoder
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
+
+DEFAULT_HEADS: dict[str, int] = {"semseg": 19, "depth": 1}
+"""Heads of the course's network, for models built without a task list."""
 
 
 class MultiTaskNet(nn.Module):
@@ -20,20 +24,33 @@ class MultiTaskNet(nn.Module):
 
     Output contract of ``forward(x)``, x float [B, 3, H, W] ImageNet-normalized:
     ``{task name: [Tensor, ...]}`` with one tensor per entry of :attr:`output_stages`, in
-    that order, each at the input size [B, task.channels, H, W] (semseg: logits, depth:
-    the configured normalized depth space). The LAST tensor is the prediction; earlier
-    ones are deep-supervision outputs that only feed the loss.
+    that order, each at the input size [B, heads[task], H, W] (what the task's
+    :meth:`~scenemtl.tasks.base.Task.decode` reads). The LAST tensor is the prediction;
+    earlier ones are deep-supervision outputs that only feed the loss.
 
-    Subclasses build their heads in ``__init__`` (after ``super().__init__(cfg)``) and
-    implement :meth:`decode`.
+    Subclasses build their heads in ``__init__`` (after ``super().__init__(cfg, heads)``)
+    and implement :meth:`decode`.
+
+    Args:
+        cfg: the architecture's configuration.
+        heads: task name -> output channels, in output order (default: the course's
+            19-class semseg and 1-channel depth).
     """
 
     output_stages: ClassVar[tuple[str, ...]] = ("final",)
     """Names of the per-task outputs, in list order; the last one is the prediction."""
+    min_tasks: ClassVar[int] = 1
+    """Fewest tasks the architecture makes sense for."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.heads: dict[str, int] = dict(heads) if heads is not None else dict(DEFAULT_HEADS)
+        if len(self.heads) < self.min_tasks:
+            raise UserError(
+                f"model.net.architecture {cfg.architecture!r} needs at least {self.min_tasks} "
+                f"tasks; this run learns {len(self.heads)} ({', '.join(self.heads)})"
+            )
         self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
 
     def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:

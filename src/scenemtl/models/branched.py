@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
-from scenemtl.tasks import TASKS
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
@@ -23,18 +23,20 @@ if TYPE_CHECKING:
 class BranchedNet(MultiTaskNet):
     """Shared encoder; ``aspp[task]`` and ``decoder[task]`` per task. One output per task."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+        super().__init__(cfg, heads)
         cin = self.encoder.channels[self.encoder.output_stride]
-        self.aspp = nn.ModuleDict({t.name: make_bottleneck(cfg, cin) for t in TASKS})
+        self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin) for name in self.heads})
         self.decoder = nn.ModuleDict(
-            {t.name: make_decoder(cfg, self.encoder.channels, t.channels) for t in TASKS}
+            {name: make_decoder(cfg, self.encoder.channels, c) for name, c in self.heads.items()}
         )
 
     def branch_outputs(self, pyramid: dict[int, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         """Per task (predictions, decoder features before the last conv)."""
         bottleneck = pyramid[self.encoder.output_stride]
-        return {t.name: self.decoder[t.name](self.aspp[t.name](bottleneck), pyramid) for t in TASKS}
+        return {
+            name: self.decoder[name](self.aspp[name](bottleneck), pyramid) for name in self.heads
+        }
 
     def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:
         return {name: [pred] for name, (pred, _) in self.branch_outputs(pyramid).items()}

@@ -13,13 +13,13 @@ tasks, task t sums the gated features of every other task.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
 from scenemtl.models.blocks import HeadDecoder, SelfAttention
 from scenemtl.models.branched import BranchedNet
-from scenemtl.tasks import TASKS
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
@@ -34,40 +34,41 @@ class DistillationNet(BranchedNet):
     """
 
     output_stages: ClassVar[tuple[str, ...]] = ("initial", "final")
+    min_tasks: ClassVar[int] = 2  # distillation exchanges features between tasks
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+        super().__init__(cfg, heads)
         feat = {name: dec.feature_channels for name, dec in self.decoder.items()}
         self.attention = nn.ModuleDict(
             {
-                t.name: nn.ModuleDict(
-                    {u: SelfAttention(feat[u], feat[t.name]) for u in feat if u != t.name}
+                name: nn.ModuleDict(
+                    {u: SelfAttention(feat[u], feat[name]) for u in feat if u != name}
                 )
-                for t in TASKS
+                for name in self.heads
             }
         )
         self.final_decoder = nn.ModuleDict(
             {
-                t.name: HeadDecoder(
-                    feat[t.name],
-                    t.channels,
+                name: HeadDecoder(
+                    feat[name],
+                    channels_out,
                     # same width as the features it refines (half width at 2x)
-                    channels=feat[t.name],
+                    channels=feat[name],
                     n_convs=cfg.final_decoder_convs,
                     squeeze_excitation=cfg.squeeze_excitation,
                     se_reduction=cfg.se_reduction,
                 )
-                for t in TASKS
+                for name, channels_out in self.heads.items()
             }
         )
 
     def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:
         branches = self.branch_outputs(pyramid)
         outputs: dict[str, list[Tensor]] = {}
-        for t in TASKS:
-            initial, features = branches[t.name]
-            for other, sa in self.attention[t.name].items():
+        for name in self.heads:
+            initial, features = branches[name]
+            for other, sa in self.attention[name].items():
                 features = features + sa(branches[other][1])
-            final, _ = self.final_decoder[t.name](features)
-            outputs[t.name] = [initial, final]
+            final, _ = self.final_decoder[name](features)
+            outputs[name] = [initial, final]
         return outputs

@@ -2,19 +2,19 @@
 
 ::
 
-    x -> encoder -> ASPP -> decoder -> 1x1 conv (sum of task channels, 19 + 1)
+    x -> encoder -> ASPP -> decoder -> 1x1 conv (sum of the heads' channels, e.g. 19 + 1)
                        4x skip --^               -> split per task
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
-from scenemtl.tasks import TASKS
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 
 class JointNet(MultiTaskNet):
     """Shared encoder, ASPP and decoder; the decoder's last conv emits every task's
-    channels (in :data:`scenemtl.tasks.TASKS` order), split per task. One output per task."""
+    channels (in ``heads`` order), split per task. One output per task."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.split_sizes = [t.channels for t in TASKS]
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+        super().__init__(cfg, heads)
+        self.split_sizes = list(self.heads.values())
         self.aspp = make_bottleneck(cfg, self.encoder.channels[self.encoder.output_stride])
         self.decoder = make_decoder(cfg, self.encoder.channels, sum(self.split_sizes))
 
@@ -34,4 +34,4 @@ class JointNet(MultiTaskNet):
         bottleneck = self.aspp(pyramid[self.encoder.output_stride])
         predictions, _ = self.decoder(bottleneck, pyramid)
         parts = torch.split(predictions, self.split_sizes, dim=1)
-        return {t.name: [p] for t, p in zip(TASKS, parts, strict=True)}
+        return {name: [p] for name, p in zip(self.heads, parts, strict=True)}

@@ -153,7 +153,12 @@ class ModelConfig:
         return cls(**dict(values))
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network ``cfg`` describes (see :class:`~scenemtl.models.base.MultiTaskNet`)."""
+def build_model(cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> nn.Module:
+    """The network ``cfg`` describes (see :class:`~scenemtl.models.base.MultiTaskNet`).
+
+    Args:
+        cfg: the architecture.
+        heads: task name -> output channels (default: 19-class semseg and depth).
+    """
     cfg.validate()
-    return ARCHITECTURES[cfg.architecture](cfg)
+    return ARCHITECTURES[cfg.architecture](cfg, heads)

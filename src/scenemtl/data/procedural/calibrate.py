@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, class_names
 from scenemtl.data.format import find_rgb, label_path, read_depth, read_info, read_rgb, read_semseg
 from scenemtl.errors import UserError
-from scenemtl.tasks import SEMSEG, class_names
 
 LEVELS = 16
 """Quantization levels per colour channel (16^3 colour cells)."""
@@ -49,8 +49,8 @@ def _colour_cell(rgb: np.ndarray) -> np.ndarray:
 
 def miou(pred: np.ndarray, gt: np.ndarray) -> float:
     """Mean IoU in percent over classes present in prediction or ground truth (255 ignored)."""
-    keep = gt < SEMSEG.channels
-    c = SEMSEG.channels
+    keep = gt < CITYSCAPES_NUM_CLASSES
+    c = CITYSCAPES_NUM_CLASSES
     conf = np.bincount(gt[keep].astype(np.int64) * c + pred[keep], minlength=c * c).reshape(c, c)
     tp = np.diag(conf).astype(float)
     union = conf.sum(0) + conf.sum(1) - tp
@@ -74,7 +74,7 @@ def si_log_rmse(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def _lookup_classifier(keys_train, labels_train, keys_val, n_keys: int) -> np.ndarray:
     """Most frequent train class per key; unseen keys fall back to the overall mode."""
-    c = SEMSEG.channels
+    c = CITYSCAPES_NUM_CLASSES
     ok = labels_train < c
     counts = np.bincount(keys_train[ok] * c + labels_train[ok], minlength=n_keys * c)
     counts = counts.reshape(n_keys, c)
@@ -135,7 +135,7 @@ def measure(root: str | os.PathLike, train_limit: int | None = None) -> dict[str
     rows_t = np.broadcast_to(np.arange(h)[None, :, None], dep_t.shape)
     row_med = _median_depth(rows_t.ravel(), dep_t.ravel(), h, lo, hi)
     row_pred = np.broadcast_to(row_med[None, :, None], dep_v.shape)
-    c = SEMSEG.channels
+    c = CITYSCAPES_NUM_CLASSES
     cls_t = np.minimum(sem_t.astype(np.int64), c - 1)
     cls_v = np.minimum(sem_v.astype(np.int64), c - 1)
     cr_med = _median_depth((cls_t * h + rows_t).ravel(), dep_t.ravel(), c * h, lo, hi)
@@ -156,7 +156,7 @@ def class_table(root: str | os.PathLike, split: str = "train") -> list[tuple[str
     """(class name, % of labelled pixels, % of images containing it) for a split."""
     root = Path(root)
     info = read_info(root)
-    c = SEMSEG.channels
+    c = CITYSCAPES_NUM_CLASSES
     pixels = np.zeros(c, np.int64)
     images = np.zeros(c, np.int64)
     n = info.split_size(split)

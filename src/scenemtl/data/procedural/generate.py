@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, class_names
 from scenemtl.data.format import (
+    INVALID_DEPTH,
     SPLITS,
     DatasetInfo,
     info_path,
@@ -30,7 +32,6 @@ from scenemtl.data.procedural.params import (
     default_root,
 )
 from scenemtl.errors import DataFormatError, UserError
-from scenemtl.tasks import INVALID_DEPTH, SEMSEG, class_names
 
 RGB_EXTENSION = ".jpg"
 CHUNK = 8
@@ -79,11 +80,13 @@ def _render_chunk(
     and the number of images."""
     root, params_json, split, indices = task
     params = SynthParams.from_json(params_json)
-    counts = np.zeros(SEMSEG.channels, np.int64)
+    counts = np.zeros(CITYSCAPES_NUM_CLASSES, np.int64)
     gt = params.has_gt(split)
     for i in indices:
         rgb, semseg, depth = render_sample(params, split, i)
-        counts += np.bincount(semseg.ravel(), minlength=SEMSEG.channels)[: SEMSEG.channels]
+        counts += np.bincount(semseg.ravel(), minlength=CITYSCAPES_NUM_CLASSES)[
+            :CITYSCAPES_NUM_CLASSES
+        ]
         write_sample(
             root,
             split,
@@ -211,7 +214,7 @@ def synthesize(
             )
     total = sum(params.splits.values())
     n_workers = min(workers or _available_cores(), len(tasks))
-    counts = {s: np.zeros(SEMSEG.channels, np.int64) for s in SPLITS}
+    counts = {s: np.zeros(CITYSCAPES_NUM_CLASSES, np.int64) for s in SPLITS}
     done = 0
     t0 = time.perf_counter()
     last = t0
@@ -247,7 +250,7 @@ def synthesize(
     pix = (
         counts["train"]
         if params.train
-        else sum((counts[s] for s in gt_splits), np.zeros(SEMSEG.channels, np.int64))
+        else sum((counts[s] for s in gt_splits), np.zeros(CITYSCAPES_NUM_CLASSES, np.int64))
     )
     freq = (pix / max(int(pix.sum()), 1)).tolist()
     info = DatasetInfo(

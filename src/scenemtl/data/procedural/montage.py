@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scenemtl.data.classes import class_colors
+from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.data.procedural.generate import render_sample
 from scenemtl.data.procedural.params import SynthParams
-from scenemtl.tasks import IGNORE_INDEX, class_colors
 
 
 def depth_colours(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:

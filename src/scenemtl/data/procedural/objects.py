@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from scenemtl.data.classes import train_id
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.geometry import (
     BOX,
@@ -25,7 +26,6 @@ from scenemtl.data.procedural.geometry import (
     rot_y,
     rot_z,
 )
-from scenemtl.tasks import train_id
 
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN = range(8)
 VEGETATION, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, TRAIN = range(8, 17)

@@ -15,7 +15,7 @@ from scenemtl.data.transforms import normalize_rgb
 from scenemtl.depth_space import decode_predictions
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
-from scenemtl.predict import (
+from scenemtl.commands.predict import (
     OUTPUT_SUFFIXES,
     Predictor,
     add_predict_parser,

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from scenemtl import export
+from scenemtl.commands import export
 from scenemtl.cli import _run_guarded, main
 from scenemtl.depth_space import decode_predictions
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
-from scenemtl.export import (
+from scenemtl.commands.export import (
     DEPTH_RTOL,
     LOGIT_ATOL,
     InferenceWrapper,

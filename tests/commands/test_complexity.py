@@ -1,4 +1,4 @@
-"""scenemtl.complexity: config loading, parameter and MAC counts, peak memory."""
+"""scenemtl.commands.complexity: config loading, parameter and MAC counts, peak memory."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scenemtl import complexity
+from scenemtl.commands import complexity
 from scenemtl.errors import UserError
 from scenemtl.models import ModelConfig, build_model
 

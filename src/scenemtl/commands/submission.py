@@ -6,12 +6,13 @@ Layout of the archive (all paths relative, forward slashes)::
     metrics.csv                    the run's metric trace (if the run has one)
     best.ckpt                      the checkpoint the predictions come from
     source.zip                     the scenemtl package that ran (*.py, *.yaml)
-    predictions/semseg/{i}.png     trainIds 0..18, mode L, one per test-split image
-    predictions/depth/{i}.png      the dataset's depth encoding (scenemtl.data.format)
+    predictions/<task>/{i}.png     one per task and test-split image, in the task's
+                                   dataset encoding (semseg: class ids, mode L; depth:
+                                   the dataset's depth encoding)
     manifest.json                  versions, dataset, and sha256 + size of every member
 
 ``manifest.json`` is written last because it hashes every other member. The grader
-(:mod:`scenemtl.grader`) needs only ``predictions/``; the rest is the record of the run.
+(:mod:`scenemtl.commands.grader`) needs only ``predictions/``; the rest is the record of the run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import json
 import os
 import platform
 import zipfile
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -30,16 +30,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from scenemtl.data.format import atomic_output
 from scenemtl.errors import UserError
-from scenemtl.tasks import DEPTH, SEMSEG, TASKS
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from PIL import Image
 
     from scenemtl.data.datamodule import SceneDataModule
-    from scenemtl.data.dataset import SceneDataset
     from scenemtl.data.format import DatasetInfo
+    from scenemtl.tasks.base import Task
 
 # torch, numpy and the data code are imported inside the functions: the grader imports
 # this module's layout constants and must stay cheap to import for the CLI.
@@ -154,41 +152,7 @@ def _resolve_data(
     return Path(data.data_root), data.info, int(data.val_batch_size)
 
 
-def iter_predictions(
-    module: torch.nn.Module,
-    dataset: SceneDataset,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-    num_workers: int = 0,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Predict every image of a split, one sample at a time, in file-index order.
-
-    Args:
-        module: a network with ``predict_batch(image [B,3,H,W] normalized) -> {"semseg":
-            int64 [B,H,W], "depth": float32 meters [B,H,W]}`` (a MultiTaskModule), in eval
-            mode on ``device``.
-        dataset: the split; only ``rgb`` and ``index`` of its samples are used.
-
-    Yields:
-        ``(index, {"semseg": uint8 [H,W] trainIds, "depth": float32 [H,W] meters})``.
-    """
-    import torch
-    from torch.utils.data import DataLoader
-
-    from scenemtl.data.transforms import normalize_rgb
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    with torch.inference_mode():
-        for batch in loader:
-            image = normalize_rgb(batch["rgb"].to(device))
-            preds = module.predict_batch(image)
-            semseg = preds[SEMSEG.name].to(torch.uint8).cpu().numpy()
-            depth = preds[DEPTH.name].float().cpu().numpy()
-            for k, index in enumerate(batch["index"].tolist()):
-                yield int(index), {SEMSEG.name: semseg[k], DEPTH.name: depth[k]}
-
-
-def _png(image: Image.Image) -> bytes:
+def _png(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -228,7 +192,8 @@ def write_submission(
 
     Predictions come from ``best_ckpt``, loaded afresh with
     :meth:`~scenemtl.engine.module.MultiTaskModule.from_checkpoint` (weights only), never
-    from whatever weights a trainer holds at the end of training.
+    from whatever weights a trainer holds at the end of training, and are made by its
+    ``predict_step`` (``Trainer.predict`` with a prediction writer).
 
     Args:
         run_dir: the run directory; the archive is written there.
@@ -248,11 +213,25 @@ def write_submission(
     Raises:
         UserError: missing checkpoint/config/metrics file, dataset without that split.
     """
-    from PIL import Image
+    from torch.utils.data import DataLoader
 
     from scenemtl.data.dataset import SceneDataset
-    from scenemtl.data.format import encode_depth
+    from scenemtl.engine.inference import SamplePredictionWriter, run_prediction
     from scenemtl.engine.module import MultiTaskModule
+
+    class ZipWriter(SamplePredictionWriter):
+        def __init__(self, members: _MemberWriter) -> None:
+            super().__init__()
+            self.members = members
+            self.count = 0
+
+        def write_sample(
+            self, index: int, predictions: dict[str, np.ndarray], tasks: list[Task]
+        ) -> None:
+            for task in tasks:
+                png = _png(task.encode_png(predictions[task.name]))
+                self.members.add_bytes(prediction_name(task.name, index), png, False)
+            self.count += 1
 
     run_dir = Path(run_dir)
     best_ckpt = Path(best_ckpt)
@@ -275,7 +254,9 @@ def write_submission(
     if batch_size < 1:
         raise UserError(f"submission batch size must be >= 1, got {batch_size}")
     dataset = SceneDataset(root, split, with_gt=False, info=info)
-    module = MultiTaskModule.from_checkpoint(best_ckpt).to(device)
+    module = MultiTaskModule.from_checkpoint(best_ckpt)
+    tasks = module.task_list
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
     target = run_dir / SUBMISSION_NAME
     with atomic_output(target) as raw, zipfile.ZipFile(raw, "w") as zf:
@@ -286,15 +267,9 @@ def write_submission(
         # float weights, PNG and zip data barely deflate: storing them saves time
         writer.add_bytes(CHECKPOINT_NAME, slim_checkpoint_bytes(best_ckpt), compress=False)
         writer.add_bytes(SOURCE_NAME, source_zip_bytes(), compress=False)
-        written = 0
-        for index, pred in iter_predictions(
-            module, dataset, batch_size, device=device, num_workers=num_workers
-        ):
-            semseg_png = _png(Image.fromarray(pred[SEMSEG.name]))
-            depth_png = _png(encode_depth(pred[DEPTH.name], info.depth_encoding))
-            writer.add_bytes(prediction_name(SEMSEG.name, index), semseg_png, False)
-            writer.add_bytes(prediction_name(DEPTH.name, index), depth_png, False)
-            written += 1
+        predictions = ZipWriter(writer)
+        run_prediction(module, loader, predictions, device=device)
+        written = predictions.count
         manifest = {
             "format": SUBMISSION_FORMAT,
             "format_version": SUBMISSION_FORMAT_VERSION,
@@ -310,9 +285,7 @@ def write_submission(
             },
             "predictions": {
                 "count": written,
-                "tasks": [t.name for t in TASKS],
-                "semseg": "trainIds 0..18, PNG mode L",
-                "depth": f"PNG, {info.depth_encoding} (see scenemtl.data.format)",
+                "tasks": {t.name: t.spec() for t in tasks},
             },
             "checkpoint": CHECKPOINT_NAME,
             "members": writer.members,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from scenemtl.bench import run_bench
+from scenemtl.commands.bench import run_bench
 from scenemtl.errors import UserError
 from tests.engine.conftest import tiny_config
 

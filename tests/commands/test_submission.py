@@ -22,10 +22,10 @@ from scenemtl.data.format import METERS16, decode_depth, encode_depth, rgb_path
 from scenemtl.data.stats import write_stats
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.engine.module import MultiTaskModule
-from scenemtl.engine.submission_callback import SubmissionCallback
+from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.errors import UserError
-from scenemtl.grader import grade
-from scenemtl.submission import package_source_files, source_zip_bytes, write_submission
+from scenemtl.commands.grader import grade
+from scenemtl.commands.submission import package_source_files, source_zip_bytes, write_submission
 from tests.conftest import write_random_dataset
 from tests.engine.conftest import tiny_config
 

@@ -29,7 +29,7 @@ from scenemtl.data.format import (
     read_semseg,
 )
 from scenemtl.errors import UserError
-from scenemtl.grader import GradeLimits, SubmissionError, add_grade_parser, grade
+from scenemtl.commands.grader import GradeLimits, SubmissionError, add_grade_parser, grade
 from scenemtl.metrics import MultiTaskMetrics
 from scenemtl.tasks import IGNORE_INDEX
 from tests.conftest import write_random_dataset

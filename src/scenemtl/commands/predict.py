@@ -1,25 +1,26 @@
 """``scenemtl predict``: run a trained checkpoint on image files.
 
-For every input image ``<stem>.<ext>`` four files are written to the output folder:
+For every input image ``<stem>.<ext>`` and every task of the checkpoint, two files are
+written to the output folder, plus one overview:
 
-* ``<stem>_semseg_color.png``: RGB, Cityscapes colours of the predicted classes;
-* ``<stem>_semseg.png``: mode L, Cityscapes trainIds 0..18 (the dataset format);
-* ``<stem>_depth.png``: 16-bit, depth in meters x 256 (the dataset's ``meters16``
-  encoding; depth beyond 255.99 m saturates);
-* ``<stem>_panel.png``: RGB | semseg colours | depth colormap (log scale, 4..300 m).
+* ``<stem>_<task>.png``: the prediction in the task's dataset encoding (semseg: class
+  ids, mode L; depth: the training data's depth PNG encoding, see scenemtl.data.format);
+* ``<stem>_<task>_color.png``: the task's picture (class colours; log-scale depth);
+* ``<stem>_panel.png``: RGB | each task's picture.
 
-Images of any size are accepted (the networks are fully convolutional). Images of the same
-size that follow each other are batched together. An image that cannot be read is
-reported on one line and skipped; the command then exits with status 1 after the rest.
+Predictions are made by the module's ``predict_step`` through ``Trainer.predict``
+(TTA included), and written by a prediction writer. Images of any size are accepted (the
+networks are fully convolutional) up to :data:`MAX_PIXELS`; images of the same size that
+follow each other are batched together. An image that cannot be read, or is too large,
+is reported on one line and skipped; the command then exits with status 1 after the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import pickle
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,22 +28,30 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from scenemtl.argtypes import int_at_least, positive_float
-from scenemtl.data.format import METERS16, atomic_write_bytes, encode_depth, read_rgb
-from scenemtl.data.transforms import normalize_rgb
-from scenemtl.depth_space import decode_predictions
+from scenemtl.data.format import atomic_write_bytes, read_rgb
+from scenemtl.engine.inference import SamplePredictionWriter, run_prediction
 from scenemtl.errors import UserError
-from scenemtl.tasks import DEPTH, SEMSEG
-from scenemtl.tta import check_scales, is_identity, tta_outputs
-from scenemtl.visualize import colorize_semseg, prediction_panel, tile
+from scenemtl.tta import check_scales
+from scenemtl.visualize import prediction_panel, tile
 
 if TYPE_CHECKING:
     from scenemtl.engine.module import MultiTaskModule
+    from scenemtl.tasks.base import Task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-OUTPUT_SUFFIXES = ("_semseg_color.png", "_semseg.png", "_depth.png", "_panel.png")
+PANEL_SUFFIX = "_panel.png"
+MAX_PIXELS = 4096 * 4096
+"""Largest image predicted on (16.8 MP): activations of a ResNet-34 DeepLabV3+ at that
+size already take several GiB; larger photos are refused with their size."""
+
+
+def output_suffixes(task_names: Sequence[str]) -> tuple[str, ...]:
+    """The file name suffixes written per image, for these tasks."""
+    per_task = [s for name in task_names for s in (f"_{name}.png", f"_{name}_color.png")]
+    return (*per_task, PANEL_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------
@@ -100,72 +109,38 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_module(ckpt_path: str | Path) -> MultiTaskModule:
-    """The trained module of a checkpoint, in eval mode on the CPU; UserError if unusable."""
+def load_module(
+    ckpt_path: str | Path, tta_scales: Sequence[float] = (1.0,), tta_flip: bool = False
+) -> MultiTaskModule:
+    """The trained module of a checkpoint, in eval mode, with these TTA settings."""
     from scenemtl.engine.module import MultiTaskModule  # Lightning import is slow
 
-    try:
-        return MultiTaskModule.from_checkpoint(ckpt_path, map_location="cpu")
-    except pickle.UnpicklingError:
-        # e.g. a text file passed as checkpoint: torch.load's weights-only unpickler
-        # raises this, and from_checkpoint does not translate it
-        raise UserError(f"{ckpt_path}: not a scenemtl checkpoint (UnpicklingError)") from None
+    scales = check_scales(tta_scales)
+    module = MultiTaskModule.from_checkpoint(ckpt_path, map_location="cpu")
+    module.hparams["tta_scales"] = list(scales)
+    module.hparams["tta_flip"] = bool(tta_flip)
+    return module
 
 
 # --------------------------------------------------------------------------------------
-# inference
+# inputs and outputs
 
 
-class Predictor:
-    """A checkpoint ready for inference, with optional test-time augmentation.
+class ImageFiles(Dataset):
+    """Readable image files as ``{"rgb": uint8 [3,H,W], "index": int64}``."""
 
-    Args:
-        ckpt_path: a checkpoint written by ``scenemtl fit``.
-        device: where to run.
-        tta_scales: TTA resize factors (``(1.0,)``: none).
-        tta_flip: also average over the horizontally mirrored image.
-    """
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
 
-    def __init__(
-        self,
-        ckpt_path: str | Path,
-        device: str | torch.device = "cpu",
-        tta_scales: Sequence[float] = (1.0,),
-        tta_flip: bool = False,
-    ) -> None:
-        self.device = resolve_device(str(device))
-        self.tta_scales = check_scales(tta_scales)
-        self.tta_flip = bool(tta_flip)
-        self.module = load_module(ckpt_path)
-        self.module.to(self.device)
+    def __len__(self) -> int:
+        return len(self.paths)
 
-    @torch.inference_mode()
-    def __call__(self, rgb: Tensor) -> dict[str, Tensor]:
-        """Predictions for a batch of same-size images.
-
-        Args:
-            rgb: uint8 [B,3,H,W].
-
-        Returns:
-            ``{"semseg": int64 [B,H,W] trainIds, "depth": float32 [B,H,W] meters}`` on CPU.
-        """
-        image = normalize_rgb(rgb.to(self.device))
-        if is_identity(self.tta_scales, self.tta_flip):
-            outputs = self.module(image)
-        else:
-            outputs = tta_outputs(
-                self.module,
-                image,
-                self.tta_scales,
-                self.tta_flip,
-                depth_space=self.module.depth_space,
-            )
-        preds = decode_predictions(outputs, self.module.depth_space)
-        return {k: v.cpu() for k, v in preds.items()}
-
-
-# --------------------------------------------------------------------------------------
-# outputs
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rgb = read_rgb(self.paths[index])
+        return {
+            "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -174,34 +149,41 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_prediction(
-    out_dir: Path, stem: str, rgb: np.ndarray, semseg: np.ndarray, depth_m: np.ndarray
-) -> list[Path]:
-    """Write the four output files of one image (each atomically).
+class ImageFileWriter(SamplePredictionWriter):
+    """Writes each image's prediction files (each atomically) and reports them."""
 
-    Args:
-        out_dir: output folder (created if missing).
-        stem: file name prefix.
-        rgb: uint8 [H,W,3], the input image.
-        semseg: [H,W] trainIds 0..18.
-        depth_m: float [H,W] meters (> 0).
+    def __init__(
+        self,
+        out_dir: Path,
+        paths: Sequence[Path],
+        stems: Sequence[str],
+        report: Callable[[str], None],
+    ) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.paths = list(paths)
+        self.stems = list(stems)
+        self.report = report
+        self.written: list[Path] = []
 
-    Returns:
-        the written paths, in :data:`OUTPUT_SUFFIXES` order.
-    """
-    labels = np.asarray(semseg).astype(np.uint8)
-    color = colorize_semseg(labels)
-    panel = tile([prediction_panel(rgb, labels, depth_m)])
-    images = (
-        Image.fromarray(color),
-        Image.fromarray(labels),
-        encode_depth(depth_m, METERS16),
-        Image.fromarray(panel),
-    )
-    paths = [out_dir / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
-    for path, image in zip(paths, images, strict=True):
-        atomic_write_bytes(path, _png_bytes(image))
-    return paths
+    def write_sample(
+        self, index: int, predictions: dict[str, np.ndarray], tasks: list[Task]
+    ) -> None:
+        path, stem = self.paths[index], self.stems[index]
+        rgb = read_rgb(path)
+        files: dict[str, Image.Image] = {}
+        for task in tasks:
+            files[f"_{task.name}.png"] = task.encode_png(predictions[task.name])
+            files[f"_{task.name}_color.png"] = Image.fromarray(
+                task.colorize(predictions[task.name])
+            )
+        files[PANEL_SUFFIX] = Image.fromarray(tile([prediction_panel(rgb, tasks, predictions)]))
+        for suffix, image in files.items():
+            atomic_write_bytes(self.out_dir / f"{stem}{suffix}", _png_bytes(image))
+        self.written.append(path)
+        words = "; ".join(w for t in tasks if (w := t.describe_prediction(predictions[t.name])))
+        h, w = rgb.shape[:2]
+        self.report(f"{path.name} ({h}x{w}) -> {self.out_dir / stem}_*.png ({words})")
 
 
 @dataclass
@@ -212,68 +194,68 @@ class PredictSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _batches(
-    items: Iterable[tuple[Path, str, np.ndarray]], batch_size: int
-) -> Iterable[list[tuple[Path, str, np.ndarray]]]:
+def _same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> Iterator[list[int]]:
     """Consecutive runs of equally sized images, at most ``batch_size`` each."""
-    batch: list[tuple[Path, str, np.ndarray]] = []
-    for item in items:
-        if batch and (len(batch) == batch_size or batch[0][2].shape != item[2].shape):
+    batch: list[int] = []
+    for i, size in enumerate(sizes):
+        if batch and (len(batch) == batch_size or sizes[batch[0]] != size):
             yield batch
             batch = []
-        batch.append(item)
+        batch.append(i)
     if batch:
         yield batch
 
 
 def predict_images(
-    predictor: Callable[[Tensor], dict[str, Tensor]],
+    module: MultiTaskModule,
     inputs: Sequence[Path],
     out_dir: str | Path,
     batch_size: int = 1,
+    device: str | torch.device = "cpu",
     report: Callable[[str], None] = print,
     report_error: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> PredictSummary:
     """Predict on image files and write the outputs; unreadable images are skipped.
 
     Args:
-        predictor: uint8 [B,3,H,W] -> ``{"semseg": [B,H,W], "depth": [B,H,W] meters}``,
-            e.g. a :class:`Predictor`.
+        module: a trained module (see :func:`load_module`).
         inputs: image files.
         out_dir: output folder (created if missing).
         batch_size: at most this many equally sized images per forward pass.
+        device: where the network runs.
         report: called with one line per image written.
         report_error: called with one line per image that failed.
-
-    Returns:
-        the images written and the failures.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
     summary = PredictSummary()
-
-    def readable() -> Iterable[tuple[Path, str, np.ndarray]]:
-        for path, stem in zip(inputs, output_stems(inputs), strict=True):
-            try:
-                yield path, stem, read_rgb(path)
-            except UserError as e:
-                summary.failed.append((path, str(e)))
-                report_error(f"scenemtl: skipped {e}")
-
-    for batch in _batches(readable(), batch_size):
-        rgb = torch.from_numpy(np.stack([item[2] for item in batch])).permute(0, 3, 1, 2)
-        preds = predictor(rgb.contiguous())
-        for i, (path, stem, image) in enumerate(batch):
-            semseg = preds[SEMSEG.name][i].numpy()
-            depth = preds[DEPTH.name][i].numpy()
-            write_prediction(out_dir, stem, image, semseg, depth)
-            summary.written.append(path)
-            h, w = image.shape[:2]
-            report(
-                f"{path.name} ({h}x{w}) -> {out_dir / stem}_*.png "
-                f"(median depth {float(np.median(depth)):.1f} m)"
-            )
+    readable: list[Path] = []
+    sizes: list[tuple[int, int]] = []
+    for path in inputs:
+        try:
+            h, w = read_rgb(path).shape[:2]
+        except UserError as e:
+            summary.failed.append((path, str(e)))
+            report_error(f"scenemtl: skipped {e}")
+            continue
+        if h * w > MAX_PIXELS:
+            reason = f"{path}: {w}x{h} pixels is above the {MAX_PIXELS / 1e6:.1f} MP limit"
+            summary.failed.append((path, reason))
+            report_error(f"scenemtl: skipped {reason}; downscale it first")
+            continue
+        readable.append(path)
+        sizes.append((h, w))
+    if not readable:
+        return summary
+    stems = output_stems(inputs)
+    stem_of = dict(zip(inputs, stems, strict=True))
+    writer = ImageFileWriter(out_dir, readable, [stem_of[p] for p in readable], report)
+    loader = DataLoader(
+        ImageFiles(readable), batch_sampler=list(_same_size_batches(sizes, batch_size))
+    )
+    run_prediction(module, loader, writer, device=resolve_device(str(device)))
+    summary.written = writer.written
     return summary
 
 
@@ -285,10 +267,10 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     """Register ``predict`` on the ``scenemtl`` subcommand parser."""
     p = subparsers.add_parser(
         "predict",
-        help="segmentation + depth PNGs for image files",
+        help="prediction PNGs of every task for image files",
         description="Run a checkpoint on an image or a folder of images (.jpg/.png, not "
-        "recursive) and write, per image, <stem>_semseg_color.png, <stem>_semseg.png "
-        "(trainIds), <stem>_depth.png (16-bit meters x 256) and <stem>_panel.png.",
+        "recursive) and write, per image and task, <stem>_<task>.png (the dataset "
+        "encoding: class ids, depth PNG) and <stem>_<task>_color.png, plus <stem>_panel.png.",
     )
     p.add_argument("--ckpt_path", "--ckpt-path", required=True, help="checkpoint (.ckpt)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
@@ -318,9 +300,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if source.is_dir() and out_dir.exists() and out_dir.resolve() == source.resolve():
         # the outputs are PNGs and would be taken as inputs by the next run
         raise UserError(f"output folder {out_dir} is the input folder; choose another")
-    predictor = Predictor(args.ckpt_path, args.device, args.tta_scales, args.tta_flip)
+    device = resolve_device(args.device)
+    module = load_module(args.ckpt_path, args.tta_scales, args.tta_flip)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = predict_images(predictor, inputs, out_dir, batch_size=args.batch_size)
+    summary = predict_images(module, inputs, out_dir, batch_size=args.batch_size, device=device)
     if summary.failed:
         print(
             f"scenemtl: {len(summary.failed)} of {len(inputs)} image(s) could not be read; "

@@ -1,32 +1,43 @@
 """``scenemtl export onnx``: the trained network as an ONNX model, checked and timed.
 
 The exported graph (:class:`InferenceWrapper`) takes what every scenemtl model takes and
-returns the final predictions of both tasks in the units of the files and metrics:
+returns, for each task of the checkpoint in the order the network emits them, the
+outputs of :meth:`Task.export_outputs <scenemtl.tasks.base.Task.export_outputs>` of its
+final output, in the units of the files and metrics:
 
-=================  =====================  ==========================================
-name               shape / dtype          meaning
-=================  =====================  ==========================================
-``image``          [B,3,H,W] float32      RGB / 255, ImageNet mean/std normalized
-``semseg_logits``  [B,19,H,W] float32     class scores (softmax for probabilities)
-``semseg``         [B,H,W] int64          trainIds 0..18 (argmax of the logits)
-``depth``          [B,H,W] float32        meters, decoded from the training depth space
-=================  =====================  ==========================================
+=======================  =====================  =====================================
+name                     shape / dtype          meaning
+=======================  =====================  =====================================
+``image`` (input)        [B,3,H,W] float32      RGB / 255, ImageNet mean/std normalized
+segmentation task ``T``:
+``T_logits``             [B,N,H,W] float32      scores of the N classes of the
+                                                checkpoint's class table
+``T``                    [B,H,W] int64          class ids 0..N-1 (argmax of the logits)
+depth task ``T``:
+``T``                    [B,H,W] float32        meters, decoded from the training space
+=======================  =====================  =====================================
 
-Logits are kept next to the labels because consumers often want confidences; the labels
-save them the argmax. Batch, height and width are dynamic axes: ``--size`` only fixes
-the example input used for tracing, the check and the timing. The depth normalization
-statistics of the checkpoint are baked into the graph as constants.
+A course checkpoint (semseg + depth, 19 classes) has the outputs ``semseg_logits``,
+``semseg`` and ``depth``; a single-task checkpoint has only its task's outputs. Logits
+are kept next to the labels because consumers often want confidences; the labels save
+them the argmax. Batch, height and width are dynamic axes: ``--size`` only fixes the
+example input used for tracing, the check and the timing. The depth normalization
+statistics of the checkpoint are baked into the graph as constants. Test-time
+augmentation is not part of the graph: it is the plain network.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), the
 maintained path in torch 2.x.
 
 Check: onnxruntime (CPU) runs the exported file on the tracing size and on a second size
-(so the dynamic axes are exercised) and must agree with torch eager within
-:data:`LOGIT_ATOL` (absolute, logits), :data:`DEPTH_RTOL` (relative, meters) and on the
-label of every pixel whose top-2 logit margin exceeds ``2 * LOGIT_ATOL`` (closer calls
-may flip legitimately under float reordering). The ``.onnx`` file only appears at
-``--out`` once the check has passed; it is written to a temporary file beside it and
-renamed.
+(so the dynamic axes are exercised) and must agree with torch eager by each task's own
+rule (:meth:`Task.compare_export <scenemtl.tasks.base.Task.compare_export>`: logits
+within an absolute tolerance and the label of every pixel whose top-2 margin exceeds
+twice it, since closer calls may flip legitimately under float reordering; depth within a
+relative tolerance). The torch side is the module itself: its forward pass, and for the
+outputs named like a task the module's own decoding (:meth:`MultiTaskModule.decode`, the
+path of ``predict_step``), so the graph is checked against what ``scenemtl predict``
+produces. The ``.onnx`` file only appears at ``--out`` once the check has passed; it is
+written to a temporary file beside it and renamed.
 """
 
 from __future__ import annotations
@@ -51,59 +62,57 @@ from torch import Tensor, nn
 
 from scenemtl.argtypes import int_at_least, size_hw
 from scenemtl.errors import UserError
-from scenemtl.tasks import DEPTH, SEMSEG, TASKS
-
 if TYPE_CHECKING:
-    from scenemtl.depth_space import DepthSpace
     from scenemtl.engine.module import MultiTaskModule
+    from scenemtl.tasks.base import Task
 
 INPUT_NAME = "image"
-LOGIT_ATOL = 1e-3
-"""Largest absolute difference of a semseg logit between onnxruntime and torch."""
-DEPTH_RTOL = 1e-3
-"""Largest relative difference of depth in meters between onnxruntime and torch."""
 DEFAULT_OPSET = 18
 DEFAULT_SIZE = (128, 256)
 
 
-def output_names() -> tuple[str, ...]:
-    """Names of the graph outputs, in order: per classification task logits and labels,
-    per regression task the decoded value."""
+def output_names(tasks: Sequence[Task]) -> tuple[str, ...]:
+    """Names of the graph outputs, in order: each task's :meth:`Task.export_outputs` keys.
+
+    The names do not depend on the values, so they are read off a one-pixel output.
+    """
     names: list[str] = []
-    for task in TASKS:
-        if task.kind == "classification":
-            names += [f"{task.name}_logits", task.name]
-        else:
-            names.append(task.name)
+    with torch.no_grad():
+        for task in tasks:
+            names += list(task.export_outputs(torch.zeros(1, task.channels, 1, 1)))
+    if len(set(names)) != len(names):
+        raise UserError(f"the tasks' export outputs share a name: {names}")
     return tuple(names)
 
 
 class InferenceWrapper(nn.Module):
-    """A multi-task network plus the decoding of its outputs, as one exportable module.
+    """A multi-task network plus its tasks' export outputs, as one exportable module.
 
     Args:
-        net: the architecture; ``net(image)`` returns task name -> list of tensors.
-        depth_space: the space the regression outputs live in (decoded to meters here).
+        net: the architecture; ``net(image)`` returns task name -> list of tensors (the
+            last one is the prediction).
+        tasks: the tasks, in the order of the graph outputs (their state, e.g. the depth
+            normalization, becomes constants of the graph).
 
     ``forward(image)``: image float32 [B,3,H,W] normalized -> tuple in
-    :func:`output_names` order: logits [B,C,H,W] float32 and labels [B,H,W] int64 per
-    classification task, meters [B,H,W] float32 per regression task.
+    :func:`output_names` order.
     """
 
-    def __init__(self, net: nn.Module, depth_space: DepthSpace) -> None:
+    def __init__(self, net: nn.Module, tasks: Sequence[Task]) -> None:
         super().__init__()
         self.net = net
-        self.depth_space = depth_space
+        self.tasks = nn.ModuleList(tasks)
+
+    @classmethod
+    def of(cls, module: MultiTaskModule) -> InferenceWrapper:
+        """The wrapper of a trained module's network and tasks."""
+        return cls(module.net, module.task_list)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         outputs = self.net(image)
         result: list[Tensor] = []
-        for task in TASKS:
-            last = outputs[task.name][-1]
-            if task.kind == "classification":
-                result += [last, last.argmax(dim=1)]
-            else:
-                result.append(self.depth_space.decode(last[:, 0]))
+        for task in self.tasks:
+            result += list(task.export_outputs(outputs[task.name][-1]).values())
         return tuple(result)
 
 
@@ -112,71 +121,83 @@ class InferenceWrapper(nn.Module):
 
 
 @dataclass
+class TaskComparison:
+    """One task's verdict on one input (from :meth:`Task.compare_export`)."""
+
+    task: str
+    ok: bool
+    text: str
+
+
+@dataclass
 class Comparison:
     """How far onnxruntime's outputs are from torch's for one input."""
 
     size: tuple[int, int]
-    logit_max_abs: float
-    depth_max_abs_m: float
-    depth_max_rel: float
-    label_disagreement: float
-    """Fraction of pixels with different labels (any margin)."""
-    confident_label_mismatches: int
-    """Pixels with a top-2 margin > 2 * LOGIT_ATOL whose labels differ; must be 0."""
+    tasks: list[TaskComparison]
 
     @property
     def ok(self) -> bool:
-        return (
-            self.logit_max_abs <= LOGIT_ATOL
-            and self.depth_max_rel <= DEPTH_RTOL
-            and self.confident_label_mismatches == 0
-        )
+        return all(t.ok for t in self.tasks)
+
+    def __getitem__(self, task: str) -> TaskComparison:
+        return next(t for t in self.tasks if t.task == task)
 
     def format(self) -> str:
-        return (
-            f"{self.size[0]}x{self.size[1]}: semseg logits max |diff| {self.logit_max_abs:.2e} "
-            f"(tol {LOGIT_ATOL:g}), labels differ on {100 * self.label_disagreement:.3f}% of "
-            f"pixels ({self.confident_label_mismatches} above the tie margin), depth max "
-            f"|diff| {self.depth_max_abs_m:.2e} m, max rel {self.depth_max_rel:.2e} "
-            f"(tol {DEPTH_RTOL:g})"
-        )
+        return f"{self.size[0]}x{self.size[1]}: " + ", ".join(t.text for t in self.tasks)
 
 
-def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> Comparison:
-    """Compare two output tuples in :func:`output_names` order (torch vs onnxruntime).
+def compare_outputs(
+    tasks: Sequence[Task],
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+) -> Comparison:
+    """Compare two sets of named outputs (torch vs onnxruntime), task by task.
 
     Args:
-        reference: the torch outputs as numpy arrays (logits [B,C,H,W], labels [B,H,W],
-            depth [B,H,W] meters).
-        candidate: the same from onnxruntime.
+        tasks: the exported tasks; each judges its own outputs.
+        reference: output name -> the torch array (see :func:`reference_outputs`).
+        candidate: output name -> the onnxruntime array.
 
     Raises:
-        UserError: the shapes or the number of outputs differ.
+        UserError: an output is missing or has another shape.
     """
-    names = output_names()
-    if len(reference) != len(names) or len(candidate) != len(names):
-        raise UserError(f"ONNX model has {len(candidate)} outputs, expected {len(names)}")
-    for name, ref, cand in zip(names, reference, candidate, strict=True):
-        if ref.shape != cand.shape:
-            raise UserError(f"ONNX output {name!r} has shape {cand.shape}, torch {ref.shape}")
-    ref = dict(zip(names, reference, strict=True))
-    cand = dict(zip(names, candidate, strict=True))
-    logits_name = f"{SEMSEG.name}_logits"
-    logits, labels = ref[logits_name].astype(np.float64), ref[SEMSEG.name]
-    logit_diff = float(np.abs(logits - cand[logits_name]).max(initial=0.0))
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    confident = (top2[:, 1] - top2[:, 0]) > 2 * LOGIT_ATOL
-    differ = labels != cand[SEMSEG.name]
-    depth_ref = ref[DEPTH.name].astype(np.float64)
-    depth_abs = np.abs(depth_ref - cand[DEPTH.name])
-    return Comparison(
-        size=(int(labels.shape[-2]), int(labels.shape[-1])),
-        logit_max_abs=logit_diff,
-        depth_max_abs_m=float(depth_abs.max(initial=0.0)),
-        depth_max_rel=float((depth_abs / np.maximum(np.abs(depth_ref), 1e-12)).max(initial=0.0)),
-        label_disagreement=float(differ.mean()) if differ.size else 0.0,
-        confident_label_mismatches=int((differ & confident).sum()),
-    )
+    names = output_names(tasks)
+    for name in names:
+        if name not in reference or name not in candidate:
+            have = ", ".join(candidate) or "none"
+            raise UserError(f"ONNX model outputs {have}; expected {', '.join(names)}")
+        if reference[name].shape != candidate[name].shape:
+            raise UserError(
+                f"ONNX output {name!r} has shape {candidate[name].shape}, "
+                f"torch {reference[name].shape}"
+            )
+    shape = reference[names[0]].shape
+    verdicts = []
+    for task in tasks:
+        ok, text = task.compare_export(reference, candidate)
+        verdicts.append(TaskComparison(task.name, bool(ok), text))
+    return Comparison(size=(int(shape[-2]), int(shape[-1])), tasks=verdicts)
+
+
+def reference_outputs(module: MultiTaskModule, image: np.ndarray) -> dict[str, np.ndarray]:
+    """What the graph must compute, from torch eager through the module itself.
+
+    The module's forward pass gives every task's final output and
+    :meth:`Task.export_outputs` its named outputs; those named like a task are then
+    replaced by the module's own decoding (:meth:`MultiTaskModule.decode`, the path
+    ``predict_step`` takes without TTA), so the export is checked against the
+    predictions ``scenemtl predict`` makes.
+    """
+    with torch.inference_mode():
+        raw = module(torch.from_numpy(image))
+        out: dict[str, Tensor] = {}
+        for task in module.task_list:
+            out.update(task.export_outputs(raw[task.name][-1]))
+        for name, prediction in module.decode(raw).items():
+            if name in out:
+                out[name] = prediction
+    return {k: v.numpy() for k, v in out.items()}
 
 
 def _onnxruntime() -> Any:
@@ -198,13 +219,10 @@ def ort_session(path: str | os.PathLike, threads: int = 0) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _run_onnx(session: Any, image: np.ndarray) -> list[np.ndarray]:
-    return session.run(list(output_names()), {INPUT_NAME: image})
-
-
-def _run_torch(wrapper: nn.Module, image: np.ndarray) -> list[np.ndarray]:
-    with torch.inference_mode():
-        return [t.numpy() for t in wrapper(torch.from_numpy(image))]
+def _run_onnx(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Output name -> array of every graph output."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {INPUT_NAME: image}), strict=True))
 
 
 def example_input(size: tuple[int, int], batch: int = 1, seed: int = 0) -> np.ndarray:
@@ -431,7 +449,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Entry point of ``scenemtl export onnx``."""
-    from scenemtl.predict import load_module
+    from scenemtl.commands.predict import load_module
 
     module = load_module(args.ckpt_path)
     print(f"exporting {args.ckpt_path} at {args.size[0]}x{args.size[1]} ...", flush=True)

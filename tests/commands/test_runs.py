@@ -1,6 +1,6 @@
 import csv
 
-from scenemtl.runs import format_best, summarize_run
+from scenemtl.commands.runs import format_best, summarize_run
 
 
 def write_run(run_dir, rows, max_epochs):

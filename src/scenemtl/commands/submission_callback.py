@@ -10,9 +10,10 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from scenemtl.submission import write_submission
+from scenemtl.commands.submission import write_submission
+from scenemtl.engine.run_dir import RunDir
 
-BEST_FILENAME = "best"
+BEST_FILENAME = RunDir.BEST
 
 
 def best_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
@@ -24,7 +25,7 @@ def best_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
 
 
 class SubmissionCallback(L.Callback):
-    """Packs ``submission.zip`` (see :mod:`scenemtl.submission`) on global rank zero.
+    """Packs ``submission.zip`` (see :mod:`scenemtl.commands.submission`) on global rank zero.
 
     * end of ``fit``: predictions of the best checkpoint (``checkpoints/best.ckpt``, the
       best ``val/grader``), not of the weights the run ended with; if there is no best
@@ -74,7 +75,7 @@ class SubmissionCallback(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
                 logger.save()
-        config = run_dir / "config.yaml"
+        config = RunDir(run_dir).config
         self.written = write_submission(
             run_dir,
             ckpt,

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from scenemtl.argtypes import positive_float
+from scenemtl.commands.submission import MANIFEST_NAME, PREDICTIONS_DIR, prediction_name
 from scenemtl.errors import DataFormatError, UserError
-from scenemtl.submission import MANIFEST_NAME, PREDICTIONS_DIR, prediction_name
 from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG, TASKS
 
 if TYPE_CHECKING:

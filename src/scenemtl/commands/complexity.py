@@ -177,7 +177,7 @@ def peak_memory(cfg: ModelConfig, size: tuple[int, int]) -> tuple[int | None, st
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     payload = json.dumps({"cfg": dataclasses.asdict(cfg), "size": list(size)})
     proc = subprocess.run(
-        [sys.executable, "-m", "scenemtl.complexity", "--measure-peak-memory", payload],
+        [sys.executable, "-m", "scenemtl.commands.complexity", "--measure-peak-memory", payload],
         capture_output=True,
         text=True,
         env=env,

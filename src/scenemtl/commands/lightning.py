@@ -10,63 +10,48 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.data.datamodule import SceneDataModule
 from scenemtl.engine.callbacks import RunRecordCallback, VisualizationCallback
 from scenemtl.engine.loggers import AppendingCSVLogger
-from scenemtl.engine.module import MultiTaskModule
-from scenemtl.engine.submission_callback import SubmissionCallback
+from scenemtl.engine.module import MultiTaskModule, read_checkpoint
+from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UserError
 
-_VERSION = re.compile(r"^version_(\d+)$")
 _VERSION_ENV = "SCENEMTL_RUN_VERSION"
-
-
-def _versions(run_dir: Path) -> list[tuple[int, Path]]:
-    if not run_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _VERSION.match(p.name))]
-    return sorted(found)
 
 
 def resolve_run(
     root: Path, name: str, ckpt_path: str | None, reuse_checkpoint_run: bool = True
-) -> tuple[str, str | None]:
-    """The version folder to log into, and the checkpoint path to load (resolved).
+) -> tuple[RunDir, str | None]:
+    """The run folder to log into, and the checkpoint path to load (resolved).
 
-    * no checkpoint: a new ``version_N``;
+    * no checkpoint: a newly reserved ``version_N``;
     * ``last``: the newest version of ``name`` that holds checkpoints/last.ckpt;
     * a file inside ``root/name/version_N/checkpoints``: that version, unless
       ``reuse_checkpoint_run`` is False (then a new version).
     """
-    run_dir = root / name
-    versions = _versions(run_dir)
+    family = RunFamily(root, name)
     if ckpt_path == "last":
-        for _, path in reversed(versions):
-            last = path / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                return path.name, str(last)
-        raise UserError(f"--ckpt_path last: no {run_dir}/version_*/checkpoints/last.ckpt to resume")
+        run = family.latest_resumable()
+        return run, str(run.last_ckpt)
     if ckpt_path is not None:
-        ckpt = Path(ckpt_path)
-        if not ckpt.is_file():
+        if not Path(ckpt_path).is_file():
             raise UserError(f"--ckpt_path {ckpt_path}: file not found")
-        parent = ckpt.resolve().parent
-        in_run = parent.name == "checkpoints" and _VERSION.match(parent.parent.name)
-        if reuse_checkpoint_run and in_run and parent.parent.parent == run_dir.resolve():
-            return parent.parent.name, str(ckpt)
-    next_version = versions[-1][0] + 1 if versions else 0
-    return f"version_{next_version}", ckpt_path
+        owner = RunDir.of_checkpoint(ckpt_path)
+        same_family = owner is not None and owner.path.parent == family.path.resolve()
+        if reuse_checkpoint_run and same_family:
+            return owner, ckpt_path
+    return family.reserve(), ckpt_path
 
 
 class FitConfigCallback(SaveConfigCallback):
@@ -79,7 +64,22 @@ class FitConfigCallback(SaveConfigCallback):
 
 
 class SceneCLI(LightningCLI):
-    """LightningCLI with scenemtl's run-directory layout and checkpoints."""
+    """LightningCLI with scenemtl's run folders, task wiring and checkpoints.
+
+    Lightning hooks used, and why:
+
+    * ``add_arguments_to_parser``: the ``run.*`` keys, and a link that hands the data's
+      task specs (``data.tasks`` over the dataset's class table) to ``model.task_specs``.
+    * ``parse_arguments``: checks ``--ckpt_path`` with a weights-only load before
+      LightningCLI reads it (its own load would print a traceback), and remembers the
+      evaluation switches (TTA) given on the command line.
+    * ``before_instantiate_classes``: puts those switches back over the checkpoint's
+      hyperparameters (the command line decides how to evaluate; the checkpoint decides
+      the network), and reserves the run folder and resolves ``--ckpt_path last``.
+    * ``instantiate_trainer``: loggers and checkpoint callbacks for that folder.
+    """
+
+    EVALUATION_HPARAMS = ("tta_scales", "tta_flip")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.root", type=str, default="runs", help="folder of all runs")
@@ -95,84 +95,122 @@ class SceneCLI(LightningCLI):
             default=0,
             help="also refresh last.ckpt every N optimizer steps (0: at epoch ends only)",
         )
+        parser.add_argument(
+            "--run.monitor",
+            type=str | None,
+            default=None,
+            help="metric that picks best.ckpt, e.g. val/semseg (default: val/grader when "
+            "the run learns semseg and depth, else the task's headline metric)",
+        )
+        parser.add_argument(
+            "--run.monitor_mode",
+            type=str | None,
+            default=None,
+            help="max or min for --run.monitor (default: the metric's direction)",
+        )
         parser.add_lightning_class_args(VisualizationCallback, "visualize")
         parser.add_lightning_class_args(SubmissionCallback, "submission")
+        parser.link_arguments("data", "model.task_specs", compute_fn=_task_specs, apply_on="instantiate")
 
-    # Evaluation-time switches: the command line decides them, not the checkpoint.
-    EVALUATION_HPARAMS = ("tta_scales", "tta_flip")
-
-    def _parse_ckpt_path(self) -> None:
-        """As LightningCLI (the checkpoint's hyperparameters define the network), except
-        that evaluation-time switches given for this command are kept."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
-        keep = {}
-        if sub:
-            model_cfg = self.config[sub].get("model")
-            keep = {k: model_cfg.get(k) for k in self.EVALUATION_HPARAMS if model_cfg}
-        super()._parse_ckpt_path()
-        for key, value in keep.items():
-            self.config[sub]["model"][key] = value
+        self._evaluation_switches: dict[str, Any] = {}
+        if not sub:
+            return
+        ckpt = self.config[sub].get("ckpt_path")
+        if ckpt and ckpt != "last":
+            if not Path(ckpt).is_file():
+                raise UserError(f"--ckpt_path {ckpt}: file not found")
+            read_checkpoint(ckpt)  # one line for anything that is not a checkpoint
+        model_cfg = self.config[sub].get("model")
+        if model_cfg:
+            init = model_cfg
+            self._evaluation_switches = {k: init.get(k) for k in self.EVALUATION_HPARAMS}
 
-    def _run_config(self) -> Namespace:
-        return self.config[self.subcommand] if self.subcommand else self.config
-
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
         cfg = self._run_config()
+        if sub:
+            model_cfg = cfg.get("model")
+            if model_cfg is not None:
+                for key, value in self._evaluation_switches.items():
+                    model_cfg[key] = value
         run = cfg.run
         name = run.name
         if name is None:
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "default"
-            if self.subcommand == "validate":
+            if sub == "validate":
                 name = f"{name}-validate"
+        if run.checkpoint_every_n_steps < 0:
+            raise UserError(
+                f"run.checkpoint_every_n_steps must be >= 0, got {run.checkpoint_every_n_steps}"
+            )
+        if run.monitor_mode not in (None, "max", "min"):
+            raise UserError(f"run.monitor_mode must be max or min, got {run.monitor_mode!r}")
         root = Path(run.root)
-        ckpt = cfg.get("ckpt_path") if self.subcommand else None
-        # val/ rows in a training run's trace would change its best-grader row
-        version, ckpt = resolve_run(
-            root, name, ckpt, reuse_checkpoint_run=self.subcommand != "validate"
-        )
-        # DDP workers re-run this command line; they must log into rank 0's version even
-        # if rank 0 already created its directory.
+        ckpt = cfg.get("ckpt_path") if sub else None
+        # DDP workers re-run this command line; they must log into rank 0's version.
         if os.environ.get("LOCAL_RANK", "0") != "0" and _VERSION_ENV in os.environ:
-            version = os.environ[_VERSION_ENV]
+            self.run_dir = RunDir(root / name / os.environ[_VERSION_ENV])
+            if ckpt == "last":
+                ckpt = str(self.run_dir.last_ckpt)
         else:
-            os.environ[_VERSION_ENV] = version
-        if self.subcommand:
-            self.config_init[self.subcommand]["ckpt_path"] = ckpt
+            # val/ rows in a training run's trace would change its best row
+            self.run_dir, ckpt = resolve_run(
+                root, name, ckpt, reuse_checkpoint_run=sub != "validate"
+            )
+            os.environ[_VERSION_ENV] = self.run_dir.version
+        if sub:
+            cfg["ckpt_path"] = ckpt
+
+    def _run_config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        cfg = self._run_config()
+        run_dir: RunDir = self.run_dir
+        root, name, version = run_dir.path.parent.parent, run_dir.name, run_dir.version
         loggers = [
             TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
             # flushed often so that a killed run keeps its trace up to the crash
             AppendingCSVLogger(root, name=name, version=version, flush_logs_every_n_steps=10),
         ]
-        ckpt_dir = root / name / version / "checkpoints"
-        every = run.checkpoint_every_n_steps
-        if every < 0:
-            raise UserError(f"run.checkpoint_every_n_steps must be >= 0, got {every}")
+        monitor, mode = self.model.monitor()
+        if cfg.run.monitor is not None:
+            monitor, mode = cfg.run.monitor, cfg.run.monitor_mode or "max"
+        elif cfg.run.monitor_mode is not None:
+            mode = cfg.run.monitor_mode
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks")
         callbacks = list(configured or [])
         callbacks += [
             ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="best",
-                monitor="val/grader",
-                mode="max",
+                dirpath=run_dir.checkpoints,
+                filename=RunDir.BEST,
+                monitor=monitor,
+                mode=mode,
                 save_top_k=1,
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
             ),
             ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="last",
+                dirpath=run_dir.checkpoints,
+                filename=RunDir.LAST,
                 save_top_k=1,
-                every_n_train_steps=every or None,
+                every_n_train_steps=cfg.run.checkpoint_every_n_steps or None,
                 enable_version_counter=False,
             ),
         ]
         if self.subcommand == "fit":
-            callbacks.append(RunRecordCallback(root / name / version))
+            callbacks.append(RunRecordCallback(run_dir, monitor=monitor, mode=mode))
         kwargs["logger"] = loggers
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+
+def _task_specs(datamodule: SceneDataModule) -> dict[str, Any]:
+    return datamodule.task_specs
 
 
 def _user_error_in_chain(exc: BaseException) -> UserError | None:

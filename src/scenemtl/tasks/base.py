@@ -1,0 +1,136 @@
+"""What a task is: everything that differs between dense prediction tasks, in one object.
+
+A :class:`Task` is built from a *spec* (a plain, JSON-able dict: its kind plus what the
+dataset says about it, e.g. the class table) and *options* (the run's choices for it,
+e.g. the depth loss). Models, losses, metrics, TTA, augmentation, the files written by
+predict/submission and the ONNX export all loop over task objects and call the methods
+below; none of them asks which kind a task is. A new kind is one file with a subclass
+plus one line in :data:`scenemtl.tasks.TASK_KINDS`.
+
+Tasks are ``nn.Module`` s so that a task with state (the depth normalization statistics)
+moves with the model between devices and is saved in its checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+
+class Task(nn.Module):
+    """One dense prediction task.
+
+    Attributes:
+        kind: registry key of the subclass ("segmentation", "depth").
+        name: key of the task in batches, model outputs, metric names and file layouts.
+        channels: output channels the network emits for the task.
+        higher_is_better: direction of the headline metric (logged as ``<stage>/<name>``).
+        fill_value: target value where augmentation has no source pixel ("no label").
+        likelihood_scale: factor of the task's loss under uncertainty weighting
+            (Kendall et al. 2018): 1 for a softmax likelihood, 1/2 for a Gaussian one.
+    """
+
+    kind: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    fill_value: ClassVar[float] = 0.0
+    likelihood_scale: ClassVar[float] = 1.0
+    target_dtype: ClassVar[torch.dtype] = torch.float32
+
+    def __init__(self, name: str, channels: int) -> None:
+        super().__init__()
+        self.name = name
+        self.channels = int(channels)
+
+    # -- description -------------------------------------------------------------------
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON-able description this task was built from (kind + dataset facts)."""
+        return {"kind": self.kind}
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, channels={self.channels}"
+
+    # -- data --------------------------------------------------------------------------
+
+    def read_target(self, path: Path) -> np.ndarray:
+        """Ground truth of one image from its file, [H,W] in the task's units."""
+        raise NotImplementedError
+
+    def encode_png(self, prediction: np.ndarray) -> Image.Image:
+        """A decoded prediction [H,W] as the PNG a dataset of this task would hold."""
+        raise NotImplementedError
+
+    def adopt_stats(self, stats: Mapping[str, Any]) -> None:
+        """Take normalization statistics from ``dataset.json`` "stats" (default: none)."""
+
+    # -- training ----------------------------------------------------------------------
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """Scalar float32 loss of one output [B,C,H,W] against the batch target [B,H,W].
+
+        Must be finite and attached to the graph even without one labelled pixel.
+        """
+        raise NotImplementedError
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def decode(self, output: Tensor) -> Tensor:
+        """The network output [B,C,H,W] in the units metrics and files use ([B,H,W])."""
+        raise NotImplementedError
+
+    def make_metric(self) -> Metric:
+        """A fresh torchmetrics metric; ``compute()`` returns ``{name: headline, ...}``."""
+        raise NotImplementedError
+
+    # -- test-time augmentation: views are averaged in this space ------------------------
+
+    def to_merge_space(self, output: Tensor) -> Tensor:
+        """One view's output [B,C,H,W] in the space where views are averaged."""
+        return output.float()
+
+    def from_merge_space(self, mean: Tensor) -> Tensor:
+        """The averaged views back as a network output [B,C,H,W]."""
+        return mean
+
+    def single_view(self, output: Tensor) -> Tensor:
+        """What a one-view TTA returns: the output as :meth:`from_merge_space` would."""
+        return output
+
+    # -- pictures and export -----------------------------------------------------------
+
+    def colorize(self, values: np.ndarray) -> np.ndarray:
+        """A decoded prediction or target [H,W] as uint8 RGB [H,W,3]."""
+        raise NotImplementedError
+
+    def histogram_values(self, prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Values worth a histogram in TensorBoard: (predicted, ground truth), or None."""
+        return None
+
+    def export_outputs(self, output: Tensor) -> dict[str, Tensor]:
+        """Named graph outputs of the ONNX export for the final output [B,C,H,W]."""
+        return {self.name: self.decode(output)}
+
+    def compare_export(
+        self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
+    ) -> tuple[bool, str]:
+        """Whether an exported model's outputs match torch's (by this task's own rule).
+
+        Args:
+            reference, candidate: output name -> array, for the names of
+                :meth:`export_outputs` (torch eager vs onnxruntime).
+
+        Returns:
+            (within tolerance, one line of figures).
+        """
+        raise NotImplementedError
+
+    def describe_prediction(self, prediction: np.ndarray) -> str:
+        """A few words about one decoded prediction, for the predict command's log."""
+        return ""
