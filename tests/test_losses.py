@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from scenemtl.depth_space import DEPTH_SPACES, DepthSpace, decode_predictions
+from scenemtl.data.format import IGNORE_INDEX
+from scenemtl.depth_space import DEPTH_SPACES, DepthSpace
+from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
-from scenemtl.losses import MultiTaskLoss, depth_loss, semseg_loss
-from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG
+from scenemtl.losses import MultiTaskLoss
+from scenemtl.models.registry import ModelConfig
+from scenemtl.tasks import DepthTask, SegmentationTask, build_tasks, legacy_task_specs
+from scenemtl.tasks.depth import depth_loss
+from scenemtl.tasks.segmentation import cross_entropy_loss
 from scenemtl.weighting import build_weighting
 
 STATS = {
@@ -21,6 +26,18 @@ def np_encode(kind: str, d: np.ndarray) -> np.ndarray:
     key = {"meters": "depth_m", "log": "depth_log", "inverse": "depth_inv"}[kind]
     raw = {"meters": d, "log": np.log(d), "inverse": 1.0 / d}[kind]
     return (raw - STATS[key]["mean"]) / STATS[key]["std"]
+
+
+def course_tasks(**depth_options: object) -> tuple[SegmentationTask, DepthTask]:
+    """The course's semseg and depth tasks, depth normalized with :data:`STATS`."""
+    options = {"depth": depth_options} if depth_options else None
+    semseg, depth = build_tasks(legacy_task_specs(), options)
+    assert isinstance(semseg, SegmentationTask) and isinstance(depth, DepthTask)
+    depth.adopt_stats(STATS)
+    return semseg, depth
+
+
+SEMSEG, DEPTH = course_tasks()
 
 
 def gt_depth(seed: int = 0, shape=(2, 3, 4)) -> torch.Tensor:
@@ -103,14 +120,25 @@ def test_set_stats_replaces_normalization_in_place():
     assert space.decode(torch.tensor([1.0])).item() == pytest.approx(35.0)
 
 
-def test_decode_predictions_takes_last_output_and_decodes():
-    space = DepthSpace("inverse", STATS)
-    logits = torch.randn(2, SEMSEG.channels, 3, 4)
-    depth = torch.randn(2, 1, 3, 4)
-    outputs = {SEMSEG.name: [torch.zeros_like(logits), logits], DEPTH.name: [depth * 0, depth]}
-    preds = decode_predictions(outputs, space)
-    assert torch.equal(preds[SEMSEG.name], logits.argmax(1))
-    torch.testing.assert_close(preds[DEPTH.name], space.decode(depth[:, 0]))
+def test_tasks_decode_to_labels_and_meters():
+    semseg, depth = course_tasks(space="inverse")
+    logits = torch.randn(2, semseg.channels, 3, 4)
+    out = torch.randn(2, 1, 3, 4)
+    assert torch.equal(semseg.decode(logits), logits.argmax(1))
+    torch.testing.assert_close(depth.decode(out), depth.space.decode(out[:, 0]))
+
+
+def test_module_decode_takes_last_output_and_decodes():
+    net = ModelConfig(architecture="joint", encoder="resnet18", channels=8, skip_channels=4)
+    module = MultiTaskModule(net=net, depth_space="inverse")
+    module.adopt_dataset_stats(STATS)
+    semseg, depth = module.task_list
+    logits = torch.randn(2, semseg.channels, 3, 4)
+    out = torch.randn(2, 1, 3, 4)
+    outputs = {semseg.name: [torch.zeros_like(logits), logits], depth.name: [out * 0, out]}
+    preds = module.decode(outputs)
+    assert torch.equal(preds[semseg.name], logits.argmax(1))
+    torch.testing.assert_close(preds[depth.name], depth.space.decode(out[:, 0]))
 
 
 # --------------------------------------------------------------------------------------
@@ -128,19 +156,19 @@ def np_cross_entropy(logits: np.ndarray, target: np.ndarray) -> float:
     return float(-logp[np.arange(len(t)), t].mean())
 
 
-def test_semseg_loss_matches_numpy_with_ignore():
+def test_cross_entropy_loss_matches_numpy_with_ignore():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, SEMSEG.channels, 3, 4, generator=g) * 3
     target = torch.randint(0, SEMSEG.channels, (2, 3, 4), generator=g)
     target[0, 1] = IGNORE_INDEX
-    got = semseg_loss(logits, target).item()
+    got = cross_entropy_loss(logits, target).item()
     assert got == pytest.approx(np_cross_entropy(logits.numpy(), target.numpy()), rel=1e-5)
 
 
-def test_semseg_loss_without_labels_is_zero_with_gradient():
+def test_cross_entropy_loss_without_labels_is_zero_with_gradient():
     logits = torch.randn(1, SEMSEG.channels, 2, 2, requires_grad=True)
     target = torch.full((1, 2, 2), IGNORE_INDEX)
-    loss = semseg_loss(logits, target)
+    loss = cross_entropy_loss(logits, target)
     loss.backward()
     assert loss.item() == 0.0
     assert torch.all(logits.grad == 0)
@@ -249,24 +277,24 @@ def make_outputs(n: int, seed: int = 1, requires_grad: bool = False):
 
 
 def test_multitask_loss_sums_deep_supervision_and_applies_weights():
-    space = DepthSpace("log", STATS)
-    weighting = build_weighting("fixed", {SEMSEG.name: 0.5, DEPTH.name: 2.0})
-    crit = MultiTaskLoss(space, depth_loss="l1", weighting=weighting)
+    tasks = course_tasks(space="log", loss="l1")
+    semseg, depth = tasks
+    weighting = build_weighting("fixed", {semseg.name: 0.5, depth.name: 2.0}, tasks=tasks)
+    crit = MultiTaskLoss(tasks, weighting=weighting)
     batch, outputs = make_batch(), make_outputs(3)
     out = crit(outputs, batch)
-    sem = sum(semseg_loss(p, batch[SEMSEG.name]) for p in outputs[SEMSEG.name])
-    dep = sum(depth_loss(p, batch[DEPTH.name], space, "l1") for p in outputs[DEPTH.name])
-    assert out.tasks[SEMSEG.name].item() == pytest.approx(sem.item(), rel=1e-6)
-    assert out.tasks[DEPTH.name].item() == pytest.approx(dep.item(), rel=1e-6)
+    sem = sum(cross_entropy_loss(p, batch[semseg.name]) for p in outputs[semseg.name])
+    dep = sum(depth_loss(p, batch[depth.name], depth.space, "l1") for p in outputs[depth.name])
+    assert out.tasks[semseg.name].item() == pytest.approx(sem.item(), rel=1e-6)
+    assert out.tasks[depth.name].item() == pytest.approx(dep.item(), rel=1e-6)
     assert out.total.item() == pytest.approx(0.5 * sem.item() + 2.0 * dep.item(), rel=1e-6)
-    assert len(out.parts[DEPTH.name]) == 3
+    assert len(out.parts[depth.name]) == 3
     logged = out.log_dict("train/loss")
-    assert set(logged) >= {"train/loss", f"train/loss_{DEPTH.name}", f"weight_{SEMSEG.name}"}
+    assert set(logged) >= {"train/loss", f"train/loss_{depth.name}", f"weight_{semseg.name}"}
 
 
 def test_multitask_loss_accepts_single_tensors_and_upsamples_aux_outputs():
-    space = DepthSpace("meters", STATS)
-    crit = MultiTaskLoss(space, depth_loss="l2")
+    crit = MultiTaskLoss(course_tasks(space="meters", loss="l2"))
     batch = make_batch()
     full = make_outputs(1)
     low = {
@@ -279,8 +307,8 @@ def test_multitask_loss_accepts_single_tensors_and_upsamples_aux_outputs():
 
 
 def test_multitask_loss_backpropagates_to_every_output_and_weighting():
-    space = DepthSpace("inverse", STATS)
-    crit = MultiTaskLoss(space, depth_loss="silog", weighting=build_weighting("uncertainty"))
+    tasks = course_tasks(space="inverse", loss="silog")
+    crit = MultiTaskLoss(tasks, weighting=build_weighting("uncertainty", tasks=tasks))
     assert any(p is crit.weighting.log_vars for p in crit.parameters())
     outputs = make_outputs(2, requires_grad=True)
     batch = make_batch()
@@ -296,12 +324,14 @@ def test_multitask_loss_backpropagates_to_every_output_and_weighting():
 
 
 def test_multitask_loss_config_errors():
-    space = DepthSpace("log", STATS)
-    with pytest.raises(UserError, match="unknown depth loss"):
-        MultiTaskLoss(space, depth_loss="huber")
+    # the depth loss and its lambda are options of the depth task
+    with pytest.raises(UserError, match="depth loss 'huber' unknown"):
+        build_tasks(legacy_task_specs(), {"depth": {"loss": "huber"}})
     with pytest.raises(UserError, match="silog_lambda"):
-        MultiTaskLoss(space, silog_lambda=1.5)
-    crit = MultiTaskLoss(space)
+        build_tasks(legacy_task_specs(), {"depth": {"silog_lambda": 1.5}})
+    with pytest.raises(UserError, match="unknown depth loss"):
+        depth_loss(torch.zeros(1, 1, 2, 2), torch.ones(1, 2, 2), DEPTH.space, "huber")
+    crit = MultiTaskLoss(course_tasks(space="log"))
     with pytest.raises(KeyError, match=DEPTH.name):
         crit({SEMSEG.name: make_outputs(1)[SEMSEG.name]}, make_batch())
     batch = make_batch()
