@@ -5,13 +5,22 @@ import pytest
 import torch
 
 from scenemtl.errors import UserError
-from scenemtl.tasks import DEPTH, SEMSEG, TASK_NAMES
+from scenemtl.tasks import build_tasks, legacy_task_specs
 from scenemtl.weighting import (
     DynamicWeightAveraging,
     FixedWeighting,
     UncertaintyWeighting,
     build_weighting,
 )
+
+TASKS = build_tasks(legacy_task_specs())
+SEMSEG, DEPTH = TASKS
+TASK_NAMES = tuple(t.name for t in TASKS)
+
+
+def weighting(method: str, weights=None, **kw):
+    """``build_weighting`` for the course's two tasks."""
+    return build_weighting(method, weights, tasks=TASKS, **kw)
 
 
 def losses(sem: float, dep: float, requires_grad: bool = False) -> dict[str, torch.Tensor]:
@@ -22,7 +31,7 @@ def losses(sem: float, dep: float, requires_grad: bool = False) -> dict[str, tor
 
 
 def test_fixed_weights_sum_and_default_one():
-    w = build_weighting("fixed", {DEPTH.name: 0.25})
+    w = weighting("fixed", {DEPTH.name: 0.25})
     assert isinstance(w, FixedWeighting)
     total, weights = w(losses(2.0, 8.0))
     assert total.item() == pytest.approx(2.0 * 1.0 + 8.0 * 0.25)
@@ -42,28 +51,33 @@ def test_fixed_weights_sum_and_default_one():
 )
 def test_bad_weights_are_user_errors(weights, fragment):
     with pytest.raises(UserError, match=fragment):
-        build_weighting("fixed", weights)
+        weighting("fixed", weights)
 
 
 def test_unknown_method_and_option_are_user_errors():
     with pytest.raises(UserError, match="unknown loss weighting"):
-        build_weighting("gradnorm")
+        weighting("gradnorm")
     with pytest.raises(UserError, match="does not take"):
-        build_weighting("fixed", temperature=2.0)
+        weighting("fixed", temperature=2.0)
     with pytest.raises(UserError, match="does not take"):
-        build_weighting("dwa", init_log_var=0.0)
+        weighting("dwa", init_log_var=0.0)
     with pytest.raises(UserError, match="temperature"):
-        build_weighting("dwa", temperature=0.0)
+        weighting("dwa", temperature=0.0)
+
+
+def test_weighting_needs_tasks():
+    with pytest.raises(ValueError, match="at least one task"):
+        build_weighting("fixed")
 
 
 def test_missing_task_loss_is_an_error():
-    w = build_weighting("fixed")
+    w = weighting("fixed")
     with pytest.raises(KeyError):
         w({SEMSEG.name: torch.tensor(1.0)})
 
 
 def test_uncertainty_total_and_gradients_match_kendall_formula():
-    w = build_weighting("uncertainty", init_log_var={SEMSEG.name: 0.3, DEPTH.name: -0.2})
+    w = weighting("uncertainty", init_log_var={SEMSEG.name: 0.3, DEPTH.name: -0.2})
     assert isinstance(w, UncertaintyWeighting)
     # the optimizer of an owning module must see the log variances
     assert any(p is w.log_vars for p in w.parameters())
@@ -83,7 +97,7 @@ def test_uncertainty_total_and_gradients_match_kendall_formula():
 
 
 def test_uncertainty_learns_larger_variance_for_larger_loss():
-    w = build_weighting("uncertainty")
+    w = weighting("uncertainty")
     opt = torch.optim.SGD(w.parameters(), lr=0.1)
     for _ in range(50):
         opt.zero_grad()
@@ -106,7 +120,7 @@ def dwa_reference(history: list[list[float]], temperature: float, k: int = 2) ->
 
 
 def test_dwa_follows_formula_on_hand_example():
-    w = build_weighting("dwa", temperature=2.0)
+    w = weighting("dwa", temperature=2.0)
     assert isinstance(w, DynamicWeightAveraging)
     epochs = [[2.0, 4.0], [1.0, 3.0], [0.9, 1.5]]
     seen: list[list[float]] = []
@@ -127,7 +141,7 @@ def test_dwa_follows_formula_on_hand_example():
 
 
 def test_dwa_accumulates_training_losses_only():
-    w = build_weighting("dwa", temperature=1.0)
+    w = weighting("dwa", temperature=1.0)
     w.train()
     for ls, ld in [(2.0, 1.0), (4.0, 3.0)]:  # epoch 1 means (3, 2)
         w(losses(ls, ld))
@@ -147,17 +161,17 @@ def test_dwa_accumulates_training_losses_only():
 
 
 def test_dwa_epoch_without_steps_is_ignored():
-    w = build_weighting("dwa")
+    w = weighting("dwa")
     w.on_epoch_end()
     assert int(w.epochs_done) == 0
 
 
 def test_dwa_state_survives_state_dict_round_trip():
-    a = build_weighting("dwa", temperature=2.0)
+    a = weighting("dwa", temperature=2.0)
     a.on_epoch_end({SEMSEG.name: 2.0, DEPTH.name: 4.0})
     a.train()
     a(losses(1.0, 1.0))  # a partially accumulated epoch, as in a mid-epoch checkpoint
-    b = build_weighting("dwa", temperature=2.0)
+    b = weighting("dwa", temperature=2.0)
     b.load_state_dict(a.state_dict())
     for m in (a, b):
         m.on_epoch_end()
@@ -166,10 +180,10 @@ def test_dwa_state_survives_state_dict_round_trip():
 
 
 def test_uncertainty_state_survives_state_dict_round_trip():
-    a = build_weighting("uncertainty")
+    a = weighting("uncertainty")
     with torch.no_grad():
         a.log_vars.copy_(torch.tensor([0.5, -1.0]))
-    b = build_weighting("uncertainty")
+    b = weighting("uncertainty")
     b.load_state_dict(a.state_dict())
     assert a.current_weights() == b.current_weights()
     assert b.current_weights()[SEMSEG.name] == pytest.approx(math.exp(-0.5), rel=1e-6)
@@ -188,17 +202,17 @@ EPOCHS = [[(2.0, 1.0), (4.0, 3.0)], [(1.5, 2.0), (1.0, 2.5)], [(1.0, 1.0), (0.5,
 
 
 def reference_run() -> dict[str, float]:
-    w = build_weighting("dwa")
+    w = weighting("dwa")
     for e, steps in enumerate(EPOCHS):
         run_epoch(w, e, steps)
     return w.current_weights()
 
 
 def test_dwa_resume_from_mid_epoch_checkpoint_is_exact():
-    a = build_weighting("dwa")
+    a = weighting("dwa")
     run_epoch(a, 0, EPOCHS[0])
     run_epoch(a, 1, EPOCHS[1][:1], close=False)  # killed mid-epoch 1
-    b = build_weighting("dwa")
+    b = weighting("dwa")
     b.load_state_dict(a.state_dict())
     run_epoch(b, 1, EPOCHS[1][1:])  # the resumed epoch 1 starts again at epoch index 1
     run_epoch(b, 2, EPOCHS[2])
@@ -206,10 +220,10 @@ def test_dwa_resume_from_mid_epoch_checkpoint_is_exact():
 
 
 def test_dwa_resume_from_checkpoint_taken_before_epoch_end_hook_is_exact():
-    a = build_weighting("dwa")
+    a = weighting("dwa")
     run_epoch(a, 0, EPOCHS[0])
     run_epoch(a, 1, EPOCHS[1], close=False)  # saved after the last step, hook not yet run
-    b = build_weighting("dwa")
+    b = weighting("dwa")
     b.load_state_dict(a.state_dict())
     run_epoch(b, 2, EPOCHS[2])  # on_epoch_start(2) closes epoch 1 first
     assert b.current_weights() == pytest.approx(reference_run(), rel=1e-12)
