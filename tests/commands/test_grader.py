@@ -20,18 +20,27 @@ import pytest
 import torch
 from PIL import Image
 
+from scenemtl.commands.grader import (
+    GradeLimits,
+    SubmissionError,
+    add_grade_parser,
+    grade,
+    grade_submission,
+)
 from scenemtl.data.format import (
+    IGNORE_INDEX,
     METERS16,
     decode_depth,
     encode_depth,
     label_path,
     read_depth,
+    read_info,
     read_semseg,
+    write_info,
 )
-from scenemtl.errors import UserError
-from scenemtl.commands.grader import GradeLimits, SubmissionError, add_grade_parser, grade
+from scenemtl.errors import DataFormatError, UserError
 from scenemtl.metrics import MultiTaskMetrics
-from scenemtl.tasks import IGNORE_INDEX
+from scenemtl.tasks import build_tasks, legacy_task_specs
 from tests.conftest import write_random_dataset
 
 SIZE_HW = (12, 20)
@@ -50,11 +59,13 @@ def gt_root(tmp_path_factory) -> Path:
     return root
 
 
-def gt_members(root: Path, split: str = "test") -> list[tuple[str, bytes]]:
+def gt_members(
+    root: Path, split: str = "test", tasks: tuple[str, ...] = ("semseg", "depth")
+) -> list[tuple[str, bytes]]:
     """The ground truth's own PNG files, named as predictions."""
     out = []
     for i in range(N):
-        for task in ("semseg", "depth"):
+        for task in tasks:
             out.append(
                 (f"predictions/{task}/{i}.png", label_path(root, split, task, i).read_bytes())
             )
@@ -150,7 +161,7 @@ def test_reencoded_ground_truth_is_perfect_up_to_quantization(tmp_path, gt_root)
 
 def test_scores_equal_the_training_metrics(tmp_path, gt_root):
     rng = np.random.default_rng(0)
-    members, reference = [], MultiTaskMetrics()
+    members, reference = [], MultiTaskMetrics(build_tasks(legacy_task_specs()))
     for i in range(N):
         gt_sem, gt_depth = load_gt(gt_root, i)
         sem = rng.integers(0, 19, SIZE_HW).astype(np.uint8)
@@ -361,6 +372,83 @@ def test_missing_submission_and_split_without_gt(tmp_path, gt_root):
 
 
 # --------------------------------------------------------------------------------------
+# the dataset defines the tasks; the submission picks which of them it is graded on
+
+
+def with_classes(root: Path, n: int, wrap_labels: bool = True) -> Path:
+    """Give a dataset root an n-class table (labels wrapped into 0..n-1 unless told)."""
+    info = read_info(root)
+    info.classes = [{"name": f"c{k}", "color": [k, 2 * k, 3 * k]} for k in range(n)]
+    write_info(root, info)
+    if wrap_labels:
+        for i in range(info.split_size("test")):
+            path = label_path(root, "test", "semseg", i)
+            labels = np.asarray(Image.open(path))
+            Image.fromarray(np.where(labels == IGNORE_INDEX, labels, labels % n)).save(path)
+    return root
+
+
+def test_seven_class_ground_truth_grades_a_seven_class_submission(tmp_path, gt_root):
+    root = tmp_path / "gt7"
+    shutil.copytree(gt_root, root)
+    with_classes(root, 7)
+    members = gt_members(root)
+    m = grade(pack(tmp_path / "s.zip", members), root)
+    assert m["semseg"] == 100.0 and m["grader"] == 100.0
+    assert [k for k in m if k.startswith("semseg_iou/")] == [f"semseg_iou/c{k}" for k in range(7)]
+    # a label that is a class for Cityscapes but not for this table is refused
+    pred = read_semseg(label_path(root, "test", "semseg", 1)).copy()
+    pred[0, 0] = 7
+    with pytest.raises(SubmissionError) as exc:
+        grade(
+            pack(tmp_path / "bad.zip", replace(members, "predictions/semseg/1.png", png(pred))),
+            root,
+        )
+    message = str(exc.value)
+    assert "predictions/semseg/1.png" in message and "label values [7]" in message
+    assert "7-class table" in message and "\n" not in message
+
+
+def test_ground_truth_labels_outside_the_table_name_the_file(tmp_path, gt_root, capsys):
+    root = tmp_path / "gt7"
+    shutil.copytree(gt_root, root)
+    with_classes(root, 7, wrap_labels=False)  # labels up to 16 stay: the GT is broken
+    zip_path = pack(tmp_path / "s.zip", gt_members(gt_root))
+    with pytest.raises(DataFormatError) as exc:
+        grade(zip_path, root)
+    message = str(exc.value)
+    assert str(label_path(root, "test", "semseg", 0)) in message
+    assert "outside the 7-class table" in message and "\n" not in message
+    # through the command line: one line, exit status 1, no traceback
+    from scenemtl.cli import _run_guarded
+
+    args = parse(["grade", str(zip_path), "--gt", str(root)])
+    assert _run_guarded(lambda: args.func(args)) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "semseg/0.png" in err
+
+
+@pytest.mark.parametrize("task", ["semseg", "depth"])
+def test_single_task_submission_is_graded_on_that_task(tmp_path, gt_root, task):
+    result = grade_submission(pack(tmp_path / "s.zip", gt_members(gt_root, tasks=(task,))), gt_root)
+    assert [t.name for t in result.tasks] == [task]
+    m = result.metrics
+    assert m[task] == (100.0 if task == "semseg" else 0.0)
+    assert "grader" not in m
+    other = "depth" if task == "semseg" else "semseg"
+    assert not [k for k in m if k.startswith(other)]
+
+
+def test_submission_without_any_task_or_with_an_empty_task_folder(tmp_path, gt_root):
+    with pytest.raises(SubmissionError, match=r"'predictions/semseg/0\.png': missing: the archive"):
+        grade(pack(tmp_path / "none.zip", [("best.ckpt", b"x")]), gt_root)
+    # a task folder without its files is a task predicted and missing, not a task skipped
+    members = [*gt_members(gt_root, tasks=("semseg",)), ("predictions/depth/", b"")]
+    with pytest.raises(SubmissionError, match=rf"'predictions/depth/0\.png': missing and {N - 1}"):
+        grade(pack(tmp_path / "empty.zip", members), gt_root)
+
+
+# --------------------------------------------------------------------------------------
 # command line
 
 
@@ -396,3 +484,15 @@ def test_cli_limits_reach_the_grader(tmp_path, gt_root):
         args.func(args)
     with pytest.raises(SystemExit):
         parse(["grade", zip_path, "--gt", str(gt_root), "--max-ratio", "-3"])
+
+
+def test_cli_lists_the_headline_of_each_graded_task(tmp_path, gt_root, capsys):
+    zip_path = str(pack(tmp_path / "s.zip", gt_members(gt_root, tasks=("semseg",))))
+    args = parse(["grade", zip_path, "--gt", str(gt_root)])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.splitlines() == ["semseg   100.00   mean IoU (%)"]
+    zip_path = str(pack(tmp_path / "d.zip", gt_members(gt_root, tasks=("depth",))))
+    args = parse(["grade", zip_path, "--gt", str(gt_root), "--json"])
+    assert args.func(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["depth"] == 0.0 and "grader" not in data and "semseg" not in data

@@ -9,9 +9,17 @@ A submission is untrusted input. The grader
   other non-regular entries, encrypted members, members larger than a size cap or
   inflating more than a compression-ratio cap (counted on the bytes actually
   decompressed, not on the headers), missing, duplicate or unexpected prediction files,
-  images that are not PNG or have the wrong size or mode, semseg labels outside 0..18
-  and 255, depth predictions that are invalid (0) where the ground truth is valid;
+  images that are not PNG or have the wrong size or mode, semseg labels outside the
+  ground truth's class table and 255, depth predictions that are invalid (0) where the
+  ground truth is valid;
 * scores with the metric classes training uses (:class:`~scenemtl.metrics.MultiTaskMetrics`).
+
+The ground truth's ``dataset.json`` defines the tasks and the class table
+(:func:`~scenemtl.tasks.dataset_task_specs`): a 7-class dataset grades 7-class
+predictions. The tasks graded are those the submission has a ``predictions/<task>/``
+folder for (all of its ids must be there): a semseg-only submission is scored on semseg
+alone. The course's ``grader`` metric needs both ``semseg`` and ``depth``. Ground truth
+label values outside the class table are refused with one line naming the GT file.
 
 A semseg prediction of 255 ("no class") is allowed; at a labelled pixel it counts as a
 miss of the ground-truth class (in that class's union, in no other class's), which
@@ -39,20 +47,21 @@ from PIL import Image
 
 from scenemtl.argtypes import positive_float
 from scenemtl.commands.submission import MANIFEST_NAME, PREDICTIONS_DIR, prediction_name
+from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.errors import DataFormatError, UserError
-from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG, TASKS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     import numpy as np
     from torchmetrics import Metric
 
-# numpy, torch and the metrics are imported where they are used: `scenemtl --help` and
-# the other tools build this module's parser and should not pay for loading torch.
+    from scenemtl.tasks.base import Task
+
+# torch, the tasks and the metrics are imported where they are used: `scenemtl --help`
+# and the other tools build this module's parser and should not pay for loading torch.
 
 MiB = 2**20
-
-SEMSEG_MODES = ("L", "P")  # P: palette indices are the trainIds, as for ground truth
-DEPTH_MODES = ("L", "I;16", "I;16B", "I;16L", "I")
 
 _PREDICTION = re.compile(r"^(0|[1-9][0-9]*)\.png$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -104,8 +113,8 @@ def _submission_semseg_class() -> type[Metric]:
 
         missed: Tensor
 
-        def __init__(self) -> None:
-            super().__init__(num_classes=SEMSEG.channels, prefix=SEMSEG.name)
+        def __init__(self, num_classes: int, names: list[str], prefix: str) -> None:
+            super().__init__(num_classes=num_classes, names=names, prefix=prefix)
             self.add_state(
                 "missed",
                 default=torch.zeros(self.num_classes, dtype=torch.long),
@@ -217,9 +226,17 @@ def _open_archive(zip_path: Path) -> zipfile.ZipFile:
         ) from None
 
 
-def _index_predictions(zf: zipfile.ZipFile, size: int) -> dict[str, dict[int, zipfile.ZipInfo]]:
-    """task -> id -> member; rejects unexpected, duplicate and missing prediction files."""
-    found: dict[str, dict[int, zipfile.ZipInfo]] = {t.name: {} for t in TASKS}
+def _index_predictions(
+    zf: zipfile.ZipFile, tasks: Sequence[str], size: int
+) -> dict[str, dict[int, zipfile.ZipInfo]]:
+    """task -> id -> member for the tasks the submission predicts (those with anything
+    under ``predictions/<task>/``), in the order of ``tasks``.
+
+    Rejects unexpected, duplicate and missing prediction files, and a submission that
+    predicts none of the tasks.
+    """
+    found: dict[str, dict[int, zipfile.ZipInfo]] = {t: {} for t in tasks}
+    folders: set[str] = set()
     allowed_dirs = {f"{PREDICTIONS_DIR}/", *(f"{PREDICTIONS_DIR}/{t}/" for t in found)}
     for info in zf.infolist():
         name = info.filename
@@ -228,31 +245,42 @@ def _index_predictions(zf: zipfile.ZipFile, size: int) -> dict[str, dict[int, zi
         if info.is_dir():
             if name not in allowed_dirs:
                 raise _fail(name, f"unexpected folder under {PREDICTIONS_DIR}/")
+            folders.add(name.split("/")[1])
             continue
         parts = name.split("/")
         match = _PREDICTION.match(parts[2]) if len(parts) == 3 else None
         if parts[1] not in found or match is None:
-            raise _fail(name, f"unexpected file; {PREDICTIONS_DIR}/ holds only {{task}}/{{id}}.png")
+            raise _fail(
+                name,
+                f"unexpected file; {PREDICTIONS_DIR}/ holds only {{task}}/{{id}}.png for the "
+                f"tasks {', '.join(tasks)}",
+            )
         index = int(match.group(1))
         if index >= size:
             raise _fail(name, f"id {index} is not in the split (ids 0..{size - 1})")
         if index in found[parts[1]]:
             raise _fail(name, "duplicate entry")
         found[parts[1]][index] = info
-    if not any(found.values()):
+    present = {t: members for t, members in found.items() if members or t in folders}
+    if not present:
         nested = [i.filename for i in zf.infolist() if f"/{PREDICTIONS_DIR}/" in i.filename]
         if nested:
             raise _fail(
-                prediction_name(SEMSEG.name, 0),
+                prediction_name(tasks[0], 0),
                 f"missing: {PREDICTIONS_DIR}/ must be at the top of the archive, found "
                 f"{nested[0]!r} (was the archive repacked?)",
             )
-    for task, members in found.items():
+        raise _fail(
+            prediction_name(tasks[0], 0),
+            f"missing: the archive predicts no task ({PREDICTIONS_DIR}/<task>/ for one of "
+            f"{', '.join(tasks)})",
+        )
+    for task, members in present.items():
         missing = [i for i in range(size) if i not in members]
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise _fail(prediction_name(task, missing[0]), f"missing{more}")
-    return found
+    return present
 
 
 def _manifest_hashes(zf: zipfile.ZipFile, limits: GradeLimits) -> dict[str, str]:
@@ -303,33 +331,44 @@ def _decode_png(
 # grading
 
 
-def grade(
+@dataclass
+class Grade:
+    """The outcome of :func:`grade_submission`."""
+
+    tasks: list[Task]
+    """The tasks graded (those the submission predicts), in the dataset's order."""
+    metrics: dict[str, float]
+    """As training names them (``semseg``, ``semseg_iou/<class>``, ``depth``,
+    ``depth_mae``, ..., ``grader``): floats, NaN where undefined."""
+
+
+def grade_submission(
     zip_path: str | os.PathLike,
     gt_root: str | os.PathLike,
     split: str = "test",
     limits: GradeLimits | None = None,
-) -> dict[str, float]:
+) -> Grade:
     """Score a submission's predictions against a dataset split's ground truth.
 
     Args:
         zip_path: the submission archive.
-        gt_root: dataset root whose ``split`` holds semseg and depth ground truth.
+        gt_root: dataset root; its ``dataset.json`` defines the tasks and the class table
+            and its ``split`` holds their ground truth.
         split: the split the predictions are of.
         limits: size and ratio caps (default :class:`GradeLimits`).
 
     Returns:
-        the metrics as training names them (``semseg``, ``semseg_iou/<class>``,
-        ``depth``, ``depth_mae``, ..., ``grader``): floats, NaN where undefined.
+        the tasks graded (those with a ``predictions/<task>/`` folder) and their metrics,
+        plus ``grader`` when both ``semseg`` and ``depth`` are graded.
 
     Raises:
         SubmissionError: anything wrong with the archive (message names the member).
-        UserError: a missing or malformed ground truth.
+        UserError: a missing or malformed ground truth (message names the file).
     """
-    import numpy as np
     import torch
 
-    from scenemtl.data.format import label_path, read_depth, read_info, read_semseg
-    from scenemtl.metrics import MultiTaskMetrics
+    from scenemtl.data.format import label_path, read_info
+    from scenemtl.tasks import build_tasks, dataset_task_specs
 
     limits = limits or GradeLimits()
     zip_path, gt_root = Path(zip_path), Path(gt_root)
@@ -339,74 +378,137 @@ def grade(
         raise UserError(f"{gt_root}: split {split!r} has no ground truth to grade against")
     if size == 0:
         raise UserError(f"{gt_root}: split {split!r} is empty; nothing to grade")
-    metrics = MultiTaskMetrics()
-    metrics.tasks[SEMSEG.name] = _submission_semseg_class()()
+    available = {t.name: t for t in build_tasks(dataset_task_specs(info))}
     with _open_archive(zip_path) as zf:
         for member in zf.infolist():
             check_member_name(member)
-        found = _index_predictions(zf, size)
+        found = _index_predictions(zf, list(available), size)
+        tasks = [available[name] for name in found]
+        for task in tasks:
+            _prediction_reader(task)  # an unknown kind fails before any reading
+        metrics = _submission_metrics(tasks)
         hashes = _manifest_hashes(zf, limits)
         for index in range(size):
-            gt_sem = read_semseg(label_path(gt_root, split, SEMSEG.name, index))
-            gt_depth = read_depth(label_path(gt_root, split, DEPTH.name, index))
+            targets = {
+                t.name: t.read_target(label_path(gt_root, split, t.name, index)) for t in tasks
+            }
             preds: dict[str, np.ndarray] = {}
-            for task in TASKS:
+            for task in tasks:
                 member = found[task.name][index]
                 payload = read_member(zf, member, limits)
                 expected = hashes.get(member.filename)
                 if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
                     raise _fail(member.filename, f"sha256 differs from {MANIFEST_NAME}")
-                preds[task.name] = _check_prediction(
-                    member.filename, payload, task.name, gt_sem.shape, gt_depth
-                )
-            batch = {
-                SEMSEG.name: torch.from_numpy(gt_sem.astype(np.int64))[None],
-                DEPTH.name: torch.from_numpy(gt_depth)[None],
-            }
-            metrics.update({k: torch.from_numpy(v)[None] for k, v in preds.items()}, batch)
-    return {k: float(v) for k, v in metrics.compute().items()}
+                read = _prediction_reader(task)
+                preds[task.name] = read(task, member.filename, payload, targets[task.name])
+            metrics.update(
+                {k: torch.from_numpy(v)[None] for k, v in preds.items()},
+                {k: torch.from_numpy(v)[None] for k, v in targets.items()},
+            )
+    return Grade(tasks=tasks, metrics={k: float(v) for k, v in metrics.compute().items()})
 
 
-def _check_prediction(
-    name: str, payload: bytes, task: str, size_hw: tuple[int, int], gt_depth: np.ndarray
-) -> np.ndarray:
-    """Decode and validate one prediction PNG: int64 labels or float32 meters [H,W]."""
+def grade(
+    zip_path: str | os.PathLike,
+    gt_root: str | os.PathLike,
+    split: str = "test",
+    limits: GradeLimits | None = None,
+) -> dict[str, float]:
+    """The metrics of :func:`grade_submission` (same arguments and errors)."""
+    return grade_submission(zip_path, gt_root, split=split, limits=limits).metrics
+
+
+def _submission_metrics(tasks: Sequence[Task]) -> Any:
+    """The training's metrics of ``tasks``, with segmentation taking 255 as a prediction."""
+    from scenemtl.metrics import MultiTaskMetrics, SemsegMetrics
+
+    metrics = MultiTaskMetrics(tasks)
+    for name, metric in list(metrics.tasks.items()):
+        if isinstance(metric, SemsegMetrics):
+            metrics.tasks[name] = _submission_semseg_class()(
+                metric.num_classes, metric.names, metric.prefix
+            )
+    return metrics
+
+
+# --------------------------------------------------------------------------------------
+# reading predictions: what the grader accepts from untrusted files, per kind of task
+
+SEMSEG_MODES = ("L", "P")  # P: palette indices are the labels, as for ground truth
+DEPTH_MODES = ("L", "I;16", "I;16B", "I;16L", "I")
+
+
+def _read_labels(task: Task, name: str, payload: bytes, target: np.ndarray) -> np.ndarray:
+    """A segmentation prediction: int64 labels [H,W], 0..N-1 or 255 (no class)."""
     import numpy as np
 
+    image = _decode_png(name, payload, SEMSEG_MODES, target.shape)
+    labels = np.asarray(image, dtype=np.uint8)
+    bad = (labels >= task.channels) & (labels != IGNORE_INDEX)
+    if bad.any():
+        values = sorted({int(v) for v in np.unique(labels[bad])})[:5]
+        raise _fail(
+            name,
+            f"label values {values} outside the {task.channels}-class table "
+            f"(0..{task.channels - 1}) and {IGNORE_INDEX}",
+        )
+    return labels.astype(np.int64)
+
+
+def _read_depth(task: Task, name: str, payload: bytes, target: np.ndarray) -> np.ndarray:
+    """A depth prediction: float32 meters [H,W], positive wherever the target is valid."""
     from scenemtl.data.format import decode_depth
 
-    if task == SEMSEG.name:
-        image = _decode_png(name, payload, SEMSEG_MODES, size_hw)
-        labels = np.asarray(image, dtype=np.uint8)
-        bad = (labels >= SEMSEG.channels) & (labels != IGNORE_INDEX)
-        if bad.any():
-            values = sorted({int(v) for v in np.unique(labels[bad])})[:5]
-            raise _fail(name, f"label values {values} outside 0..{SEMSEG.channels - 1} and 255")
-        return labels.astype(np.int64)
-    image = _decode_png(name, payload, DEPTH_MODES, size_hw)
+    image = _decode_png(name, payload, DEPTH_MODES, target.shape)
     try:
         depth = decode_depth(image)
     except DataFormatError as e:
         raise _fail(name, str(e)) from None
-    holes = int(((depth <= 0) & (gt_depth > 0)).sum())
+    holes = int(((depth <= 0) & (target > 0)).sum())
     if holes:
         raise _fail(name, f"depth 0 (invalid) at {holes} pixel(s) where the ground truth has depth")
     return depth
 
 
+_READERS: dict[str, Callable[[Task, str, bytes, np.ndarray], np.ndarray]] = {
+    "segmentation": _read_labels,
+    "depth": _read_depth,
+}
+
+
+def _prediction_reader(task: Task) -> Callable[[Task, str, bytes, np.ndarray], np.ndarray]:
+    try:
+        return _READERS[task.kind]
+    except KeyError:
+        raise UserError(
+            f"the grader cannot read predictions of {task.kind!r} task {task.name!r}"
+        ) from None
+
+
 # --------------------------------------------------------------------------------------
 # command line
 
+# What each kind's headline metric is, for the report.
+_HEADLINES = {"segmentation": "mean IoU (%)", "depth": "SI-logRMSE (x100)"}
 
-def format_report(metrics: dict[str, float]) -> str:
-    """The three course metrics, one per line."""
-    return "\n".join(
-        [
-            f"semseg  {metrics['semseg']:7.2f}   mean IoU (%)",
-            f"depth   {metrics['depth']:7.2f}   SI-logRMSE (x100)",
-            f"grader  {metrics['grader']:7.2f}",
-        ]
-    )
+
+def format_report(metrics: dict[str, float], tasks: Sequence[Task]) -> str:
+    """Each graded task's headline metric, then the course grader when defined; one per
+    line."""
+    from scenemtl.metrics import GRADER
+
+    rows = [
+        (
+            t.name,
+            metrics[t.name],
+            _HEADLINES.get(t.kind, "higher is better" if t.higher_is_better else "lower is better"),
+        )
+        for t in tasks
+    ]
+    if GRADER in metrics:
+        rows.append((GRADER, metrics[GRADER], ""))
+    width = max(len(name) for name, _, _ in rows) + 2
+    return "\n".join(f"{name:<{width}}{value:7.2f}   {what}".rstrip() for name, value, what in rows)
 
 
 def _json_safe(value: float) -> float | None:
@@ -418,11 +520,11 @@ def cmd_grade(args: argparse.Namespace) -> int:
     limits = GradeLimits(
         max_member_bytes=int(args.max_member_mib * MiB), max_ratio=float(args.max_ratio)
     )
-    metrics = grade(args.submission, args.gt, split=args.split, limits=limits)
+    result = grade_submission(args.submission, args.gt, split=args.split, limits=limits)
     if args.json:
-        print(json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2))
+        print(json.dumps({k: _json_safe(v) for k, v in result.metrics.items()}, indent=2))
     else:
-        print(format_report(metrics))
+        print(format_report(result.metrics, result.tasks))
     return 0
 
 
