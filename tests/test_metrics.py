@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from scenemtl.data.format import DISPARITY8, METERS16, decode_depth, encode_depth
-from scenemtl.depth_space import DEPTH_SPACES, DepthSpace, decode_predictions
+from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, class_names
+from scenemtl.data.format import DISPARITY8, IGNORE_INDEX, METERS16, decode_depth, encode_depth
+from scenemtl.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.metrics import DepthMetrics, MultiTaskMetrics, SemsegMetrics, grader
-from scenemtl.tasks import DEPTH, IGNORE_INDEX, SEMSEG, class_names
+from scenemtl.tasks import build_tasks, legacy_task_specs
 
-C = SEMSEG.channels
+TASKS = build_tasks(legacy_task_specs())
+SEMSEG, DEPTH = TASKS
+C = CITYSCAPES_NUM_CLASSES
 
 # --------------------------------------------------------------------------------------
 # numpy references, written from the definitions in shared/DESIGN.md
@@ -74,9 +77,9 @@ def test_miou_tiny_hand_example():
     m.update(torch.tensor([[[0, 1, 1, 0]]]), torch.tensor([[[0, 0, 1, IGNORE_INDEX]]]))
     out = m.compute()
     assert out[SEMSEG.name].item() == pytest.approx(50.0)
-    names = class_names()
-    assert out[f"semseg_iou/{names[0]}"].item() == pytest.approx(50.0)
-    assert math.isnan(out[f"semseg_iou/{names[5]}"].item())
+    # without class names the per-class keys are class_<i>
+    assert out["semseg_iou/class_0"].item() == pytest.approx(50.0)
+    assert math.isnan(out["semseg_iou/class_5"].item())
     assert len([k for k in out if k.startswith("semseg_iou/")]) == C
 
 
@@ -85,7 +88,7 @@ def test_miou_matches_numpy_over_split_not_mean_of_batches():
     gts = [torch.randint(0, 6, (2, 4, 5), generator=g) for _ in range(3)]
     preds = [torch.randint(0, 7, (2, 4, 5), generator=g) for _ in range(3)]
     gts[1][0, :2] = IGNORE_INDEX
-    m = SemsegMetrics()
+    m = SemsegMetrics(C, names=class_names())
     per_batch = []
     for p, t in zip(preds, gts, strict=True):
         m.update(p, t)
@@ -221,7 +224,7 @@ def make_batch(seed: int) -> dict[str, torch.Tensor]:
 
 
 def test_multitask_metrics_flat_dict_and_grader():
-    m = MultiTaskMetrics()
+    m = MultiTaskMetrics(TASKS)
     for seed in range(2):
         batch = make_batch(seed)
         logits = torch.randn(2, C, 5, 6, generator=torch.Generator().manual_seed(seed))
@@ -239,11 +242,24 @@ def test_multitask_metrics_flat_dict_and_grader():
     assert math.isnan(after_reset["depth"].item()) and math.isnan(after_reset["grader"].item())
 
 
+@pytest.mark.parametrize("name", ["semseg", "depth"])
+def test_grader_needs_both_course_tasks(name):
+    (task,) = build_tasks({name: legacy_task_specs()[name]})
+    m = MultiTaskMetrics([task])
+    assert not m.has_grader
+    batch = make_batch(0)
+    pred = batch[SEMSEG.name] if name == SEMSEG.name else batch["_pred_m"]
+    m.update({name: pred}, batch)
+    out = m.compute()
+    assert name in out and "grader" not in out
+    assert all(k == name or k.startswith(f"{name}_") for k in out)
+
+
 def test_metric_states_merge_like_ddp_sync():
     """DDP sync reduces every state with its dist_reduce_fx; merging two halves (what the
     sync does across two processes) must equal one metric over all the data."""
     batches = [make_batch(s) for s in range(4)]
-    whole, half_a, half_b = MultiTaskMetrics(), MultiTaskMetrics(), MultiTaskMetrics()
+    whole, half_a, half_b = (MultiTaskMetrics(TASKS) for _ in range(3))
     for i, batch in enumerate(batches):
         preds = {SEMSEG.name: batch[SEMSEG.name].roll(1, 2), DEPTH.name: batch["_pred_m"]}
         whole.update(preds, batch)
@@ -287,13 +303,15 @@ def test_metrics_do_not_depend_on_depth_space_or_its_statistics(encoding):
     }
     for kind in DEPTH_SPACES:
         for stats in (stats_a, stats_b):
-            space = DepthSpace(kind, stats)
+            tasks = build_tasks(legacy_task_specs(), {"depth": {"space": kind}})
+            semseg, depth = tasks
+            depth.adopt_stats(stats)
             # a network that predicts pred_m perfectly in this space
-            net_out = space.encode(pred_m)[:, None]
-            batch = {SEMSEG.name: torch.zeros(2, 6, 7, dtype=torch.long), DEPTH.name: gt.clone()}
+            net_out = depth.space.encode(pred_m)[:, None]
+            batch = {semseg.name: torch.zeros(2, 6, 7, dtype=torch.long), depth.name: gt.clone()}
             logits = torch.zeros(2, C, 6, 7)
-            preds = decode_predictions({SEMSEG.name: [logits], DEPTH.name: [net_out]}, space)
-            m = MultiTaskMetrics()
+            preds = {semseg.name: semseg.decode(logits), depth.name: depth.decode(net_out)}
+            m = MultiTaskMetrics(tasks)
             m.update(preds, batch)
             got = m.compute()
             assert torch.equal(batch[DEPTH.name], gt)  # the ground truth is never modified
