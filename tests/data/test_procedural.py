@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from scenemtl.data import format as fmt
+from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, train_id
+from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.data.procedural import (
     GENERATOR_VERSION,
     SynthParams,
@@ -32,7 +34,6 @@ from scenemtl.data.procedural.geometry import (
 from scenemtl.data.procedural.render import render
 from scenemtl.data.procedural.scene import make_scene
 from scenemtl.errors import UserError
-from scenemtl.tasks import IGNORE_INDEX, SEMSEG, train_id
 
 TINY = SynthParams(train=5, val=2, test=2, size=(24, 48), seed=3)
 SKY = train_id("sky")
@@ -382,7 +383,7 @@ def test_render_sample_contract() -> None:
     assert rgb.shape == (40, 80, 3) and rgb.dtype == np.uint8
     assert semseg.shape == (40, 80) and semseg.dtype == np.uint8
     assert depth.shape == (40, 80) and depth.dtype == np.float32
-    assert semseg.max() < SEMSEG.channels
+    assert semseg.max() < CITYSCAPES_NUM_CLASSES
     lo, hi = params.depth_range_m
     valid = depth > 0
     assert (lo, hi) == (4.0, 300.0)
@@ -413,12 +414,12 @@ def test_the_large_size_renders() -> None:
 
 def test_every_class_appears_in_a_modest_sample() -> None:
     params = SynthParams(size=(48, 96), seed=0)
-    seen = np.zeros(SEMSEG.channels, bool)
+    seen = np.zeros(CITYSCAPES_NUM_CLASSES, bool)
     for i in range(60):
         seen |= np.bincount(render_sample(params, "train", i)[1].ravel(), minlength=19)[:19] > 0
         if seen.all():
             break
-    missing = [c for c in range(SEMSEG.channels) if not seen[c]]
+    missing = [c for c in range(CITYSCAPES_NUM_CLASSES) if not seen[c]]
     assert not missing, f"classes never rendered: {missing}"
 
 
