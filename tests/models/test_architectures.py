@@ -10,7 +10,9 @@ import torch
 from scenemtl.errors import UserError
 from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
 from scenemtl.models.joint import JointNet
-from scenemtl.tasks import TASKS
+
+HEADS = {"semseg": 19, "depth": 1}
+"""The course's network: what ``build_model`` makes without a task list."""
 
 DILATIONS = [(False, False, False), (False, False, True), (False, True, True)]
 
@@ -32,11 +34,11 @@ def test_output_contract_at_odd_input_size(
     x = torch.randn(2, 3, 45, 67)
     with torch.no_grad():
         out = model(x)
-    assert set(out) == {t.name for t in TASKS}
-    for task in TASKS:
-        assert len(out[task.name]) == len(model.output_stages)
-        for o in out[task.name]:
-            assert o.shape == (2, task.channels, 45, 67)
+    assert set(out) == set(HEADS)
+    for name, channels in HEADS.items():
+        assert len(out[name]) == len(model.output_stages)
+        for o in out[name]:
+            assert o.shape == (2, channels, 45, 67)
             assert o.dtype == torch.float32
             assert torch.isfinite(o).all()
 
@@ -75,7 +77,7 @@ def test_batch_size_one_train_step_reaches_every_parameter(architecture: str, va
 def test_joint_splits_one_conv_in_task_order() -> None:
     model = build_model(small(architecture="joint"))
     assert isinstance(model, JointNet)
-    assert model.decoder.predict.out_channels == sum(t.channels for t in TASKS)
+    assert model.decoder.predict.out_channels == sum(HEADS.values())
     model.eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -85,6 +87,27 @@ def test_joint_splits_one_conv_in_task_order() -> None:
         shifted = model(x)
     assert torch.allclose(shifted["depth"][0], out["depth"][0] + 1.0, atol=1e-5)
     assert torch.equal(shifted["semseg"][0], out["semseg"][0])
+
+
+@pytest.mark.parametrize("heads", [{"depth": 1}, {"semseg": 7}])
+@pytest.mark.parametrize("architecture", ["joint", "branched"])
+def test_single_task_net_emits_only_that_task(architecture: str, heads: dict[str, int]) -> None:
+    model = build_model(small(architecture=architecture), heads).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 33, 41))
+    ((name, channels),) = heads.items()
+    assert set(out) == {name}
+    assert [tuple(o.shape) for o in out[name]] == [(1, channels, 33, 41)]
+    if architecture == "joint":
+        assert model.decoder.predict.out_channels == channels
+    else:
+        assert set(model.aspp) == set(model.decoder) == {name}
+
+
+def test_distillation_needs_at_least_two_tasks() -> None:
+    with pytest.raises(UserError, match="at least 2 tasks") as err:
+        build_model(small(architecture="distillation"), {"depth": 1})
+    assert "\n" not in str(err.value)
 
 
 def _perturb(module: torch.nn.Module) -> None:
@@ -126,16 +149,16 @@ def test_a_fourth_architecture_is_one_class_and_one_registry_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class EncoderOnly(MultiTaskNet):
-        def __init__(self, cfg: ModelConfig) -> None:
-            super().__init__(cfg)
+        def __init__(self, cfg: ModelConfig, heads: dict[str, int] | None = None) -> None:
+            super().__init__(cfg, heads)
             c = self.encoder.channels[self.encoder.output_stride]
-            self.heads = torch.nn.ModuleDict(
-                {t.name: torch.nn.Conv2d(c, t.channels, 1) for t in TASKS}
+            self.predict = torch.nn.ModuleDict(
+                {name: torch.nn.Conv2d(c, channels, 1) for name, channels in self.heads.items()}
             )
 
         def decode(self, pyramid: dict[int, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
             f = pyramid[self.encoder.output_stride]
-            return {name: [head(f)] for name, head in self.heads.items()}
+            return {name: [head(f)] for name, head in self.predict.items()}
 
     monkeypatch.setitem(ARCHITECTURES, "encoder_only", EncoderOnly)
     model = build_model(small(architecture="encoder_only")).eval()
@@ -215,11 +238,11 @@ def test_jsonargparse_builds_the_dataclass() -> None:
 def test_distillation_final_decoders_keep_the_feature_width() -> None:
     # with extra skips the features are at 2x and half as wide; the final decoder follows
     model = build_model(small(architecture="distillation", extra_skips=True))
-    for t in TASKS:
-        width = model.decoder[t.name].feature_channels
+    for name in HEADS:
+        width = model.decoder[name].feature_channels
         assert width == 8
-        assert model.final_decoder[t.name].feature_channels == width
+        assert model.final_decoder[name].feature_channels == width
         assert (
-            model.attention[t.name]["depth" if t.name == "semseg" else "semseg"].conv.out_channels
+            model.attention[name]["depth" if name == "semseg" else "semseg"].conv.out_channels
             == width
         )
