@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 
 import numpy as np
 import pytest
 import torch
 
-from scenemtl.commands import export
 from scenemtl.cli import _run_guarded, main
-from scenemtl.depth_space import decode_predictions
-from scenemtl.engine.module import MultiTaskModule
-from scenemtl.errors import UserError
+from scenemtl.commands import export
 from scenemtl.commands.export import (
-    DEPTH_RTOL,
-    LOGIT_ATOL,
     InferenceWrapper,
     add_export_parser,
     compare_outputs,
@@ -25,7 +21,15 @@ from scenemtl.commands.export import (
     ort_session,
     output_names,
 )
+from scenemtl.data.classes import cityscapes_class_table
+from scenemtl.engine.module import MultiTaskModule
+from scenemtl.errors import UserError
+from scenemtl.tasks import DepthTask, build_tasks, legacy_task_specs
+from scenemtl.tasks.depth import EXPORT_DEPTH_RTOL
+from scenemtl.tasks.segmentation import EXPORT_LOGIT_ATOL
 from tests.engine.conftest import tiny_config
+
+TINY_NET = {"architecture": "joint", "encoder": "resnet18", "channels": 16, "skip_channels": 8}
 
 
 def run_export(argv):
@@ -68,14 +72,24 @@ def test_export_prints_check_and_latency_and_leaves_one_file(exported):
     assert "torch eager" in stdout and "onnxruntime" in stdout and "median of 2 runs" in stdout
 
 
-def test_onnx_graph_has_documented_io(exported):
+def test_onnx_graph_has_documented_io(ckpt, exported):
     session = ort_session(exported[0])
     (inp,) = session.get_inputs()
     assert inp.name == "image" and inp.shape[1] == 3
     assert all(isinstance(d, str) for d in (inp.shape[0], inp.shape[2], inp.shape[3]))
     outs = session.get_outputs()
-    assert tuple(o.name for o in outs) == output_names() == ("semseg_logits", "semseg", "depth")
+    tasks = MultiTaskModule.from_checkpoint(ckpt).task_list
+    assert tuple(o.name for o in outs) == output_names(tasks)
+    assert output_names(tasks) == ("semseg_logits", "semseg", "depth")
     assert [o.type for o in outs] == ["tensor(float)", "tensor(int64)", "tensor(float)"]
+
+
+def predict(module, image):
+    """The module's own predictions (predict_step) and final raw outputs for an image."""
+    with torch.no_grad():
+        raw = module(torch.from_numpy(image))
+        preds = module.predict_step({"image": torch.from_numpy(image)})
+    return preds, {name: outs[-1] for name, outs in raw.items()}
 
 
 def test_onnx_matches_the_module_at_another_batch_and_size(ckpt, exported):
@@ -84,14 +98,46 @@ def test_onnx_matches_the_module_at_another_batch_and_size(ckpt, exported):
     rng = np.random.default_rng(5)
     image = rng.standard_normal((2, 3, 27, 70)).astype(np.float32)
     logits, labels, depth = session.run(None, {"image": image})
-    with torch.no_grad():
-        raw = module(torch.from_numpy(image))
-        preds = decode_predictions(raw, module.depth_space)
+    preds, raw = predict(module, image)
     assert logits.shape == (2, 19, 27, 70) and labels.shape == depth.shape == (2, 27, 70)
-    np.testing.assert_allclose(logits, raw["semseg"][-1].numpy(), atol=LOGIT_ATOL)
-    np.testing.assert_allclose(depth, preds["depth"].numpy(), rtol=DEPTH_RTOL)
+    np.testing.assert_allclose(logits, raw["semseg"].numpy(), atol=EXPORT_LOGIT_ATOL)
+    np.testing.assert_allclose(depth, preds["depth"].numpy(), rtol=EXPORT_DEPTH_RTOL)
     assert (labels == preds["semseg"].numpy()).mean() > 0.999
     assert (depth > 0).all()  # meters, not the normalized log space
+
+
+def save_checkpoint(module, path):
+    """A checkpoint as Lightning writes it: state dict plus plain-data hyperparameters."""
+    hparams = dict(module.hparams)
+    hparams["net"] = dataclasses.asdict(hparams["net"])
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    return path
+
+
+def test_single_task_semseg_checkpoint_exports_and_matches(tmp_path, capsys):
+    classes = cityscapes_class_table()[:5]
+    torch.manual_seed(0)
+    module = MultiTaskModule(
+        net=TINY_NET, task_specs={"semseg": {"kind": "segmentation", "classes": classes}}
+    )
+    ckpt = save_checkpoint(module, tmp_path / "semseg.ckpt")
+    out = tmp_path / "semseg.onnx"
+    code = run_export(
+        ["--ckpt_path", str(ckpt), "--out", str(out), "--size", "32x48", "--runs", "1"]
+    )
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert stdout.count("check ") == 2 and "semseg logits max |diff|" in stdout
+    assert "depth" not in stdout
+    session = ort_session(out)
+    assert [o.name for o in session.get_outputs()] == ["semseg_logits", "semseg"]
+    image = np.random.default_rng(1).standard_normal((2, 3, 29, 50)).astype(np.float32)
+    logits, labels = session.run(None, {"image": image})
+    preds, raw = predict(MultiTaskModule.from_checkpoint(ckpt), image)
+    assert logits.shape == (2, 5, 29, 50) and labels.shape == (2, 29, 50)
+    np.testing.assert_allclose(logits, raw["semseg"].numpy(), atol=EXPORT_LOGIT_ATOL)
+    assert (labels == preds["semseg"].numpy()).mean() > 0.999
+    assert labels.max() < 5
 
 
 def test_mismatch_fails_and_writes_nothing(ckpt, exported, tmp_path, monkeypatch, capsys):
@@ -102,8 +148,9 @@ def test_mismatch_fails_and_writes_nothing(ckpt, exported, tmp_path, monkeypatch
     real = export._run_onnx
 
     def off_by_a_bit(session, image):
-        logits, labels, depth = real(session, image)
-        return [logits + 10 * LOGIT_ATOL, labels, depth]
+        outputs = real(session, image)
+        outputs["semseg_logits"] = outputs["semseg_logits"] + 10 * EXPORT_LOGIT_ATOL
+        return outputs
 
     monkeypatch.setattr(export, "_run_onnx", off_by_a_bit)
     out = tmp_path / "m.onnx"
@@ -122,18 +169,27 @@ def test_mismatch_fails_and_writes_nothing(ckpt, exported, tmp_path, monkeypatch
 
 
 def test_compare_outputs_tolerances():
+    tasks = build_tasks(legacy_task_specs())
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((1, 19, 4, 5)).astype(np.float32)
     labels = logits.argmax(1)
     depth = rng.uniform(1, 100, (1, 4, 5)).astype(np.float32)
-    same = compare_outputs([logits, labels, depth], [logits, labels, depth])
-    assert same.ok and same.logit_max_abs == 0 and same.size == (4, 5)
-    assert not compare_outputs([logits, labels, depth], [logits + 2e-3, labels, depth]).ok
-    assert not compare_outputs([logits, labels, depth], [logits, labels, depth * 1.01]).ok
+
+    def outputs(logits=logits, labels=labels, depth=depth):
+        return {"semseg_logits": logits, "semseg": labels, "depth": depth}
+
+    same = compare_outputs(tasks, outputs(), outputs())
+    assert same.ok and same.size == (4, 5)
+    assert [t.task for t in same.tasks] == ["semseg", "depth"]
+    assert same.format().startswith("4x5: semseg logits max |diff| 0.00e+00")
+    off = compare_outputs(tasks, outputs(), outputs(logits=logits + 2e-3))
+    assert not off.ok and not off["semseg"].ok and off["depth"].ok
+    far = compare_outputs(tasks, outputs(), outputs(depth=depth * 1.01))
+    assert not far.ok and far["semseg"].ok and not far["depth"].ok
     wrong = labels.copy()
     wrong[0, 0, 0] = (wrong[0, 0, 0] + 1) % 19
-    bad_label = compare_outputs([logits, labels, depth], [logits, wrong, depth])
-    assert not bad_label.ok and bad_label.confident_label_mismatches == 1
+    bad_label = compare_outputs(tasks, outputs(), outputs(labels=wrong))
+    assert not bad_label.ok and "(1 above the tie margin)" in bad_label.format()
     # a genuine tie may flip without failing the check
     tied = logits.copy()
     top = labels[0, 0, 0]
@@ -142,17 +198,22 @@ def test_compare_outputs_tolerances():
     tie_ref = tied.argmax(1)
     flipped = tie_ref.copy()
     flipped[0, 0, 0] = other if tie_ref[0, 0, 0] == top else top
-    tie = compare_outputs([tied, tie_ref, depth], [tied, flipped, depth])
-    assert tie.ok and tie.label_disagreement == pytest.approx(1 / 20)
+    tie = compare_outputs(tasks, outputs(tied, tie_ref), outputs(tied, flipped))
+    assert tie.ok and "labels differ on 5.000% of pixels" in tie.format()
     with pytest.raises(UserError, match="shape"):
-        compare_outputs([logits, labels, depth], [logits[..., :3], labels, depth])
+        compare_outputs(tasks, outputs(), outputs(logits=logits[..., :3]))
+    with pytest.raises(UserError, match="expected semseg_logits, semseg, depth"):
+        compare_outputs(tasks, outputs(), {"semseg_logits": logits, "semseg": labels})
+    # a single task judges only its own outputs
+    (depth_only,) = build_tasks({"depth": legacy_task_specs()["depth"]})
+    alone = compare_outputs([depth_only], {"depth": depth}, {"depth": depth})
+    assert alone.ok and [t.task for t in alone.tasks] == ["depth"]
 
 
 def test_wrapper_decodes_depth_to_meters():
-    from scenemtl.depth_space import DepthSpace
-
-    stats = {"depth_log": {"mean": 2.0, "std": 0.5}}
-    space = DepthSpace("log", stats)
+    semseg, _ = build_tasks(legacy_task_specs())
+    depth = DepthTask("depth", space="log")
+    depth.adopt_stats({"depth_log": {"mean": 2.0, "std": 0.5}})
 
     class Fixed(torch.nn.Module):
         def forward(self, x):
@@ -161,10 +222,14 @@ def test_wrapper_decodes_depth_to_meters():
             semseg[:, 7] = 1.0
             return {"semseg": [semseg], "depth": [torch.ones(b, 1, h, w)]}
 
-    logits, labels, depth = InferenceWrapper(Fixed(), space)(torch.zeros(2, 3, 4, 6))
+    assert output_names([semseg, depth]) == ("semseg_logits", "semseg", "depth")
+    logits, labels, meters = InferenceWrapper(Fixed(), [semseg, depth])(torch.zeros(2, 3, 4, 6))
     assert logits.shape == (2, 19, 4, 6)
     assert labels.dtype == torch.int64 and labels.eq(7).all()
-    torch.testing.assert_close(depth, torch.full((2, 4, 6), float(np.exp(2.0 + 0.5))))
+    torch.testing.assert_close(meters, torch.full((2, 4, 6), float(np.exp(2.0 + 0.5))))
+    # the graph's outputs follow the order of the tasks it is given
+    (only,) = InferenceWrapper(Fixed(), [depth])(torch.zeros(1, 3, 4, 6))
+    assert only.shape == (1, 4, 6)
 
 
 def test_median_latency_counts_runs():

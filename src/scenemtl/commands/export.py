@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from scenemtl.argtypes import int_at_least, size_hw
 from scenemtl.errors import UserError
+
 if TYPE_CHECKING:
     from scenemtl.engine.module import MultiTaskModule
     from scenemtl.tasks.base import Task
@@ -261,7 +262,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def export_to_file(
-    wrapper: nn.Module, path: Path, size: tuple[int, int], opset: int = DEFAULT_OPSET
+    wrapper: InferenceWrapper, path: Path, size: tuple[int, int], opset: int = DEFAULT_OPSET
 ) -> None:
     """Export ``wrapper`` to ``path`` (one self-contained file) with dynamic B, H, W.
 
@@ -280,7 +281,7 @@ def export_to_file(
                 (image,),
                 dynamo=True,
                 input_names=[INPUT_NAME],
-                output_names=list(output_names()),
+                output_names=list(output_names(list(wrapper.tasks))),
                 opset_version=opset,
                 dynamic_shapes={"image": dims},
                 verbose=False,
@@ -339,7 +340,8 @@ def export_onnx(
     """Export a trained module to ONNX, check it against torch and time both.
 
     Args:
-        module: the trained module (its ``net`` and ``depth_space`` are exported).
+        module: the trained module (its ``net`` and tasks are exported; moved to the CPU
+            and put in eval mode).
         out: the ``.onnx`` path; written only if the check passes.
         size: ``(H, W)`` of the example input used for tracing, checking and timing.
         opset: ONNX opset version.
@@ -363,7 +365,9 @@ def export_onnx(
     threads = previous_threads if threads is None else threads
     if threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
-    wrapper = InferenceWrapper(module.net, module.depth_space).cpu().eval()
+    module = module.cpu().eval()
+    tasks = module.task_list
+    wrapper = InferenceWrapper.of(module).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -379,7 +383,7 @@ def export_onnx(
         for i, s in enumerate((size, second_size(size))):
             image = example_input(s, seed=i)
             comparisons.append(
-                compare_outputs(_run_torch(wrapper, image), _run_onnx(session, image))
+                compare_outputs(tasks, reference_outputs(module, image), _run_onnx(session, image))
             )
         bad = [c for c in comparisons if not c.ok]
         if bad:
@@ -422,10 +426,12 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     formats = export.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
     p = formats.add_parser(
         "onnx",
-        help="ONNX model with both tasks' final outputs (depth in meters)",
-        description="Export a checkpoint to ONNX: input 'image' [B,3,H,W] normalized; outputs "
-        "'semseg_logits' [B,19,H,W], 'semseg' [B,H,W] int64, 'depth' [B,H,W] meters; B, H, W "
-        "dynamic. Checked against torch with onnxruntime, then both are timed at batch 1.",
+        help="ONNX model with every task's final outputs (depth in meters)",
+        description="Export a checkpoint to ONNX: input 'image' [B,3,H,W] normalized; per "
+        "task, in the checkpoint's order: a segmentation task T gives 'T_logits' [B,N,H,W] "
+        "and 'T' [B,H,W] int64 class ids, a depth task T gives 'T' [B,H,W] meters (a course "
+        "checkpoint: semseg_logits, semseg, depth); B, H, W dynamic. Checked against torch "
+        "with onnxruntime, then both are timed at batch 1.",
     )
     p.add_argument("--ckpt_path", "--ckpt-path", required=True, help="checkpoint (.ckpt)")
     p.add_argument("--out", required=True, help="output .onnx file")
@@ -467,14 +473,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "DEPTH_RTOL",
-    "LOGIT_ATOL",
     "Comparison",
     "ExportReport",
     "InferenceWrapper",
+    "TaskComparison",
     "add_export_parser",
     "cmd_export",
     "compare_outputs",
     "export_onnx",
     "output_names",
+    "reference_outputs",
 ]
