@@ -5,7 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scenemtl.data.format import IGNORE_INDEX, INVALID_DEPTH
 from scenemtl.data.transforms import (
+    DEFAULT_TARGETS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     WIGGLE_SPAN,
@@ -15,10 +17,11 @@ from scenemtl.data.transforms import (
     normalize_rgb,
     output_to_source,
     prepare_eval_batch,
+    target_rules,
     warp_batch,
 )
 from scenemtl.errors import UserError
-from scenemtl.tasks import IGNORE_INDEX, INVALID_DEPTH
+from scenemtl.tasks import build_tasks, legacy_task_specs
 
 
 def random_batch(b: int, h: int, w: int, seed: int, holes: bool = True) -> dict:
@@ -284,3 +287,23 @@ def test_mismatched_target_shape_is_rejected():
     batch["depth"] = batch["depth"][:, :4]
     with pytest.raises(ValueError, match="depth"):
         BatchAugment(hflip=1.0)(batch)
+
+
+# --------------------------------------------------------------------------------------
+# which targets are warped
+
+
+def test_target_rules_of_the_course_tasks_are_the_defaults():
+    # labels: int64, 255 where there is no source pixel; depth: float32 meters, 0.0
+    assert target_rules(build_tasks(legacy_task_specs())) == DEFAULT_TARGETS
+
+
+def test_a_target_is_warped_by_its_name_with_its_own_fill():
+    batch = random_batch(1, 8, 8, seed=13, holes=False)
+    batch = {"rgb": batch["rgb"], "index": batch["index"], "parts": batch["semseg"] % 5}
+    aug = BatchAugment(crop_size=(12, 12), targets={"parts": (7.0, torch.int64)})
+    out = aug(batch, torch.Generator().manual_seed(0))
+    assert out["parts"].dtype == torch.int64 and out["parts"].shape == (1, 12, 12)
+    padded = out["parts"] == 7
+    assert padded.sum().item() == 12 * 12 - 8 * 8
+    assert sorted(out["parts"][~padded].tolist()) == sorted(batch["parts"].flatten().tolist())
