@@ -142,7 +142,10 @@ class Comparison:
         return all(t.ok for t in self.tasks)
 
     def __getitem__(self, task: str) -> TaskComparison:
-        return next(t for t in self.tasks if t.task == task)
+        for verdict in self.tasks:
+            if verdict.task == task:
+                return verdict
+        raise KeyError(task)
 
     def format(self) -> str:
         return f"{self.size[0]}x{self.size[1]}: " + ", ".join(t.text for t in self.tasks)
