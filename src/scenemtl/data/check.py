@@ -6,7 +6,6 @@ Read-only by construction: nothing here opens a file for writing.
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from scenemtl.data.format import (
     IGNORE_INDEX,
+    INDEX_NAME,
     MODALITIES,
     RGB_EXTENSIONS,
     DatasetInfo,
@@ -24,10 +24,10 @@ from scenemtl.data.format import (
     label_path,
     open_image,
     read_info,
+    rgb_indices,
+    split_size_problem,
 )
 from scenemtl.errors import DataFormatError
-
-_INDEX_NAME = re.compile(r"^(0|[1-9][0-9]*)\.(jpg|png)$")
 
 
 def _depth_tolerance(info: DatasetInfo) -> tuple[float, float]:
@@ -103,7 +103,7 @@ def _check_extra_files(root: Path, info: DatasetInfo, split: str) -> list[str]:
                 problems.append(f"{folder}: missing directory")
             continue
         for entry in sorted(os.listdir(folder)):
-            match = _INDEX_NAME.match(entry)
+            match = INDEX_NAME.match(entry)
             allowed = RGB_EXTENSIONS if modality == "rgb" else (".png",)
             if not match or f".{match.group(2)}" not in allowed:
                 problems.append(f"{folder / entry}: unexpected file (names are <index>.png)")
@@ -112,11 +112,34 @@ def _check_extra_files(root: Path, info: DatasetInfo, split: str) -> list[str]:
     return problems
 
 
+MISSING_NAMED = 1000
+"""How many more images than ``rgb/`` holds a split may declare and still have each
+missing file named; a bigger claim is reported as one problem and not followed."""
+
+
+def _sample_jobs(root: Path, info: DatasetInfo, split: str, jobs: list) -> list[str]:
+    """Queue the samples of ``split`` to check, only as many as the disk backs.
+
+    A split that declares a few more images than ``rgb/`` holds gets every missing file
+    named. One that declares far more (a typo, or 1e12) is one problem, and only the
+    files present plus as many indices as there are files are read: memory never
+    follows the claim."""
+    n = info.split_size(split)
+    problem = split_size_problem(root, info, split)
+    present = rgb_indices(root, split) if problem else set()
+    if problem is None or n <= len(present) + MISSING_NAMED:
+        jobs += [(split, i) for i in range(n)]
+        return []
+    indices = {i for i in present if i < n} | set(range(len(present)))
+    jobs += [(split, i) for i in sorted(indices)]
+    return [problem]
+
+
 def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[str]:
     """Every problem found in the dataset at ``root``, each naming its file; [] if clean."""
     root = Path(root)
     try:
-        info = read_info(root)
+        info = read_info(root, check_sizes=False)  # size claims are checked below
     except DataFormatError as e:
         return [str(e)]
     problems: list[str] = []
@@ -126,7 +149,7 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[s
             problems.append(f"{root / split}: split listed in dataset.json but missing")
             continue
         problems += _check_extra_files(root, info, split)
-        jobs += [(split, i) for i in range(info.split_size(split))]
+        problems += _sample_jobs(root, info, split, jobs)
     # PIL releases the GIL while decoding, so threads use every core without pickling.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for found in pool.map(lambda job: _check_sample(root, info, *job), jobs, chunksize=16):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,8 +196,11 @@ class DatasetInfo:
             for name, s in splits.items():
                 if name not in SPLITS:
                     raise bad(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
-                if not (isinstance(s, dict) and isinstance(s.get("size"), int) and s["size"] >= 0):
+                size_ = s.get("size") if isinstance(s, dict) else None
+                if not (isinstance(size_, int) and not isinstance(size_, bool) and size_ >= 0):
                     raise bad(f"split {name!r} needs a non-negative integer 'size'")
+                if size_ > MAX_SPLIT_SIZE:
+                    raise bad(f"split {name!r} claims {size_} images, more than {MAX_SPLIT_SIZE}")
             depth = data["depth"]
             encoding = depth["encoding"]
             if encoding not in DEPTH_ENCODINGS:
@@ -246,8 +250,13 @@ def info_path(root: str | os.PathLike) -> Path:
     return Path(root) / "dataset.json"
 
 
-def read_info(root: str | os.PathLike) -> DatasetInfo:
-    """Read and validate ``ROOT/dataset.json``; one clear error if anything is off."""
+def read_info(root: str | os.PathLike, check_sizes: bool = True) -> DatasetInfo:
+    """Read and validate ``ROOT/dataset.json``; one clear error if anything is off.
+
+    With ``check_sizes`` (the default), a split may not declare more images than its
+    ``rgb/`` folder holds (see :func:`split_size_problem`), so that no reader sizes
+    anything (index lists, samplers) by a number the disk does not back.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataFormatError(f"dataset root {root} does not exist or is not a directory")
@@ -258,7 +267,53 @@ def read_info(root: str | os.PathLike) -> DatasetInfo:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataFormatError(f"{path}: not valid JSON ({e})") from None
-    return DatasetInfo.from_json(data, where=str(path))
+    info = DatasetInfo.from_json(data, where=str(path))
+    if check_sizes:
+        for split in info.splits:
+            problem = split_size_problem(root, info, split)
+            if problem:
+                raise DataFormatError(problem)
+    return info
+
+
+# Split sizes are bounded twice: by MAX_SPLIT_SIZE in any dataset.json, and by the files
+# on disk wherever the split's folder exists (a missing folder is reported as missing by
+# `data check` and fails at its first image, without anything sized by the claim).
+MAX_SPLIT_SIZE = 10_000_000
+"""Most images dataset.json may declare for one split (Cityscapes has 5000 in all)."""
+
+INDEX_NAME = re.compile(r"^(0|[1-9][0-9]*)\.(jpg|png)$")
+"""Names of sample files: ``<index>.jpg`` or ``<index>.png``, no leading zeros."""
+
+
+def rgb_indices(root: str | os.PathLike, split: str) -> set[int]:
+    """Indices of the RGB files present in ``ROOT/<split>/rgb`` (empty if no folder)."""
+    folder = Path(root) / split / "rgb"
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries]
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    found = set()
+    for name in names:
+        m = INDEX_NAME.match(name)
+        if m and f".{m.group(2)}" in RGB_EXTENSIONS:
+            found.add(int(m.group(1)))
+    return found
+
+
+def split_size_problem(root: str | os.PathLike, info: DatasetInfo, split: str) -> str | None:
+    """One line if ``split`` declares more images than its ``rgb/`` folder holds."""
+    n = info.split_size(split)
+    if n == 0 or not (Path(root) / split).is_dir():
+        return None
+    found = len(rgb_indices(root, split))
+    if n <= found:
+        return None
+    return (
+        f"{info_path(root)}: split {split!r} declares {n} images but "
+        f"{Path(root) / split / 'rgb'} holds {found}"
+    )
 
 
 def _current_umask() -> int:
