@@ -17,8 +17,12 @@ def write_random_dataset(
     depth_encoding: str = DISPARITY8,
     test_gt: bool = True,
     seed: int = 0,
+    num_classes: int = 19,
 ) -> DatasetInfo:
-    """A tiny dataset with random RGB, labels (incl. ignore) and depth (incl. invalid)."""
+    """A tiny dataset with random RGB, labels (incl. ignore) and depth (incl. invalid).
+
+    ``num_classes`` other than 19 writes a class table of that many made-up classes.
+    """
     sizes = sizes or {"train": 4, "val": 2, "test": 2}
     rng = np.random.default_rng(seed)
     h, w = image_size
@@ -28,7 +32,7 @@ def write_random_dataset(
         gt = test_gt or split != "test"
         for i in range(n):
             rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            semseg = rng.integers(0, 19, (h, w)).astype(np.uint8)
+            semseg = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
             semseg[rng.random((h, w)) < 0.1] = 255
             depth = np.exp(rng.uniform(np.log(max(lo, 4.0)), np.log(hi), (h, w)))
             depth[: h // 6] = 0.0  # "sky"
@@ -41,6 +45,7 @@ def write_random_dataset(
                 depth if gt else None,
                 depth_encoding=depth_encoding,
                 rgb_extension=".png",
+                num_classes=num_classes,
             )
     info = DatasetInfo(
         name="random",
@@ -49,6 +54,12 @@ def write_random_dataset(
         depth_encoding=depth_encoding,
         depth_range_m=(max(lo, 4.0) if depth_encoding == DISPARITY8 else lo, hi),
         rgb_extension=".png",
+        classes=[]
+        if num_classes == 19
+        else [
+            {"name": f"class{i}", "color": [37 * i % 256, 91 * i % 256, 53 * i % 256]}
+            for i in range(num_classes)
+        ],
     )
     write_info(root, info)
     return info

@@ -10,21 +10,20 @@ import torch
 from PIL import Image
 
 from scenemtl.cli import _run_guarded, main
-from scenemtl.data.format import decode_depth
-from scenemtl.data.transforms import normalize_rgb
-from scenemtl.depth_space import decode_predictions
-from scenemtl.engine.module import MultiTaskModule
-from scenemtl.errors import UserError
 from scenemtl.commands.predict import (
-    OUTPUT_SUFFIXES,
-    Predictor,
+    MAX_PIXELS,
     add_predict_parser,
     find_images,
+    load_module,
     output_stems,
+    output_suffixes,
     resolve_device,
 )
-from scenemtl.tta import tta_outputs
-from scenemtl.visualize import colorize_semseg
+from scenemtl.data.format import DISPARITY8, decode_depth, encode_depth
+from scenemtl.data.transforms import normalize_rgb
+from scenemtl.errors import UserError
+
+OUTPUT_SUFFIXES = output_suffixes(["semseg", "depth"])
 from tests.engine.conftest import tiny_config
 
 SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7)}
@@ -68,13 +67,17 @@ def read_outputs(out_dir, stem):
 
 def reference(ckpt, path, scales=(1.0,), flip=False):
     """The module's own predictions for one image file, without the predict tool."""
-    module = MultiTaskModule.from_checkpoint(ckpt)
+    module = load_module(ckpt, scales, flip)
     rgb = np.array(Image.open(path).convert("RGB"))
     image = normalize_rgb(torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous())
     with torch.no_grad():
-        outputs = tta_outputs(module, image, scales, flip, depth_space=module.depth_space)
-        preds = decode_predictions(outputs, module.depth_space)
+        preds = module.predict_step({"image": image})
     return rgb, preds["semseg"][0].numpy(), preds["depth"][0].numpy()
+
+
+def file_depth(depth_m):
+    """What the depth file of a prediction holds: the training data's encoding."""
+    return decode_depth(encode_depth(depth_m, DISPARITY8))
 
 
 def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, capsys):
@@ -89,21 +92,22 @@ def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, c
     for name, (h, w) in SIZES.items():
         stem = name.rsplit(".", 1)[0]
         files = read_outputs(out, stem)
-        color, labels, depth, panel = (files[s] for s in OUTPUT_SUFFIXES)
+        labels, color, depth, depth_color, panel = (files[s] for s in OUTPUT_SUFFIXES)
         assert labels.mode == "L" and labels.size == (w, h)
-        assert depth.mode.startswith("I") and depth.size == (w, h)
+        assert depth.mode == "L" and depth.size == (w, h)  # the tiny dataset's disparity8
         assert color.mode == "RGB" and color.size == (w, h)
+        assert depth_color.mode == "RGB" and depth_color.size == (w, h)
         assert panel.mode == "RGB" and panel.size == (3 * w + 2 * 2, h)
         lab = np.asarray(labels)
         assert lab.max() < 19
-        np.testing.assert_array_equal(np.asarray(color), colorize_semseg(lab))
         rgb, ref_sem, ref_depth = reference(ckpt, images / name)
         np.testing.assert_array_equal(lab, ref_sem)
-        meters = decode_depth(depth)
-        # 16-bit meters x 256: quantized to 1/256 m, saturating below 256 m
-        np.testing.assert_allclose(meters, np.minimum(ref_depth, 65535 / 256), atol=0.5 / 256)
+        # the same forward as predict_step's, encoded the same way: equal codes
+        np.testing.assert_array_equal(decode_depth(depth), file_depth(ref_depth))
         np.testing.assert_array_equal(np.asarray(panel)[:, :w], rgb)
         np.testing.assert_array_equal(np.asarray(panel)[:, w + 2 : 2 * w + 2], np.asarray(color))
+        right = np.asarray(panel)[:, 2 * w + 4 :]
+        np.testing.assert_array_equal(right, np.asarray(depth_color))
 
 
 def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
@@ -119,7 +123,7 @@ def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
         assert a.shape == b.shape, name
         # batched convolutions may round differently: depth within a few 1/256 m codes,
         # labels equal except at the odd near-tie pixel
-        tolerance = 4 if name.endswith("_depth.png") else 0
+        tolerance = 1 if name.endswith("_depth.png") else 0  # disparity codes
         assert (np.abs(a - b) > tolerance).mean() < 0.01, name
 
 
@@ -130,7 +134,7 @@ def test_tta_flags_reach_the_model(ckpt, images, tmp_path):
     _, ref_sem, ref_depth = reference(ckpt, images / "c.png", (0.5, 1.0, 1.5), True)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "c_semseg.png")), ref_sem)
     meters = decode_depth(Image.open(out / "c_depth.png"))
-    np.testing.assert_allclose(meters, np.minimum(ref_depth, 65535 / 256), atol=0.5 / 256)
+    np.testing.assert_array_equal(meters, file_depth(ref_depth))
     # and TTA really changed something compared to the plain forward
     _, _, plain_depth = reference(ckpt, images / "c.png")
     assert not np.allclose(plain_depth, ref_depth)
@@ -203,11 +207,26 @@ def test_find_images_and_stems(tmp_path):
     assert find_images(tmp_path / "d.gif") == [tmp_path / "d.gif"]  # a file is taken as is
 
 
-def test_predictor_returns_cpu_labels_and_meters(ckpt):
-    predictor = Predictor(ckpt, "cpu", (1.0,), False)
-    preds = predictor(torch.zeros(2, 3, 20, 28, dtype=torch.uint8))
+def test_module_predicts_cpu_labels_and_meters(ckpt):
+    module = load_module(ckpt)
+    preds = module.predict_step({"image": torch.zeros(2, 3, 20, 28)})
     assert preds["semseg"].shape == (2, 20, 28) and preds["semseg"].dtype == torch.int64
     assert preds["depth"].shape == (2, 20, 28) and (preds["depth"] > 0).all()
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(UserError):
-        Predictor(ckpt, "cpu", (-1.0,), False)
+        load_module(ckpt, (-1.0,), False)
+    with pytest.raises(UserError, match="above 4"):
+        load_module(ckpt, (100.0,), False)  # a typo for 1.00 must not allocate 10^4 x
+
+
+def test_image_above_the_pixel_limit_is_skipped_with_its_size(
+    ckpt, images, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr("scenemtl.commands.predict.MAX_PIXELS", 40 * 40)
+    out = tmp_path / "out"
+    code = run_predict(["--ckpt_path", str(ckpt), "--input", str(images), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "53x37 pixels is above" in err and "Traceback" not in err
+    assert MAX_PIXELS == 4096 * 4096
+    assert {p.name.split("_")[0] for p in out.iterdir()} == {"a", "b", "d"}

@@ -17,15 +17,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from scenemtl.cli import main
+from scenemtl.commands.grader import grade
+from scenemtl.commands.submission import package_source_files, source_zip_bytes, write_submission
+from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.data.dataset import SceneDataset
 from scenemtl.data.format import METERS16, decode_depth, encode_depth, rgb_path
 from scenemtl.data.stats import write_stats
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.engine.module import MultiTaskModule
-from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.errors import UserError
-from scenemtl.commands.grader import grade
-from scenemtl.commands.submission import package_source_files, source_zip_bytes, write_submission
 from tests.conftest import write_random_dataset
 from tests.engine.conftest import tiny_config
 
@@ -117,7 +117,7 @@ def test_predictions_are_those_of_the_packed_checkpoint(run):
     for i in range(N_TEST):
         rgb = dataset[i]["rgb"][None]
         with torch.no_grad():
-            want = module.predict_batch(normalize_rgb(rgb))
+            want = module.predict_step({"image": normalize_rgb(rgb)})
         semseg = Image.open(io.BytesIO(files[f"predictions/semseg/{i}.png"]))
         assert semseg.mode == "L" and semseg.size == (48, 32)
         assert np.array_equal(np.asarray(semseg), want["semseg"][0].numpy())
@@ -146,10 +146,10 @@ def test_test_with_checkpoint_writes_a_submission_that_grades_like_lightning_tes
 def test_source_zip_is_the_running_package(run):
     inner = zipfile.ZipFile(io.BytesIO(members(run.fit_zip)["source.zip"]))
     names = inner.namelist()
-    assert "scenemtl/submission.py" in names and "scenemtl/engine/module.py" in names
+    assert "scenemtl/commands/submission.py" in names and "scenemtl/engine/module.py" in names
     assert all(n.endswith((".py", ".yaml")) and "__pycache__" not in n for n in names)
-    here = Path(__file__).resolve().parents[1] / "src" / "scenemtl" / "grader.py"
-    assert inner.read("scenemtl/grader.py") == here.read_bytes()
+    here = Path(__file__).resolve().parents[2] / "src" / "scenemtl" / "commands" / "grader.py"
+    assert inner.read("scenemtl/commands/grader.py") == here.read_bytes()
     assert len(names) == len(package_source_files())
     # fixed timestamps: the same source packs to the same bytes
     assert source_zip_bytes() == source_zip_bytes()

@@ -119,9 +119,10 @@ def test_from_checkpoint_restores_network_and_depth_statistics(tmp_path, tiny_ro
     best = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
     module = MultiTaskModule.from_checkpoint(best)
     stats = json.loads((tiny_root / "dataset.json").read_text())["stats"]
-    assert float(module.depth_space.mean) == pytest.approx(stats["depth_m"]["mean"], rel=1e-6)
+    depth = module.tasks["depth"]
+    assert float(depth.space.mean) == pytest.approx(stats["depth_m"]["mean"], rel=1e-6)
     assert not module.training
-    preds = module.predict_batch(torch.zeros(1, 3, 32, 48))
+    preds = module.predict_step({"image": torch.zeros(1, 3, 32, 48)})
     assert preds["semseg"].shape == (1, 32, 48) and (preds["depth"] > 0).all()
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"PK\x03\x04 not a checkpoint")
@@ -142,11 +143,11 @@ def test_tta_hparams_drive_evaluation_outputs():
     image = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         assert torch.equal(plain.eval_outputs(image)["depth"][-1], plain(image)["depth"][-1])
-        merged = tta_outputs(tta, image, [0.75, 1.0], True, depth_space=tta.depth_space)
+        merged = tta_outputs(tta, image, tta.task_list, [0.75, 1.0], True)
         got = tta.eval_outputs(image)
         assert torch.allclose(got["depth"][0], merged["depth"])
         assert not torch.allclose(got["depth"][0], plain(image)["depth"][-1])
-        assert tta.predict_batch(image)["semseg"].shape == (1, 40, 56)
+        assert tta.predict_step({"image": image})["semseg"].shape == (1, 40, 56)
     with pytest.raises(UserError, match="TTA scale"):
         MultiTaskModule(net=net, tta_scales=[0.0])
 

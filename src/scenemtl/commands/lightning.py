@@ -110,7 +110,9 @@ class SceneCLI(LightningCLI):
         )
         parser.add_lightning_class_args(VisualizationCallback, "visualize")
         parser.add_lightning_class_args(SubmissionCallback, "submission")
-        parser.link_arguments("data", "model.task_specs", compute_fn=_task_specs, apply_on="instantiate")
+        parser.link_arguments(
+            "data", "model.task_specs", compute_fn=_task_specs, apply_on="instantiate"
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from scenemtl.argtypes import int_at_least, positive_float
 from scenemtl.data.format import atomic_write_bytes, read_rgb
@@ -194,16 +194,23 @@ class PredictSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> Iterator[list[int]]:
+class SameSizeBatches(Sampler[list[int]]):
     """Consecutive runs of equally sized images, at most ``batch_size`` each."""
-    batch: list[int] = []
-    for i, size in enumerate(sizes):
-        if batch and (len(batch) == batch_size or sizes[batch[0]] != size):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        for i, size in enumerate(sizes):
+            last = self.batches[-1] if self.batches else None
+            if last and len(last) < batch_size and sizes[last[0]] == size:
+                last.append(i)
+            else:
+                self.batches.append([i])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def predict_images(
@@ -251,9 +258,7 @@ def predict_images(
     stems = output_stems(inputs)
     stem_of = dict(zip(inputs, stems, strict=True))
     writer = ImageFileWriter(out_dir, readable, [stem_of[p] for p in readable], report)
-    loader = DataLoader(
-        ImageFiles(readable), batch_sampler=list(_same_size_batches(sizes, batch_size))
-    )
+    loader = DataLoader(ImageFiles(readable), batch_sampler=SameSizeBatches(sizes, batch_size))
     run_prediction(module, loader, writer, device=resolve_device(str(device)))
     summary.written = writer.written
     return summary

@@ -106,7 +106,7 @@ def package_source_files(package_dir: Path | None = None) -> list[Path]:
             from, i.e. the code that is actually running).
     """
     if package_dir is None:
-        package_dir = Path(__file__).resolve().parent
+        package_dir = Path(__file__).resolve().parents[1]  # the scenemtl package
     return sorted(
         p
         for p in package_dir.rglob("*")
@@ -117,7 +117,7 @@ def package_source_files(package_dir: Path | None = None) -> list[Path]:
 def source_zip_bytes(package_dir: Path | None = None) -> bytes:
     """A zip of the running package's source, members named ``scenemtl/<relative path>``."""
     if package_dir is None:
-        package_dir = Path(__file__).resolve().parent
+        package_dir = Path(__file__).resolve().parents[1]  # the scenemtl package
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for path in package_source_files(package_dir):

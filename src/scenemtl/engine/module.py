@@ -367,7 +367,15 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
         raise UserError(f"checkpoint {path} not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as e:
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        pickle.UnpicklingError,
+    ) as e:
         raise UserError(f"{path}: not a scenemtl checkpoint ({type(e).__name__})") from None
     if (
         not isinstance(ckpt, dict)

@@ -109,8 +109,8 @@ def build_task(
             )
     try:
         return cls(name, **kwargs, **options)
-    except TypeError as e:
-        raise UserError(f"task {name!r}: malformed spec ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"task {name!r}: malformed spec or option value ({e})") from None
 
 
 def build_tasks(

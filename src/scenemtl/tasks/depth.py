@@ -16,6 +16,7 @@ from scenemtl.data.format import (
     DISPARITY8,
     DISPARITY8_MAX_M,
     DISPARITY8_MIN_M,
+    INVALID_DEPTH,
     encode_depth,
     read_depth,
 )
@@ -26,8 +27,6 @@ from scenemtl.tasks.base import Task
 
 DEPTH_LOSSES: tuple[str, ...] = ("l1", "l2", "silog")
 DEFAULT_SILOG_LAMBDA = 0.85
-INVALID_DEPTH = 0.0
-"""Depth value (meters) of pixels without valid depth: sky, missing disparity, padding."""
 EXPORT_DEPTH_RTOL = 1e-3
 """Largest relative difference of exported depth (meters) from torch eager."""
 
