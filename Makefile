@@ -2,10 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
+# The exact versions the test suite passed with (every package but torch, which is pinned
+# above); `make lock` moves them to the newest releases.
+CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: install test demo lint format clean
+.PHONY: install test demo lint format lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +17,10 @@ $(PY):
 
 # torch first and pinned: an unpinned torch (or one pulled in by a dependency) would
 # download the CUDA build. With the pin satisfied, the package's own floor is a no-op.
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[dev,export]"
+# Everything else (torch's own dependencies too) comes at the version in $(CONSTRAINTS).
+$(STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) $(PIP_INSTALL) "torch==$(TORCH_VERSION)"
+	$(PY) $(PIP_INSTALL) -e ".[dev,export]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +38,22 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
+
+# Upgrade: resolve the newest releases in a throwaway venv (torch still $(TORCH_VERSION))
+# and rewrite $(CONSTRAINTS) with them; the next `make test` installs them into $(VENV).
+# Commit the new file once `make test` passes.
+lock:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; py="$$tmp/venv/bin/python"; \
+	$$py -m pip install --quiet --upgrade pip; \
+	$$py -m pip install --quiet "torch==$(TORCH_VERSION)"; \
+	$$py -m pip install --quiet -e ".[dev,export]"; \
+	{ echo "# Exact versions for make install/test/demo (pip -c), all but torch (TORCH_VERSION"; \
+	  echo "# in the Makefile). Written by 'make lock' with $$($$py -V) on $$(uname -sm)."; \
+	  $$py -m pip freeze --exclude-editable | grep -v -i '^torch=='; \
+	} > $(CONSTRAINTS).tmp; \
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
+	@echo "$(CONSTRAINTS) rewritten: run make test, then commit it"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
