@@ -22,10 +22,9 @@ from scenemtl.commands.predict import (
 from scenemtl.data.format import DISPARITY8, decode_depth, encode_depth
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
-
-OUTPUT_SUFFIXES = output_suffixes(["semseg", "depth"])
 from tests.engine.conftest import tiny_config
 
+OUTPUT_SUFFIXES = output_suffixes(["semseg", "depth"])
 SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7)}
 
 

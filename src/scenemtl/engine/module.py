@@ -172,7 +172,8 @@ class MultiTaskModule(L.LightningModule):
             raise UserError(
                 "the checkpoint learned tasks "
                 f"{_describe_specs(stored)}, but this run's data gives "
-                f"{_describe_specs(self.current_task_specs())}; choose matching data.tasks / data.root"
+                f"{_describe_specs(self.current_task_specs())}; "
+                "choose matching data.tasks / data.root"
             )
         migrate_checkpoint(checkpoint)
 
