@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scenemtl.data.format import IGNORE_INDEX
-from scenemtl.depth_space import DEPTH_SPACES, DepthSpace
+from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.losses import MultiTaskLoss

@@ -19,7 +19,7 @@ Definitions (shared/DESIGN.md, "Metrics and the reporting convention"):
   for runs that learn both ``semseg`` and ``depth`` (:data:`GRADER_TASKS`).
 
 Depth metrics accept meters only: predictions decoded with
-:meth:`scenemtl.depth_space.DepthSpace.decode`, ground truth exactly as the batch holds
+:meth:`scenemtl.tasks.depth_space.DepthSpace.decode`, ground truth exactly as the batch holds
 it from disk. There is no argument through which a depth normalization could reach the
 ground truth. Accumulation is float64 (depth sums) and int64 (confusion matrix).
 """

@@ -51,7 +51,7 @@ from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.errors import DataFormatError, UserError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     import numpy as np
     from torchmetrics import Metric
@@ -384,8 +384,6 @@ def grade_submission(
             check_member_name(member)
         found = _index_predictions(zf, list(available), size)
         tasks = [available[name] for name in found]
-        for task in tasks:
-            _prediction_reader(task)  # an unknown kind fails before any reading
         metrics = _submission_metrics(tasks)
         hashes = _manifest_hashes(zf, limits)
         for index in range(size):
@@ -399,8 +397,9 @@ def grade_submission(
                 expected = hashes.get(member.filename)
                 if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
                     raise _fail(member.filename, f"sha256 differs from {MANIFEST_NAME}")
-                read = _prediction_reader(task)
-                preds[task.name] = read(task, member.filename, payload, targets[task.name])
+                preds[task.name] = _read_prediction(
+                    task, member.filename, payload, targets[task.name]
+                )
             metrics.update(
                 {k: torch.from_numpy(v)[None] for k, v in preds.items()},
                 {k: torch.from_numpy(v)[None] for k, v in targets.items()},
@@ -434,62 +433,18 @@ def _submission_metrics(tasks: Sequence[Task]) -> Any:
 # --------------------------------------------------------------------------------------
 # reading predictions: what the grader accepts from untrusted files, per kind of task
 
-SEMSEG_MODES = ("L", "P")  # P: palette indices are the labels, as for ground truth
-DEPTH_MODES = ("L", "I;16", "I;16B", "I;16L", "I")
 
-
-def _read_labels(task: Task, name: str, payload: bytes, target: np.ndarray) -> np.ndarray:
-    """A segmentation prediction: int64 labels [H,W], 0..N-1 or 255 (no class)."""
-    import numpy as np
-
-    image = _decode_png(name, payload, SEMSEG_MODES, target.shape)
-    labels = np.asarray(image, dtype=np.uint8)
-    bad = (labels >= task.channels) & (labels != IGNORE_INDEX)
-    if bad.any():
-        values = sorted({int(v) for v in np.unique(labels[bad])})[:5]
-        raise _fail(
-            name,
-            f"label values {values} outside the {task.channels}-class table "
-            f"(0..{task.channels - 1}) and {IGNORE_INDEX}",
-        )
-    return labels.astype(np.int64)
-
-
-def _read_depth(task: Task, name: str, payload: bytes, target: np.ndarray) -> np.ndarray:
-    """A depth prediction: float32 meters [H,W], positive wherever the target is valid."""
-    from scenemtl.data.format import decode_depth
-
-    image = _decode_png(name, payload, DEPTH_MODES, target.shape)
+def _read_prediction(task: Task, name: str, payload: bytes, target: np.ndarray) -> np.ndarray:
+    """A submitted prediction of ``task`` as [H,W] values, or one line naming the member."""
+    image = _decode_png(name, payload, task.prediction_modes, target.shape)
     try:
-        depth = decode_depth(image)
+        return task.read_prediction(image, target)
     except DataFormatError as e:
         raise _fail(name, str(e)) from None
-    holes = int(((depth <= 0) & (target > 0)).sum())
-    if holes:
-        raise _fail(name, f"depth 0 (invalid) at {holes} pixel(s) where the ground truth has depth")
-    return depth
-
-
-_READERS: dict[str, Callable[[Task, str, bytes, np.ndarray], np.ndarray]] = {
-    "segmentation": _read_labels,
-    "depth": _read_depth,
-}
-
-
-def _prediction_reader(task: Task) -> Callable[[Task, str, bytes, np.ndarray], np.ndarray]:
-    try:
-        return _READERS[task.kind]
-    except KeyError:
-        raise UserError(
-            f"the grader cannot read predictions of {task.kind!r} task {task.name!r}"
-        ) from None
 
 
 # --------------------------------------------------------------------------------------
 # command line
-
-# What each kind's headline metric is, for the report.
-_HEADLINES = {"segmentation": "mean IoU (%)", "depth": "SI-logRMSE (x100)"}
 
 
 def format_report(metrics: dict[str, float], tasks: Sequence[Task]) -> str:
@@ -501,7 +456,7 @@ def format_report(metrics: dict[str, float], tasks: Sequence[Task]) -> str:
         (
             t.name,
             metrics[t.name],
-            _HEADLINES.get(t.kind, "higher is better" if t.higher_is_better else "lower is better"),
+            t.headline_label or ("higher is better" if t.higher_is_better else "lower is better"),
         )
         for t in tasks
     ]

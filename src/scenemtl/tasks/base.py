@@ -38,6 +38,10 @@ class Task(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    headline_label: ClassVar[str] = ""
+    """What the headline metric is, for reports (e.g. "mean IoU (%)")."""
+    prediction_modes: ClassVar[tuple[str, ...]] = ()
+    """PIL modes a prediction PNG of this task may have (checked before decoding)."""
     higher_is_better: ClassVar[bool] = True
     fill_value: ClassVar[float] = 0.0
     likelihood_scale: ClassVar[float] = 1.0
@@ -65,6 +69,15 @@ class Task(nn.Module):
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         """A decoded prediction [H,W] as the PNG a dataset of this task would hold."""
+        raise NotImplementedError
+
+    def read_prediction(self, image: Image.Image, target: np.ndarray) -> np.ndarray:
+        """A submitted prediction PNG (already decoded, mode checked) as [H,W] values.
+
+        Raises:
+            DataFormatError: what is wrong with it, without the file name (the caller
+                names the archive member).
+        """
         raise NotImplementedError
 
     def adopt_stats(self, stats: Mapping[str, Any]) -> None:

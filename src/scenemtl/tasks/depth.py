@@ -17,11 +17,12 @@ from scenemtl.data.format import (
     DISPARITY8_MAX_M,
     DISPARITY8_MIN_M,
     INVALID_DEPTH,
+    decode_depth,
     encode_depth,
     read_depth,
 )
-from scenemtl.depth_space import DEPTH_SPACES, DepthSpace
-from scenemtl.errors import UserError
+from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
+from scenemtl.errors import DataFormatError, UserError
 from scenemtl.metrics import DepthMetrics
 from scenemtl.tasks.base import Task
 
@@ -109,6 +110,8 @@ class DepthTask(Task):
     """
 
     kind = "depth"
+    headline_label = "SI-logRMSE (x100)"
+    prediction_modes = ("L", "I;16", "I;16B", "I;16L", "I")
     higher_is_better = False
     fill_value = INVALID_DEPTH
     likelihood_scale = 0.5
@@ -152,6 +155,15 @@ class DepthTask(Task):
 
     def read_target(self, path: Path) -> np.ndarray:
         return read_depth(path)
+
+    def read_prediction(self, image: Image.Image, target: np.ndarray) -> np.ndarray:
+        depth = decode_depth(image)
+        holes = int(((depth <= 0) & (target > 0)).sum())
+        if holes:
+            raise DataFormatError(
+                f"depth 0 (invalid) at {holes} pixel(s) where the ground truth has depth"
+            )
+        return depth
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return encode_depth(np.asarray(prediction, dtype=np.float32), self.encoding)

@@ -79,6 +79,8 @@ class SegmentationTask(Task):
     """
 
     kind = "segmentation"
+    headline_label = "mean IoU (%)"
+    prediction_modes = ("L", "P")  # P: palette indices are the labels, as for ground truth
     higher_is_better = True
     fill_value = float(IGNORE_INDEX)
     likelihood_scale = 1.0
@@ -104,6 +106,17 @@ class SegmentationTask(Task):
             raise DataFormatError(
                 f"{path}: label values {values} outside the {self.channels}-class table "
                 f"(0..{self.channels - 1}, {IGNORE_INDEX} = ignore)"
+            )
+        return labels.astype(np.int64)
+
+    def read_prediction(self, image: Image.Image, target: np.ndarray) -> np.ndarray:
+        labels = np.asarray(image, dtype=np.uint8)
+        bad = (labels >= self.channels) & (labels != IGNORE_INDEX)
+        if bad.any():
+            values = sorted({int(v) for v in np.unique(labels[bad])})[:5]
+            raise DataFormatError(
+                f"label values {values} outside the {self.channels}-class table "
+                f"(0..{self.channels - 1}) and {IGNORE_INDEX}"
             )
         return labels.astype(np.int64)
 
