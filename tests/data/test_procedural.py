@@ -489,7 +489,8 @@ def test_other_params_regenerate_in_place(tmp_path: Path) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch, workers: int) -> None:
     """A failing image (here: every val image) aborts the run, in-process or in a pool
-    (forked workers inherit the patch), and leaves no dataset.json behind."""
+    (forked workers inherit the patch), and leaves nothing behind: the images went to
+    a private folder beside the root, which is removed."""
     root = tmp_path / "ds"
     real = gen.render_sample
 
@@ -501,8 +502,8 @@ def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch, workers:
     monkeypatch.setattr(gen, "render_sample", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         synthesize(root, TINY, workers=workers, progress=False)
-    assert root.is_dir()
-    assert not fmt.info_path(root).exists()
+    assert not root.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [".ds.lock"]
     monkeypatch.setattr(gen, "render_sample", real)
     info = synthesize(root, TINY, workers=1, progress=False)  # resumes from scratch
     assert fmt.read_info(root).splits == info.splits
@@ -512,7 +513,7 @@ def test_refuses_to_overwrite_foreign_data(tmp_path: Path) -> None:
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match=r"files this generator did not write \(e.g. notes.txt\)"):
         synthesize(stray, TINY, workers=1, progress=False)
     other = tmp_path / "other"
     fmt.write_info(

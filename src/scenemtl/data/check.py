@@ -146,7 +146,8 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[s
     jobs = []
     for split in info.splits:
         if not (root / split).is_dir():
-            problems.append(f"{root / split}: split listed in dataset.json but missing")
+            if info.split_size(split):  # an empty split needs no folder
+                problems.append(f"{root / split}: split listed in dataset.json but missing")
             continue
         problems += _check_extra_files(root, info, split)
         problems += _sample_jobs(root, info, split, jobs)

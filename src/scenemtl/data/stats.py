@@ -76,11 +76,18 @@ def _mean_std(n: float, s: float, s2: float) -> dict[str, float]:
 
 
 def compute_stats(
-    root: str | os.PathLike, split: str = "train", workers: int | None = None
+    root: str | os.PathLike,
+    split: str = "train",
+    workers: int | None = None,
+    info: DatasetInfo | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Statistics of ``split`` over valid pixels, and the depth histograms for plotting."""
+    """Statistics of ``split`` over valid pixels, and the depth histograms for plotting.
+
+    ``info`` describes the dataset when its ``dataset.json`` is not written yet (the
+    generator computes the statistics before it writes it).
+    """
     root = Path(root)
-    info = read_info(root)
+    info = info if info is not None else read_info(root)
     if not info.has_gt(split):
         raise DataFormatError(f"{root}: split {split!r} has no ground truth to compute stats on")
     n = info.split_size(split)

@@ -8,7 +8,7 @@ sky light, cast shadows, haze and a camera response make the RGB. See docs/synth
 Public API::
 
     SynthParams, GENERATOR_VERSION, default_root(params)
-    synthesize(root, params, workers=None, progress=True) -> DatasetInfo
+    synthesize(root, params, workers=None, progress=True, stats=True) -> DatasetInfo
     cached_dataset(params=None, workers=None) -> root (rendered on first use)
     render_sample(params, split, index) -> (rgb, semseg, depth)
     bench(size=(128, 256), n=64, workers=None) -> images/s

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
-import shutil
+import platform
 import sys
 import tempfile
 import time
@@ -31,6 +32,14 @@ from scenemtl.data.procedural.params import (
     SynthParams,
     default_root,
 )
+from scenemtl.data.procedural.store import (
+    publish,
+    refuse_foreign,
+    remove_stale_partials,
+    root_lock,
+    staging,
+)
+from scenemtl.data.stats import compute_stats
 from scenemtl.errors import DataFormatError, UserError
 
 RGB_EXTENSION = ".jpg"
@@ -129,41 +138,6 @@ def _cached(root: Path, params: SynthParams) -> DatasetInfo | None:
     return info
 
 
-def _prepare_root(root: Path) -> None:
-    """Make ``root`` ready for writing, refusing to overwrite anything not ours."""
-    if root.exists() and not root.is_dir():
-        raise UserError(f"dataset root {root} exists and is not a directory")
-    if not root.exists():
-        root.mkdir(parents=True)
-        return
-    if info_path(root).is_file():
-        try:
-            source = read_info(root).source
-        except DataFormatError:
-            source = {}
-        if source.get("generator") != GENERATOR_NAME:
-            raise UserError(
-                f"{root} holds a dataset that this generator did not make; choose another root"
-            )
-        # Ours, from other parameters: forget it first so that it can never be taken for
-        # complete while it is being replaced.
-        info_path(root).unlink()
-    else:
-        # Split folders (and the statistics plots) of an interrupted run are fine.
-        ours = {*SPLITS, "stats"}
-        foreign = [
-            p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(".")
-        ]
-        if foreign:
-            raise UserError(
-                f"{root} is not empty and not a generated dataset (found {foreign[0]!r}); "
-                "choose another root"
-            )
-    for split in SPLITS:
-        if (root / split).is_dir():
-            shutil.rmtree(root / split)
-
-
 def _print_progress(done: int, total: int, start: float, final: bool = False) -> None:
     rate = done / max(time.perf_counter() - start, 1e-9)
     line = f"synth: {done}/{total} images ({rate:.1f} images/s)"
@@ -185,27 +159,70 @@ def synthesize(
     params: SynthParams,
     workers: int | None = None,
     progress: bool = True,
+    stats: bool = True,
 ) -> DatasetInfo:
     """Generate the dataset of ``params`` at ``root`` (or find it already there).
 
     Images are rendered in ``workers`` processes (default: all cores) and written in the
-    MiniScapes layout; ``dataset.json`` is written last and atomically, with the
-    parameters in ``source``, so an interrupted run never looks complete. The output is
-    the same, byte for byte, whatever the number of workers.
+    MiniScapes layout, into a private folder beside ``root`` that becomes ``root`` only
+    when complete, ``dataset.json`` (with the parameters in ``source``) included. With
+    ``stats``, ``dataset.json`` also holds the statistics ``scenemtl data stats``
+    computes, so training can start right away. The output is the same, byte for byte,
+    whatever the number of workers.
+
+    Safe to run concurrently: one process renders a root at a time (a lock beside it);
+    the others wait and then find it cached. A ``root`` holding anything the generator
+    did not write is refused (:class:`UserError`) and left untouched; see
+    :mod:`scenemtl.data.procedural.store`.
 
     Returns:
         The dataset's :class:`DatasetInfo`.
     """
-    root = Path(root)
+    root = Path(os.path.realpath(root))  # a symlinked root: render where it points
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise UserError(f"workers must be a positive integer, got {workers!r}")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"dataset root {root} exists and is not a directory")
     cached = _cached(root, params)
-    if cached is not None:
-        if progress:
-            print(f"synth: {root} already holds this dataset (cached)", file=sys.stderr)
-        return cached
-    _prepare_root(root)
+    if cached is None or (stats and not cached.stats):
 
+        def waiting(who: str) -> None:
+            if progress:
+                print(f"synth: {who} is writing {root}; waiting for it", file=sys.stderr)
+
+        with root_lock(root, on_wait=waiting):
+            cached = _cached(root, params)  # another process may have made it meanwhile
+            if cached is None:
+                return _make(root, params, workers, progress, stats)
+            if stats and not cached.stats:
+                # made before data synth computed statistics: add them, in place
+                cached = _with_stats(root, cached)
+                write_info(root, cached)
+    if progress:
+        print(f"synth: {root} already holds this dataset (cached)", file=sys.stderr)
+    return cached
+
+
+def _make(
+    root: Path, params: SynthParams, workers: int | None, progress: bool, stats: bool
+) -> DatasetInfo:
+    """Render the dataset beside ``root`` and rename it into place. Call with the lock."""
+    refuse_foreign(root)
+    remove_stale_partials(root)
+    with staging(root) as staged:
+        info = _render(staged, params, workers, progress)
+        if stats:
+            info = _with_stats(staged, info, progress)
+        write_info(staged, info)
+        publish(staged, root)
+    if progress:
+        freq, basis = info.source["class_pixel_frequency"], info.source["class_pixel_frequency_of"]
+        print(f"class pixel frequencies ({basis}):\n{format_frequencies(freq)}", file=sys.stderr)
+    return info
+
+
+def _render(root: Path, params: SynthParams, workers: int | None, progress: bool) -> DatasetInfo:
+    """Render every image of ``params`` into ``root``; the DatasetInfo to write."""
     tasks = []
     for split, n in params.splits.items():
         for start in range(0, n, CHUNK):
@@ -266,12 +283,34 @@ def synthesize(
             "params": params.to_json(),
             "class_pixel_frequency": freq,
             "class_pixel_frequency_of": basis,
+            # provenance only (not in the cache key): float details, and so the exact
+            # RGB bytes, can differ between numpy versions and CPUs (docs/synth.md)
+            "software": _software(),
         },
     )
-    write_info(root, info)
-    if progress:
-        print(f"class pixel frequencies ({basis}):\n{format_frequencies(freq)}", file=sys.stderr)
     return info
+
+
+def _software() -> dict[str, str]:
+    import PIL
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def _with_stats(root: Path, info: DatasetInfo, progress: bool = False) -> DatasetInfo:
+    """``info`` with the statistics of ``scenemtl data stats`` (over the train split, or
+    the first other split with labels) of the dataset written at ``root``."""
+    split = next((s for s in SPLITS if info.splits.get(s, {}).get("size") and info.has_gt(s)), None)
+    if split is None:
+        return info  # nothing labelled to compute them on
+    if progress:
+        print(f"synth: statistics of the {split} split", file=sys.stderr)
+    stats, _ = compute_stats(root, split, info=info)
+    return dataclasses.replace(info, stats=stats)
 
 
 def _available_cores() -> int:
@@ -304,6 +343,6 @@ def bench(size: tuple[int, int] = (128, 256), n: int = 64, workers: int | None =
     params = SynthParams(train=n, val=0, test=0, size=size)
     with tempfile.TemporaryDirectory(prefix="scenemtl-bench-") as tmp:
         t0 = time.perf_counter()
-        synthesize(Path(tmp) / "data", params, workers=workers, progress=False)
+        synthesize(Path(tmp) / "data", params, workers=workers, progress=False, stats=False)
         elapsed = time.perf_counter() - t0
     return n / elapsed
