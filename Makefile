@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 # The exact versions the test suite passed with (every package but torch, which is pinned
-# above); `make lock` moves them to the newest releases.
+# above); `make lock` moves them to the newest releases. Another TORCH_VERSION may want
+# other versions of torch's own dependencies: `make lock TORCH_VERSION=...` first.
 CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)

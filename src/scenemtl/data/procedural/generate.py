@@ -184,6 +184,8 @@ def synthesize(
     if root.exists() and not root.is_dir():
         raise UserError(f"dataset root {root} exists and is not a directory")
     cached = _cached(root, params)
+    if cached is None:
+        refuse_foreign(root)  # before anything is written, even the lock file beside it
     if cached is None or (stats and not cached.stats):
 
         def waiting(who: str) -> None:

@@ -5,7 +5,8 @@ root, never a file the generator did not write deleted.
   ``.<name>.lock`` beside it (it stays there, empty but for the holder's pid). A second
   ``data synth`` (or a second ``fit`` rendering the default dataset) waits, then finds
   the finished dataset. The lock dies with its process, so a killed run never leaves it
-  held. flock works on local file systems and, on Linux, on NFS.
+  held. flock works on local file systems and, on Linux, on NFS (not on Windows,
+  where concurrent runs on one root are not serialized).
 * **Staging.** Images are rendered into a private folder beside the root,
   ``.<name>.partial-XXXX/data``, and renamed to ``ROOT`` only once ``dataset.json`` is
   written: ``ROOT`` is always absent, complete, or the previous complete dataset.
@@ -19,7 +20,6 @@ root, never a file the generator did not write deleted.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -31,6 +31,11 @@ from pathlib import Path
 from scenemtl.data.format import INDEX_NAME, MODALITIES, SPLITS, info_path
 from scenemtl.data.procedural.params import GENERATOR_NAME
 from scenemtl.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs on one root are then not serialized
+    fcntl = None  # type: ignore[assignment]
 
 PARTIAL_TAG = ".partial-"
 MARKER = "scenemtl-synth-partial.json"
@@ -49,6 +54,9 @@ def root_lock(root: Path, on_wait: Callable[[str], None] | None = None) -> Itera
     """Hold the exclusive lock of ``root`` for the block (waiting for it if another
     process holds it; ``on_wait`` is told who that is)."""
     root.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     path = lock_path(root)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -139,8 +147,7 @@ def refuse_foreign(root: Path) -> None:
     else:
         what = f"files this generator did not write (e.g. {found})"
     raise UserError(
-        f"{root} holds {what}; nothing was changed: choose another --root, "
-        "or move them away yourself"
+        f"{root} holds {what}; nothing was changed: choose another root, or move them away yourself"
     )
 
 
