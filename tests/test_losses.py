@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from scenemtl.data.format import IGNORE_INDEX
-from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.models.registry import ModelConfig
 from scenemtl.tasks import DepthTask, SegmentationTask, build_tasks, legacy_task_specs
 from scenemtl.tasks.depth import depth_loss
+from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.tasks.segmentation import cross_entropy_loss
 from scenemtl.weighting import build_weighting
 

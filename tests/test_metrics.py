@@ -7,9 +7,9 @@ import torch
 
 from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, class_names
 from scenemtl.data.format import DISPARITY8, IGNORE_INDEX, METERS16, decode_depth, encode_depth
-from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.metrics import DepthMetrics, MultiTaskMetrics, SemsegMetrics, grader
 from scenemtl.tasks import build_tasks, legacy_task_specs
+from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 
 TASKS = build_tasks(legacy_task_specs())
 SEMSEG, DEPTH = TASKS

@@ -21,10 +21,10 @@ from scenemtl.data.format import (
     encode_depth,
     read_depth,
 )
-from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.metrics import DepthMetrics
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 
 DEPTH_LOSSES: tuple[str, ...] = ("l1", "l2", "silog")
 DEFAULT_SILOG_LAMBDA = 0.85

@@ -99,18 +99,18 @@ class SegmentationTask(Task):
         return {"kind": self.kind, "classes": self.classes}
 
     def read_target(self, path: Path) -> np.ndarray:
-        labels = read_semseg(path)
-        bad = (labels >= self.channels) & (labels != IGNORE_INDEX)
-        if bad.any():
-            values = sorted({int(v) for v in np.unique(labels[bad])})[:5]
-            raise DataFormatError(
-                f"{path}: label values {values} outside the {self.channels}-class table "
-                f"(0..{self.channels - 1}, {IGNORE_INDEX} = ignore)"
-            )
-        return labels.astype(np.int64)
+        try:
+            return self._checked(read_semseg(path))
+        except DataFormatError as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise DataFormatError(f"{path}: {e}") from None
 
     def read_prediction(self, image: Image.Image, target: np.ndarray) -> np.ndarray:
-        labels = np.asarray(image, dtype=np.uint8)
+        return self._checked(np.asarray(image, dtype=np.uint8))
+
+    def _checked(self, labels: np.ndarray) -> np.ndarray:
+        """uint8 labels [H,W] as int64, or DataFormatError for values outside the table."""
         bad = (labels >= self.channels) & (labels != IGNORE_INDEX)
         if bad.any():
             values = sorted({int(v) for v in np.unique(labels[bad])})[:5]
