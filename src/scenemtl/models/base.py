@@ -4,8 +4,9 @@ factories that turn a :class:`~scenemtl.models.registry.ModelConfig` into blocks
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
@@ -28,8 +29,23 @@ class MultiTaskNet(nn.Module):
     :meth:`~scenemtl.tasks.base.Task.decode` reads). The LAST tensor is the prediction;
     earlier ones are deep-supervision outputs that only feed the loss.
 
+    The network is split in two, so that the balancing methods can tell what the tasks
+    share: ``forward(x) == resize(decode(shared_forward(x)))``.
+
+    * :meth:`shared_forward` computes the **shared representation**: a dict of tensors
+      that every task's branch reads (default: the encoder's pyramid). Only the modules of
+      :meth:`shared_modules` take part in it.
+    * :meth:`decode` turns the shared representation into per-task outputs using only
+      parameters outside :meth:`shared_modules` (the task-specific ones).
+
+    A network whose tasks exchange information along the way (cross-stitch units, ...)
+    has no shared representation: it sets :attr:`has_shared_representation` to False and
+    lists in :meth:`shared_modules` every module whose parameters several tasks' losses
+    depend on.
+
     Subclasses build their heads in ``__init__`` (after ``super().__init__(cfg, heads)``)
-    and implement :meth:`decode`.
+    and implement :meth:`decode` (and :meth:`shared_forward` / :meth:`shared_modules`
+    when more than the encoder is shared).
 
     Args:
         cfg: the architecture's configuration.
@@ -41,6 +57,8 @@ class MultiTaskNet(nn.Module):
     """Names of the per-task outputs, in list order; the last one is the prediction."""
     min_tasks: ClassVar[int] = 1
     """Fewest tasks the architecture makes sense for."""
+    has_shared_representation: ClassVar[bool] = True
+    """Whether :meth:`shared_forward` is a representation all tasks read and nothing else."""
 
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__()
@@ -53,14 +71,43 @@ class MultiTaskNet(nn.Module):
             )
         self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
 
-    def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:
-        """Per-task outputs at any resolution from the encoder's pyramid."""
+    def shared_forward(self, x: Tensor) -> dict[Any, Tensor]:
+        """The shared representation of ``x`` [B, 3, H, W]; default: the encoder's pyramid
+        ``{scale: [B, C_s, H/s, W/s]}``."""
+        return self.encoder(x)
+
+    def shared_modules(self) -> list[nn.Module]:
+        """The modules every task shares (default: the encoder)."""
+        return [self.encoder]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of :meth:`shared_modules`, each once, in module order."""
+        seen: set[int] = set()
+        params = []
+        for module in self.shared_modules():
+            for p in module.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def task_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters outside :meth:`shared_modules` (the tasks' own)."""
+        shared = {id(p) for p in self.shared_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
+
+    def decode(self, shared: dict[Any, Tensor]) -> dict[str, list[Tensor]]:
+        """Per-task outputs at any resolution from the shared representation."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
-        size = x.shape[-2:]
-        outputs = self.decode(self.encoder(x))
+    def resize_outputs(
+        self, outputs: dict[str, list[Tensor]], size: tuple[int, int] | torch.Size
+    ) -> dict[str, list[Tensor]]:
+        """Every output bilinearly resized to ``size`` (the input's [H, W])."""
         return {task: [resize(o, size) for o in outs] for task, outs in outputs.items()}
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        return self.resize_outputs(self.decode(self.shared_forward(x)), x.shape[-2:])
 
 
 def make_bottleneck(cfg: ModelConfig, cin: int) -> nn.Module:

@@ -186,12 +186,17 @@ class DeepLabV3PlusDecoder(nn.Module):
         self.se = SqueezeExcitation(width, se_reduction) if squeeze_excitation else None
         self.predict = nn.Conv2d(width, out_channels, 1)
 
-    def forward(self, bottleneck: Tensor, pyramid: Mapping[int, Tensor]) -> tuple[Tensor, Tensor]:
+    def features(self, bottleneck: Tensor, pyramid: Mapping[int, Tensor]) -> Tensor:
+        """Everything but the final 1x1 conv: [B, feature_channels, H/s_f, W/s_f]."""
         x = bottleneck
         for key, stage in self.stages.items():
             x = stage(x, pyramid[int(key[1:])])
         if self.se is not None:
             x = self.se(x)
+        return x
+
+    def forward(self, bottleneck: Tensor, pyramid: Mapping[int, Tensor]) -> tuple[Tensor, Tensor]:
+        x = self.features(bottleneck, pyramid)
         return self.predict(x), x
 
 

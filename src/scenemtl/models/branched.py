@@ -38,5 +38,5 @@ class BranchedNet(MultiTaskNet):
             name: self.decoder[name](self.aspp[name](bottleneck), pyramid) for name in self.heads
         }
 
-    def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:
-        return {name: [pred] for name, (pred, _) in self.branch_outputs(pyramid).items()}
+    def decode(self, shared: dict[int, Tensor]) -> dict[str, list[Tensor]]:
+        return {name: [pred] for name, (pred, _) in self.branch_outputs(shared).items()}

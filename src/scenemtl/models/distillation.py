@@ -62,8 +62,8 @@ class DistillationNet(BranchedNet):
             }
         )
 
-    def decode(self, pyramid: dict[int, Tensor]) -> dict[str, list[Tensor]]:
-        branches = self.branch_outputs(pyramid)
+    def decode(self, shared: dict[int, Tensor]) -> dict[str, list[Tensor]]:
+        branches = self.branch_outputs(shared)
         outputs: dict[str, list[Tensor]] = {}
         for name in self.heads:
             initial, features = branches[name]
