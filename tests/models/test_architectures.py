@@ -43,6 +43,27 @@ def test_output_contract_at_odd_input_size(
             assert torch.isfinite(o).all()
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_bottleneck_encoder_widths_reach_the_heads(architecture: str) -> None:
+    # ResNet-50 stages are 256/512/1024/2048 wide: every block reading the pyramid must
+    # take its width from the encoder's channel table, not from ResNet-18/34's 64..512
+    model = build_model(small(architecture=architecture, encoder="resnet50", extra_skips=True))
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 36, 52))
+    for name, channels in HEADS.items():
+        assert [tuple(o.shape) for o in out[name]] == [(1, channels, 36, 52)] * len(
+            model.output_stages
+        )
+    # outside the encoder(s): the bottleneck (2048) and the 4x skip (256) are read
+    in_channels = {
+        m.in_channels
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and "encoder" not in n
+    }
+    assert 2048 in in_channels and 256 in in_channels
+
+
 VARIANTS = {
     "deeplabv3p": {},
     "template": {"aspp": False, "skip": False},
@@ -185,7 +206,7 @@ def test_imagenet_style_parameter_counts_of_the_designs() -> None:
     [
         ("architecture", "mtinet", "unknown architecture 'mtinet'"),
         ("architecture", ["joint"], "architecture"),
-        ("encoder", "resnet50", "unknown encoder 'resnet50'"),
+        ("encoder", "resnet152", "unknown encoder 'resnet152'"),
         ("dilation", (True, True, True), "output stride 4"),
         ("dilation", (False, True), "dilation"),
         ("dilation", (0, 0, 1), "dilation"),

@@ -14,9 +14,20 @@ import torch
 from scenemtl.errors import UserError
 from scenemtl.models.encoder import ResNetEncoder, build_encoder, imagenet_file_name
 
-BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-# published totals of torchvision's resnet18/resnet34, including the 1000-class fc
-TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672}
+BLOCKS = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+}
+# published totals of torchvision's resnets, including the 1000-class fc
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+}
+BOTTLENECK = {"resnet50", "resnet101"}
 
 
 def _bn(prefix: str, c: int, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -41,37 +52,82 @@ def torchvision_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     for stage, (n, c) in enumerate(zip(BLOCKS[name], (64, 128, 256, 512), strict=True), 1):
         for b in range(n):
             p = f"layer{stage}.{b}"
-            sd[f"{p}.conv1.weight"] = torch.randn(c, cin if b == 0 else c, 3, 3, generator=g)
-            sd.update(_bn(f"{p}.bn1", c, g))
-            sd[f"{p}.conv2.weight"] = torch.randn(c, c, 3, 3, generator=g)
-            sd.update(_bn(f"{p}.bn2", c, g))
-            if b == 0 and stage > 1:
-                sd[f"{p}.downsample.0.weight"] = torch.randn(c, cin, 1, 1, generator=g)
-                sd.update(_bn(f"{p}.downsample.1", c, g))
-        cin = c
-    sd["fc.weight"] = torch.randn(1000, 512, generator=g)
+            if name in BOTTLENECK:
+                # 1x1 reduce to c, 3x3 at c, 1x1 expand to 4c
+                cout = 4 * c
+                sd[f"{p}.conv1.weight"] = torch.randn(c, cin, 1, 1, generator=g)
+                sd.update(_bn(f"{p}.bn1", c, g))
+                sd[f"{p}.conv2.weight"] = torch.randn(c, c, 3, 3, generator=g)
+                sd.update(_bn(f"{p}.bn2", c, g))
+                sd[f"{p}.conv3.weight"] = torch.randn(cout, c, 1, 1, generator=g)
+                sd.update(_bn(f"{p}.bn3", cout, g))
+                has_downsample = b == 0  # layer1 too: 64 -> 256 channels
+            else:
+                cout = c
+                sd[f"{p}.conv1.weight"] = torch.randn(c, cin, 3, 3, generator=g)
+                sd.update(_bn(f"{p}.bn1", c, g))
+                sd[f"{p}.conv2.weight"] = torch.randn(c, c, 3, 3, generator=g)
+                sd.update(_bn(f"{p}.bn2", c, g))
+                has_downsample = b == 0 and stage > 1
+            if has_downsample:
+                sd[f"{p}.downsample.0.weight"] = torch.randn(cout, cin, 1, 1, generator=g)
+                sd.update(_bn(f"{p}.downsample.1", cout, g))
+            cin = cout
+    sd["fc.weight"] = torch.randn(1000, cin, generator=g)
     sd["fc.bias"] = torch.randn(1000, generator=g)
     return sd
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+@pytest.mark.parametrize("name", list(BLOCKS))
 def test_parameter_count_is_torchvision_without_fc(name: str) -> None:
     encoder = ResNetEncoder(name)
-    fc = 512 * 1000 + 1000
+    width = 2048 if name in BOTTLENECK else 512
+    fc = width * 1000 + 1000
     assert sum(p.numel() for p in encoder.parameters()) == TORCHVISION_PARAMS[name] - fc
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+@pytest.mark.parametrize("name", list(BLOCKS))
 def test_torchvision_state_dict_loads_strictly_and_drops_fc(name: str, tmp_path: Path) -> None:
     sd = torchvision_state_dict(name)
+    # the state dict written from torchvision's layout has its published size
+    assert (
+        sum(v.numel() for k, v in sd.items() if "running" not in k and "num_batches" not in k)
+        == (TORCHVISION_PARAMS[name])
+    )
     path = tmp_path / "w.pth"
     torch.save(sd, path)
     encoder = build_encoder(name, str(path))
     assert not hasattr(encoder, "fc")
     loaded = encoder.state_dict()
     assert set(loaded) == {k for k in sd if not k.startswith("fc.")}
-    for key in ("conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.running_var"):
+    keys = ["conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.running_var"]
+    if name in BOTTLENECK:
+        keys += ["layer1.0.conv3.weight", "layer1.0.downsample.0.weight", "layer3.5.bn3.bias"]
+    for key in keys:
         assert torch.equal(loaded[key], sd[key])
+
+
+def test_bottleneck_layout_and_channel_table() -> None:
+    encoder = ResNetEncoder("resnet50", (False, False, True))
+    assert encoder.channels == {2: 64, 4: 256, 8: 512, 16: 2048}
+    shapes = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    assert shapes["layer1.0.conv1.weight"] == (64, 64, 1, 1)
+    assert shapes["layer1.0.conv3.weight"] == (256, 64, 1, 1)
+    assert shapes["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
+    assert shapes["layer2.0.conv2.weight"] == (128, 128, 3, 3)
+    assert "layer1.1.downsample.0.weight" not in shapes
+    # the stride sits on the 3x3 (torchvision's V1.5), not on the first 1x1
+    assert encoder.layer2[0].conv1.stride == (1, 1)
+    assert encoder.layer2[0].conv2.stride == (2, 2)
+    assert len(ResNetEncoder("resnet101").layer3) == 23
+
+
+def test_resnet50_files_of_other_depths_do_not_load(tmp_path: Path) -> None:
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision_state_dict("resnet34"), path)
+    with pytest.raises(UserError, match="does not fit resnet50") as err:
+        build_encoder("resnet50", str(path))
+    assert "\n" not in str(err.value)
 
 
 def test_wrong_key_names_are_a_one_line_error(tmp_path: Path) -> None:
@@ -155,11 +211,12 @@ def test_imagenet_weights_offline_name_file_and_folder(
     assert str(tmp_path / "hub" / "checkpoints") in msg
 
 
-def test_random_init_zeroes_residual_branches() -> None:
-    encoder = ResNetEncoder("resnet18")
+@pytest.mark.parametrize(("name", "last"), [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_random_init_zeroes_residual_branches(name: str, last: str) -> None:
+    encoder = ResNetEncoder(name)
     for stage in range(1, 5):
         for block in getattr(encoder, f"layer{stage}"):
-            assert torch.count_nonzero(block.bn2.weight) == 0
+            assert torch.count_nonzero(getattr(block, last).weight) == 0
             assert torch.count_nonzero(block.bn1.weight) == block.bn1.weight.numel()
 
 
@@ -209,6 +266,27 @@ def test_dilated_stage_follows_torchvision() -> None:
     assert encoder.layer4[0].downsample[0].stride == (1, 1)
 
 
+@pytest.mark.parametrize("dilation", [(False, False, True), (False, True, True)])
+def test_dilated_bottleneck_stage_follows_torchvision(dilation: tuple[bool, bool, bool]) -> None:
+    encoder = ResNetEncoder("resnet50", dilation).eval()
+    # torchvision: the first block of a dilated stage keeps the previous dilation in its
+    # 3x3 (previous_dilation), the later blocks take the new one; 1x1 convs never dilate
+    d3 = 2 if dilation[1] else 1
+    d4 = d3 * 2
+    assert encoder.layer3[0].conv2.dilation == (1, 1)
+    assert encoder.layer3[1].conv2.dilation == (d3, d3)
+    assert encoder.layer4[0].conv2.dilation == (d3, d3)
+    assert encoder.layer4[2].conv2.dilation == (d4, d4)
+    assert encoder.layer4[0].conv2.stride == encoder.layer4[0].downsample[0].stride == (1, 1)
+    assert encoder.layer4[0].conv1.dilation == encoder.layer4[0].conv3.dilation == (1, 1)
+    with torch.no_grad():
+        pyramid = encoder(torch.randn(1, 3, 45, 67))
+    os_ = 32 // 2 ** sum(dilation)
+    assert max(pyramid) == encoder.output_stride == os_
+    assert pyramid[os_].shape[1] == 2048
+    assert tuple(pyramid[os_].shape[-2:]) == _expected_sizes(45, 67, dilation)[os_]
+
+
 def test_unknown_encoder_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown encoder 'resnet50'"):
-        ResNetEncoder("resnet50")
+    with pytest.raises(UserError, match="unknown encoder 'resnet152'"):
+        ResNetEncoder("resnet152")

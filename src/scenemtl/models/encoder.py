@@ -1,10 +1,15 @@
-"""ResNet-18/34 encoders that return a feature pyramid.
+"""ResNet-18/34/50/101 encoders that return a feature pyramid.
 
 torchvision cannot be installed next to the CPU build of torch used here, so the ResNet is
 written out in this file. Module names (``conv1``, ``bn1``, ``layer1.0.conv1``,
-``layer2.0.downsample.0`` ...) are exactly torchvision's, so torchvision's ImageNet files
-(``resnet18-f37072fd.pth``, ``resnet34-b627a593.pth``) load with ``strict=True``; their
-``fc`` layer is loaded too and dropped right after, the encoder has no classifier.
+``layer2.0.downsample.0``, ``layer1.0.conv3`` ...) are exactly torchvision's, so
+torchvision's ImageNet files (``resnet18-f37072fd.pth`` ... ``resnet101-63fe2227.pth``)
+load with ``strict=True``; their ``fc`` layer is loaded too and dropped right after, the
+encoder has no classifier.
+
+ResNet-18/34 stack :class:`BasicBlock` (two 3x3 convs), ResNet-50/101 :class:`Bottleneck`
+(1x1 reduce, 3x3, 1x1 expand by 4, stride on the 3x3 as torchvision's "V1.5"), so their
+stages are 4x wider: 256, 512, 1024, 2048 channels against 64, 128, 256, 512.
 """
 
 from __future__ import annotations
@@ -20,18 +25,35 @@ from scenemtl.errors import UserError
 ENCODERS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (2, 2, 2, 2),
     "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
 }
-"""Encoder name -> number of BasicBlocks in layer1..layer4."""
+"""Encoder name -> number of residual blocks in layer1..layer4 (block type:
+:data:`BOTTLENECK_ENCODERS`)."""
+
+BOTTLENECK_ENCODERS = frozenset({"resnet50", "resnet101"})
+"""Encoders built from :class:`Bottleneck` blocks; the others use :class:`BasicBlock`."""
 
 IMAGENET_URLS: dict[str, str] = {
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    # IMAGENET1K_V1, trained with the same recipe as the two above
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
 """torchvision's published ImageNet weights (IMAGENET1K_V1); the 8 hex digits after the
 dash are the start of the file's sha256, which ``check_hash`` verifies on download."""
 
 STAGE_CHANNELS: tuple[int, int, int, int] = (64, 128, 256, 512)
+"""Width of the 3x3 convs of layer1..layer4 (a stage's output for BasicBlock encoders)."""
 STEM_CHANNELS = 64
+
+
+def stage_channels(name: str) -> tuple[int, int, int, int]:
+    """Output channels of layer1..layer4 of encoder ``name``: (64, 128, 256, 512) for
+    ResNet-18/34, four times that for the bottleneck ResNets."""
+    expansion = Bottleneck.expansion if name in BOTTLENECK_ENCODERS else BasicBlock.expansion
+    return tuple(c * expansion for c in STAGE_CHANNELS)  # type: ignore[return-value]
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -48,6 +70,9 @@ class BasicBlock(nn.Module):
 
     Shapes: [B, cin, H, W] -> [B, cout, ceil(H / stride), ceil(W / stride)].
     """
+
+    expansion = 1
+    """Output channels per unit of width (``cout`` is both width and output)."""
 
     def __init__(
         self,
@@ -75,12 +100,64 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm closing the residual branch (zeroed for ``zero_init_residual``)."""
+        return self.bn2
+
+
+class Bottleneck(nn.Module):
+    """torchvision's bottleneck block: 1x1 to ``width``, 3x3 at ``width`` (carrying the
+    stride, "ResNet V1.5"), 1x1 to ``4 * width``; identity or 1x1 projection shortcut.
+
+    The single 3x3 conv uses ``dilation_in``, as torchvision gives the first block of a
+    dilated stage the previous dilation (``previous_dilation``) and every later block the
+    new one; ``dilation`` is accepted for the same call signature as :class:`BasicBlock`.
+
+    Shapes: [B, cin, H, W] -> [B, 4 * width, ceil(H / stride), ceil(W / stride)].
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        cin: int,
+        width: int,
+        stride: int = 1,
+        dilation_in: int = 1,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = _conv3x3(width, width, stride, dilation_in)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Sequential | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm closing the residual branch (zeroed for ``zero_init_residual``)."""
+        return self.bn3
+
 
 class ResNetEncoder(nn.Module):
-    """ResNet-18/34 trunk without pooling and classifier, returning a feature pyramid.
+    """ResNet trunk without pooling and classifier, returning a feature pyramid.
 
     Args:
-        name: "resnet18" or "resnet34".
+        name: "resnet18", "resnet34", "resnet50" or "resnet101".
         dilation: for layer2, layer3, layer4: replace that stage's stride 2 by dilation
             (torchvision's ``replace_stride_with_dilation``).
 
@@ -89,7 +166,8 @@ class ResNetEncoder(nn.Module):
     dilation makes several stages share a scale, the deepest one is kept, so
     ``max(pyramid)`` is the output stride and ``pyramid[max(pyramid)]`` the bottleneck.
     Key 2 is the stem (after conv1/bn1/relu, before max pooling), key 4 the deepest stage
-    at 1/4 (layer1 without dilation).
+    at 1/4 (layer1 without dilation). ``channels`` maps each key to its channel count
+    (:func:`stage_channels`: layer4 has 512 channels in ResNet-18/34, 2048 in ResNet-50/101).
     """
 
     def __init__(
@@ -112,16 +190,21 @@ class ResNetEncoder(nn.Module):
         self.stage_scales: list[int] = []
         cin = STEM_CHANNELS
         blocks = ENCODERS[name]
-        for i, (n_blocks, cout) in enumerate(zip(blocks, STAGE_CHANNELS, strict=True)):
+        block: type[BasicBlock] | type[Bottleneck] = (
+            Bottleneck if name in BOTTLENECK_ENCODERS else BasicBlock
+        )
+        self.stage_out_channels = stage_channels(name)
+        for i, (n_blocks, width) in enumerate(zip(blocks, STAGE_CHANNELS, strict=True)):
             stride = 1 if i == 0 else 2
             dilation_in = current_dilation
             if i > 0 and self.dilation_flags[i - 1]:
                 current_dilation *= stride
                 stride = 1
             scale *= stride
-            layers = [BasicBlock(cin, cout, stride, dilation_in, current_dilation)]
+            layers = [block(cin, width, stride, dilation_in, current_dilation)]
+            cout = width * block.expansion
             layers += [
-                BasicBlock(cout, cout, 1, current_dilation, current_dilation)
+                block(cout, width, 1, current_dilation, current_dilation)
                 for _ in range(n_blocks - 1)
             ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
@@ -129,7 +212,7 @@ class ResNetEncoder(nn.Module):
             cin = cout
 
         self.channels: dict[int, int] = {2: STEM_CHANNELS}
-        for s, c in zip(self.stage_scales, STAGE_CHANNELS, strict=True):
+        for s, c in zip(self.stage_scales, self.stage_out_channels, strict=True):
             self.channels[s] = c  # later (deeper) stages overwrite shallower ones
         self.output_stride = max(self.channels)
         self.reset_parameters()
@@ -148,8 +231,8 @@ class ResNetEncoder(nn.Module):
                 nn.init.zeros_(m.bias)
                 m.reset_running_stats()
         for m in self.modules():
-            if isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(m.last_bn().weight)
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         pyramid: dict[int, Tensor] = {}
@@ -173,7 +256,7 @@ class ResNetEncoder(nn.Module):
         has_fc = any(k.startswith("fc.") for k in state)
         if has_fc:
             # a temporary classifier makes strict loading check fc's keys and shapes too
-            self.fc = nn.Linear(STAGE_CHANNELS[-1], 1000)
+            self.fc = nn.Linear(self.stage_out_channels[-1], 1000)
         try:
             expected = self.state_dict()
             problem = _state_dict_mismatch(expected, state)

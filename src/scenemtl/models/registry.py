@@ -36,7 +36,9 @@ class ModelConfig:
 
     Attributes:
         architecture: a key of :data:`ARCHITECTURES` ("joint", "branched", "distillation").
-        encoder: "resnet18" or "resnet34".
+        encoder: "resnet18", "resnet34" (BasicBlock) or "resnet50", "resnet101" (Bottleneck,
+            4x wider stages; every architecture reads the widths from the encoder's
+            ``channels`` table).
         weights: encoder initialization: None (random, zero-init residuals), "imagenet"
             (torchvision's file via the torch hub cache) or a path to a ``.pth`` state dict.
         dilation: replace the stride of layer2, layer3, layer4 by dilation; at most two,
