@@ -9,6 +9,7 @@ import torch
 
 from scenemtl.errors import UserError
 from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
+from scenemtl.models.encoder import ResNetEncoder
 from scenemtl.models.joint import JointNet
 
 HEADS = {"semseg": 19, "depth": 1}
@@ -88,11 +89,15 @@ def test_batch_size_one_train_step_reaches_every_parameter(architecture: str, va
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    encoders = [m for m in model.modules() if isinstance(m, ResNetEncoder)]
+    assert encoders
     # zero-initialized residual BNs still get a nonzero gradient
-    assert model.encoder.layer1[0].bn2.weight.grad.abs().sum() > 0
-    stem = model.encoder.conv1.weight.detach().clone()
+    for encoder in encoders:
+        assert encoder.layer1[0].bn2.weight.grad.abs().sum() > 0
+    stems = [e.conv1.weight.detach().clone() for e in encoders]
     opt.step()
-    assert not torch.equal(model.encoder.conv1.weight, stem)
+    for encoder, stem in zip(encoders, stems, strict=True):
+        assert not torch.equal(encoder.conv1.weight, stem)
 
 
 def test_joint_splits_one_conv_in_task_order() -> None:

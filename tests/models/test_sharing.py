@@ -39,24 +39,36 @@ def test_forward_is_decode_of_shared_forward(architecture: str, config: str) -> 
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+NOTHING_SHARED = {"task_specific"}
+"""Architectures whose tasks share no parameter at all."""
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_shared_and_task_parameters_partition_the_network(architecture: str, config: str) -> None:
     model = build_model(small(architecture, **CONFIGS[config]), HEADS)
     shared = {id(p) for p in model.shared_parameters()}
     own = {id(p) for p in model.task_parameters()}
-    assert shared and not shared & own
+    assert bool(shared) == (architecture not in NOTHING_SHARED)
+    assert not shared & own
     assert shared | own == {id(p) for p in model.parameters()}
+
+
+def test_nothing_shared_means_the_image_passes_through() -> None:
+    model = build_model(small("task_specific"), HEADS)
+    assert not model.has_shared_representation
+    assert model.shared_modules() == [] and model.shared_parameters() == []
+    x = torch.randn(1, 3, 24, 24)
+    assert model.shared_forward(x)["image"] is x
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_shared_representation_is_all_the_tasks_read(architecture: str, config: str) -> None:
-    """Gradients reach the shared parameters only through the shared representation, and
-    every shared parameter takes part in it."""
+def test_decode_uses_task_parameters_only(architecture: str, config: str) -> None:
+    """Gradients reach the shared parameters only through ``shared_forward``'s output
+    (the shared representation, or the mixed per-task trunks of architectures without
+    one), and every shared parameter takes part in it."""
     model = build_model(small(architecture, **CONFIGS[config]), HEADS).train()
-    if not model.has_shared_representation:
-        pytest.skip("no shared representation by design")
     x = torch.randn(2, 3, 40, 56)
     shared = model.shared_forward(x)
     detached = {k: v.detach().requires_grad_() for k, v in shared.items()}
@@ -65,6 +77,12 @@ def test_shared_representation_is_all_the_tasks_read(architecture: str, config: 
     loss.backward()
     assert all(p.grad is None for p in model.shared_parameters())
     assert any(v.grad is not None and v.grad.abs().sum() > 0 for v in detached.values())
+    # every task-specific parameter is reached from the detached input of decode
+    unreached = [n for n, p in model.named_parameters() if p.grad is None]
+    shared_ids = {id(p) for p in model.shared_parameters()}
+    assert {id(p) for n, p in model.named_parameters() if n in unreached} <= shared_ids
+    if not shared_ids:
+        return
     reached = sum(v.square().sum() for v in shared.values())
     reached.backward()
     missing = [

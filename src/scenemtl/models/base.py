@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.blocks import ASPP, DeepLabV3PlusDecoder, Projection, resize
-from scenemtl.models.encoder import build_encoder
+from scenemtl.models.encoder import ResNetEncoder, build_encoder
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
@@ -41,7 +41,21 @@ class MultiTaskNet(nn.Module):
     A network whose tasks exchange information along the way (cross-stitch units, ...)
     has no shared representation: it sets :attr:`has_shared_representation` to False and
     lists in :meth:`shared_modules` every module whose parameters several tasks' losses
-    depend on.
+    depend on. Its :meth:`shared_forward` still runs everything up to the point after
+    which the tasks no longer interact (cross-stitch, NDDR: the mixed per-task trunks,
+    keyed ``"task/scale"``), so that :meth:`decode` keeps using task-specific parameters
+    only; but task t reads only its own entries, so the dict is not *one* representation
+    (representation-level methods such as MGDA-UB do not apply).
+
+    A network whose tasks share **no parameter at all** (``task_specific``: one encoder,
+    ASPP and decoder per task) also sets :attr:`has_shared_representation` to False;
+    :meth:`shared_modules` is empty (so :meth:`shared_parameters` is ``[]``) and
+    :meth:`shared_forward` returns the input unchanged as ``{"image": x}``. Per-task
+    gradients then touch disjoint parameters: gradient-level balancing has nothing to
+    combine and reduces to the loss-weighted sum; loss-level methods apply as usual.
+
+    Architectures with one encoder per task set :attr:`single_encoder` to False; the base
+    class then builds no ``self.encoder``.
 
     Subclasses build their heads in ``__init__`` (after ``super().__init__(cfg, heads)``)
     and implement :meth:`decode` (and :meth:`shared_forward` / :meth:`shared_modules`
@@ -59,6 +73,8 @@ class MultiTaskNet(nn.Module):
     """Fewest tasks the architecture makes sense for."""
     has_shared_representation: ClassVar[bool] = True
     """Whether :meth:`shared_forward` is a representation all tasks read and nothing else."""
+    single_encoder: ClassVar[bool] = True
+    """Whether the base class builds ``self.encoder``, the one trunk every task reads."""
 
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__()
@@ -69,7 +85,8 @@ class MultiTaskNet(nn.Module):
                 f"model.net.architecture {cfg.architecture!r} needs at least {self.min_tasks} "
                 f"tasks; this run learns {len(self.heads)} ({', '.join(self.heads)})"
             )
-        self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
+        if self.single_encoder:
+            self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
 
     def shared_forward(self, x: Tensor) -> dict[Any, Tensor]:
         """The shared representation of ``x`` [B, 3, H, W]; default: the encoder's pyramid
@@ -77,7 +94,7 @@ class MultiTaskNet(nn.Module):
         return self.encoder(x)
 
     def shared_modules(self) -> list[nn.Module]:
-        """The modules every task shares (default: the encoder)."""
+        """The modules every task shares (default: the encoder); may be empty."""
         return [self.encoder]
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -123,6 +140,11 @@ def make_bottleneck(cfg: ModelConfig, cin: int) -> nn.Module:
     return Projection(
         cin, cfg.channels, squeeze_excitation=cfg.squeeze_excitation, se_reduction=cfg.se_reduction
     )
+
+
+def make_encoder(cfg: ModelConfig) -> ResNetEncoder:
+    """A fresh encoder as ``cfg`` describes it (for architectures with one per task)."""
+    return build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
 
 
 def make_decoder(

@@ -234,13 +234,24 @@ class ResNetEncoder(nn.Module):
             if isinstance(m, (BasicBlock, Bottleneck)):
                 nn.init.zeros_(m.last_bn().weight)
 
+    def stem(self, x: Tensor) -> Tensor:
+        """conv1, bn1, relu: [B, 3, H, W] -> [B, 64, ceil(H/2), ceil(W/2)] (pyramid key 2)."""
+        return self.relu(self.bn1(self.conv1(x)))
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        """layer1..layer4; stage i maps the previous one's output (after :meth:`stem` and
+        ``maxpool`` for layer1) to ``stage_out_channels[i]`` at ``stage_scales[i]``.
+        Architectures that act between stages (MTAN, cross-stitch) run them one by one."""
+        return [getattr(self, f"layer{i + 1}") for i in range(len(self.stage_scales))]
+
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         pyramid: dict[int, Tensor] = {}
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.stem(x)
         pyramid[2] = x
         x = self.maxpool(x)
-        for i, scale in enumerate(self.stage_scales):
-            x = getattr(self, f"layer{i + 1}")(x)
+        for scale, stage in zip(self.stage_scales, self.stages, strict=True):
+            x = stage(x)
             pyramid[scale] = x
         return pyramid
 

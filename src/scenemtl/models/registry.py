@@ -19,11 +19,13 @@ from scenemtl.models.branched import BranchedNet
 from scenemtl.models.distillation import DistillationNet
 from scenemtl.models.encoder import ENCODERS
 from scenemtl.models.joint import JointNet
+from scenemtl.models.task_specific import TaskSpecificNet
 
 ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
     "joint": JointNet,
     "branched": BranchedNet,
     "distillation": DistillationNet,
+    "task_specific": TaskSpecificNet,
 }
 
 _BOOL_FIELDS = ("aspp", "skip", "extra_skips", "squeeze_excitation")
