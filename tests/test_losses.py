@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from scenemtl.balancing import build_balancer
 from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
@@ -13,7 +14,6 @@ from scenemtl.tasks import DepthTask, SegmentationTask, build_tasks, legacy_task
 from scenemtl.tasks.depth import depth_loss
 from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.tasks.segmentation import cross_entropy_loss
-from scenemtl.weighting import build_weighting
 
 STATS = {
     "depth_m": {"mean": 20.0, "std": 15.0},
@@ -279,7 +279,7 @@ def make_outputs(n: int, seed: int = 1, requires_grad: bool = False):
 def test_multitask_loss_sums_deep_supervision_and_applies_weights():
     tasks = course_tasks(space="log", loss="l1")
     semseg, depth = tasks
-    weighting = build_weighting("fixed", {semseg.name: 0.5, depth.name: 2.0}, tasks=tasks)
+    weighting = build_balancer("fixed", {semseg.name: 0.5, depth.name: 2.0}, tasks=tasks)
     crit = MultiTaskLoss(tasks, weighting=weighting)
     batch, outputs = make_batch(), make_outputs(3)
     out = crit(outputs, batch)
@@ -308,7 +308,7 @@ def test_multitask_loss_accepts_single_tensors_and_upsamples_aux_outputs():
 
 def test_multitask_loss_backpropagates_to_every_output_and_weighting():
     tasks = course_tasks(space="inverse", loss="silog")
-    crit = MultiTaskLoss(tasks, weighting=build_weighting("uncertainty", tasks=tasks))
+    crit = MultiTaskLoss(tasks, weighting=build_balancer("uncertainty", tasks=tasks))
     assert any(p is crit.weighting.log_vars for p in crit.parameters())
     outputs = make_outputs(2, requires_grad=True)
     batch = make_batch()

@@ -3,7 +3,7 @@
 Each task computes its own loss (:meth:`scenemtl.tasks.base.Task.loss`); this module adds
 deep supervision (a task's loss is summed over all its outputs, lower-resolution
 auxiliary outputs upsampled to the target) and hands the per-task losses to a
-:class:`~scenemtl.weighting.TaskWeighting`.
+:class:`~scenemtl.balancing.base.LossBalancer`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scenemtl.balancing import LossBalancer, build_balancer
 from scenemtl.tasks.base import Task
-from scenemtl.weighting import TaskWeighting, build_weighting
 
 
 @dataclass
@@ -48,7 +48,8 @@ class LossOutput:
 
 
 class MultiTaskLoss(nn.Module):
-    """Per-task losses with deep supervision, combined by a :class:`TaskWeighting`.
+    """Per-task losses with deep supervision, combined by a balancing method
+    (:class:`~scenemtl.balancing.base.LossBalancer`).
 
     The weighting is a submodule, so learnable weights (uncertainty weighting) are in
     ``parameters()`` of whatever module owns this loss, and its state is saved in
@@ -59,11 +60,11 @@ class MultiTaskLoss(nn.Module):
         weighting: the task weighting; fixed unit weights if None.
     """
 
-    def __init__(self, tasks: Sequence[Task], weighting: TaskWeighting | None = None) -> None:
+    def __init__(self, tasks: Sequence[Task], weighting: LossBalancer | None = None) -> None:
         super().__init__()
         self.task_list: tuple[Task, ...] = tuple(tasks)
         self.weighting = (
-            weighting if weighting is not None else build_weighting("fixed", tasks=tasks)
+            weighting if weighting is not None else build_balancer("fixed", tasks=tasks)
         )
 
     def task_loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:

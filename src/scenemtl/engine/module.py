@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.schedules import PolyFactor
 from scenemtl.errors import UserError
@@ -21,7 +23,6 @@ from scenemtl.models.registry import ModelConfig, build_model
 from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs
 from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
-from scenemtl.weighting import build_weighting
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -52,9 +53,14 @@ class MultiTaskModule(L.LightningModule):
         depth_space: the depth task's ``space`` (``meters``, ``log``, ``inverse``).
         depth_loss: the depth task's ``loss`` (``l1``, ``l2``, ``silog``).
         silog_lambda: the depth task's ``silog_lambda``.
-        loss_weighting: ``fixed``, ``uncertainty`` or ``dwa``.
-        loss_weights: task name -> fixed (or initial) weight; missing tasks weigh 1.
-        weighting_options: extra options of the weighting method.
+        loss_weighting: the balancing method, a key of
+            :data:`scenemtl.balancing.BALANCERS` (loss level: ``fixed``, ``uncertainty``,
+            ``dwa``, ``rlw``, ...; gradient level: ``mean``, ``pcgrad``, ``upgrad``, ...).
+        loss_weights: task name -> constant weight of its loss; missing tasks weigh 1.
+        weighting_options: the method's options (e.g. ``{"temperature": 2}`` for dwa,
+            ``{"wrt": "representation"}`` for a gradient-level method).
+        grad_monitor_every: every this many training steps, log the cosine similarity and
+            norm ratio of each pair of tasks' gradients on the shared parameters (0 = never).
         channels_last: run convolutions in channels-last memory format.
         tta_scales: test-time augmentation for validation/test/predict: input scales
             whose predictions are merged (None = a single plain pass).
@@ -77,7 +83,8 @@ class MultiTaskModule(L.LightningModule):
         silog_lambda: float | None = None,
         loss_weighting: str = "fixed",
         loss_weights: dict[str, float] | None = None,
-        weighting_options: dict[str, float] | None = None,
+        weighting_options: dict[str, Any] | None = None,
+        grad_monitor_every: int = 50,
         channels_last: bool = False,
         tta_scales: list[float] | None = None,
         tta_flip: bool = False,
@@ -99,6 +106,12 @@ class MultiTaskModule(L.LightningModule):
             raise UserError(f"model.lr_power must be >= 0, got {lr_power}")
         if tta_scales is not None:
             check_scales(tta_scales)
+        if isinstance(grad_monitor_every, bool) or not (
+            isinstance(grad_monitor_every, int) and grad_monitor_every >= 0
+        ):
+            raise UserError(
+                f"model.grad_monitor_every must be an integer >= 0, got {grad_monitor_every!r}"
+            )
         self.save_hyperparameters()
         specs: TaskSpecs = dict(task_specs) if task_specs is not None else legacy_task_specs()
         options = _merge_flat_options(
@@ -112,10 +125,11 @@ class MultiTaskModule(L.LightningModule):
         self.net = build_model(net, {t.name: t.channels for t in self.task_list})
         self.criterion = MultiTaskLoss(
             self.task_list,
-            weighting=build_weighting(
+            weighting=build_balancer(
                 loss_weighting, loss_weights, tasks=self.task_list, **(weighting_options or {})
             ),
         )
+        self._step: _StepRecord | None = None
         self.val_metrics = MultiTaskMetrics(self.task_list)
         self.test_metrics = MultiTaskMetrics(self.task_list)
         self.register_buffer("stats_adopted", torch.tensor(False), persistent=True)
@@ -240,8 +254,17 @@ class MultiTaskModule(L.LightningModule):
             preds["index"] = batch["index"]
         return preds
 
+    @property
+    def balancer(self) -> Any:
+        """The run's balancing method (:class:`scenemtl.balancing.base.LossBalancer`)."""
+        return self.criterion.weighting
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        outputs = self(batch["image"])
+        image = batch["image"]
+        if self.hparams.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        shared = self.net.shared_forward(image)
+        outputs = self.net.resize_outputs(self.net.decode(shared), image.shape[-2:])
         losses = self.criterion(outputs, batch)
         if not torch.isfinite(losses.total):
             # Raising stops the run before any checkpoint of this state is written.
@@ -251,11 +274,71 @@ class MultiTaskModule(L.LightningModule):
                 + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.tasks.items())
                 + "; lower the learning rate or check the data"
             )
-        batch_size = batch["image"].shape[0]
-        for key, value in losses.log_dict().items():
-            self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=batch_size)
+        batch_size = image.shape[0]
+        self.log("train/loss", losses.total.detach(), prog_bar=True, batch_size=batch_size)
+        for name, value in losses.tasks.items():
+            self.log(f"train/loss_{name}", value.detach(), batch_size=batch_size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
+        every = self.hparams.get("grad_monitor_every", 0)
+        self._step = _StepRecord(
+            weighted=torch.stack(
+                [
+                    losses.tasks[n] * w
+                    for n, w in zip(self.tasks, self.balancer.base_weights, strict=True)
+                ]
+            ),
+            features=list(shared.values()),
+            weights=losses.weights,
+            monitor=len(self.tasks) > 1 and every > 0 and self.global_step % every == 0,
+            batch_size=batch_size,
+        )
         return losses.total
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Loss-level methods backpropagate the total; gradient-level ones combine the
+        tasks' gradients of the shared part (:mod:`scenemtl.balancing.gradient`)."""
+        step = self._step
+        if step is None:
+            loss.backward(*args, **kwargs)
+            return
+        if self.balancer.level == GRADIENT_LEVEL:
+            weights, step.gramian = self.balancer.backward(
+                step.weighted,
+                step.features,
+                self.net.shared_parameters(),
+                [*self.net.task_parameters(), *self.balancer.trainable_parameters()],
+            )
+            if weights is not None:
+                step.weights = dict(zip(self.tasks, weights, strict=True))
+        else:
+            if step.monitor:
+                step.gramian = _gramian(step.weighted, self.net.shared_parameters())
+            loss.backward(*args, **kwargs)
+        step.weighted, step.features = None, []  # free the graph's tensors
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step, self._step = self._step, None
+        if step is None:
+            return
+        for name, value in step.weights.items():
+            self.log(f"train/weight_{name}", float(value), batch_size=step.batch_size)
+        if step.monitor and step.gramian is not None:
+            for key, value in gradient_conflict(step.gramian, list(self.tasks)).items():
+                self.log(f"train/{key}", value, batch_size=step.batch_size)
+
+    def on_fit_start(self) -> None:
+        if self.balancer.level != GRADIENT_LEVEL:
+            return
+        self.balancer.check_setup(
+            self.trainer.world_size,
+            str(self.trainer.precision),
+            self.net.has_shared_representation,
+        )
+        # The method averages the per-task gradients over processes itself (before
+        # combining them); DDP's own gradient averaging must not run on top.
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "require_backward_grad_sync"):
+            wrapped.require_backward_grad_sync = False
 
     def on_train_epoch_start(self) -> None:
         self.criterion.weighting.on_epoch_start(self.current_epoch)
@@ -298,15 +381,12 @@ class MultiTaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        # Learned task weights (uncertainty) must not be decayed towards zero.
-        weighting = {id(p) for p in self.criterion.weighting.parameters()}
+        # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
+        # method updates itself (FAMO's logits) are not the optimizer's.
+        balancer = {id(p) for p in self.balancer.parameters()}
         params = [
-            {
-                "params": [
-                    p for p in self.parameters() if p.requires_grad and id(p) not in weighting
-                ]
-            },
-            {"params": list(self.criterion.weighting.parameters()), "weight_decay": 0.0},
+            {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in balancer]},
+            {"params": self.balancer.trainable_parameters(), "weight_decay": 0.0},
         ]
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(
@@ -321,6 +401,43 @@ class MultiTaskModule(L.LightningModule):
             opt, PolyFactor(total, hp.lr_power, hp.lr_floor / hp.lr)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@dataclass
+class _StepRecord:
+    """What a training step hands to :meth:`MultiTaskModule.backward` and then to logging."""
+
+    weighted: Tensor | None  # [K] w_k L_k with their graph
+    features: list[Tensor]  # the shared representation
+    weights: dict[str, Any]  # task -> effective weight (logged)
+    monitor: bool  # log the gradient conflict of this step
+    batch_size: int
+    gramian: Tensor | None = None  # [K, K] Gram matrix of the task gradients
+
+
+def _gramian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
+    """[K, K] Gram matrix of the gradients of ``losses`` [K] on ``params`` (graph kept)."""
+    from torchjd.autojac import jac
+
+    jacs = jac(list(losses), inputs=params, retain_graph=True)
+    flat = torch.cat([j.detach().flatten(1).double() for j in jacs], dim=1)
+    return (flat @ flat.T).cpu()
+
+
+def gradient_conflict(gramian: Tensor, names: list[str]) -> dict[str, float]:
+    """Per pair of tasks (a, b): ``grad_cos_a_b`` (cosine of their gradients, < 0 = conflict)
+    and ``grad_norm_ratio_a_b`` (|g_a| / |g_b|), from the Gram matrix [K, K]."""
+    out = {}
+    diag = gramian.diagonal().clamp(min=0).sqrt()
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            b = names[j]
+            denom = float(diag[i] * diag[j])
+            out[f"grad_cos_{a}_{b}"] = float(gramian[i, j]) / denom if denom > 0 else 0.0
+            out[f"grad_norm_ratio_{a}_{b}"] = (
+                float(diag[i] / diag[j]) if float(diag[j]) > 0 else float("inf")
+            )
+    return out
 
 
 # --------------------------------------------------------------------------------------

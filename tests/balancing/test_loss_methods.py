@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from scenemtl.errors import UserError
-from scenemtl.tasks import build_tasks, legacy_task_specs
-from scenemtl.weighting import (
+from scenemtl.balancing import (
     DynamicWeightAveraging,
     FixedWeighting,
     UncertaintyWeighting,
-    build_weighting,
+    build_balancer,
 )
+from scenemtl.errors import UserError
+from scenemtl.tasks import build_tasks, legacy_task_specs
 
 TASKS = build_tasks(legacy_task_specs())
 SEMSEG, DEPTH = TASKS
@@ -19,8 +19,8 @@ TASK_NAMES = tuple(t.name for t in TASKS)
 
 
 def weighting(method: str, weights=None, **kw):
-    """``build_weighting`` for the course's two tasks."""
-    return build_weighting(method, weights, tasks=TASKS, **kw)
+    """``build_balancer`` for the course's two tasks."""
+    return build_balancer(method, weights, tasks=TASKS, **kw)
 
 
 def losses(sem: float, dep: float, requires_grad: bool = False) -> dict[str, torch.Tensor]:
@@ -67,7 +67,7 @@ def test_unknown_method_and_option_are_user_errors():
 
 def test_weighting_needs_tasks():
     with pytest.raises(ValueError, match="at least one task"):
-        build_weighting("fixed")
+        build_balancer("fixed")
 
 
 def test_missing_task_loss_is_an_error():

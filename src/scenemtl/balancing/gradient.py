@@ -1,0 +1,290 @@
+"""Gradient-level balancing: per-task gradients of the shared part, combined by torchjd.
+
+A training step computes the Jacobian ``J`` [K, n] of the (constant-weighted) task losses
+``w_k L_k`` with respect to what the tasks share, hands it to a torchjd aggregator, and
+uses the combined vector as the shared part's gradient. Task-specific parameters get the
+plain gradient of their own task's loss. What "shared" means is the architecture's
+declaration (:meth:`~scenemtl.models.base.MultiTaskNet.shared_forward`,
+:meth:`~scenemtl.models.base.MultiTaskNet.shared_parameters`) and the option ``wrt``:
+
+* ``wrt: parameters`` (default): ``J`` is taken with respect to the shared parameters,
+  the methods' papers' definition. Costs one backward pass through the shared part per task.
+* ``wrt: representation``: ``J`` is taken with respect to the shared representation (the
+  output of ``shared_forward``), the combined vector is backpropagated once into the shared
+  parameters (the MGDA-UB approximation of Sener & Koltun). Cheaper in memory and time when
+  the shared part is large; needs an architecture with a shared representation.
+
+**Scale.** Aggregators differ in scale: some return a sum of (modified) task gradients,
+others a mean or a convex combination. Each method here is brought to the scale of a sum,
+the scale of the loss-level methods (``sum_k w_k L_k``): when all task gradients agree
+(identical rows ``g``), the update is ``K g``. So a learning rate means the same for every
+method, and ``mean`` gives exactly the update of ``fixed``. Nash-MTL is the exception: its
+update norm comes out of its bargaining solution (documented in docs/balancing.md).
+
+**DDP.** The Jacobians are averaged over processes before the aggregation, so N processes
+make the update one process would make on the union of their batches. With
+``wrt: representation`` the representations of different processes are different tensors:
+the Gram matrix ``J J^T`` is summed instead, which only the Gram-based aggregators can use;
+the others refuse that combination at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from scenemtl.balancing.base import GRADIENT_LEVEL, LossBalancer, all_reduce_mean, distributed_world
+from scenemtl.errors import UserError
+
+if TYPE_CHECKING:
+    from torchjd.aggregation import Aggregator
+
+    from scenemtl.tasks.base import Task
+
+WRT_CHOICES = ("parameters", "representation")
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A torchjd aggregator as a balancing method.
+
+    Attributes:
+        aggregator: torchjd.aggregation class name.
+        options: accepted options and their defaults (passed to the class by name).
+        scale: number of tasks, options -> factor that brings the aggregator to the scale
+            of a sum (see the module docstring).
+        state: dotted attribute paths of the aggregator's state across steps, saved in
+            checkpoints.
+        takes_num_tasks: the class takes ``n_tasks`` as first argument.
+        extra: the pip extra of scenemtl the aggregator needs, if any.
+    """
+
+    aggregator: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    scale: Callable[[int, Mapping[str, Any]], float] = lambda k, o: float(k)
+    state: tuple[str, ...] = ()
+    takes_num_tasks: bool = False
+    extra: str | None = None
+
+    def build(self, num_tasks: int, options: Mapping[str, Any]) -> Aggregator:
+        try:
+            import torchjd.aggregation as aggregation
+
+            cls = getattr(aggregation, self.aggregator)
+            args = (num_tasks,) if self.takes_num_tasks else ()
+            return cls(*args, **options)
+        except ImportError as e:
+            hint = f"pip install 'scenemtl[{self.extra}]'" if self.extra else str(e)
+            raise UserError(f"{self.aggregator} needs packages that are missing: {hint}") from None
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{self.aggregator}: bad option ({e})") from None
+
+
+def SUM_SCALE(num_tasks: int, options: Mapping[str, Any]) -> float:
+    """The factor of aggregators that already return a sum of task gradients."""
+    return 1.0
+
+
+class GradientBalancer(LossBalancer):
+    """Combines per-task gradients with a torchjd aggregator (see the module docstring).
+
+    The loss path (:meth:`combine`) is the fixed weighting: it gives the logged total and
+    the validation loss.
+
+    Args:
+        weights: constant per-task multipliers of the losses (default 1).
+        tasks: the tasks.
+        aggregation: which aggregator, its scale and state.
+        wrt: ``"parameters"`` or ``"representation"``.
+        **options: the aggregator's options.
+    """
+
+    level = GRADIENT_LEVEL
+
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        tasks: Sequence[Task] = (),
+        *,
+        aggregation: Aggregation,
+        wrt: str = "parameters",
+        **options: Any,
+    ) -> None:
+        super().__init__(weights, tasks)
+        if wrt not in WRT_CHOICES:
+            raise UserError(f"option wrt must be one of {', '.join(WRT_CHOICES)}, got {wrt!r}")
+        self.wrt = wrt
+        self.aggregation = aggregation
+        self.options = {**aggregation.options, **options}
+        # Not a submodule: torchjd keeps state in attributes that come and go (a None
+        # buffer, numpy arrays); get_extra_state saves exactly the declared state.
+        self._aggregator = [aggregation.build(self.num_tasks, self.options)]
+        self.scale = float(aggregation.scale(self.num_tasks, self.options))
+
+    @property
+    def aggregator(self) -> Aggregator:
+        return self._aggregator[0]
+
+    @property
+    def uses_gramian_only(self) -> bool:
+        from torchjd.aggregation import GramianWeightedAggregator
+
+        return isinstance(self.aggregator, GramianWeightedAggregator)
+
+    def check_setup(self, world_size: int, precision: str, has_representation: bool) -> None:
+        """Refuse, in one line, what this method cannot do correctly in this run."""
+        if "16-mixed" in str(precision):
+            raise UserError(
+                "gradient-level balancing does not support 16-mixed precision (the per-task "
+                "gradients would be combined while loss-scaled); use bf16-mixed or 32-true"
+            )
+        if self.wrt == "representation" and not has_representation:
+            raise UserError(
+                "this architecture has no shared representation; use weighting_options "
+                "{wrt: parameters}"
+            )
+        if self.wrt == "representation" and world_size > 1 and not self.uses_gramian_only:
+            raise UserError(
+                f"{self.aggregator} cannot combine representation gradients across processes "
+                "(it needs the whole Jacobian); use weighting_options {wrt: parameters}"
+            )
+
+    # ----------------------------------------------------------------------------------
+
+    def backward(
+        self,
+        losses: Tensor,
+        features: Sequence[Tensor],
+        shared_params: Sequence[nn.Parameter],
+        task_params: Sequence[nn.Parameter],
+    ) -> tuple[Tensor | None, Tensor]:
+        """Accumulate this step's update into the ``.grad`` of the parameters.
+
+        Args:
+            losses: [K] the constant-weighted task losses ``w_k L_k``, with their graph.
+            features: the shared representation's tensors (``shared_forward``'s values).
+            shared_params: the shared parameters.
+            task_params: every other trainable parameter.
+
+        Returns:
+            (effective weight of each ``L_k`` in the update, or None when the aggregator
+            does not combine rows linearly; the Gram matrix ``J J^T`` [K, K] of the task
+            gradients, before scaling, for the conflict monitor).
+        """
+        if self.wrt == "parameters":
+            weights, gramian = self._backward_parameters(losses, features, shared_params)
+        else:
+            weights, gramian = self._backward_representation(
+                losses, features, shared_params, task_params
+            )
+        for p in task_params:
+            if p.grad is not None:
+                all_reduce_mean(p.grad)
+        if weights is not None:
+            weights = (weights.detach().float() * self.base_weights.to(weights.device)).cpu()
+        return weights, gramian
+
+    def _backward_parameters(
+        self, losses: Tensor, features: Sequence[Tensor], shared: Sequence[nn.Parameter]
+    ) -> tuple[Tensor | None, Tensor]:
+        from torchjd.autojac import jac_to_grad, mtl_backward
+
+        # retain_graph: the tasks may share nodes after the representation (the joint
+        # network's last conv emits every task), which one task's pass would free.
+        mtl_backward(
+            list(losses), features=list(features), shared_params=list(shared), retain_graph=True
+        )
+        gramian = torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
+        for p in shared:
+            jac = all_reduce_mean(p.jac)  # type: ignore[attr-defined]
+            flat = jac.detach().flatten(1).double()
+            gramian += (flat @ flat.T).cpu()
+            jac.mul_(self.scale)
+        weights = jac_to_grad(list(shared), self.aggregator)
+        return (None if weights is None else weights * self.scale), gramian
+
+    def _backward_representation(
+        self,
+        losses: Tensor,
+        features: Sequence[Tensor],
+        shared: Sequence[nn.Parameter],
+        task_params: Sequence[nn.Parameter],
+    ) -> tuple[Tensor | None, Tensor]:
+        from torchjd.aggregation import WeightedAggregator
+        from torchjd.autojac import jac
+
+        features = list(features)
+        own = [p for p in task_params if p.requires_grad]
+        if own:
+            torch.autograd.backward(losses.sum(), inputs=own, retain_graph=True)
+        jacs = jac(list(losses), inputs=features, retain_graph=True)
+        matrix = torch.cat([j.flatten(1) for j in jacs], dim=1)
+        world = distributed_world()
+        gramian = (matrix.detach().double() @ matrix.detach().double().T).cpu()
+        if world > 1:
+            # The union batch's loss is the mean of the processes' losses: its Jacobian is
+            # [J_1 ... J_N] / N and its Gram matrix sum_p G_p / N^2.
+            union = all_reduce_mean(gramian.to(matrix.device)).div_(world).cpu()
+            weights = self.aggregator.gramian_weighting(  # type: ignore[attr-defined]
+                (union * self.scale**2).to(matrix)
+            )
+            gramian = union
+            direction = weights @ (matrix * self.scale)
+        elif isinstance(self.aggregator, WeightedAggregator):
+            weights = self.aggregator.weighting(matrix * self.scale)
+            direction = weights @ (matrix * self.scale)
+        else:
+            weights = None
+            direction = self.aggregator(matrix * self.scale)
+        grads, start = [], 0
+        for f in features:
+            grads.append(direction[start : start + f.numel()].reshape(f.shape).to(f.dtype))
+            start += f.numel()
+        torch.autograd.backward(features, grad_tensors=grads, inputs=list(shared))
+        if world > 1:
+            for p in shared:
+                if p.grad is not None:
+                    all_reduce_mean(p.grad)
+        return (None if weights is None else weights * self.scale), gramian
+
+    # ----------------------------------------------------------------------------------
+    # state across steps (GradVac's running cosines, Nash-MTL's last solution)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        state = {}
+        for path in self.aggregation.state:
+            value = _get_path(self.aggregator, path)
+            if isinstance(value, np.ndarray):
+                state[path] = {"numpy": torch.from_numpy(np.array(value))}
+            elif isinstance(value, (Tensor, int, float, tuple)) or value is None:
+                state[path] = {"value": value}
+        return state
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            return
+        for path, entry in state.items():
+            if path not in self.aggregation.state or not isinstance(entry, dict):
+                continue
+            if "numpy" in entry:
+                _set_path(self.aggregator, path, entry["numpy"].numpy().copy())
+            else:
+                _set_path(self.aggregator, path, entry.get("value"))
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_path(obj: Any, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
