@@ -19,6 +19,7 @@ from scenemtl.models.branched import BranchedNet
 from scenemtl.models.distillation import DistillationNet
 from scenemtl.models.encoder import ENCODERS
 from scenemtl.models.joint import JointNet
+from scenemtl.models.mtan import MTANNet
 from scenemtl.models.task_specific import TaskSpecificNet
 
 ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
@@ -26,6 +27,7 @@ ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
     "branched": BranchedNet,
     "distillation": DistillationNet,
     "task_specific": TaskSpecificNet,
+    "mtan": MTANNet,
 }
 
 _BOOL_FIELDS = ("aspp", "skip", "extra_skips", "squeeze_excitation")

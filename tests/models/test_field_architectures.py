@@ -1,0 +1,79 @@
+"""Behaviour of the architectures from the literature and the reports beyond the output
+contract (which test_architectures.py and test_sharing.py check for every architecture)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scenemtl.models import ModelConfig, build_model
+from scenemtl.models.mtan import AttentionMask
+
+HEADS = {"semseg": 5, "depth": 1}
+
+
+def small(architecture: str, **kw: object) -> ModelConfig:
+    base = dict(
+        architecture=architecture, encoder="resnet18", channels=8, skip_channels=4, se_reduction=2
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def _perturb(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+
+
+def test_task_specific_tasks_do_not_interact() -> None:
+    torch.manual_seed(0)
+    model = build_model(small("task_specific"), HEADS).eval()
+    assert set(model.encoders) == set(HEADS)
+    assert model.encoders["semseg"] is not model.encoders["depth"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        _perturb(model.encoders["depth"])
+        after = model(x)
+    assert torch.equal(after["semseg"][0], before["semseg"][0])
+    assert not torch.allclose(after["depth"][0], before["depth"][0])
+
+
+def test_task_specific_single_task_is_one_deeplab() -> None:
+    model = build_model(small("task_specific"), {"depth": 1})
+    branched = build_model(small("branched"), {"depth": 1})
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model) == count(branched)
+
+
+def test_mtan_masks_gate_the_shared_stage_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = build_model(small("mtan", dilation=(False, False, True)), HEADS).eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        shared = model.shared_forward(x)
+        pyramid = model.attended_pyramid("semseg", shared)
+        encoder_pyramid = model.encoder(x)
+        assert set(pyramid) == set(encoder_pyramid) == {2, 4, 8, 16}
+        # attention only scales features down: 0 < mask < 1 and features are >= 0 (ReLU)
+        for scale in (4, 8, 16):
+            assert (pyramid[scale] <= encoder_pyramid[scale] + 1e-6).all()
+            assert not torch.allclose(pyramid[scale], encoder_pyramid[scale])
+        # with every mask open the task sees exactly the shared encoder's features
+        monkeypatch.setattr(AttentionMask, "forward", lambda self, t: torch.ones_like(t[:, :1]))
+        opened = model.attended_pyramid("semseg", shared)
+    for scale, features in encoder_pyramid.items():
+        torch.testing.assert_close(opened[scale], features, rtol=0, atol=0)
+
+
+def test_mtan_attention_is_per_task() -> None:
+    torch.manual_seed(0)
+    model = build_model(small("mtan"), HEADS).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        _perturb(model.attention["depth"])
+        after = model(x)
+    assert torch.equal(after["semseg"][0], before["semseg"][0])
+    assert not torch.allclose(after["depth"][0], before["depth"][0])
