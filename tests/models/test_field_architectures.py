@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scenemtl.errors import UserError
 from scenemtl.models import ModelConfig, build_model
+from scenemtl.models.cross_stitch import CrossStitchUnit
 from scenemtl.models.mtan import AttentionMask
+from scenemtl.models.nddr import NDDRLayer
 
 HEADS = {"semseg": 5, "depth": 1}
 
@@ -77,3 +80,59 @@ def test_mtan_attention_is_per_task() -> None:
         after = model(x)
     assert torch.equal(after["semseg"][0], before["semseg"][0])
     assert not torch.allclose(after["depth"][0], before["depth"][0])
+
+
+def test_cross_stitch_unit_starts_at_point_nine_own_point_one_other() -> None:
+    unit = CrossStitchUnit(2, 3)
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    out_a, out_b = unit([a, b])
+    torch.testing.assert_close(out_a, 0.9 * a + 0.1 * b)
+    torch.testing.assert_close(out_b, 0.1 * a + 0.9 * b)
+    # three tasks: the 0.1 is shared by the two others
+    three = CrossStitchUnit(3, 2)
+    assert torch.allclose(three.alpha.sum(dim=1), torch.ones(3, 2))
+    assert torch.allclose(three.alpha[0, 1], torch.full((2,), 0.05))
+
+
+def test_nddr_layer_starts_as_the_same_mixing() -> None:
+    layer = NDDRLayer(2, 3).eval()  # fresh BN statistics: mean 0, variance 1
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    out_a, out_b = layer([a, b])
+    scale = (1 + 1e-5) ** -0.5
+    torch.testing.assert_close(out_a, torch.relu(0.9 * a + 0.1 * b) * scale)
+    torch.testing.assert_close(out_b, torch.relu(0.1 * a + 0.9 * b) * scale)
+
+
+@pytest.mark.parametrize("architecture", ["cross_stitch", "nddr"])
+def test_mixed_trunks_exchange_activations(architecture: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(small(architecture), HEADS).eval()
+    assert not model.has_shared_representation
+    assert set(model.encoders) == set(HEADS) and len(model.mixers) == 4
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        _perturb(model.encoders["depth"].layer1)
+        after = model(x)
+    # the semseg trunk reads the depth trunk's layer1 through the mixing units
+    assert not torch.allclose(after["semseg"][0], before["semseg"][0])
+
+
+def test_cross_stitch_with_identity_units_is_two_separate_networks() -> None:
+    torch.manual_seed(0)
+    model = build_model(small("cross_stitch"), HEADS).eval()
+    with torch.no_grad():
+        for unit in model.mixers:
+            unit.alpha.copy_(torch.eye(2)[:, :, None].expand_as(unit.alpha))
+        x = torch.randn(1, 3, 32, 32)
+        before = model(x)
+        _perturb(model.encoders["depth"])
+        after = model(x)
+    assert torch.equal(after["semseg"][0], before["semseg"][0])
+
+
+@pytest.mark.parametrize("architecture", ["cross_stitch", "nddr"])
+def test_mixed_trunks_need_two_tasks(architecture: str) -> None:
+    with pytest.raises(UserError, match="needs at least 2 tasks") as err:
+        build_model(small(architecture), {"semseg": 5})
+    assert "\n" not in str(err.value)

@@ -16,10 +16,12 @@ from torch import nn
 from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet
 from scenemtl.models.branched import BranchedNet
+from scenemtl.models.cross_stitch import CrossStitchNet
 from scenemtl.models.distillation import DistillationNet
 from scenemtl.models.encoder import ENCODERS
 from scenemtl.models.joint import JointNet
 from scenemtl.models.mtan import MTANNet
+from scenemtl.models.nddr import NDDRNet
 from scenemtl.models.task_specific import TaskSpecificNet
 
 ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
@@ -28,6 +30,8 @@ ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
     "distillation": DistillationNet,
     "task_specific": TaskSpecificNet,
     "mtan": MTANNet,
+    "cross_stitch": CrossStitchNet,
+    "nddr": NDDRNet,
 }
 
 _BOOL_FIELDS = ("aspp", "skip", "extra_skips", "squeeze_excitation")
