@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scenemtl.argtypes import int_at_least, size_hw
-from scenemtl.errors import UserError
+from scenemtl.errors import UserError, one_line
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -119,11 +119,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = _newest_run(run_root / config.stem)
     best = run_dir / "checkpoints" / "best.ckpt"
     print(f"[5/5] test split with {best}", flush=True)
+    # the test logs into a run of its own (<stem>-test): the training run stays as it was
     run_lightning_cli(
         ["test", "--config", str(config), "--run.root", str(run_root), "--ckpt_path", str(best)]
     )
+    summary = summarize_run(run_dir)
+    summary.test = summarize_run(_newest_run(run_root / f"{config.stem}-test")).test
     print()
-    print(format_best(summarize_run(run_dir)))
+    print(format_best(summary))
     print(f"\nrun directory: {run_dir}")
     print(f"TensorBoard:   tensorboard --logdir {run_root}")
     print(f"grade it:      scenemtl grade {run_dir / 'submission.zip'} --gt {root}")
@@ -252,7 +255,7 @@ def _run_guarded(func: Callable[[], int | None]) -> int:
     try:
         return int(func() or 0)
     except UserError as e:
-        print(f"scenemtl: error: {e}", file=sys.stderr)
+        print(f"scenemtl: error: {one_line(e)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # `scenemtl runs | head`: the reader left, nothing is wrong

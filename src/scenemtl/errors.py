@@ -11,3 +11,20 @@ class UserError(Exception):
 
 class DataFormatError(UserError):
     """A dataset on disk does not follow the MiniScapes layout."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as the one line the CLI prints.
+
+    A DataLoader worker re-raises an exception in the main process with the worker's
+    formatted traceback as its message ("Caught DataFormatError in DataLoader worker
+    process 0. Original Traceback ..."): the original message is recovered from its last
+    line. Any remaining line breaks become "; ".
+    """
+    text = str(exc)
+    if "\nOriginal Traceback" in text:
+        prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        at = text.rfind("\n" + prefix)
+        text = text[at + 1 + len(prefix) :] if at >= 0 else text.rstrip().splitlines()[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(exc).__name__

@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_scenemtl(*argv: str) -> subprocess.CompletedProcess:
     """`python -m scenemtl ...` in a child process (for crashes and DDP workers)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     return subprocess.run(
         [sys.executable, "-m", "scenemtl", *argv],
         capture_output=True,

@@ -1,31 +1,46 @@
 """LightningCLI wiring: ``scenemtl fit|validate|test|predict --config CFG``.
 
 Every run lives in ``<run.root>/<run.name>/<version>/`` with config.yaml, metrics.csv,
-TensorBoard events and checkpoints/{best,last}.ckpt. ``--ckpt_path last`` resumes the
-newest run of that name that has a last.ckpt, in its own directory; a checkpoint path
-inside a run directory also logs into that run.
+TensorBoard events and checkpoints/{best,last}.ckpt. ``fit --ckpt_path last`` resumes the
+newest run of that name that has a last.ckpt, in its own directory, and so does ``fit``
+with a checkpoint path inside a run of that name. ``validate`` and ``test`` always log
+into a new version folder (default name ``<config stem>-validate`` / ``-test``): evaluating
+a checkpoint never rewrites the run that produced it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import math
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.data.datamodule import SceneDataModule
-from scenemtl.engine.callbacks import RunRecordCallback, VisualizationCallback
+from scenemtl.data.format import read_info
+from scenemtl.engine.callbacks import (
+    EvaluationRecordCallback,
+    RunRecordCallback,
+    VisualizationCallback,
+)
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule, read_checkpoint
 from scenemtl.engine.run_dir import RunDir, RunFamily
-from scenemtl.errors import UserError
+from scenemtl.errors import UserError, one_line
+from scenemtl.models.registry import ModelConfig
 
 _VERSION_ENV = "SCENEMTL_RUN_VERSION"
 
@@ -37,8 +52,8 @@ def resolve_run(
 
     * no checkpoint: a newly reserved ``version_N``;
     * ``last``: the newest version of ``name`` that holds checkpoints/last.ckpt;
-    * a file inside ``root/name/version_N/checkpoints``: that version, unless
-      ``reuse_checkpoint_run`` is False (then a new version).
+    * a file inside ``root/name/version_N/checkpoints``: that version (resuming a fit),
+      unless ``reuse_checkpoint_run`` is False (evaluation: then a new version).
     """
     family = RunFamily(root, name)
     if ckpt_path == "last":
@@ -55,12 +70,38 @@ def resolve_run(
 
 
 class FitConfigCallback(SaveConfigCallback):
-    """Saves config.yaml for `fit` only: evaluating a run's checkpoint must not replace
-    the configuration the run was trained with."""
+    """Saves config.yaml for `fit` only: the run table reads a run's configuration from
+    it, and an evaluation's folder is described by its run.json."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             super().setup(trainer, pl_module, stage)
+
+
+@dataclass
+class _Outcome:
+    """What one command did, for :func:`run_lightning_cli` to act on after it fails."""
+
+    reserved: RunDir | None = None
+    """The version folder this process created (removed again if it stays empty)."""
+    created: list[Path] = dataclasses.field(default_factory=list)
+    """Folders above it that this process created (idem)."""
+    interrupted: bool = False
+    """Lightning saw a KeyboardInterrupt (it then exits with status 1 by itself)."""
+
+
+class _InterruptWatch(L.Callback):
+    def __init__(self, outcome: _Outcome) -> None:
+        self.outcome = outcome
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.outcome.interrupted = True
+
+
+NET_INIT_ONLY = ("weights",)
+"""``model.net`` fields that only choose the initialization: every other field changes
+the network a checkpoint's weights belong to."""
 
 
 class SceneCLI(LightningCLI):
@@ -72,14 +113,22 @@ class SceneCLI(LightningCLI):
       task specs (``data.tasks`` over the dataset's class table) to ``model.task_specs``.
     * ``parse_arguments``: checks ``--ckpt_path`` with a weights-only load before
       LightningCLI reads it (its own load would print a traceback), and remembers the
-      evaluation switches (TTA) given on the command line.
+      evaluation switches (TTA) and the network options given in the config files or on
+      the command line.
     * ``before_instantiate_classes``: puts those switches back over the checkpoint's
       hyperparameters (the command line decides how to evaluate; the checkpoint decides
-      the network), and reserves the run folder and resolves ``--ckpt_path last``.
+      the network), refuses network options that contradict the checkpoint, trainer
+      options Lightning would refuse with a traceback and a training batch in which
+      BatchNorm sees one value per channel, then reserves the run folder and resolves
+      ``--ckpt_path last``.
     * ``instantiate_trainer``: loggers and checkpoint callbacks for that folder.
     """
 
     EVALUATION_HPARAMS = ("tta_scales", "tta_flip")
+
+    def __init__(self, *args: Any, outcome: _Outcome | None = None, **kwargs: Any) -> None:
+        self.outcome = outcome if outcome is not None else _Outcome()
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.root", type=str, default="runs", help="folder of all runs")
@@ -118,6 +167,8 @@ class SceneCLI(LightningCLI):
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         self._evaluation_switches: dict[str, Any] = {}
+        self._net_asked: dict[str, Any] = {}
+        self._net_explicit: set[str] = set()
         if not sub:
             return
         ckpt = self.config[sub].get("ckpt_path")
@@ -129,6 +180,10 @@ class SceneCLI(LightningCLI):
         if model_cfg:
             init = model_cfg
             self._evaluation_switches = {k: init.get(k) for k in self.EVALUATION_HPARAMS}
+            # LightningCLI is about to replace the model options by the checkpoint's:
+            # keep what was asked for, to compare with the checkpoint's network
+            self._net_asked = _net_fields(model_cfg.get("net"))
+            self._net_explicit = _explicit_net_keys(self.config[sub].get("config"), args)
 
     def before_instantiate_classes(self) -> None:
         sub = self.subcommand
@@ -138,13 +193,14 @@ class SceneCLI(LightningCLI):
             if model_cfg is not None:
                 for key, value in self._evaluation_switches.items():
                     model_cfg[key] = value
+            _check_trainer_options(cfg.get("trainer"))
         run = cfg.run
         name = run.name
         if name is None:
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "default"
-            if sub == "validate":
-                name = f"{name}-validate"
+            if sub in ("validate", "test"):
+                name = f"{name}-{sub}"
         if run.checkpoint_every_n_steps < 0:
             raise UserError(
                 f"run.checkpoint_every_n_steps must be >= 0, got {run.checkpoint_every_n_steps}"
@@ -159,13 +215,32 @@ class SceneCLI(LightningCLI):
             if ckpt == "last":
                 ckpt = str(self.run_dir.last_ckpt)
         else:
-            # val/ rows in a training run's trace would change its best row
-            self.run_dir, ckpt = resolve_run(
-                root, name, ckpt, reuse_checkpoint_run=sub != "validate"
-            )
+            # everything that can be refused is refused before a folder is reserved
+            if ckpt is not None:
+                self._check_network(ckpt, root, name)
+            if sub == "fit":
+                _check_batchnorm_can_train(cfg.get("data"), cfg.get("model"))
+            # evaluation never writes into the run that trained the checkpoint
+            existing = {r.path.resolve() for r in RunFamily(root, name).versions()}
+            created = [p for p in (root, root / name) if not p.exists()]
+            self.run_dir, ckpt = resolve_run(root, name, ckpt, reuse_checkpoint_run=sub == "fit")
+            if self.run_dir.path.resolve() not in existing:
+                self.outcome.reserved = self.run_dir
+                self.outcome.created = created
             os.environ[_VERSION_ENV] = self.run_dir.version
         if sub:
             cfg["ckpt_path"] = ckpt
+
+    def _check_network(self, ckpt: str, root: Path, name: str) -> None:
+        """``last`` resumes with the configured network: all of it must match the
+        checkpoint's. A named checkpoint brings its own network (LightningCLI reads its
+        hyperparameters): only the options given explicitly must agree with it."""
+        if ckpt == "last":
+            asked = self._net_asked
+            ckpt = str(RunFamily(root, name).latest_resumable().last_ckpt)
+        else:
+            asked = {k: v for k, v in self._net_asked.items() if k in self._net_explicit}
+        _check_network(ckpt, asked)
 
     def _run_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -206,13 +281,137 @@ class SceneCLI(LightningCLI):
         ]
         if self.subcommand == "fit":
             callbacks.append(RunRecordCallback(run_dir, monitor=monitor, mode=mode))
+        elif self.subcommand in ("validate", "test"):
+            callbacks.append(
+                EvaluationRecordCallback(run_dir, cfg.get("ckpt_path"), self.subcommand)
+            )
+        callbacks.append(_InterruptWatch(self.outcome))
         kwargs["logger"] = loggers
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as e:
+            raise UserError(f"trainer options: {one_line(e)}") from None
 
 
 def _task_specs(datamodule: SceneDataModule) -> dict[str, Any]:
     return datamodule.task_specs
+
+
+# --------------------------------------------------------------------------------------
+# checks of what Lightning or torch would refuse with a traceback
+
+
+def _net_fields(net: Any) -> dict[str, Any]:
+    """``model.net`` (a Namespace, dict, ModelConfig or None) as plain values."""
+    if net is None:
+        values: dict[str, Any] = {}
+    elif dataclasses.is_dataclass(net):
+        values = dataclasses.asdict(net)
+    elif hasattr(net, "as_dict"):
+        values = net.as_dict()
+    else:
+        values = dict(net)
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    merged = {**defaults, **values}
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in merged.items()
+        if k in defaults and k not in NET_INIT_ONLY
+    }
+
+
+def _mapping_at(data: Any, *keys: str) -> dict[str, Any]:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _explicit_net_keys(config_files: Any, argv: Any) -> set[str]:
+    """The ``model.net`` fields set in the config files or on the command line."""
+    keys: set[str] = set()
+    for path in config_files or []:
+        try:
+            data = yaml.safe_load(Path(str(path)).read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        keys |= set(_mapping_at(data, "model", "net"))
+    args = [str(a) for a in (argv or [])]
+    for i, arg in enumerate(args):
+        option, _, inline = arg.partition("=")
+        value = inline if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+        if option.startswith("--model.net."):
+            keys.add(option.removeprefix("--model.net.").split(".")[0])
+        elif option in ("--model.net", "--model"):
+            try:
+                data = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue
+            keys |= set(_mapping_at({"net": data} if option == "--model.net" else data, "net"))
+    return keys
+
+
+def _check_network(ckpt: str, asked: dict[str, Any]) -> None:
+    """Refuse network options that contradict the network the checkpoint holds."""
+    if not asked:
+        return
+    stored = read_checkpoint(ckpt)["hyper_parameters"].get("net")
+    if not isinstance(stored, dict):
+        return  # a checkpoint without its network description: the weights decide
+    held = _net_fields(stored)
+    differ = [k for k, v in asked.items() if k in held and held[k] != v]
+    if differ:
+        theirs = ", ".join(f"model.net.{k}={held[k]!r}" for k in differ)
+        ours = ", ".join(f"model.net.{k}={asked[k]!r}" for k in differ)
+        raise UserError(
+            f"--ckpt_path {ckpt} holds a network with {theirs}, but the configuration asks "
+            f"for {ours}; drop the option(s) or choose a matching checkpoint"
+        )
+
+
+def _check_trainer_options(trainer: Any) -> None:
+    """One line for trainer options Lightning would refuse with a traceback."""
+    if trainer is None:
+        return
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs < -1:
+        raise UserError(f"trainer.max_epochs must be >= 0 (or -1: no limit), got {max_epochs}")
+    accelerator = trainer.get("accelerator")
+    if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"trainer.accelerator {accelerator}: this machine has no usable GPU "
+                "(torch.cuda.is_available() is False); use --trainer.accelerator cpu"
+            )
+
+
+def _check_batchnorm_can_train(data: Any, model: Any) -> None:
+    """BatchNorm needs more than one value per channel: refuse a training batch whose
+    coarsest feature map (1/32, or 1/16 or 1/8 with dilation) has B x H x W = 1."""
+    if data is None:
+        return
+    net = _net_fields(model.get("net") if model is not None else None)
+    stride = 32 // 2 ** sum(bool(d) for d in net["dilation"])
+    info = read_info(data.root) if data.get("root") is not None else None
+    image_hw = tuple(info.image_size) if info is not None else tuple(data.synth_size)
+    crop = data.get("crop_size")
+    h, w = (crop, crop) if isinstance(crop, int) else tuple(crop or image_hw)
+    batch = data.batch_size
+    why = f"data.batch_size {batch}"
+    if info is not None and "train" in info.splits:
+        n = info.split_size("train")
+        if data.get("train_limit") is not None:
+            n = min(n, data.train_limit)
+        if 0 < n < batch:
+            batch, why = n, f"a training split of {n} image(s)"
+    if batch * math.ceil(h / stride) * math.ceil(w / stride) == 1:
+        raise UserError(
+            f"{why} with {h}x{w} training images leaves BatchNorm one value per channel at "
+            f"1/{stride} resolution, where it cannot train; use data.batch_size >= 2 or "
+            f"data.crop_size above {stride} pixels"
+        )
 
 
 def _user_error_in_chain(exc: BaseException) -> UserError | None:
@@ -228,7 +427,14 @@ def _user_error_in_chain(exc: BaseException) -> UserError | None:
 
 
 def run_lightning_cli(argv: list[str]) -> int:
-    """Run one LightningCLI subcommand; returns the exit status."""
+    """Run one LightningCLI subcommand; returns the exit status.
+
+    Raises:
+        UserError: bad input, as one line (also for the errors of Lightning and torch
+            that stand for bad options, see the checks above).
+        KeyboardInterrupt: Ctrl-C (Lightning handles it and exits with status 1 by
+            itself; the CLI turns it into status 130).
+    """
     # Library deprecation chatter that users can do nothing about.
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within")
     warnings.filterwarnings("ignore", message=".*skip_none parameter was deprecated")
@@ -237,31 +443,60 @@ def run_lightning_cli(argv: list[str]) -> int:
         "ignore", message=".*Previous log files in this directory will be deleted"
     )
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    # the module's hook serves bare DataLoaders (predict); the DataModule's wins in fit
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in both")
     _hide_advertising()
+    outcome = _Outcome()
+    done = False
     try:
-        _make_cli(argv)
+        _make_cli(argv, outcome)
+        done = True
+    except SystemExit:
+        if outcome.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     except (ValueError, TypeError) as e:
         found = _user_error_in_chain(e)
-        if found is None:
-            raise
-        raise found from None
+        if found is not None:
+            raise found from None
+        if str(e).startswith("Expected more than 1 value per channel when training"):
+            raise UserError(
+                f"BatchNorm cannot train on one value per channel ({one_line(e)}); use a "
+                "larger data.batch_size or data.crop_size"
+            ) from None
+        raise
+    except MisconfigurationException as e:
+        raise UserError(f"trainer options: {one_line(e)}") from None
+    finally:
+        if not done and outcome.reserved is not None:
+            # a run refused before it wrote anything leaves no trace (rmdir: only if empty)
+            for folder in [outcome.reserved.path, *reversed(outcome.created)]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     return 0
 
 
 class _NoTips(logging.Filter):
+    NOISE = ("💡 Tip", "Seed set to")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith("💡 Tip")
+        return not str(record.getMessage()).startswith(self.NOISE)
 
 
 def _hide_advertising() -> None:
-    """Lightning advertises a cloud logger at every run; our users log locally."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    """Lightning advertises a cloud logger at every run (our users log locally) and
+    announces the seed (config.yaml has it): neither belongs above an error line."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTips) for f in logger.filters):
             logger.addFilter(_NoTips())
 
 
-def _make_cli(argv: list[str]) -> SceneCLI:
+def _make_cli(argv: list[str], outcome: _Outcome | None = None) -> SceneCLI:
     return SceneCLI(
         MultiTaskModule,
         SceneDataModule,
@@ -272,6 +507,7 @@ def _make_cli(argv: list[str]) -> SceneCLI:
         seed_everything_default=0,
         trainer_defaults={"logger": False},
         auto_configure_optimizers=False,
+        outcome=outcome,
     )
 
 

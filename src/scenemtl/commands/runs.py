@@ -50,7 +50,8 @@ class RunSummary:
     path: Path
     name: str
     # "finished", "unfinished" (killed, still running, or never validated), "crashed",
-    # "evaluation" (a `scenemtl validate` of a checkpoint), "unreadable" (see `reason`)
+    # "interrupted" (Ctrl-C), "evaluation" (`scenemtl validate|test` of a checkpoint),
+    # "unreadable" (see `reason`)
     status: str
     best_epoch: int | None = None
     best: dict[str, float | None] = field(default_factory=dict)
@@ -274,7 +275,7 @@ def _summarize(run: RunDir, summary: RunSummary) -> None:
         summary.status = "evaluation"  # `scenemtl validate` of a checkpoint, no training
     # run.json knows best; "running" in a record nobody updates is a killed (or live) run
     status = record.get("status")
-    if status in ("finished", "crashed"):
+    if status in ("finished", "crashed", "interrupted", "evaluation"):
         summary.status = status
     elif status == "running":
         summary.status = "unfinished"
@@ -302,7 +303,7 @@ def format_best(summary: RunSummary) -> str:
         values = " | ".join(_number(summary.best[c]) for c in summary.columns)
         lines.append(f"| val (best {by}) | {summary.best_epoch} | {values} |")
     if summary.test:
-        values = " | ".join(_number(summary.test[c]) for c in summary.columns)
+        values = " | ".join(_number(summary.test.get(c)) for c in summary.columns)
         lines.append(f"| test | | {values} |")
     return "\n".join(lines)
 
@@ -332,7 +333,7 @@ def _hp(summary: RunSummary) -> dict[str, str]:
     data = _mapping(summary.config.get("data"))
     trainer = _mapping(summary.config.get("trainer"))
     weights = _mapping(model.get("loss_weights"))
-    if summary.tasks:  # a task the config gives no weight weighs 1
+    if summary.tasks and summary.config:  # a task the config gives no weight weighs 1
         weights = {t: weights.get(t, 1) for t in summary.tasks}
     dil = net.get("dilation")
     return {
@@ -449,7 +450,8 @@ def run_table(root: str | os.PathLike, fmt: str = "md", sort: str = "grader") ->
     one after, by name); ``"name"``: by path."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"runs folder {root} does not exist")
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise UserError(f"runs folder {root} {what}")
     summaries = [summarize_run(p) for p in find_runs(root)]
     summaries.sort(key=lambda s: str(s.path))
     if sort == "grader":

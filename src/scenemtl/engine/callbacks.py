@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,6 +16,7 @@ from torch.utils.data import default_collate
 from scenemtl.data.format import atomic_write_bytes
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.run_dir import RunDir
+from scenemtl.errors import one_line
 from scenemtl.visualize import prediction_panel, tile
 
 
@@ -143,6 +145,44 @@ class RunRecordCallback(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.is_global_zero and self._start:
-            first = str(exception).splitlines()[0] if str(exception) else type(exception).__name__
-            self._write(status="crashed", error=first[:300], train_seconds=self._elapsed())
+        if not (trainer.is_global_zero and self._start):
+            return
+        if isinstance(exception, KeyboardInterrupt):
+            # Ctrl-C is the user's decision, not a failure: nothing to report as an error
+            self._write(status="interrupted", train_seconds=self._elapsed())
+        else:
+            error = one_line(exception)[:300]
+            self._write(status="crashed", error=error, train_seconds=self._elapsed())
+
+
+class EvaluationRecordCallback(L.Callback):
+    """Writes ``run.json`` of a ``validate``/``test`` run: what it evaluated.
+
+    Evaluating a checkpoint logs into a run folder of its own, never into the run that
+    trained the checkpoint; this record names the checkpoint, so that the run table can
+    tell such folders from training runs.
+    """
+
+    def __init__(self, run_dir: RunDir, checkpoint: str | None, stage: str) -> None:
+        super().__init__()
+        self.path = run_dir.record
+        self.checkpoint = checkpoint
+        self.stage = stage
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        record = {
+            "status": "evaluation",
+            "stage": self.stage,
+            "checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
+            "tasks": list(getattr(pl_module, "tasks", {})),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_bytes(self.path, (json.dumps(record, indent=2) + "\n").encode())
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, pl_module)

@@ -131,5 +131,9 @@ class RunFamily:
             except FileExistsError:
                 n += 1
                 continue
+            except FileNotFoundError:
+                # a run refused at start removes the (empty) folders it created
+                self.path.mkdir(parents=True, exist_ok=True)
+                continue
             return RunDir(candidate)
         raise UserError(f"{self.path}: could not reserve a new version folder")
