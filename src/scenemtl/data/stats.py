@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from scenemtl.data.format import (
+    IGNORE_INDEX,
     DatasetInfo,
     atomic_write_bytes,
     label_path,
@@ -48,7 +49,9 @@ class _Accumulator:
         self.hist_log += other.hist_log
 
 
-def _accumulate(root: Path, split: str, index: int, lo: float, hi: float) -> _Accumulator:
+def _accumulate(
+    root: Path, split: str, index: int, lo: float, hi: float, num_classes: int
+) -> _Accumulator:
     acc = _Accumulator(count=1)
     depth = read_depth(label_path(root, split, "depth", index)).astype(np.float64)
     valid = depth[depth > 0]
@@ -65,8 +68,16 @@ def _accumulate(root: Path, split: str, index: int, lo: float, hi: float) -> _Ac
     ]
     acc.hist_m += np.histogram(valid, bins=_HIST_BINS, range=(0, hi))[0]
     acc.hist_log += np.histogram(log_d, bins=_HIST_BINS, range=(np.log(lo), np.log(hi)))[0]
-    semseg = read_semseg(label_path(root, split, "semseg", index))
-    acc.class_counts += np.bincount(semseg.ravel(), minlength=256)
+    path = label_path(root, split, "semseg", index)
+    counts = np.bincount(read_semseg(path).ravel(), minlength=256)
+    outside = np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes
+    if outside.size:
+        # statistics that quietly count them as ignored would hide what training refuses
+        raise DataFormatError(
+            f"{path}: label values {[int(v) for v in outside[:5]]} outside the "
+            f"{num_classes}-class table (0..{num_classes - 1}) and {IGNORE_INDEX}"
+        )
+    acc.class_counts += counts
     return acc
 
 
@@ -96,7 +107,8 @@ def compute_stats(
     lo, hi = info.depth_range_m
     total = _Accumulator()
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for acc in pool.map(lambda i: _accumulate(root, split, i, lo, hi), range(n)):
+        classes = info.num_classes
+        for acc in pool.map(lambda i: _accumulate(root, split, i, lo, hi, classes), range(n)):
             total.merge(acc)
     count, s, s2, ls, ls2, is_, is2 = total.sums
     if count == 0:
