@@ -33,6 +33,13 @@ def _gradient(aggregation: Aggregation) -> Callable[..., GradientBalancer]:
     return partial(GradientBalancer, aggregation=aggregation)
 
 
+def _rebuild_nash_problem(aggregator: Any) -> None:
+    # torchjd builds Nash-MTL's convex problem from its state at the first step only; a
+    # restored state past that step needs the problem built now (from the restored state).
+    if aggregator.weighting.step:
+        aggregator.weighting._init_optim_problem()
+
+
 BALANCERS: dict[str, Callable[..., LossBalancer]] = {
     # loss level
     "fixed": FixedWeighting,
@@ -74,6 +81,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
             ),
             takes_num_tasks=True,
             extra="solvers",
+            restored=_rebuild_nash_problem,
         )
     ),
     "upgrad": _gradient(Aggregation("UPGrad")),

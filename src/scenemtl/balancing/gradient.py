@@ -62,6 +62,7 @@ class Aggregation:
             checkpoints.
         takes_num_tasks: the class takes ``n_tasks`` as first argument.
         extra: the pip extra of scenemtl the aggregator needs, if any.
+        restored: called with the aggregator after its state was loaded.
     """
 
     aggregator: str
@@ -70,6 +71,7 @@ class Aggregation:
     state: tuple[str, ...] = ()
     takes_num_tasks: bool = False
     extra: str | None = None
+    restored: Callable[[Any], None] | None = None
 
     def build(self, num_tasks: int, options: Mapping[str, Any]) -> Aggregator:
         try:
@@ -159,15 +161,23 @@ class GradientBalancer(LossBalancer):
     def backward(
         self,
         losses: Tensor,
-        features: Sequence[Tensor],
+        representation: Sequence[Tensor],
+        cut: Sequence[Tensor],
         shared_params: Sequence[nn.Parameter],
         task_params: Sequence[nn.Parameter],
     ) -> tuple[Tensor | None, Tensor]:
         """Accumulate this step's update into the ``.grad`` of the parameters.
 
+        The tasks' branches must have been run on ``cut``: leaf copies of the shared
+        representation (``t.detach().requires_grad_()``). The representation's tensors may
+        be computed from one another (an encoder pyramid); differentiating at the cut gives
+        each tensor's direct contribution, which backpropagating ``representation`` then
+        chains into the shared parameters without counting a path twice.
+
         Args:
             losses: [K] the constant-weighted task losses ``w_k L_k``, with their graph.
-            features: the shared representation's tensors (``shared_forward``'s values).
+            representation: the shared representation (``shared_forward``'s values).
+            cut: the leaf copies of ``representation`` the losses were computed from.
             shared_params: the shared parameters.
             task_params: every other trainable parameter.
 
@@ -176,56 +186,52 @@ class GradientBalancer(LossBalancer):
             does not combine rows linearly; the Gram matrix ``J J^T`` [K, K] of the task
             gradients, before scaling, for the conflict monitor).
         """
-        if self.wrt == "parameters":
-            weights, gramian = self._backward_parameters(losses, features, shared_params)
-        else:
-            weights, gramian = self._backward_representation(
-                losses, features, shared_params, task_params
-            )
-        for p in task_params:
-            if p.grad is not None:
-                all_reduce_mean(p.grad)
-        if weights is not None:
-            weights = (weights.detach().float() * self.base_weights.to(weights.device)).cpu()
-        return weights, gramian
-
-    def _backward_parameters(
-        self, losses: Tensor, features: Sequence[Tensor], shared: Sequence[nn.Parameter]
-    ) -> tuple[Tensor | None, Tensor]:
-        from torchjd.autojac import jac_to_grad, mtl_backward
-
-        # retain_graph: the tasks may share nodes after the representation (the joint
-        # network's last conv emits every task), which one task's pass would free.
-        mtl_backward(
-            list(losses), features=list(features), shared_params=list(shared), retain_graph=True
-        )
-        gramian = torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
-        for p in shared:
-            jac = all_reduce_mean(p.jac)  # type: ignore[attr-defined]
-            flat = jac.detach().flatten(1).double()
-            gramian += (flat @ flat.T).cpu()
-            jac.mul_(self.scale)
-        weights = jac_to_grad(list(shared), self.aggregator)
-        return (None if weights is None else weights * self.scale), gramian
-
-    def _backward_representation(
-        self,
-        losses: Tensor,
-        features: Sequence[Tensor],
-        shared: Sequence[nn.Parameter],
-        task_params: Sequence[nn.Parameter],
-    ) -> tuple[Tensor | None, Tensor]:
-        from torchjd.aggregation import WeightedAggregator
         from torchjd.autojac import jac
 
-        features = list(features)
+        representation, cut = list(representation), list(cut)
         own = [p for p in task_params if p.requires_grad]
         if own:
             torch.autograd.backward(losses.sum(), inputs=own, retain_graph=True)
-        jacs = jac(list(losses), inputs=features, retain_graph=True)
-        matrix = torch.cat([j.flatten(1) for j in jacs], dim=1)
+        for p in own:
+            if p.grad is not None:
+                all_reduce_mean(p.grad)
+        # [K, *shape] per tensor of the representation; freeing the heads' graph
+        at_cut = jac(list(losses), inputs=cut)
+        if self.wrt == "parameters":
+            weights, gramian = self._combine_parameter_gradients(
+                representation, at_cut, list(shared_params)
+            )
+        else:
+            weights, gramian = self._combine_representation_gradients(
+                representation, at_cut, list(shared_params)
+            )
+        if weights is not None:
+            weights = (weights.detach().float().cpu() * self.base_weights.cpu()).cpu()
+        return weights, gramian
+
+    def _combine_parameter_gradients(
+        self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
+    ) -> tuple[Tensor | None, Tensor]:
+        from torchjd.autojac import jac, jac_to_grad
+
+        rows = jac(representation, inputs=shared, jac_outputs=list(at_cut))
+        gramian = torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
+        for p, j in zip(shared, rows, strict=True):
+            j = all_reduce_mean(j.detach())
+            flat = j.flatten(1).double()
+            gramian += (flat @ flat.T).cpu()
+            p.jac = j * self.scale  # type: ignore[attr-defined]
+        weights = jac_to_grad(shared, self.aggregator)
+        return (None if weights is None else weights * self.scale), gramian
+
+    def _combine_representation_gradients(
+        self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
+    ) -> tuple[Tensor | None, Tensor]:
+        from torchjd.aggregation import WeightedAggregator
+
+        matrix = torch.cat([j.detach().flatten(1) for j in at_cut], dim=1)
         world = distributed_world()
-        gramian = (matrix.detach().double() @ matrix.detach().double().T).cpu()
+        gramian = (matrix.double() @ matrix.double().T).cpu()
         if world > 1:
             # The union batch's loss is the mean of the processes' losses: its Jacobian is
             # [J_1 ... J_N] / N and its Gram matrix sum_p G_p / N^2.
@@ -242,10 +248,10 @@ class GradientBalancer(LossBalancer):
             weights = None
             direction = self.aggregator(matrix * self.scale)
         grads, start = [], 0
-        for f in features:
+        for f in representation:
             grads.append(direction[start : start + f.numel()].reshape(f.shape).to(f.dtype))
             start += f.numel()
-        torch.autograd.backward(features, grad_tensors=grads, inputs=list(shared))
+        torch.autograd.backward(representation, grad_tensors=grads, inputs=shared)
         if world > 1:
             for p in shared:
                 if p.grad is not None:
@@ -275,6 +281,8 @@ class GradientBalancer(LossBalancer):
                 _set_path(self.aggregator, path, entry["numpy"].numpy().copy())
             else:
                 _set_path(self.aggregator, path, entry.get("value"))
+        if self.aggregation.restored is not None:
+            self.aggregation.restored(self.aggregator)
 
 
 def _get_path(obj: Any, path: str) -> Any:

@@ -264,7 +264,11 @@ class MultiTaskModule(L.LightningModule):
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         shared = self.net.shared_forward(image)
-        outputs = self.net.resize_outputs(self.net.decode(shared), image.shape[-2:])
+        cut = shared
+        if self.balancer.level == GRADIENT_LEVEL:
+            # the tasks' branches read leaf copies, where the balancer takes the gradients
+            cut = {k: v.detach().requires_grad_() for k, v in shared.items()}
+        outputs = self.net.resize_outputs(self.net.decode(cut), image.shape[-2:])
         losses = self.criterion(outputs, batch)
         if not torch.isfinite(losses.total):
             # Raising stops the run before any checkpoint of this state is written.
@@ -287,7 +291,8 @@ class MultiTaskModule(L.LightningModule):
                     for n, w in zip(self.tasks, self.balancer.base_weights, strict=True)
                 ]
             ),
-            features=list(shared.values()),
+            representation=list(shared.values()),
+            cut=list(cut.values()),
             weights=losses.weights,
             monitor=len(self.tasks) > 1 and every > 0 and self.global_step % every == 0,
             batch_size=batch_size,
@@ -304,7 +309,8 @@ class MultiTaskModule(L.LightningModule):
         if self.balancer.level == GRADIENT_LEVEL:
             weights, step.gramian = self.balancer.backward(
                 step.weighted,
-                step.features,
+                step.representation,
+                step.cut,
                 self.net.shared_parameters(),
                 [*self.net.task_parameters(), *self.balancer.trainable_parameters()],
             )
@@ -314,7 +320,7 @@ class MultiTaskModule(L.LightningModule):
             if step.monitor:
                 step.gramian = _gramian(step.weighted, self.net.shared_parameters())
             loss.backward(*args, **kwargs)
-        step.weighted, step.features = None, []  # free the graph's tensors
+        step.weighted, step.representation, step.cut = None, [], []  # free the graph
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step, self._step = self._step, None
@@ -408,7 +414,8 @@ class _StepRecord:
     """What a training step hands to :meth:`MultiTaskModule.backward` and then to logging."""
 
     weighted: Tensor | None  # [K] w_k L_k with their graph
-    features: list[Tensor]  # the shared representation
+    representation: list[Tensor]  # the shared representation
+    cut: list[Tensor]  # what the tasks' branches read: leaf copies of it (gradient level)
     weights: dict[str, Any]  # task -> effective weight (logged)
     monitor: bool  # log the gradient conflict of this step
     batch_size: int
