@@ -195,6 +195,8 @@ class GradientBalancer(LossBalancer):
         for p in own:
             if p.grad is not None:
                 all_reduce_mean(p.grad)
+        if not shared_params:  # an architecture that shares nothing: nothing to combine
+            return None, torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
         # [K, *shape] per tensor of the representation; freeing the heads' graph
         at_cut = jac(list(losses), inputs=cut)
         if self.wrt == "parameters":

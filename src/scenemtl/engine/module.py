@@ -317,8 +317,9 @@ class MultiTaskModule(L.LightningModule):
             if weights is not None:
                 step.weights = dict(zip(self.tasks, weights, strict=True))
         else:
-            if step.monitor:
-                step.gramian = _gramian(step.weighted, self.net.shared_parameters())
+            shared = self.net.shared_parameters()
+            if step.monitor and shared:
+                step.gramian = _gramian(step.weighted, shared)
             loss.backward(*args, **kwargs)
         step.weighted, step.representation, step.cut = None, [], []  # free the graph
 
@@ -328,7 +329,7 @@ class MultiTaskModule(L.LightningModule):
             return
         for name, value in step.weights.items():
             self.log(f"train/weight_{name}", float(value), batch_size=step.batch_size)
-        if step.monitor and step.gramian is not None:
+        if step.monitor and step.gramian is not None and bool(step.gramian.diagonal().gt(0).all()):
             for key, value in gradient_conflict(step.gramian, list(self.tasks)).items():
                 self.log(f"train/{key}", value, batch_size=step.batch_size)
 
