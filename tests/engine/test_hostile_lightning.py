@@ -57,23 +57,27 @@ def trained(tmp_path_factory):
 # evaluation writes into a folder of its own
 
 
-@pytest.mark.parametrize("sub", ["test", "validate"])
-def test_evaluating_a_checkpoint_never_rewrites_its_run(trained, tmp_path, capsys, sub):
+@pytest.mark.parametrize("sub, which", [("test", "best"), ("validate", "last")])
+def test_evaluating_a_checkpoint_never_rewrites_its_run(trained, tmp_path, capsys, sub, which):
     other = _dataset(tmp_path / "other", seed=5)  # the case: another data root
     before = snapshot(trained.run)
-    argv = [sub, "--config", trained.cfg, "--ckpt_path", trained.best, "--data.root", other]
-    argv += ["--run.root", tmp_path / "runs", "--run.name", "null"]
+    ckpt = trained.best if which == "best" else "last"
+    # `last`: the newest run of the config's name, so the same runs folder
+    runs = tmp_path / "runs" if which == "best" else trained.run.parents[1]
+    argv = [sub, "--config", trained.cfg, "--ckpt_path", ckpt, "--data.root", other]
+    argv += ["--run.root", runs, "--run.name", "null"]
     result = run(argv, capsys)
     assert result.code == 0, result.err[-3000:]
     after = snapshot(trained.run)
     assert after == before  # submission.zip, hparams.yaml, metrics.csv, config: all as they were
     # the evaluation's own run: <config stem>-<command>/version_0, its metrics and record
-    own = tmp_path / "runs" / f"tiny-{sub}" / "version_0"
+    own = runs / f"tiny-{sub}" / "version_0"
     stage = "test" if sub == "test" else "val"
     assert [r for r in read_metrics(own) if r.get(f"{stage}/grader")]
     record = json.loads((own / "run.json").read_text())
     assert record["status"] == "evaluation" and record["stage"] == sub
-    assert record["checkpoint"] == str(trained.best.resolve())
+    evaluated = trained.best if which == "best" else trained.run / "checkpoints" / "last.ckpt"
+    assert record["checkpoint"] == str(evaluated.resolve())
     assert summarize_run(own).status == "evaluation"
     assert (own / "submission.zip").is_file() == (sub == "test")
 
@@ -223,6 +227,7 @@ def test_batch_size_one_trains_where_batchnorm_sees_more_than_one_value(trained,
     # images, 128x256, never come close)
     argv = ["fit", "--config", trained.cfg, "--run.root", tmp_path / "runs"]
     argv += ["--data.batch_size", "1", "--data.crop_size", "[64, 33]", "--data.train_limit", "2"]
+    argv += ["--trainer.limit_val_batches", "1", "--visualize.every_n_epochs", "0"]
     result = run(argv, capsys)
     assert result.code == 0, result.err[-3000:]
 

@@ -169,13 +169,15 @@ class SceneCLI(LightningCLI):
         self._evaluation_switches: dict[str, Any] = {}
         self._net_asked: dict[str, Any] = {}
         self._net_explicit: set[str] = set()
+        self._ckpt_net: Any = None
         if not sub:
             return
         ckpt = self.config[sub].get("ckpt_path")
         if ckpt and ckpt != "last":
             if not Path(ckpt).is_file():
                 raise UserError(f"--ckpt_path {ckpt}: file not found")
-            read_checkpoint(ckpt)  # one line for anything that is not a checkpoint
+            # one line for anything that is not a checkpoint
+            self._ckpt_net = read_checkpoint(ckpt)["hyper_parameters"].get("net")
         model_cfg = self.config[sub].get("model")
         if model_cfg:
             init = model_cfg
@@ -195,12 +197,12 @@ class SceneCLI(LightningCLI):
                     model_cfg[key] = value
             _check_trainer_options(cfg.get("trainer"))
         run = cfg.run
-        name = run.name
-        if name is None:
-            configs = cfg.get("config") or []
-            name = Path(str(configs[-1])).stem if configs else "default"
-            if sub in ("validate", "test"):
-                name = f"{name}-{sub}"
+        configs = cfg.get("config") or []
+        # the name the checkpoint's run has (`last` looks there), and the name to log into
+        source_name = run.name or (Path(str(configs[-1])).stem if configs else "default")
+        name = source_name
+        if run.name is None and sub in ("validate", "test"):
+            name = f"{source_name}-{sub}"
         if run.checkpoint_every_n_steps < 0:
             raise UserError(
                 f"run.checkpoint_every_n_steps must be >= 0, got {run.checkpoint_every_n_steps}"
@@ -213,14 +215,21 @@ class SceneCLI(LightningCLI):
         if os.environ.get("LOCAL_RANK", "0") != "0" and _VERSION_ENV in os.environ:
             self.run_dir = RunDir(root / name / os.environ[_VERSION_ENV])
             if ckpt == "last":
-                ckpt = str(self.run_dir.last_ckpt)
+                ckpt = str(RunFamily(root, source_name).latest_resumable().last_ckpt)
         else:
             # everything that can be refused is refused before a folder is reserved
-            if ckpt is not None:
-                self._check_network(ckpt, root, name)
+            if ckpt == "last":
+                # `last` builds the configured network: all of it must match the
+                # checkpoint's; a named checkpoint brings its own network (LightningCLI
+                # reads its hyperparameters), so only explicit options must agree
+                ckpt = str(RunFamily(root, source_name).latest_resumable().last_ckpt)
+                _check_network(ckpt, self._net_asked)
+            elif ckpt is not None:
+                explicit = {k: v for k, v in self._net_asked.items() if k in self._net_explicit}
+                _check_network(ckpt, explicit, self._ckpt_net)
             if sub == "fit":
                 _check_batchnorm_can_train(cfg.get("data"), cfg.get("model"))
-            # evaluation never writes into the run that trained the checkpoint
+            # fit resumes in the checkpoint's run; evaluation never writes into it
             existing = {r.path.resolve() for r in RunFamily(root, name).versions()}
             created = [p for p in (root, root / name) if not p.exists()]
             self.run_dir, ckpt = resolve_run(root, name, ckpt, reuse_checkpoint_run=sub == "fit")
@@ -230,17 +239,6 @@ class SceneCLI(LightningCLI):
             os.environ[_VERSION_ENV] = self.run_dir.version
         if sub:
             cfg["ckpt_path"] = ckpt
-
-    def _check_network(self, ckpt: str, root: Path, name: str) -> None:
-        """``last`` resumes with the configured network: all of it must match the
-        checkpoint's. A named checkpoint brings its own network (LightningCLI reads its
-        hyperparameters): only the options given explicitly must agree with it."""
-        if ckpt == "last":
-            asked = self._net_asked
-            ckpt = str(RunFamily(root, name).latest_resumable().last_ckpt)
-        else:
-            asked = {k: v for k, v in self._net_asked.items() if k in self._net_explicit}
-        _check_network(ckpt, asked)
 
     def _run_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -351,11 +349,13 @@ def _explicit_net_keys(config_files: Any, argv: Any) -> set[str]:
     return keys
 
 
-def _check_network(ckpt: str, asked: dict[str, Any]) -> None:
-    """Refuse network options that contradict the network the checkpoint holds."""
+def _check_network(ckpt: str, asked: dict[str, Any], stored: Any = None) -> None:
+    """Refuse network options that contradict the network the checkpoint holds
+    (``stored``: its ``model.net`` hyperparameters, if already read)."""
     if not asked:
         return
-    stored = read_checkpoint(ckpt)["hyper_parameters"].get("net")
+    if stored is None:
+        stored = read_checkpoint(ckpt)["hyper_parameters"].get("net")
     if not isinstance(stored, dict):
         return  # a checkpoint without its network description: the weights decide
     held = _net_fields(stored)
