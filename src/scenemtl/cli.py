@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", required=True)
     bench.add_argument("--precision", choices=("32-true", "bf16-mixed", "16-mixed"), default=None)
     bench.add_argument("--steps", type=int_at_least(0), default=10)
+    bench.add_argument(
+        "--model.loss_weighting",
+        dest="loss_weighting",
+        default=None,
+        metavar="METHOD",
+        help="balancing method to time (default: the config's)",
+    )
     bench.set_defaults(func=cmd_bench)
 
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
@@ -240,7 +247,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from scenemtl.commands.bench import run_bench
 
-    print(run_bench(args.config, precision=args.precision, steps=max(args.steps, 2)).format())
+    result = run_bench(
+        args.config,
+        precision=args.precision,
+        steps=max(args.steps, 2),
+        loss_weighting=args.loss_weighting,
+    )
+    print(result.format())
     return 0
 
 
@@ -256,7 +269,7 @@ def _run_guarded(func: Callable[[], int | None]) -> int:
         return int(func() or 0)
     except UserError as e:
         print(f"scenemtl: error: {one_line(e)}", file=sys.stderr)
-        return 1
+        return int(getattr(e, "exit_status", 1))
     except BrokenPipeError:
         # `scenemtl runs | head`: the reader left, nothing is wrong
         sys.stderr.close()

@@ -4,7 +4,8 @@ Prints, for the configured model, input size and precision:
 
 * model-only training images/s (synthetic tensors already on the device),
 * DataLoader images/s (decoding only),
-* end-to-end training images/s (Lightning Trainer, real data, augmentation on device),
+* end-to-end training images/s (Lightning Trainer, real data, augmentation on device, the
+  configured balancing method: the model-only step is a plain backward),
 * achieved GFLOP/s of the model-only step (``torch.utils.flop_counter``),
 * this machine's matmul peak in the same precision, so the fraction of peak is visible.
 """
@@ -39,6 +40,7 @@ class BenchResult:
     step_gflop: float
     achieved_gflops: float
     matmul_peak_gflops: float
+    loss_weighting: str = "fixed"
 
     def format(self) -> str:
         h, w = self.size
@@ -53,7 +55,7 @@ class BenchResult:
                 f"  model only (synthetic tensors) {self.model_images_per_s:8.2f} images/s",
                 f"  DataLoader (decode only)       {self.loader_images_per_s:8.2f} images/s",
                 f"  end-to-end training            {self.end_to_end_images_per_s:8.2f} images/s"
-                f"  ({100 * e2e:.0f}% of model only)",
+                f"  ({100 * e2e:.0f}% of model only; balancing: {self.loss_weighting})",
                 f"  work per step                  {self.step_gflop:8.1f} GFLOP (fwd+bwd)",
                 f"  achieved                       {self.achieved_gflops:8.1f} GFLOP/s",
                 f"  matmul peak (this machine)     {self.matmul_peak_gflops:8.1f} GFLOP/s"
@@ -134,8 +136,11 @@ def run_bench(
     precision: str | None = None,
     steps: int = 10,
     warmup: int = 3,
+    loss_weighting: str | None = None,
 ) -> BenchResult:
     cfg = load_sections(config)
+    if loss_weighting is not None:
+        cfg["model"] = {**(cfg.get("model") or {}), "loss_weighting": loss_weighting}
     trainer_cfg = cfg.get("trainer") or {}
     precision = str(precision or trainer_cfg.get("precision", "32-true"))
     if precision not in PRECISIONS:
@@ -206,4 +211,5 @@ def run_bench(
         step_gflop=flop / 1e9,
         achieved_gflops=flop / model_s / 1e9,
         matmul_peak_gflops=matmul_peak_gflops(precision, device),
+        loss_weighting=str(module.hparams.loss_weighting),
     )
