@@ -74,6 +74,7 @@ VARIANTS = {
         "extra_skips": True,
         "squeeze_excitation": True,
     },
+    "vortex-attention-skips": {"pooling": "vortex", "attention_skips": True},
 }
 
 
@@ -222,6 +223,12 @@ def test_imagenet_style_parameter_counts_of_the_designs() -> None:
         ("channels", True, "model.net.channels"),
         ("weights", "", "model.net.weights"),
         ("final_decoder_convs", -1, "final_decoder_convs"),
+        ("pooling", "vortx", "model.net.pooling"),
+        ("pooling", {"semseg": "pyramid"}, "model.net.pooling"),
+        ("pooling", ["vortex"], "model.net.pooling"),
+        ("vortex_rates", (3, 9), "model.net.vortex_rates"),
+        ("attention_skips", 1, "model.net.attention_skips"),
+        ("distill_alpha", True, "only the distillation architecture"),
     ],
 )
 def test_bad_config_values_are_one_line_user_errors(field: str, value: object, needle: str) -> None:
@@ -234,6 +241,57 @@ def test_bad_config_values_are_one_line_user_errors(field: str, value: object, n
 def test_extra_skips_need_the_skip() -> None:
     with pytest.raises(UserError, match="extra_skips"):
         ModelConfig(skip=False, extra_skips=True)
+    with pytest.raises(UserError, match="attention_skips: needs skip"):
+        ModelConfig(skip=False, attention_skips=True)
+    with pytest.raises(UserError, match="vortex pooling replaces ASPP"):
+        ModelConfig(aspp=False, pooling={"depth": "vortex"})
+
+
+def test_pooling_per_task_mixes_vortex_and_aspp() -> None:
+    from scenemtl.models.blocks import ASPP, VortexPooling
+
+    cfg = ModelConfig.from_dict(
+        {"architecture": "branched", "encoder": "resnet18", "pooling": {"semseg": "vortex"}}
+    )
+    model = build_model(cfg)
+    assert isinstance(model.aspp["semseg"], VortexPooling)
+    assert isinstance(model.aspp["depth"], ASPP)  # tasks left out keep ASPP
+    everywhere = build_model(small(architecture="mtan", pooling="vortex"))
+    assert all(isinstance(m, VortexPooling) for m in everywhere.aspp.values())
+    assert isinstance(build_model(small(pooling="vortex")).aspp, VortexPooling)
+
+
+def test_pooling_mapping_errors_name_the_problem() -> None:
+    with pytest.raises(UserError, match="no task 'semsge'") as err:
+        build_model(small(architecture="branched", pooling={"semsge": "vortex"}))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="joint has one context module"):
+        build_model(small(architecture="joint", pooling={"semseg": "vortex"}))
+
+
+def test_distill_alpha_starts_from_the_branched_features() -> None:
+    torch.manual_seed(0)
+    model = build_model(small(architecture="distillation", distill_alpha=True)).eval()
+    assert [tuple(a.shape) for a in model.alpha.values()] == [(1,), (1,)]
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        out = model(x)
+        _perturb(model.decoder["depth"])
+        after = model(x)
+    # alpha = 0: the final semseg output ignores the depth branch ...
+    assert torch.equal(after["semseg"][1], out["semseg"][1])
+    # ... but alpha itself learns from the first step
+    model.train()
+    loss = sum(o.square().mean() for outs in model(x).values() for o in outs)
+    loss.backward()
+    assert model.alpha["semseg"].grad.abs().sum() > 0
+    with torch.no_grad():
+        model.alpha["semseg"].fill_(1.0)
+    model.eval()
+    with torch.no_grad():
+        opened = model(x)
+        _perturb(model.decoder["depth"])
+    assert not torch.allclose(model(x)["semseg"][1], opened["semseg"][1])
 
 
 def test_from_dict_takes_yaml_lists_and_rejects_unknown_keys() -> None:

@@ -8,10 +8,13 @@ import torch
 from scenemtl.models.blocks import (
     ASPP,
     DeepLabV3PlusDecoder,
+    DilatedAvgPool,
     HeadDecoder,
+    MultiScaleSkip,
     Projection,
     SelfAttention,
     SqueezeExcitation,
+    VortexPooling,
 )
 
 PYRAMID_CH = {2: 8, 4: 8, 8: 12, 16: 16}
@@ -124,3 +127,75 @@ def test_head_decoder_shapes() -> None:
     head = HeadDecoder(6, 3, channels=8, n_convs=2, squeeze_excitation=True, se_reduction=2)
     pred, feat = head(torch.randn(1, 6, 5, 7))
     assert pred.shape == (1, 3, 5, 7) and feat.shape == (1, 8, 5, 7)
+
+
+def test_dilated_avg_pool_is_avg_pool_at_dilation_one_and_keeps_constants() -> None:
+    x = torch.randn(2, 3, 9, 11)
+    expected = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    torch.testing.assert_close(DilatedAvgPool(1)(x), expected)
+    # borders average over the taps inside the map: a constant stays constant
+    const = torch.full((1, 2, 10, 12), 3.0)
+    torch.testing.assert_close(DilatedAvgPool(4)(const), const)
+
+
+def test_vortex_pools_cascade_to_27_pixel_windows() -> None:
+    vortex = VortexPooling(1, 4)
+    delta = torch.zeros(1, 1, 61, 61)
+    delta[0, 0, 30, 30] = 1.0
+    x = delta
+    supports = []
+    for pool in vortex.pools:
+        x = pool(x)
+        rows = (x[0, 0].abs() > 0).any(dim=1).nonzero()
+        supports.append(int(rows.max() - rows.min() + 1))
+    # 3x3 pools of dilation 1, 3, 9 one after the other: windows of 3, 9 and 27 pixels
+    assert supports == [3, 9, 27]
+
+
+def test_vortex_pooling_shapes_rates_and_batch_size_one() -> None:
+    vortex = VortexPooling(16, 8, rates=(3, 9, 27), squeeze_excitation=True, se_reduction=4)
+    assert [b[0].dilation for b in vortex.branches[1:]] == [(3, 3), (9, 9), (27, 27)]
+    x = torch.randn(1, 16, 7, 9, requires_grad=True)
+    y = vortex.train()(x)
+    assert y.shape == (1, 8, 7, 9)
+    y.sum().backward()
+    assert all(p.grad is not None for p in vortex.parameters())
+
+
+def test_multi_scale_skip_starts_as_the_mean_of_its_levels() -> None:
+    fusion = MultiScaleSkip(PYRAMID_CH, 6).eval()
+    assert fusion.levels == [4, 8, 16]
+    feats = pyramid()
+    with torch.no_grad():
+        out = fusion(feats)
+        size = feats[4].shape[-2:]
+        reduced = [
+            torch.nn.functional.interpolate(
+                fusion.reduce[str(s)](feats[s]), size=size, mode="bilinear", align_corners=False
+            )
+            for s in (4, 8, 16)
+        ]
+    assert out.shape == (2, 6, *size)
+    torch.testing.assert_close(out, sum(reduced) / 3)
+    assert torch.allclose(fusion.last_weights, torch.full_like(fusion.last_weights, 1 / 3))
+    # a level scoring higher takes a larger share, per pixel
+    with torch.no_grad():
+        fusion.score["16"].bias.fill_(2.0)
+        fusion(feats)
+    assert (fusion.last_weights[:, 2] > 0.7).all()
+    # levels the pyramid lacks are left out (output stride 8: no 16x level)
+    assert MultiScaleSkip({2: 8, 4: 8, 8: 12}, 6).levels == [4, 8]
+
+
+def test_attention_skips_replace_the_4x_skip_by_the_fusion() -> None:
+    dec = DeepLabV3PlusDecoder(16, PYRAMID_CH, 3, channels=8, skip_channels=4, attention_skips=True)
+    feats = pyramid()
+    pred, _ = dec(feats[16], feats)
+    assert pred.shape == (2, 3, *feats[4].shape[-2:])
+    # the 16x level now reaches the predictions through the skip, not only the bottleneck
+    feats16 = {k: v.clone().requires_grad_() for k, v in feats.items()}
+    dec(feats[16], feats16)[0].sum().backward()
+    assert feats16[16].grad.abs().sum() > 0 and feats16[8].grad.abs().sum() > 0
+    assert isinstance(dec.stages["s4"].reduce, torch.nn.Identity)
+    with pytest.raises(ValueError, match="need skip=True"):
+        DeepLabV3PlusDecoder(16, PYRAMID_CH, 3, skip=False, attention_skips=True)

@@ -12,20 +12,8 @@ from scenemtl.cli import main
 from scenemtl.models import ARCHITECTURES
 from tests.engine.conftest import tiny_config
 
-NO_SHARED_PARAMETERS = pytest.mark.xfail(
-    strict=True,
-    reason="engine/module.py's gradient-conflict monitor (_gramian) does torch.cat over the "
-    "shared parameters' gradients; task_specific has none (see MultiTaskNet's docstring)",
-)
 
-
-@pytest.mark.parametrize(
-    "architecture",
-    [
-        pytest.param(a, marks=NO_SHARED_PARAMETERS) if a == "task_specific" else a
-        for a in ARCHITECTURES
-    ],
-)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_one_step_fit_through_the_cli(architecture: str, tmp_path: Path, tiny_root: Path) -> None:
     cfg = tiny_config(
         tmp_path,

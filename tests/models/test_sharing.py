@@ -22,6 +22,7 @@ CONFIGS = {
     "plain": {},
     "se-extra-skips": {"squeeze_excitation": True, "extra_skips": True},
     "template": {"aspp": False, "skip": False},
+    "vortex-attention-skips": {"pooling": "vortex", "attention_skips": True},
 }
 
 

@@ -10,7 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.blocks import ASPP, DeepLabV3PlusDecoder, Projection, resize
+from scenemtl.models.blocks import (
+    ASPP,
+    DeepLabV3PlusDecoder,
+    Projection,
+    VortexPooling,
+    resize,
+)
 from scenemtl.models.encoder import ResNetEncoder, build_encoder
 
 if TYPE_CHECKING:
@@ -85,6 +91,13 @@ class MultiTaskNet(nn.Module):
                 f"model.net.architecture {cfg.architecture!r} needs at least {self.min_tasks} "
                 f"tasks; this run learns {len(self.heads)} ({', '.join(self.heads)})"
             )
+        if isinstance(cfg.pooling, Mapping):
+            unknown = sorted(set(cfg.pooling) - set(self.heads))
+            if unknown:
+                raise UserError(
+                    f"model.net.pooling: this run has no task {unknown[0]!r} "
+                    f"(tasks: {', '.join(self.heads)})"
+                )
         if self.single_encoder:
             self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
 
@@ -127,8 +140,19 @@ class MultiTaskNet(nn.Module):
         return self.resize_outputs(self.decode(self.shared_forward(x)), x.shape[-2:])
 
 
-def make_bottleneck(cfg: ModelConfig, cin: int) -> nn.Module:
-    """ASPP, or the 1x1 projection when ``cfg.aspp`` is false. [B, cin, h, w] -> [B, C, h, w]."""
+def make_bottleneck(cfg: ModelConfig, cin: int, task: str | None = None) -> nn.Module:
+    """The context module on the bottleneck: ASPP or vortex pooling (``cfg.pooling``, for
+    ``task`` when it is a per-task mapping; ``task=None`` for a module all tasks share),
+    or the 1x1 projection when ``cfg.aspp`` is false. [B, cin, h, w] -> [B, C, h, w]."""
+    kind = cfg.pooling_for(task)
+    if cfg.aspp and kind == "vortex":
+        return VortexPooling(
+            cin,
+            cfg.channels,
+            cfg.vortex_rates,
+            squeeze_excitation=cfg.squeeze_excitation,
+            se_reduction=cfg.se_reduction,
+        )
     if cfg.aspp:
         return ASPP(
             cin,
@@ -159,6 +183,7 @@ def make_decoder(
         skip_channels=cfg.skip_channels,
         skip=cfg.skip,
         extra_skips=cfg.extra_skips,
+        attention_skips=cfg.attention_skips,
         squeeze_excitation=cfg.squeeze_excitation,
         se_reduction=cfg.se_reduction,
     )

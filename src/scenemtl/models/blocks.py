@@ -1,8 +1,9 @@
 """Building blocks between the encoder and the predictions.
 
-ASPP (and its 1x1 stand-in), the DeepLabV3+ decoder (optionally with extra skips at 2x and
-8x), squeeze-and-excitation, the cross-task self-attention of task distillation, and the
-skip-less head used as the final decoder of distillation.
+ASPP (and its 1x1 stand-in), vortex pooling (an ASPP alternative), the DeepLabV3+ decoder
+(optionally with extra skips at 2x and 8x, or an attention fusion of the 4x, 8x and 16x
+levels as its skip), squeeze-and-excitation, the cross-task self-attention of task
+distillation, and the skip-less head used as the final decoder of distillation.
 """
 
 from __future__ import annotations
@@ -91,6 +92,115 @@ class ASPP(nn.Module):
         return y if self.se is None else self.se(y)
 
 
+class DilatedAvgPool(nn.Module):
+    """3x3 average pooling with dilation ``d`` (PyTorch's pooling has no dilation), stride 1.
+
+    Implemented as a fixed depthwise convolution. Border pixels average over the taps
+    that fall inside the map only (``count_include_pad=False``): zero padding would dim
+    the borders by up to 5/9 per pooling, and vortex pooling cascades three of them.
+
+    Shapes: [B, C, H, W] -> [B, C, H, W].
+    """
+
+    def __init__(self, dilation: int) -> None:
+        super().__init__()
+        self.dilation = dilation
+        self.register_buffer("kernel", torch.ones(1, 1, 3, 3), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        d = self.dilation
+        total = F.conv2d(x, self.kernel.expand(c, 1, 3, 3), padding=d, dilation=d, groups=c)
+        ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
+        count = F.conv2d(ones, self.kernel, padding=d, dilation=d)
+        return total / count
+
+
+class VortexPooling(nn.Module):
+    """Vortex pooling (Xie, Zhou, Wu 2018; report 003 §5.2.1), an alternative to ASPP.
+
+    Like ASPP five parallel branches are concatenated and projected by a 1x1
+    Conv-BN-ReLU: a 1x1 Conv-BN-ReLU on x, image pooling (as in :class:`ASPP`) and three
+    3x3 atrous Conv-BN-ReLU at ``rates`` (3, 9, 27). Unlike ASPP each atrous conv reads
+    x average-pooled over a window matching its rate, so its sparse taps summarize their
+    whole neighbourhood instead of sampling single pixels. The pooled maps are a cascade
+    (the paper's module B/C): 3x3 pools of dilation 1, 3, 9 applied one after the other
+    cover 3x3, 9x9 and 27x27 windows, reusing the previous pooling.
+
+    Shapes: [B, cin, H, W] -> [B, cout, H, W].
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int = 256,
+        rates: Sequence[int] = (3, 9, 27),
+        squeeze_excitation: bool = False,
+        se_reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(DilatedAvgPool(d) for d in (1, 3, 9)[: len(rates)])
+        self.branches = nn.ModuleList(
+            [ConvBnReLU(cin, cout, 1)] + [ConvBnReLU(cin, cout, 3, dilation=r) for r in rates]
+        )
+        self.pooling = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)
+        )
+        self.project = ConvBnReLU(cout * (len(rates) + 2), cout, 1)
+        self.se = SqueezeExcitation(cout, se_reduction) if squeeze_excitation else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [self.branches[0](x)]
+        pooled = x
+        for pool, branch in zip(self.pools, self.branches[1:], strict=True):
+            pooled = pool(pooled)
+            outs.append(branch(pooled))
+        outs.append(self.pooling(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
+        y = self.project(torch.cat(outs, dim=1))
+        return y if self.se is None else self.se(y)
+
+
+class MultiScaleSkip(nn.Module):
+    """Attention fusion of several encoder levels into one skip (report 002 §5.2).
+
+    Each level (4x, 8x, 16x by default, those the pyramid has) is reduced by a 1x1
+    Conv-BN-ReLU to ``reduced`` channels and resized to the finest level; a 1x1 conv per
+    level scores every pixel, a softmax over the levels turns the scores into weights and
+    the skip is the weighted sum. The softmax (the report used independent sigmoid gates)
+    makes the levels compete per pixel and keeps the skip's scale independent of how
+    many levels there are. Scores start at zero: equal weights.
+
+    Forward: pyramid ``{scale: [B, C_s, H/s, W/s]}`` -> [B, reduced, H/f, W/f] with f the
+    finest of ``levels``; :attr:`last_weights` keeps the [B, L, H/f, W/f] weights of the
+    last call (for inspection).
+    """
+
+    def __init__(
+        self, pyramid_channels: Mapping[int, int], reduced: int, levels: Sequence[int] = (4, 8, 16)
+    ) -> None:
+        super().__init__()
+        self.levels = [s for s in levels if s in pyramid_channels]
+        if not self.levels:
+            raise ValueError(f"none of the levels {list(levels)} is in the pyramid")
+        self.reduce = nn.ModuleDict(
+            {str(s): ConvBnReLU(pyramid_channels[s], reduced, 1) for s in self.levels}
+        )
+        self.score = nn.ModuleDict({str(s): nn.Conv2d(reduced, 1, 1) for s in self.levels})
+        for conv in self.score.values():
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.last_weights: Tensor | None = None
+
+    def forward(self, pyramid: Mapping[int, Tensor]) -> Tensor:
+        size = pyramid[self.levels[0]].shape[-2:]
+        feats = [resize(self.reduce[str(s)](pyramid[s]), size) for s in self.levels]
+        scores = [self.score[str(s)](f) for s, f in zip(self.levels, feats, strict=True)]
+        weights = torch.softmax(torch.cat(scores, dim=1), dim=1)  # [B, L, h, w]
+        self.last_weights = weights.detach()
+        # [B, L, C, h, w] weighted by [B, L, 1, h, w], summed over the levels
+        return (torch.stack(feats, dim=1) * weights.unsqueeze(2)).sum(dim=1)
+
+
 class Projection(nn.Module):
     """The course template's stand-in for ASPP (``aspp: false``): one 1x1 Conv-BN-ReLU.
 
@@ -114,9 +224,13 @@ class _SkipFusion(nn.Module):
     mix with ``n_convs`` 3x3 Conv-BN-ReLU. [B, cin, h, w] + [B, cskip, H, W] -> [B, cout, H, W].
     """
 
-    def __init__(self, cin: int, cskip: int, reduced: int, cout: int, n_convs: int) -> None:
+    def __init__(
+        self, cin: int, cskip: int, reduced: int, cout: int, n_convs: int, reduce: bool = True
+    ) -> None:
         super().__init__()
-        self.reduce = ConvBnReLU(cskip, reduced, 1)
+        # reduce=False: the skip arrives already reduced (multi-scale attention fusion)
+        self.reduce: nn.Module = ConvBnReLU(cskip, reduced, 1) if reduce else nn.Identity()
+        reduced = reduced if reduce else cskip
         convs = [ConvBnReLU(cin + reduced, cout, 3)]
         convs += [ConvBnReLU(cout, cout, 3) for _ in range(n_convs - 1)]
         self.fuse = nn.Sequential(*convs)
@@ -143,6 +257,10 @@ class DeepLabV3PlusDecoder(nn.Module):
     stem's 2x features (reduced to ``skip_channels // 2``) with one 3x3 conv at
     ``channels // 2``. Width is halved at 2x because that map has 4x the pixels.
 
+    ``attention_skips=True``: the 4x skip is a :class:`MultiScaleSkip` fusion of the 4x,
+    8x and 16x encoder levels (those the pyramid has), each reduced to ``skip_channels``,
+    instead of the 4x level alone.
+
     Forward: ``(bottleneck [B, cin, H/os, W/os], pyramid {scale: [B, C_s, H/s, W/s]})`` ->
     ``(predictions [B, out_channels, H/s_f, W/s_f], features [B, feature_channels, H/s_f,
     W/s_f])`` where ``s_f`` is 4 (2 with extra skips, os without skip) and ``features`` are
@@ -159,12 +277,16 @@ class DeepLabV3PlusDecoder(nn.Module):
         skip_channels: int = 48,
         skip: bool = True,
         extra_skips: bool = False,
+        attention_skips: bool = False,
         squeeze_excitation: bool = False,
         se_reduction: int = 16,
     ) -> None:
         super().__init__()
-        if extra_skips and not skip:
-            raise ValueError("extra_skips needs skip=True")
+        if (extra_skips or attention_skips) and not skip:
+            raise ValueError("extra_skips and attention_skips need skip=True")
+        self.multi_skip = (
+            MultiScaleSkip(pyramid_channels, skip_channels) if attention_skips else None
+        )
         output_stride = max(pyramid_channels)
         self.stages = nn.ModuleDict()
         width = cin
@@ -174,7 +296,14 @@ class DeepLabV3PlusDecoder(nn.Module):
                     width, pyramid_channels[8], skip_channels, channels, 1
                 )
                 width = channels
-            self.stages["s4"] = _SkipFusion(width, pyramid_channels[4], skip_channels, channels, 2)
+            self.stages["s4"] = _SkipFusion(
+                width,
+                skip_channels if attention_skips else pyramid_channels[4],
+                skip_channels,
+                channels,
+                2,
+                reduce=not attention_skips,
+            )
             width = channels
             if extra_skips:
                 half = max(channels // 2, 1)
@@ -186,11 +315,18 @@ class DeepLabV3PlusDecoder(nn.Module):
         self.se = SqueezeExcitation(width, se_reduction) if squeeze_excitation else None
         self.predict = nn.Conv2d(width, out_channels, 1)
 
+    def feature_modules(self) -> list[nn.Module]:
+        """Every submodule :meth:`features` uses (all but the prediction conv)."""
+        return [m for m in (self.multi_skip, self.stages, self.se) if m is not None]
+
     def features(self, bottleneck: Tensor, pyramid: Mapping[int, Tensor]) -> Tensor:
         """Everything but the final 1x1 conv: [B, feature_channels, H/s_f, W/s_f]."""
         x = bottleneck
         for key, stage in self.stages.items():
-            x = stage(x, pyramid[int(key[1:])])
+            if key == "s4" and self.multi_skip is not None:
+                x = stage(x, self.multi_skip(pyramid))
+            else:
+                x = stage(x, pyramid[int(key[1:])])
         if self.se is not None:
             x = self.se(x)
         return x

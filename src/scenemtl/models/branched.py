@@ -26,7 +26,7 @@ class BranchedNet(MultiTaskNet):
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__(cfg, heads)
         cin = self.encoder.channels[self.encoder.output_stride]
-        self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin) for name in self.heads})
+        self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})
         self.decoder = nn.ModuleDict(
             {name: make_decoder(cfg, self.encoder.channels, c) for name, c in self.heads.items()}
         )

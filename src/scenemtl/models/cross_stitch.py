@@ -66,7 +66,7 @@ class MixedTrunksNet(MultiTaskNet):
             self.make_mixer(len(self.heads), c) for c in first.stage_out_channels
         )
         cin = first.channels[self.output_stride]
-        self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin) for name in self.heads})
+        self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})
         self.decoder = nn.ModuleDict(
             {name: make_decoder(cfg, first.channels, c) for name, c in self.heads.items()}
         )

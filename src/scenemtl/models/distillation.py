@@ -9,6 +9,11 @@
 
 ``SA[t][u]`` is the self-attention that gates task u's features for task t; with more
 tasks, task t sums the gated features of every other task.
+
+``distill_alpha: true`` (report 000, after the Dual Attention Network's learned scale):
+``G_s = F_s + alpha[s][d] * SA[s][d](F_d)`` with a learned scalar per (task, other task)
+initialized at zero, so the final decoders start from the branch's own features and
+take in the other task's only as far as training finds it useful.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from scenemtl.models.blocks import HeadDecoder, SelfAttention
@@ -47,6 +53,12 @@ class DistillationNet(BranchedNet):
                 for name in self.heads
             }
         )
+        self.alpha: nn.ParameterDict | None = None
+        if cfg.distill_alpha:
+            # one scalar per (task, other task), in the order of attention[task]
+            self.alpha = nn.ParameterDict(
+                {name: nn.Parameter(torch.zeros(len(self.attention[name]))) for name in self.heads}
+            )
         self.final_decoder = nn.ModuleDict(
             {
                 name: HeadDecoder(
@@ -67,8 +79,11 @@ class DistillationNet(BranchedNet):
         outputs: dict[str, list[Tensor]] = {}
         for name in self.heads:
             initial, features = branches[name]
-            for other, sa in self.attention[name].items():
-                features = features + sa(branches[other][1])
+            for i, (other, sa) in enumerate(self.attention[name].items()):
+                distilled = sa(branches[other][1])
+                if self.alpha is not None:
+                    distilled = self.alpha[name][i] * distilled
+                features = features + distilled
             final, _ = self.final_decoder[name](features)
             outputs[name] = [initial, final]
         return outputs

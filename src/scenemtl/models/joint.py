@@ -41,9 +41,7 @@ class JointNet(MultiTaskNet):
         return {"features": self.decoder.features(bottleneck, pyramid)}
 
     def shared_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.aspp, self.decoder.stages] + (
-            [self.decoder.se] if self.decoder.se is not None else []
-        )
+        return [self.encoder, self.aspp, *self.decoder.feature_modules()]
 
     def decode(self, shared: dict[str, Tensor]) -> dict[str, list[Tensor]]:
         predictions = self.decoder.predict(shared["features"])

@@ -82,7 +82,7 @@ class MTANNet(MultiTaskNet):
         self.attention = nn.ModuleDict({name: masks() for name in self.heads})
         self.carry = nn.ModuleDict({name: carries() for name in self.heads})
         cin = enc.channels[enc.output_stride]
-        self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin) for name in self.heads})
+        self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})
         self.decoder = nn.ModuleDict(
             {name: make_decoder(cfg, enc.channels, c) for name, c in self.heads.items()}
         )

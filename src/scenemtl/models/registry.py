@@ -34,7 +34,16 @@ ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
     "nddr": NDDRNet,
 }
 
-_BOOL_FIELDS = ("aspp", "skip", "extra_skips", "squeeze_excitation")
+_BOOL_FIELDS = (
+    "aspp",
+    "skip",
+    "extra_skips",
+    "attention_skips",
+    "squeeze_excitation",
+    "distill_alpha",
+)
+POOLINGS = ("aspp", "vortex")
+"""Context modules on the bottleneck (``pooling``)."""
 _POSITIVE_INT_FIELDS = ("channels", "skip_channels", "se_reduction")
 
 
@@ -43,7 +52,8 @@ class ModelConfig:
     """Everything that defines a network (the ``model.net`` section of a config).
 
     Attributes:
-        architecture: a key of :data:`ARCHITECTURES` ("joint", "branched", "distillation").
+        architecture: a key of :data:`ARCHITECTURES` ("joint", "branched", "distillation",
+            "task_specific", "mtan", "cross_stitch", "nddr", ...).
         encoder: "resnet18", "resnet34" (BasicBlock) or "resnet50", "resnet101" (Bottleneck,
             4x wider stages; every architecture reads the widths from the encoder's
             ``channels`` table).
@@ -61,6 +71,15 @@ class ModelConfig:
         channels: width of ASPP and decoders (256 in DeepLabV3+).
         skip_channels: width the 4x skip is reduced to (48 in DeepLabV3+).
         final_decoder_convs: 3x3 convs in each final decoder of ``distillation``.
+        pooling: context module on the bottleneck when ``aspp`` is true: "aspp" or
+            "vortex" (vortex pooling, report 003), or a mapping task -> kind for
+            architectures with one per task (tasks left out get ASPP).
+        vortex_rates: dilation rates of the three 3x3 vortex pooling branches.
+        attention_skips: the decoder's skip fuses the 4x, 8x and 16x encoder levels with
+            learned per-pixel attention (report 002) instead of the 4x level alone.
+        distill_alpha: ``distillation`` scales each distilled feature map by a learned
+            scalar initialized at zero (report 000, after the Dual Attention Network), so
+            training starts from the branched network.
     """
 
     architecture: str = "joint"
@@ -76,6 +95,10 @@ class ModelConfig:
     channels: int = 256
     skip_channels: int = 48
     final_decoder_convs: int = 2
+    pooling: str | dict[str, str] = "aspp"
+    vortex_rates: tuple[int, int, int] = (3, 9, 27)
+    attention_skips: bool = False
+    distill_alpha: bool = False
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; the dataclass promises tuples
@@ -83,7 +106,23 @@ class ModelConfig:
             self.dilation = tuple(self.dilation)  # type: ignore[assignment]
         if isinstance(self.aspp_rates, list):
             self.aspp_rates = tuple(self.aspp_rates)  # type: ignore[assignment]
+        if isinstance(self.vortex_rates, list):
+            self.vortex_rates = tuple(self.vortex_rates)  # type: ignore[assignment]
+        if isinstance(self.pooling, Mapping):
+            self.pooling = dict(self.pooling)
         self.validate()
+
+    def pooling_for(self, task: str | None) -> str:
+        """The context module kind of ``task`` ("aspp" or "vortex"); ``task=None`` asks
+        for one module shared by every task, which a per-task mapping cannot give."""
+        if isinstance(self.pooling, str):
+            return self.pooling
+        if task is None:
+            raise UserError(
+                f"model.net.pooling: {self.architecture} has one context module for all "
+                "tasks; give one kind (aspp or vortex), not a per-task mapping"
+            )
+        return self.pooling.get(task, "aspp")
 
     def validate(self) -> None:
         """Raise :class:`UserError` (one line naming the field) for any bad value."""
@@ -139,6 +178,33 @@ class ModelConfig:
             raise UserError(
                 "model.net.extra_skips: needs skip: true (extra skips extend the 4x skip)"
             )
+        if self.distill_alpha and self.architecture != "distillation":
+            raise UserError(
+                "model.net.distill_alpha: only the distillation architecture distills "
+                f"features, not {self.architecture!r}"
+            )
+        if self.attention_skips and not self.skip:
+            raise UserError("model.net.attention_skips: needs skip: true (it replaces the 4x skip)")
+        rates = self.vortex_rates
+        if (
+            not isinstance(rates, tuple)
+            or len(rates) != 3
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates)
+        ):
+            raise UserError(
+                f"model.net.vortex_rates: expected 3 positive integers, got {self.vortex_rates!r}"
+            )
+        kinds = list(self.pooling.values()) if isinstance(self.pooling, dict) else [self.pooling]
+        if isinstance(self.pooling, dict) and not all(isinstance(k, str) for k in self.pooling):
+            raise UserError(f"model.net.pooling: expected task names as keys, got {self.pooling!r}")
+        bad = [k for k in kinds if not isinstance(k, str) or k not in POOLINGS]
+        if bad or not isinstance(self.pooling, (str, dict)):
+            raise UserError(
+                "model.net.pooling: expected one of aspp, vortex or a mapping task -> kind, "
+                f"got {self.pooling!r}"
+            )
+        if "vortex" in kinds and not self.aspp:
+            raise UserError("model.net.pooling: vortex pooling replaces ASPP; it needs aspp: true")
 
     @property
     def output_stride(self) -> int:

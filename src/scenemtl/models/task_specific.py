@@ -41,7 +41,10 @@ class TaskSpecificNet(MultiTaskNet):
         first = next(iter(self.encoders.values()))
         self.output_stride = first.output_stride
         self.aspp = nn.ModuleDict(
-            {name: make_bottleneck(cfg, first.channels[self.output_stride]) for name in self.heads}
+            {
+                name: make_bottleneck(cfg, first.channels[self.output_stride], name)
+                for name in self.heads
+            }
         )
         self.decoder = nn.ModuleDict(
             {name: make_decoder(cfg, first.channels, c) for name, c in self.heads.items()}
