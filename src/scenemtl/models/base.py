@@ -3,6 +3,7 @@ factories that turn a :class:`~scenemtl.models.registry.ModelConfig` into blocks
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -92,11 +93,13 @@ class MultiTaskNet(nn.Module):
                 f"tasks; this run learns {len(self.heads)} ({', '.join(self.heads)})"
             )
         if isinstance(cfg.pooling, Mapping):
-            unknown = sorted(set(cfg.pooling) - set(self.heads))
-            if unknown:
-                raise UserError(
-                    f"model.net.pooling: this run has no task {unknown[0]!r} "
-                    f"(tasks: {', '.join(self.heads)})"
+            # a warning, not an error: a single-task run of a per-task config is legitimate,
+            # and a typo still shows
+            for name in sorted(set(cfg.pooling) - set(self.heads)):
+                warnings.warn(
+                    f"model.net.pooling: this run has no task {name!r} (tasks: "
+                    f"{', '.join(self.heads)}); its entry is ignored",
+                    stacklevel=2,
                 )
         if self.single_encoder:
             self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
