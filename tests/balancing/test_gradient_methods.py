@@ -134,6 +134,7 @@ def test_representation_mode_needs_a_shared_representation():
         balancer.check_setup(1, "32-true", has_representation=False)
     with pytest.raises(UserError, match="16-mixed"):
         build_balancer("pcgrad", tasks=TASKS).check_setup(1, "16-mixed", True)
+    build_balancer("pcgrad", tasks=TASKS).check_setup(1, "bf16-mixed", True)
     with pytest.raises(UserError, match="across processes"):
         build_balancer("graddrop", tasks=TASKS, wrt="representation").check_setup(
             2, "32-true", True

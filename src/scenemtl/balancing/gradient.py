@@ -140,7 +140,7 @@ class GradientBalancer(LossBalancer):
 
     def check_setup(self, world_size: int, precision: str, has_representation: bool) -> None:
         """Refuse, in one line, what this method cannot do correctly in this run."""
-        if "16-mixed" in str(precision):
+        if str(precision) in ("16-mixed", "16"):
             raise UserError(
                 "gradient-level balancing does not support 16-mixed precision (the per-task "
                 "gradients would be combined while loss-scaled); use bf16-mixed or 32-true"
@@ -198,7 +198,7 @@ class GradientBalancer(LossBalancer):
         if not shared_params:  # an architecture that shares nothing: nothing to combine
             return None, torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
         # [K, *shape] per tensor of the representation; freeing the heads' graph
-        at_cut = jac(list(losses), inputs=cut)
+        at_cut = jac(list(losses), inputs=cut, parallel_chunk_size=1)
         if self.wrt == "parameters":
             weights, gramian = self._combine_parameter_gradients(
                 representation, at_cut, list(shared_params)
@@ -216,7 +216,11 @@ class GradientBalancer(LossBalancer):
     ) -> tuple[Tensor | None, Tensor]:
         from torchjd.autojac import jac, jac_to_grad
 
-        rows = jac(representation, inputs=shared, jac_outputs=list(at_cut))
+        # under autocast the representation may be bf16 while the losses are float32
+        at_cut = [j.to(r.dtype) for j, r in zip(at_cut, representation, strict=True)]
+        # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
+        # ("expected scalar type BFloat16 but found Float"), and on CPU it buys little.
+        rows = jac(representation, inputs=shared, jac_outputs=at_cut, parallel_chunk_size=1)
         gramian = torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
         for p, j in zip(shared, rows, strict=True):
             j = all_reduce_mean(j.detach())

@@ -427,7 +427,7 @@ def _gramian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
     """[K, K] Gram matrix of the gradients of ``losses`` [K] on ``params`` (graph kept)."""
     from torchjd.autojac import jac
 
-    jacs = jac(list(losses), inputs=params, retain_graph=True)
+    jacs = jac(list(losses), inputs=params, retain_graph=True, parallel_chunk_size=1)
     flat = torch.cat([j.detach().flatten(1).double() for j in jacs], dim=1)
     return (flat @ flat.T).cpu()
 
