@@ -52,9 +52,24 @@ def test_stats_prints_frequencies(tmp_path, capsys):
     assert "traffic light" in out and "depth_log" in out
 
 
-def test_bad_size_argument(capsys):
-    code, _, err = run(["data", "synth", "--size", "big"], capsys)
-    assert code == 2 and "size must be HxW" in err
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [
+        (["data", "synth", "--size", "big"], "size must be HxW"),
+        (["data", "synth", "--train", "-1"], "--train"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["runs", "--format", "xml"], "--format"),
+        (["predict", "--input", "x"], "--ckpt_path"),
+        ([], "COMMAND"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_one_line_and_status_2(argv, culprit, capsys):
+    from tests.hostile import check_one_line
+    from tests.hostile import run as run_main
+
+    result = run_main(argv, capsys)
+    assert result.code == 2
+    assert "usage:" not in check_one_line(result, [culprit, "--help"])
 
 
 def test_console_script_reports_error_without_traceback(tmp_path):

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from scenemtl.argtypes import int_at_least, size_hw
 from scenemtl.errors import UserError, one_line
@@ -147,8 +148,15 @@ def _newest_run(run_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"scenemtl: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scenemtl",
         description="Multi-task semantic segmentation + metric depth for street scenes. "
         "Training: scenemtl fit|validate|test --config CFG (see --help of each).",

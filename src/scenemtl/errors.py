@@ -1,7 +1,7 @@
 """Errors caused by user input.
 
-The CLI turns every :class:`UserError` into one line on stderr and exit status 1;
-anything else is a bug and keeps its traceback.
+The CLI turns every :class:`UserError` into one line on stderr and exit status 1 (2 for a
+:class:`UsageError`); anything else is a bug and keeps its traceback.
 """
 
 
@@ -11,6 +11,13 @@ class UserError(Exception):
 
 class DataFormatError(UserError):
     """A dataset on disk does not follow the MiniScapes layout."""
+
+
+class UsageError(UserError):
+    """A command line that does not parse (unknown option, a value of the wrong type):
+    exit status 2, as for argparse's usage errors."""
+
+    exit_status = 2
 
 
 def one_line(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from scenemtl.tasks import DepthTask, build_tasks, legacy_task_specs
 from scenemtl.tasks.depth import EXPORT_DEPTH_RTOL
 from scenemtl.tasks.segmentation import EXPORT_LOGIT_ATOL
 from tests.engine.conftest import tiny_config
+from tests.hostile import assert_refused
 
 TINY_NET = {"architecture": "joint", "encoder": "resnet18", "channels": 16, "skip_channels": 8}
 
@@ -239,27 +240,30 @@ def test_median_latency_counts_runs():
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "argv, culprits",
     [
-        (["--ckpt_path", "{missing}"], "not found"),
-        (["--ckpt_path", "{text}"], "not a scenemtl checkpoint"),
-        (["--out", "{folder}"], "is a folder"),
+        (["--ckpt_path", "{missing}"], ["{missing}", "not found"]),
+        (["--ckpt_path", "{text}"], ["{text}", "not a scenemtl checkpoint"]),
+        (["--ckpt_path", "{truncated}"], ["{truncated}", "not a scenemtl checkpoint"]),
+        (["--out", "{folder}"], ["{folder}", "is a folder"]),
     ],
 )
-def test_bad_input_is_one_line(ckpt, tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line(ckpt, tmp_path, capsys, argv, culprits):
     (tmp_path / "text.ckpt").write_text("hello")
+    (tmp_path / "truncated.ckpt").write_bytes(ckpt.read_bytes()[:1000])
     (tmp_path / "folder").mkdir()
     fill = {
         "missing": tmp_path / "nope.ckpt",
         "text": tmp_path / "text.ckpt",
+        "truncated": tmp_path / "truncated.ckpt",
         "folder": tmp_path / "folder",
     }
     base = {"--ckpt_path": str(ckpt), "--out": str(tmp_path / "m.onnx")}
     for key, value in zip(argv[::2], argv[1::2], strict=True):
         base[key] = value.format(**fill)
-    code = run_export([x for kv in base.items() for x in kv])
-    err = capsys.readouterr().err
-    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    full = ["export", "onnx", *(x for kv in base.items() for x in kv)]
+    culprits = [c.format(**fill) for c in culprits]
+    assert_refused(full, capsys, culprits, watch=[tmp_path, ckpt.parent])
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -42,6 +42,7 @@ from scenemtl.errors import DataFormatError, UserError
 from scenemtl.metrics import MultiTaskMetrics
 from scenemtl.tasks import build_tasks, legacy_task_specs
 from tests.conftest import write_random_dataset
+from tests.hostile import assert_refused
 
 SIZE_HW = (12, 20)
 N = 3
@@ -309,14 +310,14 @@ HOSTILE = [
 @pytest.mark.parametrize(
     "edit, member, phrase", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE]
 )
-def test_hostile_archive_is_rejected_naming_the_member(tmp_path, gt_root, edit, member, phrase):
+def test_hostile_archive_is_rejected_naming_the_member(
+    tmp_path, gt_root, capsys, edit, member, phrase
+):
     zip_path = pack(tmp_path / "s.zip", edit(gt_members(gt_root)))
-    with pytest.raises(SubmissionError) as exc:
-        grade(zip_path, gt_root)
-    message = str(exc.value)
-    assert f"{member!r}" in message or member in message, message
-    assert phrase in message, message
-    assert "\n" not in message
+    # through the command: one line, exit 1, no traceback, nothing extracted or changed
+    argv = ["grade", zip_path, "--gt", gt_root]
+    line = assert_refused(argv, capsys, [phrase], watch=[tmp_path, gt_root])
+    assert f"{member!r}" in line or member in line, line
 
 
 def test_encrypted_member_is_rejected(tmp_path, gt_root):
@@ -355,11 +356,23 @@ def test_understated_size_header_is_not_trusted(tmp_path, gt_root):
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really", b"hello world\n"])
-def test_non_zip_input_is_rejected(tmp_path, gt_root, content):
+def test_non_zip_input_is_rejected(tmp_path, gt_root, capsys, content):
     path = tmp_path / "s.zip"
     path.write_bytes(content)
-    with pytest.raises(SubmissionError, match="not a readable zip archive"):
-        grade(path, gt_root)
+    argv = ["grade", path, "--gt", gt_root]
+    culprits = [str(path), "not a readable zip archive"]
+    assert_refused(argv, capsys, culprits, watch=[tmp_path, gt_root])
+
+
+def test_ground_truth_that_is_not_a_dataset_is_one_line(tmp_path, gt_root, capsys):
+    zip_path = pack(tmp_path / "s.zip", gt_members(gt_root))
+    for bad in (tmp_path / "nope", zip_path):  # missing, and a file
+        assert_refused(["grade", zip_path, "--gt", bad], capsys, str(bad), watch=[tmp_path])
+    broken = tmp_path / "broken"
+    shutil.copytree(gt_root, broken)
+    (broken / "dataset.json").write_text("[1, 2]")
+    culprit = str(broken / "dataset.json")
+    assert_refused(["grade", zip_path, "--gt", broken], capsys, culprit, watch=[tmp_path])
 
 
 def test_missing_submission_and_split_without_gt(tmp_path, gt_root):

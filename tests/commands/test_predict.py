@@ -23,6 +23,7 @@ from scenemtl.data.format import DISPARITY8, decode_depth, encode_depth
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
 from tests.engine.conftest import tiny_config
+from tests.hostile import assert_refused
 
 OUTPUT_SUFFIXES = output_suffixes(["semseg", "depth"])
 SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7)}
@@ -158,33 +159,40 @@ def test_unreadable_image_is_reported_and_the_rest_written(ckpt, images, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "argv, culprits",
     [
-        (["--input", "{missing}"], "does not exist"),
-        (["--input", "{empty}"], "holds no .jpg or .png"),
-        (["--output", "{file}"], "is not a folder"),
-        (["--output", "{images}"], "is the input folder"),
-        (["--ckpt_path", "{file}"], "not a scenemtl checkpoint"),
-        (["--device", "cuda:7"], "device"),
-        (["--device", "tpu"], "device"),
+        (["--input", "{missing}"], ["{missing}", "does not exist"]),
+        (["--input", "{empty}"], ["{empty}", "holds no .jpg or .png"]),
+        (["--output", "{file}"], ["{file}", "is not a folder"]),
+        (["--output", "{images}"], ["{images}", "is the input folder"]),
+        (["--ckpt_path", "{file}"], ["{file}", "not a scenemtl checkpoint"]),
+        (["--ckpt_path", "{truncated}"], ["{truncated}", "not a scenemtl checkpoint"]),
+        (["--ckpt_path", "{tensor}"], ["{tensor}", "not a scenemtl checkpoint"]),
+        (["--tta-scales", "100"], ["TTA scale 100", "above 4"]),
+        (["--device", "cuda:7"], ["device"]),
+        (["--device", "tpu"], ["device"]),
     ],
 )
-def test_bad_input_is_one_line(ckpt, images, tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line(ckpt, images, tmp_path, capsys, argv, culprits):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("x")
+    (tmp_path / "truncated.ckpt").write_bytes(ckpt.read_bytes()[:1000])
+    torch.save(torch.zeros(2), tmp_path / "tensor.ckpt")
     fill = {
         "missing": tmp_path / "nope",
         "empty": tmp_path / "empty",
         "file": tmp_path / "file",
         "images": images,
+        "truncated": tmp_path / "truncated.ckpt",
+        "tensor": tmp_path / "tensor.ckpt",
     }
     base = {"--ckpt_path": str(ckpt), "--input": str(images), "--output": str(tmp_path / "o")}
     for key, value in zip(argv[::2], argv[1::2], strict=True):
         base[key] = value.format(**fill)
-    code = run_predict([x for kv in base.items() for x in kv])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert message in err and len(err.strip().splitlines()) == 1
+    full = ["predict", *(x for kv in base.items() for x in kv)]
+    culprits = [c.format(**fill) for c in culprits]
+    assert_refused(full, capsys, culprits, watch=[tmp_path, images, ckpt.parent])
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

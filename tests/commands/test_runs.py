@@ -89,15 +89,15 @@ def test_run_table_lists_every_run_with_its_state(tmp_path, capsys):
     assert good["grader"] == "35.00" and good["status"] == "finished"
 
 
-def test_missing_runs_folder_is_one_line(tmp_path, capsys):
-    import pytest
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_a_runs_folder_that_is_none_is_one_line(tmp_path, capsys, make):
+    from tests.hostile import assert_refused
 
-    from scenemtl.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["runs", str(tmp_path / "nope")])
-    assert exc.value.code == 1
-    assert "does not exist" in capsys.readouterr().err
+    target = tmp_path / "runs"
+    if make == "file":
+        target.write_text("a file")
+    phrase = "is not a folder" if make == "file" else "does not exist"
+    assert_refused(["runs", target], capsys, [str(target), phrase], watch=[tmp_path])
 
 
 # --------------------------------------------------------------------------------------
@@ -268,12 +268,16 @@ def test_run_table_survives_every_malformed_run(tmp_path, capsys):
         run_dir = tmp_path / f"bad{i}" / "version_0"
         write_run(run_dir, ok, max_epochs=1)
         (run_dir / file).write_bytes(payload)
+    from tests.hostile import snapshot
+
+    before = snapshot(tmp_path)
     for fmt in ("md", "csv", "latex"):
         with pytest.raises(SystemExit) as exc:
             main(["runs", str(tmp_path), "--format", fmt])
         assert exc.value.code == 0
-        out = capsys.readouterr().out
-        assert out.count("unreadable") == len(BAD_RUNS)
+        out, err = capsys.readouterr()
+        assert out.count("unreadable") == len(BAD_RUNS) and err == ""
+    assert snapshot(tmp_path) == before  # read-only
     with pytest.raises(SystemExit):
         main(["runs", str(tmp_path), "--format", "csv"])
     rows = {r["run"]: r for r in csv.DictReader(capsys.readouterr().out.splitlines())}

@@ -222,6 +222,35 @@ def test_bad_trainer_and_data_options_are_one_line(trained, tmp_path, capsys, ar
     assert not list((tmp_path / "runs").rglob("version_*"))
 
 
+def test_a_dataset_without_statistics_is_refused_before_any_run_folder(trained, tmp_path, capsys):
+    root = tmp_path / "nostats"
+    write_random_dataset(root, sizes={"train": 2, "val": 1, "test": 1}, image_size=(32, 48))
+    argv = ["fit", "--config", trained.cfg, "--data.root", root, "--run.root", tmp_path / "runs"]
+    assert_refused(argv, capsys, [str(root), "scenemtl data stats"], watch=[tmp_path])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, culprits",
+    [
+        (["--model.lr", "abc"], ["model.lr", "abc"]),
+        (["--data.crop_size", "big"], ["data.crop_size", "invalid value big"]),
+        (["--nonsense", "1"], ["unrecognized arguments: --nonsense"]),
+        (["--config", "{tmp}/nope.yaml"], ["nope.yaml", "does not exist"]),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_one_line_and_status_2(
+    trained, tmp_path, capsys, argv, culprits
+):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    full = ["validate", "--config", trained.cfg, "--run.root", tmp_path / "runs", *argv]
+    line = assert_refused(
+        full, capsys, [*culprits, "see scenemtl validate --help"], watch=[tmp_path]
+    )
+    assert "usage:" not in line
+    assert run(full, capsys).code == 2
+
+
 def test_batch_size_one_trains_where_batchnorm_sees_more_than_one_value(trained, tmp_path, capsys):
     # 64x64 crops leave a 2x2 map at 1/32: batch size 1 is fine (the procedural default
     # images, 128x256, never come close)

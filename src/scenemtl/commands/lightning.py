@@ -10,11 +10,13 @@ a checkpoint never rewrites the run that produced it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from scenemtl.engine.callbacks import (
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule, read_checkpoint
 from scenemtl.engine.run_dir import RunDir, RunFamily
-from scenemtl.errors import UserError, one_line
+from scenemtl.errors import UsageError, UserError, one_line
 from scenemtl.models.registry import ModelConfig
 
 _VERSION_ENV = "SCENEMTL_RUN_VERSION"
@@ -118,9 +120,9 @@ class SceneCLI(LightningCLI):
     * ``before_instantiate_classes``: puts those switches back over the checkpoint's
       hyperparameters (the command line decides how to evaluate; the checkpoint decides
       the network), refuses network options that contradict the checkpoint, trainer
-      options Lightning would refuse with a traceback and a training batch in which
-      BatchNorm sees one value per channel, then reserves the run folder and resolves
-      ``--ckpt_path last``.
+      options Lightning would refuse with a traceback, a dataset without statistics and a
+      training batch in which BatchNorm sees one value per channel; then it reserves the
+      run folder and resolves ``--ckpt_path last``.
     * ``instantiate_trainer``: loggers and checkpoint callbacks for that folder.
     """
 
@@ -227,8 +229,7 @@ class SceneCLI(LightningCLI):
             elif ckpt is not None:
                 explicit = {k: v for k, v in self._net_asked.items() if k in self._net_explicit}
                 _check_network(ckpt, explicit, self._ckpt_net)
-            if sub == "fit":
-                _check_batchnorm_can_train(cfg.get("data"), cfg.get("model"))
+            _check_data(cfg.get("data"), cfg.get("model"), training=sub == "fit")
             # fit resumes in the checkpoint's run; evaluation never writes into it
             existing = {r.path.resolve() for r in RunFamily(root, name).versions()}
             created = [p for p in (root, root / name) if not p.exists()]
@@ -387,14 +388,23 @@ def _check_trainer_options(trainer: Any) -> None:
             )
 
 
-def _check_batchnorm_can_train(data: Any, model: Any) -> None:
-    """BatchNorm needs more than one value per channel: refuse a training batch whose
-    coarsest feature map (1/32, or 1/16 or 1/8 with dilation) has B x H x W = 1."""
+def _check_data(data: Any, model: Any, training: bool) -> None:
+    """What the DataModule and the first training step would refuse, refused before a run
+    folder is made: a dataset without statistics, and (``training``) a batch in which
+    BatchNorm sees one value per channel: B x H x W = 1 at the network's coarsest feature
+    map (1/32, or 1/16 or 1/8 with dilation)."""
     if data is None:
+        return
+    info = read_info(data.root) if data.get("root") is not None else None
+    if info is not None and not info.stats:
+        raise UserError(
+            f"{data.root}/dataset.json has no statistics: run "
+            f"`scenemtl data stats --root {data.root}` first"
+        )
+    if not training:
         return
     net = _net_fields(model.get("net") if model is not None else None)
     stride = 32 // 2 ** sum(bool(d) for d in net["dilation"])
-    info = read_info(data.root) if data.get("root") is not None else None
     image_hw = tuple(info.image_size) if info is not None else tuple(data.synth_size)
     crop = data.get("crop_size")
     h, w = (crop, crop) if isinstance(crop, int) else tuple(crop or image_hw)
@@ -412,6 +422,27 @@ def _check_batchnorm_can_train(data: Any, model: Any) -> None:
             f"1/{stride} resolution, where it cannot train; use data.batch_size >= 2 or "
             f"data.crop_size above {stride} pixels"
         )
+
+
+def _usage_line(message: str, command: str) -> str:
+    """jsonargparse's multi-line parse error as one line: the key, and the value given."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return f"cannot parse the command line; see scenemtl {command} --help"
+    head = re.sub(r'^Parser key "([^"]+)":?', r"\1:", lines[0])
+    given = next((ln for ln in lines if ln.startswith("Given value:")), None)
+    subtypes = next((ln for ln in lines if ln.startswith("Subtypes:")), None)
+    if given is not None:
+        detail = "invalid value " + given.removeprefix("Given value:").strip()
+        if subtypes is not None:
+            detail += " (expected " + subtypes.removeprefix("Subtypes:").strip() + ")"
+    elif len(lines) > 1 and head.endswith(":"):
+        detail = lines[1].lstrip("- ")
+    else:
+        detail = ""
+    text = f"{head} {detail}".strip()
+    text = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", text)
+    return f"{text}; see scenemtl {command} --help".replace("  ", " ")
 
 
 def _user_error_in_chain(exc: BaseException) -> UserError | None:
@@ -467,6 +498,9 @@ def run_lightning_cli(argv: list[str]) -> int:
         raise
     except MisconfigurationException as e:
         raise UserError(f"trainer options: {one_line(e)}") from None
+    except argparse.ArgumentError as e:
+        command = argv[0] if argv and not argv[0].startswith("-") else ""
+        raise UsageError(_usage_line(str(e), command)) from None
     finally:
         if not done and outcome.reserved is not None:
             # a run refused before it wrote anything leaves no trace (rmdir: only if empty)
@@ -503,7 +537,8 @@ def _make_cli(argv: list[str], outcome: _Outcome | None = None) -> SceneCLI:
         args=argv,
         save_config_callback=FitConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "scenemtl", "default_env": False},
+        # parse errors raise (and become one line) instead of printing the whole usage
+        parser_kwargs={"prog": "scenemtl", "default_env": False, "exit_on_error": False},
         seed_everything_default=0,
         trainer_defaults={"logger": False},
         auto_configure_optimizers=False,

@@ -333,7 +333,7 @@ def _hp(summary: RunSummary) -> dict[str, str]:
     data = _mapping(summary.config.get("data"))
     trainer = _mapping(summary.config.get("trainer"))
     weights = _mapping(model.get("loss_weights"))
-    if summary.tasks and summary.config:  # a task the config gives no weight weighs 1
+    if summary.tasks and summary.status != "evaluation":  # a task without a weight weighs 1
         weights = {t: weights.get(t, 1) for t in summary.tasks}
     dil = net.get("dilation")
     return {
