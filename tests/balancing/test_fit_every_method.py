@@ -11,7 +11,7 @@ from tests.engine.conftest import read_metrics, tiny_config
 
 FEW_STEPS = {
     "trainer.max_epochs": 1,
-    "trainer.limit_train_batches": 2,
+    "trainer.limit_train_batches": 1,
     "trainer.limit_val_batches": 1,
     "model.grad_monitor_every": 1,
     "visualize.ids": [],
@@ -34,10 +34,10 @@ def logged(rows: list[dict[str, str]], key: str) -> list[float]:
 def test_every_method_trains_and_logs_weights_and_conflict(method, tmp_path, tiny_root):
     rows = fit(tmp_path, tiny_root, **{"model.loss_weighting": method})
     cos = logged(rows, "train/grad_cos_semseg_depth")
-    assert len(cos) == 2 and all(-1.0 <= c <= 1.0 for c in cos)
+    assert len(cos) == 1 and -1.0 <= cos[0] <= 1.0
     assert all(r > 0 for r in logged(rows, "train/grad_norm_ratio_semseg_depth"))
     if method != "graddrop" and method != "config":  # not linear combinations of the rows
-        assert len(logged(rows, "train/weight_semseg")) == 2
+        assert len(logged(rows, "train/weight_semseg")) == 1
     assert logged(rows, "val/grader")
     if method_level(method) == "gradient":
         assert logged(rows, "train/loss")
