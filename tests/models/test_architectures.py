@@ -210,7 +210,7 @@ def test_imagenet_style_parameter_counts_of_the_designs() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
-        ("architecture", "mtinet", "unknown architecture 'mtinet'"),
+        ("architecture", "unet", "unknown architecture 'unet'"),
         ("architecture", ["joint"], "architecture"),
         ("encoder", "resnet152", "unknown encoder 'resnet152'"),
         ("dilation", (True, True, True), "output stride 4"),

@@ -136,3 +136,53 @@ def test_mixed_trunks_need_two_tasks(architecture: str) -> None:
     with pytest.raises(UserError, match="needs at least 2 tasks") as err:
         build_model(small(architecture), {"semseg": 5})
     assert "\n" not in str(err.value)
+
+
+def test_padnet_predicts_at_the_output_stride_then_distills_before_decoding() -> None:
+    torch.manual_seed(0)
+    model = build_model(small("padnet", dilation=(False, False, True)), HEADS).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        raw = model.decode(model.shared_forward(x))
+        assert [tuple(o.shape) for o in raw["semseg"]] == [(1, 5, 4, 6), (1, 5, 16, 24)]
+        before = model(x)
+        _perturb(model.aspp["depth"])
+        after = model(x)
+    assert torch.equal(after["semseg"][0], before["semseg"][0])  # own intermediate head
+    assert not torch.allclose(after["semseg"][1], before["semseg"][1])  # distilled depth
+
+
+@pytest.mark.parametrize(
+    ("dilation", "stages"),
+    [
+        ((False, False, True), ("initial_16x", "initial_8x", "initial_4x", "final")),
+        ((False, True, True), ("initial_8x", "initial_4x", "final")),
+    ],
+)
+def test_mtinet_predicts_at_every_level(dilation: tuple[bool, bool, bool], stages: tuple) -> None:
+    torch.manual_seed(0)
+    model = build_model(small("mtinet", dilation=dilation), HEADS).eval()
+    assert model.output_stages == stages
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        raw = model.decode(model.shared_forward(x))
+    scales = [int(s.split("_")[1][:-1]) for s in stages[:-1]] + [4]
+    for task, channels in HEADS.items():
+        assert [tuple(o.shape) for o in raw[task]] == [
+            (1, channels, 64 // s, 96 // s) for s in scales
+        ]
+
+
+def test_mtinet_tasks_interact_at_each_level_through_distillation_and_propagation() -> None:
+    torch.manual_seed(0)
+    model = build_model(small("mtinet", dilation=(False, False, True)), HEADS).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        before = model(x)
+        _perturb(model.ipm["depth"]["16"])
+        after = model(x)
+    # semseg's own 16x prediction is untouched, its 8x one reads depth's propagated 16x
+    # features, its final one also the distilled ones
+    assert torch.equal(after["semseg"][0], before["semseg"][0])
+    assert not torch.allclose(after["semseg"][1], before["semseg"][1])
+    assert not torch.allclose(after["semseg"][-1], before["semseg"][-1])

@@ -21,7 +21,9 @@ from scenemtl.models.distillation import DistillationNet
 from scenemtl.models.encoder import ENCODERS
 from scenemtl.models.joint import JointNet
 from scenemtl.models.mtan import MTANNet
+from scenemtl.models.mtinet import MTINet
 from scenemtl.models.nddr import NDDRNet
+from scenemtl.models.padnet import PADNet
 from scenemtl.models.task_specific import TaskSpecificNet
 
 ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
@@ -32,6 +34,8 @@ ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
     "mtan": MTANNet,
     "cross_stitch": CrossStitchNet,
     "nddr": NDDRNet,
+    "padnet": PADNet,
+    "mtinet": MTINet,
 }
 
 _BOOL_FIELDS = (
@@ -53,7 +57,7 @@ class ModelConfig:
 
     Attributes:
         architecture: a key of :data:`ARCHITECTURES` ("joint", "branched", "distillation",
-            "task_specific", "mtan", "cross_stitch", "nddr", ...).
+            "task_specific", "mtan", "cross_stitch", "nddr", "padnet", "mtinet").
         encoder: "resnet18", "resnet34" (BasicBlock) or "resnet50", "resnet101" (Bottleneck,
             4x wider stages; every architecture reads the widths from the encoder's
             ``channels`` table).
