@@ -7,6 +7,7 @@ import torch
 
 from scenemtl.models.blocks import (
     ASPP,
+    AdaptiveBins,
     DeepLabV3PlusDecoder,
     DilatedAvgPool,
     HeadDecoder,
@@ -199,3 +200,60 @@ def test_attention_skips_replace_the_4x_skip_by_the_fusion() -> None:
     assert isinstance(dec.stages["s4"].reduce, torch.nn.Identity)
     with pytest.raises(ValueError, match="need skip=True"):
         DeepLabV3PlusDecoder(16, PYRAMID_CH, 3, skip=False, attention_skips=True)
+
+
+def test_adaptive_bins_predict_an_expectation_over_per_image_centers() -> None:
+    torch.manual_seed(0)
+    head = AdaptiveBins(cin=8, cin_bottleneck=16, n_bins=6, embed=16, heads=2, layers=1).eval()
+    features = torch.randn(2, 8, 12, 20)
+    bottleneck = torch.randn(2, 16, 3, 5)
+    bottleneck[1] *= 5  # another image, other bins
+    with torch.no_grad():
+        depth = head(features, bottleneck)
+    centers = head.last_centers
+    assert depth.shape == (2, 1, 12, 20) and centers.shape == (2, 6)
+    assert (centers.diff(dim=1) > 0).all()  # sorted: widths are positive
+    assert not torch.allclose(centers[0], centers[1])
+    # a convex combination of the centers, which start inside [-3, 3]
+    assert (centers > -3).all() and (centers < 3).all()
+    for b in range(2):
+        assert centers[b, 0] <= depth[b].min() and depth[b].max() <= centers[b, -1]
+
+
+def test_adaptive_bins_range_is_unconstrained_for_every_depth_space() -> None:
+    head = AdaptiveBins(cin=4, cin_bottleneck=4, n_bins=4, embed=8, heads=2, layers=1).eval()
+    x, z = torch.randn(1, 4, 6, 6), torch.randn(1, 4, 2, 2)
+    with torch.no_grad():
+        head.range.bias[0] = -40.0  # e.g. standardized inverse depth far below the mean
+        assert (head(x, z) < -33).all()
+        head.range.bias[0] = 25.0
+        assert (head(x, z) > 25).all()
+
+
+def test_adaptive_bins_attend_over_a_bounded_number_of_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    head = AdaptiveBins(cin=4, cin_bottleneck=4, n_bins=5, embed=8, heads=2, layers=1).eval()
+    lengths = []
+    forward = torch.nn.TransformerEncoder.forward
+
+    def spy(self, src, *args, **kwargs):  # type: ignore[no-untyped-def]
+        lengths.append(src.shape[1])
+        return forward(self, src, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.TransformerEncoder, "forward", spy)
+    with torch.no_grad():
+        head(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 6))  # small: every position
+        head(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 64, 128))  # 2048x4096 at 1/32
+    # range token + bins + tokens, pooled to at most 16x32 for large inputs
+    assert lengths == [1 + 5 + 24, 1 + 5 + 16 * 32]
+
+
+def test_decoder_with_adaptive_bins_replaces_its_prediction_conv() -> None:
+    dec = DeepLabV3PlusDecoder(16, PYRAMID_CH, 1, channels=8, skip_channels=4, adaptive_bins=4)
+    assert dec.predict is None and dec.bins is not None
+    feats = pyramid()
+    pred, _ = dec(feats[16], feats)
+    assert pred.shape == (2, 1, *feats[4].shape[-2:])
+    with pytest.raises(ValueError, match="one channel"):
+        DeepLabV3PlusDecoder(16, PYRAMID_CH, 3, adaptive_bins=4)

@@ -186,3 +186,32 @@ def test_mtinet_tasks_interact_at_each_level_through_distillation_and_propagatio
     assert torch.equal(after["semseg"][0], before["semseg"][0])
     assert not torch.allclose(after["semseg"][1], before["semseg"][1])
     assert not torch.allclose(after["semseg"][-1], before["semseg"][-1])
+
+
+@pytest.mark.parametrize("architecture", ["branched", "task_specific", "mtan", "nddr", "padnet"])
+def test_depth_bins_head_trains_in_every_per_task_decoder_architecture(architecture: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(small(architecture, depth_bins={"depth": 8}), HEADS).train()
+    assert model.decoder["depth"].bins is not None and model.decoder["semseg"].bins is None
+    out = model(torch.randn(1, 3, 40, 56))
+    assert out["depth"][-1].shape == (1, 1, 40, 56)
+    sum(o.square().mean() for outs in out.values() for o in outs).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert model.decoder["depth"].bins.bin_tokens.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("architecture", ["joint", "distillation", "mtinet"])
+def test_depth_bins_refused_where_no_per_task_decoder_predicts(architecture: str) -> None:
+    with pytest.raises(UserError, match="does not predict through the DeepLabV3") as err:
+        build_model(small(architecture, depth_bins={"depth": 8}), HEADS)
+    assert "\n" not in str(err.value)
+
+
+def test_depth_bins_need_a_one_channel_task_and_valid_counts() -> None:
+    with pytest.raises(UserError, match="'semseg' has 5 output channels"):
+        build_model(small("branched", depth_bins={"semseg": 8}), HEADS)
+    for bad in ({"depth": 1}, {"depth": True}, {"depth": "64"}, [64]):
+        with pytest.raises(UserError, match="model.net.depth_bins"):
+            small("branched", depth_bins=bad)
+    with pytest.warns(UserWarning, match="no task 'depth'"):
+        build_model(small("branched", depth_bins={"depth": 8}), {"semseg": 5})

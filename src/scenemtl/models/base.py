@@ -80,6 +80,9 @@ class MultiTaskNet(nn.Module):
     """Fewest tasks the architecture makes sense for."""
     has_shared_representation: ClassVar[bool] = True
     """Whether :meth:`shared_forward` is a representation all tasks read and nothing else."""
+    supports_depth_bins: ClassVar[bool] = False
+    """Whether each task's prediction comes from a :func:`make_decoder` decoder, which
+    ``depth_bins`` (adaptive bins) replaces the prediction conv of."""
     single_encoder: ClassVar[bool] = True
     """Whether the base class builds ``self.encoder``, the one trunk every task reads."""
 
@@ -101,6 +104,18 @@ class MultiTaskNet(nn.Module):
                     f"{', '.join(self.heads)}); its entry is ignored",
                     stacklevel=2,
                 )
+        for name in sorted(set(cfg.depth_bins) - set(self.heads)):
+            warnings.warn(
+                f"model.net.depth_bins: this run has no task {name!r} (tasks: "
+                f"{', '.join(self.heads)}); its entry is ignored",
+                stacklevel=2,
+            )
+        if cfg.depth_bins and not self.supports_depth_bins:
+            raise UserError(
+                f"model.net.depth_bins: {cfg.architecture} does not predict through the "
+                "DeepLabV3+ decoder; adaptive bins work with branched, task_specific, mtan, "
+                "cross_stitch, nddr and padnet"
+            )
         if self.single_encoder:
             self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
 
@@ -175,9 +190,25 @@ def make_encoder(cfg: ModelConfig) -> ResNetEncoder:
 
 
 def make_decoder(
-    cfg: ModelConfig, pyramid_channels: Mapping[int, int], out_channels: int
+    cfg: ModelConfig,
+    pyramid_channels: Mapping[int, int],
+    out_channels: int,
+    task: str | None = None,
 ) -> DeepLabV3PlusDecoder:
-    """The DeepLabV3+ decoder configured by ``cfg``, reading a ``cfg.channels`` bottleneck."""
+    """The DeepLabV3+ decoder configured by ``cfg``, reading a ``cfg.channels`` bottleneck;
+    for ``task`` (None: a decoder all tasks share) with adaptive bins when
+    ``cfg.depth_bins`` names it."""
+    n_bins = cfg.depth_bins.get(task, 0) if task is not None else 0
+    if task is None and cfg.depth_bins:
+        raise UserError(
+            f"model.net.depth_bins: {cfg.architecture} has one decoder for all tasks; "
+            "adaptive bins need a decoder per task"
+        )
+    if n_bins and out_channels != 1:
+        raise UserError(
+            f"model.net.depth_bins: task {task!r} has {out_channels} output channels; "
+            "adaptive bins predict one value per pixel (a depth task)"
+        )
     return DeepLabV3PlusDecoder(
         cfg.channels,
         pyramid_channels,
@@ -187,6 +218,7 @@ def make_decoder(
         skip=cfg.skip,
         extra_skips=cfg.extra_skips,
         attention_skips=cfg.attention_skips,
+        adaptive_bins=n_bins,
         squeeze_excitation=cfg.squeeze_excitation,
         se_reduction=cfg.se_reduction,
     )

@@ -8,6 +8,7 @@ distillation, and the skip-less head used as the final decoder of distillation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -261,6 +262,9 @@ class DeepLabV3PlusDecoder(nn.Module):
     8x and 16x encoder levels (those the pyramid has), each reduced to ``skip_channels``,
     instead of the 4x level alone.
 
+    ``adaptive_bins=N`` (one output channel only): the 1x1 prediction conv is replaced by
+    :class:`AdaptiveBins` with N bins, reading the features and the bottleneck input.
+
     Forward: ``(bottleneck [B, cin, H/os, W/os], pyramid {scale: [B, C_s, H/s, W/s]})`` ->
     ``(predictions [B, out_channels, H/s_f, W/s_f], features [B, feature_channels, H/s_f,
     W/s_f])`` where ``s_f`` is 4 (2 with extra skips, os without skip) and ``features`` are
@@ -280,8 +284,11 @@ class DeepLabV3PlusDecoder(nn.Module):
         attention_skips: bool = False,
         squeeze_excitation: bool = False,
         se_reduction: int = 16,
+        adaptive_bins: int = 0,
     ) -> None:
         super().__init__()
+        if adaptive_bins and out_channels != 1:
+            raise ValueError("adaptive_bins predicts one channel")
         if (extra_skips or attention_skips) and not skip:
             raise ValueError("extra_skips and attention_skips need skip=True")
         self.multi_skip = (
@@ -313,7 +320,9 @@ class DeepLabV3PlusDecoder(nn.Module):
                 width = half
         self.feature_channels = width
         self.se = SqueezeExcitation(width, se_reduction) if squeeze_excitation else None
-        self.predict = nn.Conv2d(width, out_channels, 1)
+        self.bins = AdaptiveBins(width, cin, adaptive_bins) if adaptive_bins else None
+        # exactly one of the two predicts, so that every parameter is used
+        self.predict = None if adaptive_bins else nn.Conv2d(width, out_channels, 1)
 
     def feature_modules(self) -> list[nn.Module]:
         """Every submodule :meth:`features` uses (all but the prediction conv)."""
@@ -333,6 +342,8 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def forward(self, bottleneck: Tensor, pyramid: Mapping[int, Tensor]) -> tuple[Tensor, Tensor]:
         x = self.features(bottleneck, pyramid)
+        if self.bins is not None:
+            return self.bins(x, bottleneck), x
         return self.predict(x), x
 
 
@@ -388,3 +399,107 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x) * torch.sigmoid(self.attention(x))
+
+
+def _sincos_2d(h: int, w: int, dim: int, device: torch.device) -> Tensor:
+    """Fixed 2D sine/cosine position code [h * w, dim] (row-major): a quarter of the
+    channels per (axis, sin/cos), frequencies geometric from 1 to 1/100 cycles per token.
+    Any grid size works, which a learned table would not."""
+    quarter = max(dim // 4, 1)
+    freqs = 100.0 ** (-torch.arange(quarter, device=device) / quarter)
+    ys = torch.arange(h, device=device, dtype=torch.float32)[:, None] * freqs  # [h, q]
+    xs = torch.arange(w, device=device, dtype=torch.float32)[:, None] * freqs  # [w, q]
+    code = torch.cat(
+        [
+            ys.sin()[:, None].expand(h, w, quarter),
+            ys.cos()[:, None].expand(h, w, quarter),
+            xs.sin()[None].expand(h, w, quarter),
+            xs.cos()[None].expand(h, w, quarter),
+        ],
+        dim=-1,
+    ).reshape(h * w, 4 * quarter)
+    return F.pad(code, (0, dim - 4 * quarter))
+
+
+class AdaptiveBins(nn.Module):
+    """Adaptive depth bins (AdaBins, Bhat et al. 2021; report 002 §4) as a prediction head.
+
+    Latents: the bottleneck [B, cin_bottleneck, h, w] is projected to ``embed`` channels
+    and average-pooled to at most ``max_tokens`` (16x32) tokens, plus a fixed 2D sine
+    position code. ``n_bins`` learned bin tokens and one range token are appended, and
+    ``layers`` pre-LayerNorm transformer layers (multi-head self-attention + MLP) run over
+    the sequence. Per image, the range token gives the bins' range (``lo`` and a positive
+    ``span``) and the bin tokens' first output channel their widths (softmax); centers
+    ``c_k = lo + span * (cumsum(w)_k - w_k / 2)``. Per pixel, a 1x1 conv of the decoder
+    features is the query; its dot products with the bin tokens' outputs, softmaxed over
+    the bins, are the bin probabilities; the prediction is the expectation ``sum_k p_k
+    c_k``.
+
+    The value is an expectation over centers on a learned per-image range, not a
+    positive quantity, so it works in every depth space (meters, log, inverse, all
+    normalized): the range starts at [-3, 3] (standardized values) and moves freely.
+    Memory: attention over at most 512 + n_bins + 1 tokens whatever the input size, and a
+    [B, n_bins, H/4, W/4] probability map (64 bins at 256x512: 2 MiB per image).
+
+    Forward: ``(features [B, cin, H', W'], bottleneck [B, cin_bottleneck, h, w])`` ->
+    ``[B, 1, H', W']``; :attr:`last_centers` keeps the [B, n_bins] centers of the last call.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cin_bottleneck: int,
+        n_bins: int = 64,
+        embed: int = 128,
+        heads: int = 4,
+        layers: int = 2,
+        max_tokens: tuple[int, int] = (16, 32),
+    ) -> None:
+        super().__init__()
+        self.n_bins = n_bins
+        self.max_tokens = max_tokens
+        self.latents = nn.Conv2d(cin_bottleneck, embed, 1)
+        self.bin_tokens = nn.Parameter(0.02 * torch.randn(n_bins, embed))
+        self.range_token = nn.Parameter(0.02 * torch.randn(1, embed))
+        layer = nn.TransformerEncoderLayer(
+            embed, heads, 2 * embed, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(embed)
+        self.width_logit = nn.Linear(embed, 1)
+        self.range = nn.Linear(embed, 2)
+        with torch.no_grad():
+            # lo = -3, span = softplus(b) = 6: the standardized range +-3 sigma
+            self.range.weight.zero_()
+            self.range.bias.copy_(torch.tensor([-3.0, math.log(math.expm1(6.0))]))
+        self.query = nn.Conv2d(cin, embed, 1)
+        self.last_centers: Tensor | None = None
+
+    def forward(self, features: Tensor, bottleneck: Tensor) -> Tensor:
+        b = bottleneck.shape[0]
+        lat = self.latents(bottleneck)
+        h, w = lat.shape[-2:]
+        th, tw = min(h, self.max_tokens[0]), min(w, self.max_tokens[1])
+        if (th, tw) != (h, w):
+            lat = F.adaptive_avg_pool2d(lat, (th, tw))
+        tokens = lat.flatten(2).transpose(1, 2)  # [B, th*tw, E]
+        tokens = tokens + _sincos_2d(th, tw, tokens.shape[-1], tokens.device).to(tokens.dtype)
+        seq = torch.cat(
+            [
+                self.range_token.expand(b, -1, -1).to(tokens.dtype),
+                self.bin_tokens.expand(b, -1, -1).to(tokens.dtype),
+                tokens,
+            ],
+            dim=1,
+        )
+        out = self.norm(self.transformer(seq))
+        lo, span_raw = self.range(out[:, 0]).unbind(-1)  # [B], [B]
+        span = F.softplus(span_raw) + 1e-3
+        bins = out[:, 1 : 1 + self.n_bins]  # [B, N, E]
+        widths = torch.softmax(self.width_logit(bins).squeeze(-1), dim=-1)  # [B, N]
+        centers = lo[:, None] + span[:, None] * (torch.cumsum(widths, dim=-1) - widths / 2)
+        self.last_centers = centers.detach()
+        q = self.query(features)  # [B, E, H', W']
+        logits = torch.einsum("behw,bne->bnhw", q, bins) / math.sqrt(q.shape[1])
+        probs = torch.softmax(logits, dim=1)
+        return torch.einsum("bnhw,bn->bhw", probs, centers).unsqueeze(1)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
@@ -23,12 +23,17 @@ if TYPE_CHECKING:
 class BranchedNet(MultiTaskNet):
     """Shared encoder; ``aspp[task]`` and ``decoder[task]`` per task. One output per task."""
 
+    supports_depth_bins: ClassVar[bool] = True
+
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__(cfg, heads)
         cin = self.encoder.channels[self.encoder.output_stride]
         self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})
         self.decoder = nn.ModuleDict(
-            {name: make_decoder(cfg, self.encoder.channels, c) for name, c in self.heads.items()}
+            {
+                name: make_decoder(cfg, self.encoder.channels, c, name)
+                for name, c in self.heads.items()
+            }
         )
 
     def branch_outputs(self, pyramid: dict[int, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:

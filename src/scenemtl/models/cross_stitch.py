@@ -52,6 +52,8 @@ class MixedTrunksNet(MultiTaskNet):
     W/s]}``; :meth:`decode` runs only the task-specific heads on them.
     """
 
+    supports_depth_bins: ClassVar[bool] = True
+
     single_encoder: ClassVar[bool] = False
     has_shared_representation: ClassVar[bool] = False
     min_tasks: ClassVar[int] = 2  # mixing needs at least two networks
@@ -68,7 +70,7 @@ class MixedTrunksNet(MultiTaskNet):
         cin = first.channels[self.output_stride]
         self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})
         self.decoder = nn.ModuleDict(
-            {name: make_decoder(cfg, first.channels, c) for name, c in self.heads.items()}
+            {name: make_decoder(cfg, first.channels, c, name) for name, c in self.heads.items()}
         )
 
     def make_mixer(self, n_tasks: int, channels: int) -> nn.Module:

@@ -39,6 +39,8 @@ class DistillationNet(BranchedNet):
     prediction.
     """
 
+    supports_depth_bins: ClassVar[bool] = False  # its predictions come from the final decoders
+
     output_stages: ClassVar[tuple[str, ...]] = ("initial", "final")
     min_tasks: ClassVar[int] = 2  # distillation exchanges features between tasks
 

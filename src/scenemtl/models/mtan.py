@@ -24,7 +24,7 @@ representation every task reads and all attention parameters are task-specific.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,8 @@ class MTANNet(MultiTaskNet):
     widths, ``s_j`` its stage scales). Everything after it belongs to one task.
     """
 
+    supports_depth_bins: ClassVar[bool] = True
+
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__(cfg, heads)
         enc = self.encoder
@@ -84,7 +86,7 @@ class MTANNet(MultiTaskNet):
         cin = enc.channels[enc.output_stride]
         self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})
         self.decoder = nn.ModuleDict(
-            {name: make_decoder(cfg, enc.channels, c) for name, c in self.heads.items()}
+            {name: make_decoder(cfg, enc.channels, c, name) for name, c in self.heads.items()}
         )
 
     def shared_forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -42,6 +42,8 @@ class PADNet(MultiTaskNet):
     both resized to the input); the final one is the prediction.
     """
 
+    supports_depth_bins: ClassVar[bool] = True
+
     output_stages: ClassVar[tuple[str, ...]] = ("initial", "final")
     min_tasks: ClassVar[int] = 2  # distillation exchanges features between tasks
 
@@ -63,7 +65,7 @@ class PADNet(MultiTaskNet):
             }
         )
         self.decoder = nn.ModuleDict(
-            {name: make_decoder(cfg, enc.channels, c) for name, c in self.heads.items()}
+            {name: make_decoder(cfg, enc.channels, c, name) for name, c in self.heads.items()}
         )
 
     def decode(self, shared: dict[int, Tensor]) -> dict[str, list[Tensor]]:

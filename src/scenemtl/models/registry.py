@@ -81,6 +81,9 @@ class ModelConfig:
         vortex_rates: dilation rates of the three 3x3 vortex pooling branches.
         attention_skips: the decoder's skip fuses the 4x, 8x and 16x encoder levels with
             learned per-pixel attention (report 002) instead of the 4x level alone.
+        depth_bins: task -> number of adaptive depth bins (AdaBins-style head, report 002
+            §4) replacing that task's prediction conv; one-channel tasks of architectures
+            with a DeepLabV3+ decoder per task.
         distill_alpha: ``distillation`` scales each distilled feature map by a learned
             scalar initialized at zero (report 000, after the Dual Attention Network), so
             training starts from the branched network.
@@ -103,6 +106,7 @@ class ModelConfig:
     vortex_rates: tuple[int, int, int] = (3, 9, 27)
     attention_skips: bool = False
     distill_alpha: bool = False
+    depth_bins: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; the dataclass promises tuples
@@ -114,6 +118,8 @@ class ModelConfig:
             self.vortex_rates = tuple(self.vortex_rates)  # type: ignore[assignment]
         if isinstance(self.pooling, Mapping):
             self.pooling = dict(self.pooling)
+        if isinstance(self.depth_bins, Mapping):
+            self.depth_bins = dict(self.depth_bins)
         self.validate()
 
     def pooling_for(self, task: str | None) -> str:
@@ -206,6 +212,15 @@ class ModelConfig:
             raise UserError(
                 "model.net.pooling: expected one of aspp, vortex or a mapping task -> kind, "
                 f"got {self.pooling!r}"
+            )
+        bins = self.depth_bins
+        if not isinstance(bins, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 1024
+            for k, v in bins.items()
+        ):
+            raise UserError(
+                "model.net.depth_bins: expected a mapping task -> number of bins (2..1024), "
+                f"got {bins!r}"
             )
         if "vortex" in kinds and not self.aspp:
             raise UserError("model.net.pooling: vortex pooling replaces ASPP; it needs aspp: true")

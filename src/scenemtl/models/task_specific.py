@@ -32,6 +32,8 @@ class TaskSpecificNet(MultiTaskNet):
     and :meth:`decode` runs every task's own network on it. One output per task.
     """
 
+    supports_depth_bins: ClassVar[bool] = True
+
     single_encoder: ClassVar[bool] = False
     has_shared_representation: ClassVar[bool] = False
 
@@ -47,7 +49,7 @@ class TaskSpecificNet(MultiTaskNet):
             }
         )
         self.decoder = nn.ModuleDict(
-            {name: make_decoder(cfg, first.channels, c) for name, c in self.heads.items()}
+            {name: make_decoder(cfg, first.channels, c, name) for name, c in self.heads.items()}
         )
 
     def shared_forward(self, x: Tensor) -> dict[str, Tensor]:
