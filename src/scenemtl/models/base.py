@@ -43,7 +43,10 @@ class MultiTaskNet(nn.Module):
       that every task's branch reads (default: the encoder's pyramid). Only the modules of
       :meth:`shared_modules` take part in it.
     * :meth:`decode` turns the shared representation into per-task outputs using only
-      parameters outside :meth:`shared_modules` (the task-specific ones).
+      parameters outside :meth:`shared_modules` (the task-specific ones). Where tasks
+      exchange features after the shared representation (distillation, padnet, mtinet),
+      one task's parameters also reach the other tasks' outputs; they still belong to
+      that task's branch, and the representation is still all the tasks read.
 
     A network whose tasks exchange information along the way (cross-stitch units, ...)
     has no shared representation: it sets :attr:`has_shared_representation` to False and
