@@ -38,14 +38,6 @@ class LossOutput:
     weights: dict[str, Tensor]
     parts: dict[str, list[Tensor]] = field(default_factory=dict)
 
-    def log_dict(self, prefix: str = "loss") -> dict[str, Tensor]:
-        """Flat scalars for logging: ``{prefix: total, f"{prefix}_{task}": ..., ...}``."""
-        out = {prefix: self.total.detach()}
-        for name, value in self.tasks.items():
-            out[f"{prefix}_{name}"] = value.detach()
-            out[f"weight_{name}"] = self.weights[name]
-        return out
-
 
 class MultiTaskLoss(nn.Module):
     """Per-task losses with deep supervision, combined by a balancing method
