@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -109,6 +111,16 @@ def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, cap
     assert all(
         torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
     )
+    run_dir = best.parents[1]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "crashed" and "non-finite training loss" in record["error"]
+    # a resume that finishes: the crash becomes history, not the run's current error
+    monkeypatch.setattr(MultiTaskLoss, "forward", original)
+    assert run_cli(["fit", "--config", str(cfg), "--ckpt_path", "last"]) == 0
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished" and "error" not in record
+    assert len(record["previous_errors"]) == 1
+    assert "non-finite training loss at step 5" in record["previous_errors"][0]
 
 
 def test_from_checkpoint_restores_network_and_depth_statistics(tmp_path, tiny_root):

@@ -255,7 +255,7 @@ def test_batch_size_one_trains_where_batchnorm_sees_more_than_one_value(trained,
     # 64x64 crops leave a 2x2 map at 1/32: batch size 1 is fine (the procedural default
     # images, 128x256, never come close)
     argv = ["fit", "--config", trained.cfg, "--run.root", tmp_path / "runs"]
-    argv += ["--data.batch_size", "1", "--data.crop_size", "[64, 33]", "--data.train_limit", "2"]
+    argv += ["--data.batch_size", "1", "--data.crop_size", "[64, 33]", "--data.train_limit", "1"]
     argv += ["--trainer.limit_val_batches", "1", "--visualize.every_n_epochs", "0"]
     result = run(argv, capsys)
     assert result.code == 0, result.err[-3000:]
