@@ -8,7 +8,7 @@ import yaml
 
 from scenemtl.cli import main
 from scenemtl.commands.complexity import load_model_config
-from scenemtl.models.registry import build_model
+from scenemtl.models.registry import ARCHITECTURES, build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -34,7 +34,7 @@ def test_config_parses_and_builds(path, capsys):
         main(["fit", "--config", str(path), "--print_config"])
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["net"]["architecture"] in ("joint", "branched", "distillation")
+    assert printed["model"]["net"]["architecture"] in ARCHITECTURES
     # weights are not downloadable here; the architecture is what is checked
     net = dataclasses.replace(load_model_config(path), weights=None)
     model = build_model(net)
