@@ -85,8 +85,13 @@ class ASPP(nn.Module):
         self.project = ConvBnReLU(cout * (len(rates) + 2), cout, 1)
         self.se = SqueezeExcitation(cout, se_reduction) if squeeze_excitation else None
 
+    def atrous_inputs(self, x: Tensor) -> list[Tensor]:
+        """What each 3x3 atrous branch reads: ``x`` itself (vortex pooling pools it first)."""
+        return [x] * (len(self.branches) - 1)
+
     def forward(self, x: Tensor) -> Tensor:
-        outs = [branch(x) for branch in self.branches]
+        outs = [self.branches[0](x)]
+        outs += [b(i) for b, i in zip(self.branches[1:], self.atrous_inputs(x), strict=True)]
         # a 1x1 map upsampled bilinearly is a constant map: expand avoids the copy
         outs.append(self.pooling(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
         y = self.project(torch.cat(outs, dim=1))
@@ -117,7 +122,7 @@ class DilatedAvgPool(nn.Module):
         return total / count
 
 
-class VortexPooling(nn.Module):
+class VortexPooling(ASPP):
     """Vortex pooling (Xie, Zhou, Wu 2018; report 003 §5.2.1), an alternative to ASPP.
 
     Like ASPP five parallel branches are concatenated and projected by a 1x1
@@ -139,26 +144,15 @@ class VortexPooling(nn.Module):
         squeeze_excitation: bool = False,
         se_reduction: int = 16,
     ) -> None:
-        super().__init__()
+        super().__init__(cin, cout, rates, squeeze_excitation, se_reduction)
         self.pools = nn.ModuleList(DilatedAvgPool(d) for d in (1, 3, 9)[: len(rates)])
-        self.branches = nn.ModuleList(
-            [ConvBnReLU(cin, cout, 1)] + [ConvBnReLU(cin, cout, 3, dilation=r) for r in rates]
-        )
-        self.pooling = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)
-        )
-        self.project = ConvBnReLU(cout * (len(rates) + 2), cout, 1)
-        self.se = SqueezeExcitation(cout, se_reduction) if squeeze_excitation else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        outs = [self.branches[0](x)]
-        pooled = x
-        for pool, branch in zip(self.pools, self.branches[1:], strict=True):
+    def atrous_inputs(self, x: Tensor) -> list[Tensor]:
+        inputs, pooled = [], x
+        for pool in self.pools:
             pooled = pool(pooled)
-            outs.append(branch(pooled))
-        outs.append(self.pooling(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
-        y = self.project(torch.cat(outs, dim=1))
-        return y if self.se is None else self.se(y)
+            inputs.append(pooled)
+        return inputs
 
 
 class MultiScaleSkip(nn.Module):
