@@ -165,20 +165,12 @@ def make_bottleneck(cfg: ModelConfig, cin: int, task: str | None = None) -> nn.M
     """The context module on the bottleneck: ASPP or vortex pooling (``cfg.pooling``, for
     ``task`` when it is a per-task mapping; ``task=None`` for a module all tasks share),
     or the 1x1 projection when ``cfg.aspp`` is false. [B, cin, h, w] -> [B, C, h, w]."""
-    kind = cfg.pooling_for(task)
-    if cfg.aspp and kind == "vortex":
-        return VortexPooling(
-            cin,
-            cfg.channels,
-            cfg.vortex_rates,
-            squeeze_excitation=cfg.squeeze_excitation,
-            se_reduction=cfg.se_reduction,
-        )
     if cfg.aspp:
-        return ASPP(
+        vortex = cfg.pooling_for(task) == "vortex"
+        return (VortexPooling if vortex else ASPP)(
             cin,
             cfg.channels,
-            cfg.aspp_rates,
+            cfg.vortex_rates if vortex else cfg.aspp_rates,
             squeeze_excitation=cfg.squeeze_excitation,
             se_reduction=cfg.se_reduction,
         )
