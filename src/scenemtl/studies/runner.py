@@ -1,0 +1,476 @@
+"""Running a study's runs with Optuna as the scheduler: ``study run`` and ``study tune``.
+
+Every run is an ordinary ``scenemtl fit`` in a child process, logging into
+``<study dir>/<variant>/seed_<k>/version_N`` (``study run``) or
+``<study dir>/tune/trial_<n>/version_N`` (``study tune``). Optuna keeps the ledger:
+
+* ``study run`` enqueues one trial per (variant, seed) that has no finished run yet, and
+  each worker pops queued trials until none is left. Popping is atomic in Optuna's
+  storage, so N workers started with the same command (on one machine or on many, with
+  ``--storage`` pointing at a shared database) share the work.
+* A worker records a heartbeat for its trial. A worker that dies (SIGKILL, a lost
+  machine) stops beating; the next worker to look fails that trial and re-queues it
+  (``RetryHeartbeatStaleTrialCallback``), and the retry resumes the run from its
+  last.ckpt. Heartbeats need a database storage (SQLite, PostgreSQL, MySQL).
+* A run that fails (bad option, crash) is recorded as a failed trial with the error line
+  and the worker goes on with the next one; the next ``study run`` tries it again.
+* Each run folder is also guarded by a file lock, so that a duplicate trial (two workers
+  racing to enqueue) can never train into a folder another process is using.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from scenemtl.engine.run_dir import RunDir, RunFamily
+from scenemtl.errors import UserError
+from scenemtl.studies.spec import Dimension, StudySpec, format_value, monitor_args
+
+DEFAULT_HEARTBEAT_S = 30
+STORAGE_FILE = "study.db"
+RUN_STUDY_SUFFIX = ""
+TUNE_STUDY_SUFFIX = "-tune"
+VARIANT_ATTR = "variant"
+SEED_ATTR = "seed"
+RUN_ATTR = "run"
+ERROR_ATTR = "error"
+PRUNED_ATTR = "pruned_at_epoch"
+
+
+def default_storage(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / STORAGE_FILE).resolve()}"
+
+
+def open_storage(url: str, heartbeat_s: int | None) -> Any:
+    """An Optuna storage for ``url``: a database URL (heartbeats and retries of dead
+    workers' trials), or ``journal:PATH`` (a journal file on shared disk: no heartbeats).
+
+    Raises:
+        UserError: a URL Optuna cannot open, in one line.
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite:"):
+            # workers and their runs write at once: wait for the lock instead of failing
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+        if heartbeat_s:
+            kwargs.update(
+                heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+        return RDBStorage(url, **kwargs)
+    except (ImportError, ValueError, OSError) as e:
+        raise UserError(f"--storage {url}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # sqlalchemy's errors: a database that cannot be reached
+        if type(e).__module__.startswith("sqlalchemy"):
+            raise UserError(f"--storage {url}: {str(e).splitlines()[0]}") from None
+        raise
+
+
+def _direction(spec: StudySpec) -> str:
+    return "minimize" if spec.monitor_mode == "min" else "maximize"
+
+
+# --------------------------------------------------------------------------------------
+# one run in a child process
+
+
+@dataclass
+class CellResult:
+    run: Path
+    value: float | None
+    resumed: bool
+    seconds: float
+
+
+@contextlib.contextmanager
+def cell_lock(folder: Path) -> Iterator[IO[bytes] | None]:
+    """An exclusive lock on a run folder family: yields the lock file, or None if another
+    process holds it. The lock dies with its holder (flock), so a killed worker leaves
+    nothing to clean up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "ab") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def best_value(run: RunDir, monitor: str | None, mode: str) -> float | None:
+    """The best value of the run's monitor (``monitor``, else the run's own)."""
+    from scenemtl.commands.runs import read_metrics, summarize_run
+
+    summary = summarize_run(run.path)
+    metric, direction = (monitor, mode) if monitor else (summary.monitor or (None, mode))
+    if metric is None:
+        return None
+    values = []
+    for row in read_metrics(run.path):
+        with contextlib.suppress(TypeError, ValueError):
+            values.append(float(row.get(metric) or "nan"))
+    values = [v for v in values if v == v]
+    if not values:
+        return None
+    return max(values) if direction == "max" else min(values)
+
+
+def run_status(run: RunDir) -> str | None:
+    try:
+        return json.loads(run.record.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def finished_run(family: RunFamily) -> RunDir | None:
+    """The newest version of ``family`` whose training finished."""
+    for run in reversed(family.versions()):
+        if run_status(run) == "finished":
+            return run
+    return None
+
+
+def _error_line(log: Path) -> str:
+    """What went wrong, from a failed run's log: its error line, else its last line."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if line.startswith("scenemtl: error:"):
+            return line.removeprefix("scenemtl: error:").strip()
+    return lines[-1][:300] if lines else "no output"
+
+
+def fit_cell(
+    family: RunFamily,
+    args: list[str],
+    monitor: str | None,
+    mode: str,
+    announce: Callable[[str], None],
+) -> CellResult:
+    """Train (or resume, or just read) the run ``family`` in a child process.
+
+    Raises:
+        UserError: the run failed; the message is its error line.
+        CellBusy: another process is training this run right now.
+    """
+    started = time.monotonic()
+    with cell_lock(family.path) as lock:
+        if lock is None:
+            raise CellBusy(f"{family.path} is being trained by another process")
+        done = finished_run(family)
+        if done is not None:
+            return CellResult(done.path, best_value(done, monitor, mode), False, 0.0)
+        resumable = any(r.last_ckpt.is_file() for r in family.versions())
+        argv = [
+            *args,
+            "--run.root",
+            str(family.root),
+            "--run.name",
+            family.name,
+            "--trainer.enable_progress_bar=false",
+        ]
+        if resumable:
+            argv += ["--ckpt_path", "last"]
+        announce(f"{family.path}: {'resuming from last.ckpt' if resumable else 'training'}")
+        log = family.path / "fit.log"
+        env = {**os.environ, "SCENEMTL_PARENT_PID": str(os.getpid())}
+        with open(log, "ab") as out:
+            out.write(f"\n$ scenemtl fit {' '.join(argv)}\n".encode())
+            out.flush()
+            code = subprocess.call(
+                [sys.executable, "-m", "scenemtl.studies.child", "fit", *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=(lock.fileno(),),  # an orphaned run keeps its folder locked
+            )
+        if code == 130:
+            raise KeyboardInterrupt
+        if code != 0:
+            raise UserError(f"{family.path}: {_error_line(log)} (log: {log})")
+        done = finished_run(family)
+        if done is None:
+            raise UserError(f"{family.path}: the run ended without finishing (log: {log})")
+        return CellResult(
+            done.path, best_value(done, monitor, mode), resumable, time.monotonic() - started
+        )
+
+
+class CellBusy(Exception):
+    """Another process holds the run's lock."""
+
+
+# --------------------------------------------------------------------------------------
+# study run
+
+
+@dataclass
+class RunSummaryLine:
+    ran: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    def format(self, spec: StudySpec, pending: int) -> str:
+        parts = [f"{self.ran} run(s) trained here", f"{self.failed} failed"]
+        if pending:
+            parts.append(f"{pending} still running in other workers")
+        return f"study {spec.name}: " + ", ".join(parts)
+
+
+def _states() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState
+
+
+def _cell_of(trial: Any) -> tuple[str, int] | None:
+    attrs = trial.user_attrs
+    if VARIANT_ATTR in attrs and SEED_ATTR in attrs:
+        return str(attrs[VARIANT_ATTR]), int(attrs[SEED_ATTR])
+    return None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def enqueue_missing(study: Any, spec: StudySpec, study_dir: Path) -> list[tuple[str, int]]:
+    """Queue a trial for every cell without a finished run, a queued or a running trial."""
+    from optuna.storages import fail_stale_trials
+
+    states = _states()
+    with _file_lock(study_dir / ".enqueue.lock"):
+        fail_stale_trials(study)  # dead workers' trials: failed and re-queued
+        covered = set()
+        for trial in study.get_trials(deepcopy=False):
+            cell = _cell_of(trial)
+            if cell is not None and trial.state in (states.WAITING, states.RUNNING):
+                covered.add(cell)
+        queued = []
+        for variant, seed in spec.cells():
+            family = RunFamily(study_dir / variant, f"seed_{seed}")
+            if (variant, seed) in covered or finished_run(family) is not None:
+                continue
+            study.enqueue_trial({}, user_attrs={VARIANT_ATTR: variant, SEED_ATTR: seed})
+            queued.append((variant, seed))
+        return queued
+
+
+def run_study(
+    spec: StudySpec,
+    runs_root: str | os.PathLike,
+    storage: str | None = None,
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+    announce: Callable[[str], None] = print,
+) -> int:
+    """Train every (variant, seed) of ``spec`` that has not finished; returns the number
+    of runs that failed (0: every cell this worker took finished)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study_dir = spec.study_dir(runs_root)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage(study_dir)
+    study = optuna.create_study(
+        study_name=spec.name + RUN_STUDY_SUFFIX,
+        storage=open_storage(url, heartbeat_s),
+        direction=_direction(spec),
+        load_if_exists=True,
+    )
+    queued = enqueue_missing(study, spec, study_dir)
+    total = len(spec.cells())
+    announce(
+        f"study {spec.name}: {total} run(s), {total - len(queued)} finished or taken, "
+        f"{len(queued)} queued now; storage {url}"
+    )
+    tally = RunSummaryLine()
+    states = _states()
+
+    def objective(trial: Any) -> float:
+        cell = _cell_of(trial)
+        if cell is None:
+            # another worker took the last queued trial between our look and our ask
+            trial.set_user_attr(ERROR_ATTR, "no queued run left for this worker")
+            raise optuna.TrialPruned()
+        variant_name, seed = cell
+        variant = spec.variant(variant_name)
+        family = RunFamily(study_dir / variant_name, f"seed_{seed}")
+        args = [*variant.cli_args(), f"--seed_everything={seed}", *monitor_args(spec, variant)]
+        monitor = None if variant.baseline_of else spec.monitor
+        try:
+            result = fit_cell(family, args, monitor, spec.monitor_mode, announce)
+        except CellBusy as e:
+            trial.set_user_attr(ERROR_ATTR, str(e))
+            raise optuna.TrialPruned() from None
+        except UserError as e:
+            tally.failed += 1
+            trial.set_user_attr(ERROR_ATTR, str(e))
+            announce(f"FAILED {variant_name} seed {seed}: {e}")
+            raise
+        trial.set_user_attr(RUN_ATTR, str(result.run))
+        if result.seconds:
+            tally.ran += 1
+            value = "n/a" if result.value is None else f"{result.value:.4g}"
+            announce(
+                f"finished {variant_name} seed {seed} in {result.seconds:.0f} s: "
+                f"best {monitor or 'monitor'} {value}"
+            )
+        return float("nan") if result.value is None else result.value
+
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        waiting = study.get_trials(deepcopy=False, states=(states.WAITING,))
+        if not waiting:
+            break
+        study.optimize(objective, n_trials=1, catch=(UserError,))
+    running = [t for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)) if _cell_of(t)]
+    announce(tally.format(spec, len(running)))
+    return tally.failed
+
+
+# --------------------------------------------------------------------------------------
+# study tune
+
+
+def suggest(trial: Any, dim: Dimension) -> Any:
+    """The trial's value for one searched option."""
+    if dim.choices is not None:
+        return trial.suggest_categorical(dim.key, list(dim.choices))
+    if dim.is_int:
+        step = int(dim.step) if dim.step else 1
+        return trial.suggest_int(dim.key, int(dim.low), int(dim.high), step=step, log=dim.log)
+    return trial.suggest_float(dim.key, float(dim.low), float(dim.high), step=dim.step, log=dim.log)
+
+
+def tune_study(
+    spec: StudySpec,
+    runs_root: str | os.PathLike,
+    storage: str | None = None,
+    trials: int | None = None,
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+    announce: Callable[[str], None] = print,
+) -> int:
+    """Search ``spec.search`` with TPE, pruning runs whose monitor falls behind the median
+    at the same epoch; returns the number of trials that failed in this worker."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.study import MaxTrialsCallback
+
+    if spec.search is None:
+        raise UserError(f"{spec.path}: no search section: nothing to tune")
+    if not spec.monitor:
+        raise UserError(f"{spec.path}: tuning needs a monitor (e.g. monitor: val/grader)")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    search = spec.search
+    budget = trials or search.trials
+    study_dir = spec.study_dir(runs_root)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage(study_dir)
+    study = optuna.create_study(
+        study_name=spec.name + TUNE_STUDY_SUFFIX,
+        storage=open_storage(url, heartbeat_s),
+        direction=_direction(spec),
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=search.startup_trials, n_warmup_steps=search.warmup_epochs
+        ),
+        load_if_exists=True,
+    )
+    states = _states()
+    base = spec.variants[0]
+    seed = spec.seeds[0]
+    failures = 0
+
+    def objective(trial: Any) -> float:
+        nonlocal failures
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        number = trial.number if original is None else original
+        values = {dim.key: suggest(trial, dim) for dim in search.space}
+        family = RunFamily(study_dir / "tune", f"trial_{number}")
+        pruning = {
+            "class_path": "scenemtl.studies.pruning.OptunaPruning",
+            "init_args": {
+                "storage": url,
+                "study_name": study.study_name,
+                "trial_id": trial._trial_id,
+                "monitor": spec.monitor,
+            },
+        }
+        args = [
+            *base.cli_args(),
+            *(f"--{k}={format_value(v)}" for k, v in values.items()),
+            f"--seed_everything={seed}",
+            *monitor_args(spec),
+            f"--trainer.callbacks+={json.dumps(pruning)}",
+        ]
+        try:
+            result = fit_cell(family, args, spec.monitor, spec.monitor_mode, announce)
+        except UserError as e:
+            failures += 1
+            trial.set_user_attr(ERROR_ATTR, str(e))
+            announce(f"FAILED trial {number}: {e}")
+            raise
+        trial.set_user_attr(RUN_ATTR, str(result.run))
+        stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        if PRUNED_ATTR in stored.user_attrs:
+            announce(f"pruned trial {number} at epoch {stored.user_attrs[PRUNED_ATTR]}")
+            raise optuna.TrialPruned()
+        value = "n/a" if result.value is None else f"{result.value:.4g}"
+        announce(f"trial {number} {values}: best {spec.monitor} {value}")
+        return float("nan") if result.value is None else result.value
+
+    def counted() -> int:
+        done = (states.COMPLETE, states.PRUNED)
+        return len(study.get_trials(deepcopy=False, states=done))
+
+    announce(f"study {study.study_name}: {counted()} of {budget} trial(s) done; storage {url}")
+    consecutive_failures = 0
+    while counted() < budget and consecutive_failures < 3:
+        before = failures
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(UserError,),
+            callbacks=[MaxTrialsCallback(budget, states=(states.COMPLETE, states.PRUNED))],
+        )
+        consecutive_failures = consecutive_failures + 1 if failures > before else 0
+    if consecutive_failures >= 3:
+        announce("stopped: three trials in a row failed (see their fit.log)")
+    with contextlib.suppress(ValueError):
+        best = study.best_trial
+        announce(f"best trial {best.number}: {spec.monitor} {best.value:.4g} with {best.params}")
+    return failures
