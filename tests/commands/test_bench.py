@@ -17,10 +17,16 @@ def test_bench_reports_all_figures(tmp_path, tiny_root):
         result.end_to_end_images_per_s,
         result.step_gflop,
         result.matmul_peak_gflops,
+        result.augment_ms,
+        result.decode_ms,
+        result.predicted_images_per_s(),
     ):
         assert value > 0
+    assert result.optimizer == "adam" and result.optimizer_ms >= 0
+    # the parts add up to no more than the model-only rate allows
+    assert result.predicted_images_per_s() < result.model_images_per_s
     text = result.format()
-    assert "% of peak" in text and "end-to-end training" in text
+    assert "% of peak" in text and "end-to-end training" in text and "predicted" in text
 
 
 def test_bench_rejects_unknown_keys(tmp_path):

@@ -41,6 +41,24 @@ class BenchResult:
     achieved_gflops: float
     matmul_peak_gflops: float
     loss_weighting: str = "fixed"
+    augment_ms: float = 0.0
+    """Batch augmentation (warp + normalization) per batch, on the training device."""
+    optimizer: str = "sgd"
+    optimizer_ms: float = 0.0
+    """The configured optimizer's step per batch (model only times a plain SGD step)."""
+    decode_ms: float = 0.0
+    """CPU time to decode one batch in a single process: what the DataLoader workers take
+    from the cores the model runs on."""
+    cores: int = 1
+
+    def predicted_images_per_s(self) -> float:
+        """End to end if nothing but the measured parts took time: the model step, the
+        configured optimizer instead of SGD, augmentation, and decoding sharing the
+        cores with the model (its CPU time spread over the cores)."""
+        model_ms = 1000 * self.batch_size / self.model_images_per_s
+        share = self.decode_ms / max(self.cores, 1) if self.decode_ms else 0.0
+        total = model_ms + self.optimizer_ms + self.augment_ms + share
+        return 1000 * self.batch_size / total if total > 0 else 0.0
 
     def format(self) -> str:
         h, w = self.size
@@ -56,6 +74,11 @@ class BenchResult:
                 f"  DataLoader (decode only)       {self.loader_images_per_s:8.2f} images/s",
                 f"  end-to-end training            {self.end_to_end_images_per_s:8.2f} images/s"
                 f"  ({100 * e2e:.0f}% of model only; balancing: {self.loss_weighting})",
+                f"  where end to end loses time, per batch: augmentation {self.augment_ms:.1f} ms, "
+                f"{self.optimizer} step {self.optimizer_ms:.1f} ms, decoding "
+                f"{self.decode_ms:.1f} ms CPU (workers share the {self.cores} cores)",
+                f"  predicted from those parts     {self.predicted_images_per_s():8.2f} images/s"
+                " (the rest: Lightning's loop, logging, balancing)",
                 f"  work per step                  {self.step_gflop:8.1f} GFLOP (fwd+bwd)",
                 f"  achieved                       {self.achieved_gflops:8.1f} GFLOP/s",
                 f"  matmul peak (this machine)     {self.matmul_peak_gflops:8.1f} GFLOP/s"
@@ -174,9 +197,27 @@ def run_bench(
     flop = counter.get_total_flops()
     model_s = _timed(step, steps, warmup, device)
 
+    # the configured optimizer's step, against the SGD step of the model-only figure
+    configured = module.make_optimizer()
+    step()  # fills .grad
+    with torch.no_grad():
+        sgd_s = _timed(opt.step, steps, warmup, device)
+        configured_s = _timed(configured.step, steps, warmup, device)
+
     # DataLoader only: decoding in workers
     batches = _batches(datamodule.train_dataloader())
     loader_s = _timed(lambda: next(batches), steps * 2, warmup, torch.device("cpu"))
+    batch = next(batches)
+
+    # decoding's CPU time: one process, no workers
+    dataset = datamodule.dataset("train")
+    n = min(len(dataset), bs)
+    decode_s = _timed(lambda: [dataset[i] for i in range(n)], 2, 1, torch.device("cpu")) * bs / n
+
+    # batch augmentation on the device, as on_after_batch_transfer runs it
+    datamodule.augment.train()
+    on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    augment_s = _timed(lambda: datamodule.augment(dict(on_device)), steps, warmup, device)
 
     # end to end: the real Lightning loop on real data
     times: list[float] = []
@@ -212,4 +253,9 @@ def run_bench(
         achieved_gflops=flop / model_s / 1e9,
         matmul_peak_gflops=matmul_peak_gflops(precision, device),
         loss_weighting=str(module.hparams.loss_weighting),
+        augment_ms=1000 * augment_s,
+        optimizer=str(module.hparams.optimizer),
+        optimizer_ms=1000 * max(configured_s - sgd_s, 0.0),
+        decode_ms=1000 * decode_s,
+        cores=torch.get_num_threads(),
     )

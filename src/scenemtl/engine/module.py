@@ -388,6 +388,16 @@ class MultiTaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
+        opt = self.make_optimizer()
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, PolyFactor(total, hp.lr_power, hp.lr_floor / hp.lr)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the network's (and the balancer's) parameters."""
+        hp = self.hparams
         # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
         # method updates itself (FAMO's logits) are not the optimizer's.
         balancer = {id(p) for p in self.balancer.parameters()}
@@ -403,11 +413,7 @@ class MultiTaskModule(L.LightningModule):
             opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, PolyFactor(total, hp.lr_power, hp.lr_floor / hp.lr)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return opt
 
 
 @dataclass
