@@ -17,7 +17,6 @@ from scenemtl.errors import UserError
 from scenemtl.tasks import TaskSpecs, build_tasks, dataset_task_specs, select_tasks
 from scenemtl.tasks.base import Task
 
-
 DATA_FORMATS = ("auto", "miniscapes", "mtan")
 
 

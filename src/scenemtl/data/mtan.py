@@ -354,9 +354,8 @@ def _plane(path: Path, arr: np.ndarray, what: str) -> np.ndarray:
 def read_labels(path: Path, num_classes: int) -> np.ndarray:
     """int64 [H,W]: class ids 0..N-1, the release's -1 (not labelled) as 255."""
     arr = _plane(path, _load(path), "label")
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or not (arr == np.rint(arr)).all():
-            raise DataFormatError(f"{path}: labels are not whole numbers")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.rint(arr)).all()):
+        raise DataFormatError(f"{path}: labels are not whole numbers")
     labels = arr.astype(np.int64)
     bad = (labels < -1) | (labels >= num_classes)
     if bad.any():
