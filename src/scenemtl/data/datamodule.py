@@ -24,11 +24,7 @@ def open_info(root: str | Path, format: str = "auto", labels: int | None = None)
     """The description of a dataset root in either layout (see :class:`SceneDataModule`)."""
     if format == "mtan" or (format == "auto" and is_mtan_root(root)):
         return read_mtan_info(root, labels)
-    if labels is not None:
-        raise UserError(
-            f"data.labels applies to MTAN-layout roots only; {root} is a MiniScapes root"
-        )
-    return read_info(root)
+    return read_info(root)  # data.labels only chooses among an MTAN root's label sets
 
 
 class SceneDataModule(L.LightningDataModule):
@@ -57,7 +53,8 @@ class SceneDataModule(L.LightningDataModule):
         format: layout of ``root``: ``miniscapes`` (dataset.json), ``mtan`` (the MTAN
             release's ``.npy`` folders, see :mod:`scenemtl.data.mtan`) or ``auto`` (mtan
             when ``root`` has no dataset.json but a ``train/image/`` or ``val/image/``).
-        labels: MTAN Cityscapes label set, 7 or 19 (``null``: 7 if ``label_7/`` exists).
+        labels: MTAN Cityscapes label set, 7 or 19 (``null``: 7 if ``label_7/`` exists);
+            ignored for MiniScapes roots, whose dataset.json holds their class table.
     """
 
     def __init__(
