@@ -88,9 +88,7 @@ def test_pixel_accuracy_over_labelled_pixels_of_the_split():
     # batch 2: GT [2 2 255 255], pred [2 0 1 1] -> 1 of 2 labelled right; total 3 of 5
     m = SemsegMetrics()
     m.update(torch.tensor([[[0, 1, 1, 0]]]), torch.tensor([[[0, 0, 1, IGNORE_INDEX]]]))
-    m.update(
-        torch.tensor([[[2, 0, 1, 1]]]), torch.tensor([[[2, 2, IGNORE_INDEX, IGNORE_INDEX]]])
-    )
+    m.update(torch.tensor([[[2, 0, 1, 1]]]), torch.tensor([[[2, 2, IGNORE_INDEX, IGNORE_INDEX]]]))
     out = m.compute()
     assert out["semseg_pixacc"].item() == pytest.approx(60.0)
     assert out["semseg_pixacc"].dtype == torch.float64
