@@ -77,10 +77,21 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
     from scenemtl.data.cityscapes import convert_cityscapes
 
     info = convert_cityscapes(
-        args.src, args.out, size=args.size, depth_encoding=args.depth_encoding
+        args.src,
+        args.out,
+        size=args.size,
+        depth_encoding=args.depth_encoding,
+        classes=args.classes,
+        depth=args.depth,
+        layout=args.layout,
+        workers=args.workers,
     )
     sizes = ", ".join(f"{k} {v['size']}" for k, v in info.splits.items())
-    print(f"converted Cityscapes ({sizes}) to {args.out}")
+    h, w = info.image_size
+    print(
+        f"converted Cityscapes ({sizes}; {h}x{w}, {args.classes} classes, depth in "
+        f"{args.depth}, {args.layout} layout) to {args.out}"
+    )
     return 0
 
 
@@ -203,7 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--src", required=True, help="folder holding leftImg8bit/, gtFine/, ...")
     cs.add_argument("--out", required=True)
     cs.add_argument("--size", type=size_hw, default=None, help="resize to HxW")
-    cs.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="meters16")
+    cs.add_argument(
+        "--depth-encoding",
+        choices=("disparity8", "meters16"),
+        default="meters16",
+        help="depth PNG encoding of the miniscapes layout",
+    )
+    cs.add_argument(
+        "--classes",
+        type=int,
+        choices=(7, 19),
+        default=19,
+        help="19 trainIds, or the 7 categories of cityscapesscripts' label table",
+    )
+    cs.add_argument(
+        "--depth",
+        choices=("meters", "disparity"),
+        default="meters",
+        help="meters (baseline*fx/disparity) or disparity in pixels, (p-1)/256 (mtan layout)",
+    )
+    cs.add_argument(
+        "--layout",
+        choices=("miniscapes", "mtan"),
+        default="miniscapes",
+        help="MiniScapes PNGs + dataset.json, or the MTAN release's .npy folders",
+    )
+    cs.add_argument("--workers", type=int_at_least(1), default=None, help="threads (all cores)")
     cs.set_defaults(func=cmd_data_cityscapes)
 
     demo = sub.add_parser("demo", help="the end-to-end demo behind `make demo`")
