@@ -259,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("root", nargs="?", default="runs", metavar="RUNS_DIR")
     runs.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     runs.add_argument("--sort", choices=("grader", "name"), default="grader")
+    runs.add_argument(
+        "--last-epochs",
+        type=int_at_least(1),
+        default=None,
+        metavar="K",
+        help="report each metric averaged over the last K epochs (the multi-task papers' "
+        "convention) instead of at the best validation; adds Pix Acc / Abs Err / Rel Err",
+    )
     runs.set_defaults(func=cmd_runs)
 
     bench = sub.add_parser("bench", help="training throughput: model, data, end to end, FLOP/s")
@@ -284,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_runs(args: argparse.Namespace) -> int:
     from scenemtl.commands.runs import run_table
 
-    print(run_table(args.root, fmt=args.format, sort=args.sort))
+    print(run_table(args.root, fmt=args.format, sort=args.sort, last_epochs=args.last_epochs))
     return 0
 
 

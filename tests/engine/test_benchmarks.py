@@ -148,3 +148,29 @@ def test_callback_state_survives_a_checkpoint():
     assert math.isnan(other.averages()["depth"])
     with pytest.raises(UserError):
         LastEpochsAverage(epochs=0)
+
+
+def test_runs_table_with_last_epochs(tmp_path, capsys):
+    run = tmp_path / "runs" / "exp" / "version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/semseg,val/semseg_pixacc,val/depth,val/depth_mae,"
+        "val/depth_absrel,val/grader\n"
+        "0,1,2.0,,,,,,\n"
+        "0,1,,50,80,30,0.02,0.5,20\n"
+        "1,2,,60,90,20,0.01,0.3,40\n"
+        "2,3,,70,92,24,0.0125,0.25,46\n"
+    )
+    (run / "config.yaml").write_text("trainer:\n  max_epochs: 3\n")
+    assert run_cli(["runs", str(tmp_path / "runs"), "--last-epochs", "2", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header, row = lines[0].split(","), lines[1].split(",")
+    values = dict(zip(header, row, strict=True))
+    assert values["semseg"] == "65.00" and values["grader"] == "43.00"
+    assert values["semseg_pixacc"] == "91.00"
+    assert values["depth_mae"] == "0.01125" and values["depth_absrel"] == "0.275"
+    assert values["best epoch"] == ""
+    # without the option: the best validation, as before
+    assert run_cli(["runs", str(tmp_path / "runs"), "--format", "csv"]) == 0
+    plain = capsys.readouterr().out.strip().splitlines()
+    assert "semseg_pixacc" not in plain[0] and ",70.00," in plain[1]
