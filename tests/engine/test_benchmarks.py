@@ -174,3 +174,18 @@ def test_runs_table_with_last_epochs(tmp_path, capsys):
     assert run_cli(["runs", str(tmp_path / "runs"), "--format", "csv"]) == 0
     plain = capsys.readouterr().out.strip().splitlines()
     assert "semseg_pixacc" not in plain[0] and ",70.00," in plain[1]
+
+
+def test_delta_m_sign_convention():
+    from scenemtl.engine.averaging import delta_m
+
+    directions = {"semseg": True, "semseg_pixacc": True, "depth_mae": False, "depth_absrel": False}
+    base = {"semseg": 70.0, "semseg_pixacc": 90.0, "depth_mae": 0.02, "depth_absrel": 0.4}
+    assert delta_m(base, base, directions) == 0.0
+    worse = {"semseg": 63.0, "semseg_pixacc": 90.0, "depth_mae": 0.022, "depth_absrel": 0.4}
+    # semseg -10% (a loss: +10), depth_mae +10% (a loss: +10) -> +20 / 4 = +5
+    assert delta_m(worse, base, directions) == pytest.approx(5.0)
+    with pytest.raises(UserError, match="missing"):
+        delta_m({"semseg": 1.0}, base, directions)
+    with pytest.raises(UserError, match="divide"):
+        delta_m(base, {**base, "semseg": 0.0}, directions)
