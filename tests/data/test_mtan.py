@@ -225,3 +225,25 @@ def test_read_image_accepts_uint8(tmp_path):
     arr = np.arange(H * W * 3, dtype=np.uint8).reshape(H, W, 3)
     np.save(tmp_path / "0.npy", arr)
     assert np.array_equal(read_image(tmp_path / "0.npy"), arr)
+
+
+# ---------------------------------------------------------------------------- data check
+
+
+def test_data_check_reads_every_file_of_an_mtan_root(cs_root, nyu_root, capsys):
+    from scenemtl.cli import main
+    from scenemtl.data.check import check_dataset
+
+    assert check_dataset(cs_root) == [] and check_dataset(nyu_root) == []
+    np.save(cs_root / "val" / "label_19" / "1.npy", np.full((H, W), 19.0))  # label_7 is fine
+    np.save(cs_root / "train" / "depth" / "2.npy", np.ones((H + 1, W, 1)))
+    (nyu_root / "val" / "normal" / "0.npy").write_bytes(b"junk")
+    problems = check_dataset(cs_root)
+    assert len(problems) == 2
+    assert "label_19/1.npy" in problems[0] or "label_19/1.npy" in problems[1]
+    assert any("depth/2.npy" in p and "differs" in p for p in problems)
+    assert "normal/0.npy" in check_dataset(nyu_root)[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "check", "--root", str(cs_root)])
+    assert exc.value.code == 1
+    assert "2 problem(s)" in capsys.readouterr().err

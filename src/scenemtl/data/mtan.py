@@ -542,3 +542,73 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+# --------------------------------------------------------------------------------------
+# integrity (``scenemtl data check`` on an MTAN root)
+
+
+def _check_sample(
+    root: Path, split: str, index: int, folders: dict[str, int], expected: tuple[int, int]
+) -> list[str]:
+    path = root / split / "image" / f"{index}.npy"
+    try:
+        size = read_image(path).shape[:2]
+    except DataFormatError as e:
+        return [str(e)]
+    problems = []
+    if size != expected:
+        problems.append(
+            f"{path}: size {size[1]}x{size[0]}, the dataset's is {expected[1]}x{expected[0]}"
+        )
+    for folder, classes in folders.items():
+        path = root / split / folder / f"{index}.npy"
+        try:
+            if folder == "depth":
+                shape = read_depth_array(path).shape
+            elif folder == "normal":
+                shape = read_normals(path).shape[1:]
+            else:
+                shape = read_labels(path, classes).shape
+        except DataFormatError as e:
+            problems.append(str(e))
+            continue
+        if shape != size:
+            problems.append(
+                f"{path}: size {shape[1]}x{shape[0]} differs from its image {size[1]}x{size[0]}"
+            )
+    return problems
+
+
+def check_mtan(root: str | os.PathLike, workers: int | None = None) -> list[str]:
+    """Every problem of an MTAN-layout root (every file of every label set), one line each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = Path(root)
+    try:
+        info = read_mtan_info(root)
+    except UserError as e:
+        return [str(e)]
+    sets = {"label_7": 7, "label_19": 19} if info.dataset == "cityscapes" else {"label": 13}
+    expected = (int(info.image_size[0]), int(info.image_size[1]))
+    problems: list[str] = []
+    jobs = []
+    for split in info.splits:
+        n = info.split_size(split)
+        present = {name: c for name, c in sets.items() if (root / split / name).is_dir()}
+        for name in present:
+            try:
+                m = _npy_count(root / split / name)
+            except DataFormatError as e:
+                problems.append(str(e))
+                continue
+            if m != n:
+                problems.append(f"{root / split / name}: {m} files, expected {n}")
+        folders = {**present, "depth": 0}
+        if "normals" in info.folders:
+            folders["normal"] = 0
+        jobs += [(split, i, folders) for i in range(n)]
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for found in pool.map(lambda job: _check_sample(root, *job, expected), jobs):
+            problems += found
+    return problems
