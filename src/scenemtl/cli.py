@@ -63,8 +63,16 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
+    from scenemtl.data.mtan import is_mtan_root, read_mtan_info
     from scenemtl.data.stats import format_stats, write_stats
 
+    if is_mtan_root(args.root):
+        mtan = read_mtan_info(args.root)
+        print(format_stats(mtan.stats, [c["name"] for c in mtan.classes]))
+        print(
+            f"{args.root} is in the MTAN layout: training computes these in memory, nothing written"
+        )
+        return 0
     info, plots = write_stats(args.root, plots_dir=args.plots)
     print(format_stats(info.stats, [c["name"] for c in info.classes]))
     print(f"statistics written to {Path(args.root) / 'dataset.json'}")
