@@ -83,6 +83,20 @@ def test_miou_tiny_hand_example():
     assert len([k for k in out if k.startswith("semseg_iou/")]) == C
 
 
+def test_pixel_accuracy_over_labelled_pixels_of_the_split():
+    # batch 1: GT [0 0 1 255], pred [0 1 1 0] -> 2 of 3 labelled right
+    # batch 2: GT [2 2 255 255], pred [2 0 1 1] -> 1 of 2 labelled right; total 3 of 5
+    m = SemsegMetrics()
+    m.update(torch.tensor([[[0, 1, 1, 0]]]), torch.tensor([[[0, 0, 1, IGNORE_INDEX]]]))
+    m.update(torch.tensor([[[2, 0, 1, 1]]]), torch.tensor([[[2, 2, IGNORE_INDEX, IGNORE_INDEX]]]))
+    out = m.compute()
+    assert out["semseg_pixacc"].item() == pytest.approx(60.0)
+    assert out["semseg_pixacc"].dtype == torch.float64
+    empty = SemsegMetrics()
+    empty.update(torch.tensor([[[0, 1]]]), torch.full((1, 1, 2), IGNORE_INDEX))
+    assert math.isnan(empty.compute()["semseg_pixacc"].item())
+
+
 def test_miou_matches_numpy_over_split_not_mean_of_batches():
     g = torch.Generator().manual_seed(0)
     gts = [torch.randint(0, 6, (2, 4, 5), generator=g) for _ in range(3)]

@@ -63,8 +63,16 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
+    from scenemtl.data.mtan import is_mtan_root, read_mtan_info
     from scenemtl.data.stats import format_stats, write_stats
 
+    if is_mtan_root(args.root):
+        mtan = read_mtan_info(args.root)
+        print(format_stats(mtan.stats, [c["name"] for c in mtan.classes]))
+        print(
+            f"{args.root} is in the MTAN layout: training computes these in memory, nothing written"
+        )
+        return 0
     info, plots = write_stats(args.root, plots_dir=args.plots)
     print(format_stats(info.stats, [c["name"] for c in info.classes]))
     print(f"statistics written to {Path(args.root) / 'dataset.json'}")
@@ -77,10 +85,21 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
     from scenemtl.data.cityscapes import convert_cityscapes
 
     info = convert_cityscapes(
-        args.src, args.out, size=args.size, depth_encoding=args.depth_encoding
+        args.src,
+        args.out,
+        size=args.size,
+        depth_encoding=args.depth_encoding,
+        classes=args.classes,
+        depth=args.depth,
+        layout=args.layout,
+        workers=args.workers,
     )
     sizes = ", ".join(f"{k} {v['size']}" for k, v in info.splits.items())
-    print(f"converted Cityscapes ({sizes}) to {args.out}")
+    h, w = info.image_size
+    print(
+        f"converted Cityscapes ({sizes}; {h}x{w}, {args.classes} classes, depth in "
+        f"{args.depth}, {args.layout} layout) to {args.out}"
+    )
     return 0
 
 
@@ -203,7 +222,32 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--src", required=True, help="folder holding leftImg8bit/, gtFine/, ...")
     cs.add_argument("--out", required=True)
     cs.add_argument("--size", type=size_hw, default=None, help="resize to HxW")
-    cs.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="meters16")
+    cs.add_argument(
+        "--depth-encoding",
+        choices=("disparity8", "meters16"),
+        default="meters16",
+        help="depth PNG encoding of the miniscapes layout",
+    )
+    cs.add_argument(
+        "--classes",
+        type=int,
+        choices=(7, 19),
+        default=19,
+        help="19 trainIds, or the 7 categories of cityscapesscripts' label table",
+    )
+    cs.add_argument(
+        "--depth",
+        choices=("meters", "disparity"),
+        default="meters",
+        help="meters (baseline*fx/disparity) or disparity in pixels, (p-1)/256 (mtan layout)",
+    )
+    cs.add_argument(
+        "--layout",
+        choices=("miniscapes", "mtan"),
+        default="miniscapes",
+        help="MiniScapes PNGs + dataset.json, or the MTAN release's .npy folders",
+    )
+    cs.add_argument("--workers", type=int_at_least(1), default=None, help="threads (all cores)")
     cs.set_defaults(func=cmd_data_cityscapes)
 
     demo = sub.add_parser("demo", help="the end-to-end demo behind `make demo`")
@@ -225,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("root", nargs="?", default="runs", metavar="RUNS_DIR")
     runs.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     runs.add_argument("--sort", choices=("grader", "name"), default="grader")
+    runs.add_argument(
+        "--last-epochs",
+        type=int_at_least(1),
+        default=None,
+        metavar="K",
+        help="report each metric averaged over the last K epochs (the multi-task papers' "
+        "convention) instead of at the best validation; adds Pix Acc / Abs Err / Rel Err",
+    )
     runs.set_defaults(func=cmd_runs)
 
     bench = sub.add_parser("bench", help="training throughput: model, data, end to end, FLOP/s")
@@ -250,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_runs(args: argparse.Namespace) -> int:
     from scenemtl.commands.runs import run_table
 
-    print(run_table(args.root, fmt=args.format, sort=args.sort))
+    print(run_table(args.root, fmt=args.format, sort=args.sort, last_epochs=args.last_epochs))
     return 0
 
 

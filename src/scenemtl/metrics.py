@@ -7,16 +7,25 @@ Definitions (shared/DESIGN.md, "Metrics and the reporting convention"):
   no pixel in the ground truth and none in the prediction has an undefined IoU (0/0): it
   is reported as NaN and left out of the mean, as cityscapesscripts does. A class only
   predicted (false positives, no ground truth) has IoU 0 and counts.
+* ``semseg_pixacc``: pixel accuracy in [0, 100], correctly classified labelled pixels
+  over all labelled pixels of the split (the same confusion matrix; the multi-task
+  papers' "Pix Acc").
 * ``depth``: SI-logRMSE = ``100 * sqrt(mean(d^2) - mean(d)^2)``, ``d = ln pred - ln gt``
   over the valid pixels (gt > 0) of ONE image, averaged over images; images without
   valid pixels are skipped.
-* ``depth_mae`` (m), ``depth_rmse`` (m), ``depth_absrel``, ``depth_sqrel`` (m),
+* ``depth_mae`` (m; the papers' "Abs Err"), ``depth_rmse`` (m), ``depth_absrel`` (their
+  "Rel Err"), ``depth_sqrel`` (m),
   ``depth_logrmse`` (natural log): pixel-averaged over all valid pixels of the split
   (every valid pixel weighs the same, whichever image it is in).
 * ``depth_delta1..3``: percentage (0..100) of valid pixels with
   ``max(pred/gt, gt/pred) < 1.25^k``, pixel-averaged over the split.
 * ``grader = max(semseg - 50, 0) + max(50 - depth, 0)``: the course metric, defined
   for runs that learn both ``semseg`` and ``depth`` (:data:`GRADER_TASKS`).
+
+On data whose depth is in other units (the MTAN release's Cityscapes disparity, see
+:mod:`scenemtl.data.mtan`) the same formulas hold in those units: ``depth_mae`` is then
+in disparity units; ``depth`` (SI-logRMSE) is unchanged by a scale and by inverting both
+maps, so it equals the value depth in meters would give (up to the release's offset).
 
 Depth metrics accept meters only: predictions decoded with
 :meth:`scenemtl.tasks.depth_space.DepthSpace.decode`, ground truth exactly as the batch holds
@@ -83,8 +92,10 @@ def grader(semseg: float | Tensor, depth: float | Tensor) -> float | Tensor:
 class SemsegMetrics(Metric):
     """Confusion matrix over a split; mean and per-class IoU.
 
-    ``compute()`` returns ``{"semseg": mIoU, "semseg_iou/<class name>": IoU, ...}``, all
-    float64 scalars in [0, 100] (NaN for a class absent from both GT and prediction).
+    ``compute()`` returns ``{"semseg": mIoU, "semseg_pixacc": pixel accuracy,
+    "semseg_iou/<class name>": IoU, ...}``, all float64 scalars in [0, 100] (NaN for a
+    class absent from both GT and prediction; pixel accuracy is NaN before any labelled
+    pixel was seen).
 
     Args:
         num_classes: number of classes.
@@ -164,6 +175,11 @@ class SemsegMetrics(Metric):
         defined = ~torch.isnan(iou)
         miou = iou[defined].mean() if bool(defined.any()) else iou.new_tensor(math.nan)
         out = {self.prefix: miou.to(torch.float64)}
+        labelled = self.confmat.sum()
+        correct = self.confmat.diagonal().sum().to(torch.float64)
+        out[f"{self.prefix}_pixacc"] = (
+            100.0 * correct / labelled if labelled > 0 else miou.new_tensor(math.nan)
+        ).to(torch.float64)
         for name, value in zip(self.names, iou, strict=True):
             out[f"{self.prefix}_iou/{name}"] = value
         return out

@@ -31,8 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from scenemtl.commands.submission_callback import SubmissionCallback
-from scenemtl.data.datamodule import SceneDataModule
-from scenemtl.data.format import read_info
+from scenemtl.data.datamodule import SceneDataModule, open_info
 from scenemtl.engine.callbacks import (
     EvaluationRecordCallback,
     RunRecordCallback,
@@ -395,7 +394,11 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
     map (1/32, or 1/16 or 1/8 with dilation)."""
     if data is None:
         return
-    info = read_info(data.root) if data.get("root") is not None else None
+    info = (
+        open_info(data.root, data.get("format", "auto"), data.get("labels"))
+        if data.get("root") is not None
+        else None
+    )
     if info is not None and not info.stats:
         raise UserError(
             f"{data.root}/dataset.json has no statistics: run "

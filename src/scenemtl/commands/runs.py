@@ -285,8 +285,12 @@ def _summarize(run: RunDir, summary: RunSummary) -> None:
 # output
 
 
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
+def _number(value: float | None, column: str = "") -> str:
+    if value is None:
+        return ""
+    if column.endswith(("_mae", "_absrel")):
+        return f"{value:.4g}"  # errors in the data's units, e.g. 0.0125 (disparity)
+    return f"{value:.2f}"
 
 
 def format_best(summary: RunSummary) -> str:
@@ -393,7 +397,7 @@ def table_rows(summaries: list[RunSummary], root: Path) -> list[dict[str, str]]:
             "params (M)": f"{params / 1e6:.2f}"
             if isinstance(params, int) and not isinstance(params, bool)
             else "",
-            **{c: _number(s.best.get(c)) for c in metric_columns(summaries)},
+            **{c: _number(s.best.get(c), c) for c in metric_columns(summaries)},
             "best epoch": "" if s.best_epoch is None else str(s.best_epoch),
             "train time": f"{seconds / 60:.1f} min"
             if isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
@@ -445,14 +449,44 @@ def format_table(
     return "\n".join(lines)
 
 
-def run_table(root: str | os.PathLike, fmt: str = "md", sort: str = "grader") -> str:
+PAPER_SUFFIXES = ("_pixacc", "_mae", "_absrel")
+"""With ``--last-epochs``, each task's metrics with these suffixes get a column too (the
+multi-task papers' Pix Acc, Abs Err, Rel Err)."""
+
+
+def average_runs(summaries: list[RunSummary], epochs: int) -> None:
+    """Replace each run's reported values by their mean over its last ``epochs`` epochs
+    (the multi-task papers' convention, see :mod:`scenemtl.engine.averaging`), adding the
+    :data:`PAPER_SUFFIXES` columns; ``best_epoch`` then stays empty."""
+    from scenemtl.engine.averaging import average_last_epochs
+
+    for s in summaries:
+        if s.status == "unreadable":
+            continue
+        try:
+            means = average_last_epochs(s.path / RunDir.METRICS, epochs)
+        except UserError:
+            means = {}
+        extras = [f"{t}{x}" for t in s.tasks for x in PAPER_SUFFIXES if f"{t}{x}" in means]
+        s.columns = [*s.columns, *(c for c in extras if c not in s.columns)]
+        s.best = {c: means.get(c) for c in s.columns}
+        s.best_epoch = None
+
+
+def run_table(
+    root: str | os.PathLike, fmt: str = "md", sort: str = "grader", last_epochs: int | None = None
+) -> str:
     """One row per run below ``root``. ``sort="grader"``: best grader first (runs without
-    one after, by name); ``"name"``: by path."""
+    one after, by name); ``"name"``: by path. ``last_epochs``: report each metric as its
+    mean over the run's last that many epochs (see :func:`average_runs`) instead of at the
+    best validation."""
     root = Path(root)
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise UserError(f"runs folder {root} {what}")
     summaries = [summarize_run(p) for p in find_runs(root)]
+    if last_epochs is not None:
+        average_runs(summaries, last_epochs)
     summaries.sort(key=lambda s: str(s.path))
     if sort == "grader":
 

@@ -27,6 +27,7 @@ from scenemtl.data.format import (
     rgb_indices,
     split_size_problem,
 )
+from scenemtl.data.mtan import check_mtan, is_mtan_root
 from scenemtl.errors import DataFormatError
 
 
@@ -136,8 +137,13 @@ def _sample_jobs(root: Path, info: DatasetInfo, split: str, jobs: list) -> list[
 
 
 def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[str]:
-    """Every problem found in the dataset at ``root``, each naming its file; [] if clean."""
+    """Every problem found in the dataset at ``root``, each naming its file; [] if clean.
+
+    A root in the MTAN release's layout is checked by :func:`scenemtl.data.mtan.check_mtan`.
+    """
     root = Path(root)
+    if is_mtan_root(root):
+        return check_mtan(root, workers)
     try:
         info = read_info(root, check_sizes=False)  # size claims are checked below
     except DataFormatError as e:

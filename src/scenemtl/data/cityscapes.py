@@ -1,29 +1,53 @@
-"""``scenemtl data cityscapes``: convert a Cityscapes tree into the MiniScapes layout.
+"""``scenemtl data cityscapes``: convert a Cityscapes tree for training.
 
 Expected input (the official archives unpacked side by side)::
 
     SRC/leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png
     SRC/gtFine/{split}/{city}/{stem}_gtFine_labelIds.png
     SRC/disparity/{split}/{city}/{stem}_disparity.png
-    SRC/camera/{split}/{city}/{stem}_camera.json
+    SRC/camera/{split}/{city}/{stem}_camera.json      (only for --depth meters)
 
-Semantic labels map labelIds -> trainIds through cityscapesscripts' label table; depth is
-``baseline * fx / ((p - 1) / 256)`` from the 16-bit disparity ``p`` (``p <= 1`` invalid).
-Labels and depth are resized with nearest neighbour, RGB with a box filter. Cityscapes'
-public test split has no ground truth, so it is written as RGB only.
+The procedure, for every image in sorted city/file order:
+
+* labels (``--classes``): 19 = labelIds -> trainIds of cityscapesscripts' label table;
+  7 = labelIds -> the label table's categories (categoryId 1..7 -> 0..6: flat,
+  construction, object, nature, sky, human, vehicle; the void category is ignored).
+  Not-labelled pixels are 255 in the MiniScapes layout, -1 in the MTAN layout.
+* depth (``--depth``): the 16-bit disparity PNG value ``p`` gives disparity
+  ``(p - 1) / 256`` pixels (``p <= 1``: invalid); ``disparity`` keeps that (pixels of
+  the 2048-wide original, also after resizing), ``meters`` is
+  ``baseline * fx / disparity`` with the image's camera json. Invalid is 0.
+* resizing (``--size HxW``): RGB with a box filter (an area average); labels and the
+  disparity PNG with nearest neighbour, before the disparity is converted, so every
+  output value is one measured value (no average across a depth edge or with invalid
+  pixels). Labels and disparity must have the RGB's size before resizing.
+* layout (``--layout``): ``miniscapes`` writes the MiniScapes PNG layout with
+  dataset.json (depth in meters only); ``mtan`` writes the MTAN release's ``.npy``
+  folders (``image/`` float32 [H,W,3] in 0..1, ``label_7/`` or ``label_19/``,
+  ``depth/`` [H,W,1]) plus ``mtan.json`` naming the depth units. Cityscapes' public test
+  split has no ground truth: the MiniScapes layout keeps it as RGB only, the MTAN layout
+  (train/val only, like the release) leaves it out.
+
+Everything is written into a hidden folder next to ``--out`` and renamed to ``--out``
+only when complete: a failure (missing folder, undecodable PNG, size mismatch, bad
+camera file) is one line naming the file and leaves no partial output.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from scenemtl.data.classes import cityscapes_class_table
 from scenemtl.data.format import (
     IGNORE_INDEX,
     METERS16,
@@ -33,9 +57,18 @@ from scenemtl.data.format import (
     write_info,
     write_sample,
 )
+from scenemtl.data.mtan import (
+    cityscapes_category_table,
+    label_id_to_category,
+    save_npy,
+    write_sidecar,
+)
 from scenemtl.errors import DataFormatError, UserError
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
+CLASS_SETS = (7, 19)
+DEPTH_MODES = ("meters", "disparity")
+LAYOUTS = ("miniscapes", "mtan")
 
 
 def label_id_to_train_id() -> np.ndarray:
@@ -49,13 +82,19 @@ def label_id_to_train_id() -> np.ndarray:
     return lut
 
 
+def png_to_disparity(disparity: np.ndarray) -> np.ndarray:
+    """Cityscapes 16-bit disparity PNG values -> disparity in pixels (0 = invalid)."""
+    p = disparity.astype(np.float64)
+    return np.where(p > 1, (p - 1.0) / 256.0, 0.0).astype(np.float32)
+
+
 def disparity_to_depth(disparity: np.ndarray, baseline: float, fx: float) -> np.ndarray:
     """Cityscapes 16-bit disparity PNG values -> depth in meters (0 = invalid)."""
-    p = disparity.astype(np.float64)
-    valid = p > 1
-    d = np.zeros_like(p)
-    d[valid] = baseline * fx / ((p[valid] - 1.0) / 256.0)
-    return d.astype(np.float32)
+    d = png_to_disparity(disparity).astype(np.float64)
+    valid = d > 0
+    out = np.zeros_like(d)
+    out[valid] = baseline * fx / d[valid]
+    return out.astype(np.float32)
 
 
 def _stems(src: Path, split: str) -> list[tuple[str, str]]:
@@ -72,48 +111,126 @@ def _stems(src: Path, split: str) -> list[tuple[str, str]]:
 def _camera(path: Path) -> tuple[float, float]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return float(data["extrinsic"]["baseline"]), float(data["intrinsic"]["fx"])
+        baseline, fx = float(data["extrinsic"]["baseline"]), float(data["intrinsic"]["fx"])
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file not found") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataFormatError(f"{path}: not a Cityscapes camera file ({e!r})") from None
+    if not (np.isfinite(baseline) and np.isfinite(fx) and baseline > 0 and fx > 0):
+        raise DataFormatError(f"{path}: baseline {baseline} and fx {fx} must be positive")
+    return baseline, fx
+
+
+@dataclass(frozen=True)
+class _Options:
+    size: tuple[int, int] | None
+    lut: np.ndarray
+    depth: str
+    layout: str
+    encoding: str
+    label_folder: str
 
 
 def _convert_one(
     src: Path,
     out: Path,
     split: str,
+    opts: _Options,
+    with_gt: bool,
     index: int,
     city: str,
     stem: str,
-    size: tuple[int, int] | None,
-    with_gt: bool,
-    lut: np.ndarray,
-    encoding: str,
 ) -> tuple[int, int]:
     rgb_img = open_image(src / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
     rgb_img = rgb_img.convert("RGB")
-    h, w = size if size else (rgb_img.height, rgb_img.width)
-    if (rgb_img.height, rgb_img.width) != (h, w):
+    h0, w0 = rgb_img.height, rgb_img.width
+    h, w = opts.size if opts.size else (h0, w0)
+    if (h0, w0) != (h, w):
         rgb_img = rgb_img.resize((w, h), Image.Resampling.BOX)
     semseg = depth = None
     if with_gt:
-        label_img = open_image(src / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
-        disp_img = open_image(src / "disparity" / split / city / f"{stem}_disparity.png")
-        baseline, fx = _camera(src / "camera" / split / city / f"{stem}_camera.json")
-        for img, what in ((label_img, "labelIds"), (disp_img, "disparity")):
-            if img.size != (rgb_img.width, rgb_img.height) and size is None:
-                raise DataFormatError(f"{city}/{stem}: {what} size {img.size} differs from RGB")
+        label_file = src / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
+        disp_file = src / "disparity" / split / city / f"{stem}_disparity.png"
+        label_img, disp_img = open_image(label_file), open_image(disp_file)
+        for img, path in ((label_img, label_file), (disp_img, disp_file)):
+            if img.size != (w0, h0):
+                raise DataFormatError(
+                    f"{path}: size {img.size[0]}x{img.size[1]} differs from its RGB {w0}x{h0}"
+                )
+        if disp_img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise DataFormatError(f"{disp_file}: mode {disp_img.mode}, expected 16-bit")
+        if label_img.mode not in ("L", "P"):
+            raise DataFormatError(f"{label_file}: mode {label_img.mode}, expected 8-bit labelIds")
         label = label_img.resize((w, h), Image.Resampling.NEAREST)
-        semseg = lut[np.asarray(label, dtype=np.uint8)]
+        semseg = opts.lut[np.asarray(label, dtype=np.uint8)]
         disp = np.asarray(disp_img.resize((w, h), Image.Resampling.NEAREST))
-        depth = disparity_to_depth(disp, baseline, fx)
-        # Depth the encoding cannot hold is dropped, not clipped: a clipped far point
-        # would be a confident wrong label.
-        lo, hi = encodable_range(encoding)
-        depth[(depth < lo) | (depth > hi)] = 0.0
-    write_sample(out, split, index, np.asarray(rgb_img), semseg, depth, encoding, ".png")
+        if opts.depth == "disparity":
+            depth = png_to_disparity(disp)
+        else:
+            baseline, fx = _camera(src / "camera" / split / city / f"{stem}_camera.json")
+            depth = disparity_to_depth(disp, baseline, fx)
+            if opts.layout == "miniscapes":
+                # Depth the encoding cannot hold is dropped, not clipped: a clipped far
+                # point would be a confident wrong label.
+                lo, hi = encodable_range(opts.encoding)
+                depth[(depth < lo) | (depth > hi)] = 0.0
+    rgb = np.asarray(rgb_img)
+    if opts.layout == "miniscapes":
+        write_sample(
+            out,
+            split,
+            index,
+            rgb,
+            semseg,
+            depth,
+            opts.encoding,
+            ".png",
+            num_classes=int(opts.label_folder[6:]),
+        )
+        return h, w
+    save_npy(out / split / "image" / f"{index}.npy", (rgb / 255.0).astype(np.float32))
+    labels = np.where(semseg == IGNORE_INDEX, -1, semseg.astype(np.int16)).astype(np.float32)
+    save_npy(out / split / opts.label_folder / f"{index}.npy", labels)
+    save_npy(out / split / "depth" / f"{index}.npy", depth[..., None].astype(np.float32))
     return h, w
+
+
+def _check_source(src: Path, depth: str, splits: list[str]) -> None:
+    """One line for a missing folder, before anything is written."""
+    if not (src / "leftImg8bit").is_dir():
+        raise UserError(f"{src}: no leftImg8bit/ folder; is this a Cityscapes root?")
+    needed = ["gtFine", "disparity"] + (["camera"] if depth == "meters" else [])
+    for split in splits:
+        if split == "test":
+            continue
+        for folder in needed:
+            if not (src / folder / split).is_dir():
+                raise UserError(
+                    f"{src / folder / split}: missing folder (the {split} split needs "
+                    f"{', '.join(needed)})"
+                )
+
+
+def _prepare_out(out: Path) -> Path:
+    """A hidden sibling folder to write into (renamed to ``out`` when complete)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "already holds a dataset" if (out / "dataset.json").exists() else "is not empty"
+        raise UserError(f"{out} {what}; choose an empty or new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    os.chmod(tmp, 0o777 & ~_umask())
+    if out.is_dir():
+        out.rmdir()  # empty, checked before converting
+    os.replace(tmp, out)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def convert_cityscapes(
@@ -122,48 +239,104 @@ def convert_cityscapes(
     size: tuple[int, int] | None = None,
     depth_encoding: str = METERS16,
     workers: int | None = None,
+    classes: int = 19,
+    depth: str = "meters",
+    layout: str = "miniscapes",
 ) -> DatasetInfo:
-    """Convert every split found under ``src``; writes dataset.json last, atomically."""
+    """Convert every split found under ``src`` (see the module docstring for the procedure).
+
+    Args:
+        src: the Cityscapes root.
+        out: a new or empty folder.
+        size: output ``(H, W)``; default the original size.
+        depth_encoding: depth PNG encoding of the MiniScapes layout.
+        workers: threads (default: all cores).
+        classes: 19 (trainIds) or 7 (categories).
+        depth: ``meters`` or ``disparity`` (MTAN layout only).
+        layout: ``miniscapes`` or ``mtan``.
+
+    Returns:
+        the dataset's description (for the MTAN layout, what the reader will find).
+
+    Raises:
+        UserError: bad options, missing folders, unreadable or inconsistent files; nothing
+            is left at ``out`` then.
+    """
     src, out = Path(src), Path(out)
-    if not (src / "leftImg8bit").is_dir():
-        raise UserError(f"{src}: no leftImg8bit/ folder; is this a Cityscapes root?")
-    if (out / "dataset.json").exists():
-        raise UserError(f"{out} already holds a dataset; choose an empty --out")
-    lut = label_id_to_train_id()
-    splits: dict[str, dict[str, int | bool]] = {}
-    image_size: tuple[int, int] | None = size
-    for split in CITYSCAPES_SPLITS:
+    if classes not in CLASS_SETS:
+        raise UserError(f"--classes must be 7 or 19, got {classes}")
+    if depth not in DEPTH_MODES:
+        raise UserError(f"--depth must be meters or disparity, got {depth!r}")
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout must be miniscapes or mtan, got {layout!r}")
+    if depth == "disparity" and layout == "miniscapes":
+        raise UserError("--depth disparity needs --layout mtan (MiniScapes depth PNGs hold meters)")
+    splits = [s for s in CITYSCAPES_SPLITS if _stems(src, s)]
+    if layout == "mtan":
+        splits = [s for s in splits if s != "test"]
+    _check_source(src, depth, splits)
+    if not splits:
+        raise UserError(f"{src}: no *_leftImg8bit.png files found")
+    if classes == 7:
+        lut, table = label_id_to_category(), cityscapes_category_table()
+    else:
+        lut, table = label_id_to_train_id(), cityscapes_class_table()
+    opts = _Options(size, lut, depth, layout, depth_encoding, f"label_{classes}")
+    tmp = _prepare_out(out)
+    try:
+        info = _convert_all(src, tmp, splits, opts, table, workers)
+        if layout == "mtan":
+            units = "disparity_px" if depth == "disparity" else "meters"
+            write_sidecar(
+                tmp,
+                "cityscapes",
+                units,
+                {"labels": classes, "size": list(info.image_size), "converted_from": str(src)},
+            )
+            info.source.update(depth_units=units, layout="mtan")
+        else:
+            write_info(tmp, info)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _convert_all(
+    src: Path,
+    out: Path,
+    splits: list[str],
+    opts: _Options,
+    table: list[dict],
+    workers: int | None,
+) -> DatasetInfo:
+    sizes_by_split: dict[str, dict[str, int | bool]] = {}
+    image_size: tuple[int, int] | None = opts.size
+    for split in splits:
         stems = _stems(src, split)
-        if not stems:
-            continue
         with_gt = split != "test"
-        convert = partial(
-            _convert_one,
-            src,
-            out,
-            split,
-            size=size,
-            with_gt=with_gt,
-            lut=lut,
-            encoding=depth_encoding,
-        )
+        convert = partial(_convert_one, src, out, split, opts, with_gt)
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             sizes = set(pool.map(convert, range(len(stems)), *zip(*stems, strict=True)))
         if len(sizes) != 1 or (image_size and sizes != {image_size}):
             raise DataFormatError(f"{src}: images of different sizes {sorted(sizes)}; pass --size")
         image_size = sizes.pop()
-        splits[split] = {"size": len(stems), "gt": with_gt}
-    if not splits or image_size is None:
-        raise UserError(f"{src}: no *_leftImg8bit.png files found")
-    lo, hi = encodable_range(depth_encoding)
-    info = DatasetInfo(
+        sizes_by_split[split] = {"size": len(stems), "gt": with_gt}
+    assert image_size is not None
+    lo, hi = encodable_range(opts.encoding)
+    return DatasetInfo(
         name="cityscapes",
         image_size=image_size,
-        splits=splits,
-        depth_encoding=depth_encoding,
+        splits=sizes_by_split,
+        depth_encoding=opts.encoding,
         depth_range_m=(lo, hi),
         rgb_extension=".png",
-        source={"converted_from": str(src), "size": list(image_size)},
+        classes=table,
+        source={
+            "converted_from": str(src),
+            "size": list(image_size),
+            "classes": len(table),
+            "depth": opts.depth,
+        },
     )
-    write_info(out, info)
-    return info

@@ -11,10 +11,20 @@ from torch.utils.data import DataLoader
 
 from scenemtl.data.dataset import SceneDataset
 from scenemtl.data.format import DatasetInfo, read_info
+from scenemtl.data.mtan import MTANDataset, MTANInfo, is_mtan_root, read_mtan_info
 from scenemtl.data.transforms import BatchAugment, prepare_eval_batch, target_rules
 from scenemtl.errors import UserError
 from scenemtl.tasks import TaskSpecs, build_tasks, dataset_task_specs, select_tasks
 from scenemtl.tasks.base import Task
+
+DATA_FORMATS = ("auto", "miniscapes", "mtan")
+
+
+def open_info(root: str | Path, format: str = "auto", labels: int | None = None) -> DatasetInfo:
+    """The description of a dataset root in either layout (see :class:`SceneDataModule`)."""
+    if format == "mtan" or (format == "auto" and is_mtan_root(root)):
+        return read_mtan_info(root, labels)
+    return read_info(root)  # data.labels only chooses among an MTAN root's label sets
 
 
 class SceneDataModule(L.LightningDataModule):
@@ -40,6 +50,11 @@ class SceneDataModule(L.LightningDataModule):
         seed: seed of the augmentation stream.
         synth_size: image size ``[h, w]`` of the procedural dataset when ``root`` is None.
         train_limit: use only the first N training images (quick experiments, tests).
+        format: layout of ``root``: ``miniscapes`` (dataset.json), ``mtan`` (the MTAN
+            release's ``.npy`` folders, see :mod:`scenemtl.data.mtan`) or ``auto`` (mtan
+            when ``root`` has no dataset.json but a ``train/image/`` or ``val/image/``).
+        labels: MTAN Cityscapes label set, 7 or 19 (``null``: 7 if ``label_7/`` exists);
+            ignored for MiniScapes roots, whose dataset.json holds their class table.
     """
 
     def __init__(
@@ -58,6 +73,8 @@ class SceneDataModule(L.LightningDataModule):
         seed: int = 0,
         synth_size: tuple[int, int] = (128, 256),
         train_limit: int | None = None,
+        format: str = "auto",
+        labels: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -67,8 +84,12 @@ class SceneDataModule(L.LightningDataModule):
             raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
         if train_limit is not None and train_limit < 1:
             raise UserError(f"data.train_limit must be >= 1, got {train_limit}")
+        if format not in DATA_FORMATS:
+            raise UserError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got {format!r}")
         self.save_hyperparameters()
         self.root = root
+        self.format = format
+        self.labels = labels
         self.task_names = list(tasks) if tasks is not None else None
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
@@ -87,7 +108,7 @@ class SceneDataModule(L.LightningDataModule):
         self._info: DatasetInfo | None = None
         self._tasks: list[Task] | None = None
         if root is not None:
-            self._info = read_info(root)  # fail before training starts
+            self._info = open_info(root, format, labels)  # fail before training starts
             self._check_crop(self._info)
             select_tasks(dataset_task_specs(self._info), self.task_names)
 
@@ -107,7 +128,7 @@ class SceneDataModule(L.LightningDataModule):
         (once, cached), since the tasks and class table come from it."""
         if self._info is None:
             self.prepare_data()
-            self._info = read_info(self.data_root)
+            self._info = open_info(self.data_root, self.format, self.labels)
         return self._info
 
     @property
@@ -151,11 +172,19 @@ class SceneDataModule(L.LightningDataModule):
                 f"{self.data_root}/dataset.json has no statistics: run "
                 f"`scenemtl data stats --root {self.data_root}` first"
             )
-        self.datasets: dict[str, SceneDataset] = {}
+        self.datasets: dict[str, Any] = {}
         for split in info.splits:
-            self.datasets[split] = SceneDataset(self.data_root, split, info=info, tasks=self.tasks)
+            if isinstance(info, MTANInfo):
+                self.datasets[split] = MTANDataset(self.data_root, split, info, self.tasks)
+            else:
+                self.datasets[split] = SceneDataset(
+                    self.data_root, split, info=info, tasks=self.tasks
+                )
 
-    def dataset(self, split: str) -> SceneDataset:
+    def dataset(self, split: str) -> Any:
+        if split == "test" and "test" not in self.datasets and isinstance(self.info, MTANInfo):
+            # the MTAN release has no test split: its papers report on val, and so do we
+            split = "val"
         if split not in self.datasets:
             raise UserError(f"{self.data_root} has no {split!r} split")
         return self.datasets[split]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
 from scenemtl.data.transforms import prepare_eval_batch
-from scenemtl.engine.schedules import PolyFactor
+from scenemtl.engine.schedules import PolyFactor, StepFactor
 from scenemtl.errors import UserError
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
@@ -25,6 +25,7 @@ from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("poly", "step")
 
 # The flat spellings of the depth task's options: kept because every config and checkpoint
 # before tasks-as-data used them, and because they are short on the command line.
@@ -49,7 +50,12 @@ class MultiTaskModule(L.LightningModule):
         momentum: SGD momentum (ignored by Adam/AdamW).
         weight_decay: L2 (SGD, Adam) or decoupled (AdamW) weight decay.
         lr_power: exponent of the poly schedule ``(1 - step / total) ** lr_power``.
-        lr_floor: the learning rate never goes below this.
+        lr_floor: the learning rate never goes below this (poly schedule).
+        lr_schedule: ``poly`` (per optimizer step, see ``lr_power``) or ``step`` (per
+            epoch: multiplied by ``lr_gamma`` at each epoch of ``lr_milestones``; the
+            MTAN protocol is ``[100]`` and ``0.5`` over 200 epochs).
+        lr_milestones: epochs at which the step schedule multiplies the rate.
+        lr_gamma: the step schedule's factor, in (0, 1].
         depth_space: the depth task's ``space`` (``meters``, ``log``, ``inverse``).
         depth_loss: the depth task's ``loss`` (``l1``, ``l2``, ``silog``).
         silog_lambda: the depth task's ``silog_lambda``.
@@ -78,6 +84,9 @@ class MultiTaskModule(L.LightningModule):
         weight_decay: float = 1e-4,
         lr_power: float = 0.9,
         lr_floor: float = 1e-6,
+        lr_schedule: str = "poly",
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.5,
         depth_space: str | None = None,
         depth_loss: str | None = None,
         silog_lambda: float | None = None,
@@ -104,6 +113,14 @@ class MultiTaskModule(L.LightningModule):
                 raise UserError(f"model.{name} must be >= 0, got {value}")
         if not (math.isfinite(lr_power) and lr_power >= 0):
             raise UserError(f"model.lr_power must be >= 0, got {lr_power}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise UserError(
+                f"model.lr_schedule {lr_schedule!r} unknown; choose one of {LR_SCHEDULES}"
+            )
+        if not (math.isfinite(lr_gamma) and 0 < lr_gamma <= 1):
+            raise UserError(f"model.lr_gamma must be in (0, 1], got {lr_gamma}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in lr_milestones or []):
+            raise UserError(f"model.lr_milestones must be epochs >= 1, got {lr_milestones}")
         if tta_scales is not None:
             check_scales(tta_scales)
         if isinstance(grad_monitor_every, bool) or not (
@@ -389,6 +406,11 @@ class MultiTaskModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = self.make_optimizer()
+        if hp.get("lr_schedule", "poly") == "step":
+            step = torch.optim.lr_scheduler.LambdaLR(
+                opt, StepFactor(hp.get("lr_milestones") or [], hp.get("lr_gamma", 0.5))
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
         total = int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt, PolyFactor(total, hp.lr_power, hp.lr_floor / hp.lr)

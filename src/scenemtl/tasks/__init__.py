@@ -37,7 +37,11 @@ TaskSpecs = dict[str, dict[str, Any]]
 
 
 def dataset_task_specs(info: DatasetInfo) -> TaskSpecs:
-    """The tasks a MiniScapes-layout dataset provides (its ``semseg/`` and ``depth/``)."""
+    """The tasks a MiniScapes-layout dataset provides (its ``semseg/`` and ``depth/``), or
+    those an info of another layout lists itself (its ``task_specs``, e.g. the MTAN layout)."""
+    own = getattr(info, "task_specs", None)
+    if own:
+        return {k: dict(v) for k, v in own.items()}
     return {
         "semseg": {"kind": "segmentation", "classes": info.classes},
         "depth": {
