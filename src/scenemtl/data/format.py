@@ -6,6 +6,8 @@
     ROOT/{train,val,test}/rgb/{i}.jpg|png      RGB, 8-bit
     ROOT/{train,val,test}/semseg/{i}.png       mode L or P, trainIds 0..18, 255 = ignore
     ROOT/{train,val,test}/depth/{i}.png        8-bit disparity code or 16-bit meters x 256
+    ROOT/{train,val,test}/<task>/{i}.png       one folder per extra task (dataset.json
+                                               "extra_tasks", e.g. normals: docs/normals.md)
 
 Depth PNGs describe themselves by their mode, so a reader never needs dataset.json to
 decode one:
@@ -135,10 +137,19 @@ class DatasetInfo:
     classes: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    extra_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Tasks beyond ``semseg`` and ``depth``: task name -> spec (``{"kind": ...}`` plus
+    what the kind needs), read from ``<split>/<name>/{i}.png`` (see
+    :func:`scenemtl.tasks.dataset_task_specs`)."""
 
     def __post_init__(self) -> None:
         if not self.classes:
             self.classes = cityscapes_class_table()
+
+    @property
+    def task_folders(self) -> tuple[str, ...]:
+        """Every per-sample folder of a split: rgb, semseg, depth and the extra tasks'."""
+        return (*MODALITIES, *self.extra_tasks)
 
     @property
     def num_classes(self) -> int:
@@ -171,6 +182,8 @@ class DatasetInfo:
             },
             "stats": d["stats"],
             "source": d["source"],
+            # only when present, so datasets without extra tasks keep their exact bytes
+            **({"extra_tasks": d["extra_tasks"]} if self.extra_tasks else {}),
         }
 
     @classmethod
@@ -224,6 +237,7 @@ class DatasetInfo:
                     and all(isinstance(v, int) and 0 <= v <= 255 for v in color)
                 ):
                     raise bad(f"class {i} must be {{'name': str, 'color': [r, g, b] 0..255}}")
+            extra = _parse_extra_tasks(data.get("extra_tasks") or {}, bad)
             return cls(
                 name=str(data.get("name", "unnamed")),
                 version=str(data.get("version", "1")),
@@ -237,6 +251,7 @@ class DatasetInfo:
                 classes=classes,
                 stats=dict(data.get("stats") or {}),
                 source=dict(data.get("source") or {}),
+                extra_tasks=extra,
             )
         except KeyError as e:
             raise bad(f"missing key {e.args[0]!r}") from None
@@ -244,6 +259,33 @@ class DatasetInfo:
             if isinstance(e, DataFormatError):
                 raise
             raise bad(f"malformed value ({e})") from None
+
+
+RESERVED_NAMES = (*MODALITIES, "image", "index")
+"""Names an extra task cannot have: the layout's folders and the other batch keys."""
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+"""Names of extra tasks: also folder names and metric prefixes."""
+
+
+def _parse_extra_tasks(extra: Any, bad: Any) -> dict[str, dict[str, Any]]:
+    """Validate ``dataset.json`` "extra_tasks": ``{name: {"kind": str, ...}}``.
+
+    Whether the kind exists is the task registry's business (checked when the tasks are
+    built); here only the shape and the names, which become folder names.
+    """
+    if not isinstance(extra, dict):
+        raise bad("'extra_tasks' must be an object: task name -> {'kind': ..., ...}")
+    out = {}
+    for name, spec in extra.items():
+        if not TASK_NAME.match(name) or name in RESERVED_NAMES:
+            raise bad(
+                f"extra task name {name!r} must be lower-case letters, digits and _ "
+                f"(not {', '.join(RESERVED_NAMES)})"
+            )
+        if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+            raise bad(f"extra task {name!r} must be an object with a string 'kind'")
+        out[name] = dict(spec)
+    return out
 
 
 def info_path(root: str | os.PathLike) -> Path:
