@@ -435,8 +435,9 @@ def _submission_metrics(tasks: Sequence[Task]) -> Any:
 
 
 def _read_prediction(task: Task, name: str, payload: bytes, target: np.ndarray) -> np.ndarray:
-    """A submitted prediction of ``task`` as [H,W] values, or one line naming the member."""
-    image = _decode_png(name, payload, task.prediction_modes, target.shape)
+    """A submitted prediction of ``task`` as [H,W] (or [C,H,W]) values, or one line naming
+    the member."""
+    image = _decode_png(name, payload, task.prediction_modes, target.shape[-2:])
     try:
         return task.read_prediction(image, target)
     except DataFormatError as e:

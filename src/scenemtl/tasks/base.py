@@ -50,10 +50,10 @@ class Task(nn.Module):
     likelihood_scale: ClassVar[float] = 1.0
     target_dtype: ClassVar[torch.dtype] = torch.float32
     target_channels: ClassVar[int] = 0
-    refused_augmentations: ClassVar[tuple[str, ...]] = ()
+    refused_augmentations: ClassVar[Mapping[str, str]] = {}
     """Training augmentation options (:class:`~scenemtl.data.transforms.BatchAugment`
-    argument names) whose geometry this task's targets cannot follow; a run learning the
-    task with one of them switched on is refused."""
+    argument names) whose geometry this task's targets cannot follow, each with the
+    reason; a run learning the task with one of them switched on is refused."""
 
     def __init__(self, name: str, channels: int) -> None:
         super().__init__()

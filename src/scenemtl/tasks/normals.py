@@ -8,11 +8,9 @@ In memory a target is float32 [3,H,W]; on disk an 8-bit RGB PNG, ``c = round((n+
 
 from __future__ import annotations
 
-import io
-import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,25 +19,19 @@ from PIL import Image
 from torch import Tensor
 from torchmetrics import Metric
 
-from scenemtl.data.format import atomic_write_bytes, open_image
+from scenemtl.data.format import (
+    NORMALS_CODEC_MAX_ANGLE_DEG,
+    NORMALS_ENCODINGS,
+    NORMALS_RGB8,
+    decode_normals,
+    encode_normals,
+    read_normals,
+    write_normals,
+)
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks.base import Task
 
-RGB8 = "rgb8"
-NORMALS_ENCODINGS: tuple[str, ...] = (RGB8,)
 NORMALS_LOSSES: tuple[str, ...] = ("l1", "cosine")
-
-CODEC_MAX_ANGLE_DEG = math.degrees(math.asin(math.sqrt(3.0) / 255.0))
-"""Largest angle (0.389 deg) between a unit normal and its 8-bit PNG round trip: each
-component is off by at most half a step, 1/255, so the vector by at most sqrt(3)/255,
-and renormalizing turns a unit vector by at most asin of that."""
-
-UNIT_TOLERANCE = 0.05
-"""A valid pixel of a normals PNG must decode to a vector of length 1 +- this (a
-quantized unit vector decodes to 1 +- sqrt(3)/255 = 0.007)."""
-ZERO_LENGTH = 0.05
-"""Pixels decoding to a shorter vector are invalid (grey 128 as some releases store the
-zero vector)."""
 
 THRESHOLDS_DEG: tuple[float, ...] = (11.25, 22.5, 30.0)
 """Angular error thresholds of the ``within`` metrics (Fouhey et al. 2013, NYUv2)."""
@@ -53,74 +45,18 @@ EXPORT_NORMALS_ATOL_DEG = 0.1
 
 _NORM_EPS = 1e-6
 
-
-# --------------------------------------------------------------------------------------
-# PNG codec
-
-
-def _as_chw(normals: np.ndarray) -> np.ndarray:
-    arr = np.asarray(normals)
-    if arr.ndim == 3 and arr.shape[0] == 3:
-        return arr
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return arr.transpose(2, 0, 1)
-    raise ValueError(f"normals must be [3,H,W] or [H,W,3], got {arr.shape}")
-
-
-def encode_normals(normals: np.ndarray) -> Image.Image:
-    """Normals [3,H,W] (or [H,W,3]) to an 8-bit RGB PNG image.
-
-    Vectors are normalized first; zero, near-zero (< 1e-6) or non-finite vectors are
-    written as RGB (0,0,0), invalid.
-    """
-    n = _as_chw(normals).astype(np.float64)
-    length = np.sqrt(np.sum(n * n, axis=0))
-    valid = np.isfinite(length) & (length > _NORM_EPS)
-    unit = np.where(valid, n / np.where(valid, length, 1.0), 0.0)
-    code = np.clip(np.rint((unit + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    code[:, ~valid] = 0
-    return Image.fromarray(np.ascontiguousarray(code.transpose(1, 2, 0)), mode="RGB")
-
-
-def decode_normals(image: Image.Image) -> np.ndarray:
-    """An 8-bit RGB normals PNG to float32 unit normals [3,H,W], zero = invalid.
-
-    Raises:
-        DataFormatError: wrong mode, or pixels that are not encoded unit vectors
-            (without the file name; see :func:`read_normals`).
-    """
-    if image.mode != "RGB":
-        raise DataFormatError(f"normals PNG has mode {image.mode}; expected RGB (8-bit)")
-    code = np.asarray(image, dtype=np.float64).transpose(2, 0, 1)
-    n = code / 127.5 - 1.0
-    length = np.sqrt(np.sum(n * n, axis=0))
-    invalid = (code.sum(axis=0) == 0) | (length < ZERO_LENGTH)
-    bad = ~invalid & (np.abs(length - 1.0) > UNIT_TOLERANCE)
-    if bad.any():
-        worst = float(length[bad][np.argmax(np.abs(length[bad] - 1.0))])
-        raise DataFormatError(
-            f"{int(bad.sum())} pixel(s) do not encode unit normals (a length of {worst:.3f}; "
-            f"expected 1 +- {UNIT_TOLERANCE}, or RGB 0,0,0 for invalid)"
-        )
-    out = np.where(invalid, 0.0, n / np.where(invalid, 1.0, length))
-    return out.astype(np.float32)
-
-
-def read_normals(path: Path) -> np.ndarray:
-    """float32 [3,H,W] unit normals from a PNG, zero = invalid; errors name the file."""
-    try:
-        return decode_normals(open_image(path))
-    except DataFormatError as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise DataFormatError(f"{path}: {e}") from None
-
-
-def write_normals(path: str | Path, normals: np.ndarray) -> None:
-    """Write normals [3,H,W] or [H,W,3] as a PNG at ``path``, atomically."""
-    buf = io.BytesIO()
-    encode_normals(normals).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+# The PNG codec lives with the other codecs (numpy and Pillow only, so the generator and
+# `data check` do not load torch); re-exported here for the task's users.
+__all__ = [
+    "NORMALS_CODEC_MAX_ANGLE_DEG",
+    "NormalsMetrics",
+    "NormalsTask",
+    "decode_normals",
+    "encode_normals",
+    "normals_loss",
+    "read_normals",
+    "write_normals",
+]
 
 
 def colorize_normals(normals: np.ndarray) -> np.ndarray:
@@ -297,9 +233,12 @@ class NormalsTask(Task):
     likelihood_scale = 1.0
     target_dtype = torch.float32
     target_channels = 3
-    refused_augmentations = ("wiggle",)
+    refused_augmentations: ClassVar[Mapping[str, str]] = {
+        "wiggle": "a perspective warp is not a rotation of the camera about its optical "
+        "axis, so camera-frame normals cannot follow it"
+    }
 
-    def __init__(self, name: str, encoding: str = RGB8, loss: str = "l1") -> None:
+    def __init__(self, name: str, encoding: str = NORMALS_RGB8, loss: str = "l1") -> None:
         super().__init__(name, 3)
         if encoding not in NORMALS_ENCODINGS:
             raise UserError(
