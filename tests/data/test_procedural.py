@@ -492,19 +492,19 @@ def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch, workers:
     (forked workers inherit the patch), and leaves nothing behind: the images went to
     a private folder beside the root, which is removed."""
     root = tmp_path / "ds"
-    real = gen.render_sample
+    real = gen.sample_layers  # what the writer renders each image with
 
     def flaky(params, split, index):
         if split == "val":
             raise RuntimeError("killed")
         return real(params, split, index)
 
-    monkeypatch.setattr(gen, "render_sample", flaky)
+    monkeypatch.setattr(gen, "sample_layers", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         synthesize(root, TINY, workers=workers, progress=False)
     assert not root.exists()
     assert [p.name for p in tmp_path.iterdir()] == [".ds.lock"]
-    monkeypatch.setattr(gen, "render_sample", real)
+    monkeypatch.setattr(gen, "sample_layers", real)
     info = synthesize(root, TINY, workers=1, progress=False)  # resumes from scratch
     assert fmt.read_info(root).splits == info.splits
 
