@@ -287,3 +287,32 @@ def test_malformed_extra_tasks_are_one_line(tmp_path, extra, message):
     (tmp_path / "dataset.json").write_text(json.dumps(data))
     with pytest.raises(DataFormatError, match=message):
         read_info(tmp_path)
+
+
+def test_a_dataset_with_a_bad_normals_file_fails_in_one_line_naming_it(tmp_path):
+    from scenemtl.data.check import check_dataset
+    from scenemtl.data.dataset import SceneDataset
+    from tests.conftest import write_random_dataset
+
+    root = tmp_path / "ds"
+    info = write_random_dataset(root, sizes={"train": 2}, image_size=(6, 8))
+    info.extra_tasks = {"normals": {"kind": "normals", "encoding": "rgb8"}}
+    write_info(root, info)
+    good = random_normals((6, 8))
+    write_normals(root / "train" / "normals" / "0.png", good)
+    write_normals(root / "train" / "normals" / "1.png", random_normals((6, 9)))  # wrong size
+    ds = SceneDataset(root, "train")
+    sample = ds[0]
+    assert sample["normals"].shape == (3, 6, 8) and sample["normals"].dtype == torch.float32
+    bad = root / "train" / "normals" / "1.png"
+    with pytest.raises(DataFormatError, match="size 9x6 differs from its RGB 8x6") as e:
+        ds[1]
+    assert str(e.value).startswith(str(bad))
+    problems = check_dataset(root)
+    assert len(problems) == 1 and problems[0].startswith(f"{root / 'train' / 'normals'}/1")
+    # an unknown kind in dataset.json is one line too, for data check and for readers
+    info.extra_tasks = {"normals": {"kind": "curvature"}}
+    write_info(root, info)
+    assert "unknown kind 'curvature'" in check_dataset(root)[0]
+    with pytest.raises(UserError, match="unknown kind 'curvature'"):
+        SceneDataset(root, "train")

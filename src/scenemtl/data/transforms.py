@@ -11,7 +11,10 @@ Two entry points:
   into one homography per sample and warps the whole batch at once with ``grid_sample``
   and ``gather`` on whatever device the batch lives on. RGB is sampled bilinearly; labels
   and depth are sampled by nearest neighbour so that no label or depth value is ever
-  invented by interpolation.
+  invented by interpolation. Targets whose values depend on the image's orientation
+  (surface normals) are then corrected by their task (:meth:`Task.warp_target`, given the
+  rotation/reflection part of the warp, :func:`orientation`); a task refuses the options
+  whose geometry it cannot follow (:func:`check_refused`: normals refuse the wiggle).
 
 Coordinates: all homographies use continuous pixel-edge coordinates, i.e. pixel ``(i, j)``
 (row, column) covers ``[j, j+1] x [i, i+1]`` and its centre is ``(j + 0.5, i + 0.5)``
@@ -579,7 +582,8 @@ class BatchAugment(nn.Module):
         Returns:
             ``"image"`` float32 ``[B,3,h,w]`` normalized, ``"rgb"`` uint8 ``[B,3,h,w]``
             (the augmented crop, for visualization), ``"semseg"`` int64 ``[B,h,w]``,
-            ``"depth"`` float32 ``[B,h,w]`` meters when present, ``"index"`` and any
+            ``"depth"`` float32 ``[B,h,w]`` meters when present (other tasks' targets
+            likewise, e.g. ``"normals"`` ``[B,3,h,w]``), ``"index"`` and any
             other non-spatial entry passed through. In eval mode ``(h, w) = (H, W)``
             and nothing but ``"image"`` is added.
         """
