@@ -187,7 +187,8 @@ def test_three_task_procedural_run_fits_tests_grades_predicts_and_exports(tmp_pa
     assert {"val/normals", "val/normals_median", "val/normals_within_30"} <= columns
     assert "val/grader" in columns  # the course grader stays semseg + depth
     best = str(run / "checkpoints" / "best.ckpt")
-    assert run_cli(["test", "--config", str(cfg), "--ckpt_path", best]) == 0
+    for command in ("validate", "test"):
+        assert run_cli([command, "--config", str(cfg), "--ckpt_path", best]) == 0
 
     members = zipfile.ZipFile(run / "submission.zip").namelist()
     assert "predictions/normals/0.png" in members
