@@ -38,6 +38,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         depth_encoding=args.depth_encoding,
+        tasks=tuple(args.tasks),
     )
     root = Path(args.root) if args.root else default_root(params)
     if args.print_root:
@@ -194,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="disparity8")
     synth.add_argument("--workers", type=int, default=None, help="processes (all cores)")
+    synth.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=("semseg", "depth", "normals"),
+        default=["semseg", "depth"],
+        help="targets to render: semseg and depth always, normals optionally (docs/normals.md)",
+    )
     synth.add_argument(
         "--bench",
         type=int_at_least(0),

@@ -9,7 +9,12 @@ averaged is the task's own rule (:meth:`~scenemtl.tasks.base.Task.to_merge_space
   (a valid logit vector), so one over-confident view cannot outvote the others;
 * depth: the views are averaged in **log-meters** (a geometric mean of the decoded
   depths) and encoded back into the model's normalized space; the log domain is where
-  SI-logRMSE measures error and keeps the far range from dominating.
+  SI-logRMSE measures error and keeps the far range from dominating;
+* normals: the views' **unit vectors** are averaged and renormalized.
+
+A mirrored view is mapped back by its task (:meth:`~scenemtl.tasks.base.Task.unmirror`):
+the pixels are mirrored back, and normals also negate their x component (mirroring the
+image mirrors the camera's x axis).
 
 A single plain view (``scales=(1.0,)``, no flip) returns what
 :meth:`~scenemtl.tasks.base.Task.single_view` makes of the model's output (the depth
@@ -87,9 +92,14 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _views(
-    forward: Forward, image: Tensor, scales: Sequence[float], flip: bool
+    forward: Forward,
+    image: Tensor,
+    tasks: Mapping[str, Task],
+    scales: Sequence[float],
+    flip: bool,
 ) -> Iterator[dict[str, Tensor]]:
-    """Each view's final outputs, already mapped back to the input grid ([B,C,H,W])."""
+    """Each view's final outputs, already mapped back to the input grid ([B,C,H,W]);
+    a mirrored view is mirrored back by its task (:meth:`Task.unmirror`)."""
     size = (int(image.shape[-2]), int(image.shape[-1]))
     for scale in scales:
         scaled = _resize(image, scaled_size(size, scale))
@@ -102,7 +112,7 @@ def _views(
                 if y.dim() == 3:  # a task emitting [B,h,w]: give it a channel axis
                     y = y.unsqueeze(1)
                 if mirrored:
-                    y = torch.flip(y, dims=[-1])
+                    y = tasks[name].unmirror(y) if name in tasks else torch.flip(y, dims=[-1])
                 view[name] = _resize(y, size)
             yield view
 
@@ -141,7 +151,7 @@ def tta_outputs(
 
     sums: dict[str, Tensor] = {}
     # Running sums rather than a stack of views: memory stays at two outputs per task.
-    for view in _views(forward, image, scales, flip):
+    for view in _views(forward, image, by_name, scales, flip):
         for name, task in by_name.items():
             term = task.to_merge_space(view[name])
             sums[name] = term if name not in sums else sums[name] + term

@@ -307,3 +307,133 @@ def test_a_target_is_warped_by_its_name_with_its_own_fill():
     padded = out["parts"] == 7
     assert padded.sum().item() == 12 * 12 - 8 * 8
     assert sorted(out["parts"][~padded].tolist()) == sorted(batch["parts"].flatten().tolist())
+
+
+# --------------------------------------------------------------------------------------
+# normals: values that turn with the image
+
+
+def normals_task():
+    from scenemtl.tasks import build_task
+
+    return build_task("normals", {"kind": "normals"})
+
+
+def radial_normals(h: int, w: int, centre: tuple[float, float]) -> torch.Tensor:
+    """[1,3,H,W] unit normals whose (x, y) point away from ``centre`` (x, y) in pixels.
+
+    A bump seen from the front: its normals' in-image components point away from its
+    centre, whatever the image's orientation. So after any rotation, reflection or zoom
+    of the image, the warped normals must again point away from where the centre went:
+    that ties the rule for the values to the pixel geometry, sign included.
+    """
+    ys = torch.arange(h, dtype=torch.float64) + 0.5
+    xs = torch.arange(w, dtype=torch.float64) + 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    dx, dy = gx - centre[0], gy - centre[1]
+    rho = torch.sqrt(dx**2 + dy**2).clamp_min(1e-9)
+    n = torch.stack([dx / rho * 0.6, dy / rho * 0.6, torch.full_like(dx, -0.8)])
+    return n[None].float()
+
+
+def in_image_direction_error_deg(
+    normals: torch.Tensor, centre: tuple[float, float], min_radius: float
+) -> torch.Tensor:
+    """Angle between each pixel's normal (x, y) and the direction away from ``centre``,
+    at valid pixels at least ``min_radius`` from it."""
+    _, _, h, w = normals.shape
+    ys = torch.arange(h, dtype=torch.float64) + 0.5
+    xs = torch.arange(w, dtype=torch.float64) + 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    dx, dy = gx - centre[0], gy - centre[1]
+    n = normals[0].double()
+    keep = (torch.sqrt(dx**2 + dy**2) >= min_radius) & (n != 0).any(0)
+    cross = n[0] * dy - n[1] * dx
+    dot = n[0] * dx + n[1] * dy
+    return torch.rad2deg(torch.atan2(cross.abs(), dot))[keep]
+
+
+def normals_batch(h: int, w: int, centre: tuple[float, float]) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "rgb": torch.randint(0, 256, (1, 3, h, w), generator=g, dtype=torch.uint8),
+        "normals": radial_normals(h, w, centre),
+        "index": torch.arange(1),
+    }
+
+
+def test_hflip_negates_the_x_component_of_normals():
+    batch = normals_batch(6, 9, (3.0, 2.0))
+    aug = BatchAugment(hflip=1.0, targets=target_rules([normals_task()]))
+    out = aug(batch)
+    expected = batch["normals"].flip(-1) * torch.tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+    assert torch.equal(out["normals"], expected)
+
+
+@pytest.mark.parametrize("angle", [30.0, -50.0, 90.0])
+@pytest.mark.parametrize("flip", [False, True])
+def test_tilt_flip_and_zoom_turn_normals_with_the_image(angle, flip):
+    # The bump's centre sits off the image centre, so a wrong sign or a missing flip
+    # shows up as a misplaced centre or normals turned by 2 * angle.
+    h, w, centre = 48, 64, (26.0, 22.0)
+    batch = normals_batch(h, w, centre)
+    params = AugmentParams.identity(1)
+    params.angle_deg[:] = angle
+    params.flip[:] = flip
+    params.scale[:] = 1.5
+    params.offset[:] = torch.tensor([0.25 * w, 0.25 * h], dtype=torch.float64)
+    out_to_src = output_to_source(params, (h, w), (h, w))
+    out = warp_batch(batch, out_to_src, (h, w), target_rules([normals_task()]))
+    # where the bump's centre went: invert output -> source at the source centre
+    src = torch.tensor([centre[0], centre[1], 1.0], dtype=torch.float64)
+    moved = torch.linalg.solve(out_to_src[0], src)
+    moved_centre = (float(moved[0] / moved[2]), float(moved[1] / moved[2]))
+    err = in_image_direction_error_deg(out["normals"], moved_centre, min_radius=10.0)
+    assert err.numel() > 500
+    # Nearest-neighbour sampling moves a pixel's source point by at most half a source
+    # pixel diagonal (0.71 px) from its exact position, which turns the direction to a
+    # centre at least 10 output px = 6.7 source px away by at most asin(0.71/6.7) =
+    # 6.1 degrees. A wrong sign would be 2 * angle >= 60 degrees off.
+    assert float(err.max()) < 6.1
+    # z untouched, lengths kept
+    valid = (out["normals"] != 0).any(1)
+    torch.testing.assert_close(
+        out["normals"][:, 2][valid], torch.full_like(out["normals"][:, 2][valid], -0.8)
+    )
+    torch.testing.assert_close(out["normals"].norm(dim=1)[valid], torch.ones(int(valid.sum())))
+
+
+def test_zoom_and_crop_leave_normals_unchanged_and_pad_with_zero():
+    # A zoom or a crop only changes the intrinsics: the camera does not turn.
+    batch = normals_batch(8, 8, (3.0, 5.0))
+    aug = BatchAugment(
+        crop_size=(12, 12), scale_min=0.7, scale_max=1.4, targets=target_rules([normals_task()])
+    )
+    out = aug(batch, torch.Generator().manual_seed(1))
+    vectors = out["normals"][0].reshape(3, -1).T
+    padded = (vectors == 0).all(1)
+    assert padded.any()
+    source = {tuple(v) for v in batch["normals"][0].reshape(3, -1).T.tolist()}
+    assert {tuple(v) for v in vectors[~padded].tolist()} <= source
+
+
+def test_wiggle_is_refused_for_runs_with_normals_in_one_line(tmp_path):
+    from scenemtl.data.datamodule import SceneDataModule
+    from scenemtl.data.format import DatasetInfo, write_info
+
+    root = tmp_path / "ds"
+    (root / "train" / "rgb").mkdir(parents=True)
+    write_info(
+        root,
+        DatasetInfo(
+            name="n",
+            image_size=(8, 8),
+            splits={"train": {"size": 0, "gt": True}},
+            extra_tasks={"normals": {"kind": "normals", "encoding": "rgb8"}},
+        ),
+    )
+    with pytest.raises(UserError, match=r"data.wiggle is 0.1 but task 'normals' refuses it") as e:
+        SceneDataModule(str(root), crop_size=None, wiggle=0.1)
+    assert "\n" not in str(e.value)
+    SceneDataModule(str(root), crop_size=None, wiggle=0.1, tasks=["semseg", "depth"])
+    SceneDataModule(str(root), crop_size=None, tilt_deg=10.0, hflip=0.5, scale_min=0.5)

@@ -158,3 +158,72 @@ def test_checkpoints_from_before_tasks_as_data_still_load(tmp_path, tiny_root):
     migrated = _as_legacy(ckpt)
     migrate_checkpoint(migrated)
     assert set(migrated["state_dict"]) == set(ckpt["state_dict"])
+
+
+def test_three_task_procedural_run_fits_tests_grades_predicts_and_exports(tmp_path, capsys):
+    """semseg + depth + normals through the command line, one training step each."""
+    from PIL import Image
+
+    root = tmp_path / "synth"
+    synth = ["data", "synth", "--root", str(root), "--train", "4", "--val", "2", "--test", "2"]
+    synth += ["--size", "32x48", "--workers", "1", "--tasks", "semseg", "depth", "normals"]
+    assert run_cli(synth) == 0
+    assert run_cli(["data", "check", "--root", str(root)]) == 0
+    cfg = tiny_config(
+        tmp_path,
+        root,
+        **{
+            "trainer.max_epochs": 1,
+            "trainer.limit_train_batches": 0.5,
+            "submission.enabled": True,
+            "data.tilt_deg": 10.0,  # normals turn with the image (wiggle would be refused)
+            "model.task_options": {"normals": {"loss": "cosine"}},
+        },
+    )
+    assert run_cli(["fit", "--config", str(cfg)]) == 0
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    assert json.loads((run / "run.json").read_text())["tasks"] == ["semseg", "depth", "normals"]
+    columns = set(read_metrics(run)[0])
+    assert {"val/normals", "val/normals_median", "val/normals_within_30"} <= columns
+    assert "val/grader" in columns  # the course grader stays semseg + depth
+    best = str(run / "checkpoints" / "best.ckpt")
+    for command in ("validate", "test"):
+        assert run_cli([command, "--config", str(cfg), "--ckpt_path", best]) == 0
+
+    members = zipfile.ZipFile(run / "submission.zip").namelist()
+    assert "predictions/normals/0.png" in members
+    scores = grade(run / "submission.zip", root)
+    assert 0.0 <= scores["normals"] <= 180.0 and "normals_within_11_25" in scores
+    assert "grader" in scores
+
+    capsys.readouterr()
+    out = tmp_path / "pred"
+    image = root / "test" / "rgb" / "0.jpg"
+    argv = ["predict", "--ckpt_path", best, "--input", str(image), "--output", str(out)]
+    assert run_cli([*argv, "--tta-flip"]) == 0
+    normals_png = Image.open(out / "0_normals.png")
+    assert normals_png.mode == "RGB" and normals_png.size == (48, 32)
+    assert "normals:" in capsys.readouterr().out
+
+    onnx = tmp_path / "tiny.onnx"
+    export = ["export", "onnx", "--ckpt_path", best, "--out", str(onnx), "--size", "32x48"]
+    assert run_cli([*export, "--runs", "1"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("normals max angle") == 2
+    import onnx as onnx_lib
+
+    names = [o.name for o in onnx_lib.load(str(onnx), load_external_data=False).graph.output]
+    assert names == ["semseg_logits", "semseg", "depth", "normals"]
+
+
+def test_perspective_wiggle_is_refused_for_a_run_with_normals(tmp_path, capsys):
+    root = tmp_path / "synth"
+    synth = ["data", "synth", "--root", str(root), "--train", "2", "--val", "1", "--test", "0"]
+    synth += ["--size", "16x32", "--workers", "1", "--tasks", "semseg", "depth", "normals"]
+    assert run_cli(synth) == 0
+    capsys.readouterr()
+    cfg = tiny_config(tmp_path, root, **{"data.wiggle": 0.2, "data.crop_size": [16, 16]})
+    assert run_cli(["fit", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "data.wiggle is 0.2 but task 'normals' refuses it" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

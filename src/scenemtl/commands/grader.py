@@ -11,14 +11,16 @@ A submission is untrusted input. The grader
   decompressed, not on the headers), missing, duplicate or unexpected prediction files,
   images that are not PNG or have the wrong size or mode, semseg labels outside the
   ground truth's class table and 255, depth predictions that are invalid (0) where the
-  ground truth is valid;
+  ground truth is valid, normals that are not encoded unit vectors or are invalid where
+  the ground truth has a normal;
 * scores with the metric classes training uses (:class:`~scenemtl.metrics.MultiTaskMetrics`).
 
 The ground truth's ``dataset.json`` defines the tasks and the class table
 (:func:`~scenemtl.tasks.dataset_task_specs`): a 7-class dataset grades 7-class
 predictions. The tasks graded are those the submission has a ``predictions/<task>/``
 folder for (all of its ids must be there): a semseg-only submission is scored on semseg
-alone. The course's ``grader`` metric needs both ``semseg`` and ``depth``. Ground truth
+alone. The course's ``grader`` metric needs both ``semseg`` and ``depth``; other tasks
+(``normals``) are reported alongside and do not enter it. Ground truth
 label values outside the class table are refused with one line naming the GT file.
 
 A semseg prediction of 255 ("no class") is allowed; at a labelled pixel it counts as a
@@ -435,8 +437,9 @@ def _submission_metrics(tasks: Sequence[Task]) -> Any:
 
 
 def _read_prediction(task: Task, name: str, payload: bytes, target: np.ndarray) -> np.ndarray:
-    """A submitted prediction of ``task`` as [H,W] values, or one line naming the member."""
-    image = _decode_png(name, payload, task.prediction_modes, target.shape)
+    """A submitted prediction of ``task`` as [H,W] (or [C,H,W]) values, or one line naming
+    the member."""
+    image = _decode_png(name, payload, task.prediction_modes, target.shape[-2:])
     try:
         return task.read_prediction(image, target)
     except DataFormatError as e:

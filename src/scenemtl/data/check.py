@@ -14,13 +14,13 @@ import numpy as np
 from scenemtl.data.format import (
     IGNORE_INDEX,
     INDEX_NAME,
-    MODALITIES,
     RGB_EXTENSIONS,
     DatasetInfo,
     decode_depth,
     depth_encoding_of,
     encode_depth,
     find_rgb,
+    info_path,
     label_path,
     open_image,
     read_info,
@@ -28,7 +28,7 @@ from scenemtl.data.format import (
     split_size_problem,
 )
 from scenemtl.data.mtan import check_mtan, is_mtan_root
-from scenemtl.errors import DataFormatError
+from scenemtl.errors import DataFormatError, UserError
 
 
 def _depth_tolerance(info: DatasetInfo) -> tuple[float, float]:
@@ -36,6 +36,13 @@ def _depth_tolerance(info: DatasetInfo) -> tuple[float, float]:
     lo, hi = info.depth_range_m
     probe = decode_depth(encode_depth(np.array([[lo, hi]]), info.depth_encoding))[0]
     return min(lo, float(probe[0])) * (1 - 1e-6), max(hi, float(probe[1])) * (1 + 1e-6)
+
+
+def _extra_tasks(info: DatasetInfo) -> list:
+    """Task objects of dataset.json's ``extra_tasks`` (each reads and checks its files)."""
+    from scenemtl.tasks import build_tasks
+
+    return build_tasks(info.extra_tasks) if info.extra_tasks else []
 
 
 def _check_sample(root: Path, info: DatasetInfo, split: str, index: int) -> list[str]:
@@ -85,6 +92,13 @@ def _check_sample(root: Path, info: DatasetInfo, split: str, index: int) -> list
                 )
         except DataFormatError as e:
             problems.append(str(e))
+        for task in _extra_tasks(info):
+            path = label_path(root, split, task.name, index)
+            try:
+                target = task.read_target(path)
+                sizes[task.name] = (int(target.shape[-2]), int(target.shape[-1]))
+            except DataFormatError as e:
+                problems.append(str(e))
     for modality, size in sizes.items():
         if size != (h, w):
             problems.append(
@@ -97,7 +111,7 @@ def _check_sample(root: Path, info: DatasetInfo, split: str, index: int) -> list
 def _check_extra_files(root: Path, info: DatasetInfo, split: str) -> list[str]:
     problems = []
     n = info.split_size(split)
-    for modality in MODALITIES:
+    for modality in info.task_folders:
         folder = root / split / modality
         if not folder.is_dir():
             if modality == "rgb" or info.has_gt(split):
@@ -148,6 +162,10 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[s
         info = read_info(root, check_sizes=False)  # size claims are checked below
     except DataFormatError as e:
         return [str(e)]
+    try:
+        _extra_tasks(info)
+    except UserError as e:  # an unknown kind, a malformed spec
+        return [f"{info_path(root)}: {e}"]
     problems: list[str] = []
     jobs = []
     for split in info.splits:

@@ -12,7 +12,12 @@ from torch.utils.data import DataLoader
 from scenemtl.data.dataset import SceneDataset
 from scenemtl.data.format import DatasetInfo, read_info
 from scenemtl.data.mtan import MTANDataset, MTANInfo, is_mtan_root, read_mtan_info
-from scenemtl.data.transforms import BatchAugment, prepare_eval_batch, target_rules
+from scenemtl.data.transforms import (
+    BatchAugment,
+    check_refused,
+    prepare_eval_batch,
+    target_rules,
+)
 from scenemtl.errors import UserError
 from scenemtl.tasks import TaskSpecs, build_tasks, dataset_task_specs, select_tasks
 from scenemtl.tasks.base import Task
@@ -110,7 +115,7 @@ class SceneDataModule(L.LightningDataModule):
         if root is not None:
             self._info = open_info(root, format, labels)  # fail before training starts
             self._check_crop(self._info)
-            select_tasks(dataset_task_specs(self._info), self.task_names)
+            self.tasks  # noqa: B018 - builds the tasks: unknown names, refused options
 
     # ----------------------------------------------------------------------------------
 
@@ -140,8 +145,10 @@ class SceneDataModule(L.LightningDataModule):
     def tasks(self) -> list[Task]:
         """Task objects for reading and augmenting targets (no run options, no state)."""
         if self._tasks is None:
-            self._tasks = build_tasks(self.task_specs)
-            self.augment.targets = target_rules(self._tasks)
+            tasks = build_tasks(self.task_specs)
+            check_refused(tasks, self.augment.active_options(), where="data.")
+            self._tasks = tasks
+            self.augment.targets = target_rules(tasks)
         return self._tasks
 
     def _check_crop(self, info: DatasetInfo) -> None:

@@ -28,9 +28,10 @@ class SceneDataset(Dataset[Sample]):
 
     * ``rgb``: uint8 ``[3, H, W]``
     * ``index``: int64 scalar, the sample's file index
-    * one ``[H, W]`` target per task (only with GT), read from ``<split>/<task>/{i}.png``
-      by the task (:meth:`~scenemtl.tasks.base.Task.read_target`): ``semseg`` int64
-      class ids, 255 = ignore; ``depth`` float32 meters, ``0.0`` = invalid
+    * one ``[H, W]`` (or ``[C, H, W]``) target per task (only with GT), read from
+      ``<split>/<task>/{i}.png`` by the task (:meth:`~scenemtl.tasks.base.Task.read_target`):
+      ``semseg`` int64 class ids, 255 = ignore; ``depth`` float32 meters, ``0.0`` =
+      invalid; ``normals`` float32 ``[3, H, W]`` unit vectors, zero = invalid
 
     Args:
         root: dataset root (holding ``dataset.json``).
@@ -77,9 +78,9 @@ class SceneDataset(Dataset[Sample]):
             for task in self.tasks:
                 path = label_path(self.root, self.split, task.name, index)
                 target = task.read_target(path)
-                if target.shape != rgb.shape[:2]:
+                if target.shape[-2:] != rgb.shape[:2]:
                     raise DataFormatError(
-                        f"{path}: size {target.shape[1]}x{target.shape[0]} differs from its "
+                        f"{path}: size {target.shape[-1]}x{target.shape[-2]} differs from its "
                         f"RGB {rgb.shape[1]}x{rgb.shape[0]}"
                     )
                 sample[task.name] = torch.from_numpy(target)

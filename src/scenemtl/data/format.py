@@ -6,6 +6,8 @@
     ROOT/{train,val,test}/rgb/{i}.jpg|png      RGB, 8-bit
     ROOT/{train,val,test}/semseg/{i}.png       mode L or P, trainIds 0..18, 255 = ignore
     ROOT/{train,val,test}/depth/{i}.png        8-bit disparity code or 16-bit meters x 256
+    ROOT/{train,val,test}/<task>/{i}.png       one folder per extra task (dataset.json
+                                               "extra_tasks", e.g. normals: docs/normals.md)
 
 Depth PNGs describe themselves by their mode, so a reader never needs dataset.json to
 decode one:
@@ -20,7 +22,9 @@ In memory, depth is float32 meters and invalid pixels are exactly ``0.0``
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -59,6 +63,23 @@ DISPARITY8_MAX_M = 300.0
 # 16-bit meters x 256 tops out just below 256 m.
 METERS16_SCALE = 256.0
 METERS16_MAX_M = 65535 / METERS16_SCALE
+
+
+NORMALS_RGB8 = "rgb8"
+NORMALS_ENCODINGS: tuple[str, ...] = (NORMALS_RGB8,)
+NORMALS_CODEC_MAX_ANGLE_DEG = math.degrees(math.asin(math.sqrt(3.0) / 255.0))
+"""Largest angle (0.389 deg) between a unit normal and its 8-bit PNG round trip: each
+component is off by at most half a step, 1/255, so the vector by at most sqrt(3)/255,
+and renormalizing turns a unit vector by at most asin of that."""
+
+NORMALS_UNIT_TOLERANCE = 0.05
+"""A valid pixel of a normals PNG must decode to a vector of length 1 +- this (a
+quantized unit vector decodes to 1 +- sqrt(3)/255 = 0.007)."""
+NORMALS_ZERO_LENGTH = 0.05
+"""Pixels decoding to a shorter vector are invalid (grey 128 as some releases store the
+zero vector)."""
+NORMALS_MIN_LENGTH = 1e-6
+"""Vectors shorter than this (or not finite) are written as invalid."""
 
 
 # --------------------------------------------------------------------------------------
@@ -114,6 +135,75 @@ def depth_encoding_of(image: Image.Image) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# normals codec (docs/normals.md)
+
+
+def _as_chw(normals: np.ndarray) -> np.ndarray:
+    arr = np.asarray(normals)
+    if arr.ndim == 3 and arr.shape[0] == 3:
+        return arr
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return arr.transpose(2, 0, 1)
+    raise ValueError(f"normals must be [3,H,W] or [H,W,3], got {arr.shape}")
+
+
+def encode_normals(normals: np.ndarray) -> Image.Image:
+    """Normals [3,H,W] (or [H,W,3]) to an 8-bit RGB PNG image.
+
+    Vectors are normalized first; zero, near-zero (< 1e-6) or non-finite vectors are
+    written as RGB (0,0,0), invalid.
+    """
+    n = _as_chw(normals).astype(np.float64)
+    length = np.sqrt(np.sum(n * n, axis=0))
+    valid = np.isfinite(length) & (length > NORMALS_MIN_LENGTH)
+    unit = np.where(valid, n / np.where(valid, length, 1.0), 0.0)
+    code = np.clip(np.rint((unit + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    code[:, ~valid] = 0
+    return Image.fromarray(np.ascontiguousarray(code.transpose(1, 2, 0)), mode="RGB")
+
+
+def decode_normals(image: Image.Image) -> np.ndarray:
+    """An 8-bit RGB normals PNG to float32 unit normals [3,H,W], zero = invalid.
+
+    Raises:
+        DataFormatError: wrong mode, or pixels that are not encoded unit vectors
+            (without the file name; see :func:`read_normals`).
+    """
+    if image.mode != "RGB":
+        raise DataFormatError(f"normals PNG has mode {image.mode}; expected RGB (8-bit)")
+    code = np.asarray(image, dtype=np.float64).transpose(2, 0, 1)
+    n = code / 127.5 - 1.0
+    length = np.sqrt(np.sum(n * n, axis=0))
+    invalid = (code.sum(axis=0) == 0) | (length < NORMALS_ZERO_LENGTH)
+    bad = ~invalid & (np.abs(length - 1.0) > NORMALS_UNIT_TOLERANCE)
+    if bad.any():
+        worst = float(length[bad][np.argmax(np.abs(length[bad] - 1.0))])
+        raise DataFormatError(
+            f"{int(bad.sum())} pixel(s) do not encode unit normals (a length of {worst:.3f}; "
+            f"expected 1 +- {NORMALS_UNIT_TOLERANCE}, or RGB 0,0,0 for invalid)"
+        )
+    out = np.where(invalid, 0.0, n / np.where(invalid, 1.0, length))
+    return out.astype(np.float32)
+
+
+def read_normals(path: Path) -> np.ndarray:
+    """float32 [3,H,W] unit normals from a PNG, zero = invalid; errors name the file."""
+    try:
+        return decode_normals(open_image(path))
+    except DataFormatError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise DataFormatError(f"{path}: {e}") from None
+
+
+def write_normals(path: str | Path, normals: np.ndarray) -> None:
+    """Write normals [3,H,W] or [H,W,3] as a PNG at ``path``, atomically."""
+    buf = io.BytesIO()
+    encode_normals(normals).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------
 # dataset.json
 
 
@@ -135,10 +225,19 @@ class DatasetInfo:
     classes: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    extra_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Tasks beyond ``semseg`` and ``depth``: task name -> spec (``{"kind": ...}`` plus
+    what the kind needs), read from ``<split>/<name>/{i}.png`` (see
+    :func:`scenemtl.tasks.dataset_task_specs`)."""
 
     def __post_init__(self) -> None:
         if not self.classes:
             self.classes = cityscapes_class_table()
+
+    @property
+    def task_folders(self) -> tuple[str, ...]:
+        """Every per-sample folder of a split: rgb, semseg, depth and the extra tasks'."""
+        return (*MODALITIES, *self.extra_tasks)
 
     @property
     def num_classes(self) -> int:
@@ -171,6 +270,8 @@ class DatasetInfo:
             },
             "stats": d["stats"],
             "source": d["source"],
+            # only when present, so datasets without extra tasks keep their exact bytes
+            **({"extra_tasks": d["extra_tasks"]} if self.extra_tasks else {}),
         }
 
     @classmethod
@@ -224,6 +325,7 @@ class DatasetInfo:
                     and all(isinstance(v, int) and 0 <= v <= 255 for v in color)
                 ):
                     raise bad(f"class {i} must be {{'name': str, 'color': [r, g, b] 0..255}}")
+            extra = _parse_extra_tasks(data.get("extra_tasks") or {}, bad)
             return cls(
                 name=str(data.get("name", "unnamed")),
                 version=str(data.get("version", "1")),
@@ -237,6 +339,7 @@ class DatasetInfo:
                 classes=classes,
                 stats=dict(data.get("stats") or {}),
                 source=dict(data.get("source") or {}),
+                extra_tasks=extra,
             )
         except KeyError as e:
             raise bad(f"missing key {e.args[0]!r}") from None
@@ -244,6 +347,33 @@ class DatasetInfo:
             if isinstance(e, DataFormatError):
                 raise
             raise bad(f"malformed value ({e})") from None
+
+
+RESERVED_NAMES = (*MODALITIES, "image", "index")
+"""Names an extra task cannot have: the layout's folders and the other batch keys."""
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+"""Names of extra tasks: also folder names and metric prefixes."""
+
+
+def _parse_extra_tasks(extra: Any, bad: Any) -> dict[str, dict[str, Any]]:
+    """Validate ``dataset.json`` "extra_tasks": ``{name: {"kind": str, ...}}``.
+
+    Whether the kind exists is the task registry's business (checked when the tasks are
+    built); here only the shape and the names, which become folder names.
+    """
+    if not isinstance(extra, dict):
+        raise bad("'extra_tasks' must be an object: task name -> {'kind': ..., ...}")
+    out = {}
+    for name, spec in extra.items():
+        if not TASK_NAME.match(name) or name in RESERVED_NAMES:
+            raise bad(
+                f"extra task name {name!r} must be lower-case letters, digits and _ "
+                f"(not {', '.join(RESERVED_NAMES)})"
+            )
+        if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+            raise bad(f"extra task {name!r} must be an object with a string 'kind'")
+        out[name] = dict(spec)
+    return out
 
 
 def info_path(root: str | os.PathLike) -> Path:

@@ -11,7 +11,10 @@ Two entry points:
   into one homography per sample and warps the whole batch at once with ``grid_sample``
   and ``gather`` on whatever device the batch lives on. RGB is sampled bilinearly; labels
   and depth are sampled by nearest neighbour so that no label or depth value is ever
-  invented by interpolation.
+  invented by interpolation. Targets whose values depend on the image's orientation
+  (surface normals) are then corrected by their task (:meth:`Task.warp_target`, given the
+  rotation/reflection part of the warp, :func:`orientation`); a task refuses the options
+  whose geometry it cannot follow (:func:`check_refused`: normals refuse the wiggle).
 
 Coordinates: all homographies use continuous pixel-edge coordinates, i.e. pixel ``(i, j)``
 (row, column) covers ``[j, j+1] x [i, i+1]`` and its centre is ``(j + 0.5, i + 0.5)``
@@ -38,9 +41,9 @@ Typical use inside a LightningModule::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,20 +60,66 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # jittered quadrilateral is always convex and its homography never degenerates.
 WIGGLE_SPAN = 0.2
 
-TargetRule = tuple[float, torch.dtype]
-"""How a task's target [B,H,W] is warped: nearest neighbour, with this fill value where
-there is no source pixel, in this dtype (:attr:`Task.fill_value`, :attr:`Task.target_dtype`)."""
+
+class TargetRule(NamedTuple):
+    """How a task's batch target is warped (from the task: :func:`target_rules`).
+
+    Attributes:
+        fill: value, in every channel, where the output pixel has no source pixel
+            (:attr:`Task.fill_value`).
+        dtype: the target's dtype (:attr:`Task.target_dtype`).
+        channels: 0 for a [B,H,W] target, C for [B,C,H,W] (:attr:`Task.target_channels`).
+        reorient: ``f(target, linear)`` correcting values that depend on the image's
+            orientation after the nearest-neighbour resampling (:meth:`Task.warp_target`),
+            None when they do not.
+    """
+
+    fill: float
+    dtype: torch.dtype
+    channels: int = 0
+    reorient: Callable[[Tensor, Tensor], Tensor] | None = None
+
 
 DEFAULT_TARGETS: dict[str, TargetRule] = {
-    "semseg": (float(IGNORE_INDEX), torch.int64),
-    "depth": (INVALID_DEPTH, torch.float32),
+    "semseg": TargetRule(float(IGNORE_INDEX), torch.int64),
+    "depth": TargetRule(INVALID_DEPTH, torch.float32),
 }
 """The course's two tasks, for callers that warp without a task list."""
 
 
 def target_rules(tasks: Sequence[Any]) -> dict[str, TargetRule]:
-    """Task name -> (fill value, dtype) from task objects."""
-    return {t.name: (float(t.fill_value), t.target_dtype) for t in tasks}
+    """Task name -> :class:`TargetRule` from task objects."""
+    from scenemtl.tasks.base import Task
+
+    rules = {}
+    for t in tasks:
+        # Only an overridden hook is kept: the default one changes nothing.
+        overridden = type(t).warp_target is not Task.warp_target
+        rules[t.name] = TargetRule(
+            float(t.fill_value),
+            t.target_dtype,
+            int(t.target_channels),
+            t.warp_target if overridden else None,
+        )
+    return rules
+
+
+def check_refused(tasks: Sequence[Any], options: Mapping[str, float], where: str = "") -> None:
+    """UserError (one line) if an option that is switched on is refused by a task.
+
+    Args:
+        tasks: task objects (:attr:`Task.refused_augmentations`: option -> why).
+        options: augmentation option name -> its value (0 = off).
+        where: prefix of the option in the user's configuration (``"data."``).
+    """
+    for t in tasks:
+        for option, why in t.refused_augmentations.items():
+            value = options.get(option, 0)
+            if value:
+                raise UserError(
+                    f"{where}{option} is {value} but task {t.name!r} refuses it ({why}); "
+                    f"set {where}{option}: 0 for runs that learn {t.name!r}"
+                )
 
 
 # --------------------------------------------------------------------------------------
@@ -293,6 +342,20 @@ def _sample_bilinear_rgb(rgb: Tensor, coords: Tensor) -> Tensor:
     return (warped + mean).round().clamp(0, 255).to(torch.uint8)
 
 
+def orientation(out_to_src: Tensor) -> Tensor:
+    """The rotation or reflection part of each source -> output map, float64 [B,2,2].
+
+    The linear part of the output -> source homography is inverted and its orthogonal
+    factor taken (polar decomposition via SVD): it maps a direction in the source image
+    (x right, y down) to the augmented image. Exact for the similarity transforms of
+    zoom, tilt, flip and crop; the perspective wiggle is not a similarity (tasks whose
+    targets depend on orientation refuse it, :func:`refused_options`).
+    """
+    linear = torch.linalg.inv(out_to_src[:, :2, :2].to(torch.float64).cpu())
+    u, _, vh = torch.linalg.svd(linear)
+    return u @ vh
+
+
 def warp_batch(
     batch: Mapping[str, Any],
     out_to_src: Tensor,
@@ -303,17 +366,20 @@ def warp_batch(
 
     Args:
         batch: ``{"rgb": uint8 [B,3,H,W], "index": int64 [B]}`` and optionally
-            one ``[B,H,W]`` target per task, e.g. ``"semseg"`` int, ``"depth"`` float.
+            one ``[B,H,W]`` (or ``[B,C,H,W]``) target per task, e.g. ``"semseg"`` int,
+            ``"depth"`` float, ``"normals"`` float ``[B,3,H,W]``.
         out_to_src: ``[B, 3, 3]`` output->source homographies (:func:`output_to_source`).
         crop_hw: output ``(h, w)``.
-        targets: task name -> (fill value, dtype) of the targets to warp (default:
-            :data:`DEFAULT_TARGETS`); other entries of ``batch`` pass through.
+        targets: task name -> :class:`TargetRule` (or a bare ``(fill, dtype)`` pair) of
+            the targets to warp (default: :data:`DEFAULT_TARGETS`); other entries of
+            ``batch`` pass through.
 
     Returns:
         ``{"image": float32 [B,3,h,w] normalized, "rgb": uint8 [B,3,h,w],
         "semseg": int64 [B,h,w], "depth": float32 [B,h,w], ...}``: task targets only if
         present in the input, every non-spatial entry (e.g. ``"index"``) passed through.
-        Target pixels without a source pixel get their task's fill value.
+        Target pixels without a source pixel get their task's fill value; targets whose
+        rule has a ``reorient`` hook then get it with :func:`orientation`.
     """
     rgb = batch["rgb"]
     _check_rgb(rgb)
@@ -328,17 +394,32 @@ def warp_batch(
     out = {k: v for k, v in batch.items() if k != "rgb" and k not in rules}
     out["rgb"] = _sample_bilinear_rgb(rgb, coords)
     out["image"] = normalize_rgb(out["rgb"])
-    for name, (fill, dtype) in rules.items():
+    linear: Tensor | None = None
+    for name, rule in rules.items():
         if name not in batch:
             continue
+        fill, dtype, *rest = rule  # a bare (fill, dtype) pair is a [B,H,W] target
+        channels = rest[0] if rest else 0
+        reorient = rest[1] if len(rest) > 1 else None
         target = batch[name]
-        if tuple(target.shape) != (b, height, width):
+        expected = (b, height, width) if not channels else (b, channels, height, width)
+        if tuple(target.shape) != expected:
             raise ValueError(
-                f"{name} must have shape {(b, height, width)} to match rgb, "
-                f"got {tuple(target.shape)}"
+                f"{name} must have shape {expected} to match rgb, got {tuple(target.shape)}"
             )
         fill_value = int(fill) if not dtype.is_floating_point else fill
-        out[name] = _gather_nearest(target.to(dtype), coords, fill_value)
+        flat = target.to(dtype)
+        if channels:  # each channel is a map of its own, sampled at the same pixels
+            flat = flat.reshape(b * channels, height, width)
+            where = coords.repeat_interleave(channels, dim=0)
+            warped = _gather_nearest(flat, where, fill_value).view(b, channels, *crop_hw)
+        else:
+            warped = _gather_nearest(flat, coords, fill_value)
+        if reorient is not None:
+            if linear is None:
+                linear = orientation(out_to_src)
+            warped = reorient(warped, linear)
+        out[name] = warped
     return out
 
 
@@ -380,7 +461,7 @@ class BatchAugment(nn.Module):
         hflip: reflection probability in [0, 1]; ``True`` means 0.5.
         tilt_deg: largest absolute rotation, degrees, in [0, 180].
         wiggle: perspective strength in [0, 1]; 0 disables it.
-        targets: task name -> (fill value, dtype) of the targets to warp (see
+        targets: task name -> :class:`TargetRule` of the targets to warp (see
             :func:`target_rules`; default: the course's semseg and depth).
     """
 
@@ -423,6 +504,18 @@ class BatchAugment(nn.Module):
             f"crop_size={self.crop_size}, scale=[{self.scale_min}, {self.scale_max}], "
             f"hflip={self.hflip}, tilt_deg={self.tilt_deg}, wiggle={self.wiggle}"
         )
+
+    def active_options(self) -> dict[str, float]:
+        """The geometry options switched on, name -> value (for :func:`check_refused`)."""
+        values = {
+            "scale_min": self.scale_min,
+            "scale_max": self.scale_max,
+            "hflip": self.hflip,
+            "tilt_deg": self.tilt_deg,
+            "wiggle": self.wiggle,
+        }
+        neutral = {"scale_min": 1.0, "scale_max": 1.0}
+        return {k: v for k, v in values.items() if v != neutral.get(k, 0.0)}
 
     def output_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """``(h, w)`` of the augmented batch for inputs of size ``image_hw``."""
@@ -489,7 +582,8 @@ class BatchAugment(nn.Module):
         Returns:
             ``"image"`` float32 ``[B,3,h,w]`` normalized, ``"rgb"`` uint8 ``[B,3,h,w]``
             (the augmented crop, for visualization), ``"semseg"`` int64 ``[B,h,w]``,
-            ``"depth"`` float32 ``[B,h,w]`` meters when present, ``"index"`` and any
+            ``"depth"`` float32 ``[B,h,w]`` meters when present (other tasks' targets
+            likewise, e.g. ``"normals"`` ``[B,3,h,w]``), ``"index"`` and any
             other non-spatial entry passed through. In eval mode ``(h, w) = (H, W)``
             and nothing but ``"image"`` is added.
         """

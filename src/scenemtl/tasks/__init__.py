@@ -22,6 +22,7 @@ from scenemtl.data.format import DISPARITY8, DISPARITY8_MAX_M, DISPARITY8_MIN_M
 from scenemtl.errors import UserError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth import DepthTask
+from scenemtl.tasks.normals import NormalsTask
 from scenemtl.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 TASK_KINDS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
     "depth": DepthTask,
+    "normals": NormalsTask,
 }
 
 TaskSpecs = dict[str, dict[str, Any]]
@@ -37,12 +39,14 @@ TaskSpecs = dict[str, dict[str, Any]]
 
 
 def dataset_task_specs(info: DatasetInfo) -> TaskSpecs:
-    """The tasks a MiniScapes-layout dataset provides (its ``semseg/`` and ``depth/``), or
-    those an info of another layout lists itself (its ``task_specs``, e.g. the MTAN layout)."""
+    """The tasks a dataset provides. A MiniScapes-layout dataset: its ``semseg/`` and
+    ``depth/``, then the ``extra_tasks`` its dataset.json lists (e.g. ``normals``), in that
+    order; an info of another layout lists its own (its ``task_specs``, e.g. the MTAN
+    layout)."""
     own = getattr(info, "task_specs", None)
     if own:
         return {k: dict(v) for k, v in own.items()}
-    return {
+    specs: TaskSpecs = {
         "semseg": {"kind": "segmentation", "classes": info.classes},
         "depth": {
             "kind": "depth",
@@ -50,6 +54,8 @@ def dataset_task_specs(info: DatasetInfo) -> TaskSpecs:
             "range_m": list(info.depth_range_m),
         },
     }
+    specs.update({name: dict(spec) for name, spec in info.extra_tasks.items()})
+    return specs
 
 
 def legacy_task_specs() -> TaskSpecs:
@@ -140,6 +146,7 @@ def build_tasks(
 __all__ = [
     "TASK_KINDS",
     "DepthTask",
+    "NormalsTask",
     "SegmentationTask",
     "Task",
     "TaskSpecs",

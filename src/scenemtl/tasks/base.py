@@ -32,7 +32,10 @@ class Task(nn.Module):
         name: key of the task in batches, model outputs, metric names and file layouts.
         channels: output channels the network emits for the task.
         higher_is_better: direction of the headline metric (logged as ``<stage>/<name>``).
-        fill_value: target value where augmentation has no source pixel ("no label").
+        fill_value: target value where augmentation has no source pixel ("no label"),
+            in every channel.
+        target_channels: 0 if a target is [H,W] (one value per pixel), C if it is
+            [C,H,W] (a C-vector per pixel, e.g. 3 for normals).
         likelihood_scale: factor of the task's loss under uncertainty weighting
             (Kendall et al. 2018): 1 for a softmax likelihood, 1/2 for a Gaussian one.
     """
@@ -46,6 +49,11 @@ class Task(nn.Module):
     fill_value: ClassVar[float] = 0.0
     likelihood_scale: ClassVar[float] = 1.0
     target_dtype: ClassVar[torch.dtype] = torch.float32
+    target_channels: ClassVar[int] = 0
+    refused_augmentations: ClassVar[Mapping[str, str]] = {}
+    """Training augmentation options (:class:`~scenemtl.data.transforms.BatchAugment`
+    argument names) whose geometry this task's targets cannot follow, each with the
+    reason; a run learning the task with one of them switched on is refused."""
 
     def __init__(self, name: str, channels: int) -> None:
         super().__init__()
@@ -64,15 +72,16 @@ class Task(nn.Module):
     # -- data --------------------------------------------------------------------------
 
     def read_target(self, path: Path) -> np.ndarray:
-        """Ground truth of one image from its file, [H,W] in the task's units."""
+        """Ground truth of one image from its file, [H,W] (or [C,H,W] with
+        ``target_channels`` C) in the task's units."""
         raise NotImplementedError
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
-        """A decoded prediction [H,W] as the PNG a dataset of this task would hold."""
+        """A decoded prediction [H,W] (or [C,H,W]) as the PNG a dataset would hold."""
         raise NotImplementedError
 
     def read_prediction(self, image: Image.Image, target: np.ndarray) -> np.ndarray:
-        """A submitted prediction PNG (already decoded, mode checked) as [H,W] values.
+        """A submitted prediction PNG (decoded, mode checked) as [H,W] (or [C,H,W]) values.
 
         Raises:
             DataFormatError: what is wrong with it, without the file name (the caller
@@ -86,7 +95,8 @@ class Task(nn.Module):
     # -- training ----------------------------------------------------------------------
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
-        """Scalar float32 loss of one output [B,C,H,W] against the batch target [B,H,W].
+        """Scalar float32 loss of one output [B,C,H,W] against the batch target [B,H,W]
+        (or [B,target_channels,H,W]).
 
         Must be finite and attached to the graph even without one labelled pixel.
         """
@@ -95,14 +105,38 @@ class Task(nn.Module):
     # -- evaluation --------------------------------------------------------------------
 
     def decode(self, output: Tensor) -> Tensor:
-        """The network output [B,C,H,W] in the units metrics and files use ([B,H,W])."""
+        """The network output [B,C,H,W] in the units metrics and files use: [B,H,W], or
+        [B,target_channels,H,W]."""
         raise NotImplementedError
 
     def make_metric(self) -> Metric:
         """A fresh torchmetrics metric; ``compute()`` returns ``{name: headline, ...}``."""
         raise NotImplementedError
 
-    # -- test-time augmentation: views are averaged in this space ------------------------
+    # -- geometry: training augmentation and test-time augmentation ---------------------
+
+    def warp_target(self, target: Tensor, linear: Tensor) -> Tensor:
+        """Target values after the augmentation moved them to new pixels.
+
+        Augmentation resamples every target by nearest neighbour; a task whose values
+        depend on the image's orientation (normals) corrects them here.
+
+        Args:
+            target: the resampled batch target [B,h,w] or [B,C,h,w] (fill where padded).
+            linear: float64 [B,2,2], the rotation or reflection (orthogonal) that takes a
+                direction in the source image (x right, y down) to the augmented image.
+
+        Returns:
+            the target as the augmented image's ground truth (default: unchanged).
+        """
+        return target
+
+    def unmirror(self, output: Tensor) -> Tensor:
+        """An output [B,C,H,W] computed on the horizontally mirrored image, in the frame
+        of the image itself (TTA). Default: mirror the pixels back."""
+        return torch.flip(output, dims=[-1])
+
+    # views are averaged in this space
 
     def to_merge_space(self, output: Tensor) -> Tensor:
         """One view's output [B,C,H,W] in the space where views are averaged."""
@@ -119,7 +153,7 @@ class Task(nn.Module):
     # -- pictures and export -----------------------------------------------------------
 
     def colorize(self, values: np.ndarray) -> np.ndarray:
-        """A decoded prediction or target [H,W] as uint8 RGB [H,W,3]."""
+        """A decoded prediction or target [H,W] (or [C,H,W]) as uint8 RGB [H,W,3]."""
         raise NotImplementedError
 
     def histogram_values(self, prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor] | None:

@@ -24,6 +24,7 @@ from scenemtl.data.format import (
     read_info,
     rgb_path,
     write_info,
+    write_normals,
     write_sample,
 )
 from scenemtl.data.procedural.params import (
@@ -47,6 +48,9 @@ CHUNK = 8
 """Images per task sent to a worker: big enough to amortize messaging, small enough to
 balance the load at the end."""
 
+EXTRA_TASK_SPECS: dict[str, dict[str, Any]] = {"normals": {"kind": "normals", "encoding": "rgb8"}}
+"""dataset.json ``extra_tasks`` entries of the optional targets."""
+
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
 
 
@@ -67,7 +71,21 @@ def render_sample(
         depth: float32 [H, W] z-depth in meters within ``params.depth_range_m``;
             ``0.0`` (invalid) for sky.
     """
-    from scenemtl.data.procedural.render import render
+    layers = sample_layers(params, split, index)
+    return layers["rgb"], layers["semseg"], layers["depth"]
+
+
+def sample_layers(params: SynthParams, split: str, index: int) -> dict[str, np.ndarray]:
+    """Render image ``index`` of ``split`` with every target :func:`render_layers` makes.
+
+    Returns:
+        ``rgb``, ``semseg``, ``depth`` as :func:`render_sample` returns them, and
+        ``normals``: float32 [3, H, W] unit camera-frame normals (x right, y down, z
+        forward; docs/normals.md), zero (invalid) for sky, like depth. Normals are
+        rendered whatever ``params.tasks`` says (they cost one matrix product); the
+        tasks decide only what is written.
+    """
+    from scenemtl.data.procedural.render import render_layers
     from scenemtl.data.procedural.scene import make_scene
 
     if split not in _SPLIT_CODE:
@@ -76,10 +94,13 @@ def render_sample(
         raise UserError(f"image index must be a non-negative integer, got {index!r}")
     rng = image_rng(params.seed, split, int(index))
     scene = make_scene(rng, params.size)
-    rgb, semseg, depth = render(scene, rng)
+    layers = render_layers(scene, rng)
     lo, hi = params.depth_range_m
-    depth = np.where(np.isfinite(depth), np.clip(depth, lo, hi), INVALID_DEPTH).astype(np.float32)
-    return rgb, semseg, depth
+    depth = layers["depth"]
+    layers["depth"] = np.where(np.isfinite(depth), np.clip(depth, lo, hi), INVALID_DEPTH).astype(
+        np.float32
+    )
+    return layers
 
 
 def _render_chunk(
@@ -92,7 +113,8 @@ def _render_chunk(
     counts = np.zeros(CITYSCAPES_NUM_CLASSES, np.int64)
     gt = params.has_gt(split)
     for i in indices:
-        rgb, semseg, depth = render_sample(params, split, i)
+        layers = sample_layers(params, split, i)
+        rgb, semseg, depth = layers["rgb"], layers["semseg"], layers["depth"]
         counts += np.bincount(semseg.ravel(), minlength=CITYSCAPES_NUM_CLASSES)[
             :CITYSCAPES_NUM_CLASSES
         ]
@@ -107,6 +129,8 @@ def _render_chunk(
             rgb_extension=RGB_EXTENSION,
             jpeg_quality=params.jpeg_quality,
         )
+        if gt and "normals" in params.tasks:
+            write_normals(label_path(root, split, "normals", i), layers["normals"])
     return split, counts, len(indices)
 
 
@@ -132,7 +156,7 @@ def _cached(root: Path, params: SynthParams) -> DatasetInfo | None:
             continue
         files = [rgb_path(root, split, n - 1, RGB_EXTENSION)]
         if params.has_gt(split):
-            files += [label_path(root, split, m, n - 1) for m in ("semseg", "depth")]
+            files += [label_path(root, split, m, n - 1) for m in params.tasks]
         if not all(f.is_file() for f in files):
             return None
     return info
@@ -279,6 +303,7 @@ def _render(root: Path, params: SynthParams, workers: int | None, progress: bool
         depth_encoding=params.depth_encoding,
         depth_range_m=params.depth_range_m,
         rgb_extension=RGB_EXTENSION,
+        extra_tasks={name: EXTRA_TASK_SPECS[name] for name in params.extra_tasks},
         source={
             "generator": GENERATOR_NAME,
             "generator_version": GENERATOR_VERSION,

@@ -1,7 +1,9 @@
 """A picture of the generated data: ``python -m scenemtl.data.procedural.montage``.
 
 Each sample is shown as RGB | semantic labels in Cityscapes colours | depth (turbo
-colour map on log depth, near = red, far = blue, invalid = black).
+colour map on log depth, near = red, far = blue, invalid = black) and, with
+``--normals``, | surface normals ((n + 1) / 2 of camera-frame x, y, z as R, G, B,
+invalid = black; docs/normals.md).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from scenemtl.data.classes import class_colors
-from scenemtl.data.format import IGNORE_INDEX
-from scenemtl.data.procedural.generate import render_sample
+from scenemtl.data.format import IGNORE_INDEX, encode_normals
+from scenemtl.data.procedural.generate import sample_layers
 from scenemtl.data.procedural.params import SynthParams
 
 
@@ -40,20 +42,30 @@ def label_colours(semseg: np.ndarray) -> np.ndarray:
 
 
 def montage(
-    params: SynthParams, split: str, indices: list[int], columns: int = 2, gap: int = 2
+    params: SynthParams,
+    split: str,
+    indices: list[int],
+    columns: int = 2,
+    gap: int = 2,
+    normals: bool = False,
 ) -> np.ndarray:
-    """uint8 [rows * (H + gap), columns * (3W + gap), 3] grid of samples."""
+    """uint8 [rows * (H + gap), columns * (kW + gap), 3] grid of samples, k = 3 panels
+    per sample (4 with ``normals``)."""
     h, w = params.size
     lo, hi = params.depth_range_m
+    k = 4 if normals else 3
     rows = -(-len(indices) // columns)
-    out = np.full((rows * (h + gap) - gap, columns * (3 * w + gap) - gap, 3), 255, np.uint8)
+    out = np.full((rows * (h + gap) - gap, columns * (k * w + gap) - gap, 3), 255, np.uint8)
     for n, i in enumerate(indices):
-        rgb, sem, dep = render_sample(params, split, i)
+        layers = sample_layers(params, split, i)
+        panels = [layers["rgb"], label_colours(layers["semseg"])]
+        panels.append(depth_colours(layers["depth"], lo, hi))
+        if normals:
+            panels.append(np.asarray(encode_normals(layers["normals"])))
         r, c = divmod(n, columns)
-        y, x = r * (h + gap), c * (3 * w + gap)
-        out[y : y + h, x : x + w] = rgb
-        out[y : y + h, x + w : x + 2 * w] = label_colours(sem)
-        out[y : y + h, x + 2 * w : x + 3 * w] = depth_colours(dep, lo, hi)
+        y, x = r * (h + gap), c * (k * w + gap)
+        for j, panel in enumerate(panels):
+            out[y : y + h, x + j * w : x + (j + 1) * w] = panel
     return out
 
 
@@ -65,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--columns", type=int, default=2)
+    parser.add_argument("--normals", action="store_true", help="add a surface normals panel")
     args = parser.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
     params = SynthParams(size=(h, w), seed=args.seed)
-    grid = montage(params, args.split, list(range(args.n)), args.columns)
+    grid = montage(params, args.split, list(range(args.n)), args.columns, normals=args.normals)
     # An adaptive 256-colour palette keeps the committed PNG small.
     img = Image.fromarray(grid).quantize(
         256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE

@@ -30,6 +30,11 @@ DEPTH_MIN_M = DISPARITY8_MIN_M
 """Nearer surfaces are clipped to this depth (MiniScapes' range starts at 4 m)."""
 
 MIN_SIDE, MAX_SIDE = 8, 4096
+
+BASE_TASKS: tuple[str, ...] = ("semseg", "depth")
+"""What every generated dataset holds (the MiniScapes layout needs both)."""
+OPTIONAL_TASKS: tuple[str, ...] = ("normals",)
+"""What a generated dataset may hold besides (``--tasks semseg depth normals``)."""
 MAX_SPLIT = 10_000_000
 
 
@@ -44,6 +49,10 @@ class SynthParams:
         depth_encoding: ``"disparity8"`` (MiniScapes code, 4-300 m) or ``"meters16"``.
         jpeg_quality: quality of the RGB JPEGs (1-100).
         test_gt: whether the test split gets labels and depth (a grader needs them).
+        tasks: the targets rendered: ``semseg`` and ``depth`` always, ``normals``
+            optionally; kept in that order. Part of the cache key, but left out of
+            :meth:`to_json` when it is the default, so datasets without normals keep
+            the key (and cache folder) they had before normals existed.
     """
 
     train: int = 2000
@@ -54,6 +63,7 @@ class SynthParams:
     depth_encoding: str = DISPARITY8
     jpeg_quality: int = 90
     test_gt: bool = True
+    tasks: tuple[str, ...] = BASE_TASKS
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "test"):
@@ -85,6 +95,20 @@ class SynthParams:
         object.__setattr__(self, "jpeg_quality", int(q))
         if not isinstance(self.test_gt, bool):
             raise UserError(f"test_gt must be true or false, got {self.test_gt!r}")
+        tasks = self.tasks
+        known = (*BASE_TASKS, *OPTIONAL_TASKS)
+        if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
+            raise UserError(f"tasks must be a list of task names, got {tasks!r}")
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise UserError(f"the generator renders {', '.join(known)}; not {unknown[0]!r}")
+        missing = [t for t in BASE_TASKS if t not in tasks]
+        if missing:
+            raise UserError(
+                f"tasks must include {' and '.join(BASE_TASKS)} (the dataset layout holds "
+                f"both); {missing[0]!r} is missing"
+            )
+        object.__setattr__(self, "tasks", tuple(t for t in known if t in tasks))
 
     @property
     def splits(self) -> dict[str, int]:
@@ -99,9 +123,18 @@ class SynthParams:
     def has_gt(self, split: str) -> bool:
         return split != "test" or self.test_gt
 
+    @property
+    def extra_tasks(self) -> tuple[str, ...]:
+        """The optional targets rendered (``("normals",)`` or ``()``)."""
+        return tuple(t for t in self.tasks if t not in BASE_TASKS)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["size"] = list(self.size)
+        if self.tasks == BASE_TASKS:
+            del d["tasks"]  # the key of every dataset without normals stays as it was
+        else:
+            d["tasks"] = list(self.tasks)
         return d
 
     @classmethod
@@ -111,8 +144,9 @@ class SynthParams:
         if unknown:
             raise UserError(f"unknown generator parameter(s): {', '.join(sorted(unknown))}")
         d = dict(data)
-        if "size" in d and isinstance(d["size"], list):
-            d["size"] = tuple(d["size"])
+        for key in ("size", "tasks"):
+            if key in d and isinstance(d[key], list):
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def key(self) -> str:

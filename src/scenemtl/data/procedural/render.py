@@ -1,4 +1,4 @@
-"""From a scene to (RGB, semantic labels, metric depth)."""
+"""From a scene to (RGB, semantic labels, metric depth, surface normals)."""
 
 from __future__ import annotations
 
@@ -32,15 +32,24 @@ from scenemtl.data.procedural.shading import (
 
 
 def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render a scene: ``(rgb, semseg, depth)`` of :func:`render_layers`."""
+    layers = render_layers(scene, rng)
+    return layers["rgb"], layers["semseg"], layers["depth"]
+
+
+def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Render a scene.
 
     Args:
         rng: randomness of the image itself (sensor noise), after the layout's draws.
 
     Returns:
-        rgb: uint8 [H, W, 3].
-        semseg: uint8 [H, W] Cityscapes trainIds (sky = 10).
-        depth: float32 [H, W] z-depth in meters, ``inf`` for sky (callers clip/mark).
+        ``rgb``: uint8 [H, W, 3].
+        ``semseg``: uint8 [H, W] Cityscapes trainIds (sky = 10).
+        ``depth``: float32 [H, W] z-depth in meters, ``inf`` for sky (callers clip/mark).
+        ``normals``: float32 [3, H, W] unit surface normals at the hit points in the
+        camera frame (x right, y down, z forward), facing the camera; zero for sky. Exact:
+        the primitive's analytic normal at the hit (the ground plane's is world up).
     """
     cam = scene.camera
     h, w = cam.height, cam.width
@@ -146,7 +155,32 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     semseg[hit_idx] = labels
     depth = np.full(h * w, np.inf, np.float32)
     depth[hit_idx] = t_hit * zfac.ravel()[hit_idx]
-    return rgb, semseg.reshape(h, w), depth.reshape(h, w)
+    return {
+        "rgb": rgb,
+        "semseg": semseg.reshape(h, w),
+        "depth": depth.reshape(h, w),
+        "normals": _camera_normals(cam, n, d_hit, hit_idx),
+    }
+
+
+def _camera_normals(
+    cam: Camera, n_world: np.ndarray, d_world: np.ndarray, hit_idx: np.ndarray
+) -> np.ndarray:
+    """World normals [M, 3] of the hit pixels as camera-frame normals [3, H, W], 0 = sky.
+
+    ``cam.rotation`` maps camera vectors to world vectors, so a world row vector ``v``
+    is ``v @ rotation`` in the camera frame. Outward normals of convex solids hit from
+    outside face the ray already; the flip only guards a camera inside a primitive.
+    """
+    h, w = cam.height, cam.width
+    rot = cam.rotation.astype(np.float64)
+    n = n_world.astype(np.float64) @ rot
+    facing_away = np.sum(n_world.astype(np.float64) * d_world, axis=1) > 0
+    n[facing_away] = -n[facing_away]
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    out = np.zeros((h * w, 3), np.float32)
+    out[hit_idx] = n
+    return np.ascontiguousarray(out.T.reshape(3, h, w))
 
 
 _VEHICLES = (ob.CAR, ob.TRUCK, ob.BUS, ob.TRAIN)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scenemtl.data.format import INDEX_NAME, MODALITIES, SPLITS, info_path
+from scenemtl.data.format import INDEX_NAME, MODALITIES, SPLITS, TASK_NAME, info_path
 from scenemtl.data.procedural.params import GENERATOR_NAME
 from scenemtl.errors import UserError
 
@@ -92,6 +92,7 @@ def foreign_content(root: Path) -> str | None:
         return None
     if not _generated_info(root):
         return "dataset.json" if "dataset.json" in entries else _first_file(root)
+    folders = (*MODALITIES, *_extra_task_names(root))
     for name in entries:
         path = root / name
         if name == "dataset.json" or _atomic_leftover(name, "dataset.json"):
@@ -105,13 +106,25 @@ def foreign_content(root: Path) -> str | None:
             return name
         for modality in sorted(os.listdir(path)):
             folder = path / modality
-            if modality not in MODALITIES or not folder.is_dir() or folder.is_symlink():
+            if modality not in folders or not folder.is_dir() or folder.is_symlink():
                 return f"{name}/{modality}"
             with os.scandir(folder) as files:
                 for f in files:
                     if not (INDEX_NAME.match(f.name) and f.is_file(follow_symlinks=False)):
                         return f"{name}/{modality}/{f.name}"
     return None
+
+
+def _extra_task_names(root: Path) -> tuple[str, ...]:
+    """The extra task folders a generated dataset.json declares (e.g. ``normals``)."""
+    try:
+        data = json.loads(info_path(root).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ()
+    extra = data.get("extra_tasks") if isinstance(data, dict) else None
+    if not isinstance(extra, dict):
+        return ()
+    return tuple(n for n in extra if isinstance(n, str) and TASK_NAME.match(n))
 
 
 def _first_file(root: Path) -> str:
