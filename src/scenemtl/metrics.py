@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from scenemtl.data.format import IGNORE_INDEX
+from scenemtl.errors import UserError
 
 if TYPE_CHECKING:
     from scenemtl.tasks.base import Task
@@ -344,3 +345,35 @@ class MultiTaskMetrics(nn.Module):
     def reset(self) -> None:
         for metric in self.tasks.values():
             metric.reset()
+
+
+def delta_m(
+    method: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: Mapping[str, bool]
+) -> float:
+    """Δm in percent (Maninis et al. 2019; Vandenhende et al. 2021): the mean over the
+    metrics of ``(-1)^{l_k} (M_k - B_k) / B_k * 100`` with ``l_k = 1`` when LOWER is
+    better, so that a positive Δm is a gain over the baselines (single-task runs).
+
+    The Nash-MTL, FAMO and Aligned-MTL tables print the same quantity with the opposite
+    sign (lower is better there): their Δm% is ``-delta_m(...)``.
+
+    Args:
+        method: metric -> value of the compared method.
+        baseline: metric -> value of the single-task baselines.
+        higher_is_better: metric -> direction; its keys are the metrics averaged.
+
+    Raises:
+        UserError: no metric, a metric missing from either side, or a zero baseline.
+    """
+    if not higher_is_better:
+        raise UserError("delta_m needs at least one metric")
+    total = 0.0
+    for name, higher in higher_is_better.items():
+        if method.get(name) is None or baseline.get(name) is None:
+            raise UserError(f"delta_m: metric {name!r} missing from the method or the baseline")
+        base = float(baseline[name])
+        if base == 0 or math.isnan(base):
+            raise UserError(f"delta_m: baseline {name!r} is {base}; cannot divide by it")
+        sign = 1.0 if higher else -1.0
+        total += sign * (float(method[name]) - base) / base
+    return 100.0 * total / len(higher_is_better)

@@ -177,14 +177,15 @@ def test_runs_table_with_last_epochs(tmp_path, capsys):
 
 
 def test_delta_m_sign_convention():
-    from scenemtl.engine.averaging import delta_m
+    from scenemtl.metrics import delta_m
 
     directions = {"semseg": True, "semseg_pixacc": True, "depth_mae": False, "depth_absrel": False}
     base = {"semseg": 70.0, "semseg_pixacc": 90.0, "depth_mae": 0.02, "depth_absrel": 0.4}
     assert delta_m(base, base, directions) == 0.0
     worse = {"semseg": 63.0, "semseg_pixacc": 90.0, "depth_mae": 0.022, "depth_absrel": 0.4}
-    # semseg -10% (a loss: +10), depth_mae +10% (a loss: +10) -> +20 / 4 = +5
-    assert delta_m(worse, base, directions) == pytest.approx(5.0)
+    # semseg -10% and depth_mae +10%: two losses of 10% -> -20 / 4 = -5 (positive = gain;
+    # the Nash-MTL/FAMO tables print +5 for this)
+    assert delta_m(worse, base, directions) == pytest.approx(-5.0)
     with pytest.raises(UserError, match="missing"):
         delta_m({"semseg": 1.0}, base, directions)
     with pytest.raises(UserError, match="divide"):

@@ -10,23 +10,25 @@ import pytest
 import yaml
 from PIL import Image
 
-from scenemtl.studies.report import build_report, delta_m, pareto_front, write_report
+from scenemtl.studies.report import build_report, delta_against, pareto_front, write_report
 from scenemtl.studies.spec import load_study
 
 
 def test_delta_m_known_answer():
     lower = {"semseg": False, "depth": True}
     # +10% IoU and 10% less error: both 10% better
-    assert delta_m({"semseg": 44.0, "depth": 0.9}, {"semseg": 40.0, "depth": 1.0}, lower) == (
+    assert delta_against({"semseg": 44.0, "depth": 0.9}, {"semseg": 40.0, "depth": 1.0}, lower) == (
         pytest.approx(10.0)
     )
     # better at one, as much worse at the other: zero
-    assert delta_m({"semseg": 44.0, "depth": 1.1}, {"semseg": 40.0, "depth": 1.0}, lower) == (
+    assert delta_against({"semseg": 44.0, "depth": 1.1}, {"semseg": 40.0, "depth": 1.0}, lower) == (
         pytest.approx(0.0)
     )
     # a metric without a baseline does not count
-    assert delta_m({"semseg": 30.0, "depth": 2.0}, {"semseg": 40.0}, lower) == pytest.approx(-25.0)
-    assert delta_m({"semseg": 30.0}, {}, lower) is None
+    assert delta_against({"semseg": 30.0, "depth": 2.0}, {"semseg": 40.0}, lower) == pytest.approx(
+        -25.0
+    )
+    assert delta_against({"semseg": 30.0}, {}, lower) is None
 
 
 def test_pareto_front():
@@ -104,7 +106,7 @@ def study(tmp_path):
     return path, tmp_path / "runs"
 
 
-def test_aggregate_and_delta_m(study):
+def test_aggregate_and_delta_against(study):
     path, runs = study
     report = build_report(load_study(path), runs)
     a, b, c = report.results[:3]

@@ -134,33 +134,3 @@ def average_last_epochs(
         seen = [row[name] for row in last if name in row]
         out[name] = sum(seen) / len(seen)
     return out
-
-
-def delta_m(
-    method: dict[str, float], baseline: dict[str, float], higher_is_better: dict[str, bool]
-) -> float:
-    """Δm in percent (Maninis et al. 2019): the mean over the metrics of
-    ``(-1)^{l_k} (M_k - M_b,k) / M_b,k * 100`` with ``l_k = 1`` when higher is better,
-    so a positive Δm is a loss against the baselines (single-task runs) and lower is
-    better, as in the Nash-MTL / FAMO tables.
-
-    Args:
-        method: metric -> value of the method (e.g. :func:`average_last_epochs` output).
-        baseline: metric -> value of the single-task baselines.
-        higher_is_better: metric -> direction; its keys are the metrics averaged.
-
-    Raises:
-        UserError: a metric missing from either side, or a zero baseline.
-    """
-    if not higher_is_better:
-        raise UserError("delta_m needs at least one metric")
-    total = 0.0
-    for name, higher in higher_is_better.items():
-        if name not in method or name not in baseline:
-            raise UserError(f"delta_m: metric {name!r} missing from the method or the baseline")
-        base = float(baseline[name])
-        if base == 0 or math.isnan(base):
-            raise UserError(f"delta_m: baseline {name!r} is {base}; cannot divide by it")
-        sign = -1.0 if higher else 1.0
-        total += sign * (float(method[name]) - base) / base
-    return 100.0 * total / len(higher_is_better)

@@ -29,6 +29,7 @@ from scenemtl.commands.runs import GRADER, RunSummary, format_table, read_metric
 from scenemtl.data.format import atomic_write_bytes
 from scenemtl.engine.run_dir import RunFamily
 from scenemtl.errors import UserError
+from scenemtl.metrics import delta_m
 from scenemtl.studies.runner import finished_run
 from scenemtl.studies.spec import StudySpec, Variant
 
@@ -111,18 +112,12 @@ def task_metrics(results: Sequence[VariantResult]) -> list[str]:
     return metrics
 
 
-def delta_m(
-    metrics: dict[str, float], baselines: dict[str, float], lower_is_better: dict[str, bool]
+def delta_against(
+    metrics: dict[str, float | None], baselines: dict[str, float], lower: dict[str, bool]
 ) -> float | None:
-    """Δm in % of ``metrics`` against ``baselines`` over the metrics both have."""
-    terms = []
-    for name, value in metrics.items():
-        base = baselines.get(name)
-        if base is None or base == 0 or value is None:
-            continue
-        sign = -1.0 if lower_is_better[name] else 1.0
-        terms.append(sign * (value - base) / base)
-    return 100 * statistics.fmean(terms) if terms else None
+    """Δm (%, positive = better) over the metrics that both sides have; None if none."""
+    shared = {m: not lower[m] for m, v in metrics.items() if v is not None and baselines.get(m)}
+    return delta_m(metrics, baselines, shared) if shared else None
 
 
 def pareto_front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bool]) -> list[int]:
@@ -218,11 +213,12 @@ def build_report(spec: StudySpec, runs_root: str | os.PathLike) -> Report:
     for r in compared:
         means = {m: r.mean(m) for m in metrics}
         per_seed = [
-            delta_m({m: run.best.get(m) for m in metrics}, baselines, lower) for run in r.finished
+            delta_against({m: run.best.get(m) for m in metrics}, baselines, lower)
+            for run in r.finished
         ]
         per_seed = [d for d in per_seed if d is not None]
         spread = statistics.stdev(per_seed) if len(per_seed) > 1 else None
-        delta[r.variant.name] = (delta_m(means, baselines, lower), spread)
+        delta[r.variant.name] = (delta_against(means, baselines, lower), spread)
     macs = {}
     for r in results:
         macs[r.variant.name] = _variant_macs(r.finished[0]) if r.finished else None
