@@ -34,8 +34,9 @@ def test_a_trial_behind_the_median_is_stopped_and_marked(tmp_path):
     leader.report(12.0, step=1)
     study.tell(leader, 12.0)
 
-    good = OptunaPruning(url, "s", study.ask()._trial_id, "val/grader")
-    bad = OptunaPruning(url, "s", study.ask()._trial_id, "val/grader")
+    # the run builds the study's pruner from the same settings (none is stored)
+    good = OptunaPruning(url, "s", study.ask()._trial_id, "val/grader", 1, 0)
+    bad = OptunaPruning(url, "s", study.ask()._trial_id, "val/grader", 1, 0)
     module = SimpleNamespace(current_epoch=0)
     for callback, value in ((good, 11.0), (bad, 1.0)):
         trainer = fake_trainer(value)

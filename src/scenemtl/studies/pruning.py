@@ -22,16 +22,30 @@ class OptunaPruning(L.Callback):
         study_name: the Optuna study.
         trial_id: the storage's id of the trial this run belongs to.
         monitor: the metric reported after each validation, e.g. ``val/grader``.
+        startup_trials, warmup_epochs: the median pruner's settings (the study's
+            ``search`` section): Optuna keeps no pruner in its storage.
     """
 
-    def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str) -> None:
+    def __init__(
+        self,
+        storage: str,
+        study_name: str,
+        trial_id: int,
+        monitor: str,
+        startup_trials: int = 3,
+        warmup_epochs: int = 1,
+    ) -> None:
         import optuna
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from scenemtl.studies.runner import open_storage
+        from scenemtl.studies.runner import median_pruner, open_storage
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage, None))
+        study = optuna.load_study(
+            study_name=study_name,
+            storage=open_storage(storage, None),
+            pruner=median_pruner(startup_trials, warmup_epochs),
+        )
         self.trial = optuna.trial.Trial(study, trial_id)
         self.inner = PyTorchLightningPruningCallback(self.trial, monitor)
         self.pruned_at: int | None = None

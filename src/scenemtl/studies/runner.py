@@ -231,13 +231,16 @@ class CellBusy(Exception):
 
 
 @dataclass
-class RunSummaryLine:
+class _Tally:
     ran: int = 0
     failed: int = 0
     skipped: int = 0
 
-    def format(self, spec: StudySpec, pending: int) -> str:
-        parts = [f"{self.ran} run(s) trained here", f"{self.failed} failed"]
+    def format(self, spec: StudySpec, pending: int, seconds: float) -> str:
+        parts = [
+            f"{self.ran} run(s) trained here in {seconds / 60:.1f} min",
+            f"{self.failed} failed",
+        ]
         if pending:
             parts.append(f"{pending} still running in other workers")
         return f"study {spec.name}: " + ", ".join(parts)
@@ -310,13 +313,14 @@ def run_study(
         direction=_direction(spec),
         load_if_exists=True,
     )
+    started = time.monotonic()
     queued = enqueue_missing(study, spec, study_dir)
     total = len(spec.cells())
     announce(
         f"study {spec.name}: {total} run(s), {total - len(queued)} finished or taken, "
         f"{len(queued)} queued now; storage {url}"
     )
-    tally = RunSummaryLine()
+    tally = _Tally()
     states = _states()
 
     def objective(trial: Any) -> float:
@@ -357,12 +361,22 @@ def run_study(
             break
         study.optimize(objective, n_trials=1, catch=(UserError,))
     running = [t for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)) if _cell_of(t)]
-    announce(tally.format(spec, len(running)))
+    announce(tally.format(spec, len(running), time.monotonic() - started))
     return tally.failed
 
 
 # --------------------------------------------------------------------------------------
 # study tune
+
+
+def median_pruner(startup_trials: int, warmup_epochs: int) -> Any:
+    """The pruner of ``study tune``. Optuna does not store pruners with a study: the
+    worker and its runs (which decide) each build this same one."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs
+    )
 
 
 def suggest(trial: Any, dim: Dimension) -> Any:
@@ -404,9 +418,7 @@ def tune_study(
         storage=open_storage(url, heartbeat_s),
         direction=_direction(spec),
         sampler=optuna.samplers.TPESampler(seed=search.seed),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=search.startup_trials, n_warmup_steps=search.warmup_epochs
-        ),
+        pruner=median_pruner(search.startup_trials, search.warmup_epochs),
         load_if_exists=True,
     )
     states = _states()
@@ -428,6 +440,8 @@ def tune_study(
                 "study_name": study.study_name,
                 "trial_id": trial._trial_id,
                 "monitor": spec.monitor,
+                "startup_trials": search.startup_trials,
+                "warmup_epochs": search.warmup_epochs,
             },
         }
         args = [
