@@ -55,13 +55,16 @@ def _epoch_values(rows, key):
 @pytest.mark.parametrize("dataset", ["cityscapes", "nyuv2"])
 def test_fit_on_mtan_tree_logs_protocol_metrics_and_averages(tmp_path, dataset):
     root = write_mtan_tree(tmp_path / dataset, dataset)
-    cfg = _mtan_config(tmp_path, root)
+    # NYUv2: all three tasks, normals read from the release's normal/*.npy
+    cfg = _mtan_config(tmp_path, root, **({"data.tasks": None} if dataset == "nyuv2" else {}))
     assert run_cli(["fit", "--config", str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny" / "version_0"
     rows = read_metrics(run)
     columns = set().union(*rows)
     for key in ("val/semseg", "val/semseg_pixacc", "val/depth_mae", "val/depth_absrel"):
         assert key in columns
+    if dataset == "nyuv2":
+        assert {"val/normals", "val/normals_median", "train/loss_normals"} <= columns
     assert not (root / "dataset.json").exists()
     # the step schedule: 1e-3 for epochs 0 and 1, halved from epoch 2
     lrs = _epoch_values(rows, "lr")
@@ -81,18 +84,6 @@ def test_fit_on_mtan_tree_logs_protocol_metrics_and_averages(tmp_path, dataset):
     assert run_cli(["test", "--config", str(cfg), "--ckpt_path", str(best)]) == 0
     test_rows = read_metrics(tmp_path / "runs" / "tiny" / "version_1")  # run.name is set
     assert any(r.get("test/semseg_pixacc") for r in test_rows)
-
-
-def test_nyuv2_three_tasks_need_the_normals_kind(tmp_path, capsys):
-    from scenemtl.tasks import TASK_KINDS
-
-    if "normals" in TASK_KINDS:
-        pytest.skip("the normals task kind is present: covered by the normals tests")
-    root = write_mtan_tree(tmp_path / "nyuv2", "nyuv2")
-    cfg = _mtan_config(tmp_path, root, **{"data.tasks": None, "trainer.max_epochs": 1})
-    assert run_cli(["fit", "--config", str(cfg)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown kind 'normals'" in err[0]
 
 
 # ---------------------------------------------------------------------------- units
