@@ -247,6 +247,7 @@ def plot_curves(report: Report, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     paths = []
     for metric in [*report.metrics, GRADER]:
@@ -277,6 +278,7 @@ def plot_curves(report: Report, out: Path) -> list[Path]:
         arrow = "higher is better" if higher_is_better(metric) else "lower is better"
         ax.set_title(f"{report.spec.name}: validation {metric_label(metric)} ({arrow})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
@@ -340,15 +342,11 @@ def plot_tradeoff(report: Report, out: Path) -> Path | None:
             )
     if points:
         front = pareto_front(points, (higher_is_better(mx), higher_is_better(my)))
-        ax.plot(
-            [points[i][0] for i in front],
-            [points[i][1] for i in front],
-            "k-",
-            lw=1,
-            alpha=0.6,
-            label="Pareto front",
-            drawstyle="steps-post" if len(front) > 1 else None,
-        )
+        # the front's points joined in order of the first metric, ringed: no staircase,
+        # whose attainable corner would depend on the two directions
+        xs, ys = [points[i][0] for i in front], [points[i][1] for i in front]
+        ax.plot(xs, ys, "k--", lw=1, alpha=0.6)
+        ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="k", label="Pareto front")
     ax.set_xlabel(metric_label(mx) + (" →" if higher_is_better(mx) else " ←"))
     ax.set_ylabel(metric_label(my) + (" ↑" if higher_is_better(my) else " ↓"))
     ax.set_title(f"{report.spec.name}: {mx} vs {my} at the best validation (mean ± std)")
