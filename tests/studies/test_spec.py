@@ -84,7 +84,12 @@ def test_baselines_are_single_task_copies_of_a_variant(tmp_path):
     assert names == ["a", "b", "single_semseg", "single_depth"]
     single = spec.variant("single_depth")
     assert single.baseline_of == "depth"
-    assert single.overrides == {**spec.variant("b").overrides, "data.tasks": ["depth"]}
+    assert single.overrides["data.tasks"] == ["depth"]
+    assert single.overrides["model.loss_weights"] is None  # it named both tasks
+    # the depth task's flat options stay for the depth baseline, go for the semseg one
+    assert "model.depth_space" not in single.overrides
+    assert spec.variant("single_semseg").overrides["model.depth_space"] is None
+    assert single.overrides.items() >= spec.variant("b").overrides.items()
     assert single.configs == spec.variant("b").configs
     # the grader needs both tasks: baselines keep their own monitor
     assert monitor_args(spec, spec.variant("a")) == [

@@ -398,7 +398,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
             Variant(
                 f"{BASELINE_PREFIX}{task}",
                 source.configs,
-                {**source.overrides, "data.tasks": [task]},
+                {**source.overrides, **single_task_overrides(task)},
                 baseline_of=task,
             )
             for task in tasks
@@ -427,6 +427,20 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         base_configs=base_configs,
         base_overrides={**study_overrides, **preset_overrides},
     )
+
+
+def single_task_overrides(task: str) -> dict[str, Any]:
+    """What makes a multi-task variant learn ``task`` alone: ``data.tasks``, and no
+    option for the tasks it drops, which a run refuses (the configs set the loss weights
+    of both tasks and the depth task's flat options). The baseline's own loss weight
+    becomes the default 1: a constant factor of its only loss (Adam does not see it; SGD
+    sees it as a learning-rate factor)."""
+    from scenemtl.engine.module import FLAT_TASK_OPTIONS  # torch: only for baselines
+
+    dropped = {
+        f"model.{flat}": None for flat, (owner, _) in FLAT_TASK_OPTIONS.items() if owner != task
+    }
+    return {"data.tasks": [task], "model.loss_weights": None, **dropped}
 
 
 def presets_of(path: str | os.PathLike) -> list[str]:
