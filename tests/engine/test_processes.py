@@ -25,6 +25,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(paths: list[Path], procs: list[subprocess.Popen], timeout: float = 300) -> None:
     """Until every path exists; fails at once if a process ended first."""
     deadline = time.monotonic() + timeout
@@ -55,7 +59,10 @@ def test_ctrl_c_exits_130_as_interrupted_and_a_resume_finishes_clean(tmp_path, t
             "trainer.callbacks": [waiter],
         },
     )
-    # its own process group, as a terminal's Ctrl-C signals the whole foreground group
+    # its own process group, as a terminal's Ctrl-C signals the whole foreground group;
+    # SIGINT back to its default first: a suite started in the background of a
+    # non-interactive shell (`make test &`) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler, so the child would sleep through the signal
     proc = subprocess.Popen(
         [sys.executable, "-m", "scenemtl", "fit", "--config", str(cfg)],
         cwd=REPO,
@@ -64,6 +71,7 @@ def test_ctrl_c_exits_130_as_interrupted_and_a_resume_finishes_clean(tmp_path, t
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     try:
         _wait_for([marker], [proc])
