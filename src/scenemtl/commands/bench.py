@@ -21,10 +21,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from scenemtl.errors import UserError
+from scenemtl.yamlfile import read_yaml_mapping
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 
@@ -121,16 +121,7 @@ def matmul_peak_gflops(precision: str, device: torch.device, n: int = 1024) -> f
 
 
 def load_sections(config: str | Path) -> dict[str, Any]:
-    path = Path(config)
-    if not path.is_file():
-        raise UserError(f"config {path} not found")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a mapping at top level")
-    return cfg
+    return read_yaml_mapping(config)
 
 
 def build_from_config(cfg: dict[str, Any]) -> tuple[Any, Any]:

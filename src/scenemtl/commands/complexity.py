@@ -29,6 +29,7 @@ from torch import nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.registry import ModelConfig, build_model
+from scenemtl.yamlfile import read_yaml_mapping
 
 DEFAULT_SIZE = (256, 512)
 
@@ -39,20 +40,8 @@ def load_model_config(path: str | Path) -> ModelConfig:
     Also accepts the ``model.init_args.net`` form that LightningCLI writes when the model
     has a ``class_path``. A config without that section gives the defaults.
     """
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p}: not valid YAML ({first})") from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, Mapping):
-        raise UserError(f"{p}: expected a mapping at the top level, got {type(doc).__name__}")
+    doc = read_yaml_mapping(p)
     model = doc.get("model") or {}
     if not isinstance(model, Mapping):
         raise UserError(f"{p}: model: expected a mapping, got {type(model).__name__}")

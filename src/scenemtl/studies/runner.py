@@ -78,13 +78,34 @@ def open_storage(url: str, heartbeat_s: int | None) -> Any:
                 grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
-        return RDBStorage(url, **kwargs)
+        with _sqlite_schema_lock(url):
+            return RDBStorage(url, **kwargs)
     except (ImportError, ValueError, OSError) as e:
         raise UserError(f"--storage {url}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # sqlalchemy's errors: a database that cannot be reached
         if type(e).__module__.startswith("sqlalchemy"):
             raise UserError(f"--storage {url}: {str(e).splitlines()[0]}") from None
         raise
+
+
+@contextlib.contextmanager
+def _sqlite_schema_lock(url: str) -> Iterator[None]:
+    """Held while Optuna opens a SQLite file. Opening a new database creates its tables
+    and stamps its schema version, and two workers started together both try it: one
+    fails on "table studies already exists" or a UNIQUE constraint of alembic_version
+    (8 of 8 times with two processes released at one instant). A lock file beside the
+    database serializes the opening; the one that comes second finds the schema made.
+    Server databases (PostgreSQL, MySQL) are left to their own locking."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    if not path or path.startswith(":memory:"):
+        yield
+        return
+    with open(f"{path}.lock", "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _direction(spec: StudySpec) -> str:
@@ -292,6 +313,32 @@ def enqueue_missing(study: Any, spec: StudySpec, study_dir: Path) -> list[tuple[
         return queued
 
 
+def _open_study(
+    spec: StudySpec,
+    runs_root: str | os.PathLike,
+    storage: str | None,
+    heartbeat_s: int,
+    suffix: str,
+    **create_options: Any,
+) -> tuple[Path, str, Any]:
+    """(study folder, storage URL, the Optuna study ``spec.name + suffix``), created on
+    first use and loaded by every later worker."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study_dir = spec.study_dir(runs_root)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage(study_dir)
+    study = optuna.create_study(
+        study_name=spec.name + suffix,
+        storage=open_storage(url, heartbeat_s),
+        direction=_direction(spec),
+        load_if_exists=True,
+        **create_options,
+    )
+    return study_dir, url, study
+
+
 def run_study(
     spec: StudySpec,
     runs_root: str | os.PathLike,
@@ -303,16 +350,7 @@ def run_study(
     of runs that failed (0: every cell this worker took finished)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study_dir = spec.study_dir(runs_root)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    url = storage or default_storage(study_dir)
-    study = optuna.create_study(
-        study_name=spec.name + RUN_STUDY_SUFFIX,
-        storage=open_storage(url, heartbeat_s),
-        direction=_direction(spec),
-        load_if_exists=True,
-    )
+    study_dir, url, study = _open_study(spec, runs_root, storage, heartbeat_s, RUN_STUDY_SUFFIX)
     started = time.monotonic()
     queued = enqueue_missing(study, spec, study_dir)
     total = len(spec.cells())
@@ -407,19 +445,16 @@ def tune_study(
         raise UserError(f"{spec.path}: no search section: nothing to tune")
     if not spec.monitor:
         raise UserError(f"{spec.path}: tuning needs a monitor (e.g. monitor: val/grader)")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     search = spec.search
     budget = trials or search.trials
-    study_dir = spec.study_dir(runs_root)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    url = storage or default_storage(study_dir)
-    study = optuna.create_study(
-        study_name=spec.name + TUNE_STUDY_SUFFIX,
-        storage=open_storage(url, heartbeat_s),
-        direction=_direction(spec),
+    study_dir, url, study = _open_study(
+        spec,
+        runs_root,
+        storage,
+        heartbeat_s,
+        TUNE_STUDY_SUFFIX,
         sampler=optuna.samplers.TPESampler(seed=search.seed),
         pruner=median_pruner(search.startup_trials, search.warmup_epochs),
-        load_if_exists=True,
     )
     states = _states()
     base = spec.variants[0]

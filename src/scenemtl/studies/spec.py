@@ -49,6 +49,7 @@ from typing import Any
 import yaml
 
 from scenemtl.errors import UserError
+from scenemtl.yamlfile import read_yaml_mapping
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
@@ -302,14 +303,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         UserError: one line naming the file and what is wrong with it.
     """
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"study file {p} not found")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _fail(p, f"not valid YAML ({first})") from None
-    doc = _mapping(doc, p, "the study file")
+    doc = read_yaml_mapping(p, "study file")
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise _fail(
