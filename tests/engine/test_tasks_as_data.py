@@ -182,7 +182,9 @@ def test_three_task_procedural_run_fits_tests_grades_predicts_and_exports(tmp_pa
     )
     assert run_cli(["fit", "--config", str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny" / "version_0"
-    assert json.loads((run / "run.json").read_text())["tasks"] == ["semseg", "depth", "normals"]
+    record = json.loads((run / "run.json").read_text())
+    assert record["tasks"] == ["semseg", "depth", "normals"]
+    assert record["directions"] == {"semseg": "max", "depth": "min", "normals": "min"}
     columns = set(read_metrics(run)[0])
     assert {"val/normals", "val/normals_median", "val/normals_within_30"} <= columns
     assert "val/grader" in columns  # the course grader stays semseg + depth

@@ -148,3 +148,63 @@ def test_report_files(study):
         assert f"]({name})" in text
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.size[0] > 300
+
+
+def two_task_run(folder: Path, iou: float, error: float, directions: dict | None) -> None:
+    """A finished run of semseg and a task named ``surface`` (an angle error)."""
+    folder.mkdir(parents=True)
+    rows = ["epoch,step,val/semseg,val/surface", f"0,9,{iou},{error}"]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    record = {"tasks": ["semseg", "surface"], "status": "finished", "max_epochs": 1}
+    record["monitor"] = {"metric": "val/semseg", "mode": "max"}
+    if directions is not None:
+        record["directions"] = directions
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+def test_delta_m_takes_each_task_direction_from_its_runs(tmp_path):
+    """A lower error of a task the report knows only by name (its kind is recorded by
+    the run) counts as better, in Δm and on the trade-off figure's axes."""
+    path = tmp_path / "s.yaml"
+    spec = {"name": "n", "seeds": [0], "variants": [{"name": "mtl"}]}
+    spec["baselines"] = {"tasks": ["semseg", "surface"]}
+    path.write_text(yaml.safe_dump(spec))
+    runs = tmp_path / "runs" / "n"
+    directions = {"semseg": "max", "surface": "min"}
+    two_task_run(runs / "mtl/seed_0/version_0", 40.0, 20.0, directions)
+    single_run(runs / "single_semseg/seed_0/version_0", "semseg", [40.0])
+    (runs / "single_surface/seed_0/version_0").mkdir(parents=True)
+    base = runs / "single_surface/seed_0/version_0"
+    (base / "metrics.csv").write_text("epoch,step,val/surface\n0,0,25.0\n")
+    record = {"tasks": ["surface"], "directions": {"surface": "min"}, "status": "finished"}
+    (base / "run.json").write_text(json.dumps(record))
+    report = build_report(load_study(path), tmp_path / "runs")
+    assert report.baselines == {"semseg": 40.0, "surface": 25.0}
+    assert not report.higher_is_better("surface") and report.higher_is_better("semseg")
+    # semseg equal, surface 20 against 25 (lower is better): +20% / 2 tasks
+    assert report.delta["mtl"][0] == pytest.approx(10.0)
+
+
+def test_no_delta_m_when_a_baseline_is_missing(study):
+    path, runs = study
+    for seed_dir in (runs / "toy" / "single_depth").iterdir():
+        record = seed_dir / "version_0" / "run.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "status": "crashed"}))
+    report = build_report(load_study(path), runs)
+    assert report.baselines == {"semseg": 39.0} and report.delta == {}
+    _, out, _ = write_report(load_study(path), runs)
+    text = (out / "report.md").read_text()
+    assert "No Δm: no finished single-task baseline for depth" in text
+    assert "| a | 2/2 | 42.00 ± 2.83 |" in text
+
+
+def test_runs_without_recorded_directions_fall_back_to_the_task_kind(tmp_path):
+    from scenemtl.commands.runs import summarize_run
+
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("epoch,step,val/normals\n0,0,30\n1,1,20\n2,2,25\n")
+    (folder / "run.json").write_text(json.dumps({"tasks": ["normals"], "status": "finished"}))
+    summary = summarize_run(folder)
+    assert summary.directions == {"normals": "min"}
+    assert summary.monitor == ("val/normals", "min") and summary.best_epoch == 1

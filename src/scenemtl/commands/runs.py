@@ -64,6 +64,8 @@ class RunSummary:
     """The headline metrics shown: each task's, then ``grader`` when the run has it."""
     monitor: tuple[str, str] | None = None
     """(metric, "max"|"min") that picks the best validation."""
+    directions: dict[str, str] = field(default_factory=dict)
+    """task -> "max"|"min", the direction of its headline metric."""
     reason: str | None = None
     """Why the run is unreadable."""
 
@@ -190,14 +192,29 @@ def _tasks(record: dict[str, Any], header: list[str]) -> list[str]:
 
 
 def _higher_is_better(task: str) -> bool:
-    """Direction of a task's headline metric, from its kind (the dataset task names)."""
+    """Direction of a task's headline metric for a run that did not record it (older
+    runs): the kind of the two built-in tasks, else the kind the task is named after
+    (``normals``), else higher."""
     from scenemtl.tasks import TASK_KINDS, legacy_task_specs  # torch: only when needed
 
     spec = legacy_task_specs().get(task)
-    return TASK_KINDS[spec["kind"]].higher_is_better if spec else True
+    kind = spec["kind"] if spec else task
+    return TASK_KINDS[kind].higher_is_better if kind in TASK_KINDS else True
 
 
-def _monitor(record: dict[str, Any], header: list[str], tasks: list[str]) -> tuple[str, str] | None:
+def _directions(record: dict[str, Any], tasks: list[str]) -> dict[str, str]:
+    recorded = record.get("directions")
+    if recorded is not None and not (
+        isinstance(recorded, dict) and all(v in ("max", "min") for v in recorded.values())
+    ):
+        raise _Unreadable(f"{RunDir.RECORD}: 'directions' is not {{task: max|min}}")
+    recorded = recorded or {}
+    return {t: recorded.get(t) or ("max" if _higher_is_better(t) else "min") for t in tasks}
+
+
+def _monitor(
+    record: dict[str, Any], header: list[str], tasks: list[str], directions: dict[str, str]
+) -> tuple[str, str] | None:
     monitor = record.get("monitor")
     if monitor is not None:
         if not (
@@ -210,7 +227,7 @@ def _monitor(record: dict[str, Any], header: list[str], tasks: list[str]) -> tup
     if f"val/{GRADER}" in header:
         return f"val/{GRADER}", "max"
     if tasks:
-        return f"val/{tasks[0]}", "max" if _higher_is_better(tasks[0]) else "min"
+        return f"val/{tasks[0]}", directions[tasks[0]]
     return None
 
 
@@ -250,9 +267,11 @@ def _summarize(run: RunDir, summary: RunSummary) -> None:
     tasks = _tasks(record, header)
     has_grader = any(k in header for k in (f"val/{GRADER}", f"test/{GRADER}"))
     columns = [*tasks, GRADER] if has_grader else list(tasks)
-    monitor = _monitor(record, header, tasks)
+    directions = _directions(record, tasks)
+    monitor = _monitor(record, header, tasks, directions)
     summary.config, summary.record = config, record
     summary.tasks, summary.columns, summary.monitor = tasks, columns, monitor
+    summary.directions = directions
 
     best: tuple[int, float] | None = None
     for i, row in enumerate(rows):

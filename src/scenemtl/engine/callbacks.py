@@ -127,6 +127,8 @@ class RunRecordCallback(L.Callback):
         tasks = getattr(pl_module, "tasks", {})
         self._write(
             tasks=list(tasks),
+            # what `runs` and `study report` need to rank a task they know only by name
+            directions={name: "max" if t.higher_is_better else "min" for name, t in tasks.items()},
             monitor=self.monitor,
             status="running",
             parameters=sum(p.numel() for p in net.parameters()),

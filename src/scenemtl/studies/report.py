@@ -33,19 +33,16 @@ from scenemtl.metrics import delta_m
 from scenemtl.studies.runner import finished_run
 from scenemtl.studies.spec import StudySpec, Variant
 
-_LABELS = {"semseg": "semseg IoU (%)", "depth": "depth SI-logRMSE", GRADER: "grader"}
+_LABELS = {
+    "semseg": "semseg IoU (%)",
+    "depth": "depth SI-logRMSE",
+    "normals": "normals mean angle error (deg)",
+    GRADER: "grader",
+}
 
 
 def metric_label(metric: str) -> str:
     return _LABELS.get(metric, metric)
-
-
-def higher_is_better(metric: str) -> bool:
-    if metric == GRADER:
-        return True
-    from scenemtl.commands.runs import _higher_is_better
-
-    return _higher_is_better(metric)
 
 
 @dataclass
@@ -103,6 +100,17 @@ def collect(spec: StudySpec, runs_root: str | os.PathLike) -> list[VariantResult
     return results
 
 
+def directions(results: Sequence[VariantResult]) -> dict[str, bool]:
+    """Metric -> higher is better, as the runs recorded it for their tasks (the grader:
+    higher)."""
+    higher = {GRADER: True}
+    for r in results:
+        for run in r.finished:
+            for task, mode in run.directions.items():
+                higher.setdefault(task, mode == "max")
+    return higher
+
+
 def task_metrics(results: Sequence[VariantResult]) -> list[str]:
     """The headline metric of every task the compared variants learn, in order."""
     metrics: list[str] = []
@@ -148,6 +156,12 @@ class Report:
     baselines: dict[str, float]
     delta: dict[str, tuple[float | None, float | None]]
     macs: dict[str, float | None]
+    higher: dict[str, bool] = field(default_factory=lambda: {GRADER: True})
+    """Metric -> higher is better."""
+
+    def higher_is_better(self, metric: str) -> bool:
+        return self.higher.get(metric, True)
+
     figures: list[Path] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, str]]:
@@ -203,14 +217,17 @@ def build_report(spec: StudySpec, runs_root: str | os.PathLike) -> Report:
     results = collect(spec, runs_root)
     compared = [r for r in results if not r.variant.baseline_of]
     metrics = task_metrics(compared)
-    lower = {m: not higher_is_better(m) for m in metrics}
+    higher = directions(results)
+    lower = {m: not higher.get(m, True) for m in metrics}
     baselines: dict[str, float] = {}
     for r in results:
         task = r.variant.baseline_of
         if task and (value := r.mean(task)) is not None:
             baselines[task] = value
     delta: dict[str, tuple[float | None, float | None]] = {}
-    for r in compared:
+    # Δm over a subset of the tasks would not be the Δm the table's header promises
+    complete = all(m in baselines for m in metrics)
+    for r in compared if complete else ():
         means = {m: r.mean(m) for m in metrics}
         per_seed = [
             delta_against({m: run.best.get(m) for m in metrics}, baselines, lower)
@@ -222,7 +239,7 @@ def build_report(spec: StudySpec, runs_root: str | os.PathLike) -> Report:
     macs = {}
     for r in results:
         macs[r.variant.name] = _variant_macs(r.finished[0]) if r.finished else None
-    return Report(spec, results, metrics, baselines, delta, macs)
+    return Report(spec, results, metrics, baselines, delta, macs, higher)
 
 
 # --------------------------------------------------------------------------------------
@@ -275,7 +292,7 @@ def plot_curves(report: Report, out: Path) -> list[Path]:
         if not drawn:
             plt.close(fig)
             continue
-        arrow = "higher is better" if higher_is_better(metric) else "lower is better"
+        arrow = "higher is better" if report.higher_is_better(metric) else "lower is better"
         ax.set_title(f"{report.spec.name}: validation {metric_label(metric)} ({arrow})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -341,14 +358,14 @@ def plot_tradeoff(report: Report, out: Path) -> Path | None:
                 color="gray",
             )
     if points:
-        front = pareto_front(points, (higher_is_better(mx), higher_is_better(my)))
+        front = pareto_front(points, (report.higher_is_better(mx), report.higher_is_better(my)))
         # the front's points joined in order of the first metric, ringed: no staircase,
         # whose attainable corner would depend on the two directions
         xs, ys = [points[i][0] for i in front], [points[i][1] for i in front]
         ax.plot(xs, ys, "k--", lw=1, alpha=0.6)
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="k", label="Pareto front")
-    ax.set_xlabel(metric_label(mx) + (" →" if higher_is_better(mx) else " ←"))
-    ax.set_ylabel(metric_label(my) + (" ↑" if higher_is_better(my) else " ↓"))
+    ax.set_xlabel(metric_label(mx) + (" →" if report.higher_is_better(mx) else " ←"))
+    ax.set_ylabel(metric_label(my) + (" ↑" if report.higher_is_better(my) else " ↓"))
     ax.set_title(f"{report.spec.name}: {mx} vs {my} at the best validation (mean ± std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -459,7 +476,14 @@ def write_report(
         table,
         "",
     ]
-    if report.baselines:
+    missing = [m for m in report.metrics if m not in report.baselines]
+    if report.baselines and missing:
+        lines += [
+            f"No Δm: no finished single-task baseline for {', '.join(missing)} "
+            f"(Δm averages over every task: {', '.join(report.metrics)}).",
+            "",
+        ]
+    elif report.baselines:
         base = ", ".join(f"{t} {v:.2f}" for t, v in report.baselines.items())
         lines += [
             f"Δm: mean signed relative difference (%) to the single-task baselines ({base}) "
