@@ -208,3 +208,16 @@ def test_runs_without_recorded_directions_fall_back_to_the_task_kind(tmp_path):
     summary = summarize_run(folder)
     assert summary.directions == {"normals": "min"}
     assert summary.monitor == ("val/normals", "min") and summary.best_epoch == 1
+
+
+def test_report_without_preset_skips_a_preset_that_does_not_load_here(study, capsys):
+    from scenemtl.cli import main
+
+    path, runs = study
+    doc = yaml.safe_load(path.read_text())
+    doc["presets"] = {"gpu": {"config": "missing_on_this_machine.yaml"}}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SystemExit) as done:
+        main(["study", "report", str(path), "--runs", str(runs)])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert "## toy" in capsys.readouterr().out

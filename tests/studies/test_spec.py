@@ -150,6 +150,11 @@ def test_search_space(tmp_path):
         ({"search": {"space": {}}}, "no option to search"),
         ({"presets": {"cpu": {"variants": ["zzz"]}}}, "no variant 'zzz'"),
         ({"monitor_mode": "up"}, "monitor_mode"),
+        (
+            {"search": {"space": {"data.batch_size": {"low": 4, "high": 16, "step": 0.5}}}},
+            "an integer range needs an integer step, got 0.5",
+        ),
+        ({"presets": {"cpu": {"seeds": []}}}, r"presets\.cpu\.seeds must be"),
     ],
 )
 def test_bad_study_files_are_one_line(tmp_path, change, culprit):
@@ -180,3 +185,31 @@ def test_builtin_studies_load_with_every_preset(study):
         assert spec.cells()
         for v in spec.all_variants:
             assert all(c.is_file() for c in v.configs)
+
+
+def test_baselines_keep_only_their_own_task_options(tmp_path):
+    """Options of the tasks a baseline drops are refused by a single-task run: the
+    baseline keeps its own task's entry, from a config file or an override."""
+    path = write(
+        tmp_path,
+        doc(
+            variants=[
+                {"name": "a", "config": "opts.yaml"},
+                {
+                    "name": "b",
+                    "overrides": {"model.task_options": {"normals": {"loss": "l1"}}},
+                },
+            ],
+            baselines={"variant": "a", "tasks": ["semseg", "normals"]},
+        ),
+    )
+    opts = "model: {task_options: {normals: {loss: cosine}, depth: {loss: l1}}}\n"
+    (tmp_path / "opts.yaml").write_text(opts)
+    spec = load_study(path)
+    assert spec.variant("single_normals").overrides["model.task_options"] == {
+        "normals": {"loss": "cosine"}
+    }
+    assert spec.variant("single_semseg").overrides["model.task_options"] is None
+    # a variant whose options concern only the kept task is left as it is
+    only = write(tmp_path, doc(baselines={"variant": "b", "tasks": ["normals"]}), "o.yaml")
+    assert "model.task_options" not in load_study(only).variant("single_normals").overrides

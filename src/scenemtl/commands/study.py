@@ -74,6 +74,17 @@ def cmd_study_tune(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _has_runs(args: argparse.Namespace, preset: str | None) -> bool:
+    """Whether the study (as ``preset`` makes it) has a folder of runs; a preset that
+    does not load here (its config missing on this machine) has none to report."""
+    from scenemtl.studies.spec import load_study
+
+    try:
+        return load_study(args.file, preset).study_dir(args.runs).is_dir()
+    except UserError:
+        return False
+
+
 def cmd_study_report(args: argparse.Namespace) -> int:
     from scenemtl.studies.report import write_report
     from scenemtl.studies.spec import load_study, presets_of
@@ -81,10 +92,7 @@ def cmd_study_report(args: argparse.Namespace) -> int:
     presets: list[str | None] = [args.preset]
     if args.preset is None:
         # without --preset: every preset (or the full study) that has runs
-        candidates = [None, *presets_of(args.file)]
-        presets = [
-            p for p in candidates if load_study(args.file, p).study_dir(args.runs).is_dir()
-        ] or [None]
+        presets = [p for p in [None, *presets_of(args.file)] if _has_runs(args, p)] or [None]
     if args.out is not None and len(presets) > 1:
         raise UserError(f"--out: {len(presets)} presets have runs; choose one with --preset")
     for preset in presets:

@@ -313,6 +313,15 @@ def enqueue_missing(study: Any, spec: StudySpec, study_dir: Path) -> list[tuple[
         return queued
 
 
+def worker_seed(seed: int) -> int:
+    """The TPE seed of this worker: ``seed`` mixed with the process id. Workers started
+    together with one seed would otherwise draw the same start-up points and train the
+    same configuration N times; the price is that a search is not bit-reproducible."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, os.getpid()]).generate_state(1)[0])
+
+
 def _open_study(
     spec: StudySpec,
     runs_root: str | os.PathLike,
@@ -453,9 +462,16 @@ def tune_study(
         storage,
         heartbeat_s,
         TUNE_STUDY_SUFFIX,
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        sampler=optuna.samplers.TPESampler(seed=worker_seed(search.seed)),
         pruner=median_pruner(search.startup_trials, search.warmup_epochs),
     )
+    if study.direction.name.lower() != _direction(spec):
+        # TPE and the pruner would go on optimizing the stored direction
+        raise UserError(
+            f"{spec.path}: the search in {url} was made to {study.direction.name.lower()} "
+            f"its monitor, this file asks to {_direction(spec)} {spec.monitor}; "
+            "tune into another --storage"
+        )
     states = _states()
     base = spec.variants[0]
     seed = spec.seeds[0]
@@ -488,19 +504,26 @@ def tune_study(
         ]
         try:
             result = fit_cell(family, args, spec.monitor, spec.monitor_mode, announce)
+            trial.set_user_attr(RUN_ATTR, str(result.run))
+            stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            if PRUNED_ATTR in stored.user_attrs:
+                announce(f"pruned trial {number} at epoch {stored.user_attrs[PRUNED_ATTR]}")
+                raise optuna.TrialPruned()
+            if result.value is None:
+                # a run that diverged: a failure, so that it neither counts toward the
+                # budget nor lets a space that keeps diverging loop past it
+                raise UserError(f"{result.run}: no finite value of {spec.monitor} was logged")
+        except CellBusy as e:
+            # a retried trial whose first run still holds its folder (another worker)
+            trial.set_user_attr(ERROR_ATTR, str(e))
+            raise optuna.TrialPruned() from None
         except UserError as e:
             failures += 1
             trial.set_user_attr(ERROR_ATTR, str(e))
             announce(f"FAILED trial {number}: {e}")
             raise
-        trial.set_user_attr(RUN_ATTR, str(result.run))
-        stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-        if PRUNED_ATTR in stored.user_attrs:
-            announce(f"pruned trial {number} at epoch {stored.user_attrs[PRUNED_ATTR]}")
-            raise optuna.TrialPruned()
-        value = "n/a" if result.value is None else f"{result.value:.4g}"
-        announce(f"trial {number} {values}: best {spec.monitor} {value}")
-        return float("nan") if result.value is None else result.value
+        announce(f"trial {number} {values}: best {spec.monitor} {result.value:.4g}")
+        return result.value
 
     def counted() -> int:
         done = (states.COMPLETE, states.PRUNED)

@@ -243,6 +243,9 @@ def _dimension(key: str, value: Any, path: Path) -> Dimension:
         raise _fail(path, f"{where}: a log range needs low > 0, got {low}")
     if log and step is not None:
         raise _fail(path, f"{where}: log and step cannot be combined")
+    integers = not isinstance(low, float) and not isinstance(high, float)
+    if integers and step is not None and not float(step).is_integer():
+        raise _fail(path, f"{where}: an integer range needs an integer step, got {step}")
     return Dimension(key, low=low, high=high, log=log, step=step)
 
 
@@ -392,13 +395,15 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
             Variant(
                 f"{BASELINE_PREFIX}{task}",
                 source.configs,
-                {**source.overrides, **single_task_overrides(task)},
+                {**source.overrides, **single_task_overrides(task), **_kept_options(source, task)},
                 baseline_of=task,
             )
             for task in tasks
         )
 
-    seeds = _seeds(chosen.get("seeds", doc.get("seeds", [0])), p, f"{where or ''}seeds".strip("."))
+    seeds = _seeds(
+        chosen.get("seeds", doc.get("seeds", [0])), p, f"{where}.seeds" if where else "seeds"
+    )
     monitor = doc.get("monitor")
     if monitor is not None and not isinstance(monitor, str):
         raise _fail(p, "monitor must be a metric name like val/grader")
@@ -435,6 +440,20 @@ def single_task_overrides(task: str) -> dict[str, Any]:
         f"model.{flat}": None for flat, (owner, _) in FLAT_TASK_OPTIONS.items() if owner != task
     }
     return {"data.tasks": [task], "model.loss_weights": None, **dropped}
+
+
+def _kept_options(variant: Variant, task: str) -> dict[str, Any]:
+    """``model.task_options`` reduced to ``task``'s entry when the variant (its configs,
+    then its overrides) sets options for other tasks, which a single-task run refuses."""
+    options: Any = None
+    for config in variant.configs:
+        model = read_yaml_mapping(config).get("model")
+        if isinstance(model, Mapping) and "task_options" in model:
+            options = model["task_options"]
+    options = variant.overrides.get("model.task_options", options)
+    if not isinstance(options, Mapping) or set(options) <= {task}:
+        return {}
+    return {"model.task_options": {task: options[task]} if task in options else None}
 
 
 def presets_of(path: str | os.PathLike) -> list[str]:
