@@ -8,8 +8,10 @@ for ``submission.zip``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -72,7 +74,29 @@ def run_prediction(
         writer: what to do with each image's predictions.
         device: where the network runs.
     """
-    device = torch.device(device)
+    with _quiet_trainer():
+        _predict(module, loader, writer, torch.device(device))
+
+
+@contextlib.contextmanager
+def _quiet_trainer() -> Iterator[None]:
+    """No "GPU available: ..." lines and cloud-logger tips from an inner Trainer: the
+    output of `predict` (and of fit's submission) is its own lines."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _predict(
+    module: L.LightningModule,
+    loader: DataLoader,
+    writer: SamplePredictionWriter,
+    device: torch.device,
+) -> None:
     accelerator = {"cuda": "gpu"}.get(device.type, device.type)
     devices: Any = [device.index] if device.index is not None else 1
     trainer = L.Trainer(
@@ -87,4 +111,8 @@ def run_prediction(
     with warnings.catch_warnings():
         # one-batch loaders and num_workers=0 are deliberate here
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # SameSizeBatches yields every index exactly once (batches of one size each)
+        warnings.filterwarnings("ignore", message=".*custom batch sampler `SameSizeBatches`")
+        # library deprecation chatter users can do nothing about (as in `fit`)
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
         trainer.predict(module, dataloaders=loader, return_predictions=False)
