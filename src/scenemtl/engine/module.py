@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
@@ -405,7 +406,11 @@ class MultiTaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        opt = self.make_optimizer()
+        # Lightning refuses gradient clipping with a fused optimizer under mixed
+        # precision (with fp16's GradScaler the kernel would unscale after the clip)
+        clips = bool(self.trainer.gradient_clip_val)
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        opt = self.make_optimizer(fused=not (clips and mixed))
         if hp.get("lr_schedule", "poly") == "step":
             step = torch.optim.lr_scheduler.LambdaLR(
                 opt, StepFactor(hp.get("lr_milestones") or [], hp.get("lr_gamma", 0.5))
@@ -417,8 +422,9 @@ class MultiTaskModule(L.LightningModule):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimizer over the network's (and the balancer's) parameters."""
+    def make_optimizer(self, fused: bool = True) -> torch.optim.Optimizer:
+        """The configured optimizer over the network's (and the balancer's) parameters,
+        with its fused kernel where torch has one for the device (``fused``)."""
         hp = self.hparams
         # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
         # method updates itself (FAMO's logits) are not the optimizer's.
@@ -429,9 +435,11 @@ class MultiTaskModule(L.LightningModule):
         ]
         options: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
-            return fused_if_supported(torch.optim.SGD, params, momentum=hp.momentum, **options)
-        kind = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-        return fused_if_supported(kind, params, **options)
+            kind: type[torch.optim.Optimizer] = torch.optim.SGD
+            options["momentum"] = hp.momentum
+        else:
+            kind = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
+        return fused_if_supported(kind, params, **options) if fused else kind(params, **options)
 
 
 def fused_if_supported(
