@@ -75,3 +75,14 @@ def test_a_stored_search_of_the_other_direction_is_refused(tmp_path, monkeypatch
     )
     with pytest.raises(UserError, match="made to maximize .* asks to minimize val/grader"):
         runner.tune_study(tune_spec(tmp_path, mode="min"), tmp_path / "runs", announce=print)
+
+
+def test_a_failed_run_reports_the_error_of_its_last_attempt(tmp_path):
+    log = tmp_path / "fit.log"
+    log.write_text(
+        f"\n{runner.ATTEMPT_MARK}--config a.yaml\nscenemtl: error: lr must be > 0\n"
+        f"\n{runner.ATTEMPT_MARK}--config a.yaml\nEpoch 3: killed by the OOM killer\n"
+    )
+    assert runner._error_line(log) == "Epoch 3: killed by the OOM killer"
+    log.write_text(f"{runner.ATTEMPT_MARK}x\nscenemtl: error: data root missing\nbye\n")
+    assert runner._error_line(log) == "data root missing"

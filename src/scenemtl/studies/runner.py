@@ -175,12 +175,19 @@ def finished_run(family: RunFamily) -> RunDir | None:
     return None
 
 
+ATTEMPT_MARK = "$ scenemtl fit "
+"""Opens each attempt's section of a run's fit.log."""
+
+
 def _error_line(log: Path) -> str:
-    """What went wrong, from a failed run's log: its error line, else its last line."""
+    """What went wrong, from a failed run's log: the error line of its last attempt (the
+    log collects every attempt), else the attempt's last line."""
     try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        text = log.read_text(errors="replace")
     except OSError:
         return "no log"
+    attempt = text[text.rfind(ATTEMPT_MARK) :] if ATTEMPT_MARK in text else text
+    lines = [ln.strip() for ln in attempt.splitlines() if ln.strip()]
     for line in reversed(lines):
         if line.startswith("scenemtl: error:"):
             return line.removeprefix("scenemtl: error:").strip()
@@ -222,7 +229,7 @@ def fit_cell(
         log = family.path / "fit.log"
         env = {**os.environ, "SCENEMTL_PARENT_PID": str(os.getpid())}
         with open(log, "ab") as out:
-            out.write(f"\n$ scenemtl fit {' '.join(argv)}\n".encode())
+            out.write(f"\n{ATTEMPT_MARK}{' '.join(argv)}\n".encode())
             out.flush()
             code = subprocess.call(
                 [sys.executable, "-m", "scenemtl.studies.child", "fit", *argv],
