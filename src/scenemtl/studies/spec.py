@@ -459,10 +459,9 @@ def _kept_options(variant: Variant, task: str) -> dict[str, Any]:
 def presets_of(path: str | os.PathLike) -> list[str]:
     """The preset names a study file declares (for `report` without --preset)."""
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        presets = read_yaml_mapping(path, "study file").get("presets")
+    except (OSError, UserError):
         return []
-    presets = doc.get("presets") if isinstance(doc, Mapping) else None
     return [str(k) for k in presets] if isinstance(presets, Mapping) else []
 
 
