@@ -103,6 +103,7 @@ def gradients(net, method: str, weights: dict | None = None, **options) -> list[
     return [p.grad.clone() for p in net.parameters()]
 
 
+@pytest.mark.float_paths
 @pytest.mark.parametrize("wrt", ["parameters", "representation"])
 @pytest.mark.parametrize("architecture", ["joint", "branched", "distillation"])
 def test_mean_is_fixed_weights(architecture, wrt):

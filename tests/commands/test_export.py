@@ -63,6 +63,7 @@ def exported(ckpt, tmp_path_factory):
     return out, stdout.getvalue()
 
 
+@pytest.mark.float_paths
 def test_export_prints_check_and_latency_and_leaves_one_file(exported):
     out, stdout = exported
     assert out.is_file() and out.stat().st_size > 0
@@ -93,6 +94,7 @@ def predict(module, image):
     return preds, {name: outs[-1] for name, outs in raw.items()}
 
 
+@pytest.mark.float_paths
 def test_onnx_matches_the_module_at_another_batch_and_size(ckpt, exported):
     module = MultiTaskModule.from_checkpoint(ckpt)
     session = ort_session(exported[0])
@@ -115,6 +117,7 @@ def save_checkpoint(module, path):
     return path
 
 
+@pytest.mark.float_paths
 def test_single_task_semseg_checkpoint_exports_and_matches(tmp_path, capsys):
     classes = cityscapes_class_table()[:5]
     torch.manual_seed(0)

@@ -19,10 +19,11 @@ from scenemtl.commands.predict import (
     output_suffixes,
     resolve_device,
 )
-from scenemtl.data.format import DISPARITY8, decode_depth, encode_depth
+from scenemtl.data.format import DISPARITY8, encode_depth
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
 from tests.engine.conftest import tiny_config
+from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
 from tests.hostile import assert_refused
 
 OUTPUT_SUFFIXES = output_suffixes(["semseg", "depth"])
@@ -66,20 +67,26 @@ def read_outputs(out_dir, stem):
 
 
 def reference(ckpt, path, scales=(1.0,), flip=False):
-    """The module's own predictions for one image file, without the predict tool."""
+    """The module's own outputs for one image file, without the predict tool: RGB, semseg
+    logits [C,H,W], depth in meters [H,W]."""
     module = load_module(ckpt, scales, flip)
     rgb = np.array(Image.open(path).convert("RGB"))
     image = normalize_rgb(torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous())
     with torch.no_grad():
-        preds = module.predict_step({"image": image})
-    return rgb, preds["semseg"][0].numpy(), preds["depth"][0].numpy()
+        outputs = module.eval_outputs(image)
+    depth = module.decode(outputs)["depth"][0].numpy()
+    return rgb, outputs["semseg"][-1][0], depth
 
 
-def file_depth(depth_m):
-    """What the depth file of a prediction holds: the training data's encoding."""
-    return decode_depth(encode_depth(depth_m, DISPARITY8))
+def assert_prediction_files(labels, depth_png, ref_logits, ref_depth):
+    """The predict tool's files against the reference forward: another float path (the tool
+    batches images), so within tests/floatpaths.py's bounds."""
+    assert_labels_agree(np.asarray(labels), ref_logits)
+    want = np.asarray(encode_depth(ref_depth, DISPARITY8))
+    assert_codes_within_one_step(np.asarray(depth_png), want)
 
 
+@pytest.mark.float_paths
 def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--ckpt_path", str(ckpt), "--input", str(images), "--output", str(out)]
@@ -100,16 +107,15 @@ def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, c
         assert panel.mode == "RGB" and panel.size == (3 * w + 2 * 2, h)
         lab = np.asarray(labels)
         assert lab.max() < 19
-        rgb, ref_sem, ref_depth = reference(ckpt, images / name)
-        np.testing.assert_array_equal(lab, ref_sem)
-        # the same forward as predict_step's, encoded the same way: equal codes
-        np.testing.assert_array_equal(decode_depth(depth), file_depth(ref_depth))
+        rgb, ref_logits, ref_depth = reference(ckpt, images / name)
+        assert_prediction_files(lab, depth, ref_logits, ref_depth)
         np.testing.assert_array_equal(np.asarray(panel)[:, :w], rgb)
         np.testing.assert_array_equal(np.asarray(panel)[:, w + 2 : 2 * w + 2], np.asarray(color))
         right = np.asarray(panel)[:, 2 * w + 4 :]
         np.testing.assert_array_equal(right, np.asarray(depth_color))
 
 
+@pytest.mark.float_paths
 def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
     common = ["--ckpt_path", str(ckpt), "--input", str(images)]
@@ -127,14 +133,14 @@ def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
         assert (np.abs(a - b) > tolerance).mean() < 0.01, name
 
 
+@pytest.mark.float_paths
 def test_tta_flags_reach_the_model(ckpt, images, tmp_path):
     out = tmp_path / "tta"
     argv = ["--ckpt_path", str(ckpt), "--input", str(images / "c.png"), "--output", str(out)]
     assert run_predict([*argv, "--tta-scales", "0.5", "1", "1.5", "--tta-flip"]) == 0
-    _, ref_sem, ref_depth = reference(ckpt, images / "c.png", (0.5, 1.0, 1.5), True)
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "c_semseg.png")), ref_sem)
-    meters = decode_depth(Image.open(out / "c_depth.png"))
-    np.testing.assert_array_equal(meters, file_depth(ref_depth))
+    _, ref_logits, ref_depth = reference(ckpt, images / "c.png", (0.5, 1.0, 1.5), True)
+    files = read_outputs(out, "c")
+    assert_prediction_files(files["_semseg.png"], files["_depth.png"], ref_logits, ref_depth)
     # and TTA really changed something compared to the plain forward
     _, _, plain_depth = reference(ckpt, images / "c.png")
     assert not np.allclose(plain_depth, ref_depth)

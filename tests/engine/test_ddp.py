@@ -15,6 +15,7 @@ def last_val_row(run_dir: Path) -> dict[str, str]:
     return rows[-1]
 
 
+@pytest.mark.float_paths
 def test_ddp_two_processes_validate_like_one(tmp_path, tiny_root):
     cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
     ddp = run_scenemtl(
@@ -42,5 +43,10 @@ def test_ddp_two_processes_validate_like_one(tmp_path, tiny_root):
     )
     assert single.returncode == 0, single.stderr[-3000:]
     single_row = last_val_row(tmp_path / "single" / "tiny" / "version_0")
-    for key in ("val/semseg", "val/depth", "val/grader", "val/depth_mae", "val/semseg_iou/road"):
+    # Each rank predicts half the batch: another float path (tests/floatpaths.py). Depth
+    # metrics move by float32 rounding (~1e-6 relative); a label can flip at a near tie,
+    # which moves an IoU by one pixel over the class's union (>= 1e3 pixels here: 1e-3).
+    for key in ("val/depth", "val/depth_mae"):
         assert float(ddp_row[key]) == pytest.approx(float(single_row[key]), rel=1e-5, abs=1e-6), key
+    for key in ("val/semseg", "val/grader", "val/semseg_iou/road"):
+        assert float(ddp_row[key]) == pytest.approx(float(single_row[key]), rel=2e-3, abs=1e-6), key

@@ -11,6 +11,7 @@ NET = {"architecture": "joint", "encoder": "resnet18", "channels": 16, "skip_cha
 KINDS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
+@pytest.mark.float_paths
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_optimizer_is_fused_and_steps_like_the_reference(name):
     torch.manual_seed(0)
