@@ -113,12 +113,14 @@ def project_on_dual_cone(J: np.ndarray, y: np.ndarray) -> np.ndarray:
         return best
     scale = np.abs(J).max(axis=1)
     for A in subsets(J.shape[0]):
+        if (scale[list(A)] == 0).any():  # a zero row constrains nothing
+            continue
         JA = J[list(A)]
         if np.linalg.matrix_rank(JA / scale[list(A), None], tol=1e-12) < len(A):
             continue
         lam = np.linalg.solve(JA @ JA.T, -(JA @ y))
         x = y + JA.T @ lam
-        norms = np.linalg.norm(J, axis=1) * np.linalg.norm(x)
+        norms = np.linalg.norm(J, axis=1) * np.linalg.norm(y)
         if (lam < 0).any() or (J @ x < -1e-9 * norms).any():
             continue
         if best is None or np.linalg.norm(x - y) < np.linalg.norm(best - y):
@@ -129,14 +131,21 @@ def project_on_dual_cone(J: np.ndarray, y: np.ndarray) -> np.ndarray:
 def cagrad_direction(J: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     """CAGrad's ``d = argmax_{|d - g0| <= c |g0|} min_i g_i . d`` and its value.
 
-    The dual ``min_w g_w . g0 + rho |g_w|`` over the simplex is minimised on the face of
-    its support S where ``d = g0 + rho g_w / |g_w|`` has the same inner product with all
-    rows of S. Writing ``g_w = t e`` (|e| = 1) and ``J_S d = lam 1``: for each S and each
-    root of the resulting scalar equation in t, check ``w >= 0``; keep the best value."""
+    Every candidate below is feasible (in the ball), so the best one is the optimum as soon
+    as the optimum is among them. At the optimum ``d - g0 = rho g_w / |g_w|`` with ``g_w``
+    in the cone of a linearly independent set S of rows (Caratheodory) and
+    ``g_i . d = lam`` on S (the dual's stationarity on its face): for each S, ``d - g0 =
+    J_S^T v`` with ``G_S v = lam 1 - J_S g0`` and ``|J_S^T v| = rho``, a quadratic in lam.
+    """
     k = J.shape[0]
     g0 = J.mean(axis=0)
     rho = c * np.linalg.norm(g0)
     best_val, best_d = -np.inf, None
+    # when 0 is in the hull the optimum may have g_w = 0: value 0, reached (among others)
+    # by the point of the dual cone nearest to g0, if the ball holds it
+    x = project_on_dual_cone(J, g0)
+    if np.linalg.norm(x - g0) <= rho:
+        best_val, best_d = (J @ x).min(), x
     for S in subsets(k):
         JS = J[list(S)]
         # d must satisfy J_S d = lam 1 and d - g0 = rho * J_S^T w / |J_S^T w| with 1^T w = 1
@@ -257,3 +266,45 @@ def test_imtl_g_closed_form(kind, k, seed):
     unit = J / np.linalg.norm(J, axis=1, keepdims=True)
     assert np.ptp(unit @ d) <= 1e-9 * np.linalg.norm(d)  # the defining property
     assert_close(update("imtl_g", J) / k, d, J)
+
+
+def degenerate(kind: str) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    J = rng.normal(size=(4, N))
+    if kind == "duplicate":
+        J[2] = J[1]
+    elif kind == "zero_row":
+        J[3] = 0.0
+    elif kind == "opposite":
+        J[1] = -0.5 * J[0]
+    elif kind == "too_many_tasks":  # 5 rows in 2 dimensions: 0 may be in the hull
+        J = rng.normal(size=(5, 2))
+    return J
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-6])
+@pytest.mark.parametrize("kind", ["duplicate", "zero_row", "opposite", "too_many_tasks"])
+def test_singular_gram_matrices_keep_the_optimality_certificates(kind, scale):
+    """Rank-deficient G (no exact solution is unique in w there, so no enumeration): each
+    update satisfies the optimality conditions of its problem, checked in the space of the
+    gradients. Tolerance: as for RTOL, relative to the largest |g_i|^2."""
+    J = degenerate(kind) * scale
+    k = J.shape[0]
+    tol = RTOL * np.linalg.norm(J, axis=1).max() ** 2
+    # MGDA: p in the hull (weights on the simplex by construction) and p . g_i >= |p|^2
+    p = update("mgda", J) / k
+    assert (J @ p >= p @ p - tol).all()
+    # DualProj: x = J^T v feasible, v - u >= 0, complementary slackness
+    for method, targets in [("dualproj", [J.mean(axis=0)]), ("upgrad", list(J / k))]:
+        want = sum(project_on_dual_cone(J, y) for y in targets) if kind != "opposite" else None
+        got = update(method, J) / k
+        assert (J @ got >= -tol).all()
+        if want is not None:  # the enumeration needs independent active rows
+            assert_close(got, want, J)
+    # CAGrad: in the ball, and its worst rate is the optimum's (d itself may not be unique
+    # when g_w = 0 at the optimum, the value is)
+    c = 0.4
+    d = update("cagrad", J, c=c) * (1 + c) / k
+    g0 = J.mean(axis=0)
+    assert np.linalg.norm(d - g0) <= c * np.linalg.norm(g0) * (1 + 1e-9)
+    assert abs((J @ d).min() - cagrad_direction(J, c)[1]) <= tol

@@ -225,7 +225,9 @@ def cagrad_weights(G: np.ndarray, c: float) -> np.ndarray:
         slack = 1e3 * k * EPS * (np.abs(a).max() + rho)
         return bool(np.abs(grad[on] - level).max() <= slack and (grad[~on] >= level - slack).all())
 
-    tiny = 1e3 * k * EPS  # |g_w| below this (relative to the largest gradient): g_w = 0
+    # G fixes |g_w|^2 only to ~K eps (relative to the largest |g_i|^2), so |g_w| below
+    # ~sqrt(K eps) is indistinguishable from 0: the case g_w = 0 below
+    tiny = float(np.sqrt(64 * k * EPS))
     lo, hi = tiny, 1.0  # |g_w(t)| / t >= 1 at lo, <= 1 at hi (every |g_i| <= 1)
     w_lo = inner(lo)
     if norm(w_lo) < lo:
