@@ -63,8 +63,8 @@ def nnls_gram(H: np.ndarray, f: np.ndarray) -> np.ndarray:
                 x, moved = s, True
                 break
             if not moved and s[j] <= 0:
-                # In exact arithmetic the entering variable is positive (Lawson & Hanson,
-                # lemma 23.17); rounding can break that when column j is nearly a
+                # In exact arithmetic the entering variable is positive (the key lemma of
+                # Lawson & Hanson's NNLS); rounding can break that when column j is nearly a
                 # combination of the free ones. Entering it again would cycle: block it
                 # until the free set changes.
                 passive[j] = False
@@ -152,9 +152,11 @@ def dual_cone_weights(G: np.ndarray, U: np.ndarray) -> np.ndarray:
     """
     G = np.asarray(G, dtype=np.float64)
     U = np.asarray(U, dtype=np.float64)
-    d = np.diag(G).copy()
-    live = np.isfinite(d) & (d > 0)
     V = U.copy()
+    if not np.isfinite(G).all():  # non-finite gradients: nothing to project, J^T v is too
+        return V
+    d = np.diag(G).copy()
+    live = d > 0
     if not live.any():
         return V
     r = np.sqrt(d[live])
