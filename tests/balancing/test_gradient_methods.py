@@ -54,11 +54,9 @@ def test_mgda_two_tasks_closed_form():
     alpha = float((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2)))
     assert 0 < alpha < 1
     expected = 2 * (alpha * g1 + (1 - alpha) * g2)  # K x the min-norm point
+    # the solver is exact: agreement to float64 rounding (see test_exact_solutions.py)
     torch.testing.assert_close(
-        aggregate("mgda", torch.stack([g1, g2]), epsilon=1e-9, max_iters=10000),
-        expected,
-        rtol=1e-4,
-        atol=1e-6,
+        aggregate("mgda", torch.stack([g1, g2])), expected, rtol=1e-10, atol=1e-12
     )
 
 

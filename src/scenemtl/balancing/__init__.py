@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from scenemtl.balancing import exact
 from scenemtl.balancing.base import GRADIENT_LEVEL, LOSS_LEVEL, LossBalancer
 from scenemtl.balancing.dwa import DynamicWeightAveraging
 from scenemtl.balancing.famo import FAMOWeighting
@@ -50,12 +51,12 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
     "scale_invariant": ScaleInvariantLoss,
     "imtl_l": ImpartialLossScaling,
     "famo": FAMOWeighting,
-    # gradient level (torchjd aggregators)
+    # gradient level (torchjd aggregators; exact.* solve their problem exactly)
     "mean": _gradient(Aggregation("Mean")),
-    "mgda": _gradient(Aggregation("MGDA", {"epsilon": 0.001, "max_iters": 100})),
+    "mgda": _gradient(Aggregation(exact.MGDA)),
     "pcgrad": _gradient(Aggregation("PCGrad", scale=SUM_SCALE)),
     "cagrad": _gradient(
-        Aggregation("CAGrad", {"c": 0.4}, scale=lambda k, o: k / (1 + o["c"]), extra="solvers")
+        Aggregation(exact.CAGrad, {"c": 0.4}, scale=lambda k, o: k / (1 + float(o["c"])))
     ),
     "imtl_g": _gradient(Aggregation("IMTLG")),
     "graddrop": _gradient(Aggregation("GradDrop", scale=SUM_SCALE)),
@@ -84,8 +85,8 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
             restored=_rebuild_nash_problem,
         )
     ),
-    "upgrad": _gradient(Aggregation("UPGrad")),
-    "dualproj": _gradient(Aggregation("DualProj")),
+    "upgrad": _gradient(Aggregation(exact.UPGrad)),
+    "dualproj": _gradient(Aggregation(exact.DualProj)),
     "config": _gradient(Aggregation("ConFIG", scale=SUM_SCALE)),
 }
 

@@ -54,7 +54,8 @@ class Aggregation:
     """A torchjd aggregator as a balancing method.
 
     Attributes:
-        aggregator: torchjd.aggregation class name.
+        aggregator: torchjd.aggregation class name, or an aggregator class
+            (:mod:`scenemtl.balancing.exact`).
         options: accepted options and their defaults (passed to the class by name).
         scale: number of tasks, options -> factor that brings the aggregator to the scale
             of a sum (see the module docstring).
@@ -65,7 +66,7 @@ class Aggregation:
         restored: called with the aggregator after its state was loaded.
     """
 
-    aggregator: str
+    aggregator: str | Callable[..., Aggregator]
     options: Mapping[str, Any] = field(default_factory=dict)
     scale: Callable[[int, Mapping[str, Any]], float] = lambda k, o: float(k)
     state: tuple[str, ...] = ()
@@ -74,17 +75,22 @@ class Aggregation:
     restored: Callable[[Any], None] | None = None
 
     def build(self, num_tasks: int, options: Mapping[str, Any]) -> Aggregator:
+        name = self.aggregator if isinstance(self.aggregator, str) else self.aggregator.__name__
         try:
             import torchjd.aggregation as aggregation
 
-            cls = getattr(aggregation, self.aggregator)
+            cls = (
+                getattr(aggregation, self.aggregator)
+                if isinstance(self.aggregator, str)
+                else self.aggregator
+            )
             args = (num_tasks,) if self.takes_num_tasks else ()
             return cls(*args, **options)
         except ImportError as e:
             hint = f"pip install 'scenemtl[{self.extra}]'" if self.extra else str(e)
-            raise UserError(f"{self.aggregator} needs packages that are missing: {hint}") from None
+            raise UserError(f"{name} needs packages that are missing: {hint}") from None
         except (TypeError, ValueError) as e:
-            raise UserError(f"{self.aggregator}: bad option ({e})") from None
+            raise UserError(f"{name}: bad option ({e})") from None
 
 
 def SUM_SCALE(num_tasks: int, options: Mapping[str, Any]) -> float:
