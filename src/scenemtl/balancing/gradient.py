@@ -2,8 +2,8 @@
 
 A training step computes the Jacobian ``J`` [K, n] of the (constant-weighted) task losses
 ``w_k L_k`` with respect to what the tasks share, hands it to a torchjd aggregator, and
-uses the combined vector as the shared part's gradient. What "shared" means is the architecture's
-declaration (:meth:`~scenemtl.models.base.MultiTaskNet.shared_forward`,
+uses the combined vector as the shared part's gradient. What "shared" means is the
+architecture's declaration (:meth:`~scenemtl.models.base.MultiTaskNet.shared_forward`,
 :meth:`~scenemtl.models.base.MultiTaskNet.shared_parameters`) and the option ``wrt``:
 
 * ``wrt: parameters`` (default): ``J`` is taken with respect to the shared parameters,
