@@ -11,7 +11,7 @@ from scenemtl.balancing import (
     build_balancer,
 )
 from scenemtl.errors import UserError
-from scenemtl.tasks import build_tasks, legacy_task_specs
+from scenemtl.tasks import build_task, build_tasks, legacy_task_specs
 
 TASKS = build_tasks(legacy_task_specs())
 SEMSEG, DEPTH = TASKS
@@ -85,29 +85,82 @@ def test_uncertainty_total_and_gradients_match_kendall_formula():
     total, weights = w(losses(ls, ld))
     total.backward()
     s_s, s_d = 0.3, -0.2
-    # classification: L/sigma^2 + log sigma; regression: L/(2 sigma^2) + log sigma
-    expected = math.exp(-s_s) * ls + 0.5 * s_s + 0.5 * math.exp(-s_d) * ld + 0.5 * s_d
+    # classification: L/sigma^2 + log sigma (s = log sigma^2); the default depth loss is
+    # L1, a Laplace likelihood: L/b + log b (s = log b)
+    expected = math.exp(-s_s) * ls + 0.5 * s_s + math.exp(-s_d) * ld + s_d
     assert total.item() == pytest.approx(expected, rel=1e-6)
     grad = dict(zip(TASK_NAMES, w.log_vars.grad.tolist(), strict=True))
     assert grad[SEMSEG.name] == pytest.approx(-math.exp(-s_s) * ls + 0.5, rel=1e-5)
-    assert grad[DEPTH.name] == pytest.approx(-0.5 * math.exp(-s_d) * ld + 0.5, rel=1e-5)
+    assert grad[DEPTH.name] == pytest.approx(-math.exp(-s_d) * ld + 1.0, rel=1e-5)
     assert weights[SEMSEG.name].item() == pytest.approx(math.exp(-s_s), rel=1e-6)
-    assert weights[DEPTH.name].item() == pytest.approx(0.5 * math.exp(-s_d), rel=1e-6)
+    assert weights[DEPTH.name].item() == pytest.approx(math.exp(-s_d), rel=1e-6)
     assert not weights[SEMSEG.name].requires_grad
 
 
-def test_uncertainty_learns_larger_variance_for_larger_loss():
-    w = weighting("uncertainty")
-    opt = torch.optim.SGD(w.parameters(), lr=0.1)
-    for _ in range(50):
-        opt.zero_grad()
-        total, _ = w(losses(0.1, 10.0))
-        total.backward()
-        opt.step()
-    s = dict(zip(TASK_NAMES, w.log_vars.tolist(), strict=True))
-    # optimum s = log(2 c L): log(0.2) for semseg, log(10) for depth
-    assert s[DEPTH.name] > 0 > s[SEMSEG.name]
-    assert w.current_weights()[DEPTH.name] < w.current_weights()[SEMSEG.name]
+NORMALS_SPEC = {"kind": "normals", "encoding": "rgb8"}
+
+# Each loss's likelihood, per pixel, in its natural scale parameter, and the scale that
+# minimises it for a loss L (by d/d scale = 0), written out here from the densities:
+#   Gaussian  L/(2 sigma^2) + log sigma        -> sigma^2 = L      weight 1/(2 sigma^2)
+#   Laplace   L/b + log b                      -> b = L            weight 1/b
+#   softmax   L/sigma^2 + log sigma (Kendall)  -> sigma^2 = 2 L    weight 1/sigma^2
+#   vMF       kappa L - log kappa              -> kappa = 1/L      weight kappa
+#   Laplace on the sphere  L/b + 2 log b       -> b = L/2          weight 1/b
+# as (s at the optimum = log of the scale the implementation learns, weight there).
+OPTIMA = {
+    "gaussian": lambda L: (math.log(L), 1 / (2 * L)),
+    "laplace": lambda L: (math.log(L), 1 / L),
+    "softmax": lambda L: (math.log(2 * L), 1 / (2 * L)),
+    "vmf": lambda L: (-math.log(1 / L), 1 / L),
+    "sphere": lambda L: (math.log(L / 2), 2 / L),
+}
+
+LOSS_CASES = [
+    # (spec, task options, likelihood of OPTIMA)
+    (legacy_task_specs()["semseg"], {}, "softmax"),
+    (legacy_task_specs()["depth"], {"loss": "l1"}, "laplace"),
+    (legacy_task_specs()["depth"], {"loss": "l2"}, "gaussian"),
+    (legacy_task_specs()["depth"], {"loss": "silog"}, "laplace"),  # degree 1, like L1
+    (NORMALS_SPEC, {"loss": "l1"}, "sphere"),
+    (NORMALS_SPEC, {"loss": "cosine"}, "vmf"),
+]
+
+
+@pytest.mark.parametrize("spec, options, likelihood", LOSS_CASES)
+@pytest.mark.parametrize("loss", [0.05, 1.0, 7.5])
+def test_uncertainty_optimum_of_the_log_scale_is_the_likelihoods(spec, options, likelihood, loss):
+    """The per-task objective's minimiser over s (the zero of the implementation's
+    gradient) is the maximum-likelihood scale of the loss's likelihood, and the effective
+    weight there is the likelihood's.
+
+    Tolerance: float64 throughout; at the closed-form s the gradient c exp(-s) L - r is a
+    difference of two O(1) numbers, ~1e-15; 1e-9 leaves room and fails for any factor or
+    regulariser off by more than that.
+    """
+    task = build_task("t", spec, options)
+    w = build_balancer("uncertainty", tasks=[task]).double()
+    s_opt, weight_opt = OPTIMA[likelihood](loss)
+    with torch.no_grad():
+        w.log_vars.fill_(s_opt)
+    total, eff = w.combine(torch.tensor([loss], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(total, w.log_vars)
+    assert abs(float(grad[0])) < 1e-9
+    assert float(eff[0].detach()) == pytest.approx(weight_opt, rel=1e-9)
+    # a minimum, not a maximum: the objective is larger on both sides
+    for step in (-0.1, 0.1):
+        with torch.no_grad():
+            w.log_vars.fill_(s_opt + step)
+        beside, _ = w.combine(torch.tensor([loss], dtype=torch.float64))
+        assert float(beside.detach()) > float(total.detach())
+
+
+def test_uncertainty_factor_follows_the_depth_loss_option():
+    """The same task kind weighs differently under another configured loss."""
+    l1, l2 = (
+        build_tasks(legacy_task_specs(), {"depth": {"loss": k}})[1].likelihood for k in ("l1", "l2")
+    )
+    assert (l1.factor, l1.regulariser) == (1.0, 1.0)
+    assert (l2.factor, l2.regulariser) == (0.5, 0.5)
 
 
 def dwa_reference(history: list[list[float]], temperature: float, k: int = 2) -> np.ndarray:

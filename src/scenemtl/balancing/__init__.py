@@ -19,7 +19,7 @@ from scenemtl.balancing.dwa import DynamicWeightAveraging
 from scenemtl.balancing.famo import FAMOWeighting
 from scenemtl.balancing.fixed import FixedWeighting
 from scenemtl.balancing.gls import GeometricLossStrategy
-from scenemtl.balancing.gradient import SUM_SCALE, Aggregation, GradientBalancer
+from scenemtl.balancing.gradient import SUM_SCALE, Aggregation, GradientBalancer, nash_solution
 from scenemtl.balancing.imtl_l import ImpartialLossScaling
 from scenemtl.balancing.rlw import RandomLossWeighting
 from scenemtl.balancing.scale_invariant import ScaleInvariantLoss
@@ -83,6 +83,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
             takes_num_tasks=True,
             extra="solvers",
             restored=_rebuild_nash_problem,
+            task_weights=nash_solution,
         )
     ),
     "upgrad": _gradient(Aggregation(exact.UPGrad)),
@@ -92,12 +93,22 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
 
 BALANCING_METHODS: tuple[str, ...] = tuple(BALANCERS)
 
+TASK_GRADS_OF_AUTHORS: dict[str, str] = {"mgda": "weighted", "nash_mtl": "weighted"}
+"""Default ``task_grads`` of the gradient-level methods whose authors' code gives the
+task-specific parameters the method's weights (``sum_k alpha_k L_k``); the others'
+authors give them the plain gradient. docs/balancing.md has the table with the sources."""
+
 
 def accepted_options(method: str) -> dict[str, Any]:
-    """Option name -> default of a method (``wrt`` for every gradient-level one)."""
+    """Option name -> default of a method (``wrt`` and ``task_grads`` for every
+    gradient-level one)."""
     factory = BALANCERS[method]
     if isinstance(factory, partial):
-        return {**factory.keywords["aggregation"].options, "wrt": "parameters"}
+        return {
+            **factory.keywords["aggregation"].options,
+            "wrt": "parameters",
+            "task_grads": TASK_GRADS_OF_AUTHORS.get(method, "plain"),
+        }
     params = list(inspect.signature(factory).parameters.values())[2:]  # after weights, tasks
     return {
         p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty
@@ -138,6 +149,8 @@ def build_balancer(
         raise UserError(
             f"loss weighting {method!r} does not take option(s) {extra} (accepted: {allowed})"
         )
+    if method_level(method) == GRADIENT_LEVEL:
+        options.setdefault("task_grads", accepted["task_grads"])
     return BALANCERS[method](weights, tasks, **options)
 
 
@@ -146,6 +159,7 @@ __all__ = [
     "BALANCING_METHODS",
     "GRADIENT_LEVEL",
     "LOSS_LEVEL",
+    "TASK_GRADS_OF_AUTHORS",
     "DynamicWeightAveraging",
     "FixedWeighting",
     "GradientBalancer",

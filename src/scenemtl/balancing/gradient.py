@@ -2,9 +2,8 @@
 
 A training step computes the Jacobian ``J`` [K, n] of the (constant-weighted) task losses
 ``w_k L_k`` with respect to what the tasks share, hands it to a torchjd aggregator, and
-uses the combined vector as the shared part's gradient. Task-specific parameters get the
-plain gradient of their own task's loss. What "shared" means is the architecture's
-declaration (:meth:`~scenemtl.models.base.MultiTaskNet.shared_forward`,
+uses the combined vector as the shared part's gradient. What "shared" means is the
+architecture's declaration (:meth:`~scenemtl.models.base.MultiTaskNet.shared_forward`,
 :meth:`~scenemtl.models.base.MultiTaskNet.shared_parameters`) and the option ``wrt``:
 
 * ``wrt: parameters`` (default): ``J`` is taken with respect to the shared parameters,
@@ -20,6 +19,18 @@ the scale of the loss-level methods (``sum_k w_k L_k``): when all task gradients
 (identical rows ``g``), the update is ``K g``. So a learning rate means the same for every
 method, and ``mean`` gives exactly the update of ``fixed``. Nash-MTL is the exception: its
 update norm comes out of its bargaining solution (documented in docs/balancing.md).
+
+**Task-specific parameters** (option ``task_grads``): ``plain`` gives them the gradient of
+``sum_k w_k L_k`` (each head the gradient of its own task's loss); ``weighted`` the gradient
+of ``sum_k a_k w_k L_k`` with ``a_k`` the method's weights of this step, at the sum scale
+(the weights with which the rows of ``J`` make the shared update; identical rows give
+``a_k = 1``, so ``mean`` is ``fixed`` under both). The default of each method is what its
+authors' code does (``BALANCERS``' table ``TASK_GRADS_OF_AUTHORS``, docs/balancing.md).
+
+**Zero weights.** A task whose constant weight ``w_k`` is 0 has a zero row in ``J``; most
+aggregators would treat it as a task to balance (MGDA's min-norm point is then 0). Its
+row is left out: the method runs on the tasks with a positive weight (the scale is their
+number), its logged weight is 0.
 
 **DDP.** The Jacobians are averaged over processes before the aggregation, so N processes
 make the update one process would make on the union of their batches. With
@@ -47,6 +58,7 @@ if TYPE_CHECKING:
     from scenemtl.tasks.base import Task
 
 WRT_CHOICES = ("parameters", "representation")
+TASK_GRADS_CHOICES = ("plain", "weighted")
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,11 @@ class Aggregation:
         takes_num_tasks: the class takes ``n_tasks`` as first argument.
         extra: the pip extra of scenemtl the aggregator needs, if any.
         restored: called with the aggregator after its state was loaded.
+        task_weights: the aggregator (after this step's aggregation) -> the weights [K] of
+            the task losses for the task-specific parameters under ``task_grads:
+            weighted``, before the sum scale, where the method's authors use other weights
+            than the shared update's (Nash-MTL: its solution before the ``max_norm``
+            clip); None: the shared update's.
     """
 
     aggregator: str | Callable[..., Aggregator]
@@ -73,6 +90,7 @@ class Aggregation:
     takes_num_tasks: bool = False
     extra: str | None = None
     restored: Callable[[Any], None] | None = None
+    task_weights: Callable[[Any], Tensor] | None = None
 
     def build(self, num_tasks: int, options: Mapping[str, Any]) -> Aggregator:
         name = self.aggregator if isinstance(self.aggregator, str) else self.aggregator.__name__
@@ -109,6 +127,7 @@ class GradientBalancer(LossBalancer):
         tasks: the tasks.
         aggregation: which aggregator, its scale and state.
         wrt: ``"parameters"`` or ``"representation"``.
+        task_grads: ``"plain"`` or ``"weighted"`` (see the module docstring).
         **options: the aggregator's options.
     """
 
@@ -121,22 +140,46 @@ class GradientBalancer(LossBalancer):
         *,
         aggregation: Aggregation,
         wrt: str = "parameters",
+        task_grads: str = "plain",
         **options: Any,
     ) -> None:
         super().__init__(weights, tasks)
         if wrt not in WRT_CHOICES:
             raise UserError(f"option wrt must be one of {', '.join(WRT_CHOICES)}, got {wrt!r}")
+        if task_grads not in TASK_GRADS_CHOICES:
+            raise UserError(
+                f"option task_grads must be one of {', '.join(TASK_GRADS_CHOICES)}, "
+                f"got {task_grads!r}"
+            )
         self.wrt = wrt
+        self.task_grads = task_grads
         self.aggregation = aggregation
         self.options = {**aggregation.options, **options}
+        # the tasks the method balances: a zero weight's row would be a zero gradient
+        self.active: tuple[int, ...] = tuple(
+            i for i, w in enumerate(self.base_weights.tolist()) if w > 0
+        )
+        num_active = len(self.active)
         # Not a submodule: torchjd keeps state in attributes that come and go (a None
         # buffer, numpy arrays); get_extra_state saves exactly the declared state.
-        self._aggregator = [aggregation.build(self.num_tasks, self.options)]
-        self.scale = float(aggregation.scale(self.num_tasks, self.options))
+        self._aggregator = [aggregation.build(num_active, self.options)]
+        self.scale = float(aggregation.scale(num_active, self.options))
+        if task_grads == "weighted" and not self.combines_linearly:
+            raise UserError(
+                f"{aggregation.aggregator} does not combine the task gradients with weights; "
+                "use weighting_options {task_grads: plain}"
+            )
 
     @property
     def aggregator(self) -> Aggregator:
         return self._aggregator[0]
+
+    @property
+    def combines_linearly(self) -> bool:
+        """The update is a weighted sum of the task gradients (the weights are known)."""
+        from torchjd.aggregation import WeightedAggregator
+
+        return isinstance(self.aggregator, WeightedAggregator)
 
     @property
     def uses_gramian_only(self) -> bool:
@@ -188,23 +231,27 @@ class GradientBalancer(LossBalancer):
             task_params: every other trainable parameter.
 
         Returns:
-            (effective weight of each ``L_k`` in the update, or None when the aggregator
-            does not combine rows linearly; the Gram matrix ``J J^T`` [K, K] of the task
-            gradients, before scaling, for the conflict monitor).
+            (effective weight [K] of each ``L_k`` in the shared update, or None when the
+            aggregator does not combine rows linearly; the Gram matrix ``J J^T`` [K, K] of
+            the task gradients, before scaling, for the conflict monitor; zero rows and
+            columns for tasks of weight 0).
         """
         from torchjd.autojac import jac
 
         representation, cut = list(representation), list(cut)
         own = [p for p in task_params if p.requires_grad]
-        if own:
+        k = self.num_tasks
+        # weighted heads need this step's weights: they are backpropagated after the
+        # aggregation, so the heads' graph is kept until then
+        weighted = self.task_grads == "weighted" and bool(shared_params) and bool(own)
+        if own and not weighted:
             torch.autograd.backward(losses.sum(), inputs=own, retain_graph=True)
-        for p in own:
-            if p.grad is not None:
-                all_reduce_mean(p.grad)
+            _average_grads(own)
         if not shared_params:  # an architecture that shares nothing: nothing to combine
-            return None, torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
-        # [K, *shape] per tensor of the representation; freeing the heads' graph
-        at_cut = jac(list(losses), inputs=cut, parallel_chunk_size=1)
+            return None, torch.zeros(k, k, dtype=torch.float64)
+        rows = [losses[i] for i in self.active]
+        # [K', *shape] per tensor of the representation; freeing the heads' graph
+        at_cut = jac(rows, inputs=cut, retain_graph=weighted, parallel_chunk_size=1)
         if self.wrt == "parameters":
             weights, gramian = self._combine_parameter_gradients(
                 representation, at_cut, list(shared_params)
@@ -213,9 +260,24 @@ class GradientBalancer(LossBalancer):
             weights, gramian = self._combine_representation_gradients(
                 representation, at_cut, list(shared_params)
             )
-        if weights is not None:
-            weights = (weights.detach().float().cpu() * self.base_weights.cpu()).cpu()
-        return weights, gramian
+        index = torch.tensor(self.active)
+        if weighted:
+            assert weights is not None  # refused at construction otherwise
+            head = weights.detach()
+            if self.aggregation.task_weights is not None:
+                head = self.aggregation.task_weights(self.aggregator) * self.scale
+            full = torch.zeros(k, dtype=losses.dtype, device=losses.device)
+            full[index.to(losses.device)] = head.to(losses)
+            # the zero-weight tasks' terms keep their heads' .grad a zero (as fixed)
+            torch.autograd.backward((full * losses).sum(), inputs=own)
+            _average_grads(own)
+        full_gramian = torch.zeros(k, k, dtype=torch.float64)
+        full_gramian[index[:, None], index] = gramian
+        if weights is None:
+            return None, full_gramian
+        full_weights = torch.zeros(k)
+        full_weights[index] = weights.detach().float().cpu()
+        return full_weights * self.base_weights.cpu(), full_gramian
 
     def _combine_parameter_gradients(
         self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
@@ -227,7 +289,7 @@ class GradientBalancer(LossBalancer):
         # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
         # ("expected scalar type BFloat16 but found Float"), and on CPU it buys little.
         rows = jac(representation, inputs=shared, jac_outputs=at_cut, parallel_chunk_size=1)
-        gramian = torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
+        gramian = torch.zeros(len(self.active), len(self.active), dtype=torch.float64)
         for p, j in zip(shared, rows, strict=True):
             j = all_reduce_mean(j.detach())
             flat = j.flatten(1).double()
@@ -295,6 +357,19 @@ class GradientBalancer(LossBalancer):
                 _set_path(self.aggregator, path, entry.get("value"))
         if self.aggregation.restored is not None:
             self.aggregation.restored(self.aggregator)
+
+
+def _average_grads(params: Sequence[nn.Parameter]) -> None:
+    """Average the ``.grad`` of ``params`` over processes (in place)."""
+    for p in params:
+        if p.grad is not None:
+            all_reduce_mean(p.grad)
+
+
+def nash_solution(aggregator: Any) -> Tensor:
+    """Nash-MTL's weights of this step before its ``max_norm`` clip [K]: the authors
+    backpropagate ``sum_k alpha_k L_k`` and clip only the shared parameters' gradient."""
+    return torch.from_numpy(np.asarray(aggregator.weighting.prvs_alpha, dtype=np.float64))
 
 
 def _get_path(obj: Any, path: str) -> Any:

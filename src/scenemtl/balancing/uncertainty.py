@@ -1,10 +1,14 @@
 """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
-A learned log-variance ``s_k = log sigma_k^2`` per task: a regression task contributes
-``0.5 exp(-s_k) L_k + 0.5 s_k`` (``L/(2 sigma^2) + log sigma``), a classification task
-``exp(-s_k) L_k + 0.5 s_k`` (``L/sigma^2 + log sigma``); each task says which
-(:attr:`~scenemtl.tasks.base.Task.likelihood_scale`). The ``s_k`` are trained by the run's
-optimizer (without weight decay). The total can be negative; that is expected.
+A learned log-scale ``s_k`` per task; the task contributes its loss's negative
+log-likelihood ``w_k (c_k exp(-s_k) L_k + r_k s_k)``, with the factor ``c_k`` and the
+regulariser ``r_k`` of the likelihood its configured loss is the negative log of
+(:attr:`~scenemtl.tasks.base.Task.likelihood`, :mod:`scenemtl.tasks.likelihood`):
+Gaussian for a squared error (``L/(2 sigma^2) + log sigma``), Laplace for an absolute
+error (``L/b + log b``), Kendall's softmax for cross-entropy (``L/sigma^2 + log sigma``).
+At the optimum of ``s_k`` the weight ``c_k exp(-s_k)`` is ``r_k / L_k``. The ``s_k`` are
+trained by the run's optimizer (without weight decay). The total can be negative; that is
+expected.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ class UncertaintyWeighting(LossBalancer):
     Args:
         weights: constant multipliers of each task's term (default 1).
         tasks: tasks to weight.
-        init_log_var: initial ``s_k = log sigma_k^2`` (one float for all, or per task).
+        init_log_var: initial log-scale ``s_k`` (one float for all, or per task): the log
+            of the likelihood's scale (``sigma^2`` for Gaussian and softmax, ``b`` for
+            Laplace, see :mod:`scenemtl.tasks.likelihood`).
     """
 
     def __init__(
@@ -49,16 +55,17 @@ class UncertaintyWeighting(LossBalancer):
         if not all(math.isfinite(v) for v in init):
             raise UserError(f"init_log_var must be finite, got {init}")
         self.log_vars = nn.Parameter(torch.tensor(init, dtype=torch.float32))
-        # L/sigma^2 for a softmax likelihood, L/(2 sigma^2) for a Gaussian one: each task
-        # says which (Task.likelihood_scale).
-        scale = [float(t.likelihood_scale) for t in self.tasks]
-        self.register_buffer("likelihood_scale", torch.tensor(scale), persistent=False)
+        # each task's loss says which likelihood it is the negative log of
+        factor = [float(t.likelihood.factor) for t in self.tasks]
+        regulariser = [float(t.likelihood.regulariser) for t in self.tasks]
+        self.register_buffer("likelihood_factor", torch.tensor(factor), persistent=False)
+        self.register_buffer("regulariser", torch.tensor(regulariser), persistent=False)
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         s = self.log_vars.to(losses.dtype)
         base = self.base_weights.to(losses.dtype)
-        eff = base * self.likelihood_scale.to(losses.dtype) * torch.exp(-s)
-        total = (eff * losses + base * 0.5 * s).sum()
+        eff = base * self.likelihood_factor.to(losses.dtype) * torch.exp(-s)
+        total = (eff * losses + base * self.regulariser.to(losses.dtype) * s).sum()
         return total, eff
 
     def trainable_parameters(self) -> list[nn.Parameter]:

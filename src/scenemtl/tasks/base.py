@@ -23,6 +23,8 @@ from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from scenemtl.tasks.likelihood import Likelihood
+
 
 class Task(nn.Module):
     """One dense prediction task.
@@ -36,8 +38,6 @@ class Task(nn.Module):
             in every channel.
         target_channels: 0 if a target is [H,W] (one value per pixel), C if it is
             [C,H,W] (a C-vector per pixel, e.g. 3 for normals).
-        likelihood_scale: factor of the task's loss under uncertainty weighting
-            (Kendall et al. 2018): 1 for a softmax likelihood, 1/2 for a Gaussian one.
     """
 
     kind: ClassVar[str] = ""
@@ -47,7 +47,6 @@ class Task(nn.Module):
     """PIL modes a prediction PNG of this task may have (checked before decoding)."""
     higher_is_better: ClassVar[bool] = True
     fill_value: ClassVar[float] = 0.0
-    likelihood_scale: ClassVar[float] = 1.0
     target_dtype: ClassVar[torch.dtype] = torch.float32
     target_channels: ClassVar[int] = 0
     refused_augmentations: ClassVar[Mapping[str, str]] = {}
@@ -100,6 +99,12 @@ class Task(nn.Module):
 
         Must be finite and attached to the graph even without one labelled pixel.
         """
+        raise NotImplementedError
+
+    @property
+    def likelihood(self) -> Likelihood:
+        """The likelihood the configured loss is the negative log of (uncertainty
+        weighting, :mod:`scenemtl.tasks.likelihood`)."""
         raise NotImplementedError
 
     # -- evaluation --------------------------------------------------------------------

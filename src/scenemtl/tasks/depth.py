@@ -25,9 +25,12 @@ from scenemtl.errors import DataFormatError, UserError
 from scenemtl.metrics import DepthMetrics
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
+from scenemtl.tasks.likelihood import GAUSSIAN, LAPLACE, RADIAL_LAPLACE, Likelihood
 
 DEPTH_LOSSES: tuple[str, ...] = ("l1", "l2", "silog")
 DEFAULT_SILOG_LAMBDA = 0.85
+# SILog (square-root form) is a norm of an image's log errors, degree 1 like L1.
+_LIKELIHOODS: dict[str, Likelihood] = {"l1": LAPLACE, "l2": GAUSSIAN, "silog": RADIAL_LAPLACE}
 EXPORT_DEPTH_RTOL = 1e-3
 """Largest relative difference of exported depth (meters) from torch eager."""
 
@@ -114,7 +117,6 @@ class DepthTask(Task):
     prediction_modes = ("L", "I;16", "I;16B", "I;16L", "I")
     higher_is_better = False
     fill_value = INVALID_DEPTH
-    likelihood_scale = 0.5
     target_dtype = torch.float32
 
     def __init__(
@@ -170,6 +172,10 @@ class DepthTask(Task):
 
     def adopt_stats(self, stats: Mapping[str, Any]) -> None:
         self.space.set_stats(stats)
+
+    @property
+    def likelihood(self) -> Likelihood:
+        return _LIKELIHOODS[self.loss_kind]
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return depth_loss(output, target, self.space, self.loss_kind, self.silog_lambda)

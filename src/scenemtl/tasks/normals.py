@@ -30,6 +30,7 @@ from scenemtl.data.format import (
 )
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.likelihood import LAPLACE_ON_SPHERE, VON_MISES_FISHER, Likelihood
 
 NORMALS_LOSSES: tuple[str, ...] = ("l1", "cosine")
 
@@ -229,8 +230,6 @@ class NormalsTask(Task):
     prediction_modes = ("RGB",)
     higher_is_better = False
     fill_value = 0.0
-    # 1 - cos and L1 are both Laplace-like (not squared) errors: likelihood scale 1.
-    likelihood_scale = 1.0
     target_dtype = torch.float32
     target_channels = 3
     refused_augmentations: ClassVar[Mapping[str, str]] = {
@@ -277,6 +276,12 @@ class NormalsTask(Task):
         return normals
 
     # -- training and evaluation -------------------------------------------------------
+
+    @property
+    def likelihood(self) -> Likelihood:
+        # 1 - cos is quadratic in the angle (von Mises-Fisher), L1 is linear in the
+        # component errors; both on the sphere (two degrees of freedom per pixel)
+        return VON_MISES_FISHER if self.loss_kind == "cosine" else LAPLACE_ON_SPHERE
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return normals_loss(output, target, self.loss_kind)

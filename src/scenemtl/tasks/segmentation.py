@@ -16,6 +16,7 @@ from scenemtl.data.format import IGNORE_INDEX, read_semseg
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.metrics import SemsegMetrics
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
 
 # Smallest probability kept before the log when TTA views are merged: a class no view
 # gives any mass to gets a large negative but finite logit.
@@ -83,7 +84,6 @@ class SegmentationTask(Task):
     prediction_modes = ("L", "P")  # P: palette indices are the labels, as for ground truth
     higher_is_better = True
     fill_value = float(IGNORE_INDEX)
-    likelihood_scale = 1.0
     target_dtype = torch.int64
 
     def __init__(self, name: str, classes: Sequence[Mapping[str, Any]]) -> None:
@@ -122,6 +122,10 @@ class SegmentationTask(Task):
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return Image.fromarray(np.asarray(prediction).astype(np.uint8), mode="L")
+
+    @property
+    def likelihood(self) -> Likelihood:
+        return SOFTMAX
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return cross_entropy_loss(output, target)
