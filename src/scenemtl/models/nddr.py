@@ -41,7 +41,9 @@ class NDDRLayer(nn.Module):
             blocks = [(same if u == t else other) * eye for u in range(n_tasks)]
             with torch.no_grad():
                 conv.weight.copy_(torch.cat(blocks, dim=1)[:, :, None, None])
-            self.reduce.append(nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU()))
+            # BatchNorm momentum 0.05 as in the NDDR-CNN authors' code
+            bn = nn.BatchNorm2d(channels, momentum=0.05)
+            self.reduce.append(nn.Sequential(conv, bn, nn.ReLU()))
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         cat = torch.cat(xs, dim=1)
