@@ -48,10 +48,11 @@ class MultiTaskNet(nn.Module):
       one task's parameters also reach the other tasks' outputs; they still belong to
       that task's branch, and the representation is still all the tasks read.
 
-    A network whose tasks exchange information along the way (cross-stitch units, ...)
+    A network whose tasks exchange information along the way (cross-stitch units, ...),
+    or share weights applied after task-specific ones (MTAN's shared refinement blocks),
     has no shared representation: it sets :attr:`has_shared_representation` to False and
     lists in :meth:`shared_modules` every module whose parameters several tasks' losses
-    depend on. Its :meth:`shared_forward` still runs everything up to the point after
+    depend on, and every module that runs before the cut (MTAN's early masks). Its :meth:`shared_forward` still runs everything up to the point after
     which the tasks no longer interact (cross-stitch, NDDR: the mixed per-task trunks,
     keyed ``"task/scale"``), so that :meth:`decode` keeps using task-specific parameters
     only; but task t reads only its own entries, so the dict is not *one* representation
