@@ -156,3 +156,15 @@ def test_bad_trunk_initialization_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="model.net.weights"):
         small("cross_stitch", weights={"semseg": 3})
+
+
+def test_mixing_multiplier_is_for_mixing_units_only() -> None:
+    assert build_model(small("nddr"), HEADS).mixing_lr_multiplier == 100.0
+    assert build_model(small("nddr", mixing_lr_multiplier=2), HEADS).mixing_lr_multiplier == 2.0
+    for bad, message in (
+        (("branched", 10), "only cross_stitch and nddr"),
+        (("nddr", 0), "positive"),
+    ):
+        with pytest.raises(UserError, match=message) as err:
+            small(bad[0], mixing_lr_multiplier=bad[1])
+        assert "\n" not in str(err.value)

@@ -52,10 +52,12 @@ class MultiTaskNet(nn.Module):
     or share weights applied after task-specific ones (MTAN's shared refinement blocks),
     has no shared representation: it sets :attr:`has_shared_representation` to False and
     lists in :meth:`shared_modules` every module whose parameters several tasks' losses
-    depend on, and every module that runs before the cut (MTAN's early masks). Its :meth:`shared_forward` still runs everything up to the point after
-    which the tasks no longer interact (cross-stitch, NDDR: the mixed per-task trunks,
-    keyed ``"task/scale"``), so that :meth:`decode` keeps using task-specific parameters
-    only; but task t reads only its own entries, so the dict is not *one* representation
+    depend on, and every module that runs before the cut (MTAN's early masks). Its
+    :meth:`shared_forward` still runs everything up to the point after which the tasks
+    no longer interact (cross-stitch, NDDR: the mixed per-task trunks; MTAN: each task's
+    chain up to the last shared refinement; keyed ``"task/scale"``), so that
+    :meth:`decode` keeps using task-specific parameters only; but task t reads only its
+    own entries (and those shared by all), so the dict is not *one* representation
     (representation-level methods such as MGDA-UB do not apply).
 
     A network whose tasks share **no parameter at all** (``task_specific``: one encoder,

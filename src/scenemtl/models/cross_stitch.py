@@ -16,9 +16,13 @@ task's activations by a learned linear combination of all tasks' activations::
 networks. :class:`MixedTrunksNet` holds what cross-stitch and NDDR-CNN have in common; a
 subclass only says how one stage's activations are mixed (:meth:`MixedTrunksNet.make_mixer`).
 
+Training as in the authors' code (Vandenhende et al.'s survey code): the mixing
+parameters (:meth:`MixedTrunksNet.mixing_parameters`) learn at 100x the base rate
+(``mixing_lr_multiplier``; the paper scales it by 10^2-10^3), and each trunk can start
+from a single-task run's encoder (``weights`` as a per-task mapping).
+
 Differences from the paper: ResNet stages instead of AlexNet's pooling layers, one
-coefficient per channel (the paper's channel-wise variant), DeepLabV3+ heads per task,
-and no separate, larger learning rate for ``alpha`` (the paper scales it by 10^2-10^3).
+coefficient per channel (the paper's channel-wise variant), DeepLabV3+ heads per task.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from torch import nn
 from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet
 from scenemtl.models.branched import BranchedNet
-from scenemtl.models.cross_stitch import CrossStitchNet
+from scenemtl.models.cross_stitch import CrossStitchNet, MixedTrunksNet
 from scenemtl.models.distillation import DistillationNet
 from scenemtl.models.encoder import ENCODERS
 from scenemtl.models.joint import JointNet
@@ -204,6 +204,11 @@ class ModelConfig:
         ):
             raise UserError(
                 f"model.net.mixing_lr_multiplier: expected a positive number or null, got {m!r}"
+            )
+        if m is not None and not issubclass(ARCHITECTURES[self.architecture], MixedTrunksNet):
+            raise UserError(
+                "model.net.mixing_lr_multiplier: only cross_stitch and nddr have mixing units, "
+                f"not {self.architecture!r}"
             )
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
