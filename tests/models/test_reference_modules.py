@@ -3,17 +3,20 @@ feature propagation, and the trunks of cross-stitch / NDDR started from single-t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from scenemtl.cli import main
 from scenemtl.errors import UserError
 from scenemtl.models import ModelConfig, build_model
 from scenemtl.models.encoder import stage_channels
 from scenemtl.models.mtan import refinement_block
 from scenemtl.models.mtinet import FeaturePropagation
+from tests.engine.conftest import tiny_config
 
 HEADS = {"semseg": 5, "depth": 1}
 
@@ -168,3 +171,36 @@ def test_mixing_multiplier_is_for_mixing_units_only() -> None:
         with pytest.raises(UserError, match=message) as err:
             small(bad[0], mixing_lr_multiplier=bad[1])
         assert "\n" not in str(err.value)
+
+
+ONE_STEP = {
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 0.25,  # one step (see test_fit_every_architecture)
+    "trainer.limit_val_batches": 0.5,
+    "visualize.ids": [],
+}
+
+
+def test_cross_stitch_fit_starts_from_single_task_runs(tmp_path: Path, tiny_root: Path) -> None:
+    """A real single-task run's checkpoint initializes both trunks, in and through the CLI."""
+    single = tiny_config(
+        tmp_path / "single",
+        tiny_root,
+        **ONE_STEP,
+        **{"data.tasks": ["semseg"], "model.net.architecture": "branched"},
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(single)])
+    assert exc.value.code == 0
+    ckpt = tmp_path / "single" / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {"semseg": str(ckpt), "depth": str(ckpt)}
+    model = build_model(small("cross_stitch", weights=weights), HEADS)
+    for task in HEADS:
+        for key, value in model.encoders[task].state_dict().items():
+            torch.testing.assert_close(value, state[f"net.encoder.{key}"], rtol=0, atol=0)
+    mixed = tiny_config(tmp_path / "mixed", tiny_root, **ONE_STEP)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(mixed), "--model.net.architecture", "cross_stitch",
+              "--model.net.weights", json.dumps(weights)])  # fmt: skip
+    assert exc.value.code == 0
