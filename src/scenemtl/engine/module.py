@@ -424,15 +424,26 @@ class MultiTaskModule(L.LightningModule):
 
     def make_optimizer(self, fused: bool = True) -> torch.optim.Optimizer:
         """The configured optimizer over the network's (and the balancer's) parameters,
-        with its fused kernel where torch has one for the device (``fused``)."""
+        with its fused kernel where torch has one for the device (``fused``).
+
+        Groups: 0 the network (base rate; logged as ``lr``), 1 the balancer's learned
+        weights (no weight decay), 2 (if any) the network's mixing parameters at
+        ``net.mixing_lr_multiplier`` times the base rate."""
         hp = self.hparams
         # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
         # method updates itself (FAMO's logits) are not the optimizer's.
         balancer = {id(p) for p in self.balancer.parameters()}
+        # The mixing units of cross-stitch / NDDR learn at a multiple of the rate (the
+        # authors' 100x by default), with the same weight decay as in the authors' code;
+        # the schedules scale every group's own initial rate.
+        mixing = [p for p in self.net.mixing_parameters() if id(p) not in balancer]
+        apart = balancer | {id(p) for p in mixing}
         params = [
-            {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in balancer]},
+            {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in apart]},
             {"params": self.balancer.trainable_parameters(), "weight_decay": 0.0},
         ]
+        if mixing:
+            params.append({"params": mixing, "lr": hp.lr * self.net.mixing_lr_multiplier})
         options: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kind: type[torch.optim.Optimizer] = torch.optim.SGD
