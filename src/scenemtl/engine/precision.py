@@ -141,14 +141,16 @@ def _read_cache(path: Path) -> dict[str, dict[str, float]]:
     return entries if isinstance(entries, dict) else {}
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _valid(entry: object) -> bool:
+    """A cache entry with a positive finite factor and a probe time >= 0."""
     if not isinstance(entry, dict):
         return False
-    values = [entry.get("factor"), entry.get("probe_s")]
-    return all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-        for v in values
-    )
+    factor, probe_s = entry.get("factor"), entry.get("probe_s")
+    return _number(factor) and factor > 0 and _number(probe_s) and probe_s >= 0
 
 
 def bf16_cost(path: Path | None = None) -> Bf16Cost:
@@ -163,7 +165,7 @@ def bf16_cost(path: Path | None = None) -> Bf16Cost:
     factor = measure_bf16_factor()
     probe_s = time.perf_counter() - started
     kept = {k: v for k, v in entries.items() if _valid(v)}  # drops what was corrupt
-    kept[key] = {"factor": round(factor, 3), "probe_s": round(probe_s, 4)}
+    kept[key] = {"factor": factor, "probe_s": probe_s}
     try:
         payload = json.dumps({"entries": kept}, indent=2) + "\n"
         atomic_write_bytes(path, payload.encode("utf-8"))
@@ -178,26 +180,28 @@ def uses_bf16(precision: object) -> bool:
 
 
 def bf16_warning(precision: object, device_type: str, path: Path | None = None) -> str | None:
-    """The warning line for ``precision`` on ``device_type``, or None (not bf16, not the
-    CPU, or bf16 not slower than ``SLOW_FACTOR`` here). Probes (or reads the cache) only
-    for bf16 on the CPU."""
+    """What to tell a user of ``precision`` on ``device_type``, or None (not bf16, not the
+    CPU, or bf16 not more than ``SLOW_FACTOR`` times slower here). Probes (or reads the
+    cache) only for bf16 on the CPU."""
     if device_type != "cpu" or not uses_bf16(precision):
         return None
     cost = bf16_cost(path)
     if cost.factor <= SLOW_FACTOR:
         return None
     return (
-        f"scenemtl: warning: {precision} runs {cost.factor:.1f}x slower than fp32 on this "
-        f"CPU (a short probe, cached in {path or cache_path()}): "
-        "--trainer.precision 32-true is faster here"
+        f"{precision} runs {cost.factor:.1f}x slower than fp32 on this CPU (a short probe, "
+        f"cached in {path or cache_path()}): --trainer.precision 32-true is faster here"
     )
 
 
 def warn_if_bf16_slow(
     precision: object, device_type: str, stream: TextIO | None = None, path: Path | None = None
 ) -> str | None:
-    """Print :func:`bf16_warning`'s line to ``stream`` (stderr) if there is one; returns it."""
-    line = bf16_warning(precision, device_type, path)
-    if line is not None:
-        print(line, file=stream or sys.stderr, flush=True)
+    """Print :func:`bf16_warning` as one ``scenemtl: warning:`` line to ``stream`` (stderr)
+    if there is one; returns the line."""
+    message = bf16_warning(precision, device_type, path)
+    if message is None:
+        return None
+    line = f"scenemtl: warning: {message}"
+    print(line, file=stream or sys.stderr, flush=True)
     return line
