@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,17 @@ def tiny_root(tmp_path_factory) -> Path:
     write_random_dataset(root, sizes={"train": 8, "val": 4, "test": 4}, image_size=(32, 48))
     write_stats(root)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory) -> Iterator[Path]:
+    """The suite's runs (and their child processes) cache into a folder of their own, not
+    the user's ~/.cache (the bf16 probe of scenemtl.engine.precision writes there)."""
+    cache = tmp_path_factory.mktemp("user-cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scenemtl.cli import main
+from scenemtl.engine import precision
 from scenemtl.engine.schedules import PolyFactor
 from tests.engine.conftest import read_metrics, tiny_config
 
@@ -196,7 +197,10 @@ def test_validate_applies_tta_from_the_command_line_in_its_own_run(tmp_path, tin
     assert (run_dir / "metrics.csv").read_bytes() == trace_before  # training trace untouched
 
 
-def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root):
+def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root, monkeypatch, capsys):
+    # a CPU that emulates bf16, as far as the cost probe knows: fit warns once, at start
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "measure_bf16_factor", lambda: 16.0)
     cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
     code = run_cli(
         [
@@ -212,6 +216,8 @@ def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root):
         ]
     )
     assert code == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "x slower than fp32" in ln]
+    assert warnings == [f"scenemtl: warning: {precision.bf16_warning('bf16-mixed', 'cpu')}"]
     rows = read_metrics(tmp_path / "runs" / "tiny" / "version_0")
     val = [r for r in rows if r.get("val/grader")]
     assert val and all(float(r["val/depth"]) >= 0 for r in val)

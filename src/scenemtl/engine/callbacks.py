@@ -15,6 +15,7 @@ from torch.utils.data import default_collate
 
 from scenemtl.data.format import atomic_write_bytes
 from scenemtl.data.transforms import prepare_eval_batch
+from scenemtl.engine.precision import warn_if_bf16_slow
 from scenemtl.engine.run_dir import RunDir
 from scenemtl.errors import one_line
 from scenemtl.visualize import prediction_panel, tile
@@ -83,6 +84,15 @@ class VisualizationCallback(L.Callback):
                     writer.add_histogram(
                         f"val/{task.name}_gt", values[1].cpu(), trainer.global_step
                     )
+
+
+class Bf16CostCallback(L.Callback):
+    """At fit start, one line on stderr if the run computes in bf16 on a CPU that runs it
+    slower than fp32 (:mod:`scenemtl.engine.precision`; rank 0 only, once per fit)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            warn_if_bf16_slow(trainer.precision, trainer.strategy.root_device.type)
 
 
 class RunRecordCallback(L.Callback):
