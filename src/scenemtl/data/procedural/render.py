@@ -7,6 +7,7 @@ import numpy as np
 from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.camera import Camera
+from scenemtl.data.procedural.profile import StageTimes
 from scenemtl.data.procedural.raycast import (
     GROUND,
     SKY,
@@ -37,11 +38,15 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     return layers["rgb"], layers["semseg"], layers["depth"]
 
 
-def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def render_layers(
+    scene: Scene, rng: np.random.Generator, times: StageTimes | None = None
+) -> dict[str, np.ndarray]:
     """Render a scene.
 
     Args:
         rng: randomness of the image itself (sensor noise), after the layout's draws.
+        times: if given, the time of each stage (raycast, shadows, shading, camera) is
+            added to it.
 
     Returns:
         ``rgb``: uint8 [H, W, 3].
@@ -51,6 +56,7 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
         camera frame (x right, y down, z forward), facing the camera; zero for sky. Exact:
         the primitive's analytic normal at the hit (the ground plane's is world up).
     """
+    lap = (times if times is not None else StageTimes()).laps()
     cam = scene.camera
     h, w = cam.height, cam.width
     dirs, zfac = cam.rays()
@@ -103,6 +109,7 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
     prim_rows = np.where(ground, k, hid)
     labels = table_label[prim_rows]
     labels[ground] = ground_labels(scene.ground, p[ground])
+    lap("raycast")
 
     surf = Surface(
         p=p,
@@ -129,6 +136,7 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
     gsel = np.flatnonzero(ground)
     out.albedo[gsel] = shade_ground(scene.ground, p[gsel], labels[gsel])
 
+    lap("shading")
     light = scene.light
     shadow = np.zeros(m, dtype=np.float32)
     if light.sun_rgb.max() > 0.6:
@@ -136,6 +144,7 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
         # Far points gain little from shadows once hazed and tiny; skip them.
         lit = (ndotl > 0.0) & (t_hit < 150.0)
         shadow = _soft_shadows(cam, scene, ids, hit_idx, p, n, lit, table)
+    lap("shadows")
 
     occlusion = np.ones(m, np.float32)
     near_ground = np.flatnonzero(ground & (t_hit < 80.0))
@@ -149,18 +158,22 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
     radiance[sky_idx] = sky(
         light, dirs.reshape(-1, 3)[sky_idx], float(scene.meta.get("sky_tex", 0.0))
     )
+    lap("shading")
     rgb = camera_response(scene.post, radiance.reshape(h, w, 3), rng)
+    lap("camera")
 
     semseg = np.full(h * w, ob.SKY, np.uint8)
     semseg[hit_idx] = labels
     depth = np.full(h * w, np.inf, np.float32)
     depth[hit_idx] = t_hit * zfac.ravel()[hit_idx]
-    return {
+    layers = {
         "rgb": rgb,
         "semseg": semseg.reshape(h, w),
         "depth": depth.reshape(h, w),
         "normals": _camera_normals(cam, n, d_hit, hit_idx),
     }
+    lap("raycast")
+    return layers
 
 
 def _camera_normals(
