@@ -80,17 +80,21 @@ def render_sample(
 
 
 def sample_layers(
-    params: SynthParams, split: str, index: int, times: StageTimes | None = None
+    params: SynthParams,
+    split: str,
+    index: int,
+    times: StageTimes | None = None,
+    normals: bool = True,
 ) -> dict[str, np.ndarray]:
     """Render image ``index`` of ``split`` with every target :func:`render_layers` makes.
-    With ``times``, the time of each stage is added to it.
+    With ``times``, the time of each stage is added to it; without ``normals``, the
+    ``normals`` layer is not made (the others are the same either way).
 
     Returns:
         ``rgb``, ``semseg``, ``depth`` as :func:`render_sample` returns them, and
         ``normals``: float32 [3, H, W] unit camera-frame normals (x right, y down, z
-        forward; docs/normals.md), zero (invalid) for sky, like depth. Normals are
-        rendered whatever ``params.tasks`` says (they cost one matrix product); the
-        tasks decide only what is written.
+        forward; docs/normals.md), zero (invalid) for sky, like depth; made whatever
+        ``params.tasks`` says, unless ``normals`` is false.
     """
     from scenemtl.data.procedural.render import render_layers
     from scenemtl.data.procedural.scene import make_scene
@@ -104,7 +108,7 @@ def sample_layers(
     rng = image_rng(params.seed, split, int(index))
     scene = make_scene(rng, params.size)
     lap("layout")
-    layers = render_layers(scene, rng, times)
+    layers = render_layers(scene, rng, times, normals)
     lap = times.laps()
     lo, hi = params.depth_range_m
     depth = layers["depth"]
@@ -126,8 +130,9 @@ def _render_chunk(
     counts = np.zeros(CITYSCAPES_NUM_CLASSES, np.int64)
     times = StageTimes()
     gt = params.has_gt(split)
+    normals = gt and "normals" in params.tasks
     for i in indices:
-        layers = sample_layers(params, split, i, times)
+        layers = sample_layers(params, split, i, times, normals)
         rgb, semseg, depth = layers["rgb"], layers["semseg"], layers["depth"]
         counts += np.bincount(semseg.ravel(), minlength=CITYSCAPES_NUM_CLASSES)[
             :CITYSCAPES_NUM_CLASSES
@@ -141,7 +146,7 @@ def _render_chunk(
             rgb_extension=RGB_EXTENSION,
             jpeg_quality=params.jpeg_quality,
             png_compress_level=PNG_COMPRESS_LEVEL,
-            normals=layers["normals"] if gt and "normals" in params.tasks else None,
+            normals=layers["normals"] if normals else None,
         )
         lap("encode")
         write_sample_files(root, split, i, files, RGB_EXTENSION)

@@ -39,7 +39,10 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 
 def render_layers(
-    scene: Scene, rng: np.random.Generator, times: StageTimes | None = None
+    scene: Scene,
+    rng: np.random.Generator,
+    times: StageTimes | None = None,
+    normals: bool = True,
 ) -> dict[str, np.ndarray]:
     """Render a scene.
 
@@ -47,14 +50,17 @@ def render_layers(
         rng: randomness of the image itself (sensor noise), after the layout's draws.
         times: if given, the time of each stage (raycast, shadows, shading, camera) is
             added to it.
+        normals: whether to make the ``normals`` layer (~5% of the time of an image);
+            nothing else depends on it.
 
     Returns:
         ``rgb``: uint8 [H, W, 3].
         ``semseg``: uint8 [H, W] Cityscapes trainIds (sky = 10).
         ``depth``: float32 [H, W] z-depth in meters, ``inf`` for sky (callers clip/mark).
-        ``normals``: float32 [3, H, W] unit surface normals at the hit points in the
-        camera frame (x right, y down, z forward), facing the camera; zero for sky. Exact:
-        the primitive's analytic normal at the hit (the ground plane's is world up).
+        ``normals`` (unless ``normals`` is false): float32 [3, H, W] unit surface normals
+        at the hit points in the camera frame (x right, y down, z forward), facing the
+        camera; zero for sky. Exact: the primitive's analytic normal at the hit (the
+        ground plane's is world up).
     """
     lap = (times if times is not None else StageTimes()).laps()
     cam = scene.camera
@@ -79,19 +85,20 @@ def render_layers(
     prims = scene.prims
     k = len(prims)
 
-    def rows(values: list, width: int, dtype: type = np.float32) -> np.ndarray:
+    def rows(values: list | np.ndarray, width: int, dtype: type = np.float32) -> np.ndarray:
         # One extra row at the end stands for the ground plane.
         out = np.zeros((k + 1, width) if width else (k + 1,), dtype)
         if k:
-            out[:k] = np.array(values, dtype=dtype).reshape(out[:k].shape)
+            out[:k] = np.asarray(values, dtype=dtype).reshape(out[:k].shape)
         return out
 
     table_color = rows([p.color for p in prims], 3)
     table_color2 = rows([p.color2 for p in prims], 3)
-    table_params = rows([p.params for p in prims], 4)
-    table_half = rows([p.half for p in prims], 3)
+    # the same float32 roundings of the same values as in ``table`` (PrimTable.of)
+    table_params = rows(table.params, 4)
+    table_half = rows(table.half, 3)
     table_half[k] = 1.0
-    table_tex = rows([p.tex for p in prims], 0)
+    table_tex = rows(table.tex, 0)
     table_label = rows([p.label for p in prims], 0, np.uint8)
     table_mat = rows([p.material for p in prims], 0, np.int32)
 
@@ -166,12 +173,9 @@ def render_layers(
     semseg[hit_idx] = labels
     depth = np.full(h * w, np.inf, np.float32)
     depth[hit_idx] = t_hit * zfac.ravel()[hit_idx]
-    layers = {
-        "rgb": rgb,
-        "semseg": semseg.reshape(h, w),
-        "depth": depth.reshape(h, w),
-        "normals": _camera_normals(cam, n, d_hit, hit_idx),
-    }
+    layers = {"rgb": rgb, "semseg": semseg.reshape(h, w), "depth": depth.reshape(h, w)}
+    if normals:
+        layers["normals"] = _camera_normals(cam, n, d_hit, hit_idx)
     lap("raycast")
     return layers
 
