@@ -556,6 +556,25 @@ def test_bench_reports_a_rate(capsys) -> None:
     assert "images/s at 16x32" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "p", [[0.62, 0.12, 0.14, 0.12], [0.85, 0.025, 0.04, 0.06, 0.025], [0.3, 0.45, 0.25], [1.0]]
+)
+def test_weighted_draws_are_generator_choice(p: list[float]) -> None:
+    """Weighted.draw and uniform give what rng.choice gives and leave the generator in
+    the same state, so the layout drawn with them is the one choice drew."""
+    from scenemtl.data.procedural import draws
+
+    options = [10 * i + 0.5 for i in range(len(p))]
+    ref, fast = np.random.default_rng(11), np.random.default_rng(11)
+    weighted = draws.Weighted(options, p)
+    for _ in range(2000):
+        assert weighted.draw(fast) == ref.choice(options, p=p)
+        assert draws.uniform(fast, options) == ref.choice(options)
+    assert fast.random() == ref.random()  # same position in the stream
+    with pytest.raises(ValueError):
+        draws.Weighted(options + [1.0], p)
+
+
 def test_stage_laps_add_up(monkeypatch) -> None:
     """Each lap adds the time since the previous one to its stage; the table's total is
     their sum (a fake clock makes every figure exact)."""
