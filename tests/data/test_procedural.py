@@ -572,7 +572,7 @@ def test_weighted_draws_are_generator_choice(p: list[float]) -> None:
         assert draws.uniform(fast, options) == ref.choice(options)
     assert fast.random() == ref.random()  # same position in the stream
     with pytest.raises(ValueError):
-        draws.Weighted(options + [1.0], p)
+        draws.Weighted([*options, 1.0], p)
 
 
 def test_stage_laps_add_up(monkeypatch) -> None:
