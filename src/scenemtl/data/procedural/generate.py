@@ -397,9 +397,12 @@ def cached_dataset(params: SynthParams | None = None, workers: int | None = None
 def _pool(n: int):
     """A process pool. Workers need only numpy and Pillow, so forking is safe and
     cheap where it exists; elsewhere they start fresh."""
-    # Import the rendering modules once here, so that forked workers do not each import
-    # them again (~0.1-0.3 s per worker, a lot for a short run).
+    # Import the rendering modules and build the noise tiles once here, so that forked
+    # workers do not each do it again (~0.1-0.2 s per worker, a lot for a short run).
     import scenemtl.data.procedural.render  # noqa: F401
+    from scenemtl.data.procedural.textures import noise_tiles
+
+    noise_tiles()
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     return mp.get_context(method).Pool(n)
