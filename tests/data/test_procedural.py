@@ -575,6 +575,26 @@ def test_weighted_draws_are_generator_choice(p: list[float]) -> None:
         draws.Weighted([*options, 1.0], p)
 
 
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two workers, each part-time
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+        ({"cpu.max": "garbage\n"}, None),
+    ],
+)
+def test_workers_respect_a_cpu_quota(tmp_path: Path, monkeypatch, files, expected) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(gen.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert gen._available_cores(tmp_path) == (64 if expected is None else expected)
+
+
 def test_stage_laps_add_up(monkeypatch) -> None:
     """Each lap adds the time since the previous one to its stage; the table's total is
     their sum (a fake clock makes every figure exact)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -377,12 +378,32 @@ def _with_stats(root: Path, info: DatasetInfo, progress: bool = False) -> Datase
     return dataclasses.replace(info, stats=stats)
 
 
-def _available_cores() -> int:
-    """Cores this process may run on (respects affinity masks, unlike os.cpu_count)."""
+def _available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: its affinity mask (unlike os.cpu_count), capped by a
+    cgroup CPU quota (a container that sees 64 CPUs but may use 2 should not start 64
+    workers that then share 2 cores)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup quota allows (cgroup v2 ``cpu.max``, else v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), None without a quota."""
+    try:
+        v2 = cgroup / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = cgroup / "cpu" if (cgroup / "cpu").is_dir() else cgroup
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 def cached_dataset(params: SynthParams | None = None, workers: int | None = None) -> Path:
