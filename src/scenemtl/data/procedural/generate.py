@@ -48,7 +48,7 @@ from scenemtl.errors import DataFormatError, UserError
 RGB_EXTENSION = ".jpg"
 PNG_COMPRESS_LEVEL = 1
 """zlib level of the label PNGs: level 1 encodes them ~2x faster than Pillow's default 6
-for files ~30% bigger (a few kB at 128x256); the decoded pixels are the same."""
+for files 20-30% bigger (a few kB at 128x256); the decoded pixels are the same."""
 CHUNK = 8
 """Images per task sent to a worker: big enough to amortize messaging, small enough to
 balance the load at the end."""
