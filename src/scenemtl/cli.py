@@ -27,9 +27,16 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from scenemtl.data.procedural import SynthParams, bench, default_root, synthesize
 
+    if args.profile and not args.bench:
+        raise UserError("--profile goes with --bench N")
     if args.bench:
-        rate = bench(size=args.size, n=args.bench, workers=args.workers)
+        from scenemtl.data.procedural.profile import StageTimes
+
+        times = StageTimes()
+        rate = bench(size=args.size, n=args.bench, workers=args.workers, times=times)
         print(f"procedural generator: {rate:.1f} images/s at {args.size[0]}x{args.size[1]}")
+        if args.profile:
+            print(times.table())
         return 0
     params = SynthParams(
         train=args.train,
@@ -208,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="only time rendering+writing N images and print images/s",
+    )
+    synth.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --bench: also print the time per image of each stage (docs/synth.md)",
     )
     synth.add_argument(
         "--print-root",
