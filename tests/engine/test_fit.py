@@ -113,7 +113,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, cap
     )
     run_dir = best.parents[1]
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "crashed" and "non-finite training loss" in record["error"]
+    assert record["status"] == "diverged" and "non-finite training loss" in record["error"]
     # a resume that finishes: the crash becomes history, not the run's current error
     monkeypatch.setattr(MultiTaskLoss, "forward", original)
     assert run_cli(["fit", "--config", str(cfg), "--ckpt_path", "last"]) == 0

@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.data.datamodule import SceneDataModule, open_info
 from scenemtl.engine.callbacks import (
+    DivergenceGuard,
     EvaluationRecordCallback,
     RunRecordCallback,
     VisualizationCallback,
@@ -279,6 +280,7 @@ class SceneCLI(LightningCLI):
         ]
         if self.subcommand == "fit":
             callbacks.append(RunRecordCallback(run_dir, monitor=monitor, mode=mode))
+            callbacks.append(DivergenceGuard())
         elif self.subcommand in ("validate", "test"):
             callbacks.append(
                 EvaluationRecordCallback(run_dir, cfg.get("ckpt_path"), self.subcommand)

@@ -54,6 +54,7 @@ from scenemtl.data.format import (
     DatasetInfo,
     encodable_range,
     open_image,
+    read_rgb,
     write_info,
     write_sample,
 )
@@ -142,8 +143,8 @@ def _convert_one(
     city: str,
     stem: str,
 ) -> tuple[int, int]:
-    rgb_img = open_image(src / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
-    rgb_img = rgb_img.convert("RGB")
+    rgb_file = src / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+    rgb_img = Image.fromarray(read_rgb(rgb_file))  # by bit depth, as predict reads
     h0, w0 = rgb_img.height, rgb_img.width
     h, w = opts.size if opts.size else (h0, w0)
     if (h0, w0) != (h, w):
