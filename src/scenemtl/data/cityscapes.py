@@ -215,7 +215,9 @@ def _check_source(src: Path, depth: str, splits: list[str]) -> None:
 
 def _check_out(out: Path) -> None:
     """One line if ``out`` is a file or holds anything, before anything is written."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose an empty or new folder")
+    if out.is_dir() and any(out.iterdir()):
         what = "already holds a dataset" if (out / "dataset.json").exists() else "is not empty"
         raise UserError(f"{out} {what}; choose an empty or new --out")
 
