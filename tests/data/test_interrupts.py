@@ -100,7 +100,7 @@ def test_a_killed_conversion_is_cleaned_by_the_next_one_a_live_one_is_not(tmp_pa
         assert not dead.exists()
         assert live.is_dir() and not is_dead(live.parent, out)
         assert foreign.is_dir()
-    assert (out / "dataset.json").is_file()
+    assert (out / "dataset.json").is_file()  # and the live staging went when it ended
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial-mine", "cs", "out"]
 
 

@@ -64,7 +64,7 @@ from scenemtl.data.mtan import (
     save_npy,
     write_sidecar,
 )
-from scenemtl.data.staging import finish, remove_dead_partials, staging
+from scenemtl.data.staging import remove_dead_partials, staging
 from scenemtl.errors import DataFormatError, UserError
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
@@ -293,7 +293,6 @@ def convert_cityscapes(
         else:
             write_info(tmp, info)
         _publish(tmp, out)
-        finish(tmp)
     return info
 
 

@@ -1,8 +1,8 @@
 """Staging folders: build a whole output tree beside its target, rename it into place.
 
 ``staging(target)`` makes ``.<name>.partial-XXXX/`` beside ``target`` and yields its
-``data/`` folder; the caller fills it and renames it to ``target`` (then
-:func:`finish` drops the rest). The target is never half written.
+``data/`` folder; the caller fills it and renames it to ``target``; the partial folder
+goes when the block ends. The target is never half written.
 
 A run that is killed (SIGKILL, power loss) cannot clean up, so its partial folder stays.
 The next run for the same target removes it with :func:`remove_dead_partials`. How a
@@ -126,8 +126,8 @@ def _rmtree_uninterrupted(path: Path) -> None:
 def staging(target: Path) -> Iterator[Path]:
     """A fresh ``data`` folder inside a locked partial folder beside ``target``.
 
-    The caller renames ``data`` to ``target`` when complete and then calls
-    :func:`finish`. On any exception (Ctrl-C included) the partial folder is removed.
+    The caller renames ``data`` to ``target`` when complete. When the block ends, in any
+    way (an error, Ctrl-C), the partial folder is removed with whatever is left in it.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_TAG}", dir=target.parent))
@@ -144,17 +144,10 @@ def staging(target: Path) -> Iterator[Path]:
         # mkdtemp makes 0700; the output should be as readable as anything the user writes
         os.chmod(data, 0o777 & ~_umask())
         yield data
-    except BaseException:
-        _rmtree_uninterrupted(partial)
-        raise
     finally:
+        _rmtree_uninterrupted(partial)
         if fd >= 0:
             os.close(fd)
-
-
-def finish(data: Path) -> None:
-    """Drop the partial folder of ``data`` (after ``data`` was renamed into place)."""
-    _rmtree_uninterrupted(data.parent)
 
 
 def pool_worker_init(parent: int) -> None:

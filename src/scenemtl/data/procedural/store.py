@@ -28,7 +28,6 @@ from pathlib import Path
 
 from scenemtl.data.format import INDEX_NAME, MODALITIES, SPLITS, TASK_NAME, info_path
 from scenemtl.data.procedural.params import GENERATOR_NAME
-from scenemtl.data.staging import finish
 from scenemtl.errors import UserError
 
 try:
@@ -161,8 +160,9 @@ def refuse_foreign(root: Path) -> None:
 
 def publish(data: Path, root: Path) -> None:
     """Rename the staged dataset ``data`` (from :func:`staging`) to ``root``, replacing
-    what is there only if it is empty or generated; then drop the partial folder (with
-    the replaced dataset in it). Call with the lock held."""
+    what is there only if it is empty or generated (the replaced dataset goes into the
+    partial folder, removed when :func:`~scenemtl.data.staging.staging` ends). Call
+    with the lock held."""
     partial = data.parent
     refuse_foreign(root)  # again: rendering took a while
     replaced = partial / "replaced"
@@ -174,4 +174,3 @@ def publish(data: Path, root: Path) -> None:
         if replaced.exists():
             os.rename(replaced, root)  # put the previous dataset back
         raise
-    finish(data)
