@@ -28,7 +28,7 @@ def _contract(result) -> None:
     assert len(lines) == 1, result.err
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=8)  # each valid example resolves the dataset root
 @given(option=st.sampled_from(["--bench", "--workers", "--seed"]), v=VALUES)
 def test_data_synth_options(tmp_path, capsys, option, v):
     # --print-root: parse and validate everything, render nothing
