@@ -34,6 +34,7 @@ from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.data.datamodule import SceneDataModule, open_info
 from scenemtl.engine.callbacks import (
     Bf16CostCallback,
+    DivergenceGuard,
     EvaluationRecordCallback,
     RunRecordCallback,
     VisualizationCallback,
@@ -281,6 +282,7 @@ class SceneCLI(LightningCLI):
         if self.subcommand == "fit":
             callbacks.append(RunRecordCallback(run_dir, monitor=monitor, mode=mode))
             callbacks.append(Bf16CostCallback())
+            callbacks.append(DivergenceGuard())
         elif self.subcommand in ("validate", "test"):
             callbacks.append(
                 EvaluationRecordCallback(run_dir, cfg.get("ckpt_path"), self.subcommand)

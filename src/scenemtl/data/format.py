@@ -608,12 +608,58 @@ def open_image(path: Path) -> Image.Image:
         raise DataFormatError(f"{path}: cannot decode image ({e})") from None
 
 
+_GRAY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8."""
-    im = open_image(path)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8)
+    """HxWx3 uint8 of any image a user hands in (see :func:`rgb8`)."""
+    return rgb8(open_image(path), path)
+
+
+def rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """An image as HxWx3 uint8, scaled by its bit depth (docs/reliability.md).
+
+    * 8-bit modes (RGB, L, P, RGBA, ...): as Pillow converts them (alpha dropped).
+    * 16-bit grey (``I;16*``, or mode ``I`` from a PNG, which has no 32-bit depth):
+      ``round(v / 257)``, so 65535 is white and an 8-bit value stored in 16 bits
+      (``257 * k``) comes back as ``k``.
+    * 16-bit RGB PNG: Pillow decodes it to its high bytes, ``floor(v / 256)``, at most
+      one level below ``round(v / 257)`` and exact for ``257 * k``.
+    * float (``F``): ``round(255 * v)`` if every value is finite and in [0, 1], else
+      refused: a float image has no white level to scale by.
+    * 32-bit integer (``I`` from a TIFF) and other modes: refused (no known white level).
+
+    Raises:
+        DataFormatError: one line naming ``path`` and the mode.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8)
+    if mode in _GRAY16 or (mode == "I" and im.format == "PNG"):
+        v = np.asarray(im).astype(np.int64)
+        if v.size and (v.min() < 0 or v.max() > 65535):
+            raise DataFormatError(f"{path}: mode {mode} holds values outside 0..65535")
+        # 257 is odd, so v / 257 is never halfway: this is round(v / 257) exactly
+        grey = ((2 * v + 257) // 514).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        v = np.asarray(im, dtype=np.float64)
+        if v.size and not (np.isfinite(v).all() and v.min() >= 0.0 and v.max() <= 1.0):
+            raise DataFormatError(
+                f"{path}: float image with values outside [0, 1] (min {np.nanmin(v):.4g}, "
+                f"max {np.nanmax(v):.4g}); save it as 8- or 16-bit"
+            )
+        grey = np.rint(v * 255.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode.startswith("I"):
+        raise DataFormatError(
+            f"{path}: {mode} image (32-bit or signed integers) has no known white level; "
+            "save it as 8- or 16-bit"
+        )
+    try:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except ValueError as e:
+        raise DataFormatError(f"{path}: mode {mode} cannot be read as RGB ({e})") from None
 
 
 def read_semseg(path: Path) -> np.ndarray:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.schedules import PolyFactor, StepFactor
-from scenemtl.errors import UserError
+from scenemtl.errors import TrainingDiverged, UserError
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
@@ -290,7 +290,7 @@ class MultiTaskModule(L.LightningModule):
         losses = self.criterion(outputs, batch)
         if not torch.isfinite(losses.total):
             # Raising stops the run before any checkpoint of this state is written.
-            raise UserError(
+            raise TrainingDiverged(
                 f"non-finite training loss at step {self.global_step} (epoch "
                 f"{self.current_epoch}, batch {batch_idx}): "
                 + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.tasks.items())
@@ -377,7 +377,16 @@ class MultiTaskModule(L.LightningModule):
         outputs = self.eval_outputs(batch["image"])
         losses = self.criterion(outputs, batch)
         self.log(f"{stage}/loss", losses.total, batch_size=batch["image"].shape[0], sync_dist=True)
-        metrics.update(self.decode(outputs), batch)
+        preds = self.decode(outputs)
+        for name, pred in preds.items():
+            # the metrics would refuse them with a bug's traceback; this is the weights'
+            if pred.is_floating_point() and not bool(torch.isfinite(pred).all()):
+                raise TrainingDiverged(
+                    f"non-finite {name} prediction in {stage} at step {self.global_step} "
+                    f"(epoch {self.current_epoch}): the weights overflow; lower the learning "
+                    "rate or check the data"
+                )
+        metrics.update(preds, batch)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")

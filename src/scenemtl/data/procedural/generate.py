@@ -38,10 +38,9 @@ from scenemtl.data.procedural.profile import StageTimes
 from scenemtl.data.procedural.store import (
     publish,
     refuse_foreign,
-    remove_stale_partials,
     root_lock,
-    staging,
 )
+from scenemtl.data.staging import pool_worker_init, remove_dead_partials, staging
 from scenemtl.data.stats import compute_stats
 from scenemtl.errors import DataFormatError, UserError
 
@@ -264,7 +263,7 @@ def _make(
 ) -> DatasetInfo:
     """Render the dataset beside ``root`` and rename it into place. Call with the lock."""
     refuse_foreign(root)
-    remove_stale_partials(root)
+    remove_dead_partials(root)
     with staging(root) as staged:
         info = _render(staged, params, workers, progress, times)
         if stats:
@@ -417,7 +416,8 @@ def cached_dataset(params: SynthParams | None = None, workers: int | None = None
 
 def _pool(n: int):
     """A process pool. Workers need only numpy and Pillow, so forking is safe and
-    cheap where it exists; elsewhere they start fresh."""
+    cheap where it exists; elsewhere they start fresh. They leave Ctrl-C to the parent
+    and die with it (:func:`scenemtl.data.staging.pool_worker_init`)."""
     # Import the rendering modules and build the noise tiles once here, so that forked
     # workers do not each do it again (~0.1-0.2 s per worker, a lot for a short run).
     import scenemtl.data.procedural.render  # noqa: F401
@@ -426,7 +426,7 @@ def _pool(n: int):
     noise_tiles()
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(n)
+    return mp.get_context(method).Pool(n, initializer=pool_worker_init, initargs=(os.getpid(),))
 
 
 def bench(
