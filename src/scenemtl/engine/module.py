@@ -21,20 +21,12 @@ from scenemtl.errors import TrainingDiverged, UserError
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
-from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs
+from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs, options_of_learned_tasks
 from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("poly", "step")
-
-# The flat spellings of the depth task's options: kept because every config and checkpoint
-# before tasks-as-data used them, and because they are short on the command line.
-FLAT_TASK_OPTIONS = {
-    "depth_space": ("depth", "space"),
-    "depth_loss": ("depth", "loss"),
-    "silog_lambda": ("depth", "silog_lambda"),
-}
 
 
 class MultiTaskModule(L.LightningModule):
@@ -44,6 +36,10 @@ class MultiTaskModule(L.LightningModule):
         net: the architecture (see :class:`scenemtl.models.registry.ModelConfig`).
         task_specs: task name -> spec, the tasks this network learns (set from the data by
             the CLI, see ``data.tasks``; None = the course's semseg + depth).
+        provided_tasks: the tasks the data provides (set from the data by the CLI; None =
+            those of ``task_specs``). Options and loss weights of a provided task that the
+            run does not learn are ignored, see
+            :func:`~scenemtl.tasks.options_of_learned_tasks`.
         task_options: task name -> options of that task, e.g.
             ``{"depth": {"space": "log", "loss": "silog"}}``.
         optimizer: ``sgd``, ``adam`` or ``adamw``.
@@ -78,6 +74,7 @@ class MultiTaskModule(L.LightningModule):
         self,
         net: ModelConfig | None = None,
         task_specs: dict[str, dict[str, Any]] | None = None,
+        provided_tasks: list[str] | None = None,
         task_options: dict[str, dict[str, Any]] | None = None,
         optimizer: str = "sgd",
         lr: float = 0.01,
@@ -132,14 +129,14 @@ class MultiTaskModule(L.LightningModule):
             )
         self.save_hyperparameters()
         specs: TaskSpecs = dict(task_specs) if task_specs is not None else legacy_task_specs()
-        options = _merge_flat_options(
+        options, loss_weights = options_of_learned_tasks(
+            specs,
+            provided_tasks,
             task_options,
             {"depth_space": depth_space, "depth_loss": depth_loss, "silog_lambda": silog_lambda},
+            loss_weights,
         )
         self.tasks = nn.ModuleDict({t.name: t for t in build_tasks(specs, options)})
-        unknown = set(loss_weights or {}) - set(self.tasks)
-        if unknown:
-            raise UserError(f"model.loss_weights names unknown task(s) {sorted(unknown)}")
         self.net = build_model(net, {t.name: t.channels for t in self.task_list})
         self.criterion = MultiTaskLoss(
             self.task_list,
@@ -519,18 +516,6 @@ def gradient_conflict(gramian: Tensor, names: list[str]) -> dict[str, float]:
 
 def _last(out: Any) -> Tensor:
     return out[-1] if isinstance(out, (list, tuple)) else out
-
-
-def _merge_flat_options(
-    task_options: dict[str, dict[str, Any]] | None, flat: dict[str, Any]
-) -> dict[str, dict[str, Any]]:
-    merged = {k: dict(v or {}) for k, v in (task_options or {}).items()}
-    for key, value in flat.items():
-        if value is None:
-            continue
-        task, option = FLAT_TASK_OPTIONS[key]
-        merged.setdefault(task, {})[option] = value
-    return merged
 
 
 def _spec_shape(spec: dict[str, Any]) -> tuple[Any, ...]:
