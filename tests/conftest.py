@@ -6,6 +6,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+# Lightning gives its loggers a StreamHandler bound to sys.stderr when it is first imported.
+# Imported inside a test that captures stderr (capsys), the handler would keep that test's
+# stream, closed once the test ends, and every later test's Lightning log line would print a
+# "--- Logging error ---" traceback. Imported here, it binds to the session's stderr.
+import lightning.pytorch  # noqa: F401
 import numpy as np
 import pytest
 
