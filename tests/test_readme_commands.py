@@ -241,12 +241,13 @@ class Workspace:
                     "devices": 1,
                     "enable_progress_bar": False,
                 },
-                # the config's architecture, at the smallest width (checkpoints of 130
+                # the config's architecture, at the smallest width (checkpoints of ~9
                 # instead of 320 MB); tests/test_configs.py builds the configured networks
                 "model": {
                     "net": {
                         "weights": None,
                         "encoder": "resnet18",
+                        "encoder_width": 16,
                         "channels": 16,
                         "skip_channels": 8,
                     },

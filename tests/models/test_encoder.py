@@ -290,3 +290,29 @@ def test_dilated_bottleneck_stage_follows_torchvision(dilation: tuple[bool, bool
 def test_unknown_encoder_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown encoder 'resnet152'"):
         ResNetEncoder("resnet152")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_width_scales_every_stage_and_keeps_the_module_names(name: str) -> None:
+    narrow, published = ResNetEncoder(name, width=16), ResNetEncoder(name)
+    assert narrow.state_dict().keys() == published.state_dict().keys()
+    expansion = 4 if name == "resnet50" else 1
+    assert narrow.channels == {2: 16, 4: 16 * expansion, 8: 32 * expansion,
+                               16: 64 * expansion, 32: 128 * expansion}  # fmt: skip
+    # every conv has 1/4 of the published weights (both its in and out widths are 1/4),
+    # but conv1's input (3 RGB channels) is not scaled: it has 1/4 of the published ones
+    for key, tensor in narrow.state_dict().items():
+        full = published.state_dict()[key]
+        if tensor.ndim == 4:
+            shrink = 4 if key == "conv1.weight" else 16
+            assert full.numel() == shrink * tensor.numel(), key
+    pyramid = narrow(torch.randn(1, 3, 64, 64))
+    assert {s: f.shape[1] for s, f in pyramid.items()} == narrow.channels
+
+
+def test_a_width_without_published_weights_is_one_line() -> None:
+    with pytest.raises(UserError, match="published width 64 only"):
+        build_encoder("resnet18", "imagenet", width=16)
+    for bad in (0, -4, 2.5, True, 4096):
+        with pytest.raises(UserError, match="encoder_width"):
+            ResNetEncoder("resnet18", width=bad)  # type: ignore[arg-type]

@@ -126,7 +126,9 @@ class MultiTaskNet(nn.Module):
                 "cross_stitch, nddr and padnet"
             )
         if self.single_encoder:
-            self.encoder = build_encoder(cfg.encoder, cfg.weights_for(None), cfg.dilation)
+            self.encoder = build_encoder(
+                cfg.encoder, cfg.weights_for(None), cfg.dilation, width=cfg.encoder_width
+            )
         elif isinstance(cfg.weights, Mapping):
             for name in sorted(set(cfg.weights) - set(self.heads)):
                 warnings.warn(
@@ -214,7 +216,9 @@ def make_bottleneck(cfg: ModelConfig, cin: int, task: str | None = None) -> nn.M
 def make_encoder(cfg: ModelConfig, task: str) -> ResNetEncoder:
     """Task ``task``'s encoder as ``cfg`` describes it (for architectures with one per
     task), initialized from ``cfg.weights_for(task)``."""
-    return build_encoder(cfg.encoder, cfg.weights_for(task), cfg.dilation, task)
+    return build_encoder(
+        cfg.encoder, cfg.weights_for(task), cfg.dilation, task, width=cfg.encoder_width
+    )
 
 
 def make_decoder(

@@ -44,16 +44,23 @@ IMAGENET_URLS: dict[str, str] = {
 """torchvision's published ImageNet weights (IMAGENET1K_V1); the 8 hex digits after the
 dash are the start of the file's sha256, which ``check_hash`` verifies on download."""
 
-STAGE_CHANNELS: tuple[int, int, int, int] = (64, 128, 256, 512)
-"""Width of the 3x3 convs of layer1..layer4 (a stage's output for BasicBlock encoders)."""
-STEM_CHANNELS = 64
+PUBLISHED_WIDTH = 64
+"""Width of the published ResNets' stem and first stage; the stages are 1, 2, 4, 8 times it."""
+STAGE_MULTIPLIERS: tuple[int, int, int, int] = (1, 2, 4, 8)
+MAX_WIDTH = 1024
 
 
-def stage_channels(name: str) -> tuple[int, int, int, int]:
+def stage_widths(width: int = PUBLISHED_WIDTH) -> tuple[int, int, int, int]:
+    """Width of the 3x3 convs of layer1..layer4 (a stage's output for BasicBlock encoders):
+    (64, 128, 256, 512) at the published width."""
+    return tuple(width * m for m in STAGE_MULTIPLIERS)  # type: ignore[return-value]
+
+
+def stage_channels(name: str, width: int = PUBLISHED_WIDTH) -> tuple[int, int, int, int]:
     """Output channels of layer1..layer4 of encoder ``name``: (64, 128, 256, 512) for
-    ResNet-18/34, four times that for the bottleneck ResNets."""
+    ResNet-18/34 at the published width, four times that for the bottleneck ResNets."""
     expansion = Bottleneck.expansion if name in BOTTLENECK_ENCODERS else BasicBlock.expansion
-    return tuple(c * expansion for c in STAGE_CHANNELS)  # type: ignore[return-value]
+    return tuple(c * expansion for c in stage_widths(width))  # type: ignore[return-value]
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -160,6 +167,9 @@ class ResNetEncoder(nn.Module):
         name: "resnet18", "resnet34", "resnet50" or "resnet101".
         dilation: for layer2, layer3, layer4: replace that stage's stride 2 by dilation
             (torchvision's ``replace_stride_with_dilation``).
+        width: channels of the stem and layer1 (64 in the published ResNets; the stages are
+            1, 2, 4, 8 times it). Another width has the same module names, other shapes:
+            it trains from scratch (tests and quick experiments use 16).
 
     Forward: x [B, 3, H, W] -> ``{scale: Tensor [B, C_scale, ceil(H/scale), ceil(W/scale)]}``
     (sizes rounded up per strided layer). ``scale`` is the true downscale factor. When
@@ -171,47 +181,52 @@ class ResNetEncoder(nn.Module):
     """
 
     def __init__(
-        self, name: str = "resnet34", dilation: tuple[bool, bool, bool] = (False, False, False)
+        self,
+        name: str = "resnet34",
+        dilation: tuple[bool, bool, bool] = (False, False, False),
+        width: int = PUBLISHED_WIDTH,
     ) -> None:
         super().__init__()
         if name not in ENCODERS:
             raise UserError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
         if len(dilation) != 3:
             raise UserError(f"dilation needs 3 flags (layer2, layer3, layer4), got {dilation}")
+        check_width(width)
         self.name = name
+        self.width = width
         self.dilation_flags = tuple(bool(d) for d in dilation)
-        self.conv1 = nn.Conv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         # scale and dilation bookkeeping while stacking stages
         scale, current_dilation = 4, 1
         self.stage_scales: list[int] = []
-        cin = STEM_CHANNELS
+        cin = width
         blocks = ENCODERS[name]
         block: type[BasicBlock] | type[Bottleneck] = (
             Bottleneck if name in BOTTLENECK_ENCODERS else BasicBlock
         )
-        self.stage_out_channels = stage_channels(name)
-        for i, (n_blocks, width) in enumerate(zip(blocks, STAGE_CHANNELS, strict=True)):
+        self.stage_out_channels = stage_channels(name, width)
+        for i, (n_blocks, planes) in enumerate(zip(blocks, stage_widths(width), strict=True)):
             stride = 1 if i == 0 else 2
             dilation_in = current_dilation
             if i > 0 and self.dilation_flags[i - 1]:
                 current_dilation *= stride
                 stride = 1
             scale *= stride
-            layers = [block(cin, width, stride, dilation_in, current_dilation)]
-            cout = width * block.expansion
+            layers = [block(cin, planes, stride, dilation_in, current_dilation)]
+            cout = planes * block.expansion
             layers += [
-                block(cout, width, 1, current_dilation, current_dilation)
+                block(cout, planes, 1, current_dilation, current_dilation)
                 for _ in range(n_blocks - 1)
             ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             self.stage_scales.append(scale)
             cin = cout
 
-        self.channels: dict[int, int] = {2: STEM_CHANNELS}
+        self.channels: dict[int, int] = {2: width}
         for s, c in zip(self.stage_scales, self.stage_out_channels, strict=True):
             self.channels[s] = c  # later (deeper) stages overwrite shallower ones
         self.output_stride = max(self.channels)
@@ -235,7 +250,7 @@ class ResNetEncoder(nn.Module):
                 nn.init.zeros_(m.last_bn().weight)
 
     def stem(self, x: Tensor) -> Tensor:
-        """conv1, bn1, relu: [B, 3, H, W] -> [B, 64, ceil(H/2), ceil(W/2)] (pyramid key 2)."""
+        """conv1, bn1, relu: [B, 3, H, W] -> [B, width, ceil(H/2), ceil(W/2)] (pyramid key 2)."""
         return self.relu(self.bn1(self.conv1(x)))
 
     @property
@@ -368,19 +383,31 @@ def encoder_state_from_checkpoint(
     return {k[len(prefix) :]: state[k] for k in keys if k.startswith(prefix)}
 
 
+def check_width(width: object) -> None:
+    """Raise :class:`UserError` unless ``width`` is an int in 1..MAX_WIDTH."""
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise UserError(f"encoder_width must be an integer in 1..{MAX_WIDTH}, got {width!r}")
+
+
 def build_encoder(
     name: str = "resnet34",
     weights: str | None = None,
     dilation: tuple[bool, bool, bool] = (False, False, False),
     task: str | None = None,
+    width: int = PUBLISHED_WIDTH,
 ) -> ResNetEncoder:
     """An encoder with random (``None``), ImageNet (``"imagenet"``) or file weights: a
     torchvision-layout state dict, or a scenemtl checkpoint whose encoder (that of
     ``task`` if it has one per task) is loaded strictly."""
-    encoder = ResNetEncoder(name, dilation)
+    encoder = ResNetEncoder(name, dilation, width)
     if weights is None:
         return encoder
     if weights == "imagenet":
+        if width != PUBLISHED_WIDTH:
+            raise UserError(
+                f"ImageNet weights exist for the published width {PUBLISHED_WIDTH} only; "
+                f"encoder_width {width} trains from scratch (weights: null)"
+            )
         state = load_imagenet_state_dict(name)
         source = f"ImageNet weights {imagenet_file_name(name)}"
     else:

@@ -18,7 +18,7 @@ from scenemtl.models.base import MultiTaskNet
 from scenemtl.models.branched import BranchedNet
 from scenemtl.models.cross_stitch import CrossStitchNet, MixedTrunksNet
 from scenemtl.models.distillation import DistillationNet
-from scenemtl.models.encoder import ENCODERS
+from scenemtl.models.encoder import ENCODERS, check_width
 from scenemtl.models.joint import JointNet
 from scenemtl.models.mtan import MTANNet
 from scenemtl.models.mtinet import MTINet
@@ -71,6 +71,9 @@ class ModelConfig:
             (task_specific, cross_stitch, nddr), a mapping task -> one of those, naming
             every task: each trunk starts from its own file (the authors of cross-stitch
             and NDDR start each trunk from a trained single-task network).
+        encoder_width: channels of the encoder's stem and first stage (64, the published
+            ResNets; the stages are 1, 2, 4, 8 times it). Another width trains from scratch
+            only; 16 makes a ResNet-18 16x smaller (the tests' networks).
         dilation: replace the stride of layer2, layer3, layer4 by dilation; at most two,
             so that the output stride is 8, 16 or 32 and the 4x skip stays a separate level.
         aspp: ASPP on the bottleneck; False = the course template's 1x1 projection.
@@ -106,6 +109,7 @@ class ModelConfig:
     architecture: str = "joint"
     encoder: str = "resnet34"
     weights: str | dict[str, str] | None = None
+    encoder_width: int = 64
     dilation: tuple[bool, bool, bool] = (False, False, False)
     aspp: bool = True
     aspp_rates: tuple[int, int, int] = (6, 12, 18)
@@ -181,6 +185,10 @@ class ModelConfig:
             raise UserError(
                 f"model.net.encoder: unknown encoder {self.encoder!r}; known: {', '.join(ENCODERS)}"
             )
+        try:
+            check_width(self.encoder_width)
+        except UserError as e:
+            raise UserError(f"model.net.{e}") from None
         w = self.weights
         if isinstance(w, dict):
             fits = bool(w) and all(
