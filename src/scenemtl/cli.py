@@ -334,6 +334,17 @@ def cmd_complexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_files(argv: Sequence[str]) -> list[str]:
+    """The values of ``--config`` options in a LightningCLI command line."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.partition("=")[2])
+    return found
+
+
 def _run_guarded(func: Callable[[], int | None]) -> int:
     try:
         return int(func() or 0)
@@ -358,8 +369,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from scenemtl.commands.lightning import run_lightning_cli
+        from scenemtl.yamlfile import bound_jsonargparse_yaml, check_yaml_file_bounds
 
-        raise SystemExit(_run_guarded(lambda: run_lightning_cli(argv)))
+        def run() -> int | None:
+            # the files first, so that the error line names the file
+            for path in _config_files(argv):
+                check_yaml_file_bounds(path)
+            bound_jsonargparse_yaml()
+            return run_lightning_cli(argv)
+
+        raise SystemExit(_run_guarded(run))
     parser = build_parser()
     args = parser.parse_args(argv)
     raise SystemExit(_run_guarded(lambda: args.func(args)))

@@ -233,6 +233,15 @@ def _umask() -> int:
     return mask
 
 
+def _check_apart(src: Path, out: Path) -> None:
+    """Refuse an ``out`` that is ``src``, lies inside it or holds it: the conversion would
+    write into the source tree (or the source would be read while ``out`` is replaced)."""
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents or o in s.parents:
+        where = "is" if o == s else "is inside" if s in o.parents else "contains"
+        raise UserError(f"--out {out} {where} --src {src}: choose a folder outside the source")
+
+
 def convert_cityscapes(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -271,6 +280,7 @@ def convert_cityscapes(
         raise UserError(f"--layout must be miniscapes or mtan, got {layout!r}")
     if depth == "disparity" and layout == "miniscapes":
         raise UserError("--depth disparity needs --layout mtan (MiniScapes depth PNGs hold meters)")
+    _check_apart(src, out)
     splits = [s for s in CITYSCAPES_SPLITS if _stems(src, s)]
     if layout == "mtan":
         splits = [s for s in splits if s != "test"]

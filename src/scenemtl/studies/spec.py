@@ -49,9 +49,9 @@ from typing import Any
 import yaml
 
 from scenemtl.errors import UserError
+from scenemtl.names import check_name, is_name
 from scenemtl.yamlfile import read_yaml_mapping
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 BASELINE_PREFIX = "single_"
 """Variant name of the single-task baseline of task ``t``: ``single_<t>``."""
@@ -169,7 +169,7 @@ def _mapping(value: Any, path: Path, where: str) -> dict[str, Any]:
 def _overrides(value: Any, path: Path, where: str) -> dict[str, Any]:
     found = _mapping(value, path, where)
     for key in found:
-        if not isinstance(key, str) or not _KEY.match(key):
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise _fail(path, f"{where}: {key!r} is not a dotted option name like model.lr")
         if key in ("config", "seed_everything", "run.root", "run.name"):
             raise _fail(path, f"{where}: {key} is set by the study itself")
@@ -192,9 +192,8 @@ def _configs(value: Any, path: Path, where: str) -> tuple[Path, ...]:
 
 
 def _name(value: Any, path: Path, where: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise _fail(path, f"{where}: {value!r} is not a name (letters, digits, '_', '-', '.')")
-    return value
+    """A name that becomes a folder (study, preset, variant): see :mod:`scenemtl.names`."""
+    return check_name(value, f"{path}: {where}")
 
 
 def _seeds(value: Any, path: Path, where: str) -> tuple[int, ...]:
@@ -219,7 +218,7 @@ def _number(value: Any, path: Path, where: str) -> float | int:
 
 def _dimension(key: str, value: Any, path: Path) -> Dimension:
     where = f"search.space.{key}"
-    if not isinstance(key, str) or not _KEY.match(key):
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise _fail(path, f"search.space: {key!r} is not a dotted option name")
     if isinstance(value, list):
         if not value:
@@ -384,11 +383,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         if of not in declared:
             raise _fail(p, f"baselines.variant: no variant {of!r}")
         tasks = spec.get("tasks")
-        if (
-            not isinstance(tasks, list)
-            or not tasks
-            or not all(isinstance(t, str) and _NAME.match(t) for t in tasks)
-        ):
+        if not isinstance(tasks, list) or not tasks or not all(is_name(t) for t in tasks):
             raise _fail(p, "baselines.tasks must be a non-empty list of task names")
         source = with_preset(declared[of])
         baselines = tuple(
