@@ -186,11 +186,11 @@ def read_yaml_file(path: str | os.PathLike, what: str = "config file") -> Any:
 
 def _read_bounded(p: Path) -> bytes:
     """The bytes of ``p``, refused above :data:`MAX_YAML_BYTES` before reading them."""
-    size = p.stat().st_size
-    if size > MAX_YAML_BYTES:
-        raise UserError(f"{p}: {size} bytes, larger than {MAX_YAML_BYTES}: not read as YAML")
     with open(p, "rb") as f:
-        return f.read(MAX_YAML_BYTES + 1)  # the file may have grown since stat
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_YAML_BYTES:
+            raise UserError(f"{p}: {size} bytes, larger than {MAX_YAML_BYTES}: not read as YAML")
+        return f.read(size + 1)  # a file grown since ends up cut, hence invalid
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:

@@ -280,13 +280,13 @@ def convert_cityscapes(
         raise UserError(f"--layout must be miniscapes or mtan, got {layout!r}")
     if depth == "disparity" and layout == "miniscapes":
         raise UserError("--depth disparity needs --layout mtan (MiniScapes depth PNGs hold meters)")
-    _check_apart(src, out)
     splits = [s for s in CITYSCAPES_SPLITS if _stems(src, s)]
     if layout == "mtan":
         splits = [s for s in splits if s != "test"]
     _check_source(src, depth, splits)
     if not splits:
         raise UserError(f"{src}: no *_leftImg8bit.png files found")
+    _check_apart(src, out)
     if classes == 7:
         lut, table = label_id_to_category(), cityscapes_category_table()
     else:
