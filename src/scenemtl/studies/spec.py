@@ -184,8 +184,14 @@ def _configs(value: Any, path: Path, where: str) -> tuple[Path, ...]:
         raise _fail(path, f"{where} must be a path or a list of paths")
     resolved = []
     for item in items:
-        p = (path.parent / item).resolve() if not os.path.isabs(item) else Path(item)
-        if not p.is_file():
+        try:
+            p = (path.parent / item).resolve() if not os.path.isabs(item) else Path(item)
+            found = p.is_file()
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte
+            raise _fail(
+                path, f"{where}: config file {item[:80]!r} cannot be read ({e.__class__.__name__})"
+            ) from None
+        if not found:
             raise _fail(path, f"{where}: config file {item} not found (looked at {p})")
         resolved.append(p)
     return tuple(resolved)
@@ -254,7 +260,7 @@ def _search(value: Any, path: Path) -> Search | None:
     spec = _mapping(value, path, "search")
     unknown = set(spec) - {"trials", "space", "seed", "warmup_epochs", "startup_trials"}
     if unknown:
-        raise _fail(path, f"search: unknown key {sorted(unknown)[0]!r}")
+        raise _fail(path, f"search: unknown key {sorted(unknown, key=str)[0]!r}")
     space = _mapping(spec.get("space"), path, "search.space")
     if not space:
         raise _fail(path, "search.space names no option to search")
@@ -309,7 +315,9 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise _fail(
-            p, f"unknown key {sorted(unknown)[0]!r}; a study has {', '.join(sorted(_TOP_KEYS))}"
+            p,
+            f"unknown key {sorted(unknown, key=str)[0]!r}; "
+            f"a study has {', '.join(sorted(_TOP_KEYS))}",
         )
     base_name = _name(doc.get("name", p.stem), p, "name")
     presets = _mapping(doc.get("presets"), p, "presets")
@@ -321,7 +329,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         chosen = _mapping(presets[preset], p, f"presets.{preset}")
         unknown = set(chosen) - _PRESET_KEYS
         if unknown:
-            raise _fail(p, f"presets.{preset}: unknown key {sorted(unknown)[0]!r}")
+            raise _fail(p, f"presets.{preset}: unknown key {sorted(unknown, key=str)[0]!r}")
         _name(preset, p, "preset")
     where = f"presets.{preset}" if preset else ""
 
@@ -339,7 +347,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         item = _mapping(raw, p, f"variants[{i}]")
         extra = set(item) - {"name", "config", "overrides", "description"}
         if extra:
-            raise _fail(p, f"variants[{i}]: unknown key {sorted(extra)[0]!r}")
+            raise _fail(p, f"variants[{i}]: unknown key {sorted(extra, key=str)[0]!r}")
         name = _name(item.get("name"), p, f"variants[{i}].name")
         if name in declared or name.startswith(BASELINE_PREFIX):
             why = "twice" if name in declared else f"with the baselines' prefix {BASELINE_PREFIX}"
@@ -364,7 +372,11 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
     if selected is None:
         names = list(declared)
     else:
-        if not isinstance(selected, list) or not selected:
+        if (
+            not isinstance(selected, list)
+            or not selected
+            or not all(isinstance(n, str) for n in selected)
+        ):
             raise _fail(p, f"{where}.variants must be a non-empty list of variant names")
         missing = [n for n in selected if n not in declared]
         if missing:
@@ -378,9 +390,9 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         spec = _mapping(raw_baselines, p, "baselines")
         extra = set(spec) - {"variant", "tasks"}
         if extra:
-            raise _fail(p, f"baselines: unknown key {sorted(extra)[0]!r}")
+            raise _fail(p, f"baselines: unknown key {sorted(extra, key=str)[0]!r}")
         of = spec.get("variant", next(iter(declared)))
-        if of not in declared:
+        if not isinstance(of, str) or of not in declared:
             raise _fail(p, f"baselines.variant: no variant {of!r}")
         tasks = spec.get("tasks")
         if not isinstance(tasks, list) or not tasks or not all(is_name(t) for t in tasks):
