@@ -113,6 +113,7 @@ def test_any_bytes_are_a_spec_or_one_line(tmp_path, data):
         "variants: [{name: a}]\npresets: {cpu: {variants: [[a]]}}\n",
         "variants: [{name: a}]\npresets: {cpu: {variant_overrides: {[1]: 2}}}\n",
         "variants: [{name: a}]\nseeds: [10000000000000000000000000]\n",
+        "variants: [{name: a}]\npresets: {0: null}\n",  # integer preset names in the message
     ],
 )
 def test_found_examples(tmp_path, text):

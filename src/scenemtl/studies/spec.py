@@ -324,7 +324,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
     chosen: dict[str, Any] = {}
     if preset is not None:
         if preset not in presets:
-            known = ", ".join(presets) or "none"
+            known = ", ".join(map(str, presets)) or "none"
             raise _fail(p, f"no preset {preset!r}; presets: {known}")
         chosen = _mapping(presets[preset], p, f"presets.{preset}")
         unknown = set(chosen) - _PRESET_KEYS
