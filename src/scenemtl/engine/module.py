@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.schedules import PolyFactor, StepFactor
-from scenemtl.errors import UserError
+from scenemtl.errors import UserError, one_line
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
@@ -187,8 +187,11 @@ class MultiTaskModule(L.LightningModule):
         net["weights"] = None
         try:
             module = cls(net=net, **hparams)
-        except TypeError as e:
-            raise UserError(f"{path}: hyperparameters do not fit this scenemtl ({e})") from None
+        except (TypeError, UserError) as e:
+            # TypeError: a key the constructor does not take (the types were checked)
+            raise UserError(
+                f"{path}: hyperparameters do not fit this scenemtl ({one_line(e)})"
+            ) from None
         migrate_checkpoint(ckpt)
         try:
             module.load_state_dict(ckpt["state_dict"], strict=True)
