@@ -124,8 +124,30 @@ def _has_nan(value) -> bool:
 
 
 WORDS = st.sampled_from(
-    "sgd adam adamw poly step log meters inverse l1 l2 silog semseg depth normals fixed dwa "
-    "uncertainty pcgrad segmentation kind classes".split() + [""]
+    [
+        "sgd",
+        "adam",
+        "adamw",
+        "poly",
+        "step",
+        "log",
+        "meters",
+        "inverse",
+        "l1",
+        "l2",
+        "silog",
+        "semseg",
+        "depth",
+        "normals",
+        "fixed",
+        "dwa",
+        "uncertainty",
+        "pcgrad",
+        "segmentation",
+        "kind",
+        "classes",
+        "",
+    ]
 )
 
 
