@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scenemtl.data.format import (
+    MAX_CLASSES,
     MAX_IMAGE_PIXELS,
     MAX_JSON_BYTES,
     info_path,
@@ -19,7 +20,8 @@ from scenemtl.data.format import (
     read_json_file,
 )
 from scenemtl.data.mtan import read_mtan_info
-from scenemtl.errors import DataFormatError
+from scenemtl.data.procedural.params import MAX_SIDE, MAX_SPLIT, MIN_SIDE, SynthParams
+from scenemtl.errors import DataFormatError, UserError
 from tests.data.mtan_trees import write_mtan_tree
 
 
@@ -86,3 +88,19 @@ def test_deeply_nested_json_is_one_line(tmp_path, name):
         (root / name).write_text(deep)
         with pytest.raises(DataFormatError, match="nested too deeply"):
             read_mtan_info(root)
+
+
+def test_dataset_json_class_count_is_bounded(random_dataset):
+    data = json.loads(info_path(random_dataset).read_text())
+    data["classes"] = [{"name": f"c{i}", "color": [0, 0, 0]} for i in range(MAX_CLASSES)]
+    info_path(random_dataset).write_text(json.dumps(data))
+    with pytest.raises(DataFormatError, match=f"at most {MAX_CLASSES - 1} classes"):
+        read_info(random_dataset)
+
+
+@pytest.mark.parametrize("size", [(MAX_SIDE + 1, 8), (8, MAX_SIDE + 1), (10**12, 10**12)])
+def test_synth_sizes_are_bounded(size):
+    with pytest.raises(UserError, match=f"sides in {MIN_SIDE}..{MAX_SIDE}"):
+        SynthParams(size=size)
+    with pytest.raises(UserError, match=f"0..{MAX_SPLIT}"):
+        SynthParams(train=MAX_SPLIT + 1)
