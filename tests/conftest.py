@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+# Lightning gives its loggers a StreamHandler bound to sys.stderr when it is first imported.
+# Imported inside a test that captures stderr (capsys), the handler would keep that test's
+# stream, closed once the test ends, and every later test's Lightning log line would print a
+# "--- Logging error ---" traceback. Imported here, it binds to the session's stderr.
+import lightning.pytorch  # noqa: F401
 import numpy as np
 import pytest
 
@@ -81,3 +88,17 @@ def tiny_root(tmp_path_factory) -> Path:
     write_random_dataset(root, sizes={"train": 8, "val": 4, "test": 4}, image_size=(32, 48))
     write_stats(root)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory) -> Iterator[Path]:
+    """The suite's runs (and their child processes) cache into a folder of their own, not
+    the user's ~/.cache (the bf16 probe of scenemtl.engine.precision writes there)."""
+    cache = tmp_path_factory.mktemp("user-cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

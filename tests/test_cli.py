@@ -86,6 +86,68 @@ def test_console_script_reports_error_without_traceback(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# settings of the tasks a run does not learn
+
+
+@pytest.mark.parametrize("task", ["semseg", "depth"])
+def test_a_single_task_run_ignores_the_settings_of_the_task_it_drops(tmp_path, tiny_root, task):
+    """A config written for semseg + depth (flat depth options, task_options, loss weights
+    of both) trains either task alone (the README's baselines); the learned task keeps
+    its own settings, and the checkpoint reloads (predict, export)."""
+    from scenemtl.engine.module import MultiTaskModule
+    from tests.engine.conftest import tiny_config
+
+    cfg = tiny_config(
+        tmp_path,
+        tiny_root,
+        **{
+            "model.depth_space": "log",
+            "model.depth_loss": "silog",
+            "model.task_options": {"depth": {"silog_lambda": 0.5}},
+            "model.loss_weights": {"semseg": 2.0, "depth": 3.0},
+            "trainer.max_epochs": 1,
+            "trainer.max_steps": 1,
+            "trainer.limit_val_batches": 1,
+        },
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(cfg), "--data.tasks", f"[{task}]"])
+    assert exc.value.code == 0
+    ckpt = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    module = MultiTaskModule.from_checkpoint(ckpt)
+    assert list(module.tasks) == [task]
+    assert module.criterion.weighting.base_weights.tolist() == [2.0 if task == "semseg" else 3.0]
+    if task == "depth":
+        depth = module.tasks["depth"]
+        assert (depth.space.kind, depth.loss_kind, depth.silog_lambda) == ("log", "silog", 0.5)
+
+
+@pytest.mark.parametrize(
+    "option, culprit",
+    [
+        (["--model.task_options", "{deph: {space: log}}"], "model.task_options"),
+        (["--model.loss_weights", "{normals: 1.0}"], "model.loss_weights"),
+    ],
+)
+def test_a_setting_for_a_task_the_data_lacks_is_refused(
+    tmp_path, tiny_root, capsys, option, culprit
+):
+    """Only the data's tasks are ignored when not learned: a typo or another dataset's
+    task is a mistake, refused in one line before a run folder exists."""
+    from tests.engine.conftest import tiny_config
+    from tests.hostile import assert_refused
+
+    cfg = tiny_config(tmp_path, tiny_root)
+    task = option[1].strip("{").split(":")[0]
+    assert_refused(
+        ["fit", "--config", cfg, "--data.tasks", "[semseg]", *option],
+        capsys,
+        [culprit, f"unknown task {task!r}", "the data provides semseg, depth"],
+        watch=[tmp_path],  # no run folder either
+    )
+
+
+# --------------------------------------------------------------------------------------
 # the top-level handler: input-only library errors are one line, bugs keep their traceback
 
 

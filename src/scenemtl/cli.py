@@ -9,6 +9,8 @@ exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,9 +29,16 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from scenemtl.data.procedural import SynthParams, bench, default_root, synthesize
 
-    if args.bench:
-        rate = bench(size=args.size, n=args.bench, workers=args.workers)
+    if args.profile and args.bench is None:
+        raise UserError("--profile goes with --bench N")
+    if args.bench is not None:
+        from scenemtl.data.procedural.profile import StageTimes
+
+        times = StageTimes()
+        rate = bench(size=args.size, n=args.bench, workers=args.workers, times=times)
         print(f"procedural generator: {rate:.1f} images/s at {args.size[0]}x{args.size[1]}")
+        if args.profile:
+            print(times.table())
         return 0
     params = SynthParams(
         train=args.train,
@@ -192,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--val", type=int_at_least(0), default=250)
     synth.add_argument("--test", type=int_at_least(0), default=250)
     synth.add_argument("--size", type=size_hw, default=(128, 256), help="HxW (128x256)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int_at_least(0), default=0)
     synth.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="disparity8")
-    synth.add_argument("--workers", type=int, default=None, help="processes (all cores)")
+    synth.add_argument(
+        "--workers", type=int_at_least(1), default=None, help="processes (all cores)"
+    )
     synth.add_argument(
         "--tasks",
         nargs="+",
@@ -204,10 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument(
         "--bench",
-        type=int_at_least(0),
-        default=0,
+        type=int_at_least(1),
+        default=None,
         metavar="N",
         help="only time rendering+writing N images and print images/s",
+    )
+    synth.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --bench: also print the time per image of each stage (docs/synth.md)",
     )
     synth.add_argument(
         "--print-root",
@@ -218,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = data.add_parser("check", help="verify every file of a dataset (read-only)")
     check.add_argument("--root", required=True)
-    check.add_argument("--workers", type=int, default=None)
+    check.add_argument("--workers", type=int_at_least(1), default=None, help="threads (all cores)")
     check.set_defaults(func=cmd_data_check)
 
     stats = data.add_parser("stats", help="compute statistics into dataset.json")
@@ -290,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="training throughput: model, data, end to end, FLOP/s")
     bench.add_argument("--config", required=True)
     bench.add_argument("--precision", choices=("32-true", "bf16-mixed", "16-mixed"), default=None)
-    bench.add_argument("--steps", type=int_at_least(0), default=10)
+    bench.add_argument(
+        "--steps", type=int_at_least(2), default=10, help="timed steps (after warm-up)"
+    )
     bench.add_argument(
         "--model.loss_weighting",
         dest="loss_weighting",
@@ -320,7 +338,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(
         args.config,
         precision=args.precision,
-        steps=max(args.steps, 2),
+        steps=args.steps,
         loss_weighting=args.loss_weighting,
     )
     print(result.format())
@@ -391,7 +409,7 @@ def _run_guarded(func: Callable[[], int | None]) -> int:
         return 1
     except KeyboardInterrupt:
         print("scenemtl: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception as e:
         if not isinstance(e, _input_errors()):
             raise
@@ -402,19 +420,42 @@ def _run_guarded(func: Callable[[], int | None]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``scenemtl`` command (``argv`` None: the process's command line)."""
+    command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Ctrl-C while the imports or the parser run is as much an interruption as later
+    status = _run_guarded(lambda: _dispatch(argv))
+    if status == INTERRUPTED and command_line:
+        _exit_now(status)
+    raise SystemExit(status)
+
+
+INTERRUPTED = 130
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Exit without the interpreter's teardown. After Ctrl-C the work is already undone
+    (every staging folder removed on the way up), and tearing down torch and Lightning's
+    modules takes seconds on a busy machine: Ctrl-C should end the command within one.
+    The atexit handlers still run (loggers, multiprocessing's children)."""
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    atexit._run_exitfuncs()
+    os._exit(status)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from scenemtl.commands.lightning import run_lightning_cli
         from scenemtl.yamlfile import bound_jsonargparse_yaml, check_yaml_file_bounds
 
-        def run() -> int | None:
-            # the files first, so that the error line names the file
-            for path in _config_files(argv):
-                check_yaml_file_bounds(path)
-            bound_jsonargparse_yaml()
-            return run_lightning_cli(argv)
-
-        raise SystemExit(_run_guarded(run))
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    raise SystemExit(_run_guarded(lambda: args.func(args)))
+        # the config files first, so that the error line names the file
+        for path in _config_files(argv):
+            check_yaml_file_bounds(path)
+        bound_jsonargparse_yaml()
+        return int(run_lightning_cli(argv) or 0)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

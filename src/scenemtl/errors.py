@@ -20,6 +20,11 @@ class UsageError(UserError):
     exit_status = 2
 
 
+class TrainingDiverged(UserError):
+    """Training produced a non-finite loss, weight or prediction; the message names the
+    step and what went non-finite. ``run.json`` records the run as ``diverged``."""
+
+
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` as the one line the CLI prints.
 

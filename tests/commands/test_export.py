@@ -275,3 +275,88 @@ def test_bad_options_are_rejected_by_the_parser(bad):
     with pytest.raises(SystemExit) as exc:
         run_export(["--ckpt_path", "c", "--out", "o.onnx", *bad])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "dilation", [[False, False, False], [False, False, True], [False, True, True]]
+)
+def test_the_size_bound_is_where_pyramid_levels_stop_sharing_a_size(dilation):
+    """check_export_size accepts exactly the sizes at which the input and every level of
+    the encoder's pyramid have distinct sizes: where two coincide the network skips the
+    resize between them and the traced graph keeps that shortcut for every size. The
+    level sizes come from the encoder itself; each side is independent (square inputs
+    give them per side), so every (h, w) up to past the bound is enumerated."""
+    from scenemtl.models.base import make_encoder
+    from scenemtl.models.registry import ModelConfig
+
+    cfg = ModelConfig(**{**TINY_NET, "dilation": dilation})
+    encoder = make_encoder(cfg).eval()
+    sides = range(1, cfg.output_stride // 2 + 3)
+    per_side = {}  # side -> its size at the input and at each scale of the pyramid
+    for n in sides:
+        with torch.no_grad():
+            pyramid = encoder(torch.zeros(1, 3, n, n))
+        per_side[n] = [n, *(int(x.shape[-1]) for x in pyramid.values())]
+    for h in sides:
+        for w in sides:
+            levels = list(zip(per_side[h], per_side[w], strict=True))
+            distinct = len(set(levels)) == len(levels)
+            try:
+                export.check_export_size((h, w), cfg.output_stride)
+                accepted = True
+            except UserError:
+                accepted = False
+            assert accepted == distinct, (h, w, levels)
+
+
+@pytest.mark.parametrize(
+    "size, culprits",
+    [
+        ("1x1", ["--size 1x1", "output stride 32", "at least 17 pixels"]),
+        ("16x16", ["--size 16x16", "at least 17 pixels"]),
+        ("40000x40000", ["--size 40000x40000", "1600.0 MP", "16.8 MP"]),
+    ],
+)
+def test_a_size_the_export_cannot_take_is_one_line(
+    ckpt, tmp_path, capsys, monkeypatch, size, culprits
+):
+    def allocated(*args, **kwargs):
+        raise AssertionError("the input was allocated before the size was checked")
+
+    monkeypatch.setattr(export, "example_input", allocated)
+    argv = ["export", "onnx", "--ckpt_path", ckpt, "--out", tmp_path / "m.onnx", "--size", size]
+    assert_refused(argv, capsys, culprits, watch=[tmp_path, ckpt.parent])
+
+
+def test_the_smallest_size_exports_and_a_smaller_one_breaks_the_graph(
+    ckpt, tmp_path, monkeypatch, capsys
+):
+    """17x1 (one side above half the output stride 32) traces a graph that holds at the
+    second size; below the bound the shortcut of coinciding levels is traced in (here at
+    4x4, where this network's 1/4 and 1/32 levels are both 1x1) and onnxruntime fails at
+    the second size: one line, no file."""
+    assert (
+        run_export(
+            [
+                "--ckpt_path",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "a.onnx"),
+                "--size",
+                "17x1",
+                "--runs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert "check 17x1:" in capsys.readouterr().out
+    monkeypatch.setattr(export, "check_export_size", lambda size, stride: None)
+    out = tmp_path / "b.onnx"
+    assert (
+        run_export(["--ckpt_path", str(ckpt), "--out", str(out), "--size", "4x4", "--runs", "1"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "onnxruntime cannot run the exported graph at 15x17" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -355,12 +355,19 @@ def test_understated_size_header_is_not_trusted(tmp_path, gt_root):
         grade(path, gt_root)
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really", b"hello world\n"])
-def test_non_zip_input_is_rejected(tmp_path, gt_root, capsys, content):
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"", "not a zip archive (an empty file)"),
+        (b"PK\x03\x04 not really", "not a readable zip archive"),
+        (b"hello world\n", "not a zip archive (it starts with b'hello wo')"),
+    ],
+)
+def test_non_zip_input_is_rejected(tmp_path, gt_root, capsys, content, what):
     path = tmp_path / "s.zip"
     path.write_bytes(content)
     argv = ["grade", path, "--gt", gt_root]
-    culprits = [str(path), "not a readable zip archive"]
+    culprits = [str(path), what]
     assert_refused(argv, capsys, culprits, watch=[tmp_path, gt_root])
 
 
@@ -509,3 +516,52 @@ def test_cli_lists_the_headline_of_each_graded_task(tmp_path, gt_root, capsys):
     assert args.func(args) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["depth"] == 0.0 and "grader" not in data and "semseg" not in data
+
+
+# --------------------------------------------------------------------------------------
+# grade reads a zip file and only that: it says what it got instead
+
+
+def _tar_of(path: Path, member: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        tf.add(member, arcname=member.name)
+    return path
+
+
+def _gzip_of(path: Path, member: Path) -> Path:
+    import gzip
+
+    path.write_bytes(gzip.compress(member.read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize(
+    "wrap, what",
+    [
+        (lambda d, z: z.parent, "is a folder"),
+        (lambda d, z: _tar_of(d / "s.tar", z), "not a zip archive (a tar archive)"),
+        (lambda d, z: _gzip_of(d / "s.zip.gz", z), "not a zip archive (a gzip file)"),
+        # zipfile opens both of these: it searches for the end record
+        (
+            lambda d, z: (d / "a.zip").write_bytes(z.read_bytes() + b"\0" * 1024) and d / "a.zip",
+            "other data before or after it",
+        ),
+        (
+            lambda d, z: (d / "b.zip").write_bytes(z.read_bytes() + z.read_bytes()) and d / "b.zip",
+            "other data before or after it",
+        ),
+    ],
+    ids=["folder", "tar", "gzip", "trailing-data", "zip-after-zip"],
+)
+def test_grade_names_what_it_got_when_not_a_plain_zip(tmp_path, gt_root, capsys, wrap, what):
+    inner = tmp_path / "in" / "submission.zip"
+    inner.parent.mkdir()
+    pack(inner, gt_members(gt_root))
+    assert grade(inner, gt_root)["semseg"] == pytest.approx(100.0)  # the plain zip grades
+    out = tmp_path / "out"
+    out.mkdir()
+    target = wrap(out, inner)
+    assert zipfile.is_zipfile(target) or not target.is_file() or what.startswith("not a zip")
+    assert_refused(["grade", target, "--gt", gt_root], capsys, [str(target), what], [tmp_path])

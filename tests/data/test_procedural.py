@@ -494,10 +494,10 @@ def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch, workers:
     root = tmp_path / "ds"
     real = gen.sample_layers  # what the writer renders each image with
 
-    def flaky(params, split, index):
+    def flaky(params, split, index, *args):
         if split == "val":
             raise RuntimeError("killed")
-        return real(params, split, index)
+        return real(params, split, index, *args)
 
     monkeypatch.setattr(gen, "sample_layers", flaky)
     with pytest.raises(RuntimeError, match="killed"):
@@ -554,6 +554,117 @@ def test_bench_reports_a_rate(capsys) -> None:
 
     assert main(["--size", "16x32", "-n", "2", "--workers", "1"]) == 0
     assert "images/s at 16x32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "p", [[0.62, 0.12, 0.14, 0.12], [0.85, 0.025, 0.04, 0.06, 0.025], [0.3, 0.45, 0.25], [1.0]]
+)
+def test_weighted_draws_are_generator_choice(p: list[float]) -> None:
+    """Weighted.draw and uniform give what rng.choice gives and leave the generator in
+    the same state, so the layout drawn with them is the one choice drew."""
+    from scenemtl.data.procedural import draws
+
+    options = [10 * i + 0.5 for i in range(len(p))]
+    ref, fast = np.random.default_rng(11), np.random.default_rng(11)
+    weighted = draws.Weighted(options, p)
+    for _ in range(2000):
+        assert weighted.draw(fast) == ref.choice(options, p=p)
+        assert draws.uniform(fast, options) == ref.choice(options)
+    assert fast.random() == ref.random()  # same position in the stream
+    with pytest.raises(ValueError):
+        draws.Weighted([*options, 1.0], p)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two workers, each part-time
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+        ({"cpu.max": "garbage\n"}, None),
+    ],
+)
+def test_workers_respect_a_cpu_quota(tmp_path: Path, monkeypatch, files, expected) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(gen.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert gen._available_cores(tmp_path) == (64 if expected is None else expected)
+
+
+def test_stage_laps_add_up(monkeypatch) -> None:
+    """Each lap adds the time since the previous one to its stage; the table's total is
+    their sum (a fake clock makes every figure exact)."""
+    from scenemtl.data.procedural import profile
+
+    clock = iter([10.0, 10.5, 12.0, 12.25])
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: next(clock))
+    times = profile.StageTimes()
+    lap = times.laps()  # 10.0
+    lap("layout")  # +0.5
+    lap("raycast")  # +1.5
+    lap("layout")  # +0.25
+    times.images = 2
+    assert times.seconds["layout"] == 0.75 and times.seconds["raycast"] == 1.5
+    assert "| layout | 375.0 | 33% |" in times.table()
+    assert "| total | 1125.0 | 100% |" in times.table()
+    other = profile.StageTimes()
+    other.seconds["write"], other.images = 1.0, 3
+    times.add(other)
+    assert times.seconds["write"] == 1.0 and times.images == 5
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bench_times_every_stage(workers: int) -> None:
+    """The workers' stage times reach the caller, for every image and every stage."""
+    from scenemtl.data.procedural.profile import STAGES, StageTimes
+
+    times = StageTimes()
+    bench(size=(16, 32), n=3, workers=workers, times=times)
+    assert times.images == 3
+    assert set(times.seconds) == set(STAGES)
+    assert all(times.seconds[s] > 0 for s in STAGES)
+
+
+def test_profile_needs_bench(capsys) -> None:
+    from scenemtl.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["data", "synth", "--profile"])
+    assert e.value.code == 1
+    assert "--profile goes with --bench" in capsys.readouterr().err
+
+
+def test_png_level_changes_bytes_not_pixels() -> None:
+    """The zlib level of the label PNGs is a size/time trade: the decoded labels are the
+    ones the default level gives (integer codes, compared exactly)."""
+    import io
+
+    from PIL import Image
+
+    layers = gen.sample_layers(TINY, "train", 0)
+    args = (layers["rgb"], layers["semseg"], layers["depth"])
+    fast = fmt.encode_sample(*args, png_compress_level=1, normals=layers["normals"])
+    default = fmt.encode_sample(*args, normals=layers["normals"])
+    assert fast["rgb"] == default["rgb"]  # the JPEG does not depend on it
+    for name in ("semseg", "depth", "normals"):
+        a = np.asarray(Image.open(io.BytesIO(fast[name])))
+        b = np.asarray(Image.open(io.BytesIO(default[name])))
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast["semseg"]))), layers["semseg"])
+
+
+def test_normals_skipped_leave_the_other_layers_alone() -> None:
+    """Without normals the same computation runs up to the last step, which is skipped."""
+    full = gen.sample_layers(TINY, "val", 1)
+    lean = gen.sample_layers(TINY, "val", 1, normals=False)
+    assert "normals" not in lean and set(full) == {"rgb", "semseg", "depth", "normals"}
+    for name in ("rgb", "semseg", "depth"):
+        # one float path run twice, not two paths: it must repeat bit for bit
+        assert np.array_equal(lean[name], full[name]), name
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from scenemtl.data import format as fmt
 from scenemtl.data.check import check_dataset
 from scenemtl.data.procedural import SynthParams, cached_dataset, default_root, synthesize
 from scenemtl.data.procedural import generate as gen
-from scenemtl.data.procedural.store import MARKER, root_lock
+from scenemtl.data.procedural.store import root_lock
+from scenemtl.data.staging import MARKER
 from scenemtl.data.stats import compute_stats
 from scenemtl.errors import UserError
 

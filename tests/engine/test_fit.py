@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scenemtl.cli import main
+from scenemtl.engine import precision
 from scenemtl.engine.schedules import PolyFactor
 from tests.engine.conftest import read_metrics, tiny_config
 
@@ -113,7 +114,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, cap
     )
     run_dir = best.parents[1]
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "crashed" and "non-finite training loss" in record["error"]
+    assert record["status"] == "diverged" and "non-finite training loss" in record["error"]
     # a resume that finishes: the crash becomes history, not the run's current error
     monkeypatch.setattr(MultiTaskLoss, "forward", original)
     assert run_cli(["fit", "--config", str(cfg), "--ckpt_path", "last"]) == 0
@@ -196,7 +197,10 @@ def test_validate_applies_tta_from_the_command_line_in_its_own_run(tmp_path, tin
     assert (run_dir / "metrics.csv").read_bytes() == trace_before  # training trace untouched
 
 
-def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root):
+def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root, monkeypatch, capsys):
+    # a CPU that emulates bf16, as far as the cost probe knows: fit warns once, at start
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "measure_bf16_factor", lambda: 16.0)
     cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
     code = run_cli(
         [
@@ -212,6 +216,8 @@ def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root):
         ]
     )
     assert code == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "x slower than fp32" in ln]
+    assert warnings == [f"scenemtl: warning: {precision.bf16_warning('bf16-mixed', 'cpu')}"]
     rows = read_metrics(tmp_path / "runs" / "tiny" / "version_0")
     val = [r for r in rows if r.get("val/grader")]
     assert val and all(float(r["val/depth"]) >= 0 for r in val)
@@ -250,3 +256,40 @@ def test_loss_options_train_through_the_cli(tmp_path, tiny_root, weighting, spac
         map_location="cpu",
     )
     assert ckpt["hyper_parameters"]["depth_space"] == space
+
+
+def test_diverged_weights_stop_the_run_and_keep_last_ckpt_loadable(
+    tmp_path, tiny_root, capsys, monkeypatch
+):
+    """A finite loss whose update overflows the weights (what `--model.lr 1e6` does):
+    one line naming the step and the parameter, run.json "diverged", and last.ckpt
+    still the last state with finite weights."""
+    from scenemtl.engine.module import MultiTaskModule
+
+    original = MultiTaskModule.optimizer_step
+
+    def overflowing(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.global_step == 5:  # the update of step 5 (0-based), in the second epoch
+            with torch.no_grad():
+                next(self.net.parameters()).fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(MultiTaskModule, "optimizer_step", overflowing)
+    cfg = tiny_config(tmp_path, tiny_root)
+    code = run_cli(["fit", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("scenemtl: ")]
+    assert "training diverged at step 5" in line and "non-finite weights" in line
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "diverged" and "step 5" in record["error"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 4
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
+    module = MultiTaskModule.from_checkpoint(last, map_location="cpu")
+    assert all(torch.isfinite(p).all() for p in module.parameters())

@@ -48,3 +48,34 @@ def test_optimizer_is_fused_and_steps_like_the_reference(name):
     assert worst < 3e-5
     moved = min((p - s).abs().max().item() for p, s in zip(params, start, strict=True))
     assert moved > 1e-3  # every parameter tensor took steps of about lr
+
+
+MIXED = {"encoder": "resnet18", "channels": 8, "skip_channels": 4}
+
+
+@pytest.mark.parametrize("architecture", ["cross_stitch", "nddr"])
+@pytest.mark.parametrize(("multiplier", "expected"), [(None, 100.0), (3, 3.0)])
+def test_mixing_parameters_learn_at_a_multiple_of_the_rate(architecture, multiplier, expected):
+    net = {**MIXED, "architecture": architecture, "mixing_lr_multiplier": multiplier}
+    module = MultiTaskModule(net=net, optimizer="sgd", lr=1e-3, weight_decay=1e-4)
+    optimizer = module.make_optimizer(fused=False)
+    mixing = {id(p) for p in module.net.mixers.parameters()}
+    assert mixing  # cross-stitch alphas; NDDR's convs and BatchNorms
+    groups = optimizer.param_groups
+    assert [{id(p) for p in g["params"]} == mixing for g in groups] == [False, False, True]
+    assert groups[0]["lr"] == 1e-3 and groups[2]["lr"] == pytest.approx(1e-3 * expected)
+    # the authors decay the mixing units like every other weight
+    assert groups[2]["weight_decay"] == groups[0]["weight_decay"] == 1e-4
+    every = [id(p) for g in groups for p in g["params"]]
+    assert sorted(every) == sorted(id(p) for p in module.parameters() if p.requires_grad)
+    # the schedules scale each group's own initial rate
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    optimizer.step()  # no gradients: no update, but the order the scheduler expects
+    schedule.step()
+    assert groups[2]["lr"] == pytest.approx(0.5e-3 * expected)
+
+
+def test_architectures_without_mixing_units_keep_two_groups():
+    module = MultiTaskModule(net={**MIXED, "architecture": "mtan"})
+    assert module.net.mixing_parameters() == []
+    assert len(module.make_optimizer(fused=False).param_groups) == 2

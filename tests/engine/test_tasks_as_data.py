@@ -80,8 +80,8 @@ def test_distillation_refuses_a_single_task_in_one_line(tmp_path, tiny_root, cap
         ({"model.task_options": {"depth": {"spcae": "log"}}}, "unknown option 'spcae'"),
         ({"model.task_options": {"depth": {"silog_lambda": "abc"}}}, "task 'depth'"),
         (
-            {"data.tasks": ["semseg"], "model.depth_loss": "silog"},
-            "names task 'depth', which this run does not learn",
+            {"data.tasks": ["semseg"], "model.task_options": {"normals": {"loss": "l1"}}},
+            "model.task_options names an unknown task 'normals'; the data provides semseg, depth",
         ),
     ],
 )

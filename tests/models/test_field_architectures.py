@@ -55,7 +55,7 @@ def test_mtan_masks_gate_the_shared_stage_outputs(monkeypatch: pytest.MonkeyPatc
     model = build_model(small("mtan", dilation=(False, False, True)), HEADS).eval()
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
-        shared = model.shared_forward(x)
+        shared = model.stage_features(x)
         pyramid = model.attended_pyramid("semseg", shared)
         encoder_pyramid = model.encoder(x)
         assert set(pyramid) == set(encoder_pyramid) == {2, 4, 8, 16}

@@ -24,10 +24,14 @@ CONFIGS = {
     "template": {"aspp": False, "skip": False},
     "vortex-attention-skips": {"pooling": "vortex", "attention_skips": True},
 }
+CASES = [(a, c) for a in ARCHITECTURES for c in CONFIGS] + [
+    # MTAN's per-task refinement blocks keep the encoder's features the one representation
+    ("mtan", "per-task-refinement")
+]
+CONFIGS["per-task-refinement"] = {"mtan_refinement": "per_task"}
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize(("architecture", "config"), CASES)
 def test_forward_is_decode_of_shared_forward(architecture: str, config: str) -> None:
     torch.manual_seed(0)
     model = build_model(small(architecture, **CONFIGS[config]), HEADS).eval()
@@ -44,8 +48,7 @@ NOTHING_SHARED = {"task_specific"}
 """Architectures whose tasks share no parameter at all."""
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize(("architecture", "config"), CASES)
 def test_shared_and_task_parameters_partition_the_network(architecture: str, config: str) -> None:
     model = build_model(small(architecture, **CONFIGS[config]), HEADS)
     shared = {id(p) for p in model.shared_parameters()}
@@ -63,8 +66,7 @@ def test_nothing_shared_means_the_image_passes_through() -> None:
     assert model.shared_forward(x)["image"] is x
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize(("architecture", "config"), CASES)
 def test_decode_uses_task_parameters_only(architecture: str, config: str) -> None:
     """Gradients reach the shared parameters only through ``shared_forward``'s output
     (the shared representation, or the mixed per-task trunks of architectures without

@@ -9,6 +9,7 @@ import yaml
 
 from scenemtl.errors import UserError
 from scenemtl.studies.spec import format_value, load_study, monitor_args, presets_of
+from scenemtl.tasks import options_of_learned_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,12 +85,11 @@ def test_baselines_are_single_task_copies_of_a_variant(tmp_path):
     assert names == ["a", "b", "single_semseg", "single_depth"]
     single = spec.variant("single_depth")
     assert single.baseline_of == "depth"
-    assert single.overrides["data.tasks"] == ["depth"]
-    assert single.overrides["model.loss_weights"] is None  # it named both tasks
-    # the depth task's flat options stay for the depth baseline, go for the semseg one
-    assert "model.depth_space" not in single.overrides
-    assert spec.variant("single_semseg").overrides["model.depth_space"] is None
-    assert single.overrides.items() >= spec.variant("b").overrides.items()
+    assert single.overrides == {
+        **spec.variant("b").overrides,
+        "data.tasks": ["depth"],
+        "model.loss_weights": None,
+    }
     assert single.configs == spec.variant("b").configs
     # the grader needs both tasks: baselines keep their own monitor
     assert monitor_args(spec, spec.variant("a")) == [
@@ -187,29 +187,37 @@ def test_builtin_studies_load_with_every_preset(study):
             assert all(c.is_file() for c in v.configs)
 
 
-def test_baselines_keep_only_their_own_task_options(tmp_path):
-    """Options of the tasks a baseline drops are refused by a single-task run: the
-    baseline keeps its own task's entry, from a config file or an override."""
+def test_baselines_leave_the_other_tasks_options_to_the_run(tmp_path):
+    """A baseline is its variant plus ``data.tasks`` (and the default loss weights): the
+    options the variant sets for other tasks reach the run, which ignores them, as any
+    ``--data.tasks`` run does (through the CLI: tests/test_cli.py)."""
     path = write(
         tmp_path,
         doc(
             variants=[
-                {"name": "a", "config": "opts.yaml"},
-                {
-                    "name": "b",
-                    "overrides": {"model.task_options": {"normals": {"loss": "l1"}}},
-                },
+                {"name": "a", "config": "opts.yaml", "overrides": {"model.depth_space": "log"}}
             ],
             baselines={"variant": "a", "tasks": ["semseg", "normals"]},
         ),
     )
-    opts = "model: {task_options: {normals: {loss: cosine}, depth: {loss: l1}}}\n"
-    (tmp_path / "opts.yaml").write_text(opts)
+    options = {"normals": {"loss": "cosine"}, "depth": {"loss": "l1"}}
+    (tmp_path / "opts.yaml").write_text(yaml.safe_dump({"model": {"task_options": options}}))
     spec = load_study(path)
-    assert spec.variant("single_normals").overrides["model.task_options"] == {
-        "normals": {"loss": "cosine"}
-    }
-    assert spec.variant("single_semseg").overrides["model.task_options"] is None
-    # a variant whose options concern only the kept task is left as it is
-    only = write(tmp_path, doc(baselines={"variant": "b", "tasks": ["normals"]}), "o.yaml")
-    assert "model.task_options" not in load_study(only).variant("single_normals").overrides
+    variant = spec.variant("a")
+    provided = ["semseg", "depth", "normals"]
+    expected = {"semseg": {}, "normals": {"normals": {"loss": "cosine"}}}
+    for task, want in expected.items():
+        single = spec.variant(f"single_{task}")
+        assert single.configs == variant.configs
+        assert single.overrides == {
+            **variant.overrides,
+            "data.tasks": [task],
+            "model.loss_weights": None,
+        }
+        flat = {"depth_space": single.overrides["model.depth_space"]}
+        assert options_of_learned_tasks([task], provided, options, flat) == (want, {})
+    # the depth run keeps its options, the flat one over task_options' entry
+    assert options_of_learned_tasks(["depth"], provided, options, flat, {"depth": 2.0}) == (
+        {"depth": {"loss": "l1", "space": "log"}},
+        {"depth": 2.0},
+    )

@@ -224,15 +224,60 @@ def ort_session(path: str | os.PathLike, threads: int = 0) -> Any:
 
 
 def _run_onnx(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Output name -> array of every graph output."""
+    """Output name -> array of every graph output.
+
+    Raises:
+        UserError: onnxruntime could not run the graph on this input (its first line).
+    """
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {INPUT_NAME: image}), strict=True))
+    try:
+        outputs = session.run(names, {INPUT_NAME: image})
+    except Exception as e:  # onnxruntime's own exception types; the user needs one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"onnxruntime cannot run the exported graph at {image.shape[-2]}x"
+            f"{image.shape[-1]}: {first}"
+        ) from None
+    return dict(zip(names, outputs, strict=True))
 
 
 def example_input(size: tuple[int, int], batch: int = 1, seed: int = 0) -> np.ndarray:
     """A deterministic normalized input [batch,3,H,W] float32 (standard normal noise)."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, 3, *size)).astype(np.float32)
+
+
+def check_export_size(size: tuple[int, int], output_stride: int) -> None:
+    """Refuse a tracing size the exported graph would not generalize from, or too large.
+
+    Where two levels of the network's feature pyramid (the input, 1/2, 1/4, ... 1/OS,
+    each ``ceil(side / scale)``) have the same size, the network skips the resize
+    between them (:func:`scenemtl.models.blocks.resize`, MTAN's attention), and tracing
+    records that as true for every size: the graph then fails on the second check size
+    (onnxruntime: "Concat ... mismatched dimensions"). Levels ``s`` and ``2s`` have the
+    same size when both sides are at most ``s``; the last pair to separate is (OS/2, OS),
+    so one side must be longer than half the output stride. Larger than
+    :data:`~scenemtl.commands.predict.MAX_PIXELS` is refused before anything is
+    allocated (40000x40000 would take tens of GB).
+
+    Raises:
+        UserError: one line naming the size and the bound.
+    """
+    from scenemtl.commands.predict import MAX_PIXELS
+
+    h, w = size
+    least = output_stride // 2 + 1
+    if max(h, w) < least:
+        raise UserError(
+            f"--size {h}x{w} is too small to trace this network (output stride "
+            f"{output_stride}): one side must be at least {least} pixels, e.g. "
+            f"{min(h, least)}x{least} or {least}x{min(w, least)}"
+        )
+    if h * w > MAX_PIXELS:
+        raise UserError(
+            f"--size {h}x{w} is {h * w / 1e6:.1f} MP, above the {MAX_PIXELS / 1e6:.1f} MP "
+            "limit of scenemtl (predict's MAX_PIXELS)"
+        )
 
 
 def second_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -357,11 +402,13 @@ def export_onnx(
         the report (comparisons at two sizes, latencies).
 
     Raises:
-        UserError: export failed, or onnxruntime disagrees with torch beyond tolerance.
+        UserError: a size :func:`check_export_size` refuses, export failed, or
+            onnxruntime disagrees with torch beyond tolerance.
     """
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as model.onnx")
+    check_export_size(size, module.net.cfg.output_stride)
     if runs < 1:
         raise UserError(f"runs must be >= 1, got {runs}")
     previous_threads = torch.get_num_threads()
@@ -442,7 +489,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--size",
         type=size_hw,
         default=DEFAULT_SIZE,
-        help="HxW of the example input for tracing, check and timing (default 128x256)",
+        help="HxW of the example input for tracing, check and timing (default 128x256; one "
+        "side above half the output stride, at most 16.8 MP)",
     )
     p.add_argument("--opset", type=int_at_least(7), default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--runs", type=int_at_least(1), default=20, help="timed runs per engine")
@@ -461,6 +509,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from scenemtl.commands.predict import load_module
 
     module = load_module(args.ckpt_path)
+    check_export_size(tuple(args.size), module.net.cfg.output_stride)  # before the banner
     print(f"exporting {args.ckpt_path} at {args.size[0]}x{args.size[1]} ...", flush=True)
     report = export_onnx(
         module,
@@ -481,6 +530,7 @@ __all__ = [
     "InferenceWrapper",
     "TaskComparison",
     "add_export_parser",
+    "check_export_size",
     "cmd_export",
     "compare_outputs",
     "export_onnx",

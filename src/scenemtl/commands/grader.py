@@ -217,15 +217,61 @@ def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: GradeLimits)
     return bytes(out)
 
 
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive
+_EOCD = b"PK\x05\x06"
+_EOCD_SIZE = 22
+
+
+def _what_is(head: bytes) -> str:
+    """A few words on what a file that is not a zip archive is (for the error line)."""
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file"
+    if head.startswith((b"BZh", b"\xfd7zXZ", b"7z\xbc\xaf")):
+        return "a bzip2, xz or 7z file"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "a tar archive"
+    if not head:
+        return "an empty file"
+    return f"it starts with {head[:8]!r}"
+
+
 def _open_archive(zip_path: Path) -> zipfile.ZipFile:
-    if not zip_path.is_file():
+    """The submission as a zip archive, and only a zip archive: the file must start with
+    a zip header and end with the archive's end record. ``zipfile`` alone also opens a
+    zip inside a tar, or after or before other data (it searches for the end record);
+    grading what happens to be embedded would score a file the user did not mean."""
+    if zip_path.is_dir():
+        raise SubmissionError(
+            f"submission {zip_path} is a folder; grade reads the .zip file a run writes "
+            "(submission.zip in its run directory)"
+        )
+    if not zip_path.exists():
         raise SubmissionError(f"submission {zip_path} not found")
+    if not zip_path.is_file():
+        raise SubmissionError(f"submission {zip_path} is not a regular file")
+    with open(zip_path, "rb") as f:
+        head = f.read(512)
+    if not head.startswith(_ZIP_STARTS):
+        raise SubmissionError(f"submission {zip_path} is not a zip archive ({_what_is(head)})")
     try:
-        return zipfile.ZipFile(zip_path)
+        zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as e:
         raise SubmissionError(
             f"submission {zip_path} is not a readable zip archive ({e})"
         ) from None
+    size = zip_path.stat().st_size
+    end = size - _EOCD_SIZE - len(zf.comment)
+    with open(zip_path, "rb") as f:
+        f.seek(max(end, 0))
+        tail = f.read(4)
+    offsets = [i.header_offset for i in zf.infolist()]
+    if end < 0 or tail != _EOCD or (offsets and min(offsets) != 0):
+        zf.close()
+        raise SubmissionError(
+            f"submission {zip_path} holds a zip archive with other data before or after "
+            "it (an archive inside another, or appended); grade only a plain .zip file"
+        )
+    return zf
 
 
 def _index_predictions(

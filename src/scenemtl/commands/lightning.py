@@ -33,6 +33,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.data.datamodule import SceneDataModule, open_info
 from scenemtl.engine.callbacks import (
+    Bf16CostCallback,
+    DivergenceGuard,
     EvaluationRecordCallback,
     RunRecordCallback,
     VisualizationCallback,
@@ -42,6 +44,7 @@ from scenemtl.engine.module import MultiTaskModule, read_checkpoint
 from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UsageError, UserError, one_line
 from scenemtl.models.registry import ModelConfig
+from scenemtl.tasks import dataset_task_specs
 
 _VERSION_ENV = "SCENEMTL_RUN_VERSION"
 
@@ -110,8 +113,9 @@ class SceneCLI(LightningCLI):
 
     Lightning hooks used, and why:
 
-    * ``add_arguments_to_parser``: the ``run.*`` keys, and a link that hands the data's
-      task specs (``data.tasks`` over the dataset's class table) to ``model.task_specs``.
+    * ``add_arguments_to_parser``: the ``run.*`` keys, and links that hand the data's
+      task specs (``data.tasks`` over the dataset's class table) to ``model.task_specs``
+      and the names of the tasks it provides to ``model.provided_tasks``.
     * ``parse_arguments``: checks ``--ckpt_path`` with a weights-only load before
       LightningCLI reads it (its own load would print a traceback), and remembers the
       evaluation switches (TTA) and the network options given in the config files or on
@@ -162,6 +166,9 @@ class SceneCLI(LightningCLI):
         parser.add_lightning_class_args(SubmissionCallback, "submission")
         parser.link_arguments(
             "data", "model.task_specs", compute_fn=_task_specs, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data", "model.provided_tasks", compute_fn=_provided_tasks, apply_on="instantiate"
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -279,6 +286,8 @@ class SceneCLI(LightningCLI):
         ]
         if self.subcommand == "fit":
             callbacks.append(RunRecordCallback(run_dir, monitor=monitor, mode=mode))
+            callbacks.append(Bf16CostCallback())
+            callbacks.append(DivergenceGuard())
         elif self.subcommand in ("validate", "test"):
             callbacks.append(
                 EvaluationRecordCallback(run_dir, cfg.get("ckpt_path"), self.subcommand)
@@ -294,6 +303,10 @@ class SceneCLI(LightningCLI):
 
 def _task_specs(datamodule: SceneDataModule) -> dict[str, Any]:
     return datamodule.task_specs
+
+
+def _provided_tasks(datamodule: SceneDataModule) -> list[str]:
+    return list(dataset_task_specs(datamodule.info))
 
 
 # --------------------------------------------------------------------------------------

@@ -71,8 +71,10 @@ def find_images(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_file():
         return [path]
-    if not path.is_dir():
+    if not path.exists():
         raise UserError(f"input {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"input {path} is neither an image file nor a folder")
     images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise UserError(f"input folder {path} holds no .jpg or .png image")

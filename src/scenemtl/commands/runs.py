@@ -49,7 +49,8 @@ class RunSummary:
     path: Path
     name: str
     # "finished", "unfinished" (killed, still running, or never validated), "crashed",
-    # "interrupted" (Ctrl-C), "evaluation" (`scenemtl validate|test` of a checkpoint),
+    # "diverged" (non-finite loss, weights or predictions), "interrupted" (Ctrl-C),
+    # "evaluation" (`scenemtl validate|test` of a checkpoint),
     # "unreadable" (see `reason`)
     status: str
     best_epoch: int | None = None
@@ -293,7 +294,7 @@ def _summarize(run: RunDir, summary: RunSummary) -> None:
         summary.status = "evaluation"  # `scenemtl validate` of a checkpoint, no training
     # run.json knows best; "running" in a record nobody updates is a killed (or live) run
     status = record.get("status")
-    if status in ("finished", "crashed", "interrupted", "evaluation"):
+    if status in ("finished", "crashed", "diverged", "interrupted", "evaluation"):
         summary.status = status
     elif status == "running":
         summary.status = "unfinished"

@@ -30,15 +30,15 @@ The procedure, for every image in sorted city/file order:
 
 Everything is written into a hidden folder next to ``--out`` and renamed to ``--out``
 only when complete: a failure (missing folder, undecodable PNG, size mismatch, bad
-camera file) is one line naming the file and leaves no partial output.
+camera file) or Ctrl-C is one line naming the file and leaves no partial output, and
+what a killed conversion left beside ``--out`` is removed by the next conversion
+(:mod:`scenemtl.data.staging`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -54,6 +54,7 @@ from scenemtl.data.format import (
     DatasetInfo,
     encodable_range,
     open_image,
+    read_rgb,
     write_info,
     write_sample,
 )
@@ -63,6 +64,7 @@ from scenemtl.data.mtan import (
     save_npy,
     write_sidecar,
 )
+from scenemtl.data.staging import remove_dead_partials, staging
 from scenemtl.errors import DataFormatError, UserError
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
@@ -141,8 +143,8 @@ def _convert_one(
     city: str,
     stem: str,
 ) -> tuple[int, int]:
-    rgb_img = open_image(src / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
-    rgb_img = rgb_img.convert("RGB")
+    rgb_file = src / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+    rgb_img = Image.fromarray(read_rgb(rgb_file))  # by bit depth, as predict reads
     h0, w0 = rgb_img.height, rgb_img.width
     h, w = opts.size if opts.size else (h0, w0)
     if (h0, w0) != (h, w):
@@ -211,26 +213,19 @@ def _check_source(src: Path, depth: str, splits: list[str]) -> None:
                 )
 
 
-def _prepare_out(out: Path) -> Path:
-    """A hidden sibling folder to write into (renamed to ``out`` when complete)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+def _check_out(out: Path) -> None:
+    """One line if ``out`` is a file or holds anything, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose an empty or new folder")
+    if out.is_dir() and any(out.iterdir()):
         what = "already holds a dataset" if (out / "dataset.json").exists() else "is not empty"
         raise UserError(f"{out} {what}; choose an empty or new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
 
 
 def _publish(tmp: Path, out: Path) -> None:
-    os.chmod(tmp, 0o777 & ~_umask())
     if out.is_dir():
         out.rmdir()  # empty, checked before converting
     os.replace(tmp, out)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_apart(src: Path, out: Path) -> None:
@@ -292,8 +287,9 @@ def convert_cityscapes(
     else:
         lut, table = label_id_to_train_id(), cityscapes_class_table()
     opts = _Options(size, lut, depth, layout, depth_encoding, f"label_{classes}")
-    tmp = _prepare_out(out)
-    try:
+    _check_out(out)
+    remove_dead_partials(out)  # what killed conversions to the same --out left
+    with staging(out) as tmp:
         info = _convert_all(src, tmp, splits, opts, table, workers)
         if layout == "mtan":
             units = "disparity_px" if depth == "disparity" else "meters"
@@ -307,9 +303,6 @@ def convert_cityscapes(
         else:
             write_info(tmp, info)
         _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 

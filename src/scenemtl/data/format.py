@@ -534,6 +534,68 @@ def find_rgb(root: str | os.PathLike, split: str, index: int, preferred: str = "
     return rgb_path(root, split, index, preferred)
 
 
+def encode_sample(
+    rgb: np.ndarray,
+    semseg: np.ndarray | None,
+    depth_m: np.ndarray | None,
+    depth_encoding: str = DISPARITY8,
+    rgb_extension: str = ".jpg",
+    jpeg_quality: int = 90,
+    num_classes: int = 19,
+    png_compress_level: int = 6,
+    normals: np.ndarray | None = None,
+) -> dict[str, bytes]:
+    """The files of one sample in memory: ``{"rgb": ..., "semseg": ..., "depth": ...,
+    "normals": ...}`` (labels only where given); arguments as :func:`write_sample`'s,
+    ``normals`` as :func:`encode_normals`'s.
+
+    ``png_compress_level`` (zlib 0-9; 6 is Pillow's default) changes only the size of the
+    PNG files and the time to make them, never the pixels they decode to.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be HxWx3 uint8, got {rgb.dtype} {rgb.shape}")
+
+    def encoded(img: Image.Image, **kw: Any) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, **kw)
+        return buf.getvalue()
+
+    png = {"format": "PNG", "compress_level": png_compress_level}
+    if rgb_extension == ".jpg":
+        files = {"rgb": encoded(Image.fromarray(rgb), format="JPEG", quality=jpeg_quality)}
+    else:
+        files = {"rgb": encoded(Image.fromarray(rgb), **png)}
+    if semseg is not None:
+        sem = np.asarray(semseg)
+        ok = (sem < num_classes) | (sem == IGNORE_INDEX)
+        if sem.shape != rgb.shape[:2] or sem.min(initial=0) < 0 or not ok.all():
+            raise ValueError(
+                f"semseg must be HxW (as rgb) with values in 0..{num_classes - 1} or 255"
+            )
+        files["semseg"] = encoded(Image.fromarray(sem.astype(np.uint8)), **png)
+    if depth_m is not None:
+        if np.shape(depth_m) != rgb.shape[:2]:
+            raise ValueError("depth must be HxW like rgb")
+        files["depth"] = encoded(encode_depth(depth_m, depth_encoding), **png)
+    if normals is not None:
+        files["normals"] = encoded(encode_normals(normals), **png)
+    return files
+
+
+def write_sample_files(
+    root: str | os.PathLike, split: str, index: int, files: dict[str, bytes], rgb_extension: str
+) -> None:
+    """Write what :func:`encode_sample` made (not atomically: for fresh folders)."""
+    for modality, payload in files.items():
+        if modality == "rgb":
+            p = rgb_path(root, split, index, rgb_extension)
+        else:
+            p = label_path(root, split, modality, index)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(payload)
+
+
 def write_sample(
     root: str | os.PathLike,
     split: str,
@@ -545,34 +607,20 @@ def write_sample(
     rgb_extension: str = ".jpg",
     jpeg_quality: int = 90,
     num_classes: int = 19,
+    png_compress_level: int = 6,
 ) -> None:
     """Write one sample: ``rgb`` HxWx3 uint8, ``semseg`` HxW trainIds, ``depth_m`` HxW meters."""
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be HxWx3 uint8, got {rgb.dtype} {rgb.shape}")
-    p = rgb_path(root, split, index, rgb_extension)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(rgb)
-    if rgb_extension == ".jpg":
-        img.save(p, quality=jpeg_quality)
-    else:
-        img.save(p)
-    if semseg is not None:
-        sem = np.asarray(semseg)
-        ok = (sem < num_classes) | (sem == IGNORE_INDEX)
-        if sem.shape != rgb.shape[:2] or sem.min(initial=0) < 0 or not ok.all():
-            raise ValueError(
-                f"semseg must be HxW (as rgb) with values in 0..{num_classes - 1} or 255"
-            )
-        p = label_path(root, split, "semseg", index)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sem.astype(np.uint8)).save(p)
-    if depth_m is not None:
-        if np.shape(depth_m) != rgb.shape[:2]:
-            raise ValueError("depth must be HxW like rgb")
-        p = label_path(root, split, "depth", index)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        encode_depth(depth_m, depth_encoding).save(p)
+    files = encode_sample(
+        rgb,
+        semseg,
+        depth_m,
+        depth_encoding,
+        rgb_extension,
+        jpeg_quality,
+        num_classes,
+        png_compress_level,
+    )
+    write_sample_files(root, split, index, files, rgb_extension)
 
 
 def open_image(path: Path) -> Image.Image:
@@ -591,12 +639,58 @@ def open_image(path: Path) -> Image.Image:
         raise DataFormatError(f"{path}: cannot decode image ({e})") from None
 
 
+_GRAY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8."""
-    im = open_image(path)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8)
+    """HxWx3 uint8 of any image a user hands in (see :func:`rgb8`)."""
+    return rgb8(open_image(path), path)
+
+
+def rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """An image as HxWx3 uint8, scaled by its bit depth (docs/reliability.md).
+
+    * 8-bit modes (RGB, L, P, RGBA, ...): as Pillow converts them (alpha dropped).
+    * 16-bit grey (``I;16*``, or mode ``I`` from a PNG, which has no 32-bit depth):
+      ``round(v / 257)``, so 65535 is white and an 8-bit value stored in 16 bits
+      (``257 * k``) comes back as ``k``.
+    * 16-bit RGB PNG: Pillow decodes it to its high bytes, ``floor(v / 256)``, at most
+      one level below ``round(v / 257)`` and exact for ``257 * k``.
+    * float (``F``): ``round(255 * v)`` if every value is finite and in [0, 1], else
+      refused: a float image has no white level to scale by.
+    * 32-bit integer (``I`` from a TIFF) and other modes: refused (no known white level).
+
+    Raises:
+        DataFormatError: one line naming ``path`` and the mode.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8)
+    if mode in _GRAY16 or (mode == "I" and im.format == "PNG"):
+        v = np.asarray(im).astype(np.int64)
+        if v.size and (v.min() < 0 or v.max() > 65535):
+            raise DataFormatError(f"{path}: mode {mode} holds values outside 0..65535")
+        # 257 is odd, so v / 257 is never halfway: this is round(v / 257) exactly
+        grey = ((2 * v + 257) // 514).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        v = np.asarray(im, dtype=np.float64)
+        if v.size and not (np.isfinite(v).all() and v.min() >= 0.0 and v.max() <= 1.0):
+            raise DataFormatError(
+                f"{path}: float image with values outside [0, 1] (min {np.nanmin(v):.4g}, "
+                f"max {np.nanmax(v):.4g}); save it as 8- or 16-bit"
+            )
+        grey = np.rint(v * 255.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode.startswith("I"):
+        raise DataFormatError(
+            f"{path}: {mode} image (32-bit or signed integers) has no known white level; "
+            "save it as 8- or 16-bit"
+        )
+    try:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except ValueError as e:
+        raise DataFormatError(f"{path}: mode {mode} cannot be read as RGB ({e})") from None
 
 
 def read_semseg(path: Path) -> np.ndarray:

@@ -15,8 +15,9 @@ from torch.utils.data import default_collate
 
 from scenemtl.data.format import atomic_write_bytes
 from scenemtl.data.transforms import prepare_eval_batch
+from scenemtl.engine.precision import warn_if_bf16_slow
 from scenemtl.engine.run_dir import RunDir
-from scenemtl.errors import one_line
+from scenemtl.errors import TrainingDiverged, one_line
 from scenemtl.visualize import prediction_panel, tile
 
 
@@ -83,6 +84,15 @@ class VisualizationCallback(L.Callback):
                     writer.add_histogram(
                         f"val/{task.name}_gt", values[1].cpu(), trainer.global_step
                     )
+
+
+class Bf16CostCallback(L.Callback):
+    """At fit start, one line on stderr if the run computes in bf16 on a CPU that runs it
+    slower than fp32 (:mod:`scenemtl.engine.precision`; rank 0 only, once per fit)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            warn_if_bf16_slow(trainer.precision, trainer.strategy.root_device.type)
 
 
 class RunRecordCallback(L.Callback):
@@ -152,9 +162,41 @@ class RunRecordCallback(L.Callback):
         if isinstance(exception, KeyboardInterrupt):
             # Ctrl-C is the user's decision, not a failure: nothing to report as an error
             self._write(status="interrupted", train_seconds=self._elapsed())
+        elif isinstance(exception, TrainingDiverged):
+            error = one_line(exception)[:300]
+            self._write(status="diverged", error=error, train_seconds=self._elapsed())
         else:
             error = one_line(exception)[:300]
             self._write(status="crashed", error=error, train_seconds=self._elapsed())
+
+
+class DivergenceGuard(L.Callback):
+    """Stops training at the first optimizer step that leaves a non-finite weight.
+
+    The loss is checked in ``training_step`` (before the step) and predictions where they
+    are scored; this catches a finite loss whose update overflowed the weights. Raising
+    here, before the checkpoint callbacks of the same step (Lightning runs them last),
+    keeps ``last.ckpt`` and ``best.ckpt`` at the last state with finite weights.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        params = [p for p in pl_module.parameters() if p.is_floating_point()]
+        if not params:
+            return
+        # one reduction per tensor: a norm is non-finite iff some element is
+        norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params])
+        if bool(torch.isfinite(norms).all()):
+            return
+        names = [n for n, p in pl_module.named_parameters() if p.is_floating_point()]
+        bad = [n for n, ok in zip(names, torch.isfinite(norms).tolist(), strict=True) if not ok]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise TrainingDiverged(
+            f"training diverged at step {trainer.global_step - 1} (epoch "
+            f"{trainer.current_epoch}, batch {i}): non-finite weights after the optimizer "
+            f"step ({bad[0]}{more}); lower the learning rate or check the data"
+        )
 
 
 class EvaluationRecordCallback(L.Callback):

@@ -20,24 +20,16 @@ from torch import Tensor, nn
 from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.schedules import PolyFactor, StepFactor
-from scenemtl.errors import UserError, one_line
+from scenemtl.errors import TrainingDiverged, UserError, one_line
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
-from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs
+from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs, options_of_learned_tasks
 from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("poly", "step")
-
-# The flat spellings of the depth task's options: kept because every config and checkpoint
-# before tasks-as-data used them, and because they are short on the command line.
-FLAT_TASK_OPTIONS = {
-    "depth_space": ("depth", "space"),
-    "depth_loss": ("depth", "loss"),
-    "silog_lambda": ("depth", "silog_lambda"),
-}
 
 
 class MultiTaskModule(L.LightningModule):
@@ -47,6 +39,10 @@ class MultiTaskModule(L.LightningModule):
         net: the architecture (see :class:`scenemtl.models.registry.ModelConfig`).
         task_specs: task name -> spec, the tasks this network learns (set from the data by
             the CLI, see ``data.tasks``; None = the course's semseg + depth).
+        provided_tasks: the tasks the data provides (set from the data by the CLI; None =
+            those of ``task_specs``). Options and loss weights of a provided task that the
+            run does not learn are ignored, see
+            :func:`~scenemtl.tasks.options_of_learned_tasks`.
         task_options: task name -> options of that task, e.g.
             ``{"depth": {"space": "log", "loss": "silog"}}``.
         optimizer: ``sgd``, ``adam`` or ``adamw``.
@@ -81,6 +77,7 @@ class MultiTaskModule(L.LightningModule):
         self,
         net: ModelConfig | None = None,
         task_specs: dict[str, dict[str, Any]] | None = None,
+        provided_tasks: list[str] | None = None,
         task_options: dict[str, dict[str, Any]] | None = None,
         optimizer: str = "sgd",
         lr: float = 0.01,
@@ -135,14 +132,14 @@ class MultiTaskModule(L.LightningModule):
             )
         self.save_hyperparameters()
         specs: TaskSpecs = dict(task_specs) if task_specs is not None else legacy_task_specs()
-        options = _merge_flat_options(
+        options, loss_weights = options_of_learned_tasks(
+            specs,
+            provided_tasks,
             task_options,
             {"depth_space": depth_space, "depth_loss": depth_loss, "silog_lambda": silog_lambda},
+            loss_weights,
         )
         self.tasks = nn.ModuleDict({t.name: t for t in build_tasks(specs, options)})
-        unknown = set(loss_weights or {}) - set(self.tasks)
-        if unknown:
-            raise UserError(f"model.loss_weights names unknown task(s) {sorted(unknown)}")
         self.net = build_model(net, {t.name: t.channels for t in self.task_list})
         self.criterion = MultiTaskLoss(
             self.task_list,
@@ -296,7 +293,7 @@ class MultiTaskModule(L.LightningModule):
         losses = self.criterion(outputs, batch)
         if not torch.isfinite(losses.total):
             # Raising stops the run before any checkpoint of this state is written.
-            raise UserError(
+            raise TrainingDiverged(
                 f"non-finite training loss at step {self.global_step} (epoch "
                 f"{self.current_epoch}, batch {batch_idx}): "
                 + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.tasks.items())
@@ -383,7 +380,16 @@ class MultiTaskModule(L.LightningModule):
         outputs = self.eval_outputs(batch["image"])
         losses = self.criterion(outputs, batch)
         self.log(f"{stage}/loss", losses.total, batch_size=batch["image"].shape[0], sync_dist=True)
-        metrics.update(self.decode(outputs), batch)
+        preds = self.decode(outputs)
+        for name, pred in preds.items():
+            # the metrics would refuse them with a bug's traceback; this is the weights'
+            if pred.is_floating_point() and not bool(torch.isfinite(pred).all()):
+                raise TrainingDiverged(
+                    f"non-finite {name} prediction in {stage} at step {self.global_step} "
+                    f"(epoch {self.current_epoch}): the weights overflow; lower the learning "
+                    "rate or check the data"
+                )
+        metrics.update(preds, batch)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
@@ -430,15 +436,26 @@ class MultiTaskModule(L.LightningModule):
 
     def make_optimizer(self, fused: bool = True) -> torch.optim.Optimizer:
         """The configured optimizer over the network's (and the balancer's) parameters,
-        with its fused kernel where torch has one for the device (``fused``)."""
+        with its fused kernel where torch has one for the device (``fused``).
+
+        Groups: 0 the network (base rate; logged as ``lr``), 1 the balancer's learned
+        weights (no weight decay), 2 (if any) the network's mixing parameters at
+        ``net.mixing_lr_multiplier`` times the base rate."""
         hp = self.hparams
         # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
         # method updates itself (FAMO's logits) are not the optimizer's.
         balancer = {id(p) for p in self.balancer.parameters()}
+        # The mixing units of cross-stitch / NDDR learn at a multiple of the rate (the
+        # authors' 100x by default), with the same weight decay as in the authors' code;
+        # the schedules scale every group's own initial rate.
+        mixing = [p for p in self.net.mixing_parameters() if id(p) not in balancer]
+        apart = balancer | {id(p) for p in mixing}
         params = [
-            {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in balancer]},
+            {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in apart]},
             {"params": self.balancer.trainable_parameters(), "weight_decay": 0.0},
         ]
+        if mixing:
+            params.append({"params": mixing, "lr": hp.lr * self.net.mixing_lr_multiplier})
         options: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kind: type[torch.optim.Optimizer] = torch.optim.SGD
@@ -505,18 +522,6 @@ def gradient_conflict(gramian: Tensor, names: list[str]) -> dict[str, float]:
 
 def _last(out: Any) -> Tensor:
     return out[-1] if isinstance(out, (list, tuple)) else out
-
-
-def _merge_flat_options(
-    task_options: dict[str, dict[str, Any]] | None, flat: dict[str, Any]
-) -> dict[str, dict[str, Any]]:
-    merged = {k: dict(v or {}) for k, v in (task_options or {}).items()}
-    for key, value in flat.items():
-        if value is None:
-            continue
-        task, option = FLAT_TASK_OPTIONS[key]
-        merged.setdefault(task, {})[option] = value
-    return merged
 
 
 def _spec_shape(spec: dict[str, Any]) -> tuple[Any, ...]:

@@ -48,13 +48,16 @@ class MultiTaskNet(nn.Module):
       one task's parameters also reach the other tasks' outputs; they still belong to
       that task's branch, and the representation is still all the tasks read.
 
-    A network whose tasks exchange information along the way (cross-stitch units, ...)
+    A network whose tasks exchange information along the way (cross-stitch units, ...),
+    or share weights applied after task-specific ones (MTAN's shared refinement blocks),
     has no shared representation: it sets :attr:`has_shared_representation` to False and
     lists in :meth:`shared_modules` every module whose parameters several tasks' losses
-    depend on. Its :meth:`shared_forward` still runs everything up to the point after
-    which the tasks no longer interact (cross-stitch, NDDR: the mixed per-task trunks,
-    keyed ``"task/scale"``), so that :meth:`decode` keeps using task-specific parameters
-    only; but task t reads only its own entries, so the dict is not *one* representation
+    depend on, and every module that runs before the cut (MTAN's early masks). Its
+    :meth:`shared_forward` still runs everything up to the point after which the tasks
+    no longer interact (cross-stitch, NDDR: the mixed per-task trunks; MTAN: each task's
+    chain up to the last shared refinement; keyed ``"task/scale"``), so that
+    :meth:`decode` keeps using task-specific parameters only; but task t reads only its
+    own entries (and those shared by all), so the dict is not *one* representation
     (representation-level methods such as MGDA-UB do not apply).
 
     A network whose tasks share **no parameter at all** (``task_specific``: one encoder,
@@ -88,6 +91,9 @@ class MultiTaskNet(nn.Module):
     ``depth_bins`` (adaptive bins) replaces the prediction conv of."""
     single_encoder: ClassVar[bool] = True
     """Whether the base class builds ``self.encoder``, the one trunk every task reads."""
+    default_mixing_lr_multiplier: ClassVar[float] = 1.0
+    """The authors' learning-rate multiplier of :meth:`mixing_parameters` (used when
+    ``cfg.mixing_lr_multiplier`` is None)."""
 
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__()
@@ -120,7 +126,14 @@ class MultiTaskNet(nn.Module):
                 "cross_stitch, nddr and padnet"
             )
         if self.single_encoder:
-            self.encoder = build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
+            self.encoder = build_encoder(cfg.encoder, cfg.weights_for(None), cfg.dilation)
+        elif isinstance(cfg.weights, Mapping):
+            for name in sorted(set(cfg.weights) - set(self.heads)):
+                warnings.warn(
+                    f"model.net.weights: this run has no task {name!r} (tasks: "
+                    f"{', '.join(self.heads)}); its entry is ignored",
+                    stacklevel=2,
+                )
 
     def shared_forward(self, x: Tensor) -> dict[Any, Tensor]:
         """The shared representation of ``x`` [B, 3, H, W]; default: the encoder's pyramid
@@ -147,6 +160,19 @@ class MultiTaskNet(nn.Module):
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
 
+    def mixing_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that mix the tasks' features (cross-stitch units, NDDR
+        layers), which the optimizer gives :attr:`mixing_lr_multiplier` times the base
+        learning rate; none by default."""
+        return []
+
+    @property
+    def mixing_lr_multiplier(self) -> float:
+        """Learning-rate multiplier of :meth:`mixing_parameters`: the configured one, or
+        the architecture's default (the authors')."""
+        m = self.cfg.mixing_lr_multiplier
+        return float(m) if m is not None else self.default_mixing_lr_multiplier
+
     def decode(self, shared: dict[Any, Tensor]) -> dict[str, list[Tensor]]:
         """Per-task outputs at any resolution from the shared representation."""
         raise NotImplementedError
@@ -159,6 +185,12 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
         return self.resize_outputs(self.decode(self.shared_forward(x)), x.shape[-2:])
+
+
+def task_key(name: str, scale: int | str) -> str:
+    """Key of task ``name``'s features at ``scale`` in a :meth:`MultiTaskNet.shared_forward`
+    that holds per-task entries (cross-stitch, NDDR, MTAN with shared refinement)."""
+    return f"{name}/{scale}"
 
 
 def make_bottleneck(cfg: ModelConfig, cin: int, task: str | None = None) -> nn.Module:
@@ -179,9 +211,10 @@ def make_bottleneck(cfg: ModelConfig, cin: int, task: str | None = None) -> nn.M
     )
 
 
-def make_encoder(cfg: ModelConfig) -> ResNetEncoder:
-    """A fresh encoder as ``cfg`` describes it (for architectures with one per task)."""
-    return build_encoder(cfg.encoder, cfg.weights, cfg.dilation)
+def make_encoder(cfg: ModelConfig, task: str) -> ResNetEncoder:
+    """Task ``task``'s encoder as ``cfg`` describes it (for architectures with one per
+    task), initialized from ``cfg.weights_for(task)``."""
+    return build_encoder(cfg.encoder, cfg.weights_for(task), cfg.dilation, task)
 
 
 def make_decoder(

@@ -16,9 +16,13 @@ task's activations by a learned linear combination of all tasks' activations::
 networks. :class:`MixedTrunksNet` holds what cross-stitch and NDDR-CNN have in common; a
 subclass only says how one stage's activations are mixed (:meth:`MixedTrunksNet.make_mixer`).
 
+Training as in the authors' code (Vandenhende et al.'s survey code): the mixing
+parameters (:meth:`MixedTrunksNet.mixing_parameters`) learn at 100x the base rate
+(``mixing_lr_multiplier``; the paper scales it by 10^2-10^3), and each trunk can start
+from a single-task run's encoder (``weights`` as a per-task mapping).
+
 Differences from the paper: ResNet stages instead of AlexNet's pooling layers, one
-coefficient per channel (the paper's channel-wise variant), DeepLabV3+ heads per task,
-and no separate, larger learning rate for ``alpha`` (the paper scales it by 10^2-10^3).
+coefficient per channel (the paper's channel-wise variant), DeepLabV3+ heads per task.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, make_encoder
+from scenemtl.models.base import (
+    MultiTaskNet,
+    make_bottleneck,
+    make_decoder,
+    make_encoder,
+    task_key,
+)
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
-
-
-def task_key(name: str, scale: int) -> str:
-    """Key of task ``name``'s features at ``scale`` in :meth:`MixedTrunksNet.shared_forward`."""
-    return f"{name}/{scale}"
 
 
 class MixedTrunksNet(MultiTaskNet):
@@ -57,10 +62,13 @@ class MixedTrunksNet(MultiTaskNet):
     single_encoder: ClassVar[bool] = False
     has_shared_representation: ClassVar[bool] = False
     min_tasks: ClassVar[int] = 2  # mixing needs at least two networks
+    # Vandenhende et al.'s code (utils/common_config.py get_optimizer) trains the
+    # cross-stitch units and NDDR layers at 100x the base rate, with the same weight decay
+    default_mixing_lr_multiplier: ClassVar[float] = 100.0
 
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__(cfg, heads)
-        self.encoders = nn.ModuleDict({name: make_encoder(cfg) for name in self.heads})
+        self.encoders = nn.ModuleDict({name: make_encoder(cfg, name) for name in self.heads})
         first = next(iter(self.encoders.values()))
         self.stage_scales = list(first.stage_scales)
         self.output_stride = first.output_stride
@@ -96,6 +104,11 @@ class MixedTrunksNet(MultiTaskNet):
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.encoders, self.mixers]
+
+    def mixing_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the mixing units (cross-stitch ``alpha``; NDDR's 1x1 convs
+        and their BatchNorms, as the authors' code selects them by module name)."""
+        return [p for p in self.mixers.parameters() if p.requires_grad]
 
     def decode(self, shared: dict[str, Tensor]) -> dict[str, list[Tensor]]:
         """``{task: [[B, heads[task], H/4, W/4]]}``; task t reads only its ``"t/scale"``

@@ -345,12 +345,38 @@ def load_weights_file(path: str | Path) -> Mapping[str, Tensor]:
         raise UserError(f"cannot load weights file {p}: {reason}") from None
 
 
+def encoder_state_from_checkpoint(
+    checkpoint: Mapping[str, object], task: str | None, source: str
+) -> Mapping[str, Tensor]:
+    """The encoder's entries of a scenemtl checkpoint's ``state_dict``, without their
+    prefix: ``net.encoder.*`` (one encoder for all tasks), else ``net.encoders.<task>.*``
+    (one per task: that of ``task``, or the only one). A single-task run's checkpoint
+    thus initializes one task's trunk. Raises :class:`UserError` when none fits."""
+    state = checkpoint["state_dict"]
+    if not isinstance(state, Mapping):
+        raise UserError(f"{source} has no state dict")
+    keys = [k for k in state if isinstance(k, str)]
+    if any(k.startswith("net.encoder.") for k in keys):
+        prefix = "net.encoder."
+    else:
+        owners = sorted({k.split(".")[2] for k in keys if k.startswith("net.encoders.")})
+        if task in owners or len(owners) == 1:
+            prefix = f"net.encoders.{task if task in owners else owners[0]}."
+        else:
+            found = f"encoders of {', '.join(owners)}" if owners else "no encoder"
+            raise UserError(f"{source} holds {found}; cannot tell which one task {task!r} takes")
+    return {k[len(prefix) :]: state[k] for k in keys if k.startswith(prefix)}
+
+
 def build_encoder(
     name: str = "resnet34",
     weights: str | None = None,
     dilation: tuple[bool, bool, bool] = (False, False, False),
+    task: str | None = None,
 ) -> ResNetEncoder:
-    """An encoder with random (``None``), ImageNet (``"imagenet"``) or file weights."""
+    """An encoder with random (``None``), ImageNet (``"imagenet"``) or file weights: a
+    torchvision-layout state dict, or a scenemtl checkpoint whose encoder (that of
+    ``task`` if it has one per task) is loaded strictly."""
     encoder = ResNetEncoder(name, dilation)
     if weights is None:
         return encoder
@@ -360,5 +386,8 @@ def build_encoder(
     else:
         state = load_weights_file(weights)
         source = f"weights file {weights}"
+        if isinstance(state, Mapping) and "state_dict" in state and "hyper_parameters" in state:
+            state = encoder_state_from_checkpoint(state, task, f"checkpoint {weights}")
+            source = f"the encoder of checkpoint {weights}"
     encoder.load_torchvision_state_dict(state, source)
     return encoder

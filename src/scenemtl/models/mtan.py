@@ -11,14 +11,22 @@ channel by channel and pixel by pixel, what it takes from the shared features::
 
 ``u_j`` is the output of stage j's second-to-last block, ``p_j`` that of its last block
 (the paper's "last layer of the block" and the layer before it); ``g_j`` is 1x1
-Conv-BN-ReLU to a quarter width, 1x1 Conv-BN, sigmoid; ``f_j`` a 3x3 Conv-BN-ReLU to the
-next stage's width followed by 2x max pooling when that stage is strided.
+Conv-BN-ReLU to a quarter width, 1x1 Conv-BN, sigmoid; ``f_j`` (the authors' refinement
+block) a residual bottleneck block from stage j's width to stage j+1's (1x1 to a quarter
+of the output width, 3x3, 1x1 to the output width; 1x1 Conv-BN projection shortcut),
+followed by 2x max pooling when stage j+1 is strided. This is the block of the authors'
+ResNet MTAN (lorenmt/mtan ``im2im_pred/model_resnet_mtan``) and of Vandenhende et al.'s
+re-implementation, on every ResNet depth.
+
+``f_j`` is shared by all tasks, as the authors build it (``mtan_refinement: shared``), or
+one per task (``per_task``), which keeps the encoder's features the single representation
+every task reads.
 
 Differences from the paper: the paper's networks are SegNet / a wide ResNet with their own
-decoders, here the attended pyramid feeds each task's DeepLabV3+ head (ASPP + skip
-decoder), as in the branched architecture; and ``f_j`` is per task (the paper shares its
-weights across tasks) so that the shared encoder's features are the single
-representation every task reads and all attention parameters are task-specific.
+decoders (the authors' ResNet version uses a DeepLabV3 head on ``a4``); here the attended
+pyramid feeds each task's DeepLabV3+ head (ASPP + skip decoder), as in the branched
+architecture. The authors' convs in ``g_j`` carry a bias before their BatchNorm, which the
+BatchNorm cancels; here they have none (``c/4 + c`` parameters fewer per mask).
 """
 
 from __future__ import annotations
@@ -30,11 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
+from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, task_key
 from scenemtl.models.blocks import ConvBnReLU
+from scenemtl.models.encoder import Bottleneck
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
+
+REFINED = "refined"
+"""Key suffix of a task's refined features ``f_{n-1}(a_{n-1})`` in the shared dict."""
 
 
 class AttentionMask(nn.Module):
@@ -52,14 +64,34 @@ class AttentionMask(nn.Module):
         return torch.sigmoid(self.expand(self.reduce(x)))
 
 
+def refinement_block(cin: int, cout: int) -> Bottleneck:
+    """MTAN's ``f``: a ResNet bottleneck block of width ``cout // 4`` (so its output is
+    ``cout`` wide) with a 1x1 Conv-BN projection shortcut, stride 1; PyTorch's default
+    initialization (the authors build it fresh, without zeroing its last BatchNorm).
+
+    Shapes: [B, cin, H, W] -> [B, cout, H, W].
+    """
+    if cout % Bottleneck.expansion:
+        raise ValueError(f"refinement output width {cout} is not a multiple of 4")
+    return Bottleneck(cin, cout // Bottleneck.expansion)
+
+
 class MTANNet(MultiTaskNet):
     """Shared ResNet encoder, per-task attention masks at its four stages, per-task ASPP
     and decoder on the attended pyramid. One output per task.
 
-    Shared representation (:meth:`shared_forward`): the encoder's features
-    ``{"stem": [B, 64, H/2, W/2], "u1": ..., "p1": ..., ..., "u4": ..., "p4": ...}``
-    where ``u_j``/``p_j`` are [B, C_j, H/s_j, W/s_j] (``C_j`` from the encoder's stage
-    widths, ``s_j`` its stage scales). Everything after it belongs to one task.
+    Sharing contract, ``mtan_refinement: per_task``: :meth:`shared_forward` is the
+    encoder's features :meth:`stage_features` (one representation all tasks read), and
+    everything after it belongs to one task.
+
+    ``mtan_refinement: shared`` (the authors'): the refinement blocks ``f_1..f_{n-1}``
+    act on every task's attended features, so the cut between shared and task-specific
+    computation lies after the last of them. :meth:`shared_forward` then returns the
+    encoder's stem and last stage ``{"stem", "u<n>", "p<n>"}`` plus, per task, its attended
+    features of the earlier stages ``"task/scale"`` and ``"task/refined"`` =
+    ``f_{n-1}(a_{n-1})``; :meth:`shared_modules` holds the encoder, the refinement blocks
+    and the masks ``g_1..g_{n-1}`` of every task (they run before the cut, so the
+    gradient-level methods must reach them through it); no single shared representation.
     """
 
     supports_depth_bins: ClassVar[bool] = True
@@ -70,6 +102,9 @@ class MTANNet(MultiTaskNet):
         widths = enc.stage_out_channels
         self.stage_scales = list(enc.stage_scales)
         n = len(widths)
+        self.shared_refinement = cfg.mtan_refinement == "shared"
+        # per instance: the option decides whether the encoder output is all tasks read
+        self.has_shared_representation = not self.shared_refinement  # type: ignore[misc]
 
         def masks() -> nn.ModuleList:
             # stage 1 sees u1 only; later stages also the previous attended features
@@ -78,20 +113,26 @@ class MTANNet(MultiTaskNet):
                 for j, c in enumerate(widths)
             )
 
-        def carries() -> nn.ModuleList:
-            return nn.ModuleList(ConvBnReLU(widths[j], widths[j + 1], 3) for j in range(n - 1))
+        def refinements() -> nn.ModuleList:
+            return nn.ModuleList(refinement_block(widths[j], widths[j + 1]) for j in range(n - 1))
 
         self.attention = nn.ModuleDict({name: masks() for name in self.heads})
-        self.carry = nn.ModuleDict({name: carries() for name in self.heads})
+        self.refine: nn.Module = (
+            refinements()
+            if self.shared_refinement
+            else nn.ModuleDict({name: refinements() for name in self.heads})
+        )
         cin = enc.channels[enc.output_stride]
         self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})
         self.decoder = nn.ModuleDict(
             {name: make_decoder(cfg, enc.channels, c, name) for name, c in self.heads.items()}
         )
 
-    def shared_forward(self, x: Tensor) -> dict[str, Tensor]:
-        """The shared encoder's stem and, per stage j = 1..4, ``u_j`` (before the last
-        block) and ``p_j`` (the stage's output); see the class docstring for shapes."""
+    def stage_features(self, x: Tensor) -> dict[str, Tensor]:
+        """The shared encoder's stem and, per stage j = 1..n, ``u_j`` (before the last
+        block) and ``p_j`` (the stage's output): ``{"stem": [B, 64, H/2, W/2], "u1": ...,
+        "p1": ..., ...}`` with ``u_j``/``p_j`` [B, C_j, H/s_j, W/s_j] (``C_j`` the stage
+        widths, ``s_j`` the stage scales of the encoder)."""
         enc = self.encoder
         stem = enc.stem(x)
         features = {"stem": stem}
@@ -104,14 +145,30 @@ class MTANNet(MultiTaskNet):
             features[f"p{j}"] = h
         return features
 
-    def attended_pyramid(self, name: str, shared: Mapping[str, Tensor]) -> dict[int, Tensor]:
-        """Task ``name``'s pyramid ``{scale: [B, C_s, H/s, W/s]}``: the shared stem at
-        key 2 and the attended stage outputs, deepest stage per scale (as the encoder)."""
-        pyramid = {2: shared["stem"]}
-        previous: Tensor | None = None
-        masks, carries = self.attention[name], self.carry[name]
-        for j, scale in enumerate(self.stage_scales):
-            u, p = shared[f"u{j + 1}"], shared[f"p{j + 1}"]
+    def refinement(self, name: str, j: int) -> nn.Module:
+        """``f_{j+1}`` as task ``name`` applies it (the shared one or the task's own)."""
+        refine = self.refine if self.shared_refinement else self.refine[name]  # type: ignore[index]
+        return refine[j]  # type: ignore[index]
+
+    def attend_stages(
+        self,
+        name: str,
+        features: Mapping[str, Tensor],
+        stages: range,
+        previous: Tensor | None = None,
+    ) -> tuple[dict[int, Tensor], Tensor | None]:
+        """Task ``name``'s attention chain over the 0-based ``stages``, starting from the
+        refined features ``previous`` of the stage before (None for stage 0).
+
+        Returns the attended stage outputs ``{scale: [B, C_j, H/s_j, W/s_j]}`` (the
+        deepest per scale, as the encoder's pyramid) and ``f_j(a_j)`` of the last stage
+        run, None after the network's last stage.
+        """
+        attended: dict[int, Tensor] = {}
+        masks = self.attention[name]
+        last = len(self.stage_scales) - 1
+        for j in stages:
+            u, p = features[f"u{j + 1}"], features[f"p{j + 1}"]
             if previous is None:
                 mask = masks[j](u)
             else:
@@ -119,17 +176,61 @@ class MTANNet(MultiTaskNet):
                     # strided stage: halve like the encoder's stride-2 convs (ceil)
                     previous = F.max_pool2d(previous, 2, 2, ceil_mode=True)
                 mask = masks[j](torch.cat([u, previous], dim=1))
-            attended = mask * p
-            pyramid[scale] = attended
-            if j < len(carries):
-                previous = carries[j](attended)
-        return pyramid
+            a = mask * p
+            attended[self.stage_scales[j]] = a
+            previous = self.refinement(name, j)(a) if j < last else None
+        return attended, previous
+
+    def attended_pyramid(self, name: str, features: Mapping[str, Tensor]) -> dict[int, Tensor]:
+        """Task ``name``'s whole pyramid from :meth:`stage_features`: the shared stem at
+        key 2 and the attended stage outputs ``{scale: [B, C_s, H/s, W/s]}``."""
+        attended, _ = self.attend_stages(name, features, range(len(self.stage_scales)))
+        return {2: features["stem"], **attended}
+
+    def shared_forward(self, x: Tensor) -> dict[str, Tensor]:
+        """:meth:`stage_features` (``per_task``), or the part of every task's chain up to
+        the last shared refinement (``shared``); see the class docstring."""
+        features = self.stage_features(x)
+        if not self.shared_refinement:
+            return features
+        last = len(self.stage_scales) - 1
+        shared = {k: features[k] for k in ("stem", f"u{last + 1}", f"p{last + 1}")}
+        for name in self.heads:
+            attended, refined = self.attend_stages(name, features, range(last))
+            for scale, a in attended.items():
+                if scale != self.stage_scales[last]:  # the last stage's output replaces it
+                    shared[task_key(name, scale)] = a
+            assert refined is not None
+            shared[task_key(name, REFINED)] = refined
+        return shared
+
+    def shared_modules(self) -> list[nn.Module]:
+        if not self.shared_refinement:
+            return [self.encoder]
+        last = len(self.stage_scales) - 1
+        early = [self.attention[name][j] for name in self.heads for j in range(last)]
+        return [self.encoder, self.refine, *early]
+
+    def task_pyramid(self, name: str, shared: Mapping[str, Tensor]) -> dict[int, Tensor]:
+        """Task ``name``'s attended pyramid ``{scale: [B, C_s, H/s, W/s]}`` (stem at 2)
+        from :meth:`shared_forward`'s output."""
+        if not self.shared_refinement:
+            return self.attended_pyramid(name, shared)
+        last = len(self.stage_scales) - 1
+        pyramid = {2: shared["stem"]}
+        for scale in self.stage_scales[:last]:
+            if scale != self.stage_scales[last]:
+                pyramid[scale] = shared[task_key(name, scale)]
+        attended, _ = self.attend_stages(
+            name, shared, range(last, last + 1), shared[task_key(name, REFINED)]
+        )
+        return {**pyramid, **attended}
 
     def decode(self, shared: dict[str, Tensor]) -> dict[str, list[Tensor]]:
-        """``{task: [[B, heads[task], H/4, W/4]]}`` from the shared encoder features."""
+        """``{task: [[B, heads[task], H/4, W/4]]}`` from :meth:`shared_forward`'s output."""
         outputs: dict[str, list[Tensor]] = {}
         for name in self.heads:
-            pyramid = self.attended_pyramid(name, shared)
+            pyramid = self.task_pyramid(name, shared)
             bottleneck = self.aspp[name](pyramid[self.encoder.output_stride])
             prediction, _ = self.decoder[name](bottleneck, pyramid)
             outputs[name] = [prediction]

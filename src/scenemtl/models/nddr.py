@@ -13,8 +13,14 @@ on every other task's (the paper's diagonal initialization with (alpha, beta) = 
 0.1)), the mixing of cross-stitch; training then lets every output channel read any
 input channel, where a cross-stitch unit only mixes equal channels.
 
-Differences from the paper: ResNet stages instead of VGG's pooling layers, DeepLabV3+
-heads per task, and no larger learning rate for the NDDR layers.
+That start is the cross-stitch mixing only in eval mode with fresh running statistics:
+in training the BatchNorm restandardises every channel with the batch's statistics.
+As in the authors' code the NDDR layers (convs and BatchNorms, momentum 0.05) learn at
+100x the base rate (``mixing_lr_multiplier``), and each trunk can start from a
+single-task run (``weights`` as a per-task mapping).
+
+Differences from the paper: ResNet stages instead of VGG's pooling layers (the survey
+code also mixes after the stem), DeepLabV3+ heads per task.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ class NDDRLayer(nn.Module):
             blocks = [(same if u == t else other) * eye for u in range(n_tasks)]
             with torch.no_grad():
                 conv.weight.copy_(torch.cat(blocks, dim=1)[:, :, None, None])
-            self.reduce.append(nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU()))
+            # BatchNorm momentum 0.05 as in the NDDR-CNN authors' code
+            bn = nn.BatchNorm2d(channels, momentum=0.05)
+            self.reduce.append(nn.Sequential(conv, bn, nn.ReLU()))
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         cat = torch.cat(xs, dim=1)

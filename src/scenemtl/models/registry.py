@@ -16,7 +16,7 @@ from torch import nn
 from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet
 from scenemtl.models.branched import BranchedNet
-from scenemtl.models.cross_stitch import CrossStitchNet
+from scenemtl.models.cross_stitch import CrossStitchNet, MixedTrunksNet
 from scenemtl.models.distillation import DistillationNet
 from scenemtl.models.encoder import ENCODERS
 from scenemtl.models.joint import JointNet
@@ -49,6 +49,9 @@ _BOOL_FIELDS = (
 POOLINGS = ("aspp", "vortex")
 """Context modules on the bottleneck (``pooling``)."""
 _POSITIVE_INT_FIELDS = ("channels", "skip_channels", "se_reduction")
+MTAN_REFINEMENTS = ("shared", "per_task")
+"""Whether MTAN's refinement blocks ``f_j`` are shared by the tasks (the authors') or
+one per task (``mtan_refinement``)."""
 
 
 @dataclass
@@ -62,7 +65,12 @@ class ModelConfig:
             4x wider stages; every architecture reads the widths from the encoder's
             ``channels`` table).
         weights: encoder initialization: None (random, zero-init residuals), "imagenet"
-            (torchvision's file via the torch hub cache) or a path to a ``.pth`` state dict.
+            (torchvision's file via the torch hub cache), a path to a ``.pth`` state dict
+            (torchvision's layout) or to a scenemtl checkpoint (its encoder is taken, e.g.
+            a single-task run's); or, for architectures with one encoder per task
+            (task_specific, cross_stitch, nddr), a mapping task -> one of those, naming
+            every task: each trunk starts from its own file (the authors of cross-stitch
+            and NDDR start each trunk from a trained single-task network).
         dilation: replace the stride of layer2, layer3, layer4 by dilation; at most two,
             so that the output stride is 8, 16 or 32 and the 4x skip stays a separate level.
         aspp: ASPP on the bottleneck; False = the course template's 1x1 projection.
@@ -87,11 +95,17 @@ class ModelConfig:
         distill_alpha: ``distillation`` scales each distilled feature map by a learned
             scalar initialized at zero (report 000, after the Dual Attention Network), so
             training starts from the branched network.
+        mtan_refinement: ``mtan``'s refinement blocks ``f_j``: "shared" by the tasks (the
+            authors') or "per_task" (then the encoder's features are the one shared
+            representation, as representation-level balancing needs).
+        mixing_lr_multiplier: learning rate of the architecture's mixing parameters
+            (cross-stitch units, NDDR layers) as a multiple of the base rate; None = the
+            authors' value (100 for cross_stitch and nddr, Vandenhende et al.'s code).
     """
 
     architecture: str = "joint"
     encoder: str = "resnet34"
-    weights: str | None = None
+    weights: str | dict[str, str] | None = None
     dilation: tuple[bool, bool, bool] = (False, False, False)
     aspp: bool = True
     aspp_rates: tuple[int, int, int] = (6, 12, 18)
@@ -107,6 +121,8 @@ class ModelConfig:
     attention_skips: bool = False
     distill_alpha: bool = False
     depth_bins: dict[str, int] = dataclasses.field(default_factory=dict)
+    mtan_refinement: str = "shared"
+    mixing_lr_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; the dataclass promises tuples
@@ -120,7 +136,27 @@ class ModelConfig:
             self.pooling = dict(self.pooling)
         if isinstance(self.depth_bins, Mapping):
             self.depth_bins = dict(self.depth_bins)
+        if isinstance(self.weights, Mapping):
+            self.weights = dict(self.weights)
         self.validate()
+
+    def weights_for(self, task: str | None) -> str | None:
+        """The initialization of ``task``'s encoder (``task=None``: the one encoder all
+        tasks share, which a per-task mapping cannot give)."""
+        if not isinstance(self.weights, dict):
+            return self.weights
+        if task is None:
+            raise UserError(
+                f"model.net.weights: {self.architecture} has one encoder for all tasks; a "
+                "per-task mapping needs one encoder per task (task_specific, cross_stitch, "
+                "nddr)"
+            )
+        if task not in self.weights:
+            raise UserError(
+                f"model.net.weights: no entry for task {task!r}; a per-task mapping names "
+                "every task's initialization (imagenet or a file)"
+            )
+        return self.weights[task]
 
     def pooling_for(self, task: str | None) -> str:
         """The context module kind of ``task`` ("aspp" or "vortex"); ``task=None`` asks
@@ -145,9 +181,34 @@ class ModelConfig:
             raise UserError(
                 f"model.net.encoder: unknown encoder {self.encoder!r}; known: {', '.join(ENCODERS)}"
             )
-        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+        w = self.weights
+        if isinstance(w, dict):
+            fits = bool(w) and all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in w.items()
+            )
+        else:
+            fits = w is None or (isinstance(w, str) and bool(w))
+        if not fits:
             raise UserError(
-                f"model.net.weights: expected null, 'imagenet' or a file path, got {self.weights!r}"
+                "model.net.weights: expected null, 'imagenet', a file path or a mapping task "
+                f"-> one of those, got {w!r}"
+            )
+        if self.mtan_refinement not in MTAN_REFINEMENTS:
+            raise UserError(
+                f"model.net.mtan_refinement: expected one of {', '.join(MTAN_REFINEMENTS)}, "
+                f"got {self.mtan_refinement!r}"
+            )
+        m = self.mixing_lr_multiplier
+        if m is not None and (
+            isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < float("inf")
+        ):
+            raise UserError(
+                f"model.net.mixing_lr_multiplier: expected a positive number or null, got {m!r}"
+            )
+        if m is not None and not issubclass(ARCHITECTURES[self.architecture], MixedTrunksNet):
+            raise UserError(
+                "model.net.mixing_lr_multiplier: only cross_stitch and nddr have mixing units, "
+                f"not {self.architecture!r}"
             )
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):

@@ -39,7 +39,7 @@ class TaskSpecificNet(MultiTaskNet):
 
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__(cfg, heads)
-        self.encoders = nn.ModuleDict({name: make_encoder(cfg) for name in self.heads})
+        self.encoders = nn.ModuleDict({name: make_encoder(cfg, name) for name in self.heads})
         first = next(iter(self.encoders.values()))
         self.output_stride = first.output_stride
         self.aspp = nn.ModuleDict(

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UserError
+from scenemtl.studies.bf16 import bf16_notice
 from scenemtl.studies.spec import Dimension, StudySpec, format_value, monitor_args
 
 DEFAULT_HEARTBEAT_S = 30
@@ -376,6 +377,10 @@ def run_study(
     )
     tally = _Tally()
     states = _states()
+    if study.get_trials(deepcopy=False, states=(states.WAITING,)):
+        notice = bf16_notice(spec.all_variants)
+        if notice:  # once per worker; each run's fit.log has it too
+            announce(notice)
 
     def objective(trial: Any) -> float:
         cell = _cell_of(trial)
@@ -537,6 +542,9 @@ def tune_study(
         return len(study.get_trials(deepcopy=False, states=done))
 
     announce(f"study {study.study_name}: {counted()} of {budget} trial(s) done; storage {url}")
+    notice = bf16_notice([base], search) if counted() < budget else None
+    if notice:  # once per worker; each trial's fit.log has it too
+        announce(notice)
     consecutive_failures = 0
     while counted() < budget and consecutive_failures < 3:
         before = failures

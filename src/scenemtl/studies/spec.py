@@ -402,7 +402,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
             Variant(
                 f"{BASELINE_PREFIX}{task}",
                 source.configs,
-                {**source.overrides, **single_task_overrides(task), **_kept_options(source, task)},
+                {**source.overrides, **single_task_overrides(task)},
                 baseline_of=task,
             )
             for task in tasks
@@ -436,31 +436,12 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
 
 
 def single_task_overrides(task: str) -> dict[str, Any]:
-    """What makes a multi-task variant learn ``task`` alone: ``data.tasks``, and no
-    option for the tasks it drops, which a run refuses (the configs set the loss weights
-    of both tasks and the depth task's flat options). The baseline's own loss weight
-    becomes the default 1: a constant factor of its only loss (Adam does not see it; SGD
-    sees it as a learning-rate factor)."""
-    from scenemtl.engine.module import FLAT_TASK_OPTIONS  # torch: only for baselines
-
-    dropped = {
-        f"model.{flat}": None for flat, (owner, _) in FLAT_TASK_OPTIONS.items() if owner != task
-    }
-    return {"data.tasks": [task], "model.loss_weights": None, **dropped}
-
-
-def _kept_options(variant: Variant, task: str) -> dict[str, Any]:
-    """``model.task_options`` reduced to ``task``'s entry when the variant (its configs,
-    then its overrides) sets options for other tasks, which a single-task run refuses."""
-    options: Any = None
-    for config in variant.configs:
-        model = read_yaml_mapping(config).get("model")
-        if isinstance(model, Mapping) and "task_options" in model:
-            options = model["task_options"]
-    options = variant.overrides.get("model.task_options", options)
-    if not isinstance(options, Mapping) or set(options) <= {task}:
-        return {}
-    return {"model.task_options": {task: options[task]} if task in options else None}
+    """What makes a multi-task variant learn ``task`` alone: ``data.tasks``. The options
+    and loss weights the variant sets for the other tasks stay: the run ignores them
+    (:func:`scenemtl.tasks.options_of_learned_tasks`, as for any ``--data.tasks`` run).
+    The baseline's own loss weight becomes the default 1: a constant factor of its only
+    loss (Adam does not see it; SGD sees it as a learning-rate factor)."""
+    return {"data.tasks": [task], "model.loss_weights": None}
 
 
 def presets_of(path: str | os.PathLike) -> list[str]:

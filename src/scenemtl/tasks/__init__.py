@@ -14,7 +14,7 @@ in :data:`TASK_KINDS`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from scenemtl.data.classes import cityscapes_class_table
@@ -36,6 +36,15 @@ TASK_KINDS: dict[str, type[Task]] = {
 
 TaskSpecs = dict[str, dict[str, Any]]
 """Task name -> spec, in the order the network emits them."""
+
+FLAT_TASK_OPTIONS: dict[str, tuple[str, str]] = {
+    "depth_space": ("depth", "space"),
+    "depth_loss": ("depth", "loss"),
+    "silog_lambda": ("depth", "silog_lambda"),
+}
+"""``model.<flat>`` -> (task, option): the flat spellings of the depth task's options,
+kept because every config and checkpoint before tasks-as-data used them, and because
+they are short on the command line."""
 
 
 def dataset_task_specs(info: DatasetInfo) -> TaskSpecs:
@@ -95,6 +104,51 @@ def select_tasks(
     return {k: dict(v) for k, v in available.items() if k in names}
 
 
+def options_of_learned_tasks(
+    learned: Collection[str],
+    provided: Collection[str] | None = None,
+    task_options: Mapping[str, Mapping[str, Any] | None] | None = None,
+    flat_options: Mapping[str, Any] | None = None,
+    loss_weights: Mapping[str, float] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """A run's per-task settings reduced to the tasks it learns: ``(task_options,
+    loss_weights)``, the flat options (:data:`FLAT_TASK_OPTIONS`, None = unset) merged
+    over ``task_options``.
+
+    A setting for a task the run does not learn is dropped silently when the data
+    provides that task (``provided``), and so is a flat option of a task not learned: a
+    config written for semseg + depth serves the single-task baselines unchanged
+    (``--data.tasks '[semseg]'``), and a study's baselines are such runs. A setting naming
+    a task the data does not provide is a mistake (a typo, another dataset's task) and is
+    refused.
+
+    Args:
+        learned: the tasks the run learns.
+        provided: the tasks the data provides (None: only ``learned`` are known).
+
+    Raises:
+        UserError: a task name neither learned nor provided, named with its key.
+    """
+    known = set(learned) | set(provided or ())
+    for key, per_task in (("task_options", task_options), ("loss_weights", loss_weights)):
+        unknown = [name for name in per_task or {} if name not in known]
+        if unknown:
+            which = f"the data provides {', '.join(provided)}" if provided else ""
+            raise UserError(
+                f"model.{key} names an unknown task {unknown[0]!r}; "
+                + (which or f"the run learns {', '.join(learned)}")
+            )
+    options = {
+        name: dict(value or {}) for name, value in (task_options or {}).items() if name in learned
+    }
+    for flat, value in (flat_options or {}).items():
+        task, option = FLAT_TASK_OPTIONS[flat]
+        if value is not None and task in learned:
+            options.setdefault(task, {})[option] = value
+    weights = {name: w for name, w in (loss_weights or {}).items() if name in learned}
+    return options, weights
+
+
 def build_task(
     name: str, spec: Mapping[str, Any], options: Mapping[str, Any] | None = None
 ) -> Task:
@@ -144,6 +198,7 @@ def build_tasks(
 
 
 __all__ = [
+    "FLAT_TASK_OPTIONS",
     "TASK_KINDS",
     "DepthTask",
     "NormalsTask",
@@ -154,5 +209,6 @@ __all__ = [
     "build_tasks",
     "dataset_task_specs",
     "legacy_task_specs",
+    "options_of_learned_tasks",
     "select_tasks",
 ]

@@ -8,6 +8,7 @@ import sys
 import types
 
 from scenemtl.data.procedural.generate import _available_cores, bench
+from scenemtl.data.procedural.profile import StageTimes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,18 +16,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="128x256", help="HxW (default 128x256)")
     parser.add_argument("-n", type=int, default=64, help="images to render (default 64)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--profile", action="store_true", help="also print the time per stage")
     args = parser.parse_args(argv)
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         parser.error(f"--size must be HxW, e.g. 128x256, got {args.size!r}")
-    rate = bench((h, w), args.n, args.workers)
+    times = StageTimes()
+    rate = bench((h, w), args.n, args.workers, times)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     workers = args.workers or _available_cores()
     print(
         f"procedural generator: {rate:.1f} images/s at {h}x{w} "
         f"({args.n} images, {workers} workers, {os.cpu_count()} cores, load average {load:.2f})"
     )
+    if args.profile:
+        print(times.table())
     return 0
 
 

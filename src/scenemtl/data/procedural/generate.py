@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -19,13 +20,13 @@ from scenemtl.data.format import (
     INVALID_DEPTH,
     SPLITS,
     DatasetInfo,
+    encode_sample,
     info_path,
     label_path,
     read_info,
     rgb_path,
     write_info,
-    write_normals,
-    write_sample,
+    write_sample_files,
 )
 from scenemtl.data.procedural.params import (
     GENERATOR_NAME,
@@ -33,17 +34,20 @@ from scenemtl.data.procedural.params import (
     SynthParams,
     default_root,
 )
+from scenemtl.data.procedural.profile import StageTimes
 from scenemtl.data.procedural.store import (
     publish,
     refuse_foreign,
-    remove_stale_partials,
     root_lock,
-    staging,
 )
+from scenemtl.data.staging import pool_worker_init, remove_dead_partials, staging
 from scenemtl.data.stats import compute_stats
 from scenemtl.errors import DataFormatError, UserError
 
 RGB_EXTENSION = ".jpg"
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the label PNGs: level 1 encodes them ~2x faster than Pillow's default 6
+for files 20-30% bigger (a few kB at 128x256); the decoded pixels are the same."""
 CHUNK = 8
 """Images per task sent to a worker: big enough to amortize messaging, small enough to
 balance the load at the end."""
@@ -75,15 +79,22 @@ def render_sample(
     return layers["rgb"], layers["semseg"], layers["depth"]
 
 
-def sample_layers(params: SynthParams, split: str, index: int) -> dict[str, np.ndarray]:
+def sample_layers(
+    params: SynthParams,
+    split: str,
+    index: int,
+    times: StageTimes | None = None,
+    normals: bool = True,
+) -> dict[str, np.ndarray]:
     """Render image ``index`` of ``split`` with every target :func:`render_layers` makes.
+    With ``times``, the time of each stage is added to it; without ``normals``, the
+    ``normals`` layer is not made (the others are the same either way).
 
     Returns:
         ``rgb``, ``semseg``, ``depth`` as :func:`render_sample` returns them, and
         ``normals``: float32 [3, H, W] unit camera-frame normals (x right, y down, z
-        forward; docs/normals.md), zero (invalid) for sky, like depth. Normals are
-        rendered whatever ``params.tasks`` says (they cost one matrix product); the
-        tasks decide only what is written.
+        forward; docs/normals.md), zero (invalid) for sky, like depth; made whatever
+        ``params.tasks`` says, unless ``normals`` is false.
     """
     from scenemtl.data.procedural.render import render_layers
     from scenemtl.data.procedural.scene import make_scene
@@ -92,46 +103,55 @@ def sample_layers(params: SynthParams, split: str, index: int) -> dict[str, np.n
         raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     if not isinstance(index, (int, np.integer)) or index < 0:
         raise UserError(f"image index must be a non-negative integer, got {index!r}")
+    times = times if times is not None else StageTimes()
+    lap = times.laps()
     rng = image_rng(params.seed, split, int(index))
     scene = make_scene(rng, params.size)
-    layers = render_layers(scene, rng)
+    lap("layout")
+    layers = render_layers(scene, rng, times, normals)
+    lap = times.laps()
     lo, hi = params.depth_range_m
     depth = layers["depth"]
     layers["depth"] = np.where(np.isfinite(depth), np.clip(depth, lo, hi), INVALID_DEPTH).astype(
         np.float32
     )
+    lap("raycast")
+    times.images += 1
     return layers
 
 
 def _render_chunk(
     task: tuple[str, dict[str, Any], str, list[int]],
-) -> tuple[str, np.ndarray, int]:
-    """Worker: render and write some images; returns the split, its class pixel counts
-    and the number of images."""
+) -> tuple[str, np.ndarray, int, StageTimes]:
+    """Worker: render and write some images; returns the split, its class pixel counts,
+    the number of images and the time spent in each stage."""
     root, params_json, split, indices = task
     params = SynthParams.from_json(params_json)
     counts = np.zeros(CITYSCAPES_NUM_CLASSES, np.int64)
+    times = StageTimes()
     gt = params.has_gt(split)
+    normals = gt and "normals" in params.tasks
     for i in indices:
-        layers = sample_layers(params, split, i)
+        layers = sample_layers(params, split, i, times, normals)
         rgb, semseg, depth = layers["rgb"], layers["semseg"], layers["depth"]
         counts += np.bincount(semseg.ravel(), minlength=CITYSCAPES_NUM_CLASSES)[
             :CITYSCAPES_NUM_CLASSES
         ]
-        write_sample(
-            root,
-            split,
-            i,
+        lap = times.laps()
+        files = encode_sample(
             rgb,
             semseg if gt else None,
             depth if gt else None,
             depth_encoding=params.depth_encoding,
             rgb_extension=RGB_EXTENSION,
             jpeg_quality=params.jpeg_quality,
+            png_compress_level=PNG_COMPRESS_LEVEL,
+            normals=layers["normals"] if normals else None,
         )
-        if gt and "normals" in params.tasks:
-            write_normals(label_path(root, split, "normals", i), layers["normals"])
-    return split, counts, len(indices)
+        lap("encode")
+        write_sample_files(root, split, i, files, RGB_EXTENSION)
+        lap("write")
+    return split, counts, len(indices), times
 
 
 def _cached(root: Path, params: SynthParams) -> DatasetInfo | None:
@@ -184,6 +204,7 @@ def synthesize(
     workers: int | None = None,
     progress: bool = True,
     stats: bool = True,
+    times: StageTimes | None = None,
 ) -> DatasetInfo:
     """Generate the dataset of ``params`` at ``root`` (or find it already there).
 
@@ -198,6 +219,9 @@ def synthesize(
     the others wait and then find it cached. A ``root`` holding anything the generator
     did not write is refused (:class:`UserError`) and left untouched; see
     :mod:`scenemtl.data.procedural.store`.
+
+    With ``times``, the time each stage took in the workers is added to it (nothing
+    when the dataset is cached).
 
     Returns:
         The dataset's :class:`DatasetInfo`.
@@ -219,7 +243,7 @@ def synthesize(
         with root_lock(root, on_wait=waiting):
             cached = _cached(root, params)  # another process may have made it meanwhile
             if cached is None:
-                return _make(root, params, workers, progress, stats)
+                return _make(root, params, workers, progress, stats, times)
             if stats and not cached.stats:
                 # made before data synth computed statistics: add them, in place
                 cached = _with_stats(root, cached)
@@ -230,13 +254,18 @@ def synthesize(
 
 
 def _make(
-    root: Path, params: SynthParams, workers: int | None, progress: bool, stats: bool
+    root: Path,
+    params: SynthParams,
+    workers: int | None,
+    progress: bool,
+    stats: bool,
+    times: StageTimes | None = None,
 ) -> DatasetInfo:
     """Render the dataset beside ``root`` and rename it into place. Call with the lock."""
     refuse_foreign(root)
-    remove_stale_partials(root)
+    remove_dead_partials(root)
     with staging(root) as staged:
-        info = _render(staged, params, workers, progress)
+        info = _render(staged, params, workers, progress, times)
         if stats:
             info = _with_stats(staged, info, progress)
         write_info(staged, info)
@@ -247,7 +276,13 @@ def _make(
     return info
 
 
-def _render(root: Path, params: SynthParams, workers: int | None, progress: bool) -> DatasetInfo:
+def _render(
+    root: Path,
+    params: SynthParams,
+    workers: int | None,
+    progress: bool,
+    times: StageTimes | None = None,
+) -> DatasetInfo:
     """Render every image of ``params`` into ``root``; the DatasetInfo to write."""
     tasks = []
     for split, n in params.splits.items():
@@ -269,8 +304,10 @@ def _render(root: Path, params: SynthParams, workers: int | None, progress: bool
         results = pool.imap_unordered(_render_chunk, tasks)
     finished = False
     try:
-        for split, c, n_done in results:
+        for split, c, n_done, chunk_times in results:
             counts[split] += c
+            if times is not None:
+                times.add(chunk_times)
             done += n_done
             if progress and time.perf_counter() - last > (0.5 if sys.stderr.isatty() else 10.0):
                 _print_progress(min(done, total), total, t0)
@@ -340,12 +377,32 @@ def _with_stats(root: Path, info: DatasetInfo, progress: bool = False) -> Datase
     return dataclasses.replace(info, stats=stats)
 
 
-def _available_cores() -> int:
-    """Cores this process may run on (respects affinity masks, unlike os.cpu_count)."""
+def _available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: its affinity mask (unlike os.cpu_count), capped by a
+    cgroup CPU quota (a container that sees 64 CPUs but may use 2 should not start 64
+    workers that then share 2 cores)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup quota allows (cgroup v2 ``cpu.max``, else v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), None without a quota."""
+    try:
+        v2 = cgroup / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = cgroup / "cpu" if (cgroup / "cpu").is_dir() else cgroup
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 def cached_dataset(params: SynthParams | None = None, workers: int | None = None) -> Path:
@@ -359,17 +416,33 @@ def cached_dataset(params: SynthParams | None = None, workers: int | None = None
 
 def _pool(n: int):
     """A process pool. Workers need only numpy and Pillow, so forking is safe and
-    cheap where it exists; elsewhere they start fresh."""
+    cheap where it exists; elsewhere they start fresh. They leave Ctrl-C to the parent
+    and die with it (:func:`scenemtl.data.staging.pool_worker_init`)."""
+    # Import the rendering modules and build the noise tiles once here, so that forked
+    # workers do not each do it again (~0.1-0.2 s per worker, a lot for a short run).
+    import scenemtl.data.procedural.render  # noqa: F401
+    from scenemtl.data.procedural.textures import noise_tiles
+
+    noise_tiles()
+
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(n)
+    return mp.get_context(method).Pool(n, initializer=pool_worker_init, initargs=(os.getpid(),))
 
 
-def bench(size: tuple[int, int] = (128, 256), n: int = 64, workers: int | None = None) -> float:
+def bench(
+    size: tuple[int, int] = (128, 256),
+    n: int = 64,
+    workers: int | None = None,
+    times: StageTimes | None = None,
+) -> float:
     """Images per second, end to end: worker start-up, rendering, JPEG/PNG encoding and
-    writing ``n`` images of ``size`` into a temporary directory."""
+    writing ``n`` images of ``size`` into a temporary directory. With ``times``, the
+    time of each stage in the workers is added to it."""
     params = SynthParams(train=n, val=0, test=0, size=size)
     with tempfile.TemporaryDirectory(prefix="scenemtl-bench-") as tmp:
         t0 = time.perf_counter()
-        synthesize(Path(tmp) / "data", params, workers=workers, progress=False, stats=False)
+        synthesize(
+            Path(tmp) / "data", params, workers=workers, progress=False, stats=False, times=times
+        )
         elapsed = time.perf_counter() - t0
     return n / elapsed

@@ -14,6 +14,7 @@ import numpy as np
 
 from scenemtl.data.classes import train_id
 from scenemtl.data.procedural import palette as pal
+from scenemtl.data.procedural.draws import Weighted
 from scenemtl.data.procedural.geometry import (
     BOX,
     CUT_FOLIAGE,
@@ -532,6 +533,9 @@ def person(
 # vegetation
 
 
+_TREE_KIND = Weighted(range(4), [0.62, 0.12, 0.14, 0.12])
+
+
 def tree(
     rng: np.random.Generator, x: float, z: float, base_y: float, scale: float = 1.0
 ) -> list[Prim]:
@@ -548,7 +552,7 @@ def tree(
         pal.pick(rng, pal.BARK, 0.08),
         tex=float(rng.uniform(0, 256)),
     )
-    kind = rng.choice(4, p=[0.62, 0.12, 0.14, 0.12])  # round, conifer, columnar, broad
+    kind = _TREE_KIND.draw(rng)  # round, conifer, columnar, broad
     radius = rng.uniform(1.6, 3.6) * scale
     leaf = pal.pick(rng, pal.FOLIAGE, 0.08)
     if kind == 1:

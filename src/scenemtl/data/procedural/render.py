@@ -7,6 +7,7 @@ import numpy as np
 from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.camera import Camera
+from scenemtl.data.procedural.profile import StageTimes
 from scenemtl.data.procedural.raycast import (
     GROUND,
     SKY,
@@ -37,20 +38,31 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     return layers["rgb"], layers["semseg"], layers["depth"]
 
 
-def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def render_layers(
+    scene: Scene,
+    rng: np.random.Generator,
+    times: StageTimes | None = None,
+    normals: bool = True,
+) -> dict[str, np.ndarray]:
     """Render a scene.
 
     Args:
         rng: randomness of the image itself (sensor noise), after the layout's draws.
+        times: if given, the time of each stage (raycast, shadows, shading, camera) is
+            added to it.
+        normals: whether to make the ``normals`` layer (~5% of the time of an image);
+            nothing else depends on it.
 
     Returns:
         ``rgb``: uint8 [H, W, 3].
         ``semseg``: uint8 [H, W] Cityscapes trainIds (sky = 10).
         ``depth``: float32 [H, W] z-depth in meters, ``inf`` for sky (callers clip/mark).
-        ``normals``: float32 [3, H, W] unit surface normals at the hit points in the
-        camera frame (x right, y down, z forward), facing the camera; zero for sky. Exact:
-        the primitive's analytic normal at the hit (the ground plane's is world up).
+        ``normals`` (unless ``normals`` is false): float32 [3, H, W] unit surface normals
+        at the hit points in the camera frame (x right, y down, z forward), facing the
+        camera; zero for sky. Exact: the primitive's analytic normal at the hit (the
+        ground plane's is world up).
     """
+    lap = (times if times is not None else StageTimes()).laps()
     cam = scene.camera
     h, w = cam.height, cam.width
     dirs, zfac = cam.rays()
@@ -73,19 +85,20 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
     prims = scene.prims
     k = len(prims)
 
-    def rows(values: list, width: int, dtype: type = np.float32) -> np.ndarray:
+    def rows(values: list | np.ndarray, width: int, dtype: type = np.float32) -> np.ndarray:
         # One extra row at the end stands for the ground plane.
         out = np.zeros((k + 1, width) if width else (k + 1,), dtype)
         if k:
-            out[:k] = np.array(values, dtype=dtype).reshape(out[:k].shape)
+            out[:k] = np.asarray(values, dtype=dtype).reshape(out[:k].shape)
         return out
 
     table_color = rows([p.color for p in prims], 3)
     table_color2 = rows([p.color2 for p in prims], 3)
-    table_params = rows([p.params for p in prims], 4)
-    table_half = rows([p.half for p in prims], 3)
+    # the same float32 roundings of the same values as in ``table`` (PrimTable.of)
+    table_params = rows(table.params, 4)
+    table_half = rows(table.half, 3)
     table_half[k] = 1.0
-    table_tex = rows([p.tex for p in prims], 0)
+    table_tex = rows(table.tex, 0)
     table_label = rows([p.label for p in prims], 0, np.uint8)
     table_mat = rows([p.material for p in prims], 0, np.int32)
 
@@ -103,6 +116,7 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
     prim_rows = np.where(ground, k, hid)
     labels = table_label[prim_rows]
     labels[ground] = ground_labels(scene.ground, p[ground])
+    lap("raycast")
 
     surf = Surface(
         p=p,
@@ -129,6 +143,7 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
     gsel = np.flatnonzero(ground)
     out.albedo[gsel] = shade_ground(scene.ground, p[gsel], labels[gsel])
 
+    lap("shading")
     light = scene.light
     shadow = np.zeros(m, dtype=np.float32)
     if light.sun_rgb.max() > 0.6:
@@ -136,6 +151,7 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
         # Far points gain little from shadows once hazed and tiny; skip them.
         lit = (ndotl > 0.0) & (t_hit < 150.0)
         shadow = _soft_shadows(cam, scene, ids, hit_idx, p, n, lit, table)
+    lap("shadows")
 
     occlusion = np.ones(m, np.float32)
     near_ground = np.flatnonzero(ground & (t_hit < 80.0))
@@ -149,18 +165,19 @@ def render_layers(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarra
     radiance[sky_idx] = sky(
         light, dirs.reshape(-1, 3)[sky_idx], float(scene.meta.get("sky_tex", 0.0))
     )
+    lap("shading")
     rgb = camera_response(scene.post, radiance.reshape(h, w, 3), rng)
+    lap("camera")
 
     semseg = np.full(h * w, ob.SKY, np.uint8)
     semseg[hit_idx] = labels
     depth = np.full(h * w, np.inf, np.float32)
     depth[hit_idx] = t_hit * zfac.ravel()[hit_idx]
-    return {
-        "rgb": rgb,
-        "semseg": semseg.reshape(h, w),
-        "depth": depth.reshape(h, w),
-        "normals": _camera_normals(cam, n, d_hit, hit_idx),
-    }
+    layers = {"rgb": rgb, "semseg": semseg.reshape(h, w), "depth": depth.reshape(h, w)}
+    if normals:
+        layers["normals"] = _camera_normals(cam, n, d_hit, hit_idx)
+    lap("raycast")
+    return layers
 
 
 def _camera_normals(

@@ -15,13 +15,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scenemtl.data.procedural import draws
 from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.camera import Camera, make_camera
+from scenemtl.data.procedural.draws import Weighted
 from scenemtl.data.procedural.geometry import BOX, CUT_LATTICE, Prim, make, rot_z
 
 FAR_Z = 420.0
 """Streets end here at the latest (beyond the 300 m depth range)."""
+
+# Discrete draws of the layout with their probabilities (draws.py: as rng.choice).
+_LANES = Weighted((1, 2, 3, 4), [0.08, 0.45, 0.3, 0.17])
+_CENTRE_LINE = Weighted((0, 1, 2), [0.3, 0.35, 0.35])  # dashed, solid, double yellow
+_CROSSINGS = Weighted((0, 1, 2), [0.3, 0.45, 0.25])
+_BUILDING_STYLE = Weighted((0, 1, 2, 3), [0.45, 0.2, 0.2, 0.15])
+_LANE_VEHICLE = Weighted(range(5), [0.85, 0.025, 0.04, 0.06, 0.025])
 
 
 @dataclass
@@ -124,7 +133,7 @@ class _Street:
 
     def _road(self) -> None:
         rng = self.rng
-        n = int(rng.choice([1, 2, 3, 4], p=[0.08, 0.45, 0.3, 0.17]))
+        n = _LANES.draw(rng)
         lane = rng.uniform(2.9, 3.6)
         two_way = n >= 2 and rng.random() < 0.75
         n_on = n // 2 if two_way else 0
@@ -141,7 +150,7 @@ class _Street:
         for i in range(n - 1):
             x = (i + 0.5 - cam) * lane
             if i + 1 == n_on:
-                lines.append((x, int(rng.choice([0, 1, 2], p=[0.3, 0.35, 0.35]))))
+                lines.append((x, _CENTRE_LINE.draw(rng)))
             else:
                 lines.append((x, 0))
         if self.park[0]:
@@ -151,7 +160,7 @@ class _Street:
         # Cross streets and where the street ends.
         crossings: list[tuple[float, float]] = []
         z = rng.uniform(10.0, 70.0)
-        for _ in range(int(rng.choice([0, 1, 2], p=[0.3, 0.45, 0.25]))):
+        for _ in range(_CROSSINGS.draw(rng)):
             w = rng.uniform(9.0, 18.0)
             crossings.append((z, z + w))
             z += w + rng.uniform(35.0, 110.0)
@@ -293,9 +302,9 @@ class _Street:
     ) -> None:
         rng = self.rng
         x0, x1 = sorted((x_face, x_face + s * depth))
-        style = int(rng.choice([0, 1, 2, 3], p=[0.45, 0.2, 0.2, 0.15]))
+        style = _BUILDING_STYLE.draw(rng)
         if house:
-            style = int(rng.choice([0, 1]))
+            style = draws.uniform(rng, (0, 1))
         col = pal.pick(rng, pal.BUILDING, 0.07)
         glass = pal.pick(rng, pal.GLASS, 0.12)
         floor_h = rng.uniform(2.8, 3.8)
@@ -388,6 +397,7 @@ class _Street:
             [0.3 + 0.55 * u, 0.3 * (1 - u) + 0.04, 0.12, 0.11, 0.07, 0.12 * (1 - u) + 0.02]
         )
         weights /= weights.sum()
+        segment_kind = Weighted(range(6), weights)
         for s in (-1, 1):
             side = self.side[s]
             outer = side["outer"]
@@ -395,7 +405,7 @@ class _Street:
                 z = b0 + (4.5 if b0 > -39 else 0.0)
                 end = b1 - (4.5 if b1 < FAR_Z - 1 else 0.0)
                 while z < end - 3.0:
-                    kind = int(rng.choice(6, p=weights))
+                    kind = segment_kind.draw(rng)
                     length = min(rng.uniform(8.0, 32.0), end - z)
                     if end - z - length < 6.0:
                         length = end - z
@@ -616,7 +626,7 @@ class _Street:
                 if _in_any(z - 1, z + 1, self.crossings) or not self.occ.take(x, z, 0.5):
                     continue
                 facing = (
-                    0.0 if rng.random() < 0.75 else float(rng.choice([math.pi, s * math.pi / 2]))
+                    0.0 if rng.random() < 0.75 else draws.uniform(rng, (math.pi, s * math.pi / 2))
                 )
                 self.add(ob.sign_post(rng, x, z, h, facing))
             if rng.random() < 0.12:
@@ -644,7 +654,7 @@ class _Street:
                     if self.occ.take(x, z, 0.4):
                         self.add(ob.traffic_light(rng, x, z, side["h"], 0.0, mast))
             if rng.random() < 0.5:
-                s = int(rng.choice([-1, 1]))
+                s = draws.uniform(rng, (-1, 1))
                 x = self.side[s]["curb"] + s * 0.6
                 z = zc + rng.uniform(10.0, 16.0)
                 if self.occ.take(x, z, 0.4):
@@ -664,7 +674,7 @@ class _Street:
                 x = lo + (hi - lo) * rng.random()
                 walking = rng.random() < 0.7
                 yaw = (
-                    float(rng.choice([0.0, math.pi])) + rng.normal(0, 0.15)
+                    draws.uniform(rng, (0.0, math.pi)) + rng.normal(0, 0.15)
                     if walking
                     else rng.uniform(0, 2 * math.pi)
                 )
@@ -704,7 +714,7 @@ class _Street:
                     if abs(x) < 1.5 and z < 8:
                         continue
                     if self.occ.take(x, z, 0.4):
-                        yaw = float(rng.choice([math.pi / 2, -math.pi / 2])) + rng.normal(0, 0.2)
+                        yaw = draws.uniform(rng, (math.pi / 2, -math.pi / 2)) + rng.normal(0, 0.2)
                         self.add(ob.person(rng, x, z, yaw, 0.0, True))
 
     def traffic(self) -> None:
@@ -735,7 +745,7 @@ class _Street:
                     continue
                 yaw = (math.pi if oncoming else 0.0) + rng.normal(0, 0.02)
                 xx = x + rng.normal(0, 0.25)
-                kind = rng.choice(5, p=[0.85, 0.025, 0.04, 0.06, 0.025])
+                kind = _LANE_VEHICLE.draw(rng)
                 if kind == 0:
                     prims, length = ob.car(rng, xx, z, yaw), 4.8
                 elif kind == 1:
@@ -791,10 +801,10 @@ class _Street:
         # Traffic in the cross streets.
         for a, b in self.crossings:
             for _ in range(int(rng.integers(0, 4))):
-                side = float(rng.choice([-1.0, 1.0]))
+                side = draws.uniform(rng, (-1.0, 1.0))
                 x = rng.uniform(8.0, 60.0) * side + (self.road_r if side > 0 else self.road_l)
                 zc = a + (b - a) * (0.3 if rng.random() < 0.5 else 0.7)
-                yaw = math.pi / 2 * float(rng.choice([-1, 1])) + rng.normal(0, 0.03)
+                yaw = math.pi / 2 * draws.uniform(rng, (-1.0, 1.0)) + rng.normal(0, 0.03)
                 if self.occ.take(x, zc, 2.5):
                     self.add(
                         ob.car(rng, x, zc, yaw)
@@ -807,7 +817,7 @@ class _Street:
                 )
                 zc = (a + b) / 2
                 if zc > 12 and self.occ.take(x, zc, 2.5):
-                    self.add(ob.car(rng, x, zc, math.pi / 2 * float(rng.choice([-1, 1]))))
+                    self.add(ob.car(rng, x, zc, math.pi / 2 * draws.uniform(rng, (-1.0, 1.0))))
 
     # ----------------------------------------------------------------------------------
     # light and camera response

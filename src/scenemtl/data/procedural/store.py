@@ -10,8 +10,8 @@ root, never a file the generator did not write deleted.
 * **Staging.** Images are rendered into a private folder beside the root,
   ``.<name>.partial-XXXX/data``, and renamed to ``ROOT`` only once ``dataset.json`` is
   written: ``ROOT`` is always absent, complete, or the previous complete dataset.
-  Partial folders of killed runs carry a marker file naming their root and are removed
-  by the next run that holds the lock.
+  Partial folders of killed runs are removed by the next run
+  (:mod:`scenemtl.data.staging`, shared with ``data cityscapes``, decides which are dead).
 * **Ownership.** A dataset the generator wrote is recognised by its ``dataset.json``
   (``source.generator``) and by holding nothing but the files the generator and
   ``data stats`` write. Only such a root (or an empty folder) is ever replaced; anything
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,10 +34,6 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock; runs on one root are then not serialized
     fcntl = None  # type: ignore[assignment]
-
-PARTIAL_TAG = ".partial-"
-MARKER = "scenemtl-synth-partial.json"
-"""File inside a partial folder naming the root it was rendered for."""
 
 STATS_FILES = ("depth_hist_meters.png", "depth_hist_log.png")
 """What ``scenemtl data stats`` writes into ``ROOT/stats`` by default."""
@@ -164,55 +158,11 @@ def refuse_foreign(root: Path) -> None:
     )
 
 
-def _partials(root: Path) -> Iterator[Path]:
-    prefix = f".{root.name}{PARTIAL_TAG}"
-    if root.parent.is_dir():
-        for p in root.parent.iterdir():
-            if p.name.startswith(prefix) and p.is_dir() and not p.is_symlink():
-                yield p
-
-
-def remove_stale_partials(root: Path) -> None:
-    """Remove partial folders of ``root`` left by killed runs. Call with the lock held:
-    then no other process is rendering into one."""
-    for p in _partials(root):
-        try:
-            marker = json.loads((p / MARKER).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue  # not provably ours: leave it
-        if isinstance(marker, dict) and marker.get("root") == root.name:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def staging(root: Path) -> Iterator[Path]:
-    """A fresh folder to render ``root``'s dataset into (it is ``data`` inside a partial
-    folder beside ``root``); removed with everything in it if the block fails."""
-    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}{PARTIAL_TAG}", dir=root.parent))
-    try:
-        (partial / MARKER).write_text(
-            json.dumps({"root": root.name, "pid": os.getpid()}) + "\n", encoding="utf-8"
-        )
-        data = partial / "data"
-        data.mkdir()
-        # mkdtemp makes 0700; the dataset should be as readable as anything the user writes
-        os.chmod(data, 0o777 & ~_umask())
-        yield data
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-
-
 def publish(data: Path, root: Path) -> None:
     """Rename the staged dataset ``data`` (from :func:`staging`) to ``root``, replacing
-    what is there only if it is empty or generated; then drop the partial folder (with
-    the replaced dataset in it). Call with the lock held."""
+    what is there only if it is empty or generated (the replaced dataset goes into the
+    partial folder, removed when :func:`~scenemtl.data.staging.staging` ends). Call
+    with the lock held."""
     partial = data.parent
     refuse_foreign(root)  # again: rendering took a while
     replaced = partial / "replaced"
@@ -224,4 +174,3 @@ def publish(data: Path, root: Path) -> None:
         if replaced.exists():
             os.rename(replaced, root)  # put the previous dataset back
         raise
-    shutil.rmtree(partial, ignore_errors=True)
