@@ -145,3 +145,42 @@ def test_a_setting_for_a_task_the_data_lacks_is_refused(
         [culprit, f"unknown task {task!r}", "the data provides semseg, depth"],
         watch=[tmp_path],  # no run folder either
     )
+
+
+# --------------------------------------------------------------------------------------
+# the top-level handler: input-only library errors are one line, bugs keep their traceback
+
+
+def _raiser(exc: BaseException):
+    def func():
+        raise exc
+
+    return func
+
+
+@pytest.mark.parametrize(
+    ("exc", "needle"),
+    [
+        (MemoryError(), "out of memory"),
+        (__import__("json").JSONDecodeError("Expecting value", "x", 0), "JSONDecodeError"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "UnicodeDecodeError"),
+        (__import__("zipfile").BadZipFile("File is not a zip file"), "BadZipFile"),
+        (__import__("pickle").UnpicklingError("invalid load key"), "UnpicklingError"),
+    ],
+)
+def test_input_errors_reaching_the_top_are_one_line(capsys, exc, needle):
+    from scenemtl.cli import _run_guarded
+
+    assert _run_guarded(_raiser(exc)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("scenemtl: error: ") and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "exc", [ValueError("a bug"), TypeError("a bug"), RuntimeError("a bug"), RecursionError()]
+)
+def test_generic_exceptions_keep_their_traceback(exc):
+    from scenemtl.cli import _run_guarded
+
+    with pytest.raises(type(exc)):
+        _run_guarded(_raiser(exc))

@@ -352,12 +352,52 @@ def cmd_complexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_files(argv: Sequence[str]) -> list[str]:
+    """The values of ``--config`` options in a LightningCLI command line."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.partition("=")[2])
+    return found
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Library exceptions that only ever mean unreadable input (a file's bytes), never a
+    bug of scenemtl: the safety net behind the readers, which turn them into a
+    :class:`UserError` naming the file where they read it. Generic exceptions
+    (ValueError, TypeError, RuntimeError, RecursionError) are not here: they keep their
+    traceback, because they are as likely to be a bug."""
+    import json
+    import pickle
+    import zipfile
+
+    import yaml
+    from PIL import Image, UnidentifiedImageError
+
+    return (
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        yaml.MarkedYAMLError,  # scanner, parser, composer, constructor: not the dumper's
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+    )
+
+
 def _run_guarded(func: Callable[[], int | None]) -> int:
     try:
         return int(func() or 0)
     except UserError as e:
         print(f"scenemtl: error: {one_line(e)}", file=sys.stderr)
         return int(getattr(e, "exit_status", 1))
+    except MemoryError:
+        # an input or option asked for more memory than there is (the readers bound what
+        # they allocate; this is what is left, e.g. a batch too large for this machine)
+        print("scenemtl: error: out of memory", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `scenemtl runs | head`: the reader left, nothing is wrong
         sys.stderr.close()
@@ -370,6 +410,13 @@ def _run_guarded(func: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("scenemtl: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except Exception as e:
+        if not isinstance(e, _input_errors()):
+            raise
+        print(
+            f"scenemtl: error: unreadable input: {type(e).__name__}: {one_line(e)}", file=sys.stderr
+        )
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -403,7 +450,12 @@ def _exit_now(status: int) -> NoReturn:
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from scenemtl.commands.lightning import run_lightning_cli
+        from scenemtl.yamlfile import bound_jsonargparse_yaml, check_yaml_file_bounds
 
+        # the config files first, so that the error line names the file
+        for path in _config_files(argv):
+            check_yaml_file_bounds(path)
+        bound_jsonargparse_yaml()
         return int(run_lightning_cli(argv) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scenemtl.engine.run_dir import RunDir
 from scenemtl.errors import UserError
+from scenemtl.yamlfile import load_yaml_text
 
 GRADER = "grader"
 """Column of the course metric (:data:`scenemtl.metrics.GRADER`; not imported from
@@ -114,9 +113,9 @@ def _read_config(run: RunDir) -> dict[str, Any]:
     if not run.config.is_file():
         return {}
     try:
-        config = yaml.safe_load(_read_text(run.config))
-    except yaml.YAMLError:
-        raise _Unreadable(f"{run.CONFIG}: not valid YAML") from None
+        config = load_yaml_text(_read_text(run.config), run.CONFIG)
+    except UserError as e:
+        raise _Unreadable(str(e)) from None
     if config is None:
         return {}
     if not isinstance(config, dict):

@@ -228,6 +228,15 @@ def _publish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def _check_apart(src: Path, out: Path) -> None:
+    """Refuse an ``out`` that is ``src``, lies inside it or holds it: the conversion would
+    write into the source tree (or the source would be read while ``out`` is replaced)."""
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents or o in s.parents:
+        where = "is" if o == s else "is inside" if s in o.parents else "contains"
+        raise UserError(f"--out {out} {where} --src {src}: choose a folder outside the source")
+
+
 def convert_cityscapes(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -272,6 +281,7 @@ def convert_cityscapes(
     _check_source(src, depth, splits)
     if not splits:
         raise UserError(f"{src}: no *_leftImg8bit.png files found")
+    _check_apart(src, out)
     if classes == 7:
         lut, table = label_id_to_category(), cityscapes_category_table()
     else:

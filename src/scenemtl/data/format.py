@@ -288,9 +288,11 @@ class DatasetInfo:
             if not (
                 isinstance(size, list)
                 and len(size) == 2
-                and all(isinstance(v, int) and v > 0 for v in size)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
             ):
                 raise bad(f"'image_size' must be [H, W] of positive ints, got {size!r}")
+            if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                raise bad(f"'image_size' {size} has more than {MAX_IMAGE_PIXELS} pixels")
             splits = data["splits"]
             if not isinstance(splits, dict) or not splits:
                 raise bad("'splits' must be a non-empty object")
@@ -393,11 +395,7 @@ def read_info(root: str | os.PathLike, check_sizes: bool = True) -> DatasetInfo:
     path = info_path(root)
     if not path.is_file():
         raise DataFormatError(f"{path} not found: not a scenemtl dataset root")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
-    info = DatasetInfo.from_json(data, where=str(path))
+    info = DatasetInfo.from_json(read_json_file(path), where=str(path))
     if check_sizes:
         for split in info.splits:
             problem = split_size_problem(root, info, split)
@@ -411,6 +409,35 @@ def read_info(root: str | os.PathLike, check_sizes: bool = True) -> DatasetInfo:
 # `data check` and fails at its first image, without anything sized by the claim).
 MAX_SPLIT_SIZE = 10_000_000
 """Most images dataset.json may declare for one split (Cityscapes has 5000 in all)."""
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image read (and largest ``image_size`` a dataset.json may declare): 67 M
+pixels, a 48-megapixel photo fits; Cityscapes has 2 M. Checked from the image's header,
+before it is decoded (Pillow's own bomb check only warns below 179 M pixels)."""
+
+MAX_JSON_BYTES = 16 << 20
+"""Largest dataset.json or mtan.json read (they hold a class table and statistics: a few
+KiB). Nesting deeper than Python's recursion limit is refused too."""
+
+
+def read_json_file(path: Path) -> Any:
+    """The value of the small JSON file ``path``, its size checked before it is read.
+
+    Raises:
+        DataFormatError: ``<path>: ...`` if it is too large, unreadable or not JSON.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_JSON_BYTES:
+                raise DataFormatError(f"{path}: {size} bytes, larger than {MAX_JSON_BYTES}")
+            # size + 1: a file that grew since is cut, hence not valid
+            return json.loads(f.read(size + 1).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: not valid JSON (nested too deeply)") from None
+
 
 INDEX_NAME = re.compile(r"^(0|[1-9][0-9]*)\.(jpg|png)$")
 """Names of sample files: ``<index>.jpg`` or ``<index>.png``, no leading zeros."""
@@ -600,6 +627,10 @@ def open_image(path: Path) -> Image.Image:
     """Open and fully decode an image; DataFormatError naming the file if it cannot."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # the header's size, nothing decoded
+                raise DataFormatError(
+                    f"{path}: {im.width}x{im.height} image, more than {MAX_IMAGE_PIXELS} pixels"
+                )
             im.load()
             return im.copy()
     except FileNotFoundError:

@@ -39,19 +39,20 @@ numbers compare with the papers' tables.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from scenemtl.data.classes import cityscapes_class_table
-from scenemtl.data.format import IGNORE_INDEX, METERS16, DatasetInfo
+from scenemtl.data.format import IGNORE_INDEX, METERS16, DatasetInfo, read_json_file
 from scenemtl.errors import DataFormatError, UserError
 
 LAYOUT = "mtan"
@@ -171,10 +172,7 @@ def _read_sidecar(root: Path) -> dict[str, Any]:
     path = root / SIDECAR
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise DataFormatError(f"{path}: top level is not an object")
     units = data.get("depth_units", "disparity")
@@ -301,16 +299,73 @@ def mtan_task_specs(info: MTANInfo) -> dict[str, dict[str, Any]]:
 # arrays
 
 
-def _load(path: Path) -> np.ndarray:
+MAX_NPY_ELEMENTS = 3 * 4096 * 8192
+"""Most values one ``.npy`` of the MTAN layout may hold: an RGB image of 4096x8192, four
+times Cityscapes' full resolution in each direction (the release's largest is 3x256x512).
+Reading converts to float64 at most, so one file costs at most 8 x this many bytes."""
+MAX_NPY_DIMS = 3
+"""Images and normals are [H,W,3] or [3,H,W]; labels and depth [H,W] or [H,W,1]."""
+_NPY_HEADER_MAX = 10_000
+"""Longest header accepted (numpy's own default for untrusted files)."""
+
+
+def read_npy_header(f: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """(shape, dtype, fortran_order) of the ``.npy`` file open at its start, checked.
+
+    Only the header is read (no pickle, at most :data:`_NPY_HEADER_MAX` bytes of it): the
+    dtype must be numeric (float, int, uint, bool), the shape at most :data:`MAX_NPY_DIMS`
+    dimensions and :data:`MAX_NPY_ELEMENTS` values, and the data it declares no more than
+    the bytes that follow the header, so nothing is allocated that the file does not back.
+
+    Raises:
+        DataFormatError: one line naming the file and what is wrong.
+    """
+    fmt = np.lib.format
     try:
-        arr = np.load(path, allow_pickle=False)
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=_NPY_HEADER_MAX)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=_NPY_HEADER_MAX)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:
+        raise DataFormatError(f"{path}: not a readable .npy array ({one_line_of(e)})") from None
+    if dtype.kind not in "fiub" or dtype.hasobject or dtype.fields is not None:
+        raise DataFormatError(f"{path}: not a numeric array (dtype {dtype.str})")
+    if any(n < 0 for n in shape):
+        raise DataFormatError(f"{path}: negative dimension in shape {shape}")
+    if len(shape) > MAX_NPY_DIMS:
+        raise DataFormatError(f"{path}: {len(shape)} dimensions {shape}, at most {MAX_NPY_DIMS}")
+    count = math.prod(shape)
+    if count > MAX_NPY_ELEMENTS:
+        raise DataFormatError(
+            f"{path}: shape {shape} holds {count} values, more than {MAX_NPY_ELEMENTS}"
+        )
+    here = f.tell()
+    left = os.fstat(f.fileno()).st_size - here
+    if count * dtype.itemsize > left:
+        raise DataFormatError(
+            f"{path}: header declares {shape} {dtype.str} ({count * dtype.itemsize} bytes), "
+            f"the file holds {left} after the header (truncated)"
+        )
+    return shape, dtype, fortran
+
+
+def _load(path: Path) -> np.ndarray:
+    """The array of an ``.npy`` file, its header checked before anything is allocated."""
+    try:
+        with open(path, "rb") as f:
+            shape, dtype, fortran = read_npy_header(f, path)
+            count = math.prod(shape)
+            flat = np.fromfile(f, dtype=dtype, count=count) if count else np.empty(0, dtype)
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError) as e:
         raise DataFormatError(f"{path}: not a readable .npy array ({one_line_of(e)})") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
-        raise DataFormatError(f"{path}: not a numeric array")
-    return arr
+    if flat.size != count:
+        raise DataFormatError(f"{path}: truncated (read {flat.size} of {count} values)")
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def one_line_of(e: BaseException) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from torch import Tensor, nn
 from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.schedules import PolyFactor, StepFactor
-from scenemtl.errors import TrainingDiverged, UserError
+from scenemtl.errors import TrainingDiverged, UserError, one_line
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
 from scenemtl.models.registry import ModelConfig, build_model
@@ -181,8 +184,11 @@ class MultiTaskModule(L.LightningModule):
         net["weights"] = None
         try:
             module = cls(net=net, **hparams)
-        except TypeError as e:
-            raise UserError(f"{path}: hyperparameters do not fit this scenemtl ({e})") from None
+        except (TypeError, UserError) as e:
+            # TypeError: a key the constructor does not take (the types were checked)
+            raise UserError(
+                f"{path}: hyperparameters do not fit this scenemtl ({one_line(e)})"
+            ) from None
         migrate_checkpoint(ckpt)
         try:
             module.load_state_dict(ckpt["state_dict"], strict=True)
@@ -559,7 +565,98 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
         or not isinstance(ckpt.get("hyper_parameters"), dict)
     ):
         raise UserError(f"{path}: not a scenemtl checkpoint (no state_dict and hyperparameters)")
+    problem = hparams_problem(ckpt["hyper_parameters"])
+    if problem:
+        raise UserError(f"{path}: hyperparameters do not fit this scenemtl ({problem})")
     return ckpt
+
+
+def hparams_problem(hparams: dict[Any, Any]) -> str | None:
+    """What is wrong with a checkpoint's ``hyper_parameters``, or None.
+
+    Every key is a string; every key :class:`MultiTaskModule` takes holds a value of the
+    type its signature states (``net``: a mapping of :class:`ModelConfig` fields of their
+    types), checked recursively through lists, tuples and mappings. Keys the module does
+    not take are left to its constructor (which refuses them); values typed ``Any`` are
+    left to the code that reads them. Values range checks stay with the constructor.
+    """
+    for key in hparams:
+        if not isinstance(key, str):
+            return f"key {key!r} is not a string"
+    hints = _init_hints()
+    for key, value in hparams.items():
+        if key in hints and not _fits(value, hints[key]):
+            return f"{key}: {_shown(value)} is not {_describe(hints[key])}"
+    return None
+
+
+@functools.cache
+def _init_hints() -> dict[str, Any]:
+    hints = typing.get_type_hints(MultiTaskModule.__init__)
+    hints.pop("return", None)
+    return hints
+
+
+@functools.cache
+def _net_hints() -> dict[str, Any]:
+    return typing.get_type_hints(ModelConfig)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (plain data from a weights-only load) has the type ``hint``."""
+    if hint is Any:
+        return True
+    if hint is ModelConfig:
+        fields = _net_hints()
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and k in fields and _fits(v, fields[k]) for k, v in value.items()
+        )
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _fits(v, a) for v, a in zip(value, args, strict=True)
+        )
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()
+        )
+    raise TypeError(f"hparams_problem: no check for the type {hint!r}")  # a bug of ours
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` as the error line says it: ``a mapping of model.net options or None``."""
+    if hint is ModelConfig:
+        return "a mapping of model.net options (of their types)"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 # State keys of checkpoints written before tasks were data: the depth normalization was

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scenemtl.errors import UserError
+from scenemtl.names import check_name
 
 _VERSION = re.compile(r"^version_(\d+)$")
 
@@ -94,10 +95,17 @@ class RunDir:
 
 @dataclass(frozen=True)
 class RunFamily:
-    """All versions of one run name: ``<root>/<name>/version_*``."""
+    """All versions of one run name: ``<root>/<name>/version_*``.
+
+    ``name`` is checked by :func:`scenemtl.names.check_name` when the family is made, so
+    no run folder is ever created outside ``root`` (``--run.name ../x`` is refused).
+    """
 
     root: Path
     name: str
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "run name (--run.name, or the config file's stem)")
 
     @property
     def path(self) -> Path:

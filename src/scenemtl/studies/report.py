@@ -192,14 +192,13 @@ def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
 
 def _variant_macs(run: RunSummary) -> float | None:
     """MACs of one forward at the run's full image size (validation input)."""
-    import yaml
-
     from scenemtl.commands.complexity import count_macs
     from scenemtl.models.registry import ModelConfig, build_model
     from scenemtl.tasks import build_tasks
+    from scenemtl.yamlfile import read_yaml_file
 
     try:
-        hparams = yaml.safe_load((run.path / "hparams.yaml").read_text(encoding="utf-8"))
+        hparams = read_yaml_file(run.path / "hparams.yaml", "hparams.yaml")
         net = dict(hparams["net"], weights=None)
         heads = {t.name: t.channels for t in build_tasks(hparams["task_specs"])}
         size = tuple(hparams.get("synth_size") or (128, 256))
@@ -209,7 +208,7 @@ def _variant_macs(run: RunSummary) -> float | None:
             size = tuple(read_info(hparams["root"]).image_size)
         model = build_model(ModelConfig.from_dict(net), heads)
         return count_macs(model, size)[0]
-    except (OSError, KeyError, TypeError, ValueError, UserError, yaml.YAMLError):
+    except (OSError, KeyError, TypeError, ValueError, UserError):
         return None
 
 

@@ -49,9 +49,9 @@ from typing import Any
 import yaml
 
 from scenemtl.errors import UserError
+from scenemtl.names import check_name, is_name
 from scenemtl.yamlfile import read_yaml_mapping
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 BASELINE_PREFIX = "single_"
 """Variant name of the single-task baseline of task ``t``: ``single_<t>``."""
@@ -169,7 +169,7 @@ def _mapping(value: Any, path: Path, where: str) -> dict[str, Any]:
 def _overrides(value: Any, path: Path, where: str) -> dict[str, Any]:
     found = _mapping(value, path, where)
     for key in found:
-        if not isinstance(key, str) or not _KEY.match(key):
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise _fail(path, f"{where}: {key!r} is not a dotted option name like model.lr")
         if key in ("config", "seed_everything", "run.root", "run.name"):
             raise _fail(path, f"{where}: {key} is set by the study itself")
@@ -184,17 +184,22 @@ def _configs(value: Any, path: Path, where: str) -> tuple[Path, ...]:
         raise _fail(path, f"{where} must be a path or a list of paths")
     resolved = []
     for item in items:
-        p = (path.parent / item).resolve() if not os.path.isabs(item) else Path(item)
-        if not p.is_file():
+        try:
+            p = (path.parent / item).resolve() if not os.path.isabs(item) else Path(item)
+            found = p.is_file()
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte
+            raise _fail(
+                path, f"{where}: config file {item[:80]!r} cannot be read ({e.__class__.__name__})"
+            ) from None
+        if not found:
             raise _fail(path, f"{where}: config file {item} not found (looked at {p})")
         resolved.append(p)
     return tuple(resolved)
 
 
 def _name(value: Any, path: Path, where: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise _fail(path, f"{where}: {value!r} is not a name (letters, digits, '_', '-', '.')")
-    return value
+    """A name that becomes a folder (study, preset, variant): see :mod:`scenemtl.names`."""
+    return check_name(value, f"{path}: {where}")
 
 
 def _seeds(value: Any, path: Path, where: str) -> tuple[int, ...]:
@@ -219,7 +224,7 @@ def _number(value: Any, path: Path, where: str) -> float | int:
 
 def _dimension(key: str, value: Any, path: Path) -> Dimension:
     where = f"search.space.{key}"
-    if not isinstance(key, str) or not _KEY.match(key):
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise _fail(path, f"search.space: {key!r} is not a dotted option name")
     if isinstance(value, list):
         if not value:
@@ -255,7 +260,7 @@ def _search(value: Any, path: Path) -> Search | None:
     spec = _mapping(value, path, "search")
     unknown = set(spec) - {"trials", "space", "seed", "warmup_epochs", "startup_trials"}
     if unknown:
-        raise _fail(path, f"search: unknown key {sorted(unknown)[0]!r}")
+        raise _fail(path, f"search: unknown key {sorted(unknown, key=str)[0]!r}")
     space = _mapping(spec.get("space"), path, "search.space")
     if not space:
         raise _fail(path, "search.space names no option to search")
@@ -310,19 +315,21 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise _fail(
-            p, f"unknown key {sorted(unknown)[0]!r}; a study has {', '.join(sorted(_TOP_KEYS))}"
+            p,
+            f"unknown key {sorted(unknown, key=str)[0]!r}; "
+            f"a study has {', '.join(sorted(_TOP_KEYS))}",
         )
     base_name = _name(doc.get("name", p.stem), p, "name")
     presets = _mapping(doc.get("presets"), p, "presets")
     chosen: dict[str, Any] = {}
     if preset is not None:
         if preset not in presets:
-            known = ", ".join(presets) or "none"
+            known = ", ".join(map(str, presets)) or "none"
             raise _fail(p, f"no preset {preset!r}; presets: {known}")
         chosen = _mapping(presets[preset], p, f"presets.{preset}")
         unknown = set(chosen) - _PRESET_KEYS
         if unknown:
-            raise _fail(p, f"presets.{preset}: unknown key {sorted(unknown)[0]!r}")
+            raise _fail(p, f"presets.{preset}: unknown key {sorted(unknown, key=str)[0]!r}")
         _name(preset, p, "preset")
     where = f"presets.{preset}" if preset else ""
 
@@ -340,7 +347,7 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         item = _mapping(raw, p, f"variants[{i}]")
         extra = set(item) - {"name", "config", "overrides", "description"}
         if extra:
-            raise _fail(p, f"variants[{i}]: unknown key {sorted(extra)[0]!r}")
+            raise _fail(p, f"variants[{i}]: unknown key {sorted(extra, key=str)[0]!r}")
         name = _name(item.get("name"), p, f"variants[{i}].name")
         if name in declared or name.startswith(BASELINE_PREFIX):
             why = "twice" if name in declared else f"with the baselines' prefix {BASELINE_PREFIX}"
@@ -365,7 +372,11 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
     if selected is None:
         names = list(declared)
     else:
-        if not isinstance(selected, list) or not selected:
+        if (
+            not isinstance(selected, list)
+            or not selected
+            or not all(isinstance(n, str) for n in selected)
+        ):
             raise _fail(p, f"{where}.variants must be a non-empty list of variant names")
         missing = [n for n in selected if n not in declared]
         if missing:
@@ -379,16 +390,12 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
         spec = _mapping(raw_baselines, p, "baselines")
         extra = set(spec) - {"variant", "tasks"}
         if extra:
-            raise _fail(p, f"baselines: unknown key {sorted(extra)[0]!r}")
+            raise _fail(p, f"baselines: unknown key {sorted(extra, key=str)[0]!r}")
         of = spec.get("variant", next(iter(declared)))
-        if of not in declared:
+        if not isinstance(of, str) or of not in declared:
             raise _fail(p, f"baselines.variant: no variant {of!r}")
         tasks = spec.get("tasks")
-        if (
-            not isinstance(tasks, list)
-            or not tasks
-            or not all(isinstance(t, str) and _NAME.match(t) for t in tasks)
-        ):
+        if not isinstance(tasks, list) or not tasks or not all(is_name(t) for t in tasks):
             raise _fail(p, "baselines.tasks must be a non-empty list of task names")
         source = with_preset(declared[of])
         baselines = tuple(
