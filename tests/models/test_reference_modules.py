@@ -195,7 +195,8 @@ def test_cross_stitch_fit_starts_from_single_task_runs(tmp_path: Path, tiny_root
     ckpt = tmp_path / "single" / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     weights = {"semseg": str(ckpt), "depth": str(ckpt)}
-    model = build_model(small("cross_stitch", weights=weights), HEADS)
+    # the tiny runs' encoders are 16 wide (tests/engine/conftest.py)
+    model = build_model(small("cross_stitch", weights=weights, encoder_width=16), HEADS)
     for task in HEADS:
         for key, value in model.encoders[task].state_dict().items():
             torch.testing.assert_close(value, state[f"net.encoder.{key}"], rtol=0, atol=0)
