@@ -52,7 +52,11 @@ def test_non_strings_are_not_names(value):
     assert not is_name(value)
 
 
-@pytest.mark.parametrize("name", ["tiny", "course-cpu", "seed_0", "v1.2", "A", "x" * NAME_MAX])
+@pytest.mark.parametrize(
+    "name",
+    ["tiny", "course-cpu", "seed_0", "v1.2", "A", "lr=0.01", "exp+aug", "_base", "a@b,c%",
+     "x" * NAME_MAX],
+)  # fmt: skip
 def test_ordinary_names_pass(name):
     assert check_name(name, "name") == name
 

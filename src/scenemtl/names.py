@@ -3,9 +3,11 @@
 A run name (``--run.name``, or a config file's stem), a study's name, its presets, its
 variants and its baseline tasks each become one path component below a root the user
 chose (``--run.root``, ``--runs``). :func:`check_name` keeps them one component: a name is
-1 to :data:`NAME_MAX` characters from ``A-Z a-z 0-9 _ - .``, starting with a letter or a
-digit. So no ``/`` or ``\\``, no ``..`` or ``.``, no absolute path, no hidden file, no
-line break, no character a shell or a file system treats specially. Anything else is
+1 to :data:`NAME_MAX` characters from ``A-Z a-z 0-9 _ - . = + , @ %``, starting with a
+letter, a digit or ``_`` (names like ``lr=0.01``, ``exp+aug``, ``_base`` are common). So no
+``/`` or ``\\``, no ``..`` or ``.``, no absolute path, no hidden file, no option-like
+leading ``-``, no space or line break, no character a shell or a file system treats
+specially. Anything else is
 refused in one line; nothing is created first.
 """
 
@@ -19,7 +21,7 @@ from scenemtl.errors import UserError
 NAME_MAX = 100
 """Longest name (a path component may have 255 bytes; a run folder adds ``version_N``)."""
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+,@%-]*")
 
 
 def is_name(value: Any) -> bool:
@@ -42,7 +44,7 @@ def check_name(value: Any, what: str) -> str:
             repr(value) if not isinstance(value, str) or len(value) <= 120 else f"{value[:60]!r}..."
         )
         raise UserError(
-            f"{what} {shown} is not a name: 1 to {NAME_MAX} letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit (a name becomes one folder below its root)"
+            f"{what} {shown} is not a name: 1 to {NAME_MAX} letters, digits or any of _-.=+,@%, "
+            "starting with a letter, digit or _ (a name becomes one folder below its root)"
         )
     return value

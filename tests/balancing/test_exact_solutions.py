@@ -308,3 +308,23 @@ def test_singular_gram_matrices_keep_the_optimality_certificates(kind, scale):
     g0 = J.mean(axis=0)
     assert np.linalg.norm(d - g0) <= c * np.linalg.norm(g0) * (1 + 1e-9)
     assert abs((J @ d).min() - cagrad_direction(J, c)[1]) <= tol
+
+
+def test_bf16_representation_gradients_are_weighted_from_their_exact_gram_matrix():
+    """Under bf16 autocast the representation's Jacobian rows are bf16: the method must
+    weight them from their float64 Gram matrix (computed in bf16, ~3 significant digits,
+    the min-norm weights of these conflicting rows were off by 3.7e-3). Reference: the
+    exact min-norm point of the same bf16-rounded rows."""
+    J = jacobian("conflicting", 3, 0)
+    rows = torch.from_numpy(J).to(torch.bfloat16)
+    balancer = build_balancer("mgda", tasks=tasks(3), wrt="representation")
+    param = torch.nn.Parameter(torch.zeros(J.shape[1]))
+    feature = (param * 1.0).to(torch.bfloat16)
+    cut = feature.detach().requires_grad_()
+    losses = (rows.float() @ cut.float()).float()  # the Jacobian at the cut: bf16 rows
+    weights, _ = balancer.backward(losses, [feature], [cut], [param], [])
+    exact = rows.double().numpy()
+    # the reference's weights: the min-norm point as a combination of the (independent) rows
+    want = np.linalg.lstsq(exact.T, min_norm_point(exact), rcond=None)[0]
+    # scale K: identical rows give K g; float32 weights from a float64 Gram matrix
+    np.testing.assert_allclose(weights.double().numpy() / 3, want, rtol=0, atol=1e-5)

@@ -199,3 +199,23 @@ def test_loading_a_checkpoint_builds_the_module_or_refuses_in_one_line(tmp_path,
         MultiTaskModule.from_checkpoint(path)
     assert str(path) in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_options_a_method_no_longer_takes_do_not_refuse_a_trained_network(tmp_path):
+    """MGDA took epsilon and max_iters before its exact solver; predicting with such a run
+    never uses the balancing method, so its checkpoint still loads (without them)."""
+    net = {**TINY_NET, "encoder_width": 8}
+    module = MultiTaskModule(net=net, loss_weighting="mgda")
+    hparams = {**dict(module.hparams), "net": dict(vars(module.hparams["net"]))}
+    hparams["weighting_options"] = {"epsilon": 1e-3, "max_iters": 100}
+    path = tmp_path / "old_mgda.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    loaded = MultiTaskModule.from_checkpoint(path)
+    assert loaded.hparams["loss_weighting"] == "mgda" and loaded.hparams["weighting_options"] == {}
+    image = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        want, got = (
+            module.eval().predict_step({"image": image}),
+            loaded.predict_step({"image": image}),
+        )
+    torch.testing.assert_close(got["depth"], want["depth"])  # same weights, same path

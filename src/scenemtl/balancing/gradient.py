@@ -304,23 +304,27 @@ class GradientBalancer(LossBalancer):
         from torchjd.aggregation import WeightedAggregator
 
         matrix = torch.cat([j.detach().flatten(1) for j in at_cut], dim=1)
+        # Under bf16 autocast the representation, hence its Jacobian, is bf16 (~3 digits):
+        # the weights are computed from the float64 Gram matrix in at least float32.
+        work = torch.float32 if matrix.dtype in (torch.bfloat16, torch.float16) else matrix.dtype
         world = distributed_world()
         gramian = (matrix.double() @ matrix.double().T).cpu()
         if world > 1:
             # The union batch's loss is the mean of the processes' losses: its Jacobian is
             # [J_1 ... J_N] / N and its Gram matrix sum_p G_p / N^2.
-            union = all_reduce_mean(gramian.to(matrix.device)).div_(world).cpu()
+            gramian = all_reduce_mean(gramian.to(matrix.device)).div_(world).cpu()
+        rows = matrix.to(work) * self.scale
+        if self.uses_gramian_only:
             weights = self.aggregator.gramian_weighting(  # type: ignore[attr-defined]
-                (union * self.scale**2).to(matrix)
+                (gramian * self.scale**2).to(device=matrix.device, dtype=work)
             )
-            gramian = union
-            direction = weights @ (matrix * self.scale)
+            direction = weights.to(work) @ rows
         elif isinstance(self.aggregator, WeightedAggregator):
-            weights = self.aggregator.weighting(matrix * self.scale)
-            direction = weights @ (matrix * self.scale)
+            weights = self.aggregator.weighting(rows)
+            direction = weights @ rows
         else:
             weights = None
-            direction = self.aggregator(matrix * self.scale)
+            direction = self.aggregator(rows)
         grads, start = [], 0
         for f in representation:
             grads.append(direction[start : start + f.numel()].reshape(f.shape).to(f.dtype))

@@ -61,6 +61,10 @@ def partials(target: Path) -> Iterator[Path]:
 def _pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
+    if os.name == "nt":
+        # os.kill(pid, 0) terminates the process on Windows: never probe a writer there;
+        # its folder counts as alive (left for the user) rather than risk killing it
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

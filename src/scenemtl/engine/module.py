@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
-from scenemtl.balancing import GRADIENT_LEVEL, build_balancer
+from scenemtl.balancing import BALANCERS, GRADIENT_LEVEL, accepted_options, build_balancer
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.schedules import PolyFactor, StepFactor
 from scenemtl.errors import TrainingDiverged, UserError, one_line
@@ -182,6 +182,12 @@ class MultiTaskModule(L.LightningModule):
         hparams.pop("_instantiator", None)
         net = dict(hparams.pop("net", None) or {})
         net["weights"] = None
+        # Predictions never use the balancing method: options it no longer takes (MGDA's
+        # epsilon and max_iters, before its exact solver) must not refuse a trained network.
+        method, options = hparams.get("loss_weighting"), hparams.get("weighting_options")
+        if isinstance(method, str) and method in BALANCERS and isinstance(options, dict):
+            accepted = accepted_options(method)
+            hparams["weighting_options"] = {k: v for k, v in options.items() if k in accepted}
         try:
             module = cls(net=net, **hparams)
         except (TypeError, UserError) as e:
