@@ -23,8 +23,11 @@ update norm comes out of its bargaining solution (documented in docs/balancing.m
 **Task-specific parameters** (option ``task_grads``): ``plain`` gives them the gradient of
 ``sum_k w_k L_k`` (each head the gradient of its own task's loss); ``weighted`` the gradient
 of ``sum_k a_k w_k L_k`` with ``a_k`` the method's weights of this step, at the sum scale
-(the weights with which the rows of ``J`` make the shared update; identical rows give
-``a_k = 1``, so ``mean`` is ``fixed`` under both). The default of each method is what its
+(the weights with which the rows of ``J`` make the shared update; ``mean`` gives
+``a_k = 1``, so it is ``fixed`` under both). Where the weights are not unique, the method's
+solver picks them: MGDA's min-norm point of identical rows is reached at a vertex (all the
+weight on one of them, as the authors' MinNormSolver also ends), so a duplicated task's
+head gets no gradient under ``weighted``. The default of each method is what its
 authors' code does (``BALANCERS``' table ``TASK_GRADS_OF_AUTHORS``, docs/balancing.md).
 
 **Zero weights.** A task whose constant weight ``w_k`` is 0 has a zero row in ``J``; most

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, task_key
 from scenemtl.models.blocks import ConvBnReLU
 from scenemtl.models.encoder import Bottleneck
@@ -72,7 +73,10 @@ def refinement_block(cin: int, cout: int) -> Bottleneck:
     Shapes: [B, cin, H, W] -> [B, cout, H, W].
     """
     if cout % Bottleneck.expansion:
-        raise ValueError(f"refinement output width {cout} is not a multiple of 4")
+        raise UserError(
+            f"mtan's refinement blocks need stage widths that are multiples of 4, got {cout} "
+            "(model.net.encoder_width: use an even width)"
+        )
     return Bottleneck(cin, cout // Bottleneck.expansion)
 
 
