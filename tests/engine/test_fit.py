@@ -293,3 +293,13 @@ def test_diverged_weights_stop_the_run_and_keep_last_ckpt_loadable(
     )
     module = MultiTaskModule.from_checkpoint(last, map_location="cpu")
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_conflict_monitor_leaves_out_only_the_pairs_with_a_zero_gradient():
+    from scenemtl.engine.module import gradient_conflict
+
+    g = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [-3.0, 4.0, 0.0]], dtype=torch.float64)
+    out = gradient_conflict(g @ g.T, ["semseg", "depth", "normals"])  # depth has weight 0
+    assert set(out) == {"grad_cos_semseg_normals", "grad_norm_ratio_semseg_normals"}
+    assert out["grad_cos_semseg_normals"] == pytest.approx((-9 + 16) / 25)
+    assert out["grad_norm_ratio_semseg_normals"] == pytest.approx(1.0)

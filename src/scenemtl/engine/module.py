@@ -356,7 +356,7 @@ class MultiTaskModule(L.LightningModule):
             return
         for name, value in step.weights.items():
             self.log(f"train/weight_{name}", float(value), batch_size=step.batch_size)
-        if step.monitor and step.gramian is not None and bool(step.gramian.diagonal().gt(0).all()):
+        if step.monitor and step.gramian is not None:
             for key, value in gradient_conflict(step.gramian, list(self.tasks)).items():
                 self.log(f"train/{key}", value, batch_size=step.batch_size)
 
@@ -508,17 +508,17 @@ def _gramian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
 
 def gradient_conflict(gramian: Tensor, names: list[str]) -> dict[str, float]:
     """Per pair of tasks (a, b): ``grad_cos_a_b`` (cosine of their gradients, < 0 = conflict)
-    and ``grad_norm_ratio_a_b`` (|g_a| / |g_b|), from the Gram matrix [K, K]."""
+    and ``grad_norm_ratio_a_b`` (|g_a| / |g_b|), from the Gram matrix [K, K]. A pair with a
+    zero gradient (a task of weight 0) has no angle and is left out."""
     out = {}
     diag = gramian.diagonal().clamp(min=0).sqrt()
     for i, a in enumerate(names):
         for j in range(i + 1, len(names)):
+            if float(diag[i]) <= 0 or float(diag[j]) <= 0:
+                continue
             b = names[j]
-            denom = float(diag[i] * diag[j])
-            out[f"grad_cos_{a}_{b}"] = float(gramian[i, j]) / denom if denom > 0 else 0.0
-            out[f"grad_norm_ratio_{a}_{b}"] = (
-                float(diag[i] / diag[j]) if float(diag[j]) > 0 else float("inf")
-            )
+            out[f"grad_cos_{a}_{b}"] = float(gramian[i, j]) / float(diag[i] * diag[j])
+            out[f"grad_norm_ratio_{a}_{b}"] = float(diag[i] / diag[j])
     return out
 
 
