@@ -7,20 +7,11 @@ import pytest
 import torch
 
 from scenemtl.errors import UserError
-from scenemtl.models import ModelConfig, build_model
+from scenemtl.models import build_model
 from scenemtl.models.cross_stitch import CrossStitchUnit
 from scenemtl.models.mtan import AttentionMask
 from scenemtl.models.nddr import NDDRLayer
-
-HEADS = {"semseg": 5, "depth": 1}
-
-
-def small(architecture: str, **kw: object) -> ModelConfig:
-    base = dict(
-        architecture=architecture, encoder="resnet18", channels=8, skip_channels=4, se_reduction=2
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+from tests.models.nets import HEADS, small
 
 
 def _perturb(module: torch.nn.Module) -> None:

@@ -12,21 +12,12 @@ from torch import nn
 
 from scenemtl.cli import main
 from scenemtl.errors import UserError
-from scenemtl.models import ModelConfig, build_model
+from scenemtl.models import build_model
 from scenemtl.models.encoder import stage_channels
 from scenemtl.models.mtan import refinement_block
 from scenemtl.models.mtinet import FeaturePropagation
 from tests.engine.conftest import tiny_config
-
-HEADS = {"semseg": 5, "depth": 1}
-
-
-def small(architecture: str, **kw: object) -> ModelConfig:
-    base = dict(
-        architecture=architecture, encoder="resnet18", channels=8, skip_channels=4, se_reduction=2
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+from tests.models.nets import HEADS, small
 
 
 def count(module: nn.Module) -> int:

@@ -5,18 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scenemtl.models import ARCHITECTURES, ModelConfig, build_model
-
-HEADS = {"semseg": 5, "depth": 1}
-
-
-def small(architecture: str, **kw: object) -> ModelConfig:
-    base = dict(
-        architecture=architecture, encoder="resnet18", channels=8, skip_channels=4, se_reduction=2
-    )
-    base.update(kw)
-    return ModelConfig(**base)
-
+from scenemtl.models import ARCHITECTURES, build_model
+from tests.models.nets import HEADS, small
 
 CONFIGS = {
     "plain": {},

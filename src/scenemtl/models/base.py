@@ -105,20 +105,8 @@ class MultiTaskNet(nn.Module):
                 f"tasks; this run learns {len(self.heads)} ({', '.join(self.heads)})"
             )
         if isinstance(cfg.pooling, Mapping):
-            # a warning, not an error: a single-task run of a per-task config is legitimate,
-            # and a typo still shows
-            for name in sorted(set(cfg.pooling) - set(self.heads)):
-                warnings.warn(
-                    f"model.net.pooling: this run has no task {name!r} (tasks: "
-                    f"{', '.join(self.heads)}); its entry is ignored",
-                    stacklevel=2,
-                )
-        for name in sorted(set(cfg.depth_bins) - set(self.heads)):
-            warnings.warn(
-                f"model.net.depth_bins: this run has no task {name!r} (tasks: "
-                f"{', '.join(self.heads)}); its entry is ignored",
-                stacklevel=2,
-            )
+            self._warn_other_tasks("pooling", cfg.pooling)
+        self._warn_other_tasks("depth_bins", cfg.depth_bins)
         if cfg.depth_bins and not self.supports_depth_bins:
             raise UserError(
                 f"model.net.depth_bins: {cfg.architecture} does not predict through the "
@@ -130,12 +118,18 @@ class MultiTaskNet(nn.Module):
                 cfg.encoder, cfg.weights_for(None), cfg.dilation, width=cfg.encoder_width
             )
         elif isinstance(cfg.weights, Mapping):
-            for name in sorted(set(cfg.weights) - set(self.heads)):
-                warnings.warn(
-                    f"model.net.weights: this run has no task {name!r} (tasks: "
-                    f"{', '.join(self.heads)}); its entry is ignored",
-                    stacklevel=2,
-                )
+            self._warn_other_tasks("weights", cfg.weights)
+
+    def _warn_other_tasks(self, field: str, per_task: Mapping[str, Any]) -> None:
+        """Warn about entries of a per-task ``model.net`` field for tasks this run does not
+        learn: a warning, not an error (a single-task run of a per-task config is
+        legitimate, and a typo still shows)."""
+        for name in sorted(set(per_task) - set(self.heads)):
+            warnings.warn(
+                f"model.net.{field}: this run has no task {name!r} (tasks: "
+                f"{', '.join(self.heads)}); its entry is ignored",
+                stacklevel=3,
+            )
 
     def shared_forward(self, x: Tensor) -> dict[Any, Tensor]:
         """The shared representation of ``x`` [B, 3, H, W]; default: the encoder's pyramid

@@ -1,0 +1,17 @@
+"""Small networks the model tests share: same code paths as the configured ones, fast on
+two cores."""
+
+from __future__ import annotations
+
+from scenemtl.models import ModelConfig
+
+HEADS = {"semseg": 5, "depth": 1}
+
+
+def small(architecture: str, **kw: object) -> ModelConfig:
+    """A narrow ResNet-18 ``architecture`` (8-wide decoders); ``kw`` overrides any field."""
+    base = dict(
+        architecture=architecture, encoder="resnet18", channels=8, skip_channels=4, se_reduction=2
+    )
+    base.update(kw)
+    return ModelConfig(**base)
