@@ -94,8 +94,7 @@ def load_yaml_text(text: str | bytes, where: str) -> Any:
     Raises:
         UserError: ``<where>: not valid YAML (...)`` or ``<where>: YAML ... (bound)``.
     """
-    if len(text) > MAX_YAML_BYTES:
-        raise UserError(f"{where}: larger than {MAX_YAML_BYTES} bytes, not read as YAML")
+    _check_size(text, where)
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
@@ -115,6 +114,11 @@ def load_yaml_text(text: str | bytes, where: str) -> Any:
         raise UserError(f"{where}: not valid YAML ({first})") from None
 
 
+def _check_size(text: str | bytes, where: str) -> None:
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{where}: larger than {MAX_YAML_BYTES} bytes, not read as YAML")
+
+
 def check_yaml_bounds(text: str | bytes, where: str) -> None:
     """Refuse ``text`` if it exceeds this module's bounds; say nothing about its syntax.
 
@@ -125,8 +129,7 @@ def check_yaml_bounds(text: str | bytes, where: str) -> None:
     Raises:
         UserError: ``<where>: YAML refused: <bound>``.
     """
-    if len(text) > MAX_YAML_BYTES:
-        raise UserError(f"{where}: larger than {MAX_YAML_BYTES} bytes, not read as YAML")
+    _check_size(text, where)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
