@@ -28,7 +28,7 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from scenemtl.commands.submission_callback import SubmissionCallback
 from scenemtl.data.datamodule import SceneDataModule, open_info
@@ -126,7 +126,8 @@ class SceneCLI(LightningCLI):
       options Lightning would refuse with a traceback, a dataset without statistics and a
       training batch in which BatchNorm sees one value per channel; then it reserves the
       run folder and resolves ``--ckpt_path last``.
-    * ``instantiate_trainer``: loggers and checkpoint callbacks for that folder.
+    * ``instantiate_trainer``: loggers and checkpoint callbacks for that folder, and the
+      loggers the user added (``--trainer.logger``).
     """
 
     EVALUATION_HPARAMS = ("tta_scales", "tta_flip")
@@ -259,6 +260,7 @@ class SceneCLI(LightningCLI):
             # flushed often so that a killed run keeps its trace up to the crash
             AppendingCSVLogger(root, name=name, version=version, flush_logs_every_n_steps=10),
         ]
+        loggers += _user_loggers(self._get(self.config_init, "trainer", default={}).get("logger"))
         monitor, mode = self.model.monitor()
         if cfg.run.monitor is not None:
             monitor, mode = cfg.run.monitor, cfg.run.monitor_mode or "max"
@@ -299,6 +301,22 @@ class SceneCLI(LightningCLI):
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as e:
             raise UserError(f"trainer options: {one_line(e)}") from None
+
+
+def _user_loggers(configured: Any) -> list[Logger]:
+    """The loggers a user gave with ``--trainer.logger`` (one or a list; W&B, MLflow, ...):
+    they log beside the run folder's TensorBoard and CSV loggers, which a run always has
+    (the run folder stays complete). ``true``/``false`` add none."""
+    if configured is None or isinstance(configured, bool):
+        return []
+    given = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    for logger in given:
+        if not isinstance(logger, Logger):
+            raise UserError(
+                f"trainer.logger: {type(logger).__name__} is not a Lightning logger "
+                "(give a class such as lightning.pytorch.loggers.MLFlowLogger)"
+            )
+    return given
 
 
 def _task_specs(datamodule: SceneDataModule) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Callbacks: prediction grids and depth histograms in TensorBoard; the run record."""
+"""Callbacks: prediction grids for every logger and histograms in TensorBoard; the run record."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torch.utils.data import default_collate
 
 from scenemtl.data.format import atomic_write_bytes
 from scenemtl.data.transforms import prepare_eval_batch
+from scenemtl.engine.loggers import log_image
 from scenemtl.engine.precision import warn_if_bf16_slow
 from scenemtl.engine.run_dir import RunDir
 from scenemtl.errors import TrainingDiverged, one_line
@@ -43,7 +44,7 @@ class VisualizationCallback(L.Callback):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs and not trainer.should_stop:
             return
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = trainer.loggers
         datamodule = getattr(trainer, "datamodule", None)
         if not loggers or datamodule is None:
             return
@@ -71,8 +72,10 @@ class VisualizationCallback(L.Callback):
         ]
         grid = tile(rows)
         for logger in loggers:
+            log_image(logger, "val/predictions", grid, trainer.global_step)
+            if not isinstance(logger, TensorBoardLogger):
+                continue
             writer = logger.experiment
-            writer.add_image("val/predictions", grid, trainer.global_step, dataformats="HWC")
             for task in tasks:
                 if task.name not in batch:
                     continue
