@@ -8,6 +8,8 @@ import pytest
 from scenemtl.engine.loggers import log_image
 from tests.engine.conftest import run_scenemtl, tiny_config
 
+pytestmark = pytest.mark.slow
+
 
 def _assert_run_folder_complete(runs) -> None:
     (run,) = (runs / "tiny").iterdir()
