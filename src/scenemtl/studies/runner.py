@@ -21,6 +21,7 @@ Every run is an ordinary ``scenemtl fit`` in a child process, logging into
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import fcntl
 import json
 import os
@@ -80,13 +81,65 @@ def open_storage(url: str, heartbeat_s: int | None) -> Any:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
         with _sqlite_schema_lock(url):
-            return RDBStorage(url, **kwargs)
+            return _open_racing_schema(lambda: RDBStorage(database_url(url), **kwargs))
     except (ImportError, ValueError, OSError) as e:
         raise UserError(f"--storage {url}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # sqlalchemy's errors: a database that cannot be reached
         if type(e).__module__.startswith("sqlalchemy"):
             raise UserError(f"--storage {url}: {str(e).splitlines()[0]}") from None
         raise
+
+
+SCHEMA_ATTEMPTS = 5
+
+
+def _open_racing_schema(open_: Callable[[], Any]) -> Any:
+    """``open_()``, again when another worker was creating the same new database's tables
+    at that moment. Optuna creates missing tables on opening; on a server database two
+    workers started together both try, and one fails with a duplicate table or a
+    duplicate key of the schema version (seen with two workers on PostgreSQL). The one
+    that retries finds the tables made. (SQLite files are serialized by a lock file
+    instead, :func:`_sqlite_schema_lock`.)"""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return open_()
+        except (IntegrityError, ProgrammingError):
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+DRIVERS = {
+    # scheme -> (SQLAlchemy dialect+driver of the driver scenemtl's extra installs, extra)
+    "postgresql": ("postgresql+psycopg", "postgres"),
+    "postgres": ("postgresql+psycopg", "postgres"),
+}
+
+
+def database_url(url: str) -> str:
+    """``url`` with the database driver that scenemtl's extra installs.
+
+    SQLAlchemy reads ``postgresql://`` as psycopg2, a driver that needs a compiler to
+    install; ``scenemtl[postgres]`` installs psycopg 3 instead, so a URL without a driver
+    goes to it. A URL that names its driver (``postgresql+psycopg2://``) is kept.
+
+    Raises:
+        UserError: the URL's database needs a driver that is not installed (one line
+            naming the extra).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in DRIVERS:
+        return url
+    dialect, extra = DRIVERS[scheme]
+    if importlib.util.find_spec(dialect.split("+")[1]) is None:
+        raise UserError(
+            f"--storage {url}: the {scheme} driver is not installed; "
+            f"pip install 'scenemtl[{extra}]'"
+        )
+    return f"{dialect}://{rest}"
 
 
 @contextlib.contextmanager
@@ -96,7 +149,7 @@ def _sqlite_schema_lock(url: str) -> Iterator[None]:
     fails on "table studies already exists" or a UNIQUE constraint of alembic_version
     (8 of 8 times with two processes released at one instant). A lock file beside the
     database serializes the opening; the one that comes second finds the schema made.
-    Server databases (PostgreSQL, MySQL) are left to their own locking."""
+    Server databases retry instead (:func:`_open_racing_schema`)."""
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
     if not path or path.startswith(":memory:"):
         yield
