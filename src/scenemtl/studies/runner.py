@@ -21,8 +21,8 @@ Every run is an ordinary ``scenemtl fit`` in a child process, logging into
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import fcntl
+import importlib.util
 import json
 import os
 import subprocess
