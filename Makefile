@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: install test test-kernels demo lint format lock clean
+.PHONY: install test test-kernels demo lint format lock clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(PY):
 # Everything else (torch's own dependencies too) comes at the version in $(CONSTRAINTS).
 $(STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) $(PIP_INSTALL) "torch==$(TORCH_VERSION)"
-	$(PY) $(PIP_INSTALL) -e ".[dev,export,solvers,loggers,postgres]"
+	$(PY) $(PIP_INSTALL) -e ".[dev,export,solvers,loggers,postgres,dashboard]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +34,11 @@ test: $(STAMP)
 # machine's rounding fails here. CI runs it after `make test`.
 test-kernels: $(STAMP)
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m float_paths
+
+# The browser the page tests drive (Debian's chromium; Playwright's own downloads need a
+# network). Without it those tests skip, saying why. Needs root (apt).
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 demo: $(STAMP)
 	$(VENV)/bin/scenemtl demo
@@ -54,7 +59,7 @@ lock:
 	$(PYTHON) -m venv "$$tmp/venv"; py="$$tmp/venv/bin/python"; \
 	$$py -m pip install --quiet --upgrade pip; \
 	$$py -m pip install --quiet "torch==$(TORCH_VERSION)"; \
-	$$py -m pip install --quiet -e ".[dev,export,solvers,loggers,postgres]"; \
+	$$py -m pip install --quiet -e ".[dev,export,solvers,loggers,postgres,dashboard]"; \
 	{ echo "# Exact versions for make install/test/demo (pip -c), all but torch (TORCH_VERSION"; \
 	  echo "# in the Makefile). Written by 'make lock' with $$($$py -V) on $$(uname -sm)."; \
 	  $$py -m pip freeze --exclude-editable | grep -v -i '^torch=='; \

@@ -48,6 +48,15 @@ def add_study_parser(sub: Any) -> None:
     tune.add_argument("--trials", type=int_at_least(1), default=None, help="(search.trials)")
     tune.set_defaults(func=cmd_study_tune)
 
+    dashboard = study.add_parser(
+        "dashboard", help="the study's Optuna storage in optuna-dashboard (live, in a browser)"
+    )
+    _common(dashboard)
+    dashboard.add_argument("--storage", default=None, help="the workers' --storage, if any")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    dashboard.add_argument("--port", type=int_at_least(1), default=8080, help="port (8080)")
+    dashboard.set_defaults(func=cmd_study_dashboard)
+
     report = study.add_parser("report", help="table, Δm and figures of a study's runs")
     _common(report)
     report.add_argument("--out", default=None, help="folder for report.md (STUDY_DIR/report)")
@@ -100,4 +109,15 @@ def cmd_study_report(args: argparse.Namespace) -> int:
         _, out_dir, table = write_report(spec, args.runs, args.out)
         print(f"## {spec.name}\n\n{table}\n")
         print(f"report: {Path(out_dir) / 'report.md'}")
+    return 0
+
+
+def cmd_study_dashboard(args: argparse.Namespace) -> int:
+    from scenemtl.studies.dashboard import serve_dashboard, study_storage_url
+    from scenemtl.studies.spec import load_study
+
+    if args.port > 65535:
+        raise UserError(f"--port {args.port}: at most 65535")
+    spec = load_study(args.file, args.preset)
+    serve_dashboard(study_storage_url(spec, args.runs, args.storage), args.host, args.port)
     return 0
