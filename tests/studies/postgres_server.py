@@ -63,15 +63,11 @@ def postgres_server(folder: Path) -> Iterator[str]:
         os.chmod(folder, 0o755)
         shutil.chown(folder, "postgres")
         shutil.chown(sockets, "postgres")
-    run = (
-        lambda *argv: subprocess.run(  # noqa: E731
-            _as_server_user([str(bin_dir / argv[0]), *argv[1:]]),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-    )
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        command = _as_server_user([str(bin_dir / argv[0]), *argv[1:]])
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+
     run("initdb", "-D", str(data), "-A", "trust", "-U", USER, "--no-sync")
     options = f"-k {sockets} -c listen_addresses='' -c fsync=off -c max_connections=50"
     run("pg_ctl", "-D", str(data), "-o", options, "-w", "-l", str(folder / "log"), "start")
