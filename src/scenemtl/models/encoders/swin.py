@@ -134,9 +134,7 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.window = window
-        self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * window - 1) ** 2, heads)
-        )
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         # not in timm's files (non-persistent there too): computed from the window size
         self.register_buffer(
             "relative_position_index", relative_position_index(window), persistent=False
@@ -184,9 +182,7 @@ class SwinBlock(nn.Module):
         x = F.pad(x, (0, 0, 0, pw, 0, ph))  # pad before the shift (authors' dense backbone)
         hp, wp = h + ph, w + pw
         # per side as timm: a side that fits in one window is not shifted
-        shift = (
-            (win // 2 if h > win else 0, win // 2 if w > win else 0) if self.shifted else (0, 0)
-        )
+        shift = (win // 2 if h > win else 0, win // 2 if w > win else 0) if self.shifted else (0, 0)
         mask = None
         if any(shift):
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
@@ -217,8 +213,10 @@ class PatchMerging(nn.Module):
         h, w = x.shape[1:3]
         # [B, h/2, row offset, w/2, column offset, C] -> [B, h/2, w/2, column, row, C]:
         # flattening the last three gives the order (0,0), (1,0), (0,1), (1,1)
-        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(
-            b, h // 2, w // 2, 4 * c
+        x = (
+            x.view(b, h // 2, 2, w // 2, 2, c)
+            .permute(0, 1, 3, 4, 2, 5)
+            .reshape(b, h // 2, w // 2, 4 * c)
         )
         return self.reduction(self.norm(x))
 

@@ -330,4 +330,3 @@ class ViTEncoder(nn.Module):
         """Load timm's or DINOv2's published state dict into the trunk (every key and shape
         checked; timm's ``head.*`` dropped; the adapter keeps its weights)."""
         load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES, (ADAPTER_PREFIX,))
-
