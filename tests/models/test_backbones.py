@@ -150,8 +150,7 @@ def test_layout_tables_match_the_reference_counts(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_published_layout_loads_strictly(name: str, tmp_path) -> None:
-    cls, layout_fn = LAYOUTS[name]
-    state = random_state(layout_fn())
+    state = random_state(LAYOUTS[name][1]())
     if name.startswith("dinov2"):
         path = tmp_path / published_file_name(name)
         torch.save(state, path)
@@ -312,7 +311,7 @@ def test_position_embedding_keeps_rows_and_columns_apart(name: str) -> None:
 def test_drop_path_rates_and_default() -> None:
     rates = drop_path_rates(0.3, [2, 2])
     assert [len(r) for r in rates] == [2, 2]
-    assert sum(rates, []) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert [r for stage in rates for r in stage] == pytest.approx([0.0, 0.1, 0.2, 0.3])
     enc = _built("convnext_tiny")
     assert all(m.p == 0.0 for m in enc.modules() if isinstance(m, DropPath))
     enc = SwinEncoder("swin_tiny_patch4_window7_224", drop_path_rate=0.2)

@@ -176,7 +176,7 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def _window_attention(self, x: Tensor) -> Tensor:
-        b, h, w, c = x.shape
+        h, w = x.shape[1:3]
         win = self.attn.window
         ph, pw = -h % win, -w % win
         x = F.pad(x, (0, 0, 0, pw, 0, ph))  # pad before the shift (authors' dense backbone)
