@@ -21,6 +21,7 @@ from torch import nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.encoders.convnext import ConvNeXtEncoder
+from scenemtl.models.encoders.mobilenetv3 import MobileNetV3Encoder, make_divisible
 from scenemtl.models.encoders.parts import DropPath, drop_path_rates
 from scenemtl.models.encoders.swin import (
     PatchMerging,
@@ -108,13 +109,55 @@ def vit_small_layout(dinov2: bool = False, registers: int = 0) -> Shapes:
     return s
 
 
+def _bn(prefix: str, c: int) -> Shapes:
+    stats = {f"{prefix}.running_mean": (c,), f"{prefix}.running_var": (c,)}
+    return _norm(prefix, c) | stats | {f"{prefix}.num_batches_tracked": ()}
+
+
+def _conv(prefix: str, cout: int, cin_per_group: int, k: int) -> Shapes:
+    return {f"{prefix}.weight": (cout, cin_per_group, k, k)}
+
+
+# MobileNetV3-Large blocks.1-5 (Howard et al. 2019, Table 1): (in, expanded, out, kernel,
+# SE reduced channels or 0); expanded = in x ratio rounded to 8, SE = expanded / 4 rounded
+MOBILENET_BLOCKS = [
+    [(16, 64, 24, 3, 0), (24, 72, 24, 3, 0)],
+    [(24, 72, 40, 5, 24), (40, 120, 40, 5, 32), (40, 120, 40, 5, 32)],
+    [(40, 240, 80, 3, 0), (80, 200, 80, 3, 0), (80, 184, 80, 3, 0), (80, 184, 80, 3, 0)],
+    [(80, 480, 112, 3, 120), (112, 672, 112, 3, 168)],
+    [(112, 672, 160, 5, 168), (160, 960, 160, 5, 240), (160, 960, 160, 5, 240)],
+]
+
+
+def mobilenetv3_large_layout() -> Shapes:
+    """timm's mobilenetv3_large_100 file (BatchNorm statistics included)."""
+    s: Shapes = _conv("conv_stem", 16, 3, 3) | _bn("bn1", 16)
+    s |= _conv("blocks.0.0.conv_dw", 16, 1, 3) | _bn("blocks.0.0.bn1", 16)
+    s |= _conv("blocks.0.0.conv_pw", 16, 16, 1) | _bn("blocks.0.0.bn2", 16)
+    for i, stage in enumerate(MOBILENET_BLOCKS, start=1):
+        for j, (cin, mid, out, k, rd) in enumerate(stage):
+            p = f"blocks.{i}.{j}"
+            s |= _conv(f"{p}.conv_pw", mid, cin, 1) | _bn(f"{p}.bn1", mid)
+            s |= _conv(f"{p}.conv_dw", mid, 1, k) | _bn(f"{p}.bn2", mid)
+            if rd:
+                s |= _conv(f"{p}.se.conv_reduce", rd, mid, 1) | {f"{p}.se.conv_reduce.bias": (rd,)}
+                s |= _conv(f"{p}.se.conv_expand", mid, rd, 1)
+                s[f"{p}.se.conv_expand.bias"] = (mid,)
+            s |= _conv(f"{p}.conv_pwl", out, mid, 1) | _bn(f"{p}.bn3", out)
+    s |= _conv("blocks.6.0.conv", 960, 160, 1) | _bn("blocks.6.0.bn1", 960)
+    s |= _conv("conv_head", 1280, 960, 1) | {"conv_head.bias": (1280,)}
+    return s | _linear("classifier", 1000, 1280)
+
+
 # (tensors, values) of the reference implementations' state dicts
+# (values: floating-point tensors only, i.e. without BatchNorm's num_batches_tracked)
 REFERENCE_COUNTS = {
     "convnext_tiny": (182, 28_589_128),
     "swin_tiny_patch4_window7_224": (173, 28_288_354),
     "vit_small_patch16_224": (152, 22_050_664),
     "dinov2_vits14": (175, 22_056_576),
     "dinov2_vits14_reg4": (176, 22_058_112),
+    "mobilenetv3_large_100": (312, 5_507_432),
 }
 
 LAYOUTS = {
@@ -123,6 +166,7 @@ LAYOUTS = {
     "vit_small_patch16_224": (ViTEncoder, vit_small_layout),
     "dinov2_vits14": (ViTEncoder, lambda: vit_small_layout(dinov2=True)),
     "dinov2_vits14_reg4": (ViTEncoder, lambda: vit_small_layout(dinov2=True, registers=4)),
+    "mobilenetv3_large_100": (MobileNetV3Encoder, mobilenetv3_large_layout),
 }
 
 
@@ -139,13 +183,17 @@ def fresh(name: str) -> nn.Module:
 
 def random_state(layout: Shapes, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(shape, generator=g) for k, shape in layout.items()}
+    return {
+        k: torch.tensor(3) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g)
+        for k, s in layout.items()
+    }
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_tables_match_the_reference_counts(name: str) -> None:
     layout = LAYOUTS[name][1]()
-    assert (len(layout), sum(math.prod(s) for s in layout.values())) == REFERENCE_COUNTS[name]
+    values = sum(math.prod(s) for k, s in layout.items() if not k.endswith("batches_tracked"))
+    assert (len(layout), values) == REFERENCE_COUNTS[name]
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -164,7 +212,7 @@ def test_published_layout_loads_strictly(name: str, tmp_path) -> None:
     enc.load_published_state_dict(loaded, str(path))
     own = enc.state_dict()
     for key, value in state.items():
-        if key.startswith("head."):
+        if key.startswith(("head.", "conv_head.", "classifier.")):
             assert key not in own  # the classifier is dropped
         else:
             assert torch.equal(own[key], value), key  # copied, not computed
@@ -208,14 +256,21 @@ def test_mismatched_file_is_one_user_error(name: str, change: str, message: str)
 
 @pytest.mark.parametrize(
     "name",
-    ["convnext_tiny", "swin_tiny_patch4_window7_224", "vit_small_patch16_224", "dinov2_vits14"],
+    [
+        "convnext_tiny",
+        "swin_tiny_patch4_window7_224",
+        "vit_small_patch16_224",
+        "dinov2_vits14",
+        "mobilenetv3_large_100",
+    ],
 )
 @pytest.mark.parametrize("size", [(64, 96), (50, 70)])  # 50, 70: not multiples of 4, 14, 32
 def test_forward_gives_the_declared_pyramid(name: str, size: tuple[int, int]) -> None:
     enc = _built(name)
     with torch.no_grad():
         pyramid = enc(torch.randn(2, 3, *size))
-    assert sorted(pyramid) == [4, 8, 16, 32] == sorted(enc.channels)
+    assert sorted(pyramid) == sorted(enc.channels)
+    assert {4, 8, 16, 32} <= set(pyramid) <= {2, 4, 8, 16, 32}
     assert enc.output_stride == 32
     for s, f in pyramid.items():
         assert f.shape == (2, enc.channels[s], math.ceil(size[0] / s), math.ceil(size[1] / s))
@@ -229,7 +284,9 @@ def test_dinov2_with_registers_takes_any_size() -> None:
     assert tokens.shape == (1, 384, 3, 7)  # ceil(45/16), ceil(100/16)
 
 
-@pytest.mark.parametrize("name", ["convnext_tiny", "swin_tiny_patch4_window7_224"])
+@pytest.mark.parametrize(
+    "name", ["convnext_tiny", "swin_tiny_patch4_window7_224", "mobilenetv3_large_100"]
+)
 def test_stem_then_stages_is_forward(name: str) -> None:
     enc = _built(name)
     x = torch.randn(1, 3, 60, 44)
@@ -334,7 +391,12 @@ def test_drop_path_keeps_the_expectation() -> None:
     assert torch.equal(dp.eval()(torch.ones(3, 2)), torch.ones(3, 2))
 
 
-@pytest.mark.parametrize("cls", [ConvNeXtEncoder, SwinEncoder, ViTEncoder])
+def test_make_divisible_rounds_channels_as_mobilenet() -> None:
+    # nearest multiple of 8, one step up when rounding down loses more than 10%
+    assert [make_divisible(v) for v in (18, 30, 184, 200, 3, 22.9)] == [24, 32, 184, 200, 8, 24]
+
+
+@pytest.mark.parametrize("cls", [ConvNeXtEncoder, SwinEncoder, ViTEncoder, MobileNetV3Encoder])
 def test_unknown_variant_is_one_user_error(cls) -> None:
     with pytest.raises(UserError, match="unknown encoder 'resnet9'"):
         cls("resnet9")
