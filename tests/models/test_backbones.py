@@ -400,3 +400,53 @@ def test_make_divisible_rounds_channels_as_mobilenet() -> None:
 def test_unknown_variant_is_one_user_error(cls) -> None:
     with pytest.raises(UserError, match="unknown encoder 'resnet9'"):
         cls("resnet9")
+
+
+def brute_force_window_attention(attn, x: torch.Tensor, shifted: bool) -> torch.Tensor:
+    """Swin's (shifted) window attention written from its definition on the zero-padded map,
+    without rolling or window partitions: token p attends to token q iff they fall in the
+    same window of the map rolled by -shift and lie within one window of each other on the
+    padded map (no wrap-around jump); logit = q.k / sqrt(d) + table[(dy+6)*13 + (dx+6)]."""
+    win = 7
+    b, h, w, c = x.shape
+    hp, wp = math.ceil(h / win) * win, math.ceil(w / win) * win
+    padded = x.new_zeros(b, hp, wp, c)
+    padded[:, :h, :w] = x
+    sh = win // 2 if shifted and h > win else 0
+    sw = win // 2 if shifted and w > win else 0
+    heads, d = attn.heads, c // attn.heads
+    q, k, v = attn.qkv(padded.reshape(b, hp * wp, c)).split(c, dim=-1)
+    pos = [(i // wp, i % wp) for i in range(hp * wp)]
+    out = torch.zeros(b, hp * wp, c, dtype=x.dtype)
+    for i, (ri, ci) in enumerate(pos):
+        wi = (((ri - sh) % hp) // win, ((ci - sw) % wp) // win)
+        keys = [
+            j
+            for j, (rj, cj) in enumerate(pos)
+            if (((rj - sh) % hp) // win, ((cj - sw) % wp) // win) == wi
+            and abs(ri - rj) < win
+            and abs(ci - cj) < win
+        ]
+        rows = torch.tensor([(ri - pos[j][0] + 6) * 13 + (ci - pos[j][1] + 6) for j in keys])
+        for hd in range(heads):
+            sl = slice(hd * d, (hd + 1) * d)
+            logits = torch.einsum("bd,bkd->bk", q[:, i, sl], k[:, keys, sl]) / math.sqrt(d)
+            weights = torch.softmax(logits + attn.relative_position_bias_table[rows, hd], dim=-1)
+            out[:, i, sl] = torch.einsum("bk,bkd->bd", weights, v[:, keys, sl])
+    return attn.proj(out).reshape(b, hp, wp, c)[:, :h, :w]
+
+
+@pytest.mark.parametrize(("h", "w", "shifted"), [(14, 14, True), (10, 16, True), (9, 12, False)])
+def test_swin_window_attention_matches_its_definition_in_float64(h, w, shifted) -> None:
+    from scenemtl.models.encoders.swin import SwinBlock
+
+    torch.manual_seed(0)
+    block = SwinBlock(8, 2, shifted=shifted, drop_path=0.0).double()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()  # make the bias matter
+        x = torch.randn(2, h, w, 8, dtype=torch.float64)
+        got = block._window_attention(x)
+        want = brute_force_window_attention(block.attn, x, shifted)
+    # float64, a few dozen terms per sum: the two summation orders agree to ~1e-15; the
+    # -100 mask leaves exp(-100) ~ 4e-44 of weight on excluded tokens, far below the bound
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
