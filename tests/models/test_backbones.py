@@ -196,6 +196,7 @@ def test_layout_tables_match_the_reference_counts(name: str) -> None:
     assert (len(layout), values) == REFERENCE_COUNTS[name]
 
 
+@pytest.mark.slow  # writes and reads a 12-110 MB file per family
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_published_layout_loads_strictly(name: str, tmp_path) -> None:
     state = random_state(LAYOUTS[name][1]())
@@ -450,3 +451,15 @@ def test_swin_window_attention_matches_its_definition_in_float64(h, w, shifted) 
     # float64, a few dozen terms per sum: the two summation orders agree to ~1e-15; the
     # -100 mask leaves exp(-100) ~ 4e-44 of weight on excluded tokens, far below the bound
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow  # a backward pass through each 3-28M parameter trunk
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    """DDP (find_unused_parameters=False) stops on a parameter without gradient: DINOv2's
+    mask token is a buffer for that reason, Swin's final norm feeds the stride-32 map."""
+    enc = fresh(name).train()
+    pyramid = enc(torch.randn(1, 3, 40, 56))
+    sum(f.float().mean() for f in pyramid.values()).backward()
+    missing = [n for n, p in enc.named_parameters() if p.grad is None]
+    assert not missing
