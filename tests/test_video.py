@@ -77,10 +77,9 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_earlier_one(tmp_path):
     path = tmp_path / "out.mp4"
     write(path, frames(3))
     before = path.read_bytes()
-    with pytest.raises(RuntimeError):
-        with VideoWriter(path, Fraction(12)) as writer:
-            writer.write(frames(1)[0])
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), VideoWriter(path, Fraction(12)) as writer:
+        writer.write(frames(1)[0])
+        raise RuntimeError("interrupted")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
