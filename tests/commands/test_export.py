@@ -21,7 +21,7 @@ from scenemtl.commands.export import (
     ort_session,
     output_names,
 )
-from scenemtl.data.classes import cityscapes_class_table
+from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.tasks import DepthTask, build_tasks, legacy_task_specs

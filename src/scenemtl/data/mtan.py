@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from scenemtl.data.classes import cityscapes_class_table
+from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.data.format import IGNORE_INDEX, METERS16, DatasetInfo, read_json_file
 from scenemtl.errors import DataFormatError, UserError
 

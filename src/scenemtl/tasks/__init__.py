@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from scenemtl.data.classes import cityscapes_class_table
-from scenemtl.data.format import DISPARITY8, DISPARITY8_MAX_M, DISPARITY8_MIN_M
+from scenemtl.codecs.classes import cityscapes_class_table
+from scenemtl.codecs.depth import DISPARITY8, DISPARITY8_MAX_M, DISPARITY8_MIN_M
 from scenemtl.errors import UserError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth import DepthTask
 from scenemtl.tasks.normals import NormalsTask
 from scenemtl.tasks.segmentation import SegmentationTask
-
-if TYPE_CHECKING:
-    from scenemtl.data.format import DatasetInfo
 
 TASK_KINDS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
@@ -47,24 +44,17 @@ kept because every config and checkpoint before tasks-as-data used them, and bec
 they are short on the command line."""
 
 
-def dataset_task_specs(info: DatasetInfo) -> TaskSpecs:
-    """The tasks a dataset provides. A MiniScapes-layout dataset: its ``semseg/`` and
-    ``depth/``, then the ``extra_tasks`` its dataset.json lists (e.g. ``normals``), in that
-    order; an info of another layout lists its own (its ``task_specs``, e.g. the MTAN
-    layout)."""
-    own = getattr(info, "task_specs", None)
-    if own:
-        return {k: dict(v) for k, v in own.items()}
-    specs: TaskSpecs = {
-        "semseg": {"kind": "segmentation", "classes": info.classes},
-        "depth": {
-            "kind": "depth",
-            "encoding": info.depth_encoding,
-            "range_m": list(info.depth_range_m),
-        },
-    }
-    specs.update({name: dict(spec) for name, spec in info.extra_tasks.items()})
-    return specs
+class ProvidesTasks(Protocol):
+    """What a dataset description gives the registry: its tasks' specs, in order (a
+    layout's :class:`~scenemtl.data.format.DatasetInfo` builds them from its files)."""
+
+    @property
+    def task_specs(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+def dataset_task_specs(info: ProvidesTasks) -> TaskSpecs:
+    """The tasks a dataset provides, in its order (copies: the caller may edit them)."""
+    return {name: dict(spec) for name, spec in info.task_specs.items()}
 
 
 def legacy_task_specs() -> TaskSpecs:

@@ -118,6 +118,12 @@ class Task(nn.Module):
         """A fresh torchmetrics metric; ``compute()`` returns ``{name: headline, ...}``."""
         raise NotImplementedError
 
+    def make_grader_metric(self) -> Metric:
+        """The metric ``scenemtl grade`` scores a submission with: the training's
+        (default), or one that also takes what a file may hold and an output cannot
+        (segmentation: label 255, "no class"). Same keys as :meth:`make_metric`'s."""
+        return self.make_metric()
+
     # -- geometry: training augmentation and test-time augmentation ---------------------
 
     def warp_target(self, target: Tensor, linear: Tensor) -> Tensor:
