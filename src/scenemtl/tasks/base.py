@@ -23,7 +23,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from scenemtl.errors import DataFormatError
 from scenemtl.tasks.likelihood import Likelihood
+from scenemtl.tasks.statistics import TargetStatistics
 
 
 class Task(nn.Module):
@@ -74,6 +76,21 @@ class Task(nn.Module):
         """Ground truth of one image from its file, [H,W] (or [C,H,W] with
         ``target_channels`` C) in the task's units."""
         raise NotImplementedError
+
+    def check_target(self, path: Path) -> tuple[tuple[int, int] | None, list[str]]:
+        """What ``scenemtl data check`` finds in one ground-truth file: its size (H, W),
+        None if unreadable, and every problem, each naming the file. Default: what
+        :meth:`read_target` refuses."""
+        try:
+            target = self.read_target(path)
+        except DataFormatError as e:
+            return None, [str(e)]
+        return (int(target.shape[-2]), int(target.shape[-1])), []
+
+    def statistics(self) -> TargetStatistics | None:
+        """Fresh running statistics of this task's targets for dataset.json "stats"
+        (``scenemtl data stats``), or None when the kind has none (the default)."""
+        return None
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         """A decoded prediction [H,W] (or [C,H,W]) as the PNG a dataset would hold."""

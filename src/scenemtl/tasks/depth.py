@@ -20,13 +20,16 @@ from scenemtl.codecs.depth import (
     DISPARITY8_MIN_M,
     INVALID_DEPTH,
     decode_depth,
+    depth_encoding_of,
     encode_depth,
     read_depth,
 )
+from scenemtl.codecs.image import open_image, with_path
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.tasks.likelihood import GAUSSIAN, LAPLACE, RADIAL_LAPLACE, Likelihood
+from scenemtl.tasks.statistics import Histogram, TargetStatistics
 
 DEPTH_LOSSES: tuple[str, ...] = ("l1", "l2", "silog")
 DEFAULT_SILOG_LAMBDA = 0.85
@@ -229,6 +232,71 @@ def colorize_depth(
     return rgb
 
 
+STATS_HIST_BINS = 128
+"""Bins of the depth histograms ``scenemtl data stats`` plots."""
+
+
+def _mean_std(n: float, s: float, s2: float) -> dict[str, float]:
+    mean = s / n
+    return {"mean": float(mean), "std": float(np.sqrt(max(s2 / n - mean**2, 0.0)))}
+
+
+class DepthStatistics(TargetStatistics):
+    """Mean and std of valid depth in meters, log-meters and inverse meters (the
+    normalizations of :mod:`scenemtl.tasks.depth_space`), the share of valid pixels, and
+    histograms in meters and log-meters over the dataset's range.
+
+    Args:
+        range_m: the dataset's depth range (histogram bins span it).
+    """
+
+    def __init__(self, range_m: tuple[float, float]) -> None:
+        self.lo, self.hi = range_m
+        self.pixels = 0
+        # valid count, sum/sum of squares of meters, of log-meters, of inverse meters
+        self.sums = np.zeros(7)
+        self.hist_m = np.zeros(STATS_HIST_BINS)
+        self.hist_log = np.zeros(STATS_HIST_BINS)
+
+    def add(self, target: np.ndarray) -> None:
+        depth = np.asarray(target, dtype=np.float64)
+        valid = depth[depth > 0]
+        self.pixels += depth.size
+        log_d, inv_d = np.log(valid), 1.0 / valid
+        self.sums += [valid.size, valid.sum(), (valid**2).sum(), log_d.sum(),
+                      (log_d**2).sum(), inv_d.sum(), (inv_d**2).sum()]  # fmt: skip
+        self.hist_m += np.histogram(valid, bins=STATS_HIST_BINS, range=(0, self.hi))[0]
+        log_range = (np.log(self.lo), np.log(self.hi))
+        self.hist_log += np.histogram(log_d, bins=STATS_HIST_BINS, range=log_range)[0]
+
+    def merge(self, other: TargetStatistics) -> None:
+        assert isinstance(other, DepthStatistics)
+        self.pixels += other.pixels
+        self.sums += other.sums
+        self.hist_m += other.hist_m
+        self.hist_log += other.hist_log
+
+    def result(self, where: str) -> dict[str, Any]:
+        count, s, s2, ls, ls2, is_, is2 = self.sums
+        if count == 0:
+            raise DataFormatError(f"{where} has no valid depth pixel")
+        return {
+            "valid_depth_fraction": float(count / self.pixels),
+            "depth_m": _mean_std(count, s, s2),
+            "depth_log": _mean_std(count, ls, ls2),
+            "depth_inv": _mean_std(count, is_, is2),
+        }
+
+    def histograms(self) -> dict[str, Histogram]:
+        log_edges = np.linspace(np.log(self.lo), np.log(self.hi), STATS_HIST_BINS + 1)
+        return {
+            "meters": Histogram(
+                self.hist_m, np.linspace(0, self.hi, STATS_HIST_BINS + 1), "depth [m]"
+            ),
+            "log": Histogram(self.hist_log, log_edges, "log depth [log m]"),
+        }
+
+
 class DepthTask(Task):
     """Metric depth in meters, 0 = invalid.
 
@@ -304,6 +372,42 @@ class DepthTask(Task):
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return encode_depth(np.asarray(prediction, dtype=np.float32), self.encoding)
+
+    def check_target(self, path: Path) -> tuple[tuple[int, int] | None, list[str]]:
+        """Besides what :meth:`read_target` refuses: a PNG in another encoding than the
+        dataset declares, and depth outside the declared range (beyond quantization)."""
+        try:
+            image = open_image(path)
+        except DataFormatError as e:
+            return None, [str(e)]
+        problems = []
+        if depth_encoding_of(image) != self.encoding:
+            problems.append(
+                f"{path}: mode {image.mode} is {depth_encoding_of(image)}, "
+                f"dataset.json declares {self.encoding}"
+            )
+        try:
+            depth = decode_depth(image)
+        except DataFormatError as e:
+            return (image.height, image.width), [*problems, str(with_path(path, e))]
+        valid = depth[depth > 0]
+        lo, hi = self._decoded_range()
+        if valid.size and (valid.min() < lo or valid.max() > hi):
+            problems.append(
+                f"{path}: depth {valid.min():.3g}..{valid.max():.3g} m outside "
+                f"declared range {self.range_m[0]:g}..{self.range_m[1]:g} m"
+            )
+        return (image.height, image.width), problems
+
+    def _decoded_range(self) -> tuple[float, float]:
+        """The declared range as decoded files can hold it: quantization can move a bound
+        by one code."""
+        lo, hi = self.range_m
+        probe = decode_depth(encode_depth(np.array([[lo, hi]]), self.encoding))[0]
+        return min(lo, float(probe[0])) * (1 - 1e-6), max(hi, float(probe[1])) * (1 + 1e-6)
+
+    def statistics(self) -> DepthStatistics:
+        return DepthStatistics(self.range_m)
 
     def adopt_stats(self, stats: Mapping[str, Any]) -> None:
         self.space.set_stats(stats)

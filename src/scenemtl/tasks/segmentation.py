@@ -19,6 +19,7 @@ from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.counting import count_values
 from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
+from scenemtl.tasks.statistics import TargetStatistics
 
 # Smallest probability kept before the log when TTA views are merged: a class no view
 # gives any mass to gets a large negative but finite logit.
@@ -201,6 +202,34 @@ class AbstainingSemsegMetrics(SemsegMetrics):
         return torch.where(union > 0, iou, torch.full_like(iou, math.nan))
 
 
+class ClassFrequency(TargetStatistics):
+    """Pixel counts per label value: the class frequencies of dataset.json "stats"
+    (``class_pixel_frequency``: share of the labelled pixels, ``ignored_pixel_fraction``:
+    share of all pixels labelled 255)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.counts = np.zeros(IGNORE_INDEX + 1, dtype=np.int64)
+        self.pixels = 0
+
+    def add(self, target: np.ndarray) -> None:
+        self.counts += np.bincount(np.asarray(target).ravel(), minlength=IGNORE_INDEX + 1)
+        self.pixels += int(np.asarray(target).size)
+
+    def merge(self, other: TargetStatistics) -> None:
+        assert isinstance(other, ClassFrequency)
+        self.counts += other.counts
+        self.pixels += other.pixels
+
+    def result(self, where: str) -> dict[str, Any]:
+        labelled = self.counts[: self.num_classes].sum()
+        freq = self.counts[: self.num_classes] / max(labelled, 1)
+        return {
+            "class_pixel_frequency": [float(f) for f in freq],
+            "ignored_pixel_fraction": float(1 - labelled / max(self.pixels, 1)),
+        }
+
+
 class SegmentationTask(Task):
     """Per-pixel classification into the classes of a class table.
 
@@ -257,6 +286,9 @@ class SegmentationTask(Task):
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return Image.fromarray(np.asarray(prediction).astype(np.uint8), mode="L")
+
+    def statistics(self) -> ClassFrequency:
+        return ClassFrequency(self.channels)
 
     @property
     def likelihood(self) -> Likelihood:
