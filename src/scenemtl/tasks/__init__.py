@@ -35,13 +35,14 @@ TaskSpecs = dict[str, dict[str, Any]]
 """Task name -> spec, in the order the network emits them."""
 
 FLAT_TASK_OPTIONS: dict[str, tuple[str, str]] = {
-    "depth_space": ("depth", "space"),
-    "depth_loss": ("depth", "loss"),
-    "silog_lambda": ("depth", "silog_lambda"),
+    flat: (kind, option)
+    for kind, cls in TASK_KINDS.items()
+    for flat, option in cls.flat_options.items()
 }
-"""``model.<flat>`` -> (task, option): the flat spellings of the depth task's options,
-kept because every config and checkpoint before tasks-as-data used them, and because
-they are short on the command line."""
+"""``model.<flat>`` -> (task kind, option): the flat spellings of task options that
+configs and checkpoints used before tasks were data (``depth_space``, ``depth_loss``,
+``silog_lambda``), each declared by its kind (:attr:`Task.flat_options`). They are
+translated here, in :func:`options_of_learned_tasks`, and nowhere else."""
 
 
 class ProvidesTasks(Protocol):
@@ -95,7 +96,7 @@ def select_tasks(
 
 
 def options_of_learned_tasks(
-    learned: Collection[str],
+    learned: Mapping[str, Mapping[str, Any]],
     provided: Collection[str] | None = None,
     task_options: Mapping[str, Mapping[str, Any] | None] | None = None,
     flat_options: Mapping[str, Any] | None = None,
@@ -105,19 +106,23 @@ def options_of_learned_tasks(
     loss_weights)``, the flat options (:data:`FLAT_TASK_OPTIONS`, None = unset) merged
     over ``task_options``.
 
+    A flat option goes to the learned task of the kind that declares it (the depth task,
+    whatever its name), under ``task_options``' entry for that task if both are set.
+
     A setting for a task the run does not learn is dropped silently when the data
-    provides that task (``provided``), and so is a flat option of a task not learned: a
+    provides that task (``provided``), and so is a flat option no learned task takes: a
     config written for semseg + depth serves the single-task baselines unchanged
     (``--data.tasks '[semseg]'``), and a study's baselines are such runs. A setting naming
     a task the data does not provide is a mistake (a typo, another dataset's task) and is
     refused.
 
     Args:
-        learned: the tasks the run learns.
+        learned: the specs of the tasks the run learns (name -> spec with its "kind").
         provided: the tasks the data provides (None: only ``learned`` are known).
 
     Raises:
-        UserError: a task name neither learned nor provided, named with its key.
+        UserError: a task name neither learned nor provided, named with its key; a flat
+            option two learned tasks could take.
     """
     known = set(learned) | set(provided or ())
     for key, per_task in (("task_options", task_options), ("loss_weights", loss_weights)):
@@ -132,9 +137,16 @@ def options_of_learned_tasks(
         name: dict(value or {}) for name, value in (task_options or {}).items() if name in learned
     }
     for flat, value in (flat_options or {}).items():
-        task, option = FLAT_TASK_OPTIONS[flat]
-        if value is not None and task in learned:
-            options.setdefault(task, {})[option] = value
+        kind, option = FLAT_TASK_OPTIONS[flat]
+        takers = [name for name, spec in learned.items() if spec.get("kind") == kind]
+        if value is None or not takers:
+            continue
+        if len(takers) > 1:
+            raise UserError(
+                f"model.{flat} could set {option!r} of {', '.join(takers)} ({kind} tasks); "
+                f"set model.task_options.<task>.{option} instead"
+            )
+        options.setdefault(takers[0], {})[option] = value
     weights = {name: w for name, w in (loss_weights or {}).items() if name in learned}
     return options, weights
 

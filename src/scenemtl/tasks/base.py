@@ -51,6 +51,10 @@ class Task(nn.Module):
     fill_value: ClassVar[float] = 0.0
     target_dtype: ClassVar[torch.dtype] = torch.float32
     target_channels: ClassVar[int] = 0
+    flat_options: ClassVar[Mapping[str, str]] = {}
+    """``model.<flat>`` spellings this kind's options had before tasks were data ->
+    the option (:data:`scenemtl.tasks.FLAT_TASK_OPTIONS`); kept for old configs and
+    checkpoints, not for new kinds."""
     refused_augmentations: ClassVar[Mapping[str, str]] = {}
     """Training augmentation options (:class:`~scenemtl.data.transforms.BatchAugment`
     argument names) whose geometry this task's targets cannot follow, each with the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -320,6 +320,11 @@ class DepthTask(Task):
     prediction_modes = ("L", "I;16", "I;16B", "I;16L", "I")
     higher_is_better = False
     fill_value = INVALID_DEPTH
+    flat_options: ClassVar[Mapping[str, str]] = {
+        "depth_space": "space",
+        "depth_loss": "loss",
+        "silog_lambda": "silog_lambda",
+    }
     target_dtype = torch.float32
 
     def __init__(
