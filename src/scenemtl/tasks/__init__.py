@@ -70,6 +70,12 @@ def legacy_task_specs() -> TaskSpecs:
     }
 
 
+def legacy_heads() -> dict[str, int]:
+    """Task name -> output channels of :func:`legacy_task_specs`' tasks: the network of
+    a checkpoint without specs, and of a model built from its configuration alone."""
+    return {task.name: task.channels for task in build_tasks(legacy_task_specs())}
+
+
 def select_tasks(
     available: Mapping[str, Mapping[str, Any]], names: Sequence[str] | None
 ) -> TaskSpecs:
@@ -210,6 +216,7 @@ __all__ = [
     "build_task",
     "build_tasks",
     "dataset_task_specs",
+    "legacy_heads",
     "legacy_task_specs",
     "options_of_learned_tasks",
     "select_tasks",
