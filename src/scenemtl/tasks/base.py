@@ -124,8 +124,12 @@ class Task(nn.Module):
 
     @property
     def likelihood(self) -> Likelihood:
-        """The likelihood the configured loss is the negative log of (uncertainty
-        weighting, :mod:`scenemtl.tasks.likelihood`)."""
+        """The likelihood the configured loss is the negative log of
+        (:mod:`scenemtl.tasks.likelihood`).
+
+        A fact about :meth:`loss`, so it lives beside it: only the task knows which loss
+        its options chose (depth: l1, l2 or silog). Uncertainty weighting is its reader
+        today; a table of it elsewhere would have to branch on kinds and losses."""
         raise NotImplementedError
 
     # -- evaluation --------------------------------------------------------------------

@@ -46,8 +46,8 @@ EXPORT_NORMALS_ATOL_DEG = 0.1
 
 _NORM_EPS = 1e-6
 
-# The PNG codec lives with the other codecs (numpy and Pillow only, so the generator and
-# `data check` do not load torch); re-exported here for the task's users.
+# The PNG codec lives with the other codecs (scenemtl.codecs.normals: numpy and Pillow
+# only, so the generator writes normals without torch); re-exported for the task's users.
 __all__ = [
     "NORMALS_CODEC_MAX_ANGLE_DEG",
     "NormalsMetrics",
