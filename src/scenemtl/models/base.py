@@ -24,6 +24,7 @@ from scenemtl.tasks import legacy_heads
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
 
+
 class MultiTaskNet(nn.Module):
     """Base class of the architectures.
 
