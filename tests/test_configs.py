@@ -39,3 +39,13 @@ def test_config_parses_and_builds(path, capsys):
     net = dataclasses.replace(load_model_config(path), weights=None)
     model = build_model(net)
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_configs_set_task_options_not_the_flat_spellings(path):
+    """The flat depth options stay accepted for old configs; the shipped ones do not use
+    them (one spelling to read and to copy)."""
+    from scenemtl.tasks import FLAT_TASK_OPTIONS
+
+    model = yaml.safe_load(path.read_text()).get("model") or {}
+    assert not set(FLAT_TASK_OPTIONS) & set(model), path.name

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, class_names
+from scenemtl.codecs.classes import CITYSCAPES_NUM_CLASSES, class_names
 from scenemtl.data.format import DISPARITY8, IGNORE_INDEX, METERS16, decode_depth, encode_depth
 from scenemtl.metrics import DepthMetrics, MultiTaskMetrics, SemsegMetrics, grader
 from scenemtl.tasks import build_tasks, legacy_task_specs

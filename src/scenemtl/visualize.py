@@ -1,4 +1,5 @@
-"""Pictures of images, labels and depth maps, as uint8 RGB arrays (HxWx3)."""
+"""Panels of pictures, as uint8 RGB arrays (HxWx3): each task colours its own maps
+(:meth:`~scenemtl.tasks.base.Task.colorize`), this module lays them out."""
 
 from __future__ import annotations
 
@@ -9,24 +10,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from scenemtl.tasks.base import Task
-
-
-def colorize_depth(
-    depth_m: np.ndarray, min_m: float = 4.0, max_m: float = 300.0, cmap: str = "magma_r"
-) -> np.ndarray:
-    """Depth in meters [H,W] -> colours [H,W,3] on a log scale; invalid (<= 0) is black.
-
-    A log scale because street depth spans two orders of magnitude: linear colours would
-    spend the whole colormap on the far 200 m and show the near scene as one colour.
-    """
-    from matplotlib import colormaps
-
-    depth = np.asarray(depth_m, dtype=np.float64)
-    valid = np.isfinite(depth) & (depth > 0)
-    t = (np.log(np.clip(depth, min_m, max_m)) - np.log(min_m)) / (np.log(max_m) - np.log(min_m))
-    rgb = (colormaps[cmap](np.where(valid, t, 0.0))[..., :3] * 255).astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
 
 
 def tile(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from scenemtl.cli import _run_guarded, main
+from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.commands import export
 from scenemtl.commands.export import (
     InferenceWrapper,
@@ -21,7 +22,6 @@ from scenemtl.commands.export import (
     ort_session,
     output_names,
 )
-from scenemtl.data.classes import cityscapes_class_table
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.tasks import DepthTask, build_tasks, legacy_task_specs

@@ -72,3 +72,17 @@ def test_missing_split_directory(random_dataset):
     shutil.rmtree(random_dataset / "val")
     problems = check_dataset(random_dataset)
     assert problems == [f"{random_dataset}/val: split listed in dataset.json but missing"]
+
+
+def test_labels_are_checked_against_the_datasets_own_class_table(tmp_path):
+    """A 7-class table: 7..254 are outside it, whatever the Cityscapes table allows."""
+    write_random_dataset(tmp_path, sizes={"train": 2}, num_classes=7)
+    assert check_dataset(tmp_path) == []
+    labels = np.asarray(Image.open(tmp_path / "train/semseg/1.png")).copy()
+    labels[0, :3] = [6, 7, 18]  # 6 is the last class; 7 and 18 are not classes here
+    Image.fromarray(labels).save(tmp_path / "train/semseg/1.png")
+    problems = check_dataset(tmp_path)
+    assert problems == [
+        f"{tmp_path}/train/semseg/1.png: label values [7, 18] outside the 7-class table "
+        "(0..6) and 255"
+    ]

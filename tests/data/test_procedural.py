@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scenemtl.codecs.classes import CITYSCAPES_NUM_CLASSES, train_id
 from scenemtl.data import format as fmt
-from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, train_id
 from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.data.procedural import (
     GENERATOR_VERSION,

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from scenemtl.data.dataset import SceneDataset
 from scenemtl.data.format import read_info
-from scenemtl.data.stats import write_stats
+from scenemtl.data.stats import compute_stats, write_stats
 from scenemtl.errors import DataFormatError
 from tests.conftest import write_random_dataset
 
@@ -49,3 +50,16 @@ def test_stats_on_corrupt_file_leave_dataset_json_untouched(random_dataset):
     with pytest.raises(DataFormatError, match="train/depth/2.png"):
         write_stats(random_dataset)
     assert (random_dataset / "dataset.json").read_bytes() == before
+
+
+def test_class_frequencies_follow_the_datasets_class_table(tmp_path):
+    """7 classes: seven frequencies, counted by hand over the labelled pixels."""
+    write_random_dataset(tmp_path, sizes={"train": 3}, num_classes=7)
+    stats, _ = compute_stats(tmp_path)
+    labels = np.stack(
+        [np.asarray(Image.open(tmp_path / f"train/semseg/{i}.png")) for i in range(3)]
+    ).ravel()
+    labelled = labels[labels != 255]
+    expected = [np.sum(labelled == c) / labelled.size for c in range(7)]
+    np.testing.assert_allclose(stats["class_pixel_frequency"], expected, rtol=1e-12)
+    assert stats["ignored_pixel_fraction"] == pytest.approx(1 - labelled.size / labels.size)

@@ -7,12 +7,12 @@ from hypothesis import strategies as st
 
 from scenemtl.data.format import IGNORE_INDEX, INVALID_DEPTH
 from scenemtl.data.transforms import (
-    DEFAULT_TARGETS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     WIGGLE_SPAN,
     AugmentParams,
     BatchAugment,
+    TargetRule,
     denormalize_rgb,
     normalize_rgb,
     output_to_source,
@@ -40,12 +40,15 @@ def random_batch(b: int, h: int, w: int, seed: int, holes: bool = True) -> dict:
     }
 
 
+COURSE = target_rules(build_tasks(legacy_task_specs()))
+"""How the course's semseg and depth targets are warped (the batches of these tests)."""
+
 STRONG = dict(scale_min=0.5, scale_max=2.0, hflip=0.5, tilt_deg=20.0, wiggle=1.0)
 
 
 def warp_with(params: AugmentParams, batch: dict, crop_hw: tuple[int, int]) -> dict:
     hw = tuple(batch["rgb"].shape[-2:])
-    return warp_batch(batch, output_to_source(params, hw, crop_hw), crop_hw)
+    return warp_batch(batch, output_to_source(params, hw, crop_hw), crop_hw, COURSE)
 
 
 # --------------------------------------------------------------------------------------
@@ -71,7 +74,7 @@ def test_normalize_rgb_rejects_float_and_wrong_channels():
 
 def test_eval_mode_and_prepare_eval_batch_only_normalize():
     batch = random_batch(2, 9, 13, seed=1)
-    aug = BatchAugment(crop_size=(4, 4), **STRONG).eval()
+    aug = BatchAugment(crop_size=(4, 4), **STRONG, targets=COURSE).eval()
     out = aug(batch)
     assert torch.equal(out["image"], normalize_rgb(batch["rgb"]))
     for key in ("rgb", "semseg", "depth", "index"):
@@ -85,7 +88,7 @@ def test_eval_mode_and_prepare_eval_batch_only_normalize():
 
 def test_neutral_settings_reproduce_the_input_exactly():
     batch = random_batch(2, 7, 10, seed=2)
-    out = BatchAugment()(batch)
+    out = BatchAugment(targets=COURSE)(batch)
     for key in ("rgb", "semseg", "depth", "index"):
         assert torch.equal(out[key], batch[key]), key
     assert torch.equal(out["image"], normalize_rgb(batch["rgb"]))
@@ -93,7 +96,7 @@ def test_neutral_settings_reproduce_the_input_exactly():
 
 def test_hflip_probability_one_mirrors_everything():
     batch = random_batch(3, 6, 9, seed=3)
-    out = BatchAugment(hflip=1.0)(batch)
+    out = BatchAugment(hflip=1.0, targets=COURSE)(batch)
     for key in ("rgb", "semseg", "depth"):
         assert torch.equal(out[key], batch[key].flip(-1)), key
 
@@ -127,7 +130,7 @@ def test_scale_two_centre_crop_magnifies_the_central_quarter():
 def test_shrunk_image_is_padded_with_ignore_invalid_and_mean_colour():
     h, w = 16, 24
     batch = random_batch(2, h, w, seed=6, holes=False)
-    aug = BatchAugment(scale_min=0.5, scale_max=0.5)
+    aug = BatchAugment(scale_min=0.5, scale_max=0.5, targets=COURSE)
     out = aug(batch, torch.Generator().manual_seed(0))
     padded = out["semseg"] == IGNORE_INDEX
     # the scaled image covers exactly a quarter of the crop
@@ -145,7 +148,7 @@ def test_shrunk_image_is_padded_with_ignore_invalid_and_mean_colour():
 
 def test_crop_larger_than_image_keeps_all_content():
     batch = random_batch(1, 6, 8, seed=7, holes=False)
-    out = BatchAugment(crop_size=(10, 13))(batch, torch.Generator().manual_seed(1))
+    out = BatchAugment(crop_size=(10, 13), targets=COURSE)(batch, torch.Generator().manual_seed(1))
     assert out["semseg"].shape == (1, 10, 13)
     valid = out["depth"] > 0
     assert valid.sum().item() == 6 * 8
@@ -166,7 +169,7 @@ def test_crop_larger_than_image_keeps_all_content():
 )
 def test_labels_and_depth_only_take_values_of_their_own_input(seed, h, w, crop_h, crop_w):
     batch = random_batch(2, h, w, seed)
-    aug = BatchAugment(crop_size=(crop_h, crop_w), **STRONG)
+    aug = BatchAugment(crop_size=(crop_h, crop_w), **STRONG, targets=COURSE)
     out = aug(batch, torch.Generator().manual_seed(seed))
     assert out["semseg"].dtype == torch.int64 and out["depth"].dtype == torch.float32
     assert out["semseg"].shape == out["depth"].shape == (2, crop_h, crop_w)
@@ -190,7 +193,9 @@ def test_labels_depth_and_rgb_stay_aligned():
         "depth": (1.0 + ys * w + xs).float().expand(4, h, w).clone(),
         "index": torch.arange(4),
     }
-    out = BatchAugment(crop_size=(24, 28), **STRONG)(batch, torch.Generator().manual_seed(3))
+    out = BatchAugment(crop_size=(24, 28), **STRONG, targets=COURSE)(
+        batch, torch.Generator().manual_seed(3)
+    )
     valid = out["depth"] > 0
     assert valid.float().mean() > 0.3  # the check below must see enough pixels
     src = out["depth"][valid].long() - 1
@@ -207,14 +212,16 @@ def test_labels_depth_and_rgb_stay_aligned():
 
 def test_image_is_the_normalized_augmented_rgb():
     batch = random_batch(2, 12, 12, seed=8)
-    out = BatchAugment(crop_size=8, **STRONG)(batch, torch.Generator().manual_seed(8))
+    out = BatchAugment(crop_size=8, **STRONG, targets=COURSE)(
+        batch, torch.Generator().manual_seed(8)
+    )
     assert torch.equal(out["image"], normalize_rgb(out["rgb"]))
     assert torch.equal(out["index"], batch["index"])
 
 
 def test_fixed_seed_reproduces_the_batch_and_another_seed_does_not():
     batch = random_batch(3, 16, 20, seed=9)
-    aug = BatchAugment(crop_size=(12, 12), **STRONG)
+    aug = BatchAugment(crop_size=(12, 12), **STRONG, targets=COURSE)
     first = aug(batch, torch.Generator().manual_seed(42))
     again = aug(batch, torch.Generator().manual_seed(42))
     other = aug(batch, torch.Generator().manual_seed(43))
@@ -226,21 +233,31 @@ def test_fixed_seed_reproduces_the_batch_and_another_seed_does_not():
 def test_samples_in_a_batch_get_different_geometry():
     batch = random_batch(1, 16, 16, seed=10)
     batch = {k: v.expand(4, *v.shape[1:]).clone() for k, v in batch.items()}
-    out = BatchAugment(crop_size=(12, 12), **STRONG)(batch, torch.Generator().manual_seed(0))
+    out = BatchAugment(crop_size=(12, 12), **STRONG, targets=COURSE)(
+        batch, torch.Generator().manual_seed(0)
+    )
     assert len({tuple(out["semseg"][i].flatten().tolist()) for i in range(4)}) == 4
 
 
 def test_batch_without_ground_truth():
     batch = random_batch(2, 10, 10, seed=11)
     batch = {"rgb": batch["rgb"], "index": batch["index"]}
-    out = BatchAugment(crop_size=6, **STRONG)(batch, torch.Generator().manual_seed(0))
+    out = BatchAugment(crop_size=6, **STRONG, targets=COURSE)(
+        batch, torch.Generator().manual_seed(0)
+    )
     assert set(out) == {"rgb", "image", "index"}
     assert out["image"].shape == (2, 3, 6, 6)
 
 
 def test_sampled_parameters_respect_their_ranges():
     aug = BatchAugment(
-        crop_size=(20, 30), scale_min=0.5, scale_max=1.5, hflip=0.3, tilt_deg=7.0, wiggle=0.6
+        crop_size=(20, 30),
+        scale_min=0.5,
+        scale_max=1.5,
+        hflip=0.3,
+        tilt_deg=7.0,
+        wiggle=0.6,
+        targets=COURSE,
     )
     n, hw = 2000, (40, 50)
     p = aug.sample_params(n, hw, torch.Generator().manual_seed(0))
@@ -258,7 +275,7 @@ def test_sampled_parameters_respect_their_ranges():
 def test_perspective_terms_appear_only_with_wiggle():
     hw = (16, 16)
     for wiggle, perspective in ((0.0, False), (0.5, True)):
-        aug = BatchAugment(scale_min=0.8, scale_max=1.2, tilt_deg=10, wiggle=wiggle)
+        aug = BatchAugment(scale_min=0.8, scale_max=1.2, tilt_deg=10, wiggle=wiggle, targets=COURSE)
         params = aug.sample_params(3, hw, torch.Generator().manual_seed(0))
         mat = output_to_source(params, hw, hw)
         assert (mat[:, 2, :2].abs().max() > 1e-6) == perspective
@@ -279,23 +296,32 @@ def test_perspective_terms_appear_only_with_wiggle():
 )
 def test_bad_settings_are_user_errors(kwargs, word):
     with pytest.raises(UserError, match=word):
-        BatchAugment(**kwargs)
+        BatchAugment(**kwargs, targets=COURSE)
 
 
 def test_mismatched_target_shape_is_rejected():
     batch = random_batch(2, 8, 8, seed=12)
     batch["depth"] = batch["depth"][:, :4]
     with pytest.raises(ValueError, match="depth"):
-        BatchAugment(hflip=1.0)(batch)
+        BatchAugment(hflip=1.0, targets=COURSE)(batch)
 
 
 # --------------------------------------------------------------------------------------
 # which targets are warped
 
 
-def test_target_rules_of_the_course_tasks_are_the_defaults():
+def test_target_rules_of_the_course_tasks():
     # labels: int64, 255 where there is no source pixel; depth: float32 meters, 0.0
-    assert target_rules(build_tasks(legacy_task_specs())) == DEFAULT_TARGETS
+    assert {
+        "semseg": TargetRule(255.0, torch.int64),
+        "depth": TargetRule(0.0, torch.float32),
+    } == COURSE
+
+
+def test_a_map_without_a_rule_is_refused_not_passed_through_unwarped():
+    batch = random_batch(1, 8, 8, seed=2)
+    with pytest.raises(ValueError, match="no target rule for batch entry 'depth'"):
+        BatchAugment(crop_size=(6, 6), targets={"semseg": COURSE["semseg"]})(batch)
 
 
 def test_a_target_is_warped_by_its_name_with_its_own_fill():

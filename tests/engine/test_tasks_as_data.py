@@ -12,6 +12,8 @@ from scenemtl.cli import main
 from scenemtl.commands.grader import grade
 from scenemtl.data.stats import write_stats
 from scenemtl.engine.module import MultiTaskModule, migrate_checkpoint
+from scenemtl.errors import UserError
+from scenemtl.tasks import build_tasks, options_of_learned_tasks
 from tests.conftest import write_random_dataset
 from tests.engine.conftest import read_metrics, tiny_config
 
@@ -229,3 +231,29 @@ def test_perspective_wiggle_is_refused_for_a_run_with_normals(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data.wiggle is 0.2 but task 'normals' refuses it" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_flat_depth_options_go_to_the_depth_task_whatever_its_name():
+    """`model.depth_loss` sets the loss of the run's depth-kind task, here "disparity",
+    over its task_options entry; a run without a depth task ignores it."""
+    learned = {"labels": {"kind": "segmentation"}, "disparity": {"kind": "depth"}}
+    flat = {"depth_loss": "silog", "depth_space": None, "silog_lambda": 0.5}
+    options, _ = options_of_learned_tasks(
+        learned, None, {"disparity": {"loss": "l2", "space": "log"}}, flat
+    )
+    assert options == {"disparity": {"loss": "silog", "space": "log", "silog_lambda": 0.5}}
+    assert options_of_learned_tasks({"labels": {"kind": "segmentation"}}, None, None, flat) == (
+        {},
+        {},
+    )
+    task = build_tasks(
+        {"disparity": {"kind": "depth"}},
+        options_of_learned_tasks({"disparity": {"kind": "depth"}}, None, None, flat)[0],
+    )[0]
+    assert (task.loss_kind, task.silog_lambda) == ("silog", 0.5)
+
+
+def test_a_flat_option_two_depth_tasks_could_take_is_refused():
+    learned = {"near": {"kind": "depth"}, "far": {"kind": "depth"}}
+    with pytest.raises(UserError, match=r"model.depth_loss could set 'loss' of near, far"):
+        options_of_learned_tasks(learned, None, None, {"depth_loss": "l2"})

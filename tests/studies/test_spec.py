@@ -205,6 +205,7 @@ def test_baselines_leave_the_other_tasks_options_to_the_run(tmp_path):
     spec = load_study(path)
     variant = spec.variant("a")
     provided = ["semseg", "depth", "normals"]
+    kinds = {"semseg": "segmentation", "depth": "depth", "normals": "normals"}
     expected = {"semseg": {}, "normals": {"normals": {"loss": "cosine"}}}
     for task, want in expected.items():
         single = spec.variant(f"single_{task}")
@@ -215,9 +216,14 @@ def test_baselines_leave_the_other_tasks_options_to_the_run(tmp_path):
             "model.loss_weights": None,
         }
         flat = {"depth_space": single.overrides["model.depth_space"]}
-        assert options_of_learned_tasks([task], provided, options, flat) == (want, {})
+        assert options_of_learned_tasks({task: {"kind": kinds[task]}}, provided, options, flat) == (
+            want,
+            {},
+        )
     # the depth run keeps its options, the flat one over task_options' entry
-    assert options_of_learned_tasks(["depth"], provided, options, flat, {"depth": 2.0}) == (
+    assert options_of_learned_tasks(
+        {"depth": {"kind": "depth"}}, provided, options, flat, {"depth": 2.0}
+    ) == (
         {"depth": {"loss": "l1", "space": "log"}},
         {"depth": 2.0},
     )

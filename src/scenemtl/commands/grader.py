@@ -41,7 +41,6 @@ import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,14 +48,12 @@ from PIL import Image
 
 from scenemtl.argtypes import positive_float
 from scenemtl.commands.submission import MANIFEST_NAME, PREDICTIONS_DIR, prediction_name
-from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.errors import DataFormatError, UserError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import numpy as np
-    from torchmetrics import Metric
 
     from scenemtl.tasks.base import Task
 
@@ -96,55 +93,6 @@ class GradeLimits:
                 f"grade limits must be positive (size cap {self.max_member_bytes} bytes, "
                 f"ratio cap {self.max_ratio})"
             )
-
-
-@cache
-def _submission_semseg_class() -> type[Metric]:
-    import torch
-    from torch import Tensor
-
-    from scenemtl.metrics import SemsegMetrics, _count
-
-    class SubmissionSemseg(SemsegMetrics):
-        """:class:`SemsegMetrics` that also takes 255 ("no class") as a prediction.
-
-        Such a pixel, where the ground truth is labelled, is a false negative of the
-        ground-truth class only; with no 255 in the predictions the scores are exactly
-        those of the parent class.
-        """
-
-        missed: Tensor
-
-        def __init__(self, num_classes: int, names: list[str], prefix: str) -> None:
-            super().__init__(num_classes=num_classes, names=names, prefix=prefix)
-            self.add_state(
-                "missed",
-                default=torch.zeros(self.num_classes, dtype=torch.long),
-                dist_reduce_fx="sum",
-            )
-
-        def update(self, preds: Tensor, target: Tensor) -> None:
-            """preds int [B,H,W] in 0..C-1 or 255; target int [B,H,W] (255 = unlabelled)."""
-            preds, target = preds.long(), target.long()
-            abstained = (preds == IGNORE_INDEX) & (target != IGNORE_INDEX)
-            if bool(abstained.any()):
-                gt = target[abstained]
-                if bool(((gt < 0) | (gt >= self.num_classes)).any()):
-                    raise ValueError(
-                        f"semseg target holds values outside 0..{self.num_classes - 1}"
-                    )
-                self.missed += _count(gt, self.num_classes)
-                target = torch.where(abstained, torch.full_like(target, IGNORE_INDEX), target)
-            super().update(preds, target)
-
-        def per_class_iou(self) -> Tensor:
-            cm = self.confmat.to(torch.float64)
-            tp = cm.diagonal()
-            union = cm.sum(dim=0) + cm.sum(dim=1) - tp + self.missed.to(torch.float64)
-            iou = 100.0 * tp / union
-            return torch.where(union > 0, iou, torch.full_like(iou, math.nan))
-
-    return SubmissionSemseg
 
 
 # --------------------------------------------------------------------------------------
@@ -466,15 +414,13 @@ def grade(
 
 
 def _submission_metrics(tasks: Sequence[Task]) -> Any:
-    """The training's metrics of ``tasks``, with segmentation taking 255 as a prediction."""
-    from scenemtl.metrics import MultiTaskMetrics, SemsegMetrics
+    """The training's metrics of ``tasks``, each task's as it grades a submission
+    (:meth:`~scenemtl.tasks.base.Task.make_grader_metric`: segmentation takes 255)."""
+    from scenemtl.metrics import MultiTaskMetrics
 
     metrics = MultiTaskMetrics(tasks)
-    for name, metric in list(metrics.tasks.items()):
-        if isinstance(metric, SemsegMetrics):
-            metrics.tasks[name] = _submission_semseg_class()(
-                metric.num_classes, metric.names, metric.prefix
-            )
+    for task in tasks:
+        metrics.tasks[task.name] = task.make_grader_metric()
     return metrics
 
 

@@ -9,16 +9,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from scenemtl.data.format import (
-    IGNORE_INDEX,
     INDEX_NAME,
     RGB_EXTENSIONS,
     DatasetInfo,
-    decode_depth,
-    depth_encoding_of,
-    encode_depth,
     find_rgb,
     info_path,
     label_path,
@@ -31,21 +25,14 @@ from scenemtl.data.mtan import check_mtan, is_mtan_root
 from scenemtl.errors import DataFormatError, UserError
 
 
-def _depth_tolerance(info: DatasetInfo) -> tuple[float, float]:
-    """Decoded range of the declared range: quantization can move a bound by one code."""
-    lo, hi = info.depth_range_m
-    probe = decode_depth(encode_depth(np.array([[lo, hi]]), info.depth_encoding))[0]
-    return min(lo, float(probe[0])) * (1 - 1e-6), max(hi, float(probe[1])) * (1 + 1e-6)
+def _tasks(info: DatasetInfo) -> list:
+    """Task objects of every task the dataset provides (each checks its own files)."""
+    from scenemtl.tasks import build_tasks, dataset_task_specs
+
+    return build_tasks(dataset_task_specs(info))
 
 
-def _extra_tasks(info: DatasetInfo) -> list:
-    """Task objects of dataset.json's ``extra_tasks`` (each reads and checks its files)."""
-    from scenemtl.tasks import build_tasks
-
-    return build_tasks(info.extra_tasks) if info.extra_tasks else []
-
-
-def _check_sample(root: Path, info: DatasetInfo, split: str, index: int) -> list[str]:
+def _check_sample(root: Path, info: DatasetInfo, tasks: list, split: str, index: int) -> list[str]:
     problems: list[str] = []
     h, w = info.image_size
     rgb_file = find_rgb(root, split, index, info.rgb_extension)
@@ -58,47 +45,11 @@ def _check_sample(root: Path, info: DatasetInfo, split: str, index: int) -> list
     except DataFormatError as e:
         problems.append(str(e))
     if info.has_gt(split):
-        sem_file = label_path(root, split, "semseg", index)
-        try:
-            sem = open_image(sem_file)
-            sizes["semseg"] = (sem.height, sem.width)
-            if sem.mode not in ("L", "P"):
-                problems.append(f"{sem_file}: mode {sem.mode}, expected L or P")
-            else:
-                values = np.unique(np.asarray(sem))
-                bad = values[(values >= info.num_classes) & (values != IGNORE_INDEX)]
-                if bad.size:
-                    problems.append(
-                        f"{sem_file}: label values {bad.tolist()[:8]} outside 0..18 and 255"
-                    )
-        except DataFormatError as e:
-            problems.append(str(e))
-        depth_file = label_path(root, split, "depth", index)
-        try:
-            dimg = open_image(depth_file)
-            sizes["depth"] = (dimg.height, dimg.width)
-            if depth_encoding_of(dimg) != info.depth_encoding:
-                problems.append(
-                    f"{depth_file}: mode {dimg.mode} is {depth_encoding_of(dimg)}, "
-                    f"dataset.json declares {info.depth_encoding}"
-                )
-            depth = decode_depth(dimg)
-            valid = depth[depth > 0]
-            lo, hi = _depth_tolerance(info)
-            if valid.size and (valid.min() < lo or valid.max() > hi):
-                problems.append(
-                    f"{depth_file}: depth {valid.min():.3g}..{valid.max():.3g} m outside "
-                    f"declared range {info.depth_range_m[0]:g}..{info.depth_range_m[1]:g} m"
-                )
-        except DataFormatError as e:
-            problems.append(str(e))
-        for task in _extra_tasks(info):
-            path = label_path(root, split, task.name, index)
-            try:
-                target = task.read_target(path)
-                sizes[task.name] = (int(target.shape[-2]), int(target.shape[-1]))
-            except DataFormatError as e:
-                problems.append(str(e))
+        for task in tasks:
+            size, found = task.check_target(label_path(root, split, task.name, index))
+            problems += found
+            if size is not None:
+                sizes[task.name] = size
     for modality, size in sizes.items():
         if size != (h, w):
             problems.append(
@@ -163,7 +114,7 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[s
     except DataFormatError as e:
         return [str(e)]
     try:
-        _extra_tasks(info)
+        tasks = _tasks(info)
     except UserError as e:  # an unknown kind, a malformed spec
         return [f"{info_path(root)}: {e}"]
     problems: list[str] = []
@@ -177,6 +128,8 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[s
         problems += _sample_jobs(root, info, split, jobs)
     # PIL releases the GIL while decoding, so threads use every core without pickling.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for found in pool.map(lambda job: _check_sample(root, info, *job), jobs, chunksize=16):
+        for found in pool.map(
+            lambda job: _check_sample(root, info, tasks, *job), jobs, chunksize=16
+        ):
             problems += found
     return problems

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scenemtl.data.classes import cityscapes_class_table
+from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.data.format import (
     IGNORE_INDEX,
     METERS16,

@@ -4,31 +4,25 @@
 
     ROOT/dataset.json
     ROOT/{train,val,test}/rgb/{i}.jpg|png      RGB, 8-bit
-    ROOT/{train,val,test}/semseg/{i}.png       mode L or P, trainIds 0..18, 255 = ignore
+    ROOT/{train,val,test}/semseg/{i}.png       mode L or P, class ids of "classes", 255 = ignore
     ROOT/{train,val,test}/depth/{i}.png        8-bit disparity code or 16-bit meters x 256
     ROOT/{train,val,test}/<task>/{i}.png       one folder per extra task (dataset.json
                                                "extra_tasks", e.g. normals: docs/normals.md)
 
-Depth PNGs describe themselves by their mode, so a reader never needs dataset.json to
-decode one:
-
-* mode ``L``: MiniScapes disparity code. ``v`` in 1..255 is linear in inverse depth,
-  ``v=1`` is 1/300 m^-1 and ``v=255`` is 1/4 m^-1; ``v=0`` is invalid.
-* mode ``I;16`` or ``I``: depth in meters times 256 (KITTI convention); 0 is invalid.
-
-In memory, depth is float32 meters and invalid pixels are exactly ``0.0``
-(:data:`INVALID_DEPTH`); ``depth > 0`` is the validity mask.
+The PNG encodings are :mod:`scenemtl.codecs`' (depth PNGs describe themselves by their
+mode, :mod:`scenemtl.codecs.depth`). Which task kind reads each folder is
+:data:`MINISCAPES_TASKS` plus ``extra_tasks``; :attr:`DatasetInfo.task_specs` gives the
+specs the task registry builds the tasks from.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,170 +31,56 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from scenemtl.data.classes import cityscapes_class_table
+# The codecs, re-exported: the layout is written in them and its readers import them
+# from here (the codecs live apart so that task kinds use them without this module).
+from scenemtl.codecs.classes import IGNORE_INDEX as IGNORE_INDEX
+from scenemtl.codecs.classes import MAX_CLASSES as MAX_CLASSES
+from scenemtl.codecs.classes import cityscapes_class_table
+from scenemtl.codecs.classes import read_semseg as read_semseg
+from scenemtl.codecs.depth import DEPTH_ENCODINGS as DEPTH_ENCODINGS
+from scenemtl.codecs.depth import DISPARITY8 as DISPARITY8
+from scenemtl.codecs.depth import DISPARITY8_MAX_M as DISPARITY8_MAX_M
+from scenemtl.codecs.depth import DISPARITY8_MIN_M as DISPARITY8_MIN_M
+from scenemtl.codecs.depth import INVALID_DEPTH as INVALID_DEPTH
+from scenemtl.codecs.depth import METERS16 as METERS16
+from scenemtl.codecs.depth import METERS16_MAX_M as METERS16_MAX_M
+from scenemtl.codecs.depth import METERS16_SCALE as METERS16_SCALE
+from scenemtl.codecs.depth import decode_depth as decode_depth
+from scenemtl.codecs.depth import depth_encoding_of as depth_encoding_of
+from scenemtl.codecs.depth import encodable_range as encodable_range
+from scenemtl.codecs.depth import encode_depth as encode_depth
+from scenemtl.codecs.depth import read_depth as read_depth
+from scenemtl.codecs.image import MAX_IMAGE_PIXELS as MAX_IMAGE_PIXELS
+from scenemtl.codecs.image import open_image as open_image
+from scenemtl.codecs.normals import NORMALS_CODEC_MAX_ANGLE_DEG as NORMALS_CODEC_MAX_ANGLE_DEG
+from scenemtl.codecs.normals import NORMALS_ENCODINGS as NORMALS_ENCODINGS
+from scenemtl.codecs.normals import NORMALS_RGB8 as NORMALS_RGB8
+from scenemtl.codecs.normals import decode_normals as decode_normals
+from scenemtl.codecs.normals import encode_normals as encode_normals
+from scenemtl.codecs.normals import read_normals as read_normals
 from scenemtl.errors import DataFormatError
 
 FORMAT_NAME = "scenemtl-miniscapes"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-MODALITIES = ("rgb", "semseg", "depth")
+
+
+def _class_table_spec(info: DatasetInfo) -> dict[str, Any]:
+    return {"kind": "segmentation", "classes": info.classes}
+
+
+def _depth_spec(info: DatasetInfo) -> dict[str, Any]:
+    return {"kind": "depth", "encoding": info.depth_encoding, "range_m": list(info.depth_range_m)}
+
+
+MINISCAPES_TASKS: dict[str, Callable[[DatasetInfo], dict[str, Any]]] = {
+    "semseg": _class_table_spec,
+    "depth": _depth_spec,
+}
+"""The layout's own task folders (fixed since format version 1) -> the spec each gets
+from dataset.json ("classes"; "depth"); any further task is listed in "extra_tasks"."""
+MODALITIES = ("rgb", *MINISCAPES_TASKS)
 RGB_EXTENSIONS = (".jpg", ".png")
-
-IGNORE_INDEX = 255
-"""Label value of pixels without a semantic class (Cityscapes convention)."""
-INVALID_DEPTH = 0.0
-"""Depth value (meters) of pixels without valid depth: sky, missing disparity, padding."""
-MAX_CLASSES = IGNORE_INDEX
-"""A class table holds at most 255 classes: labels are 8-bit and 255 means ignore."""
-
-DISPARITY8 = "disparity8"
-METERS16 = "meters16"
-DEPTH_ENCODINGS = (DISPARITY8, METERS16)
-
-# Range of the MiniScapes disparity code, meters.
-DISPARITY8_MIN_M = 4.0
-DISPARITY8_MAX_M = 300.0
-# 16-bit meters x 256 tops out just below 256 m.
-METERS16_SCALE = 256.0
-METERS16_MAX_M = 65535 / METERS16_SCALE
-
-
-NORMALS_RGB8 = "rgb8"
-NORMALS_ENCODINGS: tuple[str, ...] = (NORMALS_RGB8,)
-NORMALS_CODEC_MAX_ANGLE_DEG = math.degrees(math.asin(math.sqrt(3.0) / 255.0))
-"""Largest angle (0.389 deg) between a unit normal and its 8-bit PNG round trip: each
-component is off by at most half a step, 1/255, so the vector by at most sqrt(3)/255,
-and renormalizing turns a unit vector by at most asin of that."""
-
-NORMALS_UNIT_TOLERANCE = 0.05
-"""A valid pixel of a normals PNG must decode to a vector of length 1 +- this (a
-quantized unit vector decodes to 1 +- sqrt(3)/255 = 0.007)."""
-NORMALS_ZERO_LENGTH = 0.05
-"""Pixels decoding to a shorter vector are invalid (grey 128 as some releases store the
-zero vector)."""
-NORMALS_MIN_LENGTH = 1e-6
-"""Vectors shorter than this (or not finite) are written as invalid."""
-
-
-# --------------------------------------------------------------------------------------
-# depth codecs
-
-
-def encodable_range(encoding: str) -> tuple[float, float]:
-    """The (min, max) depth in meters an encoding can represent."""
-    if encoding == DISPARITY8:
-        return DISPARITY8_MIN_M, DISPARITY8_MAX_M
-    if encoding == METERS16:
-        return 1.0 / METERS16_SCALE, METERS16_MAX_M
-    raise DataFormatError(f"unknown depth encoding {encoding!r}; known: {DEPTH_ENCODINGS}")
-
-
-def encode_depth(depth_m: np.ndarray, encoding: str) -> Image.Image:
-    """Depth in meters (0 or non-finite = invalid) to a self-describing PNG image.
-
-    Valid depths are clipped to the encoding's range.
-    """
-    depth = np.asarray(depth_m, dtype=np.float64)
-    valid = np.isfinite(depth) & (depth > 0)
-    lo, hi = encodable_range(encoding)
-    clipped = np.clip(np.where(valid, depth, hi), lo, hi)
-    if encoding == DISPARITY8:
-        inv_lo, inv_hi = 1.0 / DISPARITY8_MAX_M, 1.0 / DISPARITY8_MIN_M
-        code = 1.0 + (1.0 / clipped - inv_lo) / (inv_hi - inv_lo) * 254.0
-        out = np.where(valid, np.clip(np.rint(code), 1, 255), 0).astype(np.uint8)
-        return Image.fromarray(out)
-    code = np.clip(np.rint(clipped * METERS16_SCALE), 1, 65535)
-    out = np.where(valid, code, 0).astype(np.uint16)
-    return Image.fromarray(out)
-
-
-def decode_depth(image: Image.Image) -> np.ndarray:
-    """A depth PNG (any of the two encodings) to float32 meters, 0 = invalid."""
-    if image.mode == "L":
-        code = np.asarray(image, dtype=np.float64)
-        inv_lo, inv_hi = 1.0 / DISPARITY8_MAX_M, 1.0 / DISPARITY8_MIN_M
-        inv = inv_lo + (code - 1.0) / 254.0 * (inv_hi - inv_lo)
-        depth = np.where(code > 0, 1.0 / np.maximum(inv, 1e-12), 0.0)
-        return depth.astype(np.float32)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        code = np.asarray(image).astype(np.float64)
-        if code.min(initial=0) < 0:
-            raise DataFormatError("16-bit depth PNG holds negative values")
-        return (code / METERS16_SCALE).astype(np.float32)
-    raise DataFormatError(f"depth PNG has mode {image.mode}; expected L (disparity) or I;16")
-
-
-def depth_encoding_of(image: Image.Image) -> str:
-    return DISPARITY8 if image.mode == "L" else METERS16
-
-
-# --------------------------------------------------------------------------------------
-# normals codec (docs/normals.md)
-
-
-def _as_chw(normals: np.ndarray) -> np.ndarray:
-    arr = np.asarray(normals)
-    if arr.ndim == 3 and arr.shape[0] == 3:
-        return arr
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return arr.transpose(2, 0, 1)
-    raise ValueError(f"normals must be [3,H,W] or [H,W,3], got {arr.shape}")
-
-
-def encode_normals(normals: np.ndarray) -> Image.Image:
-    """Normals [3,H,W] (or [H,W,3]) to an 8-bit RGB PNG image.
-
-    Vectors are normalized first; zero, near-zero (< 1e-6) or non-finite vectors are
-    written as RGB (0,0,0), invalid.
-    """
-    n = _as_chw(normals).astype(np.float64)
-    length = np.sqrt(np.sum(n * n, axis=0))
-    valid = np.isfinite(length) & (length > NORMALS_MIN_LENGTH)
-    unit = np.where(valid, n / np.where(valid, length, 1.0), 0.0)
-    code = np.clip(np.rint((unit + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    code[:, ~valid] = 0
-    return Image.fromarray(np.ascontiguousarray(code.transpose(1, 2, 0)), mode="RGB")
-
-
-def decode_normals(image: Image.Image) -> np.ndarray:
-    """An 8-bit RGB normals PNG to float32 unit normals [3,H,W], zero = invalid.
-
-    Raises:
-        DataFormatError: wrong mode, or pixels that are not encoded unit vectors
-            (without the file name; see :func:`read_normals`).
-    """
-    if image.mode != "RGB":
-        raise DataFormatError(f"normals PNG has mode {image.mode}; expected RGB (8-bit)")
-    code = np.asarray(image, dtype=np.float64).transpose(2, 0, 1)
-    n = code / 127.5 - 1.0
-    length = np.sqrt(np.sum(n * n, axis=0))
-    invalid = (code.sum(axis=0) == 0) | (length < NORMALS_ZERO_LENGTH)
-    bad = ~invalid & (np.abs(length - 1.0) > NORMALS_UNIT_TOLERANCE)
-    if bad.any():
-        worst = float(length[bad][np.argmax(np.abs(length[bad] - 1.0))])
-        raise DataFormatError(
-            f"{int(bad.sum())} pixel(s) do not encode unit normals (a length of {worst:.3f}; "
-            f"expected 1 +- {NORMALS_UNIT_TOLERANCE}, or RGB 0,0,0 for invalid)"
-        )
-    out = np.where(invalid, 0.0, n / np.where(invalid, 1.0, length))
-    return out.astype(np.float32)
-
-
-def read_normals(path: Path) -> np.ndarray:
-    """float32 [3,H,W] unit normals from a PNG, zero = invalid; errors name the file."""
-    try:
-        return decode_normals(open_image(path))
-    except DataFormatError as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise DataFormatError(f"{path}: {e}") from None
-
-
-def write_normals(path: str | Path, normals: np.ndarray) -> None:
-    """Write normals [3,H,W] or [H,W,3] as a PNG at ``path``, atomically."""
-    buf = io.BytesIO()
-    encode_normals(normals).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------
@@ -228,11 +108,19 @@ class DatasetInfo:
     extra_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Tasks beyond ``semseg`` and ``depth``: task name -> spec (``{"kind": ...}`` plus
     what the kind needs), read from ``<split>/<name>/{i}.png`` (see
-    :func:`scenemtl.tasks.dataset_task_specs`)."""
+    :attr:`task_specs`)."""
 
     def __post_init__(self) -> None:
         if not self.classes:
             self.classes = cityscapes_class_table()
+
+    @property
+    def task_specs(self) -> dict[str, dict[str, Any]]:
+        """The tasks the dataset provides, name -> spec, in order: the layout's own
+        (:data:`MINISCAPES_TASKS`), then ``extra_tasks``."""
+        specs = {name: spec_of(self) for name, spec_of in MINISCAPES_TASKS.items()}
+        specs.update({name: dict(spec) for name, spec in self.extra_tasks.items()})
+        return specs
 
     @property
     def task_folders(self) -> tuple[str, ...]:
@@ -410,11 +298,6 @@ def read_info(root: str | os.PathLike, check_sizes: bool = True) -> DatasetInfo:
 MAX_SPLIT_SIZE = 10_000_000
 """Most images dataset.json may declare for one split (Cityscapes has 5000 in all)."""
 
-MAX_IMAGE_PIXELS = 8192 * 8192
-"""Largest image read (and largest ``image_size`` a dataset.json may declare): 67 M
-pixels, a 48-megapixel photo fits; Cityscapes has 2 M. Checked from the image's header,
-before it is decoded (Pillow's own bomb check only warns below 179 M pixels)."""
-
 MAX_JSON_BYTES = 16 << 20
 """Largest dataset.json or mtan.json read (they hold a class table and statistics: a few
 KiB). Nesting deeper than Python's recursion limit is refused too."""
@@ -506,6 +389,13 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically (see :func:`atomic_output`)."""
     with atomic_output(path) as f:
         f.write(payload)
+
+
+def write_normals(path: str | Path, normals: np.ndarray) -> None:
+    """Write normals [3,H,W] or [H,W,3] as a PNG at ``path``, atomically."""
+    buf = io.BytesIO()
+    encode_normals(normals).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_info(root: str | os.PathLike, info: DatasetInfo) -> None:
@@ -623,22 +513,6 @@ def write_sample(
     write_sample_files(root, split, index, files, rgb_extension)
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image; DataFormatError naming the file if it cannot."""
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:  # the header's size, nothing decoded
-                raise DataFormatError(
-                    f"{path}: {im.width}x{im.height} image, more than {MAX_IMAGE_PIXELS} pixels"
-                )
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataFormatError(f"{path}: cannot decode image ({e})") from None
-
-
 _GRAY16 = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -691,24 +565,6 @@ def rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except ValueError as e:
         raise DataFormatError(f"{path}: mode {mode} cannot be read as RGB ({e})") from None
-
-
-def read_semseg(path: Path) -> np.ndarray:
-    """HxW uint8 trainIds (a P image's palette indices are its trainIds)."""
-    im = open_image(path)
-    if im.mode not in ("L", "P"):
-        raise DataFormatError(f"{path}: semseg PNG has mode {im.mode}; expected L or P")
-    return np.asarray(im, dtype=np.uint8)
-
-
-def read_depth(path: Path) -> np.ndarray:
-    """HxW float32 meters, 0 = invalid."""
-    try:
-        return decode_depth(open_image(path))
-    except DataFormatError as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise DataFormatError(f"{path}: {e}") from None
 
 
 def iter_indices(info: DatasetInfo, split: str) -> Iterator[int]:

@@ -42,6 +42,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from scenemtl.data.classes import cityscapes_class_table
+from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.data.format import IGNORE_INDEX, METERS16, DatasetInfo, read_json_file
 from scenemtl.errors import DataFormatError, UserError
 
@@ -60,8 +61,6 @@ SIDECAR = "mtan.json"
 MTAN_SPLITS = ("train", "val")
 NPY_NAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
 CITYSCAPES_LABELS = (7, 19)
-NORMALS_KIND = "normals"
-"""Registry key of the surface-normal task kind (its class lives in tasks/normals.py)."""
 
 DEPTH_UNITS = ("disparity", "disparity_px", "meters")
 """``disparity``: the release's Cityscapes values (raw PNG / 65536); ``disparity_px``:
@@ -192,8 +191,12 @@ class MTANInfo(DatasetInfo):
     dataset: str = "cityscapes"
     depth_units: str = "disparity"
     folders: dict[str, str] = field(default_factory=dict)
-    task_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     layout: str = LAYOUT
+
+    @property
+    def task_specs(self) -> dict[str, dict[str, Any]]:
+        """The tasks the root provides (:func:`mtan_task_specs`)."""
+        return mtan_task_specs(self)
 
 
 def _choose_labels(root: Path, labels: int | None) -> tuple[str, str, list[dict[str, Any]]]:
@@ -240,9 +243,11 @@ def read_mtan_info(root: str | os.PathLike, labels: int | None = None) -> MTANIn
         raise DataFormatError(f"{root}: no train/image/ or val/image/: not an MTAN-layout root")
     sidecar = _read_sidecar(root)
     dataset, label_folder, classes = _choose_labels(root, labels)
-    folders = {"semseg": label_folder, "depth": "depth"}
-    if dataset == "nyuv2":
-        folders["normals"] = "normal"
+    folders = {
+        name: task.folder or label_folder
+        for name, task in MTAN_TASKS.items()
+        if dataset in task.datasets
+    }
     units = sidecar.get("depth_units", "meters" if dataset == "nyuv2" else "disparity")
     splits: dict[str, dict[str, Any]] = {}
     for split in MTAN_SPLITS:
@@ -275,24 +280,12 @@ def read_mtan_info(root: str | os.PathLike, labels: int | None = None) -> MTANIn
         depth_units=units,
         folders=folders,
     )
-    info.task_specs = mtan_task_specs(info)
     return info
 
 
 def mtan_task_specs(info: MTANInfo) -> dict[str, dict[str, Any]]:
-    """semseg + depth (in the data's units; ``range_m`` is the data's range, for pictures)
-    and, for NYUv2, ``normals`` (kind ``normals``: [3,H,W] unit vectors, 0 = invalid)."""
-    specs: dict[str, dict[str, Any]] = {
-        "semseg": {"kind": "segmentation", "classes": info.classes},
-        "depth": {
-            "kind": "depth",
-            "encoding": info.depth_encoding,
-            "range_m": list(info.depth_range_m),
-        },
-    }
-    if "normals" in info.folders:
-        specs["normals"] = {"kind": NORMALS_KIND}
-    return specs
+    """The specs of the tasks the root has (:data:`MTAN_TASKS`), in order."""
+    return {name: MTAN_TASKS[name].spec(info) for name in info.folders}
 
 
 # --------------------------------------------------------------------------------------
@@ -450,6 +443,50 @@ def read_normals(path: Path) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class MTANTask:
+    """How the release holds one task: its folder, its reader and the spec it gets.
+
+    Attributes:
+        folder: the folder in a split; None: the label set's (``label_7``, ``label_19``
+            or ``label``).
+        datasets: the releases that have it.
+        read: ``(path, number of classes) -> target`` as the task's batches hold it.
+        spec: the task's spec from what :func:`read_mtan_info` found.
+    """
+
+    folder: str | None
+    datasets: tuple[str, ...]
+    read: Callable[[Path, int], np.ndarray]
+    spec: Callable[[MTANInfo], dict[str, Any]]
+
+
+MTAN_TASKS: dict[str, MTANTask] = {
+    "semseg": MTANTask(
+        None,
+        ("cityscapes", "nyuv2"),
+        read_labels,
+        lambda info: {"kind": "segmentation", "classes": info.classes},
+    ),
+    "depth": MTANTask(
+        "depth",
+        ("cityscapes", "nyuv2"),
+        lambda path, _: read_depth_array(path),
+        # in the data's units; range_m is the data's range, for pictures
+        lambda info: {
+            "kind": "depth",
+            "encoding": info.depth_encoding,
+            "range_m": list(info.depth_range_m),
+        },
+    ),
+    "normals": MTANTask(
+        "normal", ("nyuv2",), lambda path, _: read_normals(path), lambda info: {"kind": "normals"}
+    ),
+}
+"""The layout's tasks by the names runs know them by, in order: the release's folder
+names are the layout's, the task names scenemtl's (one table, next to the readers)."""
+
+
 # --------------------------------------------------------------------------------------
 # statistics (in memory: an MTAN root is read-only to scenemtl)
 
@@ -552,11 +589,7 @@ class MTANDataset(Dataset[dict[str, torch.Tensor]]):
 
     def target(self, name: str, index: int) -> np.ndarray:
         path = self.root / self.split / self.info.folders[name] / f"{index}.npy"
-        if name == "semseg":
-            return read_labels(path, self.info.num_classes)
-        if name == "depth":
-            return read_depth_array(path)
-        return read_normals(path)
+        return MTAN_TASKS[name].read(path, self.info.num_classes)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.size:
@@ -604,7 +637,11 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _check_sample(
-    root: Path, split: str, index: int, folders: dict[str, int], expected: tuple[int, int]
+    root: Path,
+    split: str,
+    index: int,
+    folders: dict[str, tuple[MTANTask, int]],
+    expected: tuple[int, int],
 ) -> list[str]:
     path = root / split / "image" / f"{index}.npy"
     try:
@@ -616,15 +653,10 @@ def _check_sample(
         problems.append(
             f"{path}: size {size[1]}x{size[0]}, the dataset's is {expected[1]}x{expected[0]}"
         )
-    for folder, classes in folders.items():
+    for folder, (task, classes) in folders.items():
         path = root / split / folder / f"{index}.npy"
         try:
-            if folder == "depth":
-                shape = read_depth_array(path).shape
-            elif folder == "normal":
-                shape = read_normals(path).shape[1:]
-            else:
-                shape = read_labels(path, classes).shape
+            shape = task.read(path, classes).shape[-2:]
         except DataFormatError as e:
             problems.append(str(e))
             continue
@@ -659,9 +691,12 @@ def check_mtan(root: str | os.PathLike, workers: int | None = None) -> list[str]
                 continue
             if m != n:
                 problems.append(f"{root / split / name}: {m} files, expected {n}")
-        folders = {**present, "depth": 0}
-        if "normals" in info.folders:
-            folders["normal"] = 0
+        # every label set present, read as the segmentation task reads its own
+        folders = {
+            (task.folder or label_set): (task, classes)
+            for task in (MTAN_TASKS[name] for name in info.folders)
+            for label_set, classes in (present.items() if task.folder is None else [("", 0)])
+        }
         jobs += [(split, i, folders) for i in range(n)]
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for found in pool.map(lambda job: _check_sample(root, *job, expected), jobs):

@@ -49,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scenemtl.data.format import IGNORE_INDEX, INVALID_DEPTH
 from scenemtl.errors import UserError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -78,13 +77,6 @@ class TargetRule(NamedTuple):
     dtype: torch.dtype
     channels: int = 0
     reorient: Callable[[Tensor, Tensor], Tensor] | None = None
-
-
-DEFAULT_TARGETS: dict[str, TargetRule] = {
-    "semseg": TargetRule(float(IGNORE_INDEX), torch.int64),
-    "depth": TargetRule(INVALID_DEPTH, torch.float32),
-}
-"""The course's two tasks, for callers that warp without a task list."""
 
 
 def target_rules(tasks: Sequence[Any]) -> dict[str, TargetRule]:
@@ -360,7 +352,7 @@ def warp_batch(
     batch: Mapping[str, Any],
     out_to_src: Tensor,
     crop_hw: tuple[int, int],
-    targets: Mapping[str, TargetRule] | None = None,
+    targets: Mapping[str, TargetRule],
 ) -> dict[str, Any]:
     """Warp a batch with one homography per sample and normalize the result.
 
@@ -371,8 +363,9 @@ def warp_batch(
         out_to_src: ``[B, 3, 3]`` output->source homographies (:func:`output_to_source`).
         crop_hw: output ``(h, w)``.
         targets: task name -> :class:`TargetRule` (or a bare ``(fill, dtype)`` pair) of
-            the targets to warp (default: :data:`DEFAULT_TARGETS`); other entries of
-            ``batch`` pass through.
+            the targets to warp (:func:`target_rules` of the run's tasks); other entries
+            of ``batch`` pass through, but not a map of the image's size: an unwarped
+            target would silently no longer match its image.
 
     Returns:
         ``{"image": float32 [B,3,h,w] normalized, "rgb": uint8 [B,3,h,w],
@@ -389,7 +382,11 @@ def warp_batch(
     if out_to_src.shape != (b, 3, 3):
         raise ValueError(f"need {b} homographies [B,3,3], got {tuple(out_to_src.shape)}")
 
-    rules = DEFAULT_TARGETS if targets is None else targets
+    rules = targets
+    for key, value in batch.items():
+        spatial = isinstance(value, Tensor) and value.dim() >= 3
+        if key != "rgb" and key not in rules and spatial and value.shape[-2:] == (height, width):
+            raise ValueError(f"no target rule for batch entry {key!r} (target_rules of its task)")
     coords = source_coordinates(out_to_src, crop_hw, rgb.device)
     out = {k: v for k, v in batch.items() if k != "rgb" and k not in rules}
     out["rgb"] = _sample_bilinear_rgb(rgb, coords)
@@ -462,7 +459,7 @@ class BatchAugment(nn.Module):
         tilt_deg: largest absolute rotation, degrees, in [0, 180].
         wiggle: perspective strength in [0, 1]; 0 disables it.
         targets: task name -> :class:`TargetRule` of the targets to warp (see
-            :func:`target_rules`; default: the course's semseg and depth).
+            :func:`target_rules`; default: none yet, the DataModule sets its tasks').
     """
 
     def __init__(
@@ -476,7 +473,7 @@ class BatchAugment(nn.Module):
         targets: Mapping[str, TargetRule] | None = None,
     ) -> None:
         super().__init__()
-        self.targets = dict(DEFAULT_TARGETS if targets is None else targets)
+        self.targets = dict(targets or {})
         self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
         if isinstance(hflip, bool):
             hflip = 0.5 if hflip else 0.0

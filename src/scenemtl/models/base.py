@@ -19,12 +19,10 @@ from scenemtl.models.blocks import (
     resize,
 )
 from scenemtl.models.encoder import ResNetEncoder, build_encoder
+from scenemtl.tasks import legacy_heads
 
 if TYPE_CHECKING:
     from scenemtl.models.registry import ModelConfig
-
-DEFAULT_HEADS: dict[str, int] = {"semseg": 19, "depth": 1}
-"""Heads of the course's network, for models built without a task list."""
 
 
 class MultiTaskNet(nn.Module):
@@ -98,7 +96,8 @@ class MultiTaskNet(nn.Module):
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.heads: dict[str, int] = dict(heads) if heads is not None else dict(DEFAULT_HEADS)
+        # without a task list: the tasks of checkpoints from before tasks were data
+        self.heads: dict[str, int] = dict(heads) if heads is not None else legacy_heads()
         if len(self.heads) < self.min_tasks:
             raise UserError(
                 f"model.net.architecture {cfg.architecture!r} needs at least {self.min_tasks} "

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from scenemtl.data.classes import cityscapes_class_table
-from scenemtl.data.format import DISPARITY8, DISPARITY8_MAX_M, DISPARITY8_MIN_M
+from scenemtl.codecs.classes import cityscapes_class_table
+from scenemtl.codecs.depth import DISPARITY8, DISPARITY8_MAX_M, DISPARITY8_MIN_M
 from scenemtl.errors import UserError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth import DepthTask
 from scenemtl.tasks.normals import NormalsTask
 from scenemtl.tasks.segmentation import SegmentationTask
-
-if TYPE_CHECKING:
-    from scenemtl.data.format import DatasetInfo
 
 TASK_KINDS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
@@ -38,33 +35,27 @@ TaskSpecs = dict[str, dict[str, Any]]
 """Task name -> spec, in the order the network emits them."""
 
 FLAT_TASK_OPTIONS: dict[str, tuple[str, str]] = {
-    "depth_space": ("depth", "space"),
-    "depth_loss": ("depth", "loss"),
-    "silog_lambda": ("depth", "silog_lambda"),
+    flat: (kind, option)
+    for kind, cls in TASK_KINDS.items()
+    for flat, option in cls.flat_options.items()
 }
-"""``model.<flat>`` -> (task, option): the flat spellings of the depth task's options,
-kept because every config and checkpoint before tasks-as-data used them, and because
-they are short on the command line."""
+"""``model.<flat>`` -> (task kind, option): the flat spellings of task options that
+configs and checkpoints used before tasks were data (``depth_space``, ``depth_loss``,
+``silog_lambda``), each declared by its kind (:attr:`Task.flat_options`). They are
+translated here, in :func:`options_of_learned_tasks`, and nowhere else."""
 
 
-def dataset_task_specs(info: DatasetInfo) -> TaskSpecs:
-    """The tasks a dataset provides. A MiniScapes-layout dataset: its ``semseg/`` and
-    ``depth/``, then the ``extra_tasks`` its dataset.json lists (e.g. ``normals``), in that
-    order; an info of another layout lists its own (its ``task_specs``, e.g. the MTAN
-    layout)."""
-    own = getattr(info, "task_specs", None)
-    if own:
-        return {k: dict(v) for k, v in own.items()}
-    specs: TaskSpecs = {
-        "semseg": {"kind": "segmentation", "classes": info.classes},
-        "depth": {
-            "kind": "depth",
-            "encoding": info.depth_encoding,
-            "range_m": list(info.depth_range_m),
-        },
-    }
-    specs.update({name: dict(spec) for name, spec in info.extra_tasks.items()})
-    return specs
+class ProvidesTasks(Protocol):
+    """What a dataset description gives the registry: its tasks' specs, in order (a
+    layout's :class:`~scenemtl.data.format.DatasetInfo` builds them from its files)."""
+
+    @property
+    def task_specs(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+def dataset_task_specs(info: ProvidesTasks) -> TaskSpecs:
+    """The tasks a dataset provides, in its order (copies: the caller may edit them)."""
+    return {name: dict(spec) for name, spec in info.task_specs.items()}
 
 
 def legacy_task_specs() -> TaskSpecs:
@@ -77,6 +68,12 @@ def legacy_task_specs() -> TaskSpecs:
             "range_m": [DISPARITY8_MIN_M, DISPARITY8_MAX_M],
         },
     }
+
+
+def legacy_heads() -> dict[str, int]:
+    """Task name -> output channels of :func:`legacy_task_specs`' tasks: the network of
+    a checkpoint without specs, and of a model built from its configuration alone."""
+    return {task.name: task.channels for task in build_tasks(legacy_task_specs())}
 
 
 def select_tasks(
@@ -105,7 +102,7 @@ def select_tasks(
 
 
 def options_of_learned_tasks(
-    learned: Collection[str],
+    learned: Mapping[str, Mapping[str, Any]],
     provided: Collection[str] | None = None,
     task_options: Mapping[str, Mapping[str, Any] | None] | None = None,
     flat_options: Mapping[str, Any] | None = None,
@@ -115,19 +112,23 @@ def options_of_learned_tasks(
     loss_weights)``, the flat options (:data:`FLAT_TASK_OPTIONS`, None = unset) merged
     over ``task_options``.
 
+    A flat option goes to the learned task of the kind that declares it (the depth task,
+    whatever its name), under ``task_options``' entry for that task if both are set.
+
     A setting for a task the run does not learn is dropped silently when the data
-    provides that task (``provided``), and so is a flat option of a task not learned: a
+    provides that task (``provided``), and so is a flat option no learned task takes: a
     config written for semseg + depth serves the single-task baselines unchanged
     (``--data.tasks '[semseg]'``), and a study's baselines are such runs. A setting naming
     a task the data does not provide is a mistake (a typo, another dataset's task) and is
     refused.
 
     Args:
-        learned: the tasks the run learns.
+        learned: the specs of the tasks the run learns (name -> spec with its "kind").
         provided: the tasks the data provides (None: only ``learned`` are known).
 
     Raises:
-        UserError: a task name neither learned nor provided, named with its key.
+        UserError: a task name neither learned nor provided, named with its key; a flat
+            option two learned tasks could take.
     """
     known = set(learned) | set(provided or ())
     for key, per_task in (("task_options", task_options), ("loss_weights", loss_weights)):
@@ -142,9 +143,16 @@ def options_of_learned_tasks(
         name: dict(value or {}) for name, value in (task_options or {}).items() if name in learned
     }
     for flat, value in (flat_options or {}).items():
-        task, option = FLAT_TASK_OPTIONS[flat]
-        if value is not None and task in learned:
-            options.setdefault(task, {})[option] = value
+        kind, option = FLAT_TASK_OPTIONS[flat]
+        takers = [name for name, spec in learned.items() if spec.get("kind") == kind]
+        if value is None or not takers:
+            continue
+        if len(takers) > 1:
+            raise UserError(
+                f"model.{flat} could set {option!r} of {', '.join(takers)} ({kind} tasks); "
+                f"set model.task_options.<task>.{option} instead"
+            )
+        options.setdefault(takers[0], {})[option] = value
     weights = {name: w for name, w in (loss_weights or {}).items() if name in learned}
     return options, weights
 
@@ -208,6 +216,7 @@ __all__ = [
     "build_task",
     "build_tasks",
     "dataset_task_specs",
+    "legacy_heads",
     "legacy_task_specs",
     "options_of_learned_tasks",
     "select_tasks",

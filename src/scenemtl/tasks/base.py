@@ -23,7 +23,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from scenemtl.errors import DataFormatError
 from scenemtl.tasks.likelihood import Likelihood
+from scenemtl.tasks.statistics import TargetStatistics
 
 
 class Task(nn.Module):
@@ -49,6 +51,10 @@ class Task(nn.Module):
     fill_value: ClassVar[float] = 0.0
     target_dtype: ClassVar[torch.dtype] = torch.float32
     target_channels: ClassVar[int] = 0
+    flat_options: ClassVar[Mapping[str, str]] = {}
+    """``model.<flat>`` spellings this kind's options had before tasks were data ->
+    the option (:data:`scenemtl.tasks.FLAT_TASK_OPTIONS`); kept for old configs and
+    checkpoints, not for new kinds."""
     refused_augmentations: ClassVar[Mapping[str, str]] = {}
     """Training augmentation options (:class:`~scenemtl.data.transforms.BatchAugment`
     argument names) whose geometry this task's targets cannot follow, each with the
@@ -74,6 +80,21 @@ class Task(nn.Module):
         """Ground truth of one image from its file, [H,W] (or [C,H,W] with
         ``target_channels`` C) in the task's units."""
         raise NotImplementedError
+
+    def check_target(self, path: Path) -> tuple[tuple[int, int] | None, list[str]]:
+        """What ``scenemtl data check`` finds in one ground-truth file: its size (H, W),
+        None if unreadable, and every problem, each naming the file. Default: what
+        :meth:`read_target` refuses."""
+        try:
+            target = self.read_target(path)
+        except DataFormatError as e:
+            return None, [str(e)]
+        return (int(target.shape[-2]), int(target.shape[-1])), []
+
+    def statistics(self) -> TargetStatistics | None:
+        """Fresh running statistics of this task's targets for dataset.json "stats"
+        (``scenemtl data stats``), or None when the kind has none (the default)."""
+        return None
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         """A decoded prediction [H,W] (or [C,H,W]) as the PNG a dataset would hold."""
@@ -103,8 +124,12 @@ class Task(nn.Module):
 
     @property
     def likelihood(self) -> Likelihood:
-        """The likelihood the configured loss is the negative log of (uncertainty
-        weighting, :mod:`scenemtl.tasks.likelihood`)."""
+        """The likelihood the configured loss is the negative log of
+        (:mod:`scenemtl.tasks.likelihood`).
+
+        A fact about :meth:`loss`, so it lives beside it: only the task knows which loss
+        its options chose (depth: l1, l2 or silog). Uncertainty weighting is its reader
+        today; a table of it elsewhere would have to branch on kinds and losses."""
         raise NotImplementedError
 
     # -- evaluation --------------------------------------------------------------------
@@ -117,6 +142,12 @@ class Task(nn.Module):
     def make_metric(self) -> Metric:
         """A fresh torchmetrics metric; ``compute()`` returns ``{name: headline, ...}``."""
         raise NotImplementedError
+
+    def make_grader_metric(self) -> Metric:
+        """The metric ``scenemtl grade`` scores a submission with: the training's
+        (default), or one that also takes what a file may hold and an output cannot
+        (segmentation: label 255, "no class"). Same keys as :meth:`make_metric`'s."""
+        return self.make_metric()
 
     # -- geometry: training augmentation and test-time augmentation ---------------------
 

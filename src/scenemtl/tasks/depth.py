@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchmetrics import Metric
 
-from scenemtl.data.format import (
+from scenemtl.codecs.depth import (
     DEPTH_ENCODINGS,
     DISPARITY8,
     DISPARITY8_MAX_M,
     DISPARITY8_MIN_M,
     INVALID_DEPTH,
     decode_depth,
+    depth_encoding_of,
     encode_depth,
     read_depth,
 )
+from scenemtl.codecs.image import open_image, with_path
 from scenemtl.errors import DataFormatError, UserError
-from scenemtl.metrics import DepthMetrics
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
 from scenemtl.tasks.likelihood import GAUSSIAN, LAPLACE, RADIAL_LAPLACE, Likelihood
+from scenemtl.tasks.statistics import Histogram, TargetStatistics
 
 DEPTH_LOSSES: tuple[str, ...] = ("l1", "l2", "silog")
 DEFAULT_SILOG_LAMBDA = 0.85
@@ -94,6 +98,205 @@ def depth_loss(
     raise UserError(f"unknown depth loss {kind!r}; choose one of {', '.join(DEPTH_LOSSES)}")
 
 
+DELTA_BASE = 1.25
+"""Threshold base of the ``delta<k>`` metrics: ratio below ``1.25^k``."""
+
+
+class DepthMetrics(Metric):
+    """SI-logRMSE per image averaged over images, plus pixel-averaged error metrics.
+
+    ``compute()`` returns float64 scalars ``{"depth", "depth_mae", "depth_rmse",
+    "depth_absrel", "depth_sqrel", "depth_logrmse", "depth_delta1", "depth_delta2",
+    "depth_delta3"}`` (NaN if nothing valid was seen); see the module docstring.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    silog_sum: Tensor
+    num_images: Tensor
+    num_pixels: Tensor
+    abs_sum: Tensor
+    sq_sum: Tensor
+    absrel_sum: Tensor
+    sqrel_sum: Tensor
+    logsq_sum: Tensor
+    delta_count: Tensor
+
+    _SUMS = ("silog_sum", "num_images", "num_pixels", "abs_sum", "sq_sum", "absrel_sum",
+             "sqrel_sum", "logsq_sum")  # fmt: skip
+
+    def __init__(self, prefix: str = "depth") -> None:
+        super().__init__()
+        self.prefix = prefix
+        for name in self._SUMS:
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "delta_count", default=torch.zeros(3, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+
+    def update(self, pred_m: Tensor, gt_m: Tensor) -> None:
+        """Accumulate a batch.
+
+        Args:
+            pred_m: predicted depth in meters, [B,H,W] or [B,1,H,W]; must be positive
+                and finite wherever the ground truth is valid.
+            gt_m: ground-truth meters [B,H,W] as read from disk, 0 = invalid.
+
+        Raises:
+            ValueError: shape mismatch, or a prediction that is not positive meters at a
+                valid pixel (e.g. a still-normalized network output).
+        """
+        if pred_m.dim() == 4:
+            if pred_m.shape[1] != 1:
+                raise ValueError(
+                    f"depth prediction must have one channel, got {tuple(pred_m.shape)}"
+                )
+            pred_m = pred_m[:, 0]
+        if pred_m.shape != gt_m.shape or gt_m.dim() != 3:
+            raise ValueError(
+                f"depth prediction {tuple(pred_m.shape)} vs target {tuple(gt_m.shape)}"
+            )
+        pred = pred_m.to(torch.float64).flatten(1)
+        gt = gt_m.to(torch.float64).flatten(1)
+        valid = (gt > 0) & torch.isfinite(gt)
+        if not bool(valid.any()):
+            return
+        bad = valid & ~((pred > 0) & torch.isfinite(pred))
+        if bool(bad.any()):
+            raise ValueError(
+                "depth metrics take positive meters; decode network outputs with "
+                "DepthSpace.decode before updating the metrics"
+            )
+        one = torch.ones_like(gt)
+        p = torch.where(valid, pred, one)
+        g = torch.where(valid, gt, one)
+        zero = torch.zeros_like(gt)
+        d = torch.where(valid, torch.log(p) - torch.log(g), zero)  # 0 at invalid pixels
+        n = valid.sum(dim=1).to(torch.float64)
+        has = n > 0
+        n_safe = n.clamp(min=1)
+        mean_d = d.sum(dim=1) / n_safe
+        var = (d.square().sum(dim=1) / n_safe - mean_d.square()).clamp(min=0)
+        self.silog_sum += (100.0 * var.sqrt())[has].sum()
+        self.num_images += has.sum()
+
+        err = torch.where(valid, p - g, zero)
+        self.num_pixels += n.sum()
+        self.abs_sum += err.abs().sum()
+        self.sq_sum += err.square().sum()
+        self.absrel_sum += (err.abs() / g).sum()
+        self.sqrel_sum += (err.square() / g).sum()
+        self.logsq_sum += d.square().sum()
+        ratio = torch.maximum(p / g, g / p)
+        for k in range(3):
+            self.delta_count[k] += (valid & (ratio < DELTA_BASE ** (k + 1))).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.num_pixels.device)
+        ni, npx = self.num_images, self.num_pixels
+        silog = self.silog_sum / ni if ni > 0 else nan
+        if npx > 0:
+            pix = {
+                "mae": self.abs_sum / npx,
+                "rmse": (self.sq_sum / npx).sqrt(),
+                "absrel": self.absrel_sum / npx,
+                "sqrel": self.sqrel_sum / npx,
+                "logrmse": (self.logsq_sum / npx).sqrt(),
+            }
+            pix.update({f"delta{k + 1}": 100.0 * self.delta_count[k] / npx for k in range(3)})
+        else:
+            names = ("mae", "rmse", "absrel", "sqrel", "logrmse", "delta1", "delta2", "delta3")
+            pix = dict.fromkeys(names, nan)
+        out = {self.prefix: silog}
+        out.update({f"{self.prefix}_{k}": v for k, v in pix.items()})
+        return out
+
+
+def colorize_depth(
+    depth_m: np.ndarray, min_m: float = 4.0, max_m: float = 300.0, cmap: str = "magma_r"
+) -> np.ndarray:
+    """Depth in meters [H,W] -> colours [H,W,3] on a log scale; invalid (<= 0) is black.
+
+    A log scale because street depth spans two orders of magnitude: linear colours would
+    spend the whole colormap on the far 200 m and show the near scene as one colour.
+    """
+    from matplotlib import colormaps
+
+    depth = np.asarray(depth_m, dtype=np.float64)
+    valid = np.isfinite(depth) & (depth > 0)
+    t = (np.log(np.clip(depth, min_m, max_m)) - np.log(min_m)) / (np.log(max_m) - np.log(min_m))
+    rgb = (colormaps[cmap](np.where(valid, t, 0.0))[..., :3] * 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+STATS_HIST_BINS = 128
+"""Bins of the depth histograms ``scenemtl data stats`` plots."""
+
+
+def _mean_std(n: float, s: float, s2: float) -> dict[str, float]:
+    mean = s / n
+    return {"mean": float(mean), "std": float(np.sqrt(max(s2 / n - mean**2, 0.0)))}
+
+
+class DepthStatistics(TargetStatistics):
+    """Mean and std of valid depth in meters, log-meters and inverse meters (the
+    normalizations of :mod:`scenemtl.tasks.depth_space`), the share of valid pixels, and
+    histograms in meters and log-meters over the dataset's range.
+
+    Args:
+        range_m: the dataset's depth range (histogram bins span it).
+    """
+
+    def __init__(self, range_m: tuple[float, float]) -> None:
+        self.lo, self.hi = range_m
+        self.pixels = 0
+        # valid count, sum/sum of squares of meters, of log-meters, of inverse meters
+        self.sums = np.zeros(7)
+        self.hist_m = np.zeros(STATS_HIST_BINS)
+        self.hist_log = np.zeros(STATS_HIST_BINS)
+
+    def add(self, target: np.ndarray) -> None:
+        depth = np.asarray(target, dtype=np.float64)
+        valid = depth[depth > 0]
+        self.pixels += depth.size
+        log_d, inv_d = np.log(valid), 1.0 / valid
+        self.sums += [valid.size, valid.sum(), (valid**2).sum(), log_d.sum(),
+                      (log_d**2).sum(), inv_d.sum(), (inv_d**2).sum()]  # fmt: skip
+        self.hist_m += np.histogram(valid, bins=STATS_HIST_BINS, range=(0, self.hi))[0]
+        log_range = (np.log(self.lo), np.log(self.hi))
+        self.hist_log += np.histogram(log_d, bins=STATS_HIST_BINS, range=log_range)[0]
+
+    def merge(self, other: TargetStatistics) -> None:
+        assert isinstance(other, DepthStatistics)
+        self.pixels += other.pixels
+        self.sums += other.sums
+        self.hist_m += other.hist_m
+        self.hist_log += other.hist_log
+
+    def result(self, where: str) -> dict[str, Any]:
+        count, s, s2, ls, ls2, is_, is2 = self.sums
+        if count == 0:
+            raise DataFormatError(f"{where} has no valid depth pixel")
+        return {
+            "valid_depth_fraction": float(count / self.pixels),
+            "depth_m": _mean_std(count, s, s2),
+            "depth_log": _mean_std(count, ls, ls2),
+            "depth_inv": _mean_std(count, is_, is2),
+        }
+
+    def histograms(self) -> dict[str, Histogram]:
+        log_edges = np.linspace(np.log(self.lo), np.log(self.hi), STATS_HIST_BINS + 1)
+        return {
+            "meters": Histogram(
+                self.hist_m, np.linspace(0, self.hi, STATS_HIST_BINS + 1), "depth [m]"
+            ),
+            "log": Histogram(self.hist_log, log_edges, "log depth [log m]"),
+        }
+
+
 class DepthTask(Task):
     """Metric depth in meters, 0 = invalid.
 
@@ -117,6 +320,11 @@ class DepthTask(Task):
     prediction_modes = ("L", "I;16", "I;16B", "I;16L", "I")
     higher_is_better = False
     fill_value = INVALID_DEPTH
+    flat_options: ClassVar[Mapping[str, str]] = {
+        "depth_space": "space",
+        "depth_loss": "loss",
+        "silog_lambda": "silog_lambda",
+    }
     target_dtype = torch.float32
 
     def __init__(
@@ -170,6 +378,42 @@ class DepthTask(Task):
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return encode_depth(np.asarray(prediction, dtype=np.float32), self.encoding)
 
+    def check_target(self, path: Path) -> tuple[tuple[int, int] | None, list[str]]:
+        """Besides what :meth:`read_target` refuses: a PNG in another encoding than the
+        dataset declares, and depth outside the declared range (beyond quantization)."""
+        try:
+            image = open_image(path)
+        except DataFormatError as e:
+            return None, [str(e)]
+        problems = []
+        if depth_encoding_of(image) != self.encoding:
+            problems.append(
+                f"{path}: mode {image.mode} is {depth_encoding_of(image)}, "
+                f"dataset.json declares {self.encoding}"
+            )
+        try:
+            depth = decode_depth(image)
+        except DataFormatError as e:
+            return (image.height, image.width), [*problems, str(with_path(path, e))]
+        valid = depth[depth > 0]
+        lo, hi = self._decoded_range()
+        if valid.size and (valid.min() < lo or valid.max() > hi):
+            problems.append(
+                f"{path}: depth {valid.min():.3g}..{valid.max():.3g} m outside "
+                f"declared range {self.range_m[0]:g}..{self.range_m[1]:g} m"
+            )
+        return (image.height, image.width), problems
+
+    def _decoded_range(self) -> tuple[float, float]:
+        """The declared range as decoded files can hold it: quantization can move a bound
+        by one code."""
+        lo, hi = self.range_m
+        probe = decode_depth(encode_depth(np.array([[lo, hi]]), self.encoding))[0]
+        return min(lo, float(probe[0])) * (1 - 1e-6), max(hi, float(probe[1])) * (1 + 1e-6)
+
+    def statistics(self) -> DepthStatistics:
+        return DepthStatistics(self.range_m)
+
     def adopt_stats(self, stats: Mapping[str, Any]) -> None:
         self.space.set_stats(stats)
 
@@ -193,8 +437,6 @@ class DepthTask(Task):
         return self.space.encode(torch.exp(mean))
 
     def colorize(self, values: np.ndarray) -> np.ndarray:
-        from scenemtl.visualize import colorize_depth
-
         return colorize_depth(values, *self.range_m)
 
     def histogram_values(self, prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,17 +19,17 @@ from PIL import Image
 from torch import Tensor
 from torchmetrics import Metric
 
-from scenemtl.data.format import (
+from scenemtl.codecs.normals import (
     NORMALS_CODEC_MAX_ANGLE_DEG,
     NORMALS_ENCODINGS,
     NORMALS_RGB8,
     decode_normals,
     encode_normals,
     read_normals,
-    write_normals,
 )
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.counting import count_values
 from scenemtl.tasks.likelihood import LAPLACE_ON_SPHERE, VON_MISES_FISHER, Likelihood
 
 NORMALS_LOSSES: tuple[str, ...] = ("l1", "cosine")
@@ -46,8 +46,8 @@ EXPORT_NORMALS_ATOL_DEG = 0.1
 
 _NORM_EPS = 1e-6
 
-# The PNG codec lives with the other codecs (numpy and Pillow only, so the generator and
-# `data check` do not load torch); re-exported here for the task's users.
+# The PNG codec lives with the other codecs (scenemtl.codecs.normals: numpy and Pillow
+# only, so the generator writes normals without torch); re-exported for the task's users.
 __all__ = [
     "NORMALS_CODEC_MAX_ANGLE_DEG",
     "NormalsMetrics",
@@ -56,7 +56,6 @@ __all__ = [
     "encode_normals",
     "normals_loss",
     "read_normals",
-    "write_normals",
 ]
 
 
@@ -178,10 +177,8 @@ class NormalsMetrics(Metric):
         self.num_pixels += angle.numel()
         for k, t in enumerate(THRESHOLDS_DEG):
             self.within[k] += (angle < t).sum()
-        from scenemtl.metrics import _count
-
         bins = (angle / HIST_BIN_DEG).floor().clamp(0, _HIST_BINS - 1).to(torch.int64)
-        self.hist += _count(bins, _HIST_BINS).to(torch.float64)
+        self.hist += count_values(bins, _HIST_BINS).to(torch.float64)
 
     def compute(self) -> dict[str, Tensor]:
         n = self.num_pixels

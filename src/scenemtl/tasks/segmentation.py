@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torchmetrics import Metric
 
-from scenemtl.data.format import IGNORE_INDEX, read_semseg
+from scenemtl.codecs.classes import IGNORE_INDEX, read_semseg
 from scenemtl.errors import DataFormatError, UserError
-from scenemtl.metrics import SemsegMetrics
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.counting import count_values
 from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
+from scenemtl.tasks.statistics import TargetStatistics
 
 # Smallest probability kept before the log when TTA views are merged: a class no view
 # gives any mass to gets a large negative but finite logit.
@@ -64,6 +67,167 @@ def parse_class_table(classes: Any, where: str = "classes") -> list[dict[str, An
             raise DataFormatError(f"{where}[{i}] ({c['name']}): 'color' must be [r, g, b] 0..255")
         table.append({"name": c["name"], "color": [int(v) for v in color]})
     return table
+
+
+class SemsegMetrics(Metric):
+    """Confusion matrix over a split; mean and per-class IoU.
+
+    ``compute()`` returns ``{"semseg": mIoU, "semseg_pixacc": pixel accuracy,
+    "semseg_iou/<class name>": IoU, ...}``, all float64 scalars in [0, 100] (NaN for a
+    class absent from both GT and prediction; pixel accuracy is NaN before any labelled
+    pixel was seen).
+
+    Args:
+        num_classes: number of classes.
+        names: class names for the per-class keys (default: ``class_<i>``).
+        prefix: key of the mean IoU (the task's name).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    confmat: Tensor
+
+    def __init__(
+        self,
+        num_classes: int = 19,
+        names: list[str] | None = None,
+        prefix: str = "semseg",
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.names = (
+            list(names) if names is not None else [f"class_{i}" for i in range(num_classes)]
+        )
+        if len(self.names) != num_classes:
+            raise ValueError(f"{len(self.names)} class names for {num_classes} classes")
+        self.prefix = prefix
+        self.add_state(
+            "confmat",
+            default=torch.zeros(num_classes, num_classes, dtype=torch.long),
+            dist_reduce_fx="sum",
+        )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch.
+
+        Args:
+            preds: logits [B,C,H,W] (float) or class ids [B,H,W] (integer).
+            target: [B,H,W] class ids, ``IGNORE_INDEX`` = not labelled.
+        """
+        if preds.is_floating_point():
+            if preds.dim() != 4 or preds.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"float predictions must be logits [B,{self.num_classes},H,W], "
+                    f"got {tuple(preds.shape)}"
+                )
+            preds = preds.argmax(dim=1)
+        if preds.shape != target.shape:
+            raise ValueError(
+                f"semseg prediction {tuple(preds.shape)} vs target {tuple(target.shape)}"
+            )
+        target = target.long()
+        preds = preds.long()
+        labelled = target != IGNORE_INDEX
+        gt = target[labelled]
+        pr = preds[labelled]
+        if gt.numel() == 0:
+            return
+        if bool(((gt < 0) | (gt >= self.num_classes)).any()):
+            raise ValueError(f"semseg target holds values outside 0..{self.num_classes - 1}, 255")
+        if bool(((pr < 0) | (pr >= self.num_classes)).any()):
+            raise ValueError(f"semseg prediction holds values outside 0..{self.num_classes - 1}")
+        # row = ground truth, column = prediction
+        counts = count_values(gt * self.num_classes + pr, self.num_classes**2)
+        self.confmat += counts.reshape(self.num_classes, self.num_classes)
+
+    def per_class_iou(self) -> Tensor:
+        """[C] float64 IoU in [0, 100] from the current (local) state; NaN = undefined."""
+        cm = self.confmat.to(torch.float64)
+        tp = cm.diagonal()
+        union = cm.sum(dim=0) + cm.sum(dim=1) - tp
+        iou = 100.0 * tp / union
+        return torch.where(union > 0, iou, torch.full_like(iou, math.nan))
+
+    def compute(self) -> dict[str, Tensor]:
+        iou = self.per_class_iou()
+        defined = ~torch.isnan(iou)
+        miou = iou[defined].mean() if bool(defined.any()) else iou.new_tensor(math.nan)
+        out = {self.prefix: miou.to(torch.float64)}
+        labelled = self.confmat.sum()
+        correct = self.confmat.diagonal().sum().to(torch.float64)
+        out[f"{self.prefix}_pixacc"] = (
+            100.0 * correct / labelled if labelled > 0 else miou.new_tensor(math.nan)
+        ).to(torch.float64)
+        for name, value in zip(self.names, iou, strict=True):
+            out[f"{self.prefix}_iou/{name}"] = value
+        return out
+
+
+class AbstainingSemsegMetrics(SemsegMetrics):
+    """:class:`SemsegMetrics` that also takes 255 ("no class") as a prediction, as a
+    submitted PNG may hold it (an argmax never does).
+
+    Such a pixel, where the ground truth is labelled, is a false negative of the
+    ground-truth class only (in that class's union, in no other class's); with no 255 in
+    the predictions the scores are exactly those of the parent class.
+    """
+
+    missed: Tensor
+
+    def __init__(self, num_classes: int, names: list[str] | None = None, prefix: str = "") -> None:
+        super().__init__(num_classes=num_classes, names=names, prefix=prefix)
+        self.add_state(
+            "missed", default=torch.zeros(self.num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """preds int [B,H,W] in 0..C-1 or 255; target int [B,H,W] (255 = unlabelled)."""
+        preds, target = preds.long(), target.long()
+        abstained = (preds == IGNORE_INDEX) & (target != IGNORE_INDEX)
+        if bool(abstained.any()):
+            gt = target[abstained]
+            if bool(((gt < 0) | (gt >= self.num_classes)).any()):
+                raise ValueError(f"semseg target holds values outside 0..{self.num_classes - 1}")
+            self.missed += count_values(gt, self.num_classes)
+            target = torch.where(abstained, torch.full_like(target, IGNORE_INDEX), target)
+        super().update(preds, target)
+
+    def per_class_iou(self) -> Tensor:
+        cm = self.confmat.to(torch.float64)
+        tp = cm.diagonal()
+        union = cm.sum(dim=0) + cm.sum(dim=1) - tp + self.missed.to(torch.float64)
+        iou = 100.0 * tp / union
+        return torch.where(union > 0, iou, torch.full_like(iou, math.nan))
+
+
+class ClassFrequency(TargetStatistics):
+    """Pixel counts per label value: the class frequencies of dataset.json "stats"
+    (``class_pixel_frequency``: share of the labelled pixels, ``ignored_pixel_fraction``:
+    share of all pixels labelled 255)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.counts = np.zeros(IGNORE_INDEX + 1, dtype=np.int64)
+        self.pixels = 0
+
+    def add(self, target: np.ndarray) -> None:
+        self.counts += np.bincount(np.asarray(target).ravel(), minlength=IGNORE_INDEX + 1)
+        self.pixels += int(np.asarray(target).size)
+
+    def merge(self, other: TargetStatistics) -> None:
+        assert isinstance(other, ClassFrequency)
+        self.counts += other.counts
+        self.pixels += other.pixels
+
+    def result(self, where: str) -> dict[str, Any]:
+        labelled = self.counts[: self.num_classes].sum()
+        freq = self.counts[: self.num_classes] / max(labelled, 1)
+        return {
+            "class_pixel_frequency": [float(f) for f in freq],
+            "ignored_pixel_fraction": float(1 - labelled / max(self.pixels, 1)),
+        }
 
 
 class SegmentationTask(Task):
@@ -123,6 +287,9 @@ class SegmentationTask(Task):
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return Image.fromarray(np.asarray(prediction).astype(np.uint8), mode="L")
 
+    def statistics(self) -> ClassFrequency:
+        return ClassFrequency(self.channels)
+
     @property
     def likelihood(self) -> Likelihood:
         return SOFTMAX
@@ -135,6 +302,9 @@ class SegmentationTask(Task):
 
     def make_metric(self) -> SemsegMetrics:
         return SemsegMetrics(self.channels, names=self.class_names, prefix=self.name)
+
+    def make_grader_metric(self) -> AbstainingSemsegMetrics:
+        return AbstainingSemsegMetrics(self.channels, names=self.class_names, prefix=self.name)
 
     def to_merge_space(self, output: Tensor) -> Tensor:
         return torch.softmax(output.float(), dim=1)

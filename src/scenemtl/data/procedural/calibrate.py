@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, class_names
+from scenemtl.codecs.classes import CITYSCAPES_NUM_CLASSES, class_names
 from scenemtl.data.format import find_rgb, label_path, read_depth, read_info, read_rgb, read_semseg
 from scenemtl.errors import UserError
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scenemtl.data.classes import CITYSCAPES_NUM_CLASSES, class_names
+from scenemtl.codecs.classes import CITYSCAPES_NUM_CLASSES, class_names
 from scenemtl.data.format import (
     INVALID_DEPTH,
     SPLITS,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scenemtl.data.classes import class_colors
+from scenemtl.codecs.classes import class_colors
 from scenemtl.data.format import IGNORE_INDEX, encode_normals
 from scenemtl.data.procedural.generate import sample_layers
 from scenemtl.data.procedural.params import SynthParams

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from scenemtl.data.classes import train_id
+from scenemtl.codecs.classes import train_id
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.draws import Weighted
 from scenemtl.data.procedural.geometry import (

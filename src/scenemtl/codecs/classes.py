@@ -1,16 +1,28 @@
-"""Class tables. The default is the 19 Cityscapes training classes (cityscapesscripts).
+"""Class tables and label PNGs. The default table is the 19 Cityscapes training classes
+(cityscapesscripts).
 
 A dataset's own table lives in its ``dataset.json`` ("classes": names and colours); the
 segmentation task reads it from there. This module only knows the Cityscapes defaults
-that the procedural generator and the Cityscapes converter write.
+that the procedural generator and the Cityscapes converter write, and how a label PNG
+is read (values are checked against a table by the segmentation task).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from scenemtl.codecs.image import open_image
+from scenemtl.errors import DataFormatError
+
+IGNORE_INDEX = 255
+"""Label value of pixels without a semantic class (Cityscapes convention)."""
+MAX_CLASSES = IGNORE_INDEX
+"""A class table holds at most 255 classes: labels are 8-bit and 255 means ignore."""
 CITYSCAPES_NUM_CLASSES = 19
 
 
@@ -56,3 +68,11 @@ def train_id(name: str) -> int:
         if c.name == name:
             return c.train_id
     raise KeyError(f"unknown class {name!r}")
+
+
+def read_semseg(path: Path) -> np.ndarray:
+    """HxW uint8 trainIds (a P image's palette indices are its trainIds)."""
+    im = open_image(path)
+    if im.mode not in ("L", "P"):
+        raise DataFormatError(f"{path}: semseg PNG has mode {im.mode}; expected L or P")
+    return np.asarray(im, dtype=np.uint8)
