@@ -121,7 +121,8 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
     Args:
         folder: the files to upload (a folder written by :meth:`scenemtl.api.Model.save`).
         repo_id: ``user/repo``.
-        private: create the repository private (an existing one keeps its visibility).
+        private: create the repository private (False: the Hub's default for the account;
+            an existing repository keeps its visibility).
 
     Returns:
         the URL of the commit.
@@ -133,7 +134,7 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
     errors = hub.errors
     api = hub.HfApi()
     try:
-        api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+        api.create_repo(repo_id=repo_id, private=True if private else None, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
