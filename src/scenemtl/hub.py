@@ -43,12 +43,8 @@ def parse_hub_uri(uri: str) -> tuple[str, str | None]:
 
 
 def _hub() -> Any:
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise UserError(
-            "the Hugging Face Hub needs huggingface_hub: pip install 'scenemtl[hub]'"
-        ) from None
+    import huggingface_hub  # imported on use: `import scenemtl.hub` stays cheap
+
     return huggingface_hub
 
 

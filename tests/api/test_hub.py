@@ -209,6 +209,9 @@ class FakeHub:
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
+        if request.method == "GET" and path == "/api/agent-harnesses":
+            # huggingface_hub's once-a-day registry fetch for its user agent; optional
+            return httpx2.Response(404, json={"error": "not here"})
         self.authorized &= request.headers.get("authorization") == "Bearer hf_test_token"
         if request.method == "POST" and path == "/api/repos/create":
             self.created = json.loads(request.content)
@@ -249,9 +252,6 @@ class FakeHub:
                     "success": True,
                 },
             )
-        if request.method == "GET" and path == "/api/agent-harnesses":
-            # huggingface_hub's once-a-day registry fetch for its user agent; optional
-            return httpx2.Response(404, json={"error": "not here"})
         self.unexpected.append(f"{request.method} {path}")
         return httpx2.Response(500, json={"error": "unexpected request in the test"})
 
@@ -322,3 +322,15 @@ def test_push_offline_is_one_line(api_folder, offline, capsys):
         main(["hub", "push", str(api_folder), "user/demo"])
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "HF_HUB_OFFLINE" in err and err.count("\n") == 1
+
+
+def test_push_without_network_is_one_line(api_folder, http, capsys):
+    def unreachable(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("Name or service not known", request=request)
+
+    http(unreachable)
+    with pytest.raises(SystemExit) as exc:
+        main(["hub", "push", str(api_folder), "user/demo"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.count("\n") == 1
+    assert "cannot push to user/demo" in err and "ConnectError" in err
