@@ -412,7 +412,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
     if hub.is_hub_uri(path):
         repo_id, revision = hub.parse_hub_uri(str(path))
         folder = hub.download(repo_id, revision=revision)
-        model = _load_folder(folder, source=str(path))
+        try:
+            model = _load_folder(folder, source=str(path))
+        except UserError as e:  # the message names the cache folder; say whose it is
+            raise UserError(f"{path}: {e}") from None
     else:
         local = Path(path)
         if local.is_dir():

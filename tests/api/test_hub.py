@@ -117,6 +117,25 @@ def test_load_from_the_cache_offline(api_folder, hub_cache, offline):
     assert model.predict(rgb)["depth"].shape == (16, 24)
 
 
+def test_one_file_and_a_repository_that_is_not_a_model(api_folder, hub_cache, offline, tmp_path):
+    """download() with a file name (encoder weights) reads the cached file; a repository
+    without a model folder is one line naming it."""
+    from scenemtl.hub import download
+
+    fill_hub_cache(hub_cache, "user/demo", api_folder)
+    path = download("user/demo", "config.json")
+    assert path.read_bytes() == (api_folder / "config.json").read_bytes()
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
+        download("user/demo", "other.safetensors")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "encoder.safetensors").write_bytes(b"x")
+    fill_hub_cache(hub_cache, "user/encoder", tmp_path / "weights")
+    with pytest.raises(UserError) as exc:
+        scenemtl.load("hf://user/encoder")
+    assert str(exc.value).startswith("hf://user/encoder: ")
+    assert "not a scenemtl model folder" in str(exc.value)
+
+
 def test_predict_and_export_commands_read_the_hub_cache(
     api_folder, api_images, hub_cache, offline, tmp_path, monkeypatch, capsys
 ):
