@@ -69,8 +69,8 @@ def test_readme_lines_run_and_hold(api_ckpt, api_images, tmp_path, monkeypatch):
     assert prediction["semseg"].min() >= 0 and prediction["semseg"].max() < 19
     assert prediction["depth"].shape == (h, w) and prediction["depth"].dtype == np.float32
     assert (prediction["depth"] > 0).all()
-    # a list gives a list; the PIL image and its array are the same pixels, so the same
-    # predictions (one path, the same batch: no float path differs)
+    # a list gives a list; the PIL image and its array are the same pixels in one batch,
+    # so the same arithmetic gives the same predictions (no second float path here)
     assert isinstance(predictions, list) and len(predictions) == 2
     for key in ("semseg", "depth"):
         np.testing.assert_array_equal(predictions[0][key], predictions[1][key])
@@ -208,6 +208,10 @@ def test_bad_arguments_are_one_line(api_ckpt, monkeypatch):
     with pytest.raises(UserError) as exc:
         model.to("tpu")
     one_line_error(exc, "tpu")
+    assert model.predict([]) == []
+    with pytest.raises(UserError) as exc:
+        model.predict(image, tta=1.5)
+    one_line_error(exc, "TTA scales must be numbers")
     monkeypatch.setattr("scenemtl.api.MAX_PIXELS", 8 * 8)
     with pytest.raises(UserError) as exc:
         model.predict(image)
