@@ -62,6 +62,14 @@ NOT_RUNNABLE: dict[str, str] = {
         "scenemtl study tune studies/hyperparameters.yaml --preset cpu --trials 12": (
             "12 trainings, hours"
         ),
+        "scenemtl hub push demo-model user/demo-model --private": (
+            "needs a Hub account and the network; tests/api/test_hub.py runs it against "
+            "huggingface_hub with its HTTP client mocked"
+        ),
+        "scenemtl predict --ckpt_path hf://user/demo-model --input photos/ --output preds/": (
+            "needs the repository on the Hub; tests/api/test_hub.py runs it from a "
+            "pre-filled Hub cache offline"
+        ),
     }.items()
 }
 """Command -> why a test cannot run it."""

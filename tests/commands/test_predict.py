@@ -9,15 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from scenemtl.api import MAX_PIXELS, load, resolve_device, tta_setting
 from scenemtl.cli import _run_guarded, main
 from scenemtl.commands.predict import (
-    MAX_PIXELS,
     add_predict_parser,
     find_images,
-    load_module,
     output_stems,
     output_suffixes,
-    resolve_device,
 )
 from scenemtl.data.format import DISPARITY8, encode_depth
 from scenemtl.data.transforms import normalize_rgb
@@ -69,7 +67,8 @@ def read_outputs(out_dir, stem):
 def reference(ckpt, path, scales=(1.0,), flip=False):
     """The module's own outputs for one image file, without the predict tool: RGB, semseg
     logits [C,H,W], depth in meters [H,W]."""
-    module = load_module(ckpt, scales, flip)
+    module = load(ckpt).module
+    module.hparams["tta_scales"], module.hparams["tta_flip"] = list(scales), flip
     rgb = np.array(Image.open(path).convert("RGB"))
     image = normalize_rgb(torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous())
     with torch.no_grad():
@@ -221,21 +220,21 @@ def test_find_images_and_stems(tmp_path):
 
 
 def test_module_predicts_cpu_labels_and_meters(ckpt):
-    module = load_module(ckpt)
+    module = load(ckpt).module
     preds = module.predict_step({"image": torch.zeros(2, 3, 20, 28)})
     assert preds["semseg"].shape == (2, 20, 28) and preds["semseg"].dtype == torch.int64
     assert preds["depth"].shape == (2, 20, 28) and (preds["depth"] > 0).all()
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(UserError):
-        load_module(ckpt, (-1.0,), False)
+        tta_setting([-1.0])
     with pytest.raises(UserError, match="above 4"):
-        load_module(ckpt, (100.0,), False)  # a typo for 1.00 must not allocate 10^4 x
+        tta_setting([100.0])  # a typo for 1.00 must not allocate 10^4 x
 
 
 def test_image_above_the_pixel_limit_is_skipped_with_its_size(
     ckpt, images, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr("scenemtl.commands.predict.MAX_PIXELS", 40 * 40)
+    monkeypatch.setattr("scenemtl.api.MAX_PIXELS", 40 * 40)
     out = tmp_path / "out"
     code = run_predict(["--ckpt_path", str(ckpt), "--input", str(images), "--output", str(out)])
     err = capsys.readouterr().err

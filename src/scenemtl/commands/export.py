@@ -257,13 +257,13 @@ def check_export_size(size: tuple[int, int], output_stride: int) -> None:
     (onnxruntime: "Concat ... mismatched dimensions"). Levels ``s`` and ``2s`` have the
     same size when both sides are at most ``s``; the last pair to separate is (OS/2, OS),
     so one side must be longer than half the output stride. Larger than
-    :data:`~scenemtl.commands.predict.MAX_PIXELS` is refused before anything is
+    :data:`~scenemtl.api.MAX_PIXELS` is refused before anything is
     allocated (40000x40000 would take tens of GB).
 
     Raises:
         UserError: one line naming the size and the bound.
     """
-    from scenemtl.commands.predict import MAX_PIXELS
+    from scenemtl.api import MAX_PIXELS
 
     h, w = size
     least = output_stride // 2 + 1
@@ -483,7 +483,12 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "checkpoint: semseg_logits, semseg, depth); B, H, W dynamic. Checked against torch "
         "with onnxruntime, then both are timed at batch 1.",
     )
-    p.add_argument("--ckpt_path", "--ckpt-path", required=True, help="checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt_path",
+        "--ckpt-path",
+        required=True,
+        help="checkpoint (.ckpt), a folder written by Model.save, or hf://user/repo[@revision]",
+    )
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument(
         "--size",
@@ -506,9 +511,9 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Entry point of ``scenemtl export onnx``."""
-    from scenemtl.commands.predict import load_module
+    from scenemtl.api import load
 
-    module = load_module(args.ckpt_path)
+    module = load(args.ckpt_path).module
     check_export_size(tuple(args.size), module.net.cfg.output_stride)  # before the banner
     print(f"exporting {args.ckpt_path} at {args.size[0]}x{args.size[1]} ...", flush=True)
     report = export_onnx(

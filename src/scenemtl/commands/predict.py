@@ -8,9 +8,11 @@ written to the output folder, plus one overview:
 * ``<stem>_<task>_color.png``: the task's picture (class colours; log-scale depth);
 * ``<stem>_panel.png``: RGB | each task's picture.
 
-Predictions are made by the module's ``predict_step`` through ``Trainer.predict``
-(TTA included), and written by a prediction writer. Images of any size are accepted (the
-networks are fully convolutional) up to :data:`MAX_PIXELS`; images of the same size that
+Predictions are made by :meth:`scenemtl.api.Model.run` (the module's ``predict_step``
+through ``Trainer.predict``, TTA included), the path of ``Model.predict``, and written by
+a prediction writer. The checkpoint may also be a model folder or ``hf://user/repo``
+(:func:`scenemtl.load`). Images of any size are accepted (the networks are fully
+convolutional) up to :data:`~scenemtl.api.MAX_PIXELS`; images of the same size that
 follow each other are batched together. An image that cannot be read, or is too large,
 is reported on one line and skipped; the command then exits with status 1 after the rest.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,24 +30,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
 
+from scenemtl.api import Model, image_size, load, resolve_device
 from scenemtl.argtypes import int_at_least, positive_float
 from scenemtl.data.format import atomic_write_bytes, read_rgb
-from scenemtl.engine.inference import SamplePredictionWriter, run_prediction
+from scenemtl.engine.inference import SamplePredictionWriter
 from scenemtl.errors import UserError
 from scenemtl.tta import check_scales
 from scenemtl.visualize import prediction_panel, tile
 
 if TYPE_CHECKING:
-    from scenemtl.engine.module import MultiTaskModule
     from scenemtl.tasks.base import Task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 PANEL_SUFFIX = "_panel.png"
-MAX_PIXELS = 4096 * 4096
-"""Largest image predicted on (16.8 MP): activations of a ResNet-34 DeepLabV3+ at that
-size already take several GiB; larger photos are refused with their size."""
 
 
 def output_suffixes(task_names: Sequence[str]) -> tuple[str, ...]:
@@ -91,58 +89,6 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     for p in paths:
         counts[p.stem] = counts.get(p.stem, 0) + 1
     return [p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` -> a usable device, or UserError."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"unknown device {name!r}; e.g. cpu, cuda, cuda:0") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} requested but CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' requested but MPS is not available here")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"device {name!r} is not supported; use cpu, cuda or mps")
-    return device
-
-
-def load_module(
-    ckpt_path: str | Path, tta_scales: Sequence[float] = (1.0,), tta_flip: bool = False
-) -> MultiTaskModule:
-    """The trained module of a checkpoint, in eval mode, with these TTA settings."""
-    from scenemtl.engine.module import MultiTaskModule  # Lightning import is slow
-
-    scales = check_scales(tta_scales)
-    module = MultiTaskModule.from_checkpoint(ckpt_path, map_location="cpu")
-    module.hparams["tta_scales"] = list(scales)
-    module.hparams["tta_flip"] = bool(tta_flip)
-    return module
-
-
-# --------------------------------------------------------------------------------------
-# inputs and outputs
-
-
-class ImageFiles(Dataset):
-    """Readable image files as ``{"rgb": uint8 [3,H,W], "index": int64}``."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rgb = read_rgb(self.paths[index])
-        return {
-            "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
-            "index": torch.tensor(index, dtype=torch.int64),
-        }
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -196,42 +142,26 @@ class PredictSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-class SameSizeBatches(Sampler[list[int]]):
-    """Consecutive runs of equally sized images, at most ``batch_size`` each."""
-
-    def __init__(self, sizes: Sequence[tuple[int, int]], batch_size: int) -> None:
-        self.batches: list[list[int]] = []
-        for i, size in enumerate(sizes):
-            last = self.batches[-1] if self.batches else None
-            if last and len(last) < batch_size and sizes[last[0]] == size:
-                last.append(i)
-            else:
-                self.batches.append([i])
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def predict_images(
-    module: MultiTaskModule,
+    model: Model,
     inputs: Sequence[Path],
     out_dir: str | Path,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
+    tta_scales: Sequence[float] = (1.0,),
+    tta_flip: bool = False,
     report: Callable[[str], None] = print,
     report_error: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> PredictSummary:
     """Predict on image files and write the outputs; unreadable images are skipped.
 
     Args:
-        module: a trained module (see :func:`load_module`).
+        model: a trained model (:func:`scenemtl.load`).
         inputs: image files.
         out_dir: output folder (created if missing).
         batch_size: at most this many equally sized images per forward pass.
         device: where the network runs.
+        tta_scales, tta_flip: test-time augmentation (see :mod:`scenemtl.tta`).
         report: called with one line per image written.
         report_error: called with one line per image that failed.
     """
@@ -243,25 +173,19 @@ def predict_images(
     sizes: list[tuple[int, int]] = []
     for path in inputs:
         try:
-            h, w = read_rgb(path).shape[:2]
+            sizes.append(image_size(path))
         except UserError as e:
             summary.failed.append((path, str(e)))
             report_error(f"scenemtl: skipped {e}")
             continue
-        if h * w > MAX_PIXELS:
-            reason = f"{path}: {w}x{h} pixels is above the {MAX_PIXELS / 1e6:.1f} MP limit"
-            summary.failed.append((path, reason))
-            report_error(f"scenemtl: skipped {reason}; downscale it first")
-            continue
         readable.append(path)
-        sizes.append((h, w))
     if not readable:
         return summary
     stems = output_stems(inputs)
     stem_of = dict(zip(inputs, stems, strict=True))
     writer = ImageFileWriter(out_dir, readable, [stem_of[p] for p in readable], report)
-    loader = DataLoader(ImageFiles(readable), batch_sampler=SameSizeBatches(sizes, batch_size))
-    run_prediction(module, loader, writer, device=resolve_device(str(device)))
+    model.to(device)
+    model.run(readable, sizes, writer, batch_size, tta_scales, tta_flip)
     summary.written = writer.written
     return summary
 
@@ -279,7 +203,12 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "recursive) and write, per image and task, <stem>_<task>.png (the dataset "
         "encoding: class ids, depth PNG) and <stem>_<task>_color.png, plus <stem>_panel.png.",
     )
-    p.add_argument("--ckpt_path", "--ckpt-path", required=True, help="checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt_path",
+        "--ckpt-path",
+        required=True,
+        help="checkpoint (.ckpt), a folder written by Model.save, or hf://user/repo[@revision]",
+    )
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="output folder (created if missing)")
     p.add_argument(
@@ -308,9 +237,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # the outputs are PNGs and would be taken as inputs by the next run
         raise UserError(f"output folder {out_dir} is the input folder; choose another")
     device = resolve_device(args.device)
-    module = load_module(args.ckpt_path, args.tta_scales, args.tta_flip)
+    scales = check_scales(args.tta_scales)
+    model = load(args.ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = predict_images(module, inputs, out_dir, batch_size=args.batch_size, device=device)
+    summary = predict_images(
+        model,
+        inputs,
+        out_dir,
+        batch_size=args.batch_size,
+        device=device,
+        tta_scales=scales,
+        tta_flip=args.tta_flip,
+    )
     if summary.failed:
         print(
             f"scenemtl: {len(summary.failed)} of {len(inputs)} image(s) could not be read; "
