@@ -18,7 +18,7 @@ import scenemtl
 from scenemtl.api import MAX_PIXELS, SameSizeBatches, tta_setting
 from scenemtl.cli import _run_guarded
 from scenemtl.commands.predict import add_predict_parser
-from scenemtl.data.classes import cityscapes_class_table
+from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
 from scenemtl.tta import MAX_SCALE

@@ -242,3 +242,71 @@ def test_image_above_the_pixel_limit_is_skipped_with_its_size(
     assert "53x37 pixels is above" in err and "Traceback" not in err
     assert MAX_PIXELS == 4096 * 4096
     assert {p.name.split("_")[0] for p in out.iterdir()} == {"a", "b", "d"}
+
+
+def write_video(path, count, size=(37, 53), fps=7):
+    from fractions import Fraction
+
+    from scenemtl.video import VideoWriter
+
+    rng = np.random.default_rng(3)
+    h, w = size
+    with VideoWriter(path, Fraction(fps)) as writer:
+        for _ in range(count):
+            base = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+            writer.write(np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR)))
+
+
+def test_video_gives_a_video_of_panels_and_each_frames_pngs(ckpt, tmp_path, capsys):
+    pytest.importorskip("av")
+    from scenemtl.video import VideoReader
+
+    source = tmp_path / "drive.mp4"
+    write_video(source, 5)
+    out, frames = tmp_path / "out" / "panels.mp4", tmp_path / "frames"
+    argv = ["--ckpt_path", str(ckpt), "--input", str(source), "--output", str(out)]
+    assert run_predict([*argv, "--frames", str(frames), "--batch-size", "2"]) == 0
+    assert "5 frame(s)" in capsys.readouterr().out
+    with VideoReader(source) as video:
+        decoded = np.concatenate(list(video.batches(8)))
+    with VideoReader(out) as panels:
+        assert panels.fps == 7 and sum(len(b) for b in panels.batches(8)) == 5
+        # RGB | semseg | depth, side by side: wider than three frames, as tall as one
+        assert panels.width >= 3 * 53 and panels.height in (37, 38)
+    assert sorted(p.name for p in frames.iterdir())[:2] == [
+        "frame_000000_depth.png",
+        "frame_000000_semseg.png",
+    ]
+    assert len(list(frames.iterdir())) == 10
+    # frame 3's labels are the model's prediction on the decoded frame 3
+    model = load(ckpt)
+    expected = model.predict(decoded[3], batch_size=1)["semseg"]
+    got = np.asarray(Image.open(frames / "frame_000003_semseg.png"))
+    agree = (got == expected).mean()
+    # batches of 2 (the command) against 1: the same labels up to near-ties (floatpaths.py)
+    assert agree > 0.99, agree
+
+
+@pytest.mark.parametrize(
+    "extra, content, message",
+    [
+        ([], b"garbage", "cannot be read"),
+        (["--output-is-folder"], None, "a video input writes a video"),
+        (["--image-with-frames"], None, "--frames is for a video input"),
+    ],
+)
+def test_bad_video_requests_are_one_line(ckpt, tmp_path, images, capsys, extra, content, message):
+    source = tmp_path / "in.mp4"
+    if content is not None:
+        source.write_bytes(content)
+    else:
+        write_video(source, 2)
+    out = str(tmp_path / "o.mp4")
+    argv = ["predict", "--ckpt_path", str(ckpt), "--input", str(source), "--output", out]
+    if extra == ["--output-is-folder"]:
+        argv[-1] = str(tmp_path / "folder")
+    if extra == ["--image-with-frames"]:
+        argv[4] = str(images / "a.png")
+        argv += ["--frames", str(tmp_path / "f")]
+    pytest.importorskip("av")
+    assert_refused(argv, capsys, message, watch=[images])

@@ -191,6 +191,80 @@ def predict_images(
 
 
 # --------------------------------------------------------------------------------------
+# video
+
+
+VIDEO_CHUNK_FRAMES = 32
+"""Frames decoded and handed to the network at a time: memory stays bounded by this many
+frames (and their panels) whatever the length of the video."""
+
+
+class PanelCollector(SamplePredictionWriter):
+    """Keeps each frame's panel (RGB | each task's picture) and, optionally, writes the
+    frame's per-task PNGs (as ``predict`` writes them for an image)."""
+
+    def __init__(self, frames: np.ndarray, first: int, frames_dir: Path | None) -> None:
+        super().__init__()
+        self.frames = frames
+        self.first = first
+        self.frames_dir = frames_dir
+        self.panels: dict[int, np.ndarray] = {}
+
+    def write_sample(
+        self, index: int, predictions: dict[str, np.ndarray], tasks: list[Task]
+    ) -> None:
+        self.panels[index] = tile([prediction_panel(self.frames[index], tasks, predictions)])
+        if self.frames_dir is not None:
+            stem = f"frame_{self.first + index:06d}"
+            for task in tasks:
+                image = task.encode_png(predictions[task.name])
+                atomic_write_bytes(self.frames_dir / f"{stem}_{task.name}.png", _png_bytes(image))
+
+
+def predict_video(
+    model: Model,
+    source: Path,
+    output: Path,
+    frames_dir: Path | None = None,
+    batch_size: int = 1,
+    tta_scales: Sequence[float] = (1.0,),
+    tta_flip: bool = False,
+    progress: bool = True,
+) -> int:
+    """Predict every frame of video ``source`` and write a video of panels at its frame
+    rate to ``output`` (and each task's frames as PNGs to ``frames_dir``); the number of
+    frames written.
+
+    Raises:
+        UserError: the input cannot be read, a frame is larger than ``MAX_PIXELS``.
+    """
+    from tqdm import tqdm
+
+    from scenemtl.api import MAX_PIXELS
+    from scenemtl.video import VideoReader, VideoWriter
+
+    chunk = max(batch_size, VIDEO_CHUNK_FRAMES)
+    with VideoReader(source) as video:
+        if video.width * video.height > MAX_PIXELS:
+            raise UserError(
+                f"video {source}: frames of {video.height}x{video.width} exceed {MAX_PIXELS} pixels"
+            )
+        bar = tqdm(total=video.frames or None, unit="frame", disable=not progress, file=sys.stderr)
+        with VideoWriter(output, video.fps) as writer, bar:
+            done = 0
+            for frames in video.batches(chunk):
+                collector = PanelCollector(frames, done, frames_dir)
+                items = list(frames)
+                sizes = [(video.height, video.width)] * len(items)
+                model.run(items, sizes, collector, batch_size, tta_scales, tta_flip)
+                for index in range(len(items)):
+                    writer.write(collector.panels[index])
+                done += len(items)
+                bar.update(len(items))
+        return done
+
+
+# --------------------------------------------------------------------------------------
 # command line
 
 
@@ -209,8 +283,21 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         required=True,
         help="checkpoint (.ckpt), a folder written by Model.save, or hf://user/repo[@revision]",
     )
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--output", required=True, help="output folder (created if missing)")
+    p.add_argument(
+        "--input", required=True, help="an image file, a folder of images, or a video file"
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output folder (created if missing); for a video input, the video of panels "
+        "to write (e.g. out.mp4)",
+    )
+    p.add_argument(
+        "--frames",
+        default=None,
+        metavar="DIR",
+        help="video input: also write each frame's per-task PNGs to DIR",
+    )
     p.add_argument(
         "--tta-scales",
         type=positive_float,
@@ -228,6 +315,12 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Entry point of ``scenemtl predict``; 0 if every image was written, 1 otherwise."""
+    from scenemtl.video import is_video
+
+    if is_video(args.input):
+        return _cmd_predict_video(args)
+    if args.frames is not None:
+        raise UserError("--frames is for a video input")
     inputs = find_images(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -257,4 +350,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"{len(summary.written)} image(s) written to {out_dir}")
+    return 0
+
+
+def _cmd_predict_video(args: argparse.Namespace) -> int:
+    from scenemtl.video import is_video
+
+    source, output = Path(args.input), Path(args.output)
+    if not is_video(output):
+        raise UserError(f"output {output}: a video input writes a video; name it e.g. out.mp4")
+    if output.exists() and output.resolve() == source.resolve():
+        raise UserError(f"output {output} is the input video; choose another name")
+    frames_dir = Path(args.frames) if args.frames is not None else None
+    if frames_dir is not None and frames_dir.exists() and not frames_dir.is_dir():
+        raise UserError(f"--frames {frames_dir} exists and is not a folder")
+    device = resolve_device(args.device)
+    scales = check_scales(args.tta_scales)
+    model = load(args.ckpt_path).to(device)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if frames_dir is not None:
+        frames_dir.mkdir(parents=True, exist_ok=True)
+    count = predict_video(model, source, output, frames_dir, args.batch_size, scales, args.tta_flip)
+    print(f"{count} frame(s) -> {output}" + (f" and {frames_dir}" if frames_dir else ""))
     return 0
