@@ -7,6 +7,7 @@ hundred ulps of 1 (~1e-13 at most), well inside 1e-12 and far below any real dis
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -16,12 +17,21 @@ from torch import nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.dpt import DPTHead, Reassemble
-from scenemtl.models.invpt import InvPTDecoder, JointAttention, count_parameters
+from scenemtl.models.invpt import (
+    AUTHORS_DIMS,
+    SMALL_DIMS,
+    InvPTDecoder,
+    JointAttention,
+)
 
 ATOL = 1e-12
 SIZES = [(64, 96), (50, 70)]  # the second is not a multiple of 32
 PYRAMID = {2: 4, 4: 6, 8: 8, 16: 10, 32: 12}
 TASKS = {"semseg": 5, "depth": 1}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def ceil(a: int, b: int) -> int:
@@ -173,7 +183,7 @@ def test_dpt_rejects_bad_options() -> None:
 
 # ---------------------------------------------------------------------------- InvPT
 
-SMALL = {"embed_dim": 16, "pred_channels": 8, "num_heads": 2}
+SMALL = SMALL_DIMS
 
 
 @pytest.mark.parametrize(("h", "w"), SIZES)
@@ -304,6 +314,11 @@ def _invpt_count(cin: int, c16: int, c8: int, outs: list[int], e: int, p: int, m
 def test_invpt_parameter_count() -> None:
     net = InvPTDecoder(PYRAMID, {"a": 5, "b": 1, "c": 3}, embed_dim=16, pred_channels=8)
     assert count_parameters(net) == _invpt_count(12, 10, 8, [5, 1, 3], 16, 8, 4.0)
+
+
+def test_invpt_defaults_are_the_authors() -> None:
+    params = inspect.signature(InvPTDecoder).parameters
+    assert {k: params[k].default for k in AUTHORS_DIMS} == AUTHORS_DIMS
 
 
 def test_invpt_rejects_bad_options() -> None:

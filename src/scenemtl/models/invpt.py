@@ -26,7 +26,7 @@ difference to the authors' code and the parameter counts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -51,6 +51,8 @@ AUTHORS_DIMS: dict[str, object] = {
     "kv_strides": (2, 4, 8),
 }
 """The authors' configuration (configs/{nyud,pascal}/*_vitLp16.yml and the decoder's spec)."""
+SMALL_DIMS: dict[str, object] = {"embed_dim": 16, "pred_channels": 8, "num_heads": 2}
+"""A tiny configuration for tests (widths 24, 12, 6)."""
 
 
 class InvPTOutput(NamedTuple):
@@ -200,7 +202,8 @@ class InvPTBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     @staticmethod
-    def _channels_last(f: nn.Module, x: Tensor) -> Tensor:
+    def _channels_last(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """Apply ``f`` over the channels of [B, C, h, w] (LayerNorm, MLP work on [..., C])."""
         return f(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(
@@ -409,8 +412,3 @@ class InvPTDecoder(nn.Module):
             for t, s in zip(self.tasks, summed, strict=True)
         }
         return InvPTOutput(final, auxiliary)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
