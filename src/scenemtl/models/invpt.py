@@ -168,7 +168,12 @@ class JointAttention(nn.Module):
         if ph * pw != n:
             raise ValueError(f"previous query grid of {n} tokens does not fit {ph}x{pw}")
         x = scores.reshape(b * heads, tasks, ph, pw, nk).permute(0, 1, 4, 2, 3)
-        x = F.interpolate(x.reshape(b * heads, tasks * nk, ph, pw), size=(qh, qw), mode="bilinear")
+        x = F.interpolate(
+            x.reshape(b * heads, tasks * nk, ph, pw),
+            size=(qh, qw),
+            mode="bilinear",
+            align_corners=False,
+        )
         x = x.reshape(b, heads, tasks, nk, qh * qw).permute(0, 1, 2, 4, 3)
         return x.reshape(b, heads, tasks * qh * qw, nk)
 
