@@ -1,0 +1,279 @@
+"""DPT dense head (Ranftl, Bochkovskiy, Koltun 2021, "Vision Transformers for Dense
+Prediction"), after the authors' code (isl-org/DPT: ``dpt/vit.py``, ``dpt/blocks.py``,
+``dpt/models.py``) and the same head in Depth Anything V2 (``depth_anything_v2/dpt.py``).
+
+::
+
+    4 inputs (ViT blocks at stride 16, or pyramid levels at strides 4..32)
+      -> reassemble_i: [read-out] -> 1x1 conv -> resample to stride 4, 8, 16, 32
+         (4x4/stride-4 or 2x2/stride-2 transposed conv, identity, 3x3/stride-2 conv)
+      -> layer_rn_i: 3x3 conv (no bias) to ``features``
+    fusion_4(l4) -> fusion_3(., l3) -> fusion_2(., l2) -> fusion_1(., l1)    (stride 2)
+      fusion: x + RCU(skip) -> RCU -> bilinear up (to the next level's size, or 2x) -> 1x1
+      RCU (residual conv unit): ReLU -> 3x3 -> [BN] -> ReLU -> 3x3 -> [BN] -> + input
+    head: "depth": 3x3 (F -> F/2) -> bilinear up 2x -> 3x3 (F/2 -> 32) -> ReLU -> 1x1
+          "segmentation": 3x3 (no bias) -> BN -> ReLU -> dropout 0.1 -> 1x1 -> bilinear up 2x
+
+The output is at stride 1 of the stride-4 grid: [B, out, 4*ceil(H/4), 4*ceil(W/4)], or
+exactly ``size`` when given (the last upsampling goes there). Bilinear resampling uses
+``align_corners=True`` as the authors do. See docs/models.md ("DPT head") for the
+differences to the authors' head and the parameter counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scenemtl.errors import UserError
+
+TARGET_STRIDES = (4, 8, 16, 32)
+"""Strides the four reassembled maps are brought to."""
+READOUTS = ("ignore", "add", "project")
+HEADS = ("depth", "segmentation")
+
+
+def _upsample(x: Tensor, size: Sequence[int] | None) -> Tensor:
+    """Bilinear (align_corners=True, as DPT) to ``size``, or 2x without one."""
+    if size is None:
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def resample_layer(channels: int, source_stride: int, target_stride: int) -> nn.Module:
+    """DPT's resampling from ``source_stride`` to ``target_stride`` on ``channels``:
+    upsampling by k = source/target is a k x k transposed conv with stride k (DPT: 4 and 2),
+    equal strides the identity, downsampling by 2 a 3x3 conv with stride 2 and padding 1.
+    [B, C, h, w] -> [B, C, h*k, w*k] (k >= 1) or [B, C, ceil(h/2), ceil(w/2)]."""
+    if source_stride == target_stride:
+        return nn.Identity()
+    if source_stride > target_stride and source_stride % target_stride == 0:
+        k = source_stride // target_stride
+        return nn.ConvTranspose2d(channels, channels, k, stride=k)
+    if target_stride == 2 * source_stride:
+        return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+    raise UserError(
+        f"DPT: cannot resample stride {source_stride} to {target_stride} "
+        "(upsampling by an integer factor or downsampling by 2 only)"
+    )
+
+
+class Reassemble(nn.Module):
+    """One reassemble operation: read-out handling, 1x1 projection, resampling.
+
+    ``readout`` (for ViT tokens with a class token): ``"ignore"`` drops the class token,
+    ``"add"`` adds it to every token, ``"project"`` concatenates it to every token and maps
+    back with Linear(2C -> C) + GELU (DPT's default); ``None`` for inputs without one.
+    With ``cout=None`` and equal strides the operation is the identity (DPT-Hybrid's ResNet
+    levels skip reassembly).
+
+    Shapes: x [B, cin, h, w], class token [B, cin] -> [B, cout, h*k, w*k] with
+    k = source_stride / target_stride.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int | None,
+        source_stride: int,
+        target_stride: int,
+        readout: str | None = None,
+    ) -> None:
+        super().__init__()
+        if readout is not None and readout not in READOUTS:
+            raise UserError(f"DPT: readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        self.readout = readout
+        self.readout_project = (
+            nn.Sequential(nn.Linear(2 * cin, cin), nn.GELU()) if readout == "project" else None
+        )
+        identity = cout is None and source_stride == target_stride
+        self.cout = cin if identity else (cout or cin)
+        self.project = nn.Identity() if identity else nn.Conv2d(cin, self.cout, 1)
+        self.resample = resample_layer(self.cout, source_stride, target_stride)
+
+    def forward(self, x: Tensor, class_token: Tensor | None = None) -> Tensor:
+        if self.readout is not None and self.readout != "ignore":
+            if class_token is None:
+                raise ValueError(f"readout {self.readout!r} needs the class token")
+            token = class_token[:, :, None, None].expand_as(x)
+            if self.readout_project is None:
+                x = x + token
+            else:
+                x = torch.cat([x, token], 1).permute(0, 2, 3, 1)
+                x = self.readout_project(x).permute(0, 3, 1, 2)
+        return self.resample(self.project(x))
+
+
+class ResidualConvUnit(nn.Module):
+    """ReLU -> 3x3 -> [BN] -> ReLU -> 3x3 -> [BN] -> + input (convs biased without BN).
+    [B, F, h, w] -> [B, F, h, w]."""
+
+    def __init__(self, features: int, use_bn: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=not use_bn)
+        self.bn1 = nn.BatchNorm2d(features) if use_bn else nn.Identity()
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=not use_bn)
+        self.bn2 = nn.BatchNorm2d(features) if use_bn else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn1(self.conv1(F.relu(x)))
+        out = self.bn2(self.conv2(F.relu(out)))
+        return out + x
+
+
+class FusionBlock(nn.Module):
+    """RefineNet-style fusion: (x + RCU(skip)) -> RCU -> bilinear up -> 1x1 conv.
+
+    The coarsest block has no skip (``skip=False``: no first RCU; DPT builds one it never
+    uses). Shapes: x [B, F, h, w], skip [B, F, h, w] -> [B, F, *size] (2h x 2w without)."""
+
+    def __init__(self, features: int, use_bn: bool, skip: bool = True) -> None:
+        super().__init__()
+        self.rcu1 = ResidualConvUnit(features, use_bn) if skip else None
+        self.rcu2 = ResidualConvUnit(features, use_bn)
+        self.out_conv = nn.Conv2d(features, features, 1)
+
+    def forward(
+        self, x: Tensor, skip: Tensor | None = None, size: Sequence[int] | None = None
+    ) -> Tensor:
+        if self.rcu1 is not None:
+            if skip is None:
+                raise ValueError("this fusion block takes a skip input")
+            x = x + self.rcu1(skip)
+        return self.out_conv(_upsample(self.rcu2(x), size))
+
+
+class DPTHead(nn.Module):
+    """DPT's dense head for one task.
+
+    Args:
+        in_channels: channels of the four inputs, finest first.
+        out_channels: the task's output channels.
+        in_strides: stride of each input (ViT blocks: (16, 16, 16, 16); a pyramid: its
+            levels' strides); they are resampled to 4, 8, 16, 32.
+        features: fusion width (DPT-Hybrid and DPT-Large: 256).
+        reassemble_channels: 1x1 projection width per input (DPT: ViT-B (96, 192, 384,
+            768), ViT-L (256, 512, 1024, 1024)); ``None`` (all, or one entry): identity
+            where the stride is already right (a pyramid level), else the input width.
+        readout: read-out for ViT class tokens (``"project"`` is DPT's default), or
+            ``None`` when the inputs have none; one value for all inputs or one per input
+            (DPT-Hybrid: ``(None, None, "project", "project")``).
+        use_bn: BN in the residual conv units (DPT: off for depth, on for segmentation).
+        head: ``"depth"`` (DPTDepthModel / Depth Anything, without the final ReLU: the
+            task's output activation applies) or ``"segmentation"`` (DPTSegmentationModel).
+        head_hidden: the depth head's hidden width (32).
+
+    Forward: ``features`` (a sequence of four [B, C_i, h_i, w_i], or a pyramid mapping
+    stride -> map, see :meth:`for_pyramid`), optional class tokens (four [B, C_i]) and
+    ``size`` -> [B, out_channels, *size], or [B, out_channels, 4*h_4, 4*w_4] with h_4 x w_4
+    the stride-4 grid (stride 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        in_strides: Sequence[int] = TARGET_STRIDES,
+        features: int = 256,
+        reassemble_channels: Sequence[int | None] | None = None,
+        readout: str | Sequence[str | None] | None = None,
+        use_bn: bool = False,
+        head: Literal["depth", "segmentation"] = "depth",
+        head_hidden: int = 32,
+    ) -> None:
+        super().__init__()
+        n = len(TARGET_STRIDES)
+        if len(in_channels) != n or len(in_strides) != n:
+            raise UserError(f"DPT takes {n} inputs, got {len(in_channels)} channels")
+        if reassemble_channels is not None and len(reassemble_channels) != n:
+            raise UserError(f"DPT: reassemble_channels needs {n} values")
+        if head not in HEADS:
+            raise UserError(f"DPT: head must be one of {', '.join(HEADS)}, got {head!r}")
+        if features < 2 or features % 2:
+            raise UserError(f"DPT: features must be an even number >= 2, got {features}")
+        self.in_strides = tuple(in_strides)
+        widths = reassemble_channels or [None] * n
+        readouts = [readout] * n if readout is None or isinstance(readout, str) else readout
+        if len(readouts) != n:
+            raise UserError(f"DPT: readout needs one value or {n}")
+        self.reassemble = nn.ModuleList(
+            Reassemble(*args)
+            for args in zip(in_channels, widths, in_strides, TARGET_STRIDES, readouts, strict=True)
+        )
+        self.layer_rn = nn.ModuleList(
+            nn.Conv2d(r.cout, features, 3, padding=1, bias=False)  # type: ignore[arg-type]
+            for r in self.reassemble
+        )
+        self.fusion = nn.ModuleList(FusionBlock(features, use_bn, skip=i < n - 1) for i in range(n))
+        self.head_kind = head
+        if head == "depth":
+            self.head = nn.ModuleDict(
+                {
+                    "conv1": nn.Conv2d(features, features // 2, 3, padding=1),
+                    "conv2": nn.Sequential(
+                        nn.Conv2d(features // 2, head_hidden, 3, padding=1),
+                        nn.ReLU(inplace=True),
+                        nn.Conv2d(head_hidden, out_channels, 1),
+                    ),
+                }
+            )
+        else:
+            self.head = nn.ModuleDict(
+                {
+                    "conv1": nn.Sequential(
+                        nn.Conv2d(features, features, 3, padding=1, bias=False),
+                        nn.BatchNorm2d(features),
+                        nn.ReLU(inplace=True),
+                        nn.Dropout(0.1),
+                    ),
+                    "conv2": nn.Conv2d(features, out_channels, 1),
+                }
+            )
+
+    @classmethod
+    def for_pyramid(
+        cls, channels: Mapping[int, int], out_channels: int, **kwargs: object
+    ) -> DPTHead:
+        """The head on an encoder pyramid (``channels``: stride -> channels): target stride
+        t reads the level at t, or when the pyramid has none (a dilated ResNet has no 32)
+        the coarsest level finer than t, resampled."""
+        strides = [pyramid_source(channels, t) for t in TARGET_STRIDES]
+        return cls([channels[s] for s in strides], out_channels, strides, **kwargs)  # type: ignore[arg-type]
+
+    def forward(
+        self,
+        features: Sequence[Tensor] | Mapping[int, Tensor],
+        class_tokens: Sequence[Tensor] | None = None,
+        size: Sequence[int] | None = None,
+    ) -> Tensor:
+        if isinstance(features, Mapping):
+            features = [features[s] for s in self.in_strides]
+        tokens: Sequence[Tensor | None] = class_tokens or [None] * len(features)
+        layers = [
+            rn(r(x, c))
+            for rn, r, x, c in zip(self.layer_rn, self.reassemble, features, tokens, strict=True)
+        ]
+        path = self.fusion[-1](layers[-1], size=layers[-2].shape[-2:])
+        for i in range(len(layers) - 2, -1, -1):
+            nxt = layers[i - 1].shape[-2:] if i > 0 else None
+            path = self.fusion[i](path, layers[i], size=nxt)
+        if self.head_kind == "depth":
+            return self.head["conv2"](_upsample(self.head["conv1"](path), size))
+        return _upsample(self.head["conv2"](self.head["conv1"](path)), size)
+
+
+def pyramid_source(channels: Mapping[int, int], target: int) -> int:
+    """The pyramid stride DPT reads for ``target``: ``target`` itself if present, else the
+    coarsest stride below it."""
+    if target in channels:
+        return target
+    finer = [s for s in channels if s < target]
+    if not finer:
+        raise UserError(f"DPT: the encoder has no level at or below stride {target}")
+    return max(finer)
