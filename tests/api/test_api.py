@@ -17,8 +17,8 @@ from PIL import Image
 import scenemtl
 from scenemtl.api import MAX_PIXELS, SameSizeBatches, tta_setting
 from scenemtl.cli import _run_guarded
-from scenemtl.commands.predict import add_predict_parser
 from scenemtl.codecs.classes import cityscapes_class_table
+from scenemtl.commands.predict import add_predict_parser
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
 from scenemtl.tta import MAX_SCALE
