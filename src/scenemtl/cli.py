@@ -1,9 +1,9 @@
 """The ``scenemtl`` command.
 
 ``fit``, ``validate`` and ``test`` go to LightningCLI (YAML configs, dotted
-overrides); the tools (data, grade, runs, complexity, bench, demo) are plain argparse
-subcommands. A :class:`~scenemtl.errors.UserError` anywhere becomes one line on stderr and
-exit status 1.
+overrides), and so does ``bench`` (fit's parser); the tools (data, grade, runs,
+complexity, demo) are plain argparse subcommands. A :class:`~scenemtl.errors.UserError`
+anywhere becomes one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -305,19 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.set_defaults(func=cmd_runs)
 
-    bench = sub.add_parser("bench", help="training throughput: model, data, end to end, FLOP/s")
-    bench.add_argument("--config", required=True)
-    bench.add_argument("--precision", choices=("32-true", "bf16-mixed", "16-mixed"), default=None)
-    bench.add_argument(
-        "--steps", type=int_at_least(2), default=10, help="timed steps (after warm-up)"
+    # bench takes fit's command line (config files, dotted overrides): its own parser
+    bench = sub.add_parser(
+        "bench",
+        help="training throughput: model, data, end to end, FLOP/s",
+        prefix_chars="+",
+        add_help=False,
     )
-    bench.add_argument(
-        "--model.loss_weighting",
-        dest="loss_weighting",
-        default=None,
-        metavar="METHOD",
-        help="balancing method to time (default: the config's)",
-    )
+    bench.add_argument("options", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
 
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
@@ -337,13 +332,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from scenemtl.commands.bench import run_bench
 
-    result = run_bench(
-        args.config,
-        precision=args.precision,
-        steps=args.steps,
-        loss_weighting=args.loss_weighting,
-    )
-    print(result.format())
+    print(run_bench(args.options).format())
     return 0
 
 

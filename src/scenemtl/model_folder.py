@@ -183,7 +183,8 @@ def read_model_folder(folder: Path) -> tuple[MultiTaskModule, dict[str, str]]:
     Raises:
         UserError: one line naming the folder and what is wrong.
     """
-    from scenemtl.engine.module import MultiTaskModule, hparams_problem
+    from scenemtl.engine.checkpoint import hparams_problem
+    from scenemtl.engine.module import MultiTaskModule
 
     folder = Path(folder)
     if not (folder / CONFIG).is_file():

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scenemtl.engine.module import MultiTaskModule, hparams_problem, read_checkpoint
+from scenemtl.engine.checkpoint import hparams_problem, read_checkpoint
+from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from tests.hostile import assert_refused
 

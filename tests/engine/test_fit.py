@@ -296,7 +296,7 @@ def test_diverged_weights_stop_the_run_and_keep_last_ckpt_loadable(
 
 
 def test_conflict_monitor_leaves_out_only_the_pairs_with_a_zero_gradient():
-    from scenemtl.engine.module import gradient_conflict
+    from scenemtl.balancing.conflict import gradient_conflict
 
     g = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [-3.0, 4.0, 0.0]], dtype=torch.float64)
     out = gradient_conflict(g @ g.T, ["semseg", "depth", "normals"])  # depth has weight 0

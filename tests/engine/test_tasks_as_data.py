@@ -11,7 +11,8 @@ import torch
 from scenemtl.cli import main
 from scenemtl.commands.grader import grade
 from scenemtl.data.stats import write_stats
-from scenemtl.engine.module import MultiTaskModule, migrate_checkpoint
+from scenemtl.engine.checkpoint import migrate_checkpoint
+from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.tasks import build_tasks, options_of_learned_tasks
 from tests.conftest import write_random_dataset

@@ -6,18 +6,35 @@ methods (:mod:`scenemtl.balancing.gradient`) combine the per-task gradients of t
 part of the network instead. The configured constant weights ``w_k`` (``loss_weights``)
 multiply each task's loss before any method sees it, so they mean the same thing whatever
 the method (the log-based methods weight each task's log term by ``w_k``).
+
+**The protocol the engine calls**, the same way for every method (it never asks which
+level a method is):
+
+1. :meth:`LossBalancer.check_setup` once when training starts (refuses what the method
+   cannot do in this run; :attr:`LossBalancer.averages_gradients` says whether the
+   method averages the gradients over processes itself, so DDP's averaging is switched
+   off);
+2. per training step, :meth:`LossBalancer.cut` of the shared representation is what the
+   tasks' branches read; :meth:`LossBalancer.forward` combines the per-task losses into
+   the logged total; :meth:`LossBalancer.weighted_losses` gives the ``[K]`` losses
+   ``w_k L_k`` with their graph;
+3. :meth:`LossBalancer.backward_step` performs the step's backward (loss level: the
+   total; gradient level: the Jacobian and its aggregation) and returns what is logged of
+   it (:class:`BackwardResult`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from scenemtl.balancing.conflict import task_gramian
 from scenemtl.errors import UserError
 
 if TYPE_CHECKING:
@@ -25,6 +42,52 @@ if TYPE_CHECKING:
 
 LOSS_LEVEL = "loss"
 GRADIENT_LEVEL = "gradient"
+
+
+class SplitNetwork(Protocol):
+    """What a balancing method needs of the network: which parameters the tasks share."""
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters every task's output depends on (the shared part)."""
+        ...
+
+    def task_parameters(self) -> list[nn.Parameter]:
+        """Every other trainable parameter (the tasks' own branches)."""
+        ...
+
+
+@dataclass
+class TrainingStep:
+    """One training step as :meth:`LossBalancer.backward_step` sees it.
+
+    Attributes:
+        losses: [K] the constant-weighted task losses ``w_k L_k``, with their graph
+            (:meth:`LossBalancer.weighted_losses`).
+        representation: the shared representation (``shared_forward``'s values).
+        cut: what the tasks' branches read of it (:meth:`LossBalancer.cut`'s values).
+        monitor: measure the gradient conflict of this step
+            (:mod:`scenemtl.balancing.conflict`).
+    """
+
+    losses: Tensor
+    representation: list[Tensor]
+    cut: list[Tensor]
+    monitor: bool = False
+
+
+@dataclass
+class BackwardResult:
+    """What a backward step reports for logging.
+
+    Attributes:
+        weights: [K] effective weight of each ``L_k`` in this step's update, where the
+            backward decides them (gradient level); None: those of :meth:`LossBalancer.forward`.
+        gramian: [K, K] float64 Gram matrix of the task gradients on the shared
+            parameters (the conflict monitor), or None when not measured.
+    """
+
+    weights: Tensor | None = None
+    gramian: Tensor | None = None
 
 
 class LossBalancer(nn.Module):
@@ -37,7 +100,11 @@ class LossBalancer(nn.Module):
 
     level: ClassVar[str] = LOSS_LEVEL
     """``"loss"``: :meth:`forward`'s total is backpropagated; ``"gradient"``: see
-    :class:`~scenemtl.balancing.gradient.GradientBalancer`."""
+    :class:`~scenemtl.balancing.gradient.GradientBalancer`. For tables and docs: the
+    engine calls every method through the same hooks."""
+    averages_gradients: ClassVar[bool] = False
+    """The method averages the gradients over processes itself (DDP's own averaging must
+    then be off); loss-level methods leave it to DDP."""
     base_weights: Tensor
 
     def __init__(
@@ -91,6 +158,49 @@ class LossBalancer(nn.Module):
 
     def on_epoch_end(self, mean_losses: Mapping[str, float] | None = None) -> None:
         """End-of-training-epoch hook."""
+
+    # -- the training step, as the engine calls it ---------------------------------------
+
+    def check_setup(self, world_size: int, precision: str, has_representation: bool) -> None:
+        """Refuse, in one line (:class:`~scenemtl.errors.UserError`), what this method
+        cannot do correctly in this run: ``world_size`` processes, Lightning's
+        ``precision`` flag, an architecture with (or without) a shared representation.
+        A loss-level method works in every run."""
+
+    def cut(self, representation: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """What the tasks' branches read of the shared representation (name -> tensor).
+        Loss level: the representation itself (one graph through the whole network)."""
+        return dict(representation)
+
+    def weighted_losses(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """[K] the constant-weighted task losses ``w_k L_k`` with their graph, in task
+        order (task name -> scalar ``L_k`` in ``losses``)."""
+        return torch.stack(
+            [losses[n] * w for n, w in zip(self.task_names, self.base_weights, strict=True)]
+        )
+
+    def backward_step(
+        self, loss: Tensor, step: TrainingStep, network: SplitNetwork, *args: Any, **kwargs: Any
+    ) -> BackwardResult:
+        """Accumulate this step's update into the ``.grad`` of the parameters.
+
+        Loss level: backpropagate ``loss``, the total of :meth:`forward` as the trainer
+        hands it over (under 16-mixed already loss-scaled); on a monitored step, the Gram
+        matrix of the task gradients on the shared parameters is measured first.
+
+        Args:
+            loss: the scalar total to backpropagate.
+            step: this step's losses and representation.
+            network: the network (its shared and task parameters).
+            *args, **kwargs: passed on to ``loss.backward``.
+        """
+        gramian = None
+        if step.monitor:
+            shared = network.shared_parameters()
+            if shared:
+                gramian = task_gramian(step.losses, shared)
+        loss.backward(*args, **kwargs)
+        return BackwardResult(weights=None, gramian=gramian)
 
     def current_weights(self) -> dict[str, float]:
         """The effective weights at unit losses, as floats."""

@@ -52,7 +52,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from scenemtl.balancing.base import GRADIENT_LEVEL, LossBalancer, all_reduce_mean, distributed_world
+from scenemtl.balancing.base import (
+    GRADIENT_LEVEL,
+    BackwardResult,
+    LossBalancer,
+    SplitNetwork,
+    TrainingStep,
+    all_reduce_mean,
+    distributed_world,
+)
 from scenemtl.errors import UserError
 
 if TYPE_CHECKING:
@@ -135,6 +143,7 @@ class GradientBalancer(LossBalancer):
     """
 
     level = GRADIENT_LEVEL
+    averages_gradients = True  # the Jacobians are averaged before the aggregation
 
     def __init__(
         self,
@@ -209,6 +218,25 @@ class GradientBalancer(LossBalancer):
             )
 
     # ----------------------------------------------------------------------------------
+
+    def cut(self, representation: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Leaf copies of the shared representation: the tasks' branches read them, and
+        the method takes the task gradients there (see :meth:`backward`)."""
+        return {k: v.detach().requires_grad_() for k, v in representation.items()}
+
+    def backward_step(
+        self, loss: Tensor, step: TrainingStep, network: SplitNetwork, *args: Any, **kwargs: Any
+    ) -> BackwardResult:
+        """The Jacobian of the task losses and its aggregation (:meth:`backward`); ``loss``
+        (the logged total) is not backpropagated. The Gram matrix comes with every step."""
+        weights, gramian = self.backward(
+            step.losses,
+            step.representation,
+            step.cut,
+            network.shared_parameters(),
+            [*network.task_parameters(), *self.trainable_parameters()],
+        )
+        return BackwardResult(weights=weights, gramian=gramian)
 
     def backward(
         self,

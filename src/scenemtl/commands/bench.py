@@ -1,6 +1,14 @@
-"""``scenemtl bench --config CFG``: where training time goes, in figures.
+"""``scenemtl bench --config CFG [fit's options]``: where training time goes, in figures.
 
-Prints, for the configured model, input size and precision:
+The command line is ``fit``'s (the same parser, config files and dotted overrides, e.g.
+``--model.weighting_options.wrt representation``, ``--data.tasks '[semseg]'``,
+``--model.net.architecture branched``), plus ``--precision`` (over
+``trainer.precision``) and ``--steps``; nothing is written. The model is the one ``fit``
+would train: the tasks and class tables the data gives, the architecture, encoder and
+balancing method configured (the encoder's initialization weights are not loaded: speed
+does not depend on them). The first line says what was timed.
+
+Prints, for that model, input size and precision:
 
 * model-only training images/s (synthetic tensors already on the device),
 * DataLoader images/s (decoding only),
@@ -16,11 +24,13 @@ Prints, for the configured model, input size and precision:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -28,8 +38,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from scenemtl.engine.precision import warn_if_bf16_slow
-from scenemtl.errors import UserError
-from scenemtl.yamlfile import read_yaml_mapping
+from scenemtl.errors import UsageError, UserError
+from scenemtl.models.registry import ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 
@@ -56,6 +66,26 @@ class BenchResult:
     """CPU time to decode one batch in a single process: what the DataLoader workers take
     from the cores the model runs on."""
     cores: int = 1
+    tasks: dict[str, int] = field(default_factory=dict)
+    """Task name -> output channels of its head, as the timed network emitted them."""
+    task_kinds: dict[str, str] = field(default_factory=dict)
+    """Task name -> kind."""
+    architecture: str = ""
+    encoder: str = ""
+    weighting_options: dict[str, Any] = field(default_factory=dict)
+
+    def timed_line(self) -> str:
+        """What was timed: the tasks (kind, head channels), architecture, method."""
+        tasks = ", ".join(
+            f"{name} ({self.task_kinds.get(name, '?')}, {channels}-channel head)"
+            for name, channels in self.tasks.items()
+        )
+        options = ", ".join(f"{k}={v}" for k, v in self.weighting_options.items())
+        method = f"{self.loss_weighting} ({options})" if options else self.loss_weighting
+        return (
+            f"timed: tasks {tasks}; architecture {self.architecture} "
+            f"(encoder {self.encoder}); balancing {method}"
+        )
 
     def predicted_images_per_s(self) -> float:
         """End to end if nothing but the measured parts took time: the model step, the
@@ -88,6 +118,7 @@ class BenchResult:
         )
         return "\n".join(
             [
+                self.timed_line(),
                 f"precision {self.precision}, batch {self.batch_size}, input {h}x{w}, "
                 f"{torch.get_num_threads()} threads",
                 f"  model only (synthetic tensors) {self.model_images_per_s:8.2f} images/s",
@@ -144,24 +175,112 @@ def matmul_peak_gflops(precision: str, device: torch.device, n: int = 1024) -> f
     return 2 * n**3 / best / 1e9
 
 
-def load_sections(config: str | Path) -> dict[str, Any]:
-    return read_yaml_mapping(config)
+@dataclass
+class BenchSetup:
+    """What ``fit`` would build from the same command line, and the bench's own options."""
+
+    module: Any  # MultiTaskModule
+    datamodule: Any  # SceneDataModule
+    precision: str
+    steps: int
 
 
-def build_from_config(cfg: dict[str, Any]) -> tuple[Any, Any]:
-    """The LightningModule and DataModule a config describes (encoder init weights off)."""
+def build_from_args(argv: Sequence[str | os.PathLike]) -> BenchSetup:
+    """Parse a bench command line with ``fit``'s parser and build its model and data.
+
+    Raises:
+        UserError: a bad option or value, in one line (as ``fit`` says it).
+    """
+    from scenemtl.commands.lightning import _hide_advertising, _usage_line, _user_error_in_chain
+    from scenemtl.yamlfile import bound_jsonargparse_yaml, check_yaml_file_bounds
+
+    _hide_advertising()
+    for noise in (  # as for fit (commands/lightning.py)
+        ".*args parameter is intended to run from within",
+        ".*skip_none parameter was deprecated",
+        ".*isinstance\\(treespec, LeafSpec\\)",
+        ".*overridden `on_after_batch_transfer`",
+    ):
+        warnings.filterwarnings("ignore", message=noise)
+    args = [str(a) for a in argv]
+    for path in _config_files(args):  # first, so that the error line names the file
+        check_yaml_file_bounds(path)
+    bound_jsonargparse_yaml()
+    try:
+        cli = _bench_cli(args)
+    except (ValueError, TypeError) as e:
+        found = _user_error_in_chain(e)
+        if found is not None:
+            raise found from None
+        raise
+    except argparse.ArgumentError as e:
+        raise UsageError(_usage_line(str(e), "bench")) from None
+    return BenchSetup(cli.model, cli.datamodule, cli.bench_precision, cli.bench_steps)
+
+
+def _config_files(argv: Sequence[str]) -> list[str]:
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.partition("=")[2])
+    return found
+
+
+def _bench_cli(argv: list[str]) -> Any:
+    """``fit``'s LightningCLI without its run folder and trainer: the model and the data
+    module, with the links that give the model the data's tasks."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from scenemtl.commands.lightning import SceneCLI, _check_data, _check_trainer_options
     from scenemtl.data.datamodule import SceneDataModule
     from scenemtl.engine.module import MultiTaskModule
 
-    model_cfg = dict(cfg.get("model") or {})
-    net = dict(model_cfg.pop("net", None) or {})
-    net["weights"] = None  # speed does not depend on the initialization
-    try:
-        module = MultiTaskModule(net=net, **model_cfg)
-        datamodule = SceneDataModule(**(cfg.get("data") or {}))
-    except TypeError as e:
-        raise UserError(f"config: {e}") from None
-    return module, datamodule
+    class BenchCLI(SceneCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            super().add_arguments_to_parser(parser)
+            parser.add_argument(
+                "--precision",
+                type=str | None,
+                default=None,
+                help=f"precision to time, one of {', '.join(PRECISIONS)} (default: "
+                "trainer.precision)",
+            )
+            parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 2)")
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config
+            _check_trainer_options(cfg.get("trainer"))
+            precision = cfg.get("precision") or (cfg.get("trainer") or {}).get("precision")
+            self.bench_precision = str(precision or "32-true")
+            if self.bench_precision not in PRECISIONS:
+                raise UserError(
+                    f"precision {self.bench_precision!r} not benchmarked; choose one of "
+                    f"{', '.join(PRECISIONS)}"
+                )
+            self.bench_steps = int(cfg.get("steps"))
+            if self.bench_steps < 2:
+                raise UserError(f"--steps must be >= 2, got {self.bench_steps}")
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            warn_if_bf16_slow(self.bench_precision, device)
+            _check_data(cfg.get("data"), cfg.get("model"), training=True)
+            model = cfg.get("model")
+            if model is not None and model.get("net") is not None:
+                model.net.weights = None  # speed does not depend on the initialization
+
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            return None  # the bench builds its own, for one process and its precision
+
+    return BenchCLI(
+        MultiTaskModule,
+        SceneDataModule,
+        args=argv,
+        run=False,
+        parser_kwargs={"prog": "scenemtl bench", "default_env": False, "exit_on_error": False},
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+    )
 
 
 def _batches(loader: Any) -> Iterator[Any]:
@@ -169,23 +288,18 @@ def _batches(loader: Any) -> Iterator[Any]:
         yield from loader
 
 
-def run_bench(
-    config: str | Path,
-    precision: str | None = None,
-    steps: int = 10,
-    warmup: int = 3,
-    loss_weighting: str | None = None,
-) -> BenchResult:
-    cfg = load_sections(config)
-    if loss_weighting is not None:
-        cfg["model"] = {**(cfg.get("model") or {}), "loss_weighting": loss_weighting}
-    trainer_cfg = cfg.get("trainer") or {}
-    precision = str(precision or trainer_cfg.get("precision", "32-true"))
-    if precision not in PRECISIONS:
-        raise UserError(f"precision {precision!r} not benchmarked; choose one of {PRECISIONS}")
+def run_bench(argv: Sequence[str | os.PathLike], warmup: int = 3) -> BenchResult:
+    """Time what ``scenemtl fit`` with the same command line ``argv`` would train.
+
+    Args:
+        argv: ``fit``'s options (``--config``, dotted overrides), ``--precision``,
+            ``--steps``.
+        warmup: untimed calls before each timing.
+    """
+    setup = build_from_args(argv)
+    module, datamodule = setup.module, setup.datamodule
+    precision, steps = setup.precision, setup.steps
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    warn_if_bf16_slow(precision, device.type)
-    module, datamodule = build_from_config(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.adopt_dataset_stats(datamodule.info.stats)
@@ -193,12 +307,13 @@ def run_bench(
     size = datamodule.augment.output_size(datamodule.info.image_size)
     bs = datamodule.batch_size
 
-    # model only: the training step on tensors that are already there
-    image = torch.randn(bs, 3, *size, device=device)
-    target = {
-        "semseg": torch.randint(0, 19, (bs, *size), device=device),
-        "depth": torch.rand(bs, *size, device=device) * 50 + 5,
-    }
+    # model only: the training step on tensors that are already there, each task's
+    # target a valid one of its own kind and class table
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(bs, 3, *size, generator=gen).to(device)
+    target = {t.name: t.example_target(bs, *size, gen).to(device) for t in module.task_list}
+    with torch.no_grad(), _autocast(precision, device):
+        emitted = {name: int(out[-1].shape[1]) for name, out in module(image).items()}
     opt = torch.optim.SGD(module.parameters(), lr=1e-6)
 
     def step() -> None:
@@ -261,6 +376,9 @@ def run_bench(
     measured = times[warmup:]
     e2e_s = (measured[-1] - measured[0]) / max(len(measured) - 1, 1)
 
+    net = module.hparams.get("net")
+    if not isinstance(net, ModelConfig):
+        net = ModelConfig(**dict(net or {}))
     return BenchResult(
         precision=precision,
         batch_size=bs,
@@ -272,6 +390,11 @@ def run_bench(
         achieved_gflops=flop / model_s / 1e9,
         matmul_peak_gflops=matmul_peak_gflops(precision, device),
         loss_weighting=str(module.hparams.loss_weighting),
+        weighting_options=dict(module.hparams.get("weighting_options") or {}),
+        tasks=emitted,
+        task_kinds={t.name: t.kind for t in module.task_list},
+        architecture=net.architecture,
+        encoder=net.encoder,
         augment_ms=1000 * augment_s,
         optimizer=str(module.hparams.optimizer),
         optimizer_ms=1000 * max(configured_s - sgd_s, 0.0),

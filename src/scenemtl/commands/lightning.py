@@ -39,8 +39,9 @@ from scenemtl.engine.callbacks import (
     RunRecordCallback,
     VisualizationCallback,
 )
+from scenemtl.engine.checkpoint import read_checkpoint
 from scenemtl.engine.loggers import AppendingCSVLogger
-from scenemtl.engine.module import MultiTaskModule, read_checkpoint
+from scenemtl.engine.module import MultiTaskModule
 from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UsageError, UserError, one_line
 from scenemtl.models.registry import ModelConfig

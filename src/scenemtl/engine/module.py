@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import pickle
-import types
-import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,8 +12,11 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
-from scenemtl.balancing import BALANCERS, GRADIENT_LEVEL, accepted_options, build_balancer
+from scenemtl.balancing import BALANCERS, accepted_options, build_balancer
+from scenemtl.balancing.base import TrainingStep
+from scenemtl.balancing.conflict import gradient_conflict
 from scenemtl.data.transforms import prepare_eval_batch
+from scenemtl.engine.checkpoint import check_tasks, migrate_checkpoint, read_checkpoint
 from scenemtl.engine.schedules import PolyFactor, StepFactor
 from scenemtl.errors import TrainingDiverged, UserError, one_line
 from scenemtl.losses import MultiTaskLoss
@@ -206,16 +204,7 @@ class MultiTaskModule(L.LightningModule):
         return module.eval()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stored = checkpoint.get("hyper_parameters", {}).get("task_specs") or legacy_task_specs()
-        if list(stored) != list(self.tasks) or any(
-            _spec_shape(stored[n]) != _spec_shape(t.spec()) for n, t in self.tasks.items()
-        ):
-            raise UserError(
-                "the checkpoint learned tasks "
-                f"{_describe_specs(stored)}, but this run's data gives "
-                f"{_describe_specs(self.current_task_specs())}; "
-                "choose matching data.tasks / data.root"
-            )
+        check_tasks(checkpoint, self.current_task_specs())
         migrate_checkpoint(checkpoint)
 
     # ----------------------------------------------------------------------------------
@@ -291,10 +280,9 @@ class MultiTaskModule(L.LightningModule):
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         shared = self.net.shared_forward(image)
-        cut = shared
-        if self.balancer.level == GRADIENT_LEVEL:
-            # the tasks' branches read leaf copies, where the balancer takes the gradients
-            cut = {k: v.detach().requires_grad_() for k, v in shared.items()}
+        # what the tasks' branches read: the method decides (gradient-level methods take
+        # the task gradients at leaf copies of the representation)
+        cut = self.balancer.cut(shared)
         outputs = self.net.resize_outputs(self.net.decode(cut), image.shape[-2:])
         losses = self.criterion(outputs, batch)
         if not torch.isfinite(losses.total):
@@ -311,67 +299,53 @@ class MultiTaskModule(L.LightningModule):
             self.log(f"train/loss_{name}", value.detach(), batch_size=batch_size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
         every = self.hparams.get("grad_monitor_every", 0)
+        monitor = len(self.tasks) > 1 and every > 0 and self.global_step % every == 0
         self._step = _StepRecord(
-            weighted=torch.stack(
-                [
-                    losses.tasks[n] * w
-                    for n, w in zip(self.tasks, self.balancer.base_weights, strict=True)
-                ]
+            step=TrainingStep(
+                losses=self.balancer.weighted_losses(losses.tasks),
+                representation=list(shared.values()),
+                cut=list(cut.values()),
+                monitor=monitor,
             ),
-            representation=list(shared.values()),
-            cut=list(cut.values()),
             weights=losses.weights,
-            monitor=len(self.tasks) > 1 and every > 0 and self.global_step % every == 0,
+            monitor=monitor,
             batch_size=batch_size,
         )
         return losses.total
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Loss-level methods backpropagate the total; gradient-level ones combine the
-        tasks' gradients of the shared part (:mod:`scenemtl.balancing.gradient`)."""
-        step = self._step
-        if step is None:
+        """The balancing method performs the backward step
+        (:meth:`~scenemtl.balancing.base.LossBalancer.backward_step`)."""
+        record = self._step
+        if record is None or record.step is None:
             loss.backward(*args, **kwargs)
             return
-        if self.balancer.level == GRADIENT_LEVEL:
-            weights, step.gramian = self.balancer.backward(
-                step.weighted,
-                step.representation,
-                step.cut,
-                self.net.shared_parameters(),
-                [*self.net.task_parameters(), *self.balancer.trainable_parameters()],
-            )
-            if weights is not None:
-                step.weights = dict(zip(self.tasks, weights, strict=True))
-        else:
-            shared = self.net.shared_parameters()
-            if step.monitor and shared:
-                step.gramian = _gramian(step.weighted, shared)
-            loss.backward(*args, **kwargs)
-        step.weighted, step.representation, step.cut = None, [], []  # free the graph
+        done = self.balancer.backward_step(loss, record.step, self.net, *args, **kwargs)
+        if done.weights is not None:
+            record.weights = dict(zip(self.tasks, done.weights, strict=True))
+        record.gramian = done.gramian
+        record.step = None  # free the graph
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step, self._step = self._step, None
-        if step is None:
+        record, self._step = self._step, None
+        if record is None:
             return
-        for name, value in step.weights.items():
-            self.log(f"train/weight_{name}", float(value), batch_size=step.batch_size)
-        if step.monitor and step.gramian is not None:
-            for key, value in gradient_conflict(step.gramian, list(self.tasks)).items():
-                self.log(f"train/{key}", value, batch_size=step.batch_size)
+        for name, value in record.weights.items():
+            self.log(f"train/weight_{name}", float(value), batch_size=record.batch_size)
+        if record.monitor and record.gramian is not None:
+            for key, value in gradient_conflict(record.gramian, list(self.tasks)).items():
+                self.log(f"train/{key}", value, batch_size=record.batch_size)
 
     def on_fit_start(self) -> None:
-        if self.balancer.level != GRADIENT_LEVEL:
-            return
         self.balancer.check_setup(
             self.trainer.world_size,
             str(self.trainer.precision),
             self.net.has_shared_representation,
         )
-        # The method averages the per-task gradients over processes itself (before
-        # combining them); DDP's own gradient averaging must not run on top.
+        # A method that averages the per-task gradients over processes itself (before
+        # combining them) must not get DDP's own gradient averaging on top.
         wrapped = self.trainer.strategy.model
-        if hasattr(wrapped, "require_backward_grad_sync"):
+        if self.balancer.averages_gradients and hasattr(wrapped, "require_backward_grad_sync"):
             wrapped.require_backward_grad_sync = False
 
     def on_train_epoch_start(self) -> None:
@@ -488,199 +462,12 @@ def fused_if_supported(
 class _StepRecord:
     """What a training step hands to :meth:`MultiTaskModule.backward` and then to logging."""
 
-    weighted: Tensor | None  # [K] w_k L_k with their graph
-    representation: list[Tensor]  # the shared representation
-    cut: list[Tensor]  # what the tasks' branches read: leaf copies of it (gradient level)
+    step: TrainingStep | None  # for the method's backward step (None once done)
     weights: dict[str, Any]  # task -> effective weight (logged)
     monitor: bool  # log the gradient conflict of this step
     batch_size: int
     gramian: Tensor | None = None  # [K, K] Gram matrix of the task gradients
 
 
-def _gramian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
-    """[K, K] Gram matrix of the gradients of ``losses`` [K] on ``params`` (graph kept)."""
-    from torchjd.autojac import jac
-
-    jacs = jac(list(losses), inputs=params, retain_graph=True, parallel_chunk_size=1)
-    flat = torch.cat([j.detach().flatten(1).double() for j in jacs], dim=1)
-    return (flat @ flat.T).cpu()
-
-
-def gradient_conflict(gramian: Tensor, names: list[str]) -> dict[str, float]:
-    """Per pair of tasks (a, b): ``grad_cos_a_b`` (cosine of their gradients, < 0 = conflict)
-    and ``grad_norm_ratio_a_b`` (|g_a| / |g_b|), from the Gram matrix [K, K]. A pair with a
-    zero gradient (a task of weight 0) has no angle and is left out."""
-    out = {}
-    diag = gramian.diagonal().clamp(min=0).sqrt()
-    for i, a in enumerate(names):
-        for j in range(i + 1, len(names)):
-            if float(diag[i]) <= 0 or float(diag[j]) <= 0:
-                continue
-            b = names[j]
-            out[f"grad_cos_{a}_{b}"] = float(gramian[i, j]) / float(diag[i] * diag[j])
-            out[f"grad_norm_ratio_{a}_{b}"] = float(diag[i] / diag[j])
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# checkpoints
-
-
 def _last(out: Any) -> Tensor:
     return out[-1] if isinstance(out, (list, tuple)) else out
-
-
-def _spec_shape(spec: dict[str, Any]) -> tuple[Any, ...]:
-    """What of a spec decides the network's weights: its kind and class count."""
-    return (spec.get("kind"), len(spec.get("classes") or ()))
-
-
-def _describe_specs(specs: dict[str, dict[str, Any]]) -> str:
-    parts = []
-    for name, spec in specs.items():
-        n = len(spec.get("classes") or ())
-        parts.append(f"{name} ({n} classes)" if n else name)
-    return ", ".join(parts)
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
-    """A scenemtl checkpoint's contents, loaded weights-only (nothing is unpickled).
-
-    Raises:
-        UserError: missing file, or a file that is not a Lightning checkpoint of scenemtl
-            (garbage, text, a zip, an empty or truncated file, a bare tensor).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        OSError,
-        RuntimeError,
-        EOFError,
-        ValueError,
-        TypeError,
-        KeyError,
-        pickle.UnpicklingError,
-    ) as e:
-        raise UserError(f"{path}: not a scenemtl checkpoint ({type(e).__name__})") from None
-    if (
-        not isinstance(ckpt, dict)
-        or not isinstance(ckpt.get("state_dict"), dict)
-        or not isinstance(ckpt.get("hyper_parameters"), dict)
-    ):
-        raise UserError(f"{path}: not a scenemtl checkpoint (no state_dict and hyperparameters)")
-    problem = hparams_problem(ckpt["hyper_parameters"])
-    if problem:
-        raise UserError(f"{path}: hyperparameters do not fit this scenemtl ({problem})")
-    return ckpt
-
-
-def hparams_problem(hparams: dict[Any, Any]) -> str | None:
-    """What is wrong with a checkpoint's ``hyper_parameters``, or None.
-
-    Every key is a string; every key :class:`MultiTaskModule` takes holds a value of the
-    type its signature states (``net``: a mapping of :class:`ModelConfig` fields of their
-    types), checked recursively through lists, tuples and mappings. Keys the module does
-    not take are left to its constructor (which refuses them); values typed ``Any`` are
-    left to the code that reads them. Values range checks stay with the constructor.
-    """
-    for key in hparams:
-        if not isinstance(key, str):
-            return f"key {key!r} is not a string"
-    hints = _init_hints()
-    for key, value in hparams.items():
-        if key in hints and not _fits(value, hints[key]):
-            return f"{key}: {_shown(value)} is not {_describe(hints[key])}"
-    return None
-
-
-@functools.cache
-def _init_hints() -> dict[str, Any]:
-    hints = typing.get_type_hints(MultiTaskModule.__init__)
-    hints.pop("return", None)
-    return hints
-
-
-@functools.cache
-def _net_hints() -> dict[str, Any]:
-    return typing.get_type_hints(ModelConfig)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether ``value`` (plain data from a weights-only load) has the type ``hint``."""
-    if hint is Any:
-        return True
-    if hint is ModelConfig:
-        fields = _net_hints()
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and k in fields and _fits(v, fields[k]) for k, v in value.items()
-        )
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is list:
-        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(v, args[0]) for v in value)
-        return len(value) == len(args) and all(
-            _fits(v, a) for v, a in zip(value, args, strict=True)
-        )
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()
-        )
-    raise TypeError(f"hparams_problem: no check for the type {hint!r}")  # a bug of ours
-
-
-def _describe(hint: Any) -> str:
-    """``hint`` as the error line says it: ``a mapping of model.net options or None``."""
-    if hint is ModelConfig:
-        return "a mapping of model.net options (of their types)"
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "None"
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-# State keys of checkpoints written before tasks were data: the depth normalization was
-# the module's own `depth_space` (and shared by the loss).
-_LEGACY_STATE_KEYS = {
-    "depth_space.mean": "tasks.depth.space.mean",
-    "depth_space.std": "tasks.depth.space.std",
-}
-_LEGACY_DROPPED_PREFIXES = ("criterion.depth_space.",)
-
-
-def migrate_checkpoint(checkpoint: dict[str, Any]) -> None:
-    """Rename, in place, the state keys of checkpoints written before tasks were data."""
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, dict):
-        return
-    for old, new in _LEGACY_STATE_KEYS.items():
-        if old in state and new not in state:
-            state[new] = state.pop(old)
-    for key in [k for k in state if k.startswith(_LEGACY_DROPPED_PREFIXES)]:
-        del state[key]

@@ -217,3 +217,13 @@ class Task(nn.Module):
     def describe_prediction(self, prediction: np.ndarray) -> str:
         """A few words about one decoded prediction, for the predict command's log."""
         return ""
+
+    # -- synthetic data ----------------------------------------------------------------
+
+    def example_target(
+        self, batch: int, height: int, width: int, generator: torch.Generator
+    ) -> Tensor:
+        """A random but valid batch target, as a batch of this task's data holds it:
+        [B,H,W] (or [B,target_channels,H,W]) of ``target_dtype`` on the CPU, every pixel
+        labelled (``scenemtl bench`` times the model on these)."""
+        raise NotImplementedError

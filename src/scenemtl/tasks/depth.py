@@ -457,3 +457,12 @@ class DepthTask(Task):
 
     def describe_prediction(self, prediction: np.ndarray) -> str:
         return f"median {self.name} {float(np.median(prediction)):.1f} m"
+
+    def example_target(
+        self, batch: int, height: int, width: int, generator: torch.Generator
+    ) -> Tensor:
+        """Depths in meters drawn uniformly from (min, max] of the task's range, float32
+        [B,H,W] (positive: 0 would mean invalid)."""
+        lo, hi = self.range_m
+        u = torch.rand(batch, height, width, generator=generator)
+        return hi - (hi - lo) * u

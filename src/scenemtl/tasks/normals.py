@@ -339,3 +339,12 @@ class NormalsTask(Task):
         n = np.asarray(prediction)
         facing = float(np.mean(n[2] < -0.5)) if n.size else 0.0
         return f"{self.name}: {100 * facing:.0f}% facing the camera"
+
+    def example_target(
+        self, batch: int, height: int, width: int, generator: torch.Generator
+    ) -> Tensor:
+        """Unit normals facing the camera (z < 0), float32 [B,3,H,W]: isotropic Gaussian
+        directions folded onto the camera's half of the sphere."""
+        v = torch.randn(batch, 3, height, width, generator=generator)
+        v = torch.cat([v[:, :2], -v[:, 2:].abs()], dim=1)
+        return F.normalize(v, dim=1, eps=_NORM_EPS)

@@ -347,6 +347,12 @@ class SegmentationTask(Task):
         share = 100.0 * counts[top] / max(1, counts.sum())
         return f"{self.name}: mostly {self.class_names[top]} ({share:.0f}%)"
 
+    def example_target(
+        self, batch: int, height: int, width: int, generator: torch.Generator
+    ) -> Tensor:
+        """Class ids drawn uniformly from this task's class table, int64 [B,H,W]."""
+        return torch.randint(0, self.channels, (batch, height, width), generator=generator)
+
 
 def check_label_values(labels: Tensor, num_classes: int, where: str) -> None:
     """Raise UserError if ``labels`` hold a value outside ``0..num_classes-1`` and 255."""
