@@ -1,0 +1,22 @@
+"""Evaluation of dense predictions the way the published benchmarks score them (boundary
+F-measure with the BSDS/SEISM matching, saliency maxF and IoU). numpy/scipy/torch only."""
+
+from scenemtl.evaluation.boundary import (
+    MAX_DIST,
+    SEISM_THRESHOLDS,
+    BoundaryFMeasure,
+    boundary_scores,
+    image_counts,
+    seg2bmap,
+)
+from scenemtl.evaluation.thinning import thin
+
+__all__ = [
+    "MAX_DIST",
+    "SEISM_THRESHOLDS",
+    "BoundaryFMeasure",
+    "boundary_scores",
+    "image_counts",
+    "seg2bmap",
+    "thin",
+]
