@@ -9,12 +9,14 @@ from scenemtl.evaluation.boundary import (
     image_counts,
     seg2bmap,
 )
+from scenemtl.evaluation.saliency import SaliencyMetrics
 from scenemtl.evaluation.thinning import thin
 
 __all__ = [
     "MAX_DIST",
     "SEISM_THRESHOLDS",
     "BoundaryFMeasure",
+    "SaliencyMetrics",
     "boundary_scores",
     "image_counts",
     "seg2bmap",

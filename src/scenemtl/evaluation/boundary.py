@@ -121,7 +121,7 @@ def image_counts(
         masks = values[None] >= thresholds[start : start + chunk, None, None]
         fresh = []
         for k in range(masks.shape[0]):
-            if k == 0 and start == 0 or not np.array_equal(masks[k], previous_mask):
+            if not np.array_equal(masks[k], previous_mask):  # (an empty map stays empty)
                 fresh.append(k)
             previous_mask = masks[k]
         done = dict(zip(fresh, thin(masks[fresh]), strict=True)) if fresh else {}

@@ -10,13 +10,14 @@ minimises ``sum_{(i,j) in M} c_ij + ow * (n_pred + n_gt - |M|)``.
 
 Only ``|M|`` enters precision and recall. Two ways to get it:
 
-- :func:`match_count` (the default, fast): the maximum-cardinality matching (a unit-capacity
-  maximum flow, scipy's Dinic). It equals BSDS's ``|M|`` whenever no optimal matching leaves a pair out to save
-  on distance: growing a matching by one along an augmenting path with ``L + 1`` new and
-  ``L`` dropped pairs costs at most ``(L + 1) * c_max`` in distance and saves ``ow``, and
-  ``ow / c_max = outlier_cost = 100``. So the two agree unless an augmenting path re-routes
-  at least ~100 pairs (e.g. a straight run of 100+ pixels shifted by one pixel along itself,
-  ``tests/evaluation/test_boundary.py::test_long_shifted_run_is_where_bsds_differs``).
+- :func:`match_count` (the default, fast): the maximum-cardinality matching (a
+  unit-capacity maximum flow, scipy's Dinic). It equals BSDS's ``|M|`` whenever no optimal
+  matching leaves a pair out to save on distance. Growing a matching by one along an
+  augmenting path with ``L + 1`` new and ``L`` dropped pairs costs at most
+  ``(L + 1) * c_max`` in distance and saves ``ow``, with ``ow / c_max = outlier_cost = 100``.
+  So the two agree unless an augmenting path re-routes about 100 pairs or more, e.g. a
+  straight run of 100+ pixels shifted by one pixel along itself
+  (``tests/evaluation/test_boundary.py::test_long_shifted_run_is_where_bsds_differs``).
 - :func:`correspond_pixels_bsds`: the exact minimum of BSDS's objective on the complete
   outlier graph (scipy's LAPJVsp); slow (about 0.5 s per 10k-pixel map), for checks.
 
