@@ -79,6 +79,7 @@ def image_counts(
     thresholds: np.ndarray = SEISM_THRESHOLDS,
     *,
     thin_gt: bool = True,
+    thin_pred: bool = True,
     quantize: bool = True,
     chunk: int = 16,
 ) -> np.ndarray:
@@ -90,6 +91,7 @@ def image_counts(
         max_dist: matching distance as a fraction of the image diagonal (:data:`MAX_DIST`).
         thresholds: ``[T]`` thresholds, a pixel is an edge when ``prob >= t``.
         thin_gt: thin the ground truth as SEISM does.
+        thin_pred: thin the thresholded prediction as SEISM does (off: only for analysis).
         quantize: read ``prob`` through SEISM's 8-bit PNG round trip, ``floor(255 p) / 255``.
         chunk: thresholds thinned together (bounds memory to ``chunk * H * W`` bytes x ~10).
 
@@ -124,7 +126,8 @@ def image_counts(
             if not np.array_equal(masks[k], previous_mask):  # (an empty map stays empty)
                 fresh.append(k)
             previous_mask = masks[k]
-        done = dict(zip(fresh, thin(masks[fresh]), strict=True)) if fresh else {}
+        maps = (thin(masks[fresh]) if thin_pred else masks[fresh]) if fresh else []
+        done = dict(zip(fresh, maps, strict=True))
         for k in range(masks.shape[0]):
             if k in done:
                 previous = np.flatnonzero(done[k])
