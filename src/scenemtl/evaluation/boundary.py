@@ -146,9 +146,14 @@ def image_counts(
         present = np.zeros(union.size, dtype=bool)
         present[position[pixels]] = True
         keep = present[i]
-        rows, row_nodes = np.unique(i[keep], return_inverse=True)
-        cols, col_nodes = np.unique(j[keep], return_inverse=True)
-        matched = match_count(row_nodes, col_nodes, rows.size, cols.size)
+        # number the present predicted pixels and the reachable gt pixels 0.. (no sort)
+        row_of = np.cumsum(present) - 1
+        reachable = np.zeros(sum_r, dtype=bool)
+        reachable[j[keep]] = True
+        col_of = np.cumsum(reachable) - 1
+        matched = match_count(
+            row_of[i[keep]], col_of[j[keep]], int(present.sum()), int(reachable.sum())
+        )
         counts[k, 0] = matched
         counts[k, 2] = matched
     return counts

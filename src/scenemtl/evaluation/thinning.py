@@ -74,7 +74,6 @@ def thin(mask: np.ndarray) -> np.ndarray:
     padded[:, 1:-1, 1:-1] = stack
     flat = padded.ravel()
     offsets = np.array([dy * stride + dx for dy, dx in _DIRECTIONS], dtype=np.int64)
-    weights = (1 << np.arange(8)).astype(np.int64)
     stamp = np.zeros(flat.size, dtype=np.int32)
 
     def unique(indices: np.ndarray) -> np.ndarray:
@@ -115,7 +114,9 @@ def thin(mask: np.ndarray) -> np.ndarray:
             candidates = dirty[s]
             if candidates.size == 0:
                 continue
-            codes = flat[candidates[:, None] + offsets[None, :]].astype(np.int64) @ weights
+            codes = np.zeros(candidates.size, dtype=np.uint8)
+            for k, offset in enumerate(offsets.tolist()):
+                codes |= flat[candidates + offset].view(np.uint8) << np.uint8(k)
             deleted = candidates[tables[s][codes]]
             if deleted.size == 0:
                 dirty[s] = deleted
