@@ -81,7 +81,7 @@ def image_counts(
     thin_gt: bool = True,
     thin_pred: bool = True,
     quantize: bool = True,
-    chunk: int = 16,
+    chunk: int = 8,
 ) -> np.ndarray:
     """SEISM's per-image counts at every threshold.
 
