@@ -2,6 +2,7 @@
 F-measure with the BSDS/SEISM matching, saliency maxF and IoU). numpy/scipy/torch only."""
 
 from scenemtl.evaluation.boundary import (
+    HED_THRESHOLDS,
     MAX_DIST,
     SEISM_THRESHOLDS,
     BoundaryFMeasure,
@@ -13,6 +14,7 @@ from scenemtl.evaluation.saliency import SaliencyMetrics
 from scenemtl.evaluation.thinning import thin
 
 __all__ = [
+    "HED_THRESHOLDS",
     "MAX_DIST",
     "SEISM_THRESHOLDS",
     "BoundaryFMeasure",

@@ -36,6 +36,8 @@ MAX_DIST = {"pascal_context": 0.0075, "nyud": 0.011}
 
 # the thresholds Multi-Task-Learning-PyTorch writes to SEISM's parameter file: 0.01 ... 0.99
 SEISM_THRESHOLDS = np.arange(1, 100) / 100.0
+# InvPT's SEISM fork evaluates at SEISM's HED parameter file: 0.001, 0.01 ... 0.99, 0.999
+HED_THRESHOLDS = np.concatenate([[0.001], SEISM_THRESHOLDS, [0.999]])
 
 COUNT_COLUMNS = ("cntR", "sumR", "cntP", "sumP")
 
