@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from scenemtl.errors import UserError
 from scenemtl.evaluation.boundary import (
@@ -16,6 +17,7 @@ from scenemtl.evaluation.boundary import (
     seg2bmap,
 )
 from scenemtl.evaluation.matching import candidate_pairs, correspond_pixels_bsds, match_count
+from scenemtl.evaluation.thinning import thin
 
 H, W = 40, 60
 DIAG = math.hypot(H, W)
@@ -208,3 +210,21 @@ def test_metric_rejects_non_binary_targets_and_bad_max_dist():
         metric.update(torch.zeros(1, 4, 4), torch.full((1, 4, 4), 2))
     with pytest.raises(UserError, match="diagonal"):
         BoundaryFMeasure(3.0)
+
+
+def test_counts_equal_the_exact_bsds_objective_on_blurred_edges():
+    # a blurred, shifted, partly weak boundary map: our maximum matching and the exact
+    # minimiser of BSDS's cost (LAPJVsp) match the same number of pixels at every threshold
+    rng = np.random.default_rng(3)
+    labels = np.zeros((H, W), dtype=int)
+    labels[12:30, 8:35] = 1
+    labels[20:38, 28:55] = 2
+    gt = seg2bmap(labels)
+    prob = ndimage.gaussian_filter(np.roll(gt, 1, axis=0) * 1.0, 1.2) * 4
+    prob = np.clip(prob + 0.2 * ndimage.gaussian_filter(rng.random((H, W)), 2), 0, 1)
+    thresholds = np.array([0.1, 0.3, 0.5, 0.7])
+    counts = image_counts(prob, gt, _fraction(3.0), thresholds)
+    values = np.floor(prob * 255) / 255
+    for k, t in enumerate(thresholds):
+        match_pred, _ = correspond_pixels_bsds(thin(values >= t), thin(gt), 3.0)
+        assert counts[k, 0] == match_pred.sum() > 0
