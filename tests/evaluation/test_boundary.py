@@ -228,3 +228,35 @@ def test_counts_equal_the_exact_bsds_objective_on_blurred_edges():
     for k, t in enumerate(thresholds):
         match_pred, _ = correspond_pixels_bsds(thin(values >= t), thin(gt), 3.0)
         assert counts[k, 0] == match_pred.sum() > 0
+
+
+def _counts_one_threshold_at_a_time(prob, gt, max_px, thresholds, quantize):
+    """The protocol written out per threshold: no shared thinning, pairs or levels."""
+    values = np.floor(np.clip(prob, 0, 1) * 255) / 255 if quantize else prob
+    gt_thin = thin(gt)
+    rows = []
+    for t in thresholds:
+        pred_yx = np.argwhere(thin(values >= t))
+        i, j, _ = candidate_pairs(pred_yx, gt_thin, max_px)
+        matched = match_count(i, j, len(pred_yx), int(gt_thin.sum()))
+        rows.append([matched, gt_thin.sum(), matched, len(pred_yx)])
+    return np.array(rows, dtype=np.int64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("quantize", [True, False])
+def test_shared_work_across_thresholds_gives_the_per_threshold_counts(seed, quantize):
+    # image_counts shares thinnings between thresholds with the same map, builds the
+    # candidate pairs once and compares 8-bit levels; the counts are integers, so the two
+    # paths must agree exactly. Sparse maps (few distinct values) make maps repeat.
+    rng = np.random.default_rng(seed)
+    labels = ndimage.label(rng.random((H, W)) < 0.02)[0] % 4
+    gt = seg2bmap(ndimage.grey_dilation(labels, size=7))
+    prob = ndimage.gaussian_filter(rng.random((H, W)), 1.5) * 3 - 1
+    if seed % 2:
+        prob = np.round(prob * 4) / 4  # five distinct values: most thresholds repeat a map
+    prob = np.clip(prob, 0, 1)
+    thresholds = np.concatenate([rng.permutation(SEISM_THRESHOLDS)[:30], [0.0, 1.0, 1.5]])
+    expected = _counts_one_threshold_at_a_time(prob, gt, 2.5, thresholds, quantize)
+    counts = image_counts(prob, gt, _fraction(2.5), thresholds, quantize=quantize)
+    np.testing.assert_array_equal(counts, expected)

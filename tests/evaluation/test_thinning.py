@@ -70,3 +70,17 @@ def test_three_pixel_bar_thins_to_its_middle_row_and_a_ring_keeps_its_hole():
     assert ndimage.label(thinned, structure=np.ones((3, 3)))[1] == 1
     assert ndimage.label(~thinned)[1] == 2
     assert not (thinned & ~ring).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_thin_equals_scikit_image_on_larger_maps(seed):
+    # scikit-image's thin is an independent implementation of the same algorithm (whole-image
+    # correlation per subiteration); binary output, so equality is exact
+    skimage_morphology = pytest.importorskip("skimage.morphology")
+    rng = np.random.default_rng(seed)
+    blobs = ndimage.gaussian_filter(rng.random((120, 160)), 2 + seed) > 0.5
+    lines = np.zeros_like(blobs)
+    lines[rng.integers(0, 120, 30), :] = True
+    lines[:, rng.integers(0, 160, 30)] = True
+    for mask in (blobs, blobs ^ lines, rng.random((120, 160)) < 0.55):
+        np.testing.assert_array_equal(thin(mask), skimage_morphology.thin(mask))

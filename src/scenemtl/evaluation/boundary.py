@@ -83,7 +83,6 @@ def image_counts(
     thin_gt: bool = True,
     thin_pred: bool = True,
     quantize: bool = True,
-    chunk: int = 8,
 ) -> np.ndarray:
     """SEISM's per-image counts at every threshold.
 
@@ -95,7 +94,6 @@ def image_counts(
         thin_gt: thin the ground truth as SEISM does.
         thin_pred: thin the thresholded prediction as SEISM does (off: only for analysis).
         quantize: read ``prob`` through SEISM's 8-bit PNG round trip, ``floor(255 p) / 255``.
-        chunk: thresholds thinned together (bounds memory to ``chunk * H * W`` bytes x ~10).
 
     Returns:
         ``[T, 4]`` int64 counts, columns :data:`COUNT_COLUMNS` (cntR, sumR, cntP, sumP).
@@ -108,56 +106,59 @@ def image_counts(
             f"got {prob.shape} and {gt.shape}"
         )
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    values = np.floor(np.clip(prob, 0.0, 1.0) * 255.0) / 255.0 if quantize else prob
     gt_thin = thin(gt) if thin_gt else gt
     sum_r = int(gt_thin.sum())
     dist_px = max_dist_pixels(gt.shape, max_dist)
     counts = np.zeros((thresholds.size, 4), dtype=np.int64)
     counts[:, 1] = sum_r
 
-    # thinned prediction per threshold, as flat indices into the image; a map equal to the
-    # previous threshold's (no 8-bit level in between) is not thinned again
-    width = prob.shape[1]
-    thinned: list[np.ndarray] = []
-    previous = np.zeros(0, dtype=np.int64)
-    previous_mask = np.zeros(prob.shape, dtype=bool)
-    for start in range(0, thresholds.size, chunk):
-        masks = values[None] >= thresholds[start : start + chunk, None, None]
-        fresh = []
-        for k in range(masks.shape[0]):
-            if not np.array_equal(masks[k], previous_mask):  # (an empty map stays empty)
-                fresh.append(k)
-            previous_mask = masks[k]
-        maps = (thin(masks[fresh]) if thin_pred else masks[fresh]) if fresh else []
-        done = dict(zip(fresh, maps, strict=True))
-        for k in range(masks.shape[0]):
-            if k in done:
-                previous = np.flatnonzero(done[k])
-            thinned.append(previous)
+    # The map at threshold t is the set of pixels whose value is one of the values present
+    # in the image that are >= t, so it is identified by how many present values pass:
+    # thresholds with the same number (no value in between) share one thinning and one
+    # matching. Quantized maps compare 8-bit levels (level / 255 >= t is monotone in the
+    # level, so it equals the float comparison).
+    if quantize:
+        levels = np.floor(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
+        present = np.flatnonzero(np.bincount(levels.ravel(), minlength=256)) / 255.0
+        first_level = np.searchsorted(np.arange(256) / 255.0, thresholds, side="left")
+    else:
+        present = np.unique(prob)
+    passing = present.size - np.searchsorted(present, thresholds, side="left")
+
+    # thinned prediction per distinct map, as flat indices into the image
+    thinned: dict[int, np.ndarray] = {}
+    for k, key in enumerate(passing.tolist()):
+        if key in thinned:
+            continue
+        mask = levels >= first_level[k] if quantize else prob >= thresholds[k]
+        thinned[key] = np.flatnonzero(thin(mask) if thin_pred and key else mask)
 
     # candidate pairs once, for every pixel thinned at some threshold
-    union = np.unique(np.concatenate(thinned)) if thinned else np.zeros(0, dtype=np.int64)
+    width = prob.shape[1]
+    union = np.unique(np.concatenate(list(thinned.values())))
     yx = np.stack([union // width, union % width], axis=1)
     i, j, _ = candidate_pairs(yx, gt_thin, dist_px)
     position = np.full(prob.size, -1, dtype=np.int64)
     position[union] = np.arange(union.size)
-    for k, pixels in enumerate(thinned):
-        counts[k, 3] = pixels.size
+    matched_of: dict[int, int] = {}
+    for key, pixels in thinned.items():
         if pixels.size == 0 or i.size == 0:
+            matched_of[key] = 0
             continue
-        present = np.zeros(union.size, dtype=bool)
-        present[position[pixels]] = True
-        keep = present[i]
+        present_px = np.zeros(union.size, dtype=bool)
+        present_px[position[pixels]] = True
+        keep = present_px[i]
         # number the present predicted pixels and the reachable gt pixels 0.. (no sort)
-        row_of = np.cumsum(present) - 1
+        row_of = np.cumsum(present_px) - 1
         reachable = np.zeros(sum_r, dtype=bool)
         reachable[j[keep]] = True
         col_of = np.cumsum(reachable) - 1
-        matched = match_count(
-            row_of[i[keep]], col_of[j[keep]], int(present.sum()), int(reachable.sum())
+        matched_of[key] = match_count(
+            row_of[i[keep]], col_of[j[keep]], int(pixels.size), int(reachable.sum())
         )
-        counts[k, 0] = matched
-        counts[k, 2] = matched
+    for k, key in enumerate(passing.tolist()):
+        counts[k, 0] = counts[k, 2] = matched_of[key]
+        counts[k, 3] = thinned[key].size
     return counts
 
 
