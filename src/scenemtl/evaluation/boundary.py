@@ -145,17 +145,13 @@ def image_counts(
         if pixels.size == 0 or i.size == 0:
             matched_of[key] = 0
             continue
-        present_px = np.zeros(union.size, dtype=bool)
-        present_px[position[pixels]] = True
-        keep = present_px[i]
-        # number the present predicted pixels and the reachable gt pixels 0.. (no sort)
-        row_of = np.cumsum(present_px) - 1
-        reachable = np.zeros(sum_r, dtype=bool)
-        reachable[j[keep]] = True
-        col_of = np.cumsum(reachable) - 1
-        matched_of[key] = match_count(
-            row_of[i[keep]], col_of[j[keep]], int(pixels.size), int(reachable.sum())
-        )
+        # one numbering for all thresholds: the union's pixels and every gt pixel; only
+        # this map's pixels are joined to the source, and only their pairs are kept
+        nodes = position[pixels]
+        present = np.zeros(union.size, dtype=bool)
+        present[nodes] = True
+        keep = present[i]
+        matched_of[key] = match_count(i[keep], j[keep], union.size, sum_r, pred_nodes=nodes)
     for k, key in enumerate(passing.tolist()):
         counts[k, 0] = counts[k, 2] = matched_of[key]
         counts[k, 3] = thinned[key].size
