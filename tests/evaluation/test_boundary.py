@@ -15,6 +15,7 @@ from scenemtl.evaluation.boundary import (
     boundary_scores,
     image_counts,
     seg2bmap,
+    split_counts,
 )
 from scenemtl.evaluation.matching import candidate_pairs, correspond_pixels_bsds, match_count
 from scenemtl.evaluation.thinning import thin
@@ -260,3 +261,27 @@ def test_shared_work_across_thresholds_gives_the_per_threshold_counts(seed, quan
     expected = _counts_one_threshold_at_a_time(prob, gt, 2.5, thresholds, quantize)
     counts = image_counts(prob, gt, _fraction(2.5), thresholds, quantize=quantize)
     np.testing.assert_array_equal(counts, expected)
+
+
+def test_worker_processes_give_the_same_counts_and_scores():
+    rng = np.random.default_rng(5)
+    gts = np.zeros((3, H, W), dtype=bool)
+    gts[:, 20, 5:55] = True
+    gts[2, 5:35, 30] = True
+    probs = np.clip(gts + rng.normal(0, 0.3, gts.shape), 0, 1)
+    serial = split_counts(list(probs), list(gts), _fraction(2.0))
+    expected = np.stack(
+        [image_counts(p, g, _fraction(2.0)) for p, g in zip(probs, gts, strict=True)]
+    )
+    np.testing.assert_array_equal(serial, expected)
+    np.testing.assert_array_equal(
+        split_counts(list(probs), list(gts), _fraction(2.0), workers=2), expected
+    )
+    metric = BoundaryFMeasure(_fraction(2.0), workers=2)
+    metric.update(torch.from_numpy(probs), torch.from_numpy(gts))
+    out = metric.compute()
+    for key, value in boundary_scores(expected).items():
+        # same integer counts, same float formula: equal up to rounding of one division
+        assert float(out[key]) == pytest.approx(value, abs=1e-15)
+    with pytest.raises(UserError, match="workers"):
+        BoundaryFMeasure(0.0075, workers=-1)

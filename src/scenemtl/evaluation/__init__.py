@@ -9,6 +9,7 @@ from scenemtl.evaluation.boundary import (
     boundary_scores,
     image_counts,
     seg2bmap,
+    split_counts,
 )
 from scenemtl.evaluation.saliency import SaliencyMetrics
 from scenemtl.evaluation.thinning import thin
@@ -22,5 +23,6 @@ __all__ = [
     "boundary_scores",
     "image_counts",
     "seg2bmap",
+    "split_counts",
     "thin",
 ]
