@@ -88,7 +88,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
         np.bitwise_or(inner, shifted, out=inner)
     del shifted
     flat_codes = codes.ravel()
-    stamp = np.zeros(flat.size, dtype=np.int32)
+    stamp = np.empty(flat.size, dtype=np.int32)  # written before it is read
 
     def unique(indices: np.ndarray) -> np.ndarray:
         # O(n) de-duplication: with repeated indices the last assignment wins
