@@ -84,35 +84,25 @@ def candidate_pairs(
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d2)
 
 
-def match_count(
-    i: np.ndarray, j: np.ndarray, n_pred: int, n_gt: int, pred_nodes: np.ndarray | None = None
-) -> int:
+def match_count(i: np.ndarray, j: np.ndarray, n_pred: int, n_gt: int) -> int:
     """Size of a maximum matching of the bipartite candidate graph with edges ``i -> j``.
 
     Computed as the maximum flow source -> predicted -> ground truth -> sink with unit
     capacities (scipy's Dinic, which is Hopcroft-Karp on this graph). scipy's
     ``maximum_bipartite_matching`` gives the same number but took minutes on two parallel
     thinned contours, where Dinic takes milliseconds.
-
-    Args:
-        i, j: ``[E]`` edges, predicted node ``i`` (sorted) to ground-truth node ``j``.
-        n_pred, n_gt: node counts (nodes without edges are allowed).
-        pred_nodes: the predicted nodes that take part (default: all); the others must
-            have no edge. Lets callers keep one numbering for several subsets.
     """
     if i.size == 0:
         return 0
-    if pred_nodes is None:
-        pred_nodes = np.arange(n_pred)
     # nodes: predicted 0..n_pred-1, ground truth n_pred.., source, sink; the CSR rows are
     # laid out directly (i is sorted), which avoids a sort per call
     source, sink = n_pred + n_gt, n_pred + n_gt + 1
     per_row = np.concatenate(
-        [np.bincount(i, minlength=n_pred), np.ones(n_gt, dtype=np.int64), [pred_nodes.size, 0]]
+        [np.bincount(i, minlength=n_pred), np.ones(n_gt, dtype=np.int64), [n_pred, 0]]
     )
     indptr = np.zeros(per_row.size + 1, dtype=np.int32)
     np.cumsum(per_row, out=indptr[1:])
-    indices = np.concatenate([n_pred + j, np.full(n_gt, sink), pred_nodes]).astype(np.int32)
+    indices = np.concatenate([n_pred + j, np.full(n_gt, sink), np.arange(n_pred)]).astype(np.int32)
     size = n_pred + n_gt + 2
     graph = csr_matrix((np.ones(indices.size, dtype=np.int32), indices, indptr), (size, size))
     return int(maximum_flow(graph, source, sink, method="dinic").flow_value)
