@@ -143,18 +143,22 @@ def image_counts(
     i, j, _ = candidate_pairs(yx, gt_thin, dist_px)
     position = np.full(prob.size, -1, dtype=np.int64)
     position[union] = np.arange(union.size)
+    has_pair = np.zeros(union.size, dtype=bool)
+    has_pair[i] = True
     matched_of: dict[int, int] = {}
     for key, pixels in thinned.items():
         if pixels.size == 0 or i.size == 0:
             matched_of[key] = 0
             continue
-        # predicted nodes numbered 0.. among this map's pixels (unused nodes slow the flow
-        # down); gt nodes keep their numbering, unreachable ones only add a sink edge
+        # predicted nodes: this map's pixels that have a candidate, numbered 0.. (nodes that
+        # cannot be matched only slow the flow down); gt nodes keep their numbering
+        # (unreachable ones only add a sink edge)
         present = np.zeros(union.size, dtype=bool)
         present[position[pixels]] = True
         keep = present[i]
+        present &= has_pair
         row_of = np.cumsum(present) - 1
-        matched_of[key] = match_count(row_of[i[keep]], j[keep], pixels.size, sum_r)
+        matched_of[key] = match_count(row_of[i[keep]], j[keep], int(row_of[-1]) + 1, sum_r)
     for k, key in enumerate(passing.tolist()):
         counts[k, 0] = counts[k, 2] = matched_of[key]
         counts[k, 3] = thinned[key].size
