@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scenemtl.evaluation.thinning import thin
+from scenemtl.evaluation.thinning import thin, thin_levels
 
 
 def _reference_thin(mask: np.ndarray) -> np.ndarray:
@@ -84,3 +84,16 @@ def test_thin_equals_scikit_image_on_larger_maps(seed):
     lines[:, rng.integers(0, 160, 30)] = True
     for mask in (blobs, blobs ^ lines, rng.random((120, 160)) < 0.55):
         np.testing.assert_array_equal(thin(mask), skimage_morphology.thin(mask))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_thin_levels_equals_thinning_each_map(seed):
+    # nested maps thinned from one carried state equal each map thinned from scratch
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random((50, 70)), 2)
+    levels = (255 * (smooth - smooth.min()) / np.ptp(smooth)).astype(np.uint8)
+    levels[rng.random(levels.shape) < 0.05] = 255  # isolated bright pixels
+    starts = [0, *sorted(rng.choice(np.arange(1, 256), 12, replace=False).tolist()), 256]
+    got = thin_levels(levels, starts)
+    for start, pixels in zip(starts, got, strict=True):
+        np.testing.assert_array_equal(pixels, np.flatnonzero(thin(levels >= start)))

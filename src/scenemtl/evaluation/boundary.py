@@ -31,7 +31,7 @@ from torchmetrics import Metric
 
 from scenemtl.errors import UserError
 from scenemtl.evaluation.matching import candidate_pairs, match_count
-from scenemtl.evaluation.thinning import thin
+from scenemtl.evaluation.thinning import thin, thin_levels
 
 # maxDist (fraction of the image diagonal) per dataset: SEISM's eval_method.m (0.0075 is its
 # default and PASCAL-Context's; 0.011 for NYUD-v2 as ATRC and InvPT set it)
@@ -129,12 +129,19 @@ def image_counts(
     passing = present.size - np.searchsorted(present, thresholds, side="left")
 
     # thinned prediction per distinct map, as flat indices into the image
-    thinned: dict[int, np.ndarray] = {}
+    thinned: dict[int, np.ndarray] = {0: np.zeros(0, dtype=np.int64)}
+    if quantize and thin_pred:
+        start_of: dict[int, int] = {}
+        for k, key in enumerate(passing.tolist()):
+            start_of.setdefault(key, int(first_level[k]))
+        by_start = sorted((start, key) for key, start in start_of.items() if key)
+        maps = thin_levels(levels, [start for start, _ in by_start])
+        thinned.update((key, pixels) for (_, key), pixels in zip(by_start, maps, strict=True))
     for k, key in enumerate(passing.tolist()):
         if key in thinned:
             continue
         mask = levels >= first_level[k] if quantize else prob >= thresholds[k]
-        thinned[key] = np.flatnonzero(thin(mask) if thin_pred and key else mask)
+        thinned[key] = np.flatnonzero(thin(mask) if thin_pred else mask)
 
     # candidate pairs once, for every pixel thinned at some threshold
     width = prob.shape[1]

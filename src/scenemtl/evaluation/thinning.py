@@ -51,43 +51,47 @@ def _deletion_tables() -> tuple[np.ndarray, np.ndarray]:
 DELETE_FIRST, DELETE_SECOND = _deletion_tables()
 
 
-def thin(mask: np.ndarray) -> np.ndarray:
-    """Thin binary maps to one-pixel-wide, 8-connected strokes (``bwmorph(.,'thin',Inf)``).
-
-    Args:
-        mask: ``[H, W]`` or ``[N, H, W]`` array, nonzero = foreground; the ``N`` maps are
-            thinned independently (one map at a time is fastest: the working arrays of a
-            480x640 map stay in cache).
-
-    Returns:
-        bool array of the shape of ``mask``, a subset of it.
+class _Frame:
+    """Maps in a zero frame (the outside is background; no neighbour offset of an inner
+    pixel reaches the next map of a stack), flattened, with every pixel's neighbourhood code.
     """
-    mask = np.asarray(mask)
-    if mask.ndim not in (2, 3):
-        raise ValueError(f"thin expects [H, W] or [N, H, W] maps, got shape {mask.shape}")
-    stack = mask[None] if mask.ndim == 2 else mask
-    count, height, width = stack.shape
-    stride = width + 2
-    # a zero frame around every map: the outside is background, and no neighbour offset
-    # of an inner pixel reaches into the next map of the stack
-    padded = np.zeros((count, height + 2, width + 2), dtype=bool)
-    padded[:, 1:-1, 1:-1] = stack
-    flat = padded.ravel()
-    offsets = [dy * stride + dx for dy, dx in _DIRECTIONS]
-    # the neighbour in direction k sees the deleted pixel in the opposite direction k + 4
-    clear_bit = [np.uint8(0xFF ^ (1 << ((k + 4) % 8))) for k in range(8)]
 
-    # neighbourhood code of every pixel, computed once and then kept up to date: deleting a
-    # pixel clears one bit in each of its eight neighbours' codes
-    codes = np.zeros(padded.shape, dtype=np.uint8)
-    inner = codes[:, 1:-1, 1:-1]
-    shifted = np.empty(inner.shape, dtype=np.uint8)
-    for k, (dy, dx) in enumerate(_DIRECTIONS):
-        neighbour = padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        np.left_shift(neighbour.view(np.uint8), np.uint8(k), out=shifted)
-        np.bitwise_or(inner, shifted, out=inner)
-    del shifted
-    flat_codes = codes.ravel()
+    def __init__(self, stack: np.ndarray) -> None:
+        count, height, width = stack.shape
+        self.shape = (count, height + 2, width + 2)
+        padded = np.zeros(self.shape, dtype=bool)
+        padded[:, 1:-1, 1:-1] = stack
+        codes = np.zeros(self.shape, dtype=np.uint8)
+        inner = codes[:, 1:-1, 1:-1]
+        shifted = np.empty(inner.shape, dtype=np.uint8)
+        for k, (dy, dx) in enumerate(_DIRECTIONS):
+            neighbour = padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+            np.left_shift(neighbour.view(np.uint8), np.uint8(k), out=shifted)
+            np.bitwise_or(inner, shifted, out=inner)
+        self.flat = padded.ravel()
+        self.codes = codes.ravel()
+        stride = width + 2
+        self.offsets = [dy * stride + dx for dy, dx in _DIRECTIONS]
+
+    def delete(self, pixels: np.ndarray) -> np.ndarray:
+        """Clear distinct flat ``pixels``; returns their neighbours, ``[8 * n]``."""
+        self.flat[pixels] = False
+        touched = np.empty((8, pixels.size), dtype=np.intp)
+        for k in range(8):
+            neighbour = np.add(pixels, self.offsets[k], out=touched[k])
+            self.codes[neighbour] &= _CLEAR_BIT[k]  # distinct indices within one direction
+        return touched.ravel()
+
+
+# the neighbour in direction k sees a deleted pixel in the opposite direction k + 4
+_CLEAR_BIT = [np.uint8(0xFF ^ (1 << ((k + 4) % 8))) for k in range(8)]
+
+
+def _thin_frame(flat: np.ndarray, codes: np.ndarray, offsets: list[int]) -> None:
+    """Thin the framed maps ``flat`` (bool) in place; ``codes`` are their current
+    neighbourhood codes and are kept up to date."""
+    frame = _Frame.__new__(_Frame)
+    frame.flat, frame.codes, frame.offsets = flat, codes, offsets
     stamp = np.empty(flat.size, dtype=np.int32)  # written before it is read
 
     def unique(indices: np.ndarray) -> np.ndarray:
@@ -102,30 +106,80 @@ def thin(mask: np.ndarray) -> np.ndarray:
     # (a superset is fine: the code is looked up again when s runs). Interior pixels (code
     # 255) are never deletable, so the first candidates are the border pixels.
     tables = (DELETE_FIRST, DELETE_SECOND)
-    border = np.flatnonzero(flat & (flat_codes != 255))
-    border_codes = flat_codes[border]
+    border = np.flatnonzero(flat & (codes != 255))
+    border_codes = codes[border]
     pending = [border[np.take(tables[s], border_codes)] for s in (0, 1)]
     s = 0
     while pending[0].size or pending[1].size:
         candidates = pending[s]
-        deleted = candidates[flat[candidates] & np.take(tables[s], flat_codes[candidates])]
+        deleted = candidates[flat[candidates] & np.take(tables[s], codes[candidates])]
         if deleted.size == 0:
             pending[s] = deleted
             s = 1 - s
             continue
-        deleted = unique(deleted)  # deletions are simultaneous within a subiteration
-        flat[deleted] = False
-        touched = np.empty((8, deleted.size), dtype=np.intp)
-        for k in range(8):
-            neighbour = np.add(deleted, offsets[k], out=touched[k])
-            flat_codes[neighbour] &= clear_bit[k]  # distinct indices within one direction
-        touched = touched.ravel()
+        # deletions are simultaneous within a subiteration
+        touched = frame.delete(unique(deleted))
         touched = touched[flat[touched]]
-        touched_codes = flat_codes[touched]
+        touched_codes = codes[touched]
         pending[s] = touched[np.take(tables[s], touched_codes)]
         pending[1 - s] = np.concatenate(
             [pending[1 - s], touched[np.take(tables[1 - s], touched_codes)]]
         )
         s = 1 - s
-    out = padded[:, 1:-1, 1:-1]
+
+
+def thin(mask: np.ndarray) -> np.ndarray:
+    """Thin binary maps to one-pixel-wide, 8-connected strokes (``bwmorph(.,'thin',Inf)``).
+
+    Args:
+        mask: ``[H, W]`` or ``[N, H, W]`` array, nonzero = foreground; the ``N`` maps are
+            thinned independently (one map at a time is fastest: the working arrays of a
+            480x640 map stay in cache).
+
+    Returns:
+        bool array of the shape of ``mask``, a subset of it.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"thin expects [H, W] or [N, H, W] maps, got shape {mask.shape}")
+    frame = _Frame(mask[None] if mask.ndim == 2 else mask)
+    _thin_frame(frame.flat, frame.codes, frame.offsets)
+    out = frame.flat.reshape(frame.shape)[:, 1:-1, 1:-1]
     return out[0].copy() if mask.ndim == 2 else out.copy()
+
+
+def thin_levels(levels: np.ndarray, starts: list[int]) -> list[np.ndarray]:
+    """Thinned ``levels >= start`` for each start, as flat indices into ``[H, W]``.
+
+    Equal to ``np.flatnonzero(thin(levels >= start))`` per start; the maps are nested, so
+    the unthinned map and its codes are carried from one start to the next (pixels below
+    the new start are deleted from it) instead of being rebuilt.
+
+    Args:
+        levels: ``[H, W]`` integer map (the 8-bit levels of a prediction).
+        starts: increasing levels.
+
+    Returns:
+        one ``[n_k]`` int64 array per start.
+    """
+    levels = np.asarray(levels)
+    width = levels.shape[1]
+    order = np.argsort(levels, axis=None, kind="stable")
+    sorted_levels = levels.ravel()[order]
+    # flat index of every image pixel in the frame
+    framed = (order // width + 1) * (width + 2) + order % width + 1
+    out = []
+    base = None
+    done = 0
+    for start in starts:
+        upto = int(np.searchsorted(sorted_levels, start, side="left"))
+        if base is None:
+            base = _Frame((levels >= start)[None])
+        elif upto > done:
+            base.delete(framed[done:upto])
+        done = max(done, upto)
+        flat, codes = base.flat.copy(), base.codes.copy()
+        _thin_frame(flat, codes, base.offsets)
+        kept = np.flatnonzero(flat)
+        out.append((kept // (width + 2) - 1) * width + kept % (width + 2) - 1)
+    return out
