@@ -74,24 +74,29 @@ class _Frame:
         self.offsets = [dy * stride + dx for dy, dx in _DIRECTIONS]
 
     def delete(self, pixels: np.ndarray) -> np.ndarray:
-        """Clear distinct flat ``pixels``; returns their neighbours, ``[8 * n]``."""
-        self.flat[pixels] = False
-        touched = np.empty((8, pixels.size), dtype=np.intp)
-        for k in range(8):
-            neighbour = np.add(pixels, self.offsets[k], out=touched[k])
-            self.codes[neighbour] &= _CLEAR_BIT[k]  # distinct indices within one direction
-        return touched.ravel()
+        return _delete(self.flat, self.codes, self.offsets, pixels)
 
 
 # the neighbour in direction k sees a deleted pixel in the opposite direction k + 4
 _CLEAR_BIT = [np.uint8(0xFF ^ (1 << ((k + 4) % 8))) for k in range(8)]
 
 
+def _delete(
+    flat: np.ndarray, codes: np.ndarray, offsets: list[int], pixels: np.ndarray
+) -> np.ndarray:
+    """Clear the distinct flat ``pixels`` and their bits in their neighbours' codes; returns
+    the neighbours, ``[8 * n]`` (with repeats)."""
+    flat[pixels] = False
+    touched = np.empty((8, pixels.size), dtype=np.intp)
+    for k in range(8):
+        neighbour = np.add(pixels, offsets[k], out=touched[k])
+        codes[neighbour] &= _CLEAR_BIT[k]  # distinct indices within one direction
+    return touched.ravel()
+
+
 def _thin_frame(flat: np.ndarray, codes: np.ndarray, offsets: list[int]) -> None:
     """Thin the framed maps ``flat`` (bool) in place; ``codes`` are their current
     neighbourhood codes and are kept up to date."""
-    frame = _Frame.__new__(_Frame)
-    frame.flat, frame.codes, frame.offsets = flat, codes, offsets
     stamp = np.empty(flat.size, dtype=np.int32)  # written before it is read
 
     def unique(indices: np.ndarray) -> np.ndarray:
@@ -118,7 +123,7 @@ def _thin_frame(flat: np.ndarray, codes: np.ndarray, offsets: list[int]) -> None
             s = 1 - s
             continue
         # deletions are simultaneous within a subiteration
-        touched = frame.delete(unique(deleted))
+        touched = _delete(flat, codes, offsets, unique(deleted))
         touched = touched[flat[touched]]
         touched_codes = codes[touched]
         pending[s] = touched[np.take(tables[s], touched_codes)]
