@@ -22,7 +22,9 @@ iteration changes nothing. Pixels outside the image count as background.
 The implementation keeps every pixel's neighbourhood code up to date as pixels are deleted
 and re-decides only pixels whose code changed to a deletable one (an exact shortcut: a
 pixel's decision depends on its 3x3 neighbourhood alone), so after one pass over the image
-the cost follows the deleted pixels, not the image size.
+the cost follows the deleted pixels, not the image size. :func:`thin_levels` thins the
+nested maps ``levels >= start`` of one prediction and carries that pass from one map to the
+next.
 """
 
 from __future__ import annotations
