@@ -160,11 +160,11 @@ def image_counts(
         # predicted nodes: this map's pixels that have a candidate, numbered 0.. (nodes that
         # cannot be matched only slow the flow down); gt nodes keep their numbering
         # (unreachable ones only add a sink edge)
-        present = np.zeros(union.size, dtype=bool)
-        present[position[pixels]] = True
-        keep = present[i]
-        present &= has_pair
-        row_of = np.cumsum(present) - 1
+        in_map = np.zeros(union.size, dtype=bool)
+        in_map[position[pixels]] = True
+        keep = in_map[i]
+        in_map &= has_pair
+        row_of = np.cumsum(in_map) - 1
         matched_of[key] = match_count(row_of[i[keep]], j[keep], int(row_of[-1]) + 1, sum_r)
     for k, key in enumerate(passing.tolist()):
         counts[k, 0] = counts[k, 2] = matched_of[key]
