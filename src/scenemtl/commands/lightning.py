@@ -41,9 +41,9 @@ from scenemtl.engine.callbacks import (
 )
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule, read_checkpoint
-from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UsageError, UserError, one_line
 from scenemtl.models.registry import ModelConfig
+from scenemtl.reporting.run_dir import RunDir, RunFamily
 from scenemtl.tasks import dataset_task_specs
 
 _VERSION_ENV = "SCENEMTL_RUN_VERSION"

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from scenemtl.atomic import atomic_write_bytes
 from scenemtl.data.format import (
     IGNORE_INDEX,
     DatasetInfo,
-    atomic_write_bytes,
     label_path,
     read_depth,
     read_info,

@@ -9,7 +9,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 
-from scenemtl.data.format import atomic_write_bytes
+from scenemtl.atomic import atomic_write_bytes
 
 
 class AppendingCSVLogger(CSVLogger):
