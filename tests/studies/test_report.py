@@ -199,7 +199,7 @@ def test_no_delta_m_when_a_baseline_is_missing(study):
 
 
 def test_runs_without_recorded_directions_fall_back_to_the_task_kind(tmp_path):
-    from scenemtl.commands.runs import summarize_run
+    from scenemtl.reporting.runs import summarize_run
 
     folder = tmp_path / "r"
     folder.mkdir()
