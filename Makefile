@@ -43,9 +43,11 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/scenemtl demo
 
+# lint-imports: the import contracts of pyproject.toml [tool.importlinter] (the layers)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests

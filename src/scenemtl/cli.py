@@ -120,10 +120,10 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (cached) + check + stats, train the demo config, test, print the table."""
     from scenemtl.commands.lightning import run_lightning_cli
-    from scenemtl.commands.runs import format_best, summarize_run
     from scenemtl.data.check import check_dataset
     from scenemtl.data.procedural import SynthParams, cached_dataset, default_root
     from scenemtl.data.stats import format_stats, write_stats
+    from scenemtl.reporting.runs import format_best, summarize_run
 
     config = Path(args.config)
     if not config.is_file():

@@ -71,8 +71,8 @@ def test_the_module_signature_is_what_is_checked():
 
     for name in inspect.signature(MultiTaskModule.__init__).parameters:
         if name != "self":
-            hparams_problem({name: None})
-            hparams_problem({name: {"a": [1, 2.0, "x", None]}})
+            hparams_problem({name: None}, MultiTaskModule)
+            hparams_problem({name: {"a": [1, 2.0, "x", None]}}, MultiTaskModule)
 
 
 # --------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ KEYS = sorted(set(__import__("inspect").signature(MultiTaskModule.__init__).para
 def test_read_checkpoint_accepts_or_refuses_in_one_line(tmp_path, hparams):
     path = _ckpt(tmp_path / "x.ckpt", hparams)
     try:
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, MultiTaskModule)
     except UserError as e:
         assert str(path) in str(e) and "\n" not in str(e)
         return

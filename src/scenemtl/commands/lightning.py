@@ -42,9 +42,9 @@ from scenemtl.engine.callbacks import (
 from scenemtl.engine.checkpoint import read_checkpoint
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
-from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UsageError, UserError, one_line
 from scenemtl.models.registry import ModelConfig
+from scenemtl.reporting.run_dir import RunDir, RunFamily
 from scenemtl.tasks import dataset_task_specs
 
 _VERSION_ENV = "SCENEMTL_RUN_VERSION"
@@ -187,7 +187,7 @@ class SceneCLI(LightningCLI):
             if not Path(ckpt).is_file():
                 raise UserError(f"--ckpt_path {ckpt}: file not found")
             # one line for anything that is not a checkpoint
-            self._ckpt_net = read_checkpoint(ckpt)["hyper_parameters"].get("net")
+            self._ckpt_net = read_checkpoint(ckpt, MultiTaskModule)["hyper_parameters"].get("net")
         model_cfg = self.config[sub].get("model")
         if model_cfg:
             init = model_cfg
@@ -387,7 +387,7 @@ def _check_network(ckpt: str, asked: dict[str, Any], stored: Any = None) -> None
     if not asked:
         return
     if stored is None:
-        stored = read_checkpoint(ckpt)["hyper_parameters"].get("net")
+        stored = read_checkpoint(ckpt, MultiTaskModule)["hyper_parameters"].get("net")
     if not isinstance(stored, dict):
         return  # a checkpoint without its network description: the weights decide
     held = _net_fields(stored)

@@ -175,7 +175,7 @@ class MultiTaskModule(L.LightningModule):
         The encoder is built without its initialization weights (the checkpoint has them),
         so loading never reaches for the network.
         """
-        ckpt = read_checkpoint(path, map_location)
+        ckpt = read_checkpoint(path, cls, map_location)
         hparams = dict(ckpt["hyper_parameters"])
         hparams.pop("_instantiator", None)
         net = dict(hparams.pop("net", None) or {})
