@@ -67,11 +67,12 @@ def read_checkpoint(
 def hparams_problem(hparams: dict[Any, Any], module_class: type) -> str | None:
     """What is wrong with a checkpoint's ``hyper_parameters``, or None.
 
-    Every key is a string; every key ``module_class`` (the LightningModule) takes holds a value of the
-    type its signature states (``net``: a mapping of :class:`ModelConfig` fields of their
-    types), checked recursively through lists, tuples and mappings. Keys the module does
-    not take are left to its constructor (which refuses them); values typed ``Any`` are
-    left to the code that reads them. Values range checks stay with the constructor.
+    Every key is a string; every key ``module_class`` (the LightningModule) takes holds a
+    value of the type its signature states (``net``: a mapping of :class:`ModelConfig`
+    fields of their types), checked recursively through lists, tuples and mappings. Keys
+    the module does not take are left to its constructor (which refuses them); values
+    typed ``Any`` are left to the code that reads them. Range checks stay with the
+    constructor.
     """
     for key in hparams:
         if not isinstance(key, str):
