@@ -9,7 +9,7 @@ import torch
 
 from scenemtl.errors import UserError
 from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
-from scenemtl.models.encoder import ResNetEncoder
+from scenemtl.models.encoders.resnet import ResNetEncoder
 from scenemtl.models.joint import JointNet
 
 HEADS = {"semseg": 19, "depth": 1}

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from scenemtl.errors import UserError
-from scenemtl.models.encoder import ResNetEncoder, build_encoder, imagenet_file_name
+from scenemtl.models.encoders.registry import build_encoder
+from scenemtl.models.encoders.resnet import ResNetEncoder, imagenet_file_name
 
 BLOCKS = {
     "resnet18": (2, 2, 2, 2),

@@ -13,7 +13,7 @@ from torch import nn
 from scenemtl.cli import main
 from scenemtl.errors import UserError
 from scenemtl.models import build_model
-from scenemtl.models.encoder import stage_channels
+from scenemtl.models.encoders.resnet import stage_channels
 from scenemtl.models.mtan import refinement_block
 from scenemtl.models.mtinet import FeaturePropagation
 from tests.engine.conftest import tiny_config

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class BranchedNet(MultiTaskNet):

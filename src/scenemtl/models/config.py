@@ -1,57 +1,48 @@
-"""Model configuration and the architecture registry.
+"""The ``model.net`` section of a config: :class:`ModelConfig`.
 
-A new architecture is one file with a :class:`~scenemtl.models.base.MultiTaskNet`
-subclass plus one line in :data:`ARCHITECTURES`.
+This module imports no architecture and not the registry: every architecture reads its
+configuration from here, and :mod:`scenemtl.models.registry` (which imports the
+architectures) checks what depends on the chosen architecture
+(:func:`~scenemtl.models.registry.check_config`). The encoder part is checked here,
+through the encoder registry, which imports no architecture either.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
-
 from scenemtl.errors import UserError
-from scenemtl.models.base import MultiTaskNet
-from scenemtl.models.branched import BranchedNet
-from scenemtl.models.cross_stitch import CrossStitchNet, MixedTrunksNet
-from scenemtl.models.distillation import DistillationNet
-from scenemtl.models.encoder import ENCODERS, check_width
-from scenemtl.models.joint import JointNet
-from scenemtl.models.mtan import MTANNet
-from scenemtl.models.mtinet import MTINet
-from scenemtl.models.nddr import NDDRNet
-from scenemtl.models.padnet import PADNet
-from scenemtl.models.task_specific import TaskSpecificNet
+from scenemtl.models.encoders.registry import encoder_family, encoder_options
 
-ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
-    "joint": JointNet,
-    "branched": BranchedNet,
-    "distillation": DistillationNet,
-    "task_specific": TaskSpecificNet,
-    "mtan": MTANNet,
-    "cross_stitch": CrossStitchNet,
-    "nddr": NDDRNet,
-    "padnet": PADNet,
-    "mtinet": MTINet,
-}
-
-_BOOL_FIELDS = (
-    "aspp",
-    "skip",
-    "extra_skips",
-    "attention_skips",
-    "squeeze_excitation",
-    "distill_alpha",
-)
+_BOOL_FIELDS = ("aspp", "skip", "extra_skips", "attention_skips", "squeeze_excitation")
 POOLINGS = ("aspp", "vortex")
 """Context modules on the bottleneck (``pooling``)."""
 _POSITIVE_INT_FIELDS = ("channels", "skip_channels", "se_reduction")
-MTAN_REFINEMENTS = ("shared", "per_task")
-"""Whether MTAN's refinement blocks ``f_j`` are shared by the tasks (the authors') or
-one per task (``mtan_refinement``)."""
+
+FLAT_OPTIONS: dict[str, tuple[str, str, Any]] = {
+    "dilation": ("encoder_options", "dilation", (False, False, False)),
+    "encoder_width": ("encoder_options", "width", 64),
+    "final_decoder_convs": ("options", "final_decoder_convs", 2),
+    "distill_alpha": ("options", "distill_alpha", False),
+    "mtan_refinement": ("options", "mtan_refinement", "shared"),
+    "mixing_lr_multiplier": ("options", "mixing_lr_multiplier", None),
+}
+"""Flat ``model.net`` keys kept for configs, command lines and checkpoints written before
+the options moved to their architecture or encoder family: flat key -> (section, option,
+the value the flat field had by default). The one place they are translated: a flat
+value equal to that default is dropped (checkpoints list every field, whatever the
+architecture), any other moves into its section. The owners' defaults are these values
+(tests/models/test_options.py checks it)."""
+
+
+def option_path(section: str) -> Callable[[str], str]:
+    """Option name -> its place in a config as error lines name it: the flat key where
+    one is kept (``model.net.dilation``), else ``model.net.<section>.<option>``."""
+    flat = {option: key for key, (sec, option, _) in FLAT_OPTIONS.items() if sec == section}
+    return lambda option: f"model.net.{flat.get(option, f'{section}.{option}')}"
 
 
 @dataclass
@@ -59,23 +50,27 @@ class ModelConfig:
     """Everything that defines a network (the ``model.net`` section of a config).
 
     Attributes:
-        architecture: a key of :data:`ARCHITECTURES` ("joint", "branched", "distillation",
-            "task_specific", "mtan", "cross_stitch", "nddr", "padnet", "mtinet").
-        encoder: "resnet18", "resnet34" (BasicBlock) or "resnet50", "resnet101" (Bottleneck,
-            4x wider stages; every architecture reads the widths from the encoder's
-            ``channels`` table).
-        weights: encoder initialization: None (random, zero-init residuals), "imagenet"
-            (torchvision's file via the torch hub cache), a path to a ``.pth`` state dict
-            (torchvision's layout) or to a scenemtl checkpoint (its encoder is taken, e.g.
-            a single-task run's); or, for architectures with one encoder per task
-            (task_specific, cross_stitch, nddr), a mapping task -> one of those, naming
-            every task: each trunk starts from its own file (the authors of cross-stitch
-            and NDDR start each trunk from a trained single-task network).
-        encoder_width: channels of the encoder's stem and first stage (64, the published
-            ResNets; the stages are 1, 2, 4, 8 times it). Another width trains from scratch
-            only; 16 makes a ResNet-18 16x smaller (the tests' networks).
-        dilation: replace the stride of layer2, layer3, layer4 by dilation; at most two,
-            so that the output stride is 8, 16 or 32 and the 4x skip stays a separate level.
+        architecture: a key of :data:`scenemtl.models.registry.ARCHITECTURES` ("joint",
+            "branched", "distillation", "task_specific", "mtan", "cross_stitch", "nddr",
+            "padnet", "mtinet").
+        encoder: an encoder name of a family in
+            :data:`scenemtl.models.encoders.registry.ENCODER_FAMILIES`: "resnet18",
+            "resnet34" (BasicBlock) or "resnet50", "resnet101" (Bottleneck, 4x wider
+            stages; every architecture reads the widths from the encoder's ``channels``).
+        weights: encoder initialization: None (random), a file the encoder's family
+            publishes ("imagenet": torchvision's file via the torch hub cache for the
+            ResNets), a path to a ``.pth`` state dict (the family's layout) or to a
+            scenemtl checkpoint (its encoder is taken, e.g. a single-task run's); or, for
+            architectures with one encoder per task (task_specific, cross_stitch, nddr),
+            a mapping task -> one of those, naming every task: each trunk starts from its
+            own file (the authors of cross-stitch and NDDR start each trunk from a
+            trained single-task network).
+        encoder_options: the encoder family's options (``ResNetOptions``: ``dilation``,
+            ``width``); the flat ``dilation`` and ``encoder_width`` are accepted for them.
+        options: the architecture's own options (its ``Options`` class: ``mtan``'s
+            ``mtan_refinement``, ``distillation``'s ``final_decoder_convs`` and
+            ``distill_alpha``, ``cross_stitch``/``nddr``'s ``mixing_lr_multiplier``);
+            the flat keys of :data:`FLAT_OPTIONS` are accepted for them.
         aspp: ASPP on the bottleneck; False = the course template's 1x1 projection.
         aspp_rates: dilation rates of the three 3x3 ASPP branches.
         skip: DeepLabV3+ decoder with the 4x skip; False = the template's stub decoder (a
@@ -85,7 +80,6 @@ class ModelConfig:
         se_reduction: SE bottleneck ratio.
         channels: width of ASPP and decoders (256 in DeepLabV3+).
         skip_channels: width the 4x skip is reduced to (48 in DeepLabV3+).
-        final_decoder_convs: 3x3 convs in each final decoder of ``distillation``.
         pooling: context module on the bottleneck when ``aspp`` is true: "aspp" or
             "vortex" (vortex pooling, report 003), or a mapping task -> kind for
             architectures with one per task (tasks left out get ASPP).
@@ -95,22 +89,17 @@ class ModelConfig:
         depth_bins: task -> number of adaptive depth bins (AdaBins-style head, report 002
             §4) replacing that task's prediction conv; one-channel tasks of architectures
             with a DeepLabV3+ decoder per task.
-        distill_alpha: ``distillation`` scales each distilled feature map by a learned
-            scalar initialized at zero (report 000, after the Dual Attention Network), so
-            training starts from the branched network.
-        mtan_refinement: ``mtan``'s refinement blocks ``f_j``: "shared" by the tasks (the
-            authors') or "per_task" (then the encoder's features are the one shared
-            representation, as representation-level balancing needs).
-        mixing_lr_multiplier: learning rate of the architecture's mixing parameters
-            (cross-stitch units, NDDR layers) as a multiple of the base rate; None = the
-            authors' value (100 for cross_stitch and nddr, Vandenhende et al.'s code).
+        dilation, encoder_width, final_decoder_convs, distill_alpha, mtan_refinement,
+            mixing_lr_multiplier: the flat keys of :data:`FLAT_OPTIONS`, accepted as
+            input only; after construction they are None and their values are in
+            ``encoder_options`` / ``options``.
     """
 
     architecture: str = "joint"
     encoder: str = "resnet34"
     weights: str | dict[str, str] | None = None
-    encoder_width: int = 64
-    dilation: tuple[bool, bool, bool] = (False, False, False)
+    encoder_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
     aspp: bool = True
     aspp_rates: tuple[int, int, int] = (6, 12, 18)
     skip: bool = True
@@ -119,30 +108,56 @@ class ModelConfig:
     se_reduction: int = 16
     channels: int = 256
     skip_channels: int = 48
-    final_decoder_convs: int = 2
     pooling: str | dict[str, str] = "aspp"
     vortex_rates: tuple[int, int, int] = (3, 9, 27)
     attention_skips: bool = False
-    distill_alpha: bool = False
     depth_bins: dict[str, int] = dataclasses.field(default_factory=dict)
-    mtan_refinement: str = "shared"
+    # flat keys kept for compatibility (FLAT_OPTIONS); None after construction
+    dilation: tuple[bool, bool, bool] | None = None
+    encoder_width: int | None = None
+    final_decoder_convs: int | None = None
+    distill_alpha: bool | None = None
+    mtan_refinement: str | None = None
     mixing_lr_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; the dataclass promises tuples
-        if isinstance(self.dilation, list):
-            self.dilation = tuple(self.dilation)  # type: ignore[assignment]
         if isinstance(self.aspp_rates, list):
             self.aspp_rates = tuple(self.aspp_rates)  # type: ignore[assignment]
         if isinstance(self.vortex_rates, list):
             self.vortex_rates = tuple(self.vortex_rates)  # type: ignore[assignment]
-        if isinstance(self.pooling, Mapping):
-            self.pooling = dict(self.pooling)
-        if isinstance(self.depth_bins, Mapping):
-            self.depth_bins = dict(self.depth_bins)
-        if isinstance(self.weights, Mapping):
-            self.weights = dict(self.weights)
+        for name in ("pooling", "depth_bins", "weights", "encoder_options", "options"):
+            if isinstance(getattr(self, name), Mapping):
+                setattr(self, name, dict(getattr(self, name)))
+        self._take_flat_options()
         self.validate()
+
+    def _take_flat_options(self) -> None:
+        """Move the flat keys of :data:`FLAT_OPTIONS` into their sections."""
+        for key, (section, option, default) in FLAT_OPTIONS.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            setattr(self, key, None)
+            target = getattr(self, section)
+            if not isinstance(target, dict):
+                continue  # validate() names the section
+            plain = tuple(value) if isinstance(value, list) else value
+            given = target.get(option)
+            given = tuple(given) if isinstance(given, list) else given
+            if option in target and given != plain:
+                if plain == default:
+                    continue  # a config's flat default under an explicit option
+                raise UserError(
+                    f"model.net.{key} ({value!r}) and model.net.{section}.{option} "
+                    f"({target[option]!r}) disagree; give one of them"
+                )
+            if plain != default or isinstance(plain, bool) != isinstance(default, bool):
+                target[option] = value
+
+    def encoder_config(self) -> Any:
+        """The encoder family's ``Options`` instance for :attr:`encoder_options`."""
+        return encoder_options(self.encoder, self.encoder_options, option_path("encoder_options"))
 
     def weights_for(self, task: str | None) -> str | None:
         """The initialization of ``task``'s encoder (``task=None``: the one encoder all
@@ -175,20 +190,28 @@ class ModelConfig:
         return self.pooling.get(task, "aspp")
 
     def validate(self) -> None:
-        """Raise :class:`UserError` (one line naming the field) for any bad value."""
-        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
+        """Raise :class:`UserError` (one line naming the field) for any bad value of the
+        fields every architecture shares and of the encoder's; what depends on the
+        architecture (its name, its ``options``) is checked by
+        :func:`scenemtl.models.registry.check_config`."""
+        if not isinstance(self.architecture, str) or not self.architecture:
             raise UserError(
-                f"model.net.architecture: unknown architecture {self.architecture!r}; "
-                f"known: {', '.join(ARCHITECTURES)}"
+                f"model.net.architecture: expected an architecture name, got {self.architecture!r}"
             )
-        if not isinstance(self.encoder, str) or self.encoder not in ENCODERS:
-            raise UserError(
-                f"model.net.encoder: unknown encoder {self.encoder!r}; known: {', '.join(ENCODERS)}"
-            )
+        if not isinstance(self.encoder, str):
+            raise UserError(f"model.net.encoder: expected an encoder name, got {self.encoder!r}")
         try:
-            check_width(self.encoder_width)
+            encoder_family(self.encoder)
         except UserError as e:
-            raise UserError(f"model.net.{e}") from None
+            raise UserError(f"model.net.encoder: {e}") from None
+        for section in ("encoder_options", "options"):
+            value = getattr(self, section)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise UserError(
+                    f"model.net.{section}: expected a mapping of option names to values, "
+                    f"got {value!r}"
+                )
+        self.encoder_config()
         w = self.weights
         if isinstance(w, dict):
             fits = bool(w) and all(
@@ -201,23 +224,6 @@ class ModelConfig:
                 "model.net.weights: expected null, 'imagenet', a file path or a mapping task "
                 f"-> one of those, got {w!r}"
             )
-        if self.mtan_refinement not in MTAN_REFINEMENTS:
-            raise UserError(
-                f"model.net.mtan_refinement: expected one of {', '.join(MTAN_REFINEMENTS)}, "
-                f"got {self.mtan_refinement!r}"
-            )
-        m = self.mixing_lr_multiplier
-        if m is not None and (
-            isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < float("inf")
-        ):
-            raise UserError(
-                f"model.net.mixing_lr_multiplier: expected a positive number or null, got {m!r}"
-            )
-        if m is not None and not issubclass(ARCHITECTURES[self.architecture], MixedTrunksNet):
-            raise UserError(
-                "model.net.mixing_lr_multiplier: only cross_stitch and nddr have mixing units, "
-                f"not {self.architecture!r}"
-            )
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise UserError(
@@ -227,23 +233,6 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"model.net.{name}: expected a positive integer, got {value!r}")
-        d = self.final_decoder_convs
-        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 8:
-            raise UserError(f"model.net.final_decoder_convs: expected an integer 0..8, got {d!r}")
-        if (
-            not isinstance(self.dilation, tuple)
-            or len(self.dilation) != 3
-            or not all(isinstance(v, bool) for v in self.dilation)
-        ):
-            raise UserError(
-                "model.net.dilation: expected 3 true/false flags for layer2, layer3, layer4, "
-                f"got {self.dilation!r}"
-            )
-        if all(self.dilation):
-            raise UserError(
-                "model.net.dilation: dilating all three stages gives output stride 4, where the "
-                "bottleneck and the 4x skip coincide; dilate at most two stages"
-            )
         rates = self.aspp_rates
         if (
             not isinstance(rates, tuple)
@@ -256,11 +245,6 @@ class ModelConfig:
         if self.extra_skips and not self.skip:
             raise UserError(
                 "model.net.extra_skips: needs skip: true (extra skips extend the 4x skip)"
-            )
-        if self.distill_alpha and self.architecture != "distillation":
-            raise UserError(
-                "model.net.distill_alpha: only the distillation architecture distills "
-                f"features, not {self.architecture!r}"
             )
         if self.attention_skips and not self.skip:
             raise UserError("model.net.attention_skips: needs skip: true (it replaces the 4x skip)")
@@ -294,10 +278,15 @@ class ModelConfig:
         if "vortex" in kinds and not self.aspp:
             raise UserError("model.net.pooling: vortex pooling replaces ASPP; it needs aspp: true")
 
+    def pyramid(self) -> dict[int, int]:
+        """Stride -> channels of the encoder's pyramid, as its family declares it."""
+        return encoder_family(self.encoder).declared_pyramid(self.encoder, self.encoder_config())
+
     @property
     def output_stride(self) -> int:
-        """Downscale factor of the encoder's bottleneck: 32 halved per dilated stage."""
-        return 32 // 2 ** sum(self.dilation)
+        """Downscale factor of the encoder's bottleneck (ResNet: 32 halved per dilated
+        stage)."""
+        return max(self.pyramid())
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ModelConfig:
@@ -315,14 +304,3 @@ class ModelConfig:
                 f"model.net: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}"
             )
         return cls(**dict(values))
-
-
-def build_model(cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> nn.Module:
-    """The network ``cfg`` describes (see :class:`~scenemtl.models.base.MultiTaskNet`).
-
-    Args:
-        cfg: the architecture.
-        heads: task name -> output channels (default: 19-class semseg and depth).
-    """
-    cfg.validate()
-    return ARCHITECTURES[cfg.architecture](cfg, heads)

@@ -60,10 +60,10 @@ from torch import Tensor, nn
 
 from scenemtl.models.base import MultiTaskNet, make_bottleneck
 from scenemtl.models.blocks import ConvBnReLU, SelfAttention, SqueezeExcitation, resize
-from scenemtl.models.encoder import BasicBlock
+from scenemtl.models.encoders.resnet import BasicBlock
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class InitialPrediction(nn.Module):

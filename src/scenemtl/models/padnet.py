@@ -31,7 +31,7 @@ from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
 from scenemtl.models.blocks import SelfAttention
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class PADNet(MultiTaskNet):

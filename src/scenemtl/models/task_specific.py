@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, make_encoder
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class TaskSpecificNet(MultiTaskNet):
