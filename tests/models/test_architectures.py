@@ -9,6 +9,7 @@ import torch
 
 from scenemtl.errors import UserError
 from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
+from scenemtl.models.registry import check_config
 from scenemtl.models.encoders.resnet import ResNetEncoder
 from scenemtl.models.joint import JointNet
 
@@ -230,12 +231,18 @@ def test_imagenet_style_parameter_counts_of_the_designs() -> None:
         ("pooling", ["vortex"], "model.net.pooling"),
         ("vortex_rates", (3, 9), "model.net.vortex_rates"),
         ("attention_skips", 1, "model.net.attention_skips"),
-        ("distill_alpha", True, "only the distillation architecture"),
+        ("distill_alpha", True, "model.net.distill_alpha: joint has no such option"),
+        ("mtan_refinement", "per_task", "model.net.mtan_refinement: joint has no such option"),
+        ("options", {"depth": 3}, "model.net.options.depth: joint has no such option"),
+        ("encoder_options", {"dilatoin": [1]}, "encoder_options.dilatoin: the resnet encoders"),
+        ("encoder_options", ["x"], "model.net.encoder_options: expected a mapping"),
     ],
 )
 def test_bad_config_values_are_one_line_user_errors(field: str, value: object, needle: str) -> None:
+    """ModelConfig refuses what it can tell alone; check_config (which build_model runs
+    first) what depends on the chosen architecture."""
     with pytest.raises(UserError) as err:
-        ModelConfig(**{field: value})
+        check_config(ModelConfig(**{field: value}))
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -301,7 +308,8 @@ def test_distill_alpha_starts_from_the_branched_features() -> None:
 
 def test_from_dict_takes_yaml_lists_and_rejects_unknown_keys() -> None:
     cfg = ModelConfig.from_dict({"architecture": "branched", "dilation": [False, False, True]})
-    assert cfg.dilation == (False, False, True)
+    assert cfg.encoder_config().dilation == (False, False, True)
+    assert cfg.dilation is None  # a flat key is input only: the option is the family's
     assert cfg.output_stride == 16
     with pytest.raises(UserError, match="unknown option 'dilations'"):
         ModelConfig.from_dict({"dilations": [False, False, True]})
@@ -320,7 +328,7 @@ def test_jsonargparse_builds_the_dataclass() -> None:
     cfg = instantiate(ns).net
     assert isinstance(cfg, ModelConfig)
     assert cfg.architecture == "distillation"
-    assert cfg.dilation == (False, True, True)
+    assert cfg.encoder_config().dilation == (False, True, True)
     assert cfg.aspp_rates == (6, 12, 18)
 
 

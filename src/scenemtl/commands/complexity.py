@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.registry import ModelConfig, build_model
+from scenemtl.models.config import ModelConfig
+from scenemtl.models.registry import build_model
 from scenemtl.yamlfile import read_yaml_mapping
 
 DEFAULT_SIZE = (256, 512)
@@ -204,9 +205,14 @@ def run(config_path: str | Path, size: tuple[int, int] = DEFAULT_SIZE) -> str:
     total_params = sum(p.numel() for p in model.parameters())
     peak, method = peak_memory(cfg, size)
 
-    dil = ", ".join("true" if d else "false" for d in cfg.dilation)
+    dilation = getattr(cfg.encoder_config(), "dilation", None)  # a ResNet option
+    dil = (
+        f", dilation [{', '.join('true' if d else 'false' for d in dilation)}]"
+        if dilation is not None
+        else ""
+    )
     lines = [
-        f"model: {cfg.architecture}, encoder {cfg.encoder}, dilation [{dil}] "
+        f"model: {cfg.architecture}, encoder {cfg.encoder}{dil} "
         f"(output stride {cfg.output_stride}), aspp {str(cfg.aspp).lower()}, "
         f"skip {str(cfg.skip).lower()}, input 1x3x{h}x{w}",
         f"{'module':<28}{'parameters':>14}{'MACs':>12}",

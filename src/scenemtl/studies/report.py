@@ -193,7 +193,8 @@ def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
 def _variant_macs(run: RunSummary) -> float | None:
     """MACs of one forward at the run's full image size (validation input)."""
     from scenemtl.commands.complexity import count_macs
-    from scenemtl.models.registry import ModelConfig, build_model
+    from scenemtl.models.config import ModelConfig
+    from scenemtl.models.registry import build_model
     from scenemtl.tasks import build_tasks
     from scenemtl.yamlfile import read_yaml_file
 
