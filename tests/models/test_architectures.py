@@ -9,9 +9,9 @@ import torch
 
 from scenemtl.errors import UserError
 from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
-from scenemtl.models.registry import check_config
 from scenemtl.models.encoders.resnet import ResNetEncoder
 from scenemtl.models.joint import JointNet
+from scenemtl.models.registry import check_config
 
 HEADS = {"semseg": 19, "depth": 1}
 """The course's network: what ``build_model`` makes without a task list."""

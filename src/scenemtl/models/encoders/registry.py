@@ -44,9 +44,7 @@ def encoder_family(encoder: str) -> type[Encoder]:
     return ENCODER_FAMILIES[family_name(encoder)]
 
 
-def encoder_options(
-    encoder: str, values: Mapping[str, Any] | None = None, path: Any = None
-) -> Any:
+def encoder_options(encoder: str, values: Mapping[str, Any] | None = None, path: Any = None) -> Any:
     """The family's ``Options`` for ``encoder`` from plain ``values`` (one UserError line
     otherwise; ``path`` names an option as the user wrote it, default
     ``model.net.encoder_options.<key>``)."""

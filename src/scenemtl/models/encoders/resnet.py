@@ -240,9 +240,7 @@ class ResNetEncoder(HierarchicalEncoder):
         return channels
 
     @classmethod
-    def published_weights(
-        cls, name: str, key: str, options: ResNetOptions
-    ) -> TorchHubFile | None:
+    def published_weights(cls, name: str, key: str, options: ResNetOptions) -> TorchHubFile | None:
         """``imagenet``: torchvision's file (:data:`IMAGENET_URLS`) via the torch hub
         cache, for the published width only."""
         if key != "imagenet":
