@@ -234,7 +234,11 @@ def test_imagenet_style_parameter_counts_of_the_designs() -> None:
         ("distill_alpha", True, "model.net.distill_alpha: joint has no such option"),
         ("mtan_refinement", "per_task", "model.net.mtan_refinement: joint has no such option"),
         ("options", {"depth": 3}, "model.net.options.depth: joint has no such option"),
-        ("encoder_options", {"dilatoin": [1]}, "encoder_options.dilatoin: the resnet encoders"),
+        (
+            "encoder_options",
+            {"dilatoin": [1]},
+            "encoder_options.dilatoin: the resnet encoder family",
+        ),
         ("encoder_options", ["x"], "model.net.encoder_options: expected a mapping"),
     ],
 )

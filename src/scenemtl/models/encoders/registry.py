@@ -50,7 +50,7 @@ def encoder_options(encoder: str, values: Mapping[str, Any] | None = None, path:
     ``model.net.encoder_options.<key>``)."""
     family = encoder_family(encoder)
     where = path or (lambda key: f"model.net.encoder_options.{key}")
-    owner = f"the {family_name(encoder)} encoders"
+    owner = f"the {family_name(encoder)} encoder family"
     return parse_options(family.Options, dict(values or {}), owner, where)
 
 
