@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from scenemtl.errors import UserError
 from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
 from scenemtl.models.config import FLAT_OPTIONS
-from scenemtl.models.encoders.base import Encoder, HierarchicalEncoder
+from scenemtl.models.encoders.base import Encoder, Family, HierarchicalEncoder
 from scenemtl.models.encoders.registry import ENCODER_FAMILIES, build_encoder, encoder_names
 from scenemtl.models.encoders.resnet import ResNetEncoder, ResNetOptions
 from scenemtl.models.options import check_int, option_defaults
@@ -308,3 +308,42 @@ def test_an_architecture_declares_its_options_in_its_class(monkeypatch) -> None:
         check_config(ModelConfig(architecture="scaled", options={"scale": 0}, **SMALL))
     with pytest.raises(UserError, match=r"options.size: scaled has no such option \(its options"):
         check_config(ModelConfig(architecture="scaled", options={"size": 2}, **SMALL))
+
+
+class PlainToy(nn.Module):
+    """A module that follows only the protocol's module part (not an Encoder)."""
+
+    def __init__(self, name: str, options: ToyOptions) -> None:
+        super().__init__()
+        self.patch4 = nn.Conv2d(3, options.width, 4, stride=4)
+        self.patch8 = nn.Conv2d(options.width, options.width + 1, 2, stride=2)
+        self.channels = {4: options.width, 8: options.width + 1}
+        self.output_stride = 8
+
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        f4 = self.patch4(x)
+        return {4: f4, 8: self.patch8(f4)}
+
+
+def test_a_module_class_registers_through_a_family_entry(monkeypatch) -> None:
+    """How another helper's constructors are registered: one Family(...) line; the
+    pyramid is read from the module built on the meta device."""
+    reference = PlainToy("plain_s", ToyOptions(width=3))
+
+    def weights(name: str, key: str, options: ToyOptions) -> ToySource | None:
+        return ToySource(reference.state_dict()) if key == "pub" else None
+
+    entry = Family(PlainToy, ("plain_s",), ToyOptions, weights=weights)
+    monkeypatch.setitem(ENCODER_FAMILIES, "plain", entry)
+    cfg = ModelConfig(encoder="plain_s", encoder_options={"width": 3}, channels=8, skip_channels=4)
+    assert cfg.pyramid() == {4: 3, 8: 4} and cfg.output_stride == 8
+    model = build_model(cfg, HEADS).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 40))["semseg"][0].shape == (1, 5, 32, 40)
+    with pytest.raises(UserError, match="plain_s \\(plain\\) is not one"):
+        build_model(ModelConfig(architecture="nddr", encoder="plain_s"), HEADS)
+    loaded = build_encoder("plain_s", "pub", {"width": 3})
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)  # copied, not computed
+    with pytest.raises(UserError, match="toy weights toy.pth does not fit PlainToy"):
+        build_encoder("plain_s", "pub", {"width": 4})

@@ -29,7 +29,7 @@ from torch import nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.config import ModelConfig
-from scenemtl.models.registry import build_model
+from scenemtl.models.registry import build_model, check_config
 from scenemtl.yamlfile import read_yaml_mapping
 
 DEFAULT_SIZE = (256, 512)
@@ -52,7 +52,9 @@ def load_model_config(path: str | Path) -> ModelConfig:
     if isinstance(net, Mapping) and "init_args" in net:
         net = net["init_args"]
     try:
-        return ModelConfig.from_dict(net)
+        cfg = ModelConfig.from_dict(net)
+        check_config(cfg)
+        return cfg
     except UserError as e:
         raise UserError(f"{p}: {e}") from None
     except TypeError as e:  # a value of a type the dataclass cannot take at all

@@ -24,9 +24,11 @@ between stages (mtan, cross_stitch, nddr) run it stage by stage.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
@@ -70,8 +72,10 @@ class Encoder(nn.Module):
 
     @classmethod
     def declared_pyramid(cls, name: str, options: Any) -> dict[int, int]:
-        """Stride -> channels of what :meth:`forward` returns, without building it."""
-        raise NotImplementedError
+        """Stride -> channels of what :meth:`forward` returns, without building it
+        (default: the ``channels`` of the module built on the meta device, which
+        allocates nothing)."""
+        return pyramid_on_meta(cls.build, name, options)
 
     @classmethod
     def published_weights(cls, name: str, key: str, options: Any) -> WeightsSource | None:
@@ -123,6 +127,48 @@ class HierarchicalEncoder(Encoder):
     def stages(self) -> list[nn.Sequential]:
         """The stages, in order; ``stages[0]`` reads :meth:`stem`'s output."""
         raise NotImplementedError
+
+
+def pyramid_on_meta(
+    build: Callable[[str, Any], nn.Module], name: str, options: Any
+) -> dict[int, int]:
+    """``channels`` of ``build(name, options)`` built on the meta device (no memory)."""
+    with torch.device("meta"):
+        module = build(name, options)
+    return dict(module.channels)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family whose modules follow the protocol's module part (``channels``,
+    ``output_stride``, ``forward``; ``stem``/``stages``/``stage_scales``/
+    ``stage_out_channels`` when hierarchical) but are not :class:`Encoder` subclasses:
+    its registry entry. E.g. ``Family(ConvNeXtEncoder, CONVNEXT_NAMES, ConvNeXtOptions,
+    hierarchical=True, weights=convnext_weights)``.
+
+    Attributes:
+        constructor: ``(name, options) -> module``.
+        names: the encoder names it builds.
+        Options: its options dataclass.
+        hierarchical: whether its modules are stem + stages.
+        weights: ``(name, key, options) -> WeightsSource | None`` (None: no published
+            files; every ``weights`` value is then a path).
+    """
+
+    constructor: Callable[[str, Any], nn.Module]
+    names: tuple[str, ...]
+    Options: type = NoOptions
+    hierarchical: bool = False
+    weights: Callable[[str, str, Any], WeightsSource | None] | None = None
+
+    def build(self, name: str, options: Any) -> nn.Module:
+        return self.constructor(name, options)
+
+    def declared_pyramid(self, name: str, options: Any) -> dict[int, int]:
+        return pyramid_on_meta(self.build, name, options)
+
+    def published_weights(self, name: str, key: str, options: Any) -> WeightsSource | None:
+        return self.weights(name, key, options) if self.weights is not None else None
 
 
 def state_dict_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, object]) -> str:

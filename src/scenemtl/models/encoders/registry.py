@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from scenemtl.errors import UserError
-from scenemtl.models.encoders.base import Encoder
+from scenemtl.models.encoders.base import Encoder, Family, load_strict
 from scenemtl.models.encoders.resnet import ResNetEncoder
 from scenemtl.models.encoders.weights import (
     encoder_state_from_checkpoint,
@@ -20,10 +22,12 @@ from scenemtl.models.encoders.weights import (
 )
 from scenemtl.models.options import parse_options
 
-ENCODER_FAMILIES: dict[str, type[Encoder]] = {
+ENCODER_FAMILIES: dict[str, type[Encoder] | Family] = {
     "resnet": ResNetEncoder,
 }
-"""Family name -> its class; the class lists the encoder names it builds (``names``)."""
+"""Family name -> its :class:`Encoder` subclass, or a :class:`Family` entry for a module
+class that only follows the protocol's module part; either lists the encoder names it
+builds (``names``)."""
 
 
 def encoder_names() -> list[str]:
@@ -39,7 +43,7 @@ def family_name(encoder: str) -> str:
     raise UserError(f"unknown encoder {encoder!r}; known: {', '.join(encoder_names())}")
 
 
-def encoder_family(encoder: str) -> type[Encoder]:
+def encoder_family(encoder: str) -> type[Encoder] | Family:
     """The class of the family that builds encoder ``encoder``."""
     return ENCODER_FAMILIES[family_name(encoder)]
 
@@ -59,7 +63,7 @@ def build_encoder(
     weights: str | None = None,
     options: Any = None,
     task: str | None = None,
-) -> Encoder:
+) -> nn.Module:
     """Encoder ``name`` with ``options`` (its family's ``Options``, or a mapping of them;
     None: the defaults) and random weights (``weights=None``), a published file
     (a key the family publishes, e.g. ``"imagenet"``) or a file: a state dict in the
@@ -81,5 +85,9 @@ def build_encoder(
         if is_checkpoint(state):
             state = encoder_state_from_checkpoint(state, task, f"checkpoint {weights}")
             source = f"the encoder of checkpoint {weights}"
-    encoder.load_pretrained(state, source)
+    load = getattr(encoder, "load_pretrained", None)
+    if load is not None:
+        load(state, source)
+    else:
+        load_strict(encoder, state, source)
     return encoder
