@@ -38,6 +38,10 @@ architecture), any other moves into its section. The owners' defaults are these 
 (tests/models/test_options.py checks it)."""
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def option_path(section: str) -> Callable[[str], str]:
     """Option name -> its place in a config as error lines name it: the flat key where
     one is kept (``model.net.dilation``), else ``model.net.<section>.<option>``."""
@@ -126,9 +130,13 @@ class ModelConfig:
             self.aspp_rates = tuple(self.aspp_rates)  # type: ignore[assignment]
         if isinstance(self.vortex_rates, list):
             self.vortex_rates = tuple(self.vortex_rates)  # type: ignore[assignment]
-        for name in ("pooling", "depth_bins", "weights", "encoder_options", "options"):
+        for name in ("pooling", "depth_bins", "weights"):
             if isinstance(getattr(self, name), Mapping):
                 setattr(self, name, dict(getattr(self, name)))
+        for name in ("encoder_options", "options"):
+            # plain data as YAML gives it (lists), so that equal configs compare equal
+            if isinstance(getattr(self, name), Mapping):
+                setattr(self, name, {k: _plain(v) for k, v in getattr(self, name).items()})
         self._take_flat_options()
         self.validate()
 
@@ -153,7 +161,7 @@ class ModelConfig:
                     f"({target[option]!r}) disagree; give one of them"
                 )
             if plain != default or isinstance(plain, bool) != isinstance(default, bool):
-                target[option] = value
+                target[option] = _plain(value)
 
     def encoder_config(self) -> Any:
         """The encoder family's ``Options`` instance for :attr:`encoder_options`."""
