@@ -347,3 +347,29 @@ def test_a_module_class_registers_through_a_family_entry(monkeypatch) -> None:
         assert torch.equal(loaded.state_dict()[key], value)  # copied, not computed
     with pytest.raises(UserError, match="toy weights toy.pth does not fit PlainToy"):
         build_encoder("plain_s", "pub", {"width": 4})
+
+
+def test_the_models_import_graph_has_no_circle() -> None:
+    """ModelConfig imports no architecture (every architecture imports it); only the
+    package's re-export and the layers above import the registry; the encoder families
+    import no architecture and not the configuration."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("scenemtl")
+    architectures = {cls.__module__ for cls in ARCHITECTURES.values()} | {
+        "scenemtl.models.base",
+        "scenemtl.models.registry",
+    }
+    for module in architectures:
+        assert not graph.chain_exists(importer="scenemtl.models.config", imported=module)
+    inside = {
+        m
+        for m in graph.find_modules_that_directly_import("scenemtl.models.registry")
+        if m.startswith("scenemtl.models")
+    }
+    assert inside == {"scenemtl.models"}  # the package's public names
+    for module in graph.find_descendants("scenemtl.models.encoders"):
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported.startswith("scenemtl."):
+                assert imported.startswith(
+                    ("scenemtl.models.encoders", "scenemtl.models.options", "scenemtl.errors")
+                ), (module, imported)
