@@ -373,3 +373,20 @@ def test_the_models_import_graph_has_no_circle() -> None:
                 assert imported.startswith(
                     ("scenemtl.models.encoders", "scenemtl.models.options", "scenemtl.errors")
                 ), (module, imported)
+
+
+def test_a_checkpoint_is_compared_with_the_option_however_it_was_written() -> None:
+    """`--ckpt_path` with explicit network options: the flat key the user wrote is the
+    option it stands for, and the checkpoint's flat or nested spelling compares equal."""
+    from scenemtl.commands.lightning import _is_explicit, _net_fields
+
+    nested = {
+        **{k: v for k, v in OLD_NET.items() if k not in FLAT_OPTIONS},
+        "options": {"mtan_refinement": "per_task"},
+        "encoder_options": {"dilation": [False, False, True], "width": 8},
+    }
+    assert _net_fields(OLD_NET) == _net_fields(nested)
+    assert _net_fields(OLD_NET)["options.mtan_refinement"] == "per_task"
+    assert _is_explicit("encoder_options.dilation", {"dilation"})
+    assert _is_explicit("options.mtan_refinement", {"options"})
+    assert not _is_explicit("encoder_options.dilation", {"mtan_refinement", "options"})
