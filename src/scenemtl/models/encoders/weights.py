@@ -3,7 +3,7 @@ local state dict, or the encoder of a scenemtl checkpoint. Family-independent.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,19 @@ class TorchHubFile:
                 f"cannot get {self.what} {self.file_name} ({reason}); "
                 f"download {self.publisher}{self.file_name} and put it in {folder}"
             ) from None
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A published file that a family's own function fetches (e.g. from the Hugging
+    Face Hub): ``loader()`` returns its state dict or raises one UserError line."""
+
+    what: str
+    file_name: str
+    loader: Callable[[], Mapping[str, Tensor]]
+
+    def load(self) -> Mapping[str, Tensor]:
+        return self.loader()
 
 
 def load_weights_file(path: str | Path) -> Mapping[str, Tensor]:
