@@ -19,6 +19,7 @@ from scenemtl.models.config import FLAT_OPTIONS
 from scenemtl.models.encoders.base import Encoder, Family, HierarchicalEncoder
 from scenemtl.models.encoders.registry import ENCODER_FAMILIES, build_encoder, encoder_names
 from scenemtl.models.encoders.resnet import ResNetEncoder, ResNetOptions
+from scenemtl.models.encoders.weights import PublishedFile
 from scenemtl.models.options import check_int, option_defaults
 from scenemtl.models.registry import check_config, net_fields
 
@@ -330,8 +331,10 @@ def test_a_module_class_registers_through_a_family_entry(monkeypatch) -> None:
     pyramid is read from the module built on the meta device."""
     reference = PlainToy("plain_s", ToyOptions(width=3))
 
-    def weights(name: str, key: str, options: ToyOptions) -> ToySource | None:
-        return ToySource(reference.state_dict()) if key == "pub" else None
+    def weights(name: str, key: str, options: ToyOptions) -> PublishedFile | None:
+        return (
+            PublishedFile("toy weights", "toy.pth", reference.state_dict) if key == "pub" else None
+        )
 
     entry = Family(PlainToy, ("plain_s",), ToyOptions, weights=weights)
     monkeypatch.setitem(ENCODER_FAMILIES, "plain", entry)
