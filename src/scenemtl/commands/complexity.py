@@ -17,6 +17,7 @@ from scenemtl.engine.complexity import (
 )
 from scenemtl.errors import UserError
 from scenemtl.models.registry import build_model
+from scenemtl.tasks import legacy_heads
 
 
 def _fmt_int(n: int) -> str:
@@ -38,15 +39,20 @@ def run(config_path: str | Path, size: tuple[int, int] = DEFAULT_SIZE) -> str:
     if h < 1 or w < 1:
         raise UserError(f"--size: height and width must be positive, got {h}x{w}")
     cfg = dataclasses.replace(load_model_config(config_path), weights=None)
-    model = build_model(cfg)
+    model = build_model(cfg, legacy_heads())
     total_macs, flops = count_macs(model, size)
     rows = module_rows(model, flops)
     total_params = sum(p.numel() for p in model.parameters())
     peak, method = peak_memory(cfg, size)
 
-    dil = ", ".join("true" if d else "false" for d in cfg.dilation)
+    dilation = getattr(cfg.encoder_config(), "dilation", None)  # a ResNet option
+    dil = (
+        f", dilation [{', '.join('true' if d else 'false' for d in dilation)}]"
+        if dilation is not None
+        else ""
+    )
     lines = [
-        f"model: {cfg.architecture}, encoder {cfg.encoder}, dilation [{dil}] "
+        f"model: {cfg.architecture}, encoder {cfg.encoder}{dil} "
         f"(output stride {cfg.output_stride}), aspp {str(cfg.aspp).lower()}, "
         f"skip {str(cfg.skip).lower()}, input 1x3x{h}x{w}",
         f"{'module':<28}{'parameters':>14}{'MACs':>12}",

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from scenemtl.errors import UserError
-from scenemtl.models.registry import ModelConfig
+from scenemtl.models.config import ModelConfig
 from scenemtl.tasks import TaskSpecs, legacy_task_specs
 
 

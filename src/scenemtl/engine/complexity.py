@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.registry import ModelConfig, build_model
+from scenemtl.models.config import ModelConfig
+from scenemtl.models.registry import build_model, check_config
+from scenemtl.tasks import legacy_heads
 from scenemtl.yamlfile import read_yaml_mapping
 
 DEFAULT_SIZE = (256, 512)
@@ -53,7 +55,9 @@ def load_model_config(path: str | Path) -> ModelConfig:
     if isinstance(net, Mapping) and "init_args" in net:
         net = net["init_args"]
     try:
-        return ModelConfig.from_dict(net)
+        cfg = ModelConfig.from_dict(net)
+        check_config(cfg)
+        return cfg
     except UserError as e:
         raise UserError(f"{p}: {e}") from None
     except TypeError as e:  # a value of a type the dataclass cannot take at all
@@ -150,7 +154,7 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> None:
 def _measure_in_this_process(cfg: ModelConfig, size: tuple[int, int]) -> int:
     """Peak RSS growth (bytes) of one forward+backward; see the module docstring."""
     torch.manual_seed(0)
-    model = build_model(cfg).train()
+    model = build_model(cfg, legacy_heads()).train()
     x = torch.randn(1, 3, *size)
     _train_step(model, x)  # warm-up: one-time allocations of the backends
     model.zero_grad(set_to_none=True)
@@ -170,7 +174,7 @@ def peak_memory(cfg: ModelConfig, size: tuple[int, int]) -> tuple[int | None, st
     cfg = dataclasses.replace(cfg, weights=None)
     if torch.cuda.is_available():
         device = torch.device("cuda")
-        model = build_model(cfg).to(device).train()
+        model = build_model(cfg, legacy_heads()).to(device).train()
         x = torch.randn(1, 3, *size, device=device)
         _train_step(model, x)
         model.zero_grad(set_to_none=True)

@@ -21,7 +21,8 @@ from scenemtl.engine.schedules import PolyFactor, StepFactor
 from scenemtl.errors import TrainingDiverged, UserError, one_line
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
-from scenemtl.models.registry import ModelConfig, build_model
+from scenemtl.models.config import ModelConfig
+from scenemtl.models.registry import build_model
 from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs, options_of_learned_tasks
 from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
@@ -34,7 +35,7 @@ class MultiTaskModule(L.LightningModule):
     """Trains and evaluates one multi-task network.
 
     Args:
-        net: the architecture (see :class:`scenemtl.models.registry.ModelConfig`).
+        net: the architecture (see :class:`scenemtl.models.config.ModelConfig`).
         task_specs: task name -> spec, the tasks this network learns (set from the data by
             the CLI, see ``data.tasks``; None = the course's semseg + depth).
         provided_tasks: the tasks the data provides (set from the data by the CLI; None =
