@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.encoders import convnext, mobilenetv3, swin, vit
 from scenemtl.models.encoders.base import Encoder, Family, load_strict
 from scenemtl.models.encoders.resnet import ResNetEncoder
 from scenemtl.models.encoders.weights import (
@@ -24,6 +25,10 @@ from scenemtl.models.options import parse_options
 
 ENCODER_FAMILIES: dict[str, type[Encoder] | Family] = {
     "resnet": ResNetEncoder,
+    "convnext": convnext.FAMILY,
+    "swin": swin.FAMILY,
+    "vit": vit.FAMILY,
+    "mobilenetv3": mobilenetv3.FAMILY,
 }
 """Family name -> its :class:`Encoder` subclass, or a :class:`Family` entry for a module
 class that only follows the protocol's module part; either lists the encoder names it

@@ -100,3 +100,26 @@ def encoder_state_from_checkpoint(
             found = f"encoders of {', '.join(owners)}" if owners else "no encoder"
             raise UserError(f"{source} holds {found}; cannot tell which one task {task!r} takes")
     return {k[len(prefix) :]: state[k] for k in keys if k.startswith(prefix)}
+
+
+HUB_WEIGHTS_FILE = "model.safetensors"
+
+
+def hub_safetensors(repo_id: str, what: str) -> PublishedFile:
+    """A ``model.safetensors`` published in Hugging Face Hub repository ``repo_id`` (timm's
+    files), downloaded once through the Hub cache (:func:`scenemtl.hub.download`: offline
+    and not cached is one line naming the repository)."""
+
+    def load() -> Mapping[str, Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from scenemtl.hub import download
+
+        path = download(repo_id, HUB_WEIGHTS_FILE)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+
+    return PublishedFile(what, f"{repo_id}/{HUB_WEIGHTS_FILE}", load)
