@@ -1,0 +1,122 @@
+"""The Gradio page of ``scenemtl serve`` (needs the ``serve`` extra).
+
+Layout: the upload (and the dataset's examples) on the left, the panel (RGB | each
+task's picture) and one line of text on the right, each task's key (class legend, depth
+scale) below. A new upload or example predicts at once.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from scenemtl.api import MAX_PIXELS, Model
+from scenemtl.page.keys import KEYS_CSS, keys_html
+from scenemtl.page.predict import PagePredictor, panel_columns
+
+PAGE_CSS = (
+    KEYS_CSS
+    + """
+#smtl-status { min-height: 2.5em; }
+"""
+)
+
+MAX_UPLOAD_BYTES = 256 << 20
+"""Largest upload accepted (Gradio refuses larger files on the page): a 16.8-megapixel
+image is at most 50 MB uncompressed, far less as PNG or JPEG."""
+
+IMAGE_HEIGHT = 360
+"""Display height of the upload and the panel (pixels; the images are scaled to fit)."""
+
+SYSTEM_FONTS = ["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"]
+"""The page's fonts: the default theme's fonts come from Google Fonts, which a machine
+without a network cannot reach."""
+
+
+class UploadImage(gr.Image):
+    """``gr.Image`` whose upload reaches the handler as the file Gradio stored, not
+    decoded by Gradio: Pillow's open in ``gr.Image`` would raise on a file that is not an
+    image (a traceback in the server log) and decode any size; the handler checks the size
+    first and answers in one line."""
+
+    is_template = True  # drawn by the frontend's Image component
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is None or getattr(payload, "path", None) is None:
+            return super().preprocess(payload)  # a data: URL (webcam, clipboard)
+        return str(payload.path)
+
+
+def theme() -> gr.themes.Theme:
+    return gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
+
+
+def build_page(model: Model, examples: Sequence[Path] = ()) -> gr.Blocks:
+    """The page for ``model``; ``examples`` are image files offered under the upload."""
+    predictor = PagePredictor(model)
+    columns = panel_columns(model)
+
+    def on_image(path: str | None) -> tuple[Any, str]:
+        result = predictor(path)
+        return result.panel, html.escape(result.message)
+
+    with gr.Blocks(title=f"scenemtl: {model.source}", analytics_enabled=False) as page:
+        gr.Markdown(
+            f"## scenemtl: {html.escape(str(model.source))}\n"
+            f"Tasks: {', '.join(model.tasks)}. Drop an image (at most "
+            f"{MAX_PIXELS / 1e6:.1f} megapixels) or pick an example: the panel shows "
+            f"{columns}."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = UploadImage(
+                    label="Image",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    height=IMAGE_HEIGHT,
+                )
+                if examples:
+                    gr.Examples(
+                        examples=[[str(p)] for p in examples],
+                        inputs=[upload],
+                        label="Examples from the dataset",
+                    )
+            with gr.Column(scale=2):
+                panel = gr.Image(
+                    label=columns,
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=IMAGE_HEIGHT,
+                )
+                status = gr.Markdown(
+                    "Drop an image on the left, or pick an example.", elem_id="smtl-status"
+                )
+        keys = keys_html(model.module.task_list)
+        if keys:
+            gr.HTML(keys, elem_id="smtl-keys")
+        upload.change(on_image, inputs=[upload], outputs=[panel, status])
+    return page
+
+
+def launch(page: gr.Blocks, host: str, port: int, allowed_paths: Sequence[Path] = ()) -> None:
+    """Serve ``page`` until Ctrl-C; Gradio catches the interrupt itself and returns."""
+    page.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        allowed_paths=[str(p) for p in allowed_paths],
+        theme=theme(),
+        css=PAGE_CSS,
+        footer_links=[],
+        run_history=False,
+        max_file_size=MAX_UPLOAD_BYTES,
+    )
+
+
+__all__ = ["UploadImage", "build_page", "launch"]
