@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 from scenemtl.argtypes import int_at_least
 from scenemtl.errors import UserError

@@ -37,18 +37,18 @@ SYSTEM_FONTS = ["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"]
 without a network cannot reach."""
 
 
-class UploadImage(gr.Image):
-    """``gr.Image`` whose upload reaches the handler as the file Gradio stored, not
-    decoded by Gradio: Pillow's open in ``gr.Image`` would raise on a file that is not an
-    image (a traceback in the server log) and decode any size; the handler checks the size
-    first and answers in one line."""
+def upload_path(payload: Any) -> str | None:
+    """The file of an upload as Gradio stored it (in its upload folder, named as the
+    user's file), from the image's raw payload ``{"path": ..., "orig_name": ...}``.
 
-    is_template = True  # drawn by the frontend's Image component
-
-    def preprocess(self, payload: Any) -> str | None:
-        if payload is None or getattr(payload, "path", None) is None:
-            return super().preprocess(payload)  # a data: URL (webcam, clipboard)
-        return str(payload.path)
+    The page's event takes the payload unprocessed (``preprocess=False``): ``gr.Image``'s
+    own preprocessing opens the file with Pillow, which raises on a file that is not an
+    image (a traceback in the server log) and decodes any size; the handler checks the
+    size from the header first and answers in one line.
+    """
+    if not payload:
+        return None
+    return payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
 
 
 def theme() -> gr.themes.Theme:
@@ -60,8 +60,8 @@ def build_page(model: Model, examples: Sequence[Path] = ()) -> gr.Blocks:
     predictor = PagePredictor(model)
     columns = panel_columns(model)
 
-    def on_image(path: str | None) -> tuple[Any, str]:
-        result = predictor(path)
+    def on_image(payload: Any) -> tuple[Any, str]:
+        result = predictor(upload_path(payload))
         return result.panel, html.escape(result.message)
 
     with gr.Blocks(title=f"scenemtl: {model.source}", analytics_enabled=False) as page:
@@ -73,10 +73,10 @@ def build_page(model: Model, examples: Sequence[Path] = ()) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = UploadImage(
+                upload = gr.Image(
                     label="Image",
                     type="filepath",
-                    sources=["upload", "clipboard"],
+                    sources=["upload"],
                     height=IMAGE_HEIGHT,
                 )
                 if examples:
@@ -99,7 +99,7 @@ def build_page(model: Model, examples: Sequence[Path] = ()) -> gr.Blocks:
         keys = keys_html(model.module.task_list)
         if keys:
             gr.HTML(keys, elem_id="smtl-keys")
-        upload.change(on_image, inputs=[upload], outputs=[panel, status])
+        upload.change(on_image, inputs=[upload], outputs=[panel, status], preprocess=False)
     return page
 
 
@@ -119,4 +119,4 @@ def launch(page: gr.Blocks, host: str, port: int, allowed_paths: Sequence[Path] 
     )
 
 
-__all__ = ["UploadImage", "build_page", "launch"]
+__all__ = ["build_page", "launch", "upload_path"]

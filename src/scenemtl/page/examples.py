@@ -69,4 +69,4 @@ def _mtan_examples(root: Path, cache_dir: Path, per_split: int) -> list[Path]:
     return found
 
 
-__all__ = ["EXAMPLE_SPLITS", "EXAMPLES_PER_SPLIT", "dataset_examples"]
+__all__ = ["EXAMPLES_PER_SPLIT", "EXAMPLE_SPLITS", "dataset_examples"]

@@ -39,7 +39,9 @@ def class_legend(task: Task) -> list[tuple[str, tuple[int, int, int]]]:
     names = list(task.class_names)  # type: ignore[attr-defined]
     ids = np.arange(len(names), dtype=np.int64)[None, :]  # one row [1,N] of class ids
     colors = task.colorize(ids)[0]  # [N,3]
-    return [(name, (int(c[0]), int(c[1]), int(c[2]))) for name, c in zip(names, colors)]
+    return [
+        (name, (int(c[0]), int(c[1]), int(c[2]))) for name, c in zip(names, colors, strict=True)
+    ]
 
 
 def legend_html(title: str, entries: list[tuple[str, tuple[int, int, int]]]) -> str:
