@@ -54,9 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.port > 65535:
         raise UserError(f"--port {args.port} is not a port number (1..65535)")
-    model = load(args.ckpt_path, device=args.device)
     with tempfile.TemporaryDirectory(prefix="scenemtl-serve-") as tmp:
+        # the dataset first: a wrong --data is told before the model is read
         examples = dataset_examples(args.data, tmp) if args.data else []
+        model = load(args.ckpt_path, device=args.device)
         page = build_page(model, examples)
         url = f"http://{args.host}:{args.port}/"
         print(f"scenemtl serve: {args.ckpt_path} at {url} (Ctrl-C stops it)", flush=True)

@@ -22,6 +22,9 @@ PAGE_CSS = (
     KEYS_CSS
     + """
 #smtl-status { min-height: 2.5em; }
+/* small images (a dataset's 128x256) drawn as large as the box, pixels kept sharp */
+#smtl-upload img, #smtl-panel img { width: 100%; height: 100%; object-fit: contain;
+                                    image-rendering: pixelated; }
 """
 )
 
@@ -77,6 +80,7 @@ def build_page(model: Model, examples: Sequence[Path] = ()) -> gr.Blocks:
                     label="Image",
                     type="filepath",
                     sources=["upload"],
+                    elem_id="smtl-upload",
                     height=IMAGE_HEIGHT,
                 )
                 if examples:
@@ -92,8 +96,10 @@ def build_page(model: Model, examples: Sequence[Path] = ()) -> gr.Blocks:
                     format="png",
                     interactive=False,
                     height=IMAGE_HEIGHT,
+                    elem_id="smtl-panel",
                 )
-                status = gr.Markdown(
+                # HTML of escaped text: a file name is shown as it is, not as Markdown
+                status = gr.HTML(
                     "Drop an image on the left, or pick an example.", elem_id="smtl-status"
                 )
         keys = keys_html(model.module.task_list)
