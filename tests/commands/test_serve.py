@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 import scenemtl
 from scenemtl.cli import _run_guarded, main
@@ -97,6 +98,8 @@ def test_a_person_drops_an_image_and_sees_the_panel_legend_and_scale(ckpt, tiny_
     street.write_bytes((tiny_root / "val" / "rgb" / "1.png").read_bytes())
     notes = tmp_path / "notes.png"
     notes.write_text("not an image")
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (4097, 4097)).save(huge)  # above MAX_PIXELS (4096 x 4096); 50 kB
     port = free_port()
     server = start_server(ckpt, tiny_root, port)
     try:
@@ -124,6 +127,13 @@ def test_a_person_drops_an_image_and_sees_the_panel_legend_and_scale(ckpt, tiny_
             page.locator("input[type=file]").first.set_input_files(str(notes))
             page.get_by_text("Cannot predict on notes.png:").wait_for(timeout=60_000)
             page.screenshot(path=str(tmp_path / "not_an_image.png"), full_page=True)
+            assert page.locator("#smtl-panel img").count() == 0
+            # an image above MAX_PIXELS: refused from its header, one line
+            page.get_by_label("Remove Image").first.click()
+            page.locator("input[type=file]").first.set_input_files(str(huge))
+            page.get_by_text(
+                "Cannot predict on huge.png: 4097x4097 pixels is above the 16.8 MP limit"
+            ).wait_for(timeout=60_000)
             # an example from the dataset's val split
             page.get_by_label("Remove Image").first.click()
             page.locator(".gallery-item").first.click()

@@ -60,7 +60,7 @@ def test_the_panel_is_rgb_then_each_tasks_picture_of_predict(model, image):
 
 def test_no_upload_asks_for_one(model):
     result = PagePredictor(model)(None)
-    assert result.panel is None and "Drop an image" in result.message
+    assert result.panel is None and "Drop an image" in result.message and not result.error
 
 
 def test_a_file_that_is_not_an_image_is_one_line_with_its_name(model, tmp_path):
@@ -69,7 +69,7 @@ def test_a_file_that_is_not_an_image_is_one_line_with_its_name(model, tmp_path):
     bad = folder / "notes.png"
     bad.write_text("not an image")
     result = PagePredictor(model)(bad)
-    assert result.panel is None
+    assert result.panel is None and result.error
     assert result.message.startswith("Cannot predict on notes.png: ")
     assert "\n" not in result.message and str(folder) not in result.message
 
@@ -83,7 +83,7 @@ def test_an_image_above_max_pixels_is_refused_from_its_header(model, image, monk
 
     monkeypatch.setattr(page_predict, "as_rgb", no_decoding)
     result = PagePredictor(model)(path)
-    assert result.panel is None
+    assert result.panel is None and result.error
     assert result.message == (
         "Cannot predict on street.png: 40x24 pixels is above the 0.0 MP limit; downscale it first"
     )

@@ -22,6 +22,7 @@ PAGE_CSS = (
     KEYS_CSS
     + """
 #smtl-status { min-height: 2.5em; }
+.smtl-error { color: #c62828; font-weight: 600; }
 /* small images (a dataset's 128x256) drawn as large as the box, pixels kept sharp */
 #smtl-upload img, #smtl-panel img { width: 100%; height: 100%; object-fit: contain;
                                     image-rendering: pixelated; }
@@ -65,7 +66,8 @@ def build_page(model: Model, examples: Sequence[Path] = ()) -> gr.Blocks:
 
     def on_image(payload: Any) -> tuple[Any, str]:
         result = predictor(upload_path(payload))
-        return result.panel, html.escape(result.message)
+        text = html.escape(result.message)
+        return result.panel, f'<span class="smtl-error">{text}</span>' if result.error else text
 
     with gr.Blocks(title=f"scenemtl: {model.source}", analytics_enabled=False) as page:
         gr.Markdown(

@@ -21,10 +21,12 @@ from scenemtl.visualize import prediction_panel, tile
 @dataclass
 class PageResult:
     """What the page shows for one upload: ``panel`` uint8 [H, W', 3] and a line of
-    text (what was predicted), or no panel and ``message`` saying why."""
+    text (what was predicted), or no panel and ``message`` saying why (``error``: the
+    upload was refused)."""
 
     panel: np.ndarray | None
     message: str
+    error: bool = False
 
 
 def panel_columns(model: Model) -> str:
@@ -80,9 +82,9 @@ class PagePredictor:
             text = one_line(e).replace(str(path), path.name)
             if not text.startswith(path.name):
                 text = f"{path.name}: {text}"
-            return PageResult(None, f"Cannot predict on {text}")
+            return PageResult(None, f"Cannot predict on {text}", error=True)
         except MemoryError:
-            return PageResult(None, f"Cannot predict on {path.name}: out of memory")
+            return PageResult(None, f"Cannot predict on {path.name}: out of memory", error=True)
         tasks = self.model.module.task_list
         panel = tile([prediction_panel(rgb, tasks, preds)])
         h, w = rgb.shape[:2]
