@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 import scenemtl
+from scenemtl.api import MAX_PIXELS
 from scenemtl.cli import _run_guarded, main
 from scenemtl.commands.serve import add_serve_parser
 from scenemtl.page.keys import depth_ticks, format_depth
@@ -99,7 +101,8 @@ def test_a_person_drops_an_image_and_sees_the_panel_legend_and_scale(ckpt, tiny_
     notes = tmp_path / "notes.png"
     notes.write_text("not an image")
     huge = tmp_path / "huge.png"
-    Image.new("RGB", (4097, 4097)).save(huge)  # above MAX_PIXELS (4096 x 4096); 50 kB
+    side = math.isqrt(MAX_PIXELS) + 1
+    Image.new("RGB", (side, side)).save(huge)  # above MAX_PIXELS; black, so a small PNG
     port = free_port()
     server = start_server(ckpt, tiny_root, port)
     try:
@@ -132,7 +135,8 @@ def test_a_person_drops_an_image_and_sees_the_panel_legend_and_scale(ckpt, tiny_
             page.get_by_label("Remove Image").first.click()
             page.locator("input[type=file]").first.set_input_files(str(huge))
             page.get_by_text(
-                "Cannot predict on huge.png: 4097x4097 pixels is above the 16.8 MP limit"
+                f"Cannot predict on huge.png: {side}x{side} pixels is above the "
+                f"{MAX_PIXELS / 1e6:.1f} MP limit"
             ).wait_for(timeout=60_000)
             # an example from the dataset's val split
             page.get_by_label("Remove Image").first.click()
