@@ -283,12 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     from scenemtl.commands.grader import add_grade_parser
     from scenemtl.commands.hub import add_hub_parser
     from scenemtl.commands.predict import add_predict_parser
+    from scenemtl.commands.serve import add_serve_parser
     from scenemtl.commands.study import add_study_parser
 
     add_grade_parser(sub)
     add_predict_parser(sub)
     add_export_parser(sub)
     add_hub_parser(sub)
+    add_serve_parser(sub)
     add_study_parser(sub)
 
     runs = sub.add_parser("runs", help="table of all runs below a folder")
