@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from scenemtl.balancing import BALANCERS, accepted_options, build_balancer
@@ -17,7 +18,21 @@ from scenemtl.balancing.base import TrainingStep
 from scenemtl.balancing.conflict import gradient_conflict
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.checkpoint import check_tasks, migrate_checkpoint, read_checkpoint
-from scenemtl.engine.schedules import PolyFactor, StepFactor
+from scenemtl.engine.finetune import (
+    LoRAConfig,
+    apply_finetuning,
+    check_layer_decay,
+    layer_decay_scales,
+    set_frozen_modes,
+    trainable_summary,
+)
+from scenemtl.engine.schedules import (
+    CosineFactor,
+    PolyFactor,
+    StepFactor,
+    check_warmup,
+    warmup_steps,
+)
 from scenemtl.errors import TrainingDiverged, UserError, one_line
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
@@ -28,7 +43,7 @@ from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("poly", "step")
+LR_SCHEDULES = ("poly", "cosine", "step")
 
 
 class MultiTaskModule(L.LightningModule):
@@ -49,12 +64,26 @@ class MultiTaskModule(L.LightningModule):
         momentum: SGD momentum (ignored by Adam/AdamW).
         weight_decay: L2 (SGD, Adam) or decoupled (AdamW) weight decay.
         lr_power: exponent of the poly schedule ``(1 - step / total) ** lr_power``.
-        lr_floor: the learning rate never goes below this (poly schedule).
-        lr_schedule: ``poly`` (per optimizer step, see ``lr_power``) or ``step`` (per
+        lr_floor: the learning rate never goes below this (poly schedule); the cosine
+            schedule ends at it.
+        lr_schedule: ``poly`` (per optimizer step, see ``lr_power``), ``cosine`` (per
+            optimizer step, half a cosine from ``lr`` to ``lr_floor``) or ``step`` (per
             epoch: multiplied by ``lr_gamma`` at each epoch of ``lr_milestones``; the
             MTAN protocol is ``[100]`` and ``0.5`` over 200 epochs).
+        lr_warmup_steps: optimizer steps of linear warm-up from 0 before the poly or
+            cosine decay (0 = none).
+        lr_warmup_fraction: the warm-up as a fraction of the run's optimizer steps, in
+            [0, 1) (instead of ``lr_warmup_steps``).
         lr_milestones: epochs at which the step schedule multiplies the rate.
         lr_gamma: the step schedule's factor, in (0, 1].
+        layer_decay: layer-wise learning-rate decay of a ViT encoder, in (0, 1]: a
+            parameter of layer ``i`` (embeddings 0, block ``k`` ``k + 1``) learns at
+            ``lr * layer_decay ** (depth + 1 - i)``; decoders and heads at ``lr``. 1 = off.
+        freeze_encoder: the encoder's published weights get no gradient and run in eval
+            mode (BatchNorm statistics frozen); decoders and heads train.
+        lora: LoRA adapters on the encoder's linear layers, ``{"rank": 8, "alpha": 16,
+            "targets": ["qkv", "proj", "fc1", "fc2"], "dropout": 0}`` (any subset); the
+            base weights are frozen (None = no adapters).
         depth_space: the depth task's ``space`` (``meters``, ``log``, ``inverse``).
         depth_loss: the depth task's ``loss`` (``l1``, ``l2``, ``silog``).
         silog_lambda: the depth task's ``silog_lambda``.
@@ -87,6 +116,11 @@ class MultiTaskModule(L.LightningModule):
         lr_schedule: str = "poly",
         lr_milestones: list[int] | None = None,
         lr_gamma: float = 0.5,
+        lr_warmup_steps: int = 0,
+        lr_warmup_fraction: float = 0.0,
+        layer_decay: float = 1.0,
+        freeze_encoder: bool = False,
+        lora: dict[str, Any] | None = None,
         depth_space: str | None = None,
         depth_loss: str | None = None,
         silog_lambda: float | None = None,
@@ -121,6 +155,11 @@ class MultiTaskModule(L.LightningModule):
             raise UserError(f"model.lr_gamma must be in (0, 1], got {lr_gamma}")
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in lr_milestones or []):
             raise UserError(f"model.lr_milestones must be epochs >= 1, got {lr_milestones}")
+        check_warmup(lr_schedule, lr_warmup_steps, lr_warmup_fraction)
+        check_layer_decay(layer_decay)
+        if not isinstance(freeze_encoder, bool):
+            raise UserError(f"model.freeze_encoder must be true or false, got {freeze_encoder!r}")
+        lora_cfg = LoRAConfig.parse(lora)
         if tta_scales is not None:
             check_scales(tta_scales)
         if isinstance(grad_monitor_every, bool) or not (
@@ -140,6 +179,8 @@ class MultiTaskModule(L.LightningModule):
         )
         self.tasks = nn.ModuleDict({t.name: t for t in build_tasks(specs, options)})
         self.net = build_model(net, {t.name: t.channels for t in self.task_list})
+        apply_finetuning(self.net, freeze_encoder, lora_cfg)
+        layer_decay_scales(self.net, layer_decay)  # refuses a family without layer ids now
         self.criterion = MultiTaskLoss(
             self.task_list,
             weighting=build_balancer(
@@ -338,6 +379,7 @@ class MultiTaskModule(L.LightningModule):
                 self.log(f"train/{key}", value, batch_size=record.batch_size)
 
     def on_fit_start(self) -> None:
+        rank_zero_info(trainable_summary(self))
         self.balancer.check_setup(
             self.trainer.world_size,
             str(self.trainer.precision),
@@ -404,24 +446,34 @@ class MultiTaskModule(L.LightningModule):
         clips = bool(self.trainer.gradient_clip_val)
         mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
         opt = self.make_optimizer(fused=not (clips and mixed))
-        if hp.get("lr_schedule", "poly") == "step":
+        kind = hp.get("lr_schedule", "poly")
+        if kind == "step":
             step = torch.optim.lr_scheduler.LambdaLR(
                 opt, StepFactor(hp.get("lr_milestones") or [], hp.get("lr_gamma", 0.5))
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, PolyFactor(total, hp.lr_power, hp.lr_floor / hp.lr)
+        warmup = warmup_steps(
+            hp.get("lr_warmup_steps", 0), hp.get("lr_warmup_fraction", 0.0), total
         )
+        floor = hp.lr_floor / hp.lr
+        factor: CosineFactor | PolyFactor = (
+            CosineFactor(total, floor, warmup)
+            if kind == "cosine"
+            else PolyFactor(total, hp.lr_power, floor, warmup)
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def make_optimizer(self, fused: bool = True) -> torch.optim.Optimizer:
-        """The configured optimizer over the network's (and the balancer's) parameters,
-        with its fused kernel where torch has one for the device (``fused``).
+        """The configured optimizer over the network's (and the balancer's) trainable
+        parameters, with its fused kernel where torch has one for the device (``fused``).
 
-        Groups: 0 the network (base rate; logged as ``lr``), 1 the balancer's learned
-        weights (no weight decay), 2 (if any) the network's mixing parameters at
-        ``net.mixing_lr_multiplier`` times the base rate."""
+        Groups: 0 the network at the base rate (logged as ``lr``), 1 the balancer's
+        learned weights (no weight decay), then (if any) the network's mixing parameters
+        at ``net.mixing_lr_multiplier`` times the base rate, then (``layer_decay`` < 1)
+        one group per ViT layer below the top at its decayed rate. Frozen parameters
+        (``freeze_encoder``, LoRA's base weights) are in none."""
         hp = self.hparams
         # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
         # method updates itself (FAMO's logits) are not the optimizer's.
@@ -431,12 +483,21 @@ class MultiTaskModule(L.LightningModule):
         # the schedules scale every group's own initial rate.
         mixing = [p for p in self.net.mixing_parameters() if id(p) not in balancer]
         apart = balancer | {id(p) for p in mixing}
+        # layer-wise decay: the rate multiplier of each encoder parameter below the top
+        scales = layer_decay_scales(self.net, hp.get("layer_decay", 1.0))
+        decayed: dict[float, list[nn.Parameter]] = {}
+        for name, p in self.net.named_parameters():
+            if name in scales and p.requires_grad and id(p) not in apart:
+                decayed.setdefault(scales[name], []).append(p)
+        apart |= {id(p) for ps in decayed.values() for p in ps}
         params = [
             {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in apart]},
             {"params": self.balancer.trainable_parameters(), "weight_decay": 0.0},
         ]
         if mixing:
             params.append({"params": mixing, "lr": hp.lr * self.net.mixing_lr_multiplier})
+        for scale in sorted(decayed, reverse=True):
+            params.append({"params": decayed[scale], "lr": hp.lr * scale})
         options: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kind: type[torch.optim.Optimizer] = torch.optim.SGD
@@ -444,6 +505,16 @@ class MultiTaskModule(L.LightningModule):
         else:
             kind = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
         return fused_if_supported(kind, params, **options) if fused else kind(params, **options)
+
+    def train(self, mode: bool = True) -> MultiTaskModule:
+        """Train/eval mode; a frozen encoder (``freeze_encoder``, LoRA's base) keeps its
+        frozen parts in eval mode while training (see
+        :func:`~scenemtl.engine.finetune.set_frozen_modes`)."""
+        super().train(mode)
+        if mode:
+            hp = self.hparams
+            set_frozen_modes(self.net, bool(hp.get("freeze_encoder")), hp.get("lora") is not None)
+        return self
 
 
 def fused_if_supported(
