@@ -391,6 +391,12 @@ class MultiTaskModule(L.LightningModule):
         if self.balancer.averages_gradients and hasattr(wrapped, "require_backward_grad_sync"):
             wrapped.require_backward_grad_sync = False
 
+    def on_train_start(self) -> None:
+        # Lightning keeps the modes the module has at fit start (and warns about modules
+        # in eval mode there): the frozen parts are switched off just after that check.
+        if self.training:
+            self._set_frozen_modes()
+
     def on_train_epoch_start(self) -> None:
         self.criterion.weighting.on_epoch_start(self.current_epoch)
 
@@ -512,9 +518,12 @@ class MultiTaskModule(L.LightningModule):
         :func:`~scenemtl.engine.finetune.set_frozen_modes`)."""
         super().train(mode)
         if mode:
-            hp = self.hparams
-            set_frozen_modes(self.net, bool(hp.get("freeze_encoder")), hp.get("lora") is not None)
+            self._set_frozen_modes()
         return self
+
+    def _set_frozen_modes(self) -> None:
+        hp = self.hparams
+        set_frozen_modes(self.net, bool(hp.get("freeze_encoder")), hp.get("lora") is not None)
 
 
 def fused_if_supported(

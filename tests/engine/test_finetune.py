@@ -1,0 +1,301 @@
+"""Fine-tuning options: layer-wise learning-rate decay on a small ViT against a table
+computed by hand, a frozen encoder through a real Lightning fit, LoRA adapters."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from scenemtl.engine.finetune import (
+    LoRAConfig,
+    LoRALinear,
+    apply_finetuning,
+    encoders_of,
+    trainable_summary,
+    vit_layer_id,
+)
+from scenemtl.engine.module import MultiTaskModule
+from scenemtl.errors import UserError
+from scenemtl.models.base import make_bottleneck, make_decoder
+from scenemtl.models.encoders import vit
+from scenemtl.models.encoders.vit import ViTEncoder, ViTVariant
+
+NET = {
+    "architecture": "joint",
+    "encoder": "resnet18",
+    "encoder_width": 16,
+    "channels": 8,
+    "skip_channels": 4,
+}
+TINY = "vit_tiny_test"
+TINY_REG = "dinov2_tiny_reg_test"
+PYRAMID = 16
+
+
+@pytest.fixture
+def tiny_vits(monkeypatch):
+    """Two 3-block, 32-wide ViTs registered for the test: timm's layout and DINOv2's with
+    registers and layer scales."""
+    monkeypatch.setitem(vit.VARIANTS, TINY, ViTVariant(16, 32, 3, 2, 4, "none"))
+    monkeypatch.setitem(
+        vit.VARIANTS, TINY_REG, ViTVariant(14, 32, 3, 2, 4, "none", dinov2=True, registers=4)
+    )
+
+
+def vit_module(name: str, **options) -> MultiTaskModule:
+    """A joint network on a small ViT: built on a ResNet, then given the ViT and an ASPP
+    and decoder for its pyramid (the encoder registry that would build it from the config
+    is not on this branch); the fine-tuning options applied as the module applies them."""
+    finetuning = {
+        k: options.pop(k) for k in ("layer_decay", "freeze_encoder", "lora") if k in options
+    }
+    module = MultiTaskModule(net=NET, **options)
+    torch.manual_seed(0)
+    net = module.net
+    net.encoder = ViTEncoder(name, pyramid_channels=PYRAMID)
+    net.aspp = make_bottleneck(net.cfg, PYRAMID)
+    net.decoder = make_decoder(net.cfg, net.encoder.channels, sum(net.split_sizes))
+    lora = finetuning.get("lora")
+    apply_finetuning(net, finetuning.get("freeze_encoder", False), LoRAConfig.parse(lora))
+    module.hparams.update(finetuning)
+    return module
+
+
+# --------------------------------------------------------------------------------------
+# layer-wise learning-rate decay
+
+# decay 0.5 on a 3-block ViT: id 0 -> 0.5^4, block i -> 0.5^(3 - i), the rest 0.5^0;
+# powers of two, so every multiplier is exact in binary floating point
+HAND = {
+    "cls_token": 1 / 16,
+    "pos_embed": 1 / 16,
+    "register_tokens": 1 / 16,
+    "patch_embed.proj.weight": 1 / 16,
+    "patch_embed.proj.bias": 1 / 16,
+    "blocks.0.norm1.weight": 1 / 8,
+    "blocks.0.attn.qkv.weight": 1 / 8,
+    "blocks.0.ls1.gamma": 1 / 8,
+    "blocks.1.attn.proj.bias": 1 / 4,
+    "blocks.1.mlp.fc1.weight": 1 / 4,
+    "blocks.2.mlp.fc2.weight": 1 / 2,
+    "blocks.2.norm2.bias": 1 / 2,
+    "norm.weight": 1.0,
+    "norm.bias": 1.0,
+    "adapter.levels.4.0.weight": 1.0,
+}
+
+
+def test_vit_layer_ids_are_beit_and_mae_ones():
+    assert [vit_layer_id(n, 12) for n in ("cls_token", "pos_embed", "patch_embed.proj.weight")] == [
+        0,
+        0,
+        0,
+    ]
+    assert vit_layer_id("blocks.0.attn.qkv.weight", 12) == 1
+    assert vit_layer_id("blocks.11.mlp.fc2.bias", 12) == 12
+    assert vit_layer_id("norm.weight", 12) == 13
+    assert vit_layer_id("adapter.levels.4.0.weight", 12) == 13
+
+
+@pytest.mark.parametrize("name", [TINY, TINY_REG])
+def test_each_parameter_learns_at_the_hand_computed_rate(tiny_vits, name):
+    module = vit_module(name, optimizer="adamw", lr=0.1, layer_decay=0.5)
+    rate = {
+        id(p): g["lr"] for g in module.make_optimizer(fused=False).param_groups for p in g["params"]
+    }
+    named = dict(module.net.encoder.named_parameters())
+    # timm's ViT has neither registers nor layer scales
+    absent = {"register_tokens", "blocks.0.ls1.gamma"} if name == TINY else set()
+    assert set(HAND) - set(named) == absent
+    for pname, scale in HAND.items():
+        if pname in named:
+            # lr times a power of two: exact
+            assert rate[id(named[pname])] == pytest.approx(0.1 * scale, rel=1e-15), pname
+    # every parameter once; decoders and heads, the balancer's, the top: the base rate
+    assert sorted(rate) == sorted(id(p) for p in module.parameters() if p.requires_grad)
+    for p in module.net.decoder.parameters():
+        assert rate[id(p)] == 0.1
+    # group 0 (logged as lr) stays the base rate
+    assert module.make_optimizer(fused=False).param_groups[0]["lr"] == 0.1
+
+
+def test_layer_decay_off_keeps_the_two_groups(tiny_vits):
+    module = vit_module(TINY, optimizer="adamw", lr=0.1)
+    assert len(module.make_optimizer(fused=False).param_groups) == 2
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.5, "x", True])
+def test_bad_layer_decay_is_one_line(value):
+    with pytest.raises(UserError, match=r"model.layer_decay must be in \(0, 1\]"):
+        MultiTaskModule(net=NET, layer_decay=value)
+
+
+def test_layer_decay_refuses_a_family_without_layer_ids():
+    with pytest.raises(UserError) as err:
+        MultiTaskModule(net=NET, layer_decay=0.75)
+    assert "ViT encoders only" in str(err.value) and "ResNetEncoder" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------
+# frozen encoder
+
+
+def _batches(n: int):
+    gen = torch.Generator().manual_seed(0)
+    return [
+        {
+            "image": torch.randn(2, 3, 32, 32, generator=gen),
+            "semseg": torch.randint(0, 19, (2, 32, 32), generator=gen),
+            "depth": torch.rand(2, 32, 32, generator=gen) * 50 + 5,
+        }
+        for _ in range(n)
+    ]
+
+
+def _fit(module: MultiTaskModule, steps: int) -> None:
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(
+        module, train_dataloaders=torch.utils.data.DataLoader(_batches(steps), batch_size=None)
+    )
+
+
+def _state(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(caplog):
+    torch.manual_seed(0)
+    module = MultiTaskModule(net=NET, optimizer="adamw", lr=1e-2, freeze_encoder=True)
+    encoder = _state(module.net.encoder)
+    assert any(k.endswith("running_mean") for k in encoder)
+    decoder = _state(module.net.decoder)
+    frozen = {id(p) for p in module.net.encoder.parameters()}
+    opt = module.make_optimizer(fused=False)
+    assert not frozen & {id(p) for g in opt.param_groups for p in g["params"]}
+    with caplog.at_level(logging.INFO):
+        _fit(module, 3)
+    # the same stored values, not two computations: bitwise identity is the claim
+    after = module.net.encoder.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in encoder.items())
+    moved = [
+        k for k, v in module.net.decoder.state_dict().items() if not torch.equal(v, decoder[k])
+    ]
+    assert any(k.endswith("weight") for k in moved) and any("running_mean" in k for k in moved)
+    # the count printed at the start of fit
+    total = sum(p.numel() for p in module.parameters())
+    trainable = total - sum(p.numel() for p in module.net.encoder.parameters())
+    assert f"trainable parameters: {trainable:,} / {total:,}" in caplog.text
+
+
+def test_frozen_encoder_is_in_eval_mode_while_training():
+    module = MultiTaskModule(net=NET, freeze_encoder=True).train()
+    assert not any(m.training for m in module.net.encoder.modules())
+    assert all(m.training for m in module.net.decoder.modules())
+    module.eval().train()  # Lightning's validation switches back and forth
+    assert not module.net.encoder.training and module.net.decoder.training
+
+
+def test_frozen_vit_keeps_its_random_pyramid_trainable(tiny_vits):
+    module = vit_module(TINY, freeze_encoder=True)
+    enc = module.net.encoder
+    assert not any(
+        p.requires_grad for n, p in enc.named_parameters() if not n.startswith("adapter.")
+    )
+    assert all(p.requires_grad for p in enc.adapter.parameters())
+    module.train()
+    assert enc.adapter.training and not enc.blocks[0].training and not enc.training
+
+
+# --------------------------------------------------------------------------------------
+# LoRA
+
+
+def test_lora_starts_as_the_base_layer_and_learns_a_low_rank_update():
+    torch.manual_seed(0)
+    base = nn.Linear(24, 40).double()
+    wrapped = LoRALinear(base, rank=4, alpha=8)
+    x = torch.randn(5, 24, dtype=torch.float64)
+    # lora_B is zero: the update is exactly 0 * (something finite), and the base path is
+    # the same nn.Linear call; the sum x + 0 is exact
+    assert (wrapped(x) - base(x)).abs().max().item() == 0.0
+    with torch.no_grad():
+        wrapped.lora_B.weight.normal_()
+    update = wrapped.lora_B.weight @ wrapped.lora_A.weight * (8 / 4)  # [40, 24], rank 4
+    assert torch.linalg.matrix_rank(update).item() == 4
+    # float64: both sides are sums of 24 products of values ~1; 1e-10 >> 24 * 2^-52 * 10
+    torch.testing.assert_close(
+        wrapped(x), x @ (base.weight + update).T + base.bias, rtol=0, atol=1e-10
+    )
+    assert [n for n, p in wrapped.named_parameters() if p.requires_grad] == [
+        "lora_A.weight",
+        "lora_B.weight",
+    ]
+
+
+def test_lora_on_a_vit_trains_only_adapters_and_heads(tiny_vits, caplog):
+    module = vit_module(TINY, optimizer="adamw", lr=1e-2)
+    enc = module.net.encoder
+    x = torch.randn(2, 3, 32, 32)
+    enc.eval()
+    with torch.no_grad():
+        before_out = enc.tokens(x)
+    apply_finetuning(module.net, False, LoRAConfig.parse({"rank": 2, "alpha": 4}))
+    module.hparams["lora"] = {"rank": 2, "alpha": 4}
+    wrapped = [n for n, m in enc.named_modules() if isinstance(m, LoRALinear)]
+    assert len(wrapped) == 3 * 4  # qkv, proj, fc1, fc2 of each block; not the adapter
+    with torch.no_grad():
+        # float32 [2, 32, 2, 2] tokens after 3 blocks: the same ops, the zero update added
+        # exactly; only the order inside the same kernels could differ -> 1e-6
+        torch.testing.assert_close(enc.tokens(x), before_out, rtol=0, atol=1e-6)
+    start = _state(module)
+    module.train()
+    with caplog.at_level(logging.INFO):
+        _fit(module, 2)
+    changed = {k for k, v in module.state_dict().items() if not torch.equal(v, start[k])}
+    enc_changed = {k for k in changed if k.startswith("net.encoder.")}
+    assert enc_changed and all(
+        ".lora_A." in k or ".lora_B." in k or k.startswith("net.encoder.adapter.")
+        for k in enc_changed
+    )
+    assert any(k.startswith("net.decoder.") for k in changed)
+    assert any(".lora_B." in k for k in enc_changed)  # B moved off zero
+    assert trainable_summary(module) in caplog.text
+
+
+def test_lora_refuses_an_encoder_without_linear_layers():
+    with pytest.raises(UserError, match="ResNetEncoder has no linear layer named qkv/proj"):
+        MultiTaskModule(net=NET, lora={"rank": 4})
+
+
+@pytest.mark.parametrize(
+    ("lora", "culprit"),
+    [
+        ({"rank": 0}, "model.lora.rank must be a positive integer"),
+        ({"alpha": -1}, "model.lora.alpha must be a positive number"),
+        ({"targets": []}, "model.lora.targets must be a list"),
+        ({"dropout": 1.0}, "model.lora.dropout must be in [0, 1)"),
+        ({"rnak": 4}, "model.lora: unknown keys ['rnak']"),
+    ],
+)
+def test_bad_lora_options_are_one_line(lora, culprit):
+    with pytest.raises(UserError) as err:
+        MultiTaskModule(net=NET, lora=lora)
+    assert culprit in str(err.value) and "\n" not in str(err.value)
+
+
+def test_encoders_of_finds_one_per_task():
+    module = MultiTaskModule(net={**NET, "architecture": "task_specific"})
+    assert sorted(encoders_of(module.net)) == ["encoders.depth.", "encoders.semseg."]
