@@ -220,3 +220,32 @@ def test_options_a_method_no_longer_takes_do_not_refuse_a_trained_network(tmp_pa
             loaded.predict_step({"image": image}),
         )
     torch.testing.assert_close(got["depth"], want["depth"])  # same weights, same path
+
+
+FINETUNING = {
+    "lr_schedule": "cosine",
+    "lr_warmup_steps": 7,
+    "lr_warmup_fraction": 0.0,
+    "layer_decay": 1.0,
+    "freeze_encoder": True,
+    "lora": None,
+}
+
+
+def test_fine_tuning_options_are_saved_and_old_checkpoints_load_without_them(tmp_path):
+    net = {**TINY_NET, "encoder_width": 8}
+    module = MultiTaskModule(net=net, **FINETUNING)
+    hparams = {**dict(module.hparams), "net": dict(vars(module.hparams["net"]))}
+    assert {k: hparams[k] for k in FINETUNING} == FINETUNING
+    path = tmp_path / "finetuned.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    loaded = MultiTaskModule.from_checkpoint(path)
+    assert {k: loaded.hparams[k] for k in FINETUNING} == FINETUNING
+    assert not any(p.requires_grad for p in loaded.net.encoder.parameters())
+    # a checkpoint from before these options: the defaults (no warm-up, nothing frozen)
+    old = {k: v for k, v in hparams.items() if k not in FINETUNING}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": old}, path)
+    loaded = MultiTaskModule.from_checkpoint(path)
+    assert loaded.hparams["lr_schedule"] == "poly" and loaded.hparams["lr_warmup_steps"] == 0
+    assert loaded.hparams["layer_decay"] == 1.0 and loaded.hparams["lora"] is None
+    assert all(p.requires_grad for p in loaded.net.encoder.parameters())

@@ -299,3 +299,13 @@ def test_bad_lora_options_are_one_line(lora, culprit):
 def test_encoders_of_finds_one_per_task():
     module = MultiTaskModule(net={**NET, "architecture": "task_specific"})
     assert sorted(encoders_of(module.net)) == ["encoders.depth.", "encoders.semseg."]
+
+
+def test_gradient_balancing_with_nothing_shared_that_trains_is_refused():
+    # branched shares only the encoder: frozen, the tasks share no trained parameter
+    branched = {**NET, "architecture": "branched"}
+    with pytest.raises(UserError, match="'pcgrad' combines the task gradients.*branched shares"):
+        MultiTaskModule(net=branched, freeze_encoder=True, loss_weighting="pcgrad")
+    MultiTaskModule(net=branched, freeze_encoder=True, loss_weighting="uncertainty")
+    # joint still shares its ASPP and decoder
+    MultiTaskModule(net=NET, freeze_encoder=True, loss_weighting="pcgrad")

@@ -187,6 +187,17 @@ class MultiTaskModule(L.LightningModule):
                 loss_weighting, loss_weights, tasks=self.task_list, **(weighting_options or {})
             ),
         )
+        if (
+            self.balancer.level == "gradient"
+            and self.net.has_shared_representation
+            and not self.net.shared_parameters()
+        ):
+            # it would silently reduce to the weighted sum
+            raise UserError(
+                f"model.loss_weighting {loss_weighting!r} combines the task gradients on the "
+                f"shared part of the network; with the encoder frozen, {net.architecture} "
+                "shares nothing that trains: use a loss-level method or LoRA adapters"
+            )
         self._step: _StepRecord | None = None
         self.val_metrics = MultiTaskMetrics(self.task_list)
         self.test_metrics = MultiTaskMetrics(self.task_list)
