@@ -309,3 +309,25 @@ def test_gradient_balancing_with_nothing_shared_that_trains_is_refused():
     MultiTaskModule(net=branched, freeze_encoder=True, loss_weighting="uncertainty")
     # joint still shares its ASPP and decoder
     MultiTaskModule(net=NET, freeze_encoder=True, loss_weighting="pcgrad")
+
+
+def test_no_weight_decay_on_1d_parameters_and_vit_embeddings(tiny_vits):
+    module = vit_module(
+        TINY_REG, optimizer="adamw", lr=0.1, weight_decay=0.05, layer_decay=0.5,
+        no_weight_decay_1d=True,
+    )  # fmt: skip
+    groups = module.make_optimizer(fused=False).param_groups
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(module.net.named_parameters())
+    # MAE's rule: no decay for biases, norms, layer scales and the ViT's tokens
+    for name in ("cls_token", "pos_embed", "register_tokens", "patch_embed.proj.bias",
+                 "blocks.0.ls1.gamma", "blocks.2.norm2.bias", "norm.weight"):  # fmt: skip
+        assert decay[id(named[f"encoder.{name}"])] == 0.0, name
+    for name in ("patch_embed.proj.weight", "blocks.1.mlp.fc1.weight", "adapter.levels.4.0.weight"):
+        assert decay[id(named[f"encoder.{name}"])] == 0.05, name
+    assert rate[id(named["encoder.blocks.0.ls1.gamma"])] == pytest.approx(0.1 / 8, rel=1e-15)
+    head_bias = [p for n, p in module.net.decoder.named_parameters() if p.ndim == 1]
+    assert head_bias and all(decay[id(p)] == 0.0 and rate[id(p)] == 0.1 for p in head_bias)
+    # the balancer's group keeps its own (none), group 0 the configured decay
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0

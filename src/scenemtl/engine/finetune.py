@@ -97,6 +97,17 @@ def layer_decay_scales(net: nn.Module, decay: float) -> dict[str, float]:
     return scales
 
 
+def no_weight_decay_names(net: nn.Module) -> set[str]:
+    """Names (in ``net``) of the parameters MAE, BEiT and timm fine-tune without weight
+    decay: every parameter of at most one dimension (biases, norm weights, layer
+    scales) and a ViT encoder's embeddings (position, class, register tokens)."""
+    names = {name for name, p in net.named_parameters() if p.ndim <= 1}
+    for prefix, encoder in encoders_of(net).items():
+        if isinstance(encoder, ViTEncoder):
+            names |= {prefix + n for n, _ in encoder.named_parameters() if n in VIT_EMBEDDINGS}
+    return names
+
+
 def _base_name(name: str) -> str:
     # a LoRA-wrapped linear keeps the layer of the linear it wraps
     return name.replace(".base_layer.", ".")

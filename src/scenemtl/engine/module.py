@@ -23,6 +23,7 @@ from scenemtl.engine.finetune import (
     apply_finetuning,
     check_layer_decay,
     layer_decay_scales,
+    no_weight_decay_names,
     set_frozen_modes,
     trainable_summary,
 )
@@ -63,6 +64,9 @@ class MultiTaskModule(L.LightningModule):
         lr: base learning rate.
         momentum: SGD momentum (ignored by Adam/AdamW).
         weight_decay: L2 (SGD, Adam) or decoupled (AdamW) weight decay.
+        no_weight_decay_1d: no weight decay on the network's parameters of at most one
+            dimension (biases, norm weights, layer scales) and a ViT's position, class and
+            register tokens, as MAE, BEiT and timm fine-tune.
         lr_power: exponent of the poly schedule ``(1 - step / total) ** lr_power``.
         lr_floor: the learning rate never goes below this (poly schedule); the cosine
             schedule ends at it.
@@ -111,6 +115,7 @@ class MultiTaskModule(L.LightningModule):
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
+        no_weight_decay_1d: bool = False,
         lr_power: float = 0.9,
         lr_floor: float = 1e-6,
         lr_schedule: str = "poly",
@@ -157,8 +162,12 @@ class MultiTaskModule(L.LightningModule):
             raise UserError(f"model.lr_milestones must be epochs >= 1, got {lr_milestones}")
         check_warmup(lr_schedule, lr_warmup_steps, lr_warmup_fraction)
         check_layer_decay(layer_decay)
-        if not isinstance(freeze_encoder, bool):
-            raise UserError(f"model.freeze_encoder must be true or false, got {freeze_encoder!r}")
+        for name, flag in (
+            ("freeze_encoder", freeze_encoder),
+            ("no_weight_decay_1d", no_weight_decay_1d),
+        ):
+            if not isinstance(flag, bool):
+                raise UserError(f"model.{name} must be true or false, got {flag!r}")
         lora_cfg = LoRAConfig.parse(lora)
         if tta_scales is not None:
             check_scales(tta_scales)
@@ -488,8 +497,9 @@ class MultiTaskModule(L.LightningModule):
 
         Groups: 0 the network at the base rate (logged as ``lr``), 1 the balancer's
         learned weights (no weight decay), then (if any) the network's mixing parameters
-        at ``net.mixing_lr_multiplier`` times the base rate, then (``layer_decay`` < 1)
-        one group per ViT layer below the top at its decayed rate. Frozen parameters
+        at ``net.mixing_lr_multiplier`` times the base rate, then one group per pair of
+        rate multiplier (``layer_decay`` < 1: a ViT layer below the top) and weight decay
+        (``no_weight_decay_1d``) other than (1, ``weight_decay``). Frozen parameters
         (``freeze_encoder``, LoRA's base weights) are in none."""
         hp = self.hparams
         # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
@@ -500,21 +510,26 @@ class MultiTaskModule(L.LightningModule):
         # the schedules scale every group's own initial rate.
         mixing = [p for p in self.net.mixing_parameters() if id(p) not in balancer]
         apart = balancer | {id(p) for p in mixing}
-        # layer-wise decay: the rate multiplier of each encoder parameter below the top
+        # layer-wise decay (a rate multiplier for each encoder parameter below the top)
+        # and MAE's rule for weight decay: each (multiplier, decay) pair is one group
         scales = layer_decay_scales(self.net, hp.get("layer_decay", 1.0))
-        decayed: dict[float, list[nn.Parameter]] = {}
+        undecayed = no_weight_decay_names(self.net) if hp.get("no_weight_decay_1d") else set()
+        others: dict[tuple[float, float], list[nn.Parameter]] = {}
         for name, p in self.net.named_parameters():
-            if name in scales and p.requires_grad and id(p) not in apart:
-                decayed.setdefault(scales[name], []).append(p)
-        apart |= {id(p) for ps in decayed.values() for p in ps}
+            key = (scales.get(name, 1.0), 0.0 if name in undecayed else hp.weight_decay)
+            if key != (1.0, hp.weight_decay) and p.requires_grad and id(p) not in apart:
+                others.setdefault(key, []).append(p)
+        apart |= {id(p) for ps in others.values() for p in ps}
         params = [
             {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in apart]},
             {"params": self.balancer.trainable_parameters(), "weight_decay": 0.0},
         ]
         if mixing:
             params.append({"params": mixing, "lr": hp.lr * self.net.mixing_lr_multiplier})
-        for scale in sorted(decayed, reverse=True):
-            params.append({"params": decayed[scale], "lr": hp.lr * scale})
+        for scale, decay in sorted(others, reverse=True):
+            params.append(
+                {"params": others[scale, decay], "lr": hp.lr * scale, "weight_decay": decay}
+            )
         options: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kind: type[torch.optim.Optimizer] = torch.optim.SGD
