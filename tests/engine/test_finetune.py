@@ -331,3 +331,39 @@ def test_no_weight_decay_on_1d_parameters_and_vit_embeddings(tiny_vits):
     assert head_bias and all(decay[id(p)] == 0.0 and rate[id(p)] == 0.1 for p in head_bias)
     # the balancer's group keeps its own (none), group 0 the configured decay
     assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+
+
+def test_fit_from_the_command_line_with_fine_tuning_options(tmp_path, tiny_root, capfd, caplog):
+    """The options as a user gives them (a YAML config, a LoRA mapping refused on the
+    ResNet in one line), the trainable count printed, the schedule in the checkpoint."""
+    from scenemtl.cli import main
+    from tests.engine.conftest import tiny_config
+
+    overrides = {
+        "trainer.max_epochs": 1,
+        "model.optimizer": "adamw",
+        "model.lr_schedule": "cosine",
+        "model.lr_warmup_steps": 2,
+        "model.freeze_encoder": True,
+        "model.no_weight_decay_1d": True,
+    }
+    cfg = tiny_config(tmp_path, tiny_root, **overrides)
+    with pytest.raises(SystemExit) as exc, caplog.at_level(logging.INFO):
+        main(["fit", "--config", str(cfg)])
+    assert exc.value.code == 0
+    assert "trainable parameters: " in caplog.text  # Lightning's info log (shown by the CLI)
+    ckpt = torch.load(
+        next((tmp_path / "runs" / "tiny").glob("version_*/checkpoints/last.ckpt")),
+        map_location="cpu",
+        weights_only=True,
+    )
+    assert ckpt["hyper_parameters"]["freeze_encoder"] is True
+    state = ckpt["lr_schedulers"][0]["lr_lambdas"][0]  # 8 images / batch 2, one epoch
+    assert state == {"total": 4, "floor": pytest.approx(1e-6 / 1e-3), "warmup": 2}
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(cfg), "--model.lora", "{rank: 4}"])
+    assert exc.value.code == 1
+    assert (
+        "scenemtl: error: model.lora: ResNetEncoder has no linear layer" in capfd.readouterr().err
+    )
