@@ -47,9 +47,9 @@ def tiny_vits(monkeypatch):
 
 
 def vit_module(name: str, **options) -> MultiTaskModule:
-    """A joint network on a small ViT: built on a ResNet, then given the ViT and an ASPP
-    and decoder for its pyramid (the encoder registry that would build it from the config
-    is not on this branch); the fine-tuning options applied as the module applies them."""
+    """A joint network on a 3-block ViT: built on a ResNet, then given the ViT and an ASPP
+    and decoder for its pyramid (the registry builds published variants only, the smallest
+    has 12 blocks of 384); the fine-tuning options applied as the module applies them."""
     finetuning = {
         k: options.pop(k) for k in ("layer_decay", "freeze_encoder", "lora") if k in options
     }
@@ -384,3 +384,56 @@ def test_a_lora_adapter_learns_at_the_rate_of_the_layer_it_adapts(tiny_vits):
         )
         assert rate[id(named[f"blocks.2.mlp.fc2.{ab}.weight"])] == pytest.approx(0.1 / 2, rel=1e-15)
     assert rate[id(named["adapter.levels.8.0.weight"])] == 0.1
+
+
+# --------------------------------------------------------------------------------------
+# through the configuration (the encoder registry)
+
+VIT_NET = {
+    "architecture": "joint",
+    "encoder": "vit_small_patch16_224",
+    "encoder_options": {"pyramid_channels": 16, "drop_path_rate": 0.2},
+    "channels": 8,
+    "skip_channels": 4,
+}
+
+
+def _drop_rates(encoder: nn.Module) -> list[float]:
+    return [m.p for m in encoder.modules() if type(m).__name__ == "DropPath"]
+
+
+def test_vit_from_the_config_with_lora_layer_decay_and_drop_path(tmp_path):
+    torch.manual_seed(0)
+    module = MultiTaskModule(net=VIT_NET, optimizer="adamw", layer_decay=0.75, lora={"rank": 4})
+    enc = module.net.encoder
+    # drop path reaches the blocks: linear from 0 to the rate over the 12 blocks
+    rates = _drop_rates(enc)
+    assert len(rates) == 12 and rates[0] == 0.0 and rates[-1] == pytest.approx(0.2)
+    assert sum(isinstance(m, LoRALinear) for m in enc.modules()) == 48  # 12 blocks x 4
+    # base and embeddings frozen: groups 0 and 1, then blocks 12 .. 1 at 0.75^1 .. 0.75^12
+    groups = module.make_optimizer(fused=False).param_groups
+    assert [g["lr"] / groups[0]["lr"] for g in groups[2:]] == pytest.approx(
+        [0.75**k for k in range(1, 13)], rel=1e-12
+    )
+    # a LoRA checkpoint loads into the network its hyper-parameters build
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(std=0.01)  # as if trained
+    hparams = {**dict(module.hparams), "net": dict(vars(module.hparams["net"]))}
+    path = tmp_path / "lora.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    loaded = MultiTaskModule.from_checkpoint(path)
+    image = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        want = module.eval().predict_step({"image": image})
+        got = loaded.predict_step({"image": image})
+    torch.testing.assert_close(got["depth"], want["depth"])  # same weights, same path
+
+
+def test_layer_decay_names_the_family_it_refuses():
+    net = {**VIT_NET, "encoder": "convnext_tiny", "encoder_options": {"drop_path_rate": 0.1}}
+    module = MultiTaskModule(net=net)
+    assert max(_drop_rates(module.net.encoder)) == pytest.approx(0.1)
+    with pytest.raises(UserError, match="ViT encoders only.*ConvNeXtEncoder has none"):
+        MultiTaskModule(net=net, layer_decay=0.8)
