@@ -21,7 +21,7 @@ $(PY):
 # Everything else (torch's own dependencies too) comes at the version in $(CONSTRAINTS).
 $(STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) $(PIP_INSTALL) "torch==$(TORCH_VERSION)"
-	$(PY) $(PIP_INSTALL) -e ".[dev,export,solvers,loggers,postgres,dashboard,video]"
+	$(PY) $(PIP_INSTALL) -e ".[dev,export,solvers,loggers,postgres,dashboard,video,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,9 +43,11 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/scenemtl demo
 
+# lint-imports: the import contracts of pyproject.toml [tool.importlinter] (the layers)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests
@@ -59,7 +61,7 @@ lock:
 	$(PYTHON) -m venv "$$tmp/venv"; py="$$tmp/venv/bin/python"; \
 	$$py -m pip install --quiet --upgrade pip; \
 	$$py -m pip install --quiet "torch==$(TORCH_VERSION)"; \
-	$$py -m pip install --quiet -e ".[dev,export,solvers,loggers,postgres,dashboard,video]"; \
+	$$py -m pip install --quiet -e ".[dev,export,solvers,loggers,postgres,dashboard,video,serve]"; \
 	{ echo "# Exact versions for make install/test/demo (pip -c), all but torch (TORCH_VERSION"; \
 	  echo "# in the Makefile). Written by 'make lock' with $$($$py -V) on $$(uname -sm)."; \
 	  $$py -m pip freeze --exclude-editable | grep -v -i '^torch=='; \

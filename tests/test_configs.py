@@ -9,6 +9,7 @@ import yaml
 from scenemtl.cli import main
 from scenemtl.commands.complexity import load_model_config
 from scenemtl.models.registry import ARCHITECTURES, build_model
+from scenemtl.tasks import legacy_heads
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -37,7 +38,7 @@ def test_config_parses_and_builds(path, capsys):
     assert printed["model"]["net"]["architecture"] in ARCHITECTURES
     # weights are not downloadable here; the architecture is what is checked
     net = dataclasses.replace(load_model_config(path), weights=None)
-    model = build_model(net)
+    model = build_model(net, legacy_heads())
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
 
 

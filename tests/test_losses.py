@@ -9,7 +9,7 @@ from scenemtl.data.format import IGNORE_INDEX
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.losses import MultiTaskLoss
-from scenemtl.models.registry import ModelConfig
+from scenemtl.models.config import ModelConfig
 from scenemtl.tasks import DepthTask, SegmentationTask, build_tasks, legacy_task_specs
 from scenemtl.tasks.depth import depth_loss
 from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace

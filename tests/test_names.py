@@ -14,9 +14,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scenemtl.engine.run_dir import RunFamily
 from scenemtl.errors import UserError
 from scenemtl.names import NAME_MAX, check_name, is_name
+from scenemtl.reporting.run_dir import RunFamily
 from scenemtl.studies.spec import load_study
 from tests.engine.conftest import tiny_config
 from tests.hostile import assert_refused

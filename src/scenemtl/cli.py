@@ -120,10 +120,10 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (cached) + check + stats, train the demo config, test, print the table."""
     from scenemtl.commands.lightning import run_lightning_cli
-    from scenemtl.commands.runs import format_best, summarize_run
     from scenemtl.data.check import check_dataset
     from scenemtl.data.procedural import SynthParams, cached_dataset, default_root
     from scenemtl.data.stats import format_stats, write_stats
+    from scenemtl.reporting.runs import format_best, summarize_run
 
     config = Path(args.config)
     if not config.is_file():
@@ -283,12 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     from scenemtl.commands.grader import add_grade_parser
     from scenemtl.commands.hub import add_hub_parser
     from scenemtl.commands.predict import add_predict_parser
+    from scenemtl.commands.serve import add_serve_parser
     from scenemtl.commands.study import add_study_parser
 
     add_grade_parser(sub)
     add_predict_parser(sub)
     add_export_parser(sub)
     add_hub_parser(sub)
+    add_serve_parser(sub)
     add_study_parser(sub)
 
     runs = sub.add_parser("runs", help="table of all runs below a folder")

@@ -35,41 +35,16 @@ ground truth. Accumulation is float64 (depth sums) and int64 (confusion matrix).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
-from scenemtl.errors import UserError
+from scenemtl.reporting.metrics import GRADER, GRADER_TASKS, delta_m, grader  # noqa: F401
 from scenemtl.tasks.base import Task
 
 # Each task kind owns its metric; re-exported under their old home's names.
 from scenemtl.tasks.depth import DepthMetrics as DepthMetrics
 from scenemtl.tasks.segmentation import SemsegMetrics as SemsegMetrics
-
-GRADER = "grader"
-GRADER_TASKS = ("semseg", "depth")
-"""The tasks whose headline metrics the course's grader combines."""
-
-
-def grader(semseg: float | Tensor, depth: float | Tensor) -> float | Tensor:
-    """The course's multi-task score: ``max(semseg - 50, 0) + max(50 - depth, 0)``.
-
-    Args:
-        semseg: mean IoU in [0, 100].
-        depth: SI-logRMSE (x100).
-
-    Returns:
-        the score in [0, 100] (a tensor if either input is one); NaN propagates.
-    """
-    if isinstance(semseg, Tensor) or isinstance(depth, Tensor):
-        s = torch.as_tensor(semseg, dtype=torch.float64)
-        d = torch.as_tensor(depth, dtype=torch.float64)
-        return (s - 50).clamp(min=0) + (50 - d).clamp(min=0)
-    if math.isnan(semseg) or math.isnan(depth):
-        return math.nan
-    return max(semseg - 50.0, 0.0) + max(50.0 - depth, 0.0)
 
 
 class MultiTaskMetrics(nn.Module):
@@ -119,35 +94,3 @@ class MultiTaskMetrics(nn.Module):
     def reset(self) -> None:
         for metric in self.tasks.values():
             metric.reset()
-
-
-def delta_m(
-    method: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: Mapping[str, bool]
-) -> float:
-    """Δm in percent (Maninis et al. 2019; Vandenhende et al. 2021): the mean over the
-    metrics of ``(-1)^{l_k} (M_k - B_k) / B_k * 100`` with ``l_k = 1`` when LOWER is
-    better, so that a positive Δm is a gain over the baselines (single-task runs).
-
-    The Nash-MTL, FAMO and Aligned-MTL tables print the same quantity with the opposite
-    sign (lower is better there): their Δm% is ``-delta_m(...)``.
-
-    Args:
-        method: metric -> value of the compared method.
-        baseline: metric -> value of the single-task baselines.
-        higher_is_better: metric -> direction; its keys are the metrics averaged.
-
-    Raises:
-        UserError: no metric, a metric missing from either side, or a zero baseline.
-    """
-    if not higher_is_better:
-        raise UserError("delta_m needs at least one metric")
-    total = 0.0
-    for name, higher in higher_is_better.items():
-        if method.get(name) is None or baseline.get(name) is None:
-            raise UserError(f"delta_m: metric {name!r} missing from the method or the baseline")
-        base = float(baseline[name])
-        if base == 0 or math.isnan(base):
-            raise UserError(f"delta_m: baseline {name!r} is {base}; cannot divide by it")
-        sign = 1.0 if higher else -1.0
-        total += sign * (float(method[name]) - base) / base
-    return 100.0 * total / len(higher_is_better)

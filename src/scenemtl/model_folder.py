@@ -193,7 +193,7 @@ def read_model_folder(folder: Path) -> tuple[MultiTaskModule, dict[str, str]]:
     specs = {name: t["spec"] for name, t in config["tasks"].items()}
     options = {name: t.get("options", {}) for name, t in config["tasks"].items()}
     hparams = {"net": config["net"], "task_specs": specs, "task_options": options}
-    problem = hparams_problem(hparams)
+    problem = hparams_problem(hparams, MultiTaskModule)
     if problem:
         raise UserError(f"{folder}: {CONFIG} does not fit this scenemtl ({problem})")
     net = dict(config["net"])

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scenemtl.engine.run_dir import RunDir
+from scenemtl.reporting.run_dir import RunDir
 
 if TYPE_CHECKING:
     from scenemtl.api import Model
@@ -68,7 +68,7 @@ def _dataset(config_text: str | None) -> str | None:
 def _metrics(run: RunDir | None) -> str | None:
     if run is None:
         return None
-    from scenemtl.commands.runs import format_best, summarize_run
+    from scenemtl.reporting.runs import format_best, summarize_run
 
     summary = summarize_run(run.path)
     if summary.status == "unreadable" or not (summary.best or summary.test):

@@ -38,7 +38,9 @@ def test_layout_config_and_classes(api_ckpt, api_folder):
     config = json.loads((api_folder / "config.json").read_text())
     assert config["format"] == FORMAT and config["format_version"] == FORMAT_VERSION
     net = config["net"]
-    assert (net["architecture"], net["encoder"], net["encoder_width"]) == ("joint", "resnet18", 16)
+    # the encoder's width is a ResNet option (the flat encoder_width moves there)
+    width = (net.get("encoder_options") or {}).get("width", net.get("encoder_width"))
+    assert (net["architecture"], net["encoder"], width) == ("joint", "resnet18", 16)
     assert net["weights"] is None
     # no training options: no optimizer, schedule, balancing, loss weights
     assert set(config) == {"format", "format_version", "scenemtl_version", "net", "tasks"} | {

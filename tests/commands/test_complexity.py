@@ -12,6 +12,7 @@ import torch
 from scenemtl.commands import complexity
 from scenemtl.errors import UserError
 from scenemtl.models import ModelConfig, build_model
+from scenemtl.tasks import legacy_heads
 
 TINY = """\
 model:
@@ -98,7 +99,7 @@ def test_run_report_adds_up(tmp_path: Path, arch: str, monkeypatch: pytest.Monke
     path = write(tmp_path, TINY.format(arch=arch))
     report = complexity.run(path, (64, 96))
     rows = _table(report)
-    model = build_model(complexity.load_model_config(path))
+    model = build_model(complexity.load_model_config(path), legacy_heads())
     assert rows["total"][0] == sum(p.numel() for p in model.parameters())
     top = [name for name, _ in model.named_children()]
     assert sum(rows[n][0] for n in top) == rows["total"][0]
@@ -113,9 +114,12 @@ def test_run_report_adds_up(tmp_path: Path, arch: str, monkeypatch: pytest.Monke
 
 
 def test_macs_grow_with_size_and_architecture() -> None:
-    joint = build_model(ModelConfig(encoder="resnet18", channels=16, skip_channels=8))
+    joint = build_model(
+        ModelConfig(encoder="resnet18", channels=16, skip_channels=8), legacy_heads()
+    )
     distill = build_model(
-        ModelConfig(architecture="distillation", encoder="resnet18", channels=16, skip_channels=8)
+        ModelConfig(architecture="distillation", encoder="resnet18", channels=16, skip_channels=8),
+        legacy_heads(),
     )
     small, _ = complexity.count_macs(joint, (64, 64))
     large, _ = complexity.count_macs(joint, (128, 128))
@@ -130,7 +134,7 @@ def test_macs_grow_with_size_and_architecture() -> None:
 )
 def test_peak_memory_covers_gradients_and_grows_with_size() -> None:
     cfg = ModelConfig(encoder="resnet18", channels=16, skip_channels=8)
-    n_params = sum(p.numel() for p in build_model(cfg).parameters())
+    n_params = sum(p.numel() for p in build_model(cfg, legacy_heads()).parameters())
     small, method = complexity.peak_memory(cfg, (64, 64))
     assert small is not None, method
     assert "VmHWM" in method

@@ -286,11 +286,11 @@ def test_the_size_bound_is_where_pyramid_levels_stop_sharing_a_size(dilation):
     resize between them and the traced graph keeps that shortcut for every size. The
     level sizes come from the encoder itself; each side is independent (square inputs
     give them per side), so every (h, w) up to past the bound is enumerated."""
-    from scenemtl.models.encoder import build_encoder
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
+    from scenemtl.models.encoders.registry import build_encoder
 
     cfg = ModelConfig(**{**TINY_NET, "dilation": dilation})
-    encoder = build_encoder(cfg.encoder, None, cfg.dilation, width=cfg.encoder_width).eval()
+    encoder = build_encoder(cfg.encoder, None, cfg.encoder_config()).eval()
     sides = range(1, cfg.output_stride // 2 + 3)
     per_side = {}  # side -> its size at the input and at each scale of the pyramid
     for n in sides:

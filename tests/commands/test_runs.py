@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-from scenemtl.commands.runs import format_best, summarize_run
+from scenemtl.reporting.runs import format_best, summarize_run
 
 
 def write_run(run_dir, rows, max_epochs):
@@ -154,7 +154,7 @@ def test_two_task_run_keeps_the_demo_table(tmp_path):
     s = summarize_run(write_trace(tmp_path / "demo" / "version_0", rows, record))
     assert s.columns == ["semseg", "depth", "grader"]
     assert format_best(s).splitlines() == [
-        "| split | epoch | semseg (IoU) | depth (SI-logRMSE) | grader |",
+        "| split | epoch | semseg mean IoU (%) | depth SI-logRMSE (x100) | grader |",
         "|---|---|---|---|---|",
         "| val (best grader) | 0 | 39.37 | 27.85 | 22.15 |",
         "| test | | 40.42 | 27.73 | 22.27 |",
@@ -181,7 +181,7 @@ def test_single_task_runs_are_reported_by_their_own_metric(tmp_path):
     s = summarize_run(write_trace(tmp_path / "depth" / "version_0", depth))
     assert s.tasks == ["depth"] and s.monitor == ("val/depth", "min")
     assert s.best == {"depth": 25} and s.best_epoch == 1
-    assert format_best(s).splitlines()[0] == "| split | epoch | depth (SI-logRMSE) |"
+    assert format_best(s).splitlines()[0] == "| split | epoch | depth SI-logRMSE (x100) |"
     assert "| val (best depth) | 1 | 25.00 |" in format_best(s)
 
 

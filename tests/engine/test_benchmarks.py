@@ -100,7 +100,7 @@ def test_bad_schedule_options_are_one_line(tmp_path):
     from scenemtl.engine.module import MultiTaskModule
 
     for kwargs, message in (
-        ({"lr_schedule": "cosine"}, "lr_schedule"),
+        ({"lr_schedule": "cyclic"}, "lr_schedule"),
         ({"lr_gamma": 0.0}, "lr_gamma"),
         ({"lr_milestones": [0]}, "lr_milestones"),
     ):

@@ -71,8 +71,8 @@ def test_the_module_signature_is_what_is_checked():
 
     for name in inspect.signature(MultiTaskModule.__init__).parameters:
         if name != "self":
-            hparams_problem({name: None})
-            hparams_problem({name: {"a": [1, 2.0, "x", None]}})
+            hparams_problem({name: None}, MultiTaskModule)
+            hparams_problem({name: {"a": [1, 2.0, "x", None]}}, MultiTaskModule)
 
 
 # --------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ KEYS = sorted(set(__import__("inspect").signature(MultiTaskModule.__init__).para
 def test_read_checkpoint_accepts_or_refuses_in_one_line(tmp_path, hparams):
     path = _ckpt(tmp_path / "x.ckpt", hparams)
     try:
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, MultiTaskModule)
     except UserError as e:
         assert str(path) in str(e) and "\n" not in str(e)
         return
@@ -220,3 +220,32 @@ def test_options_a_method_no_longer_takes_do_not_refuse_a_trained_network(tmp_pa
             loaded.predict_step({"image": image}),
         )
     torch.testing.assert_close(got["depth"], want["depth"])  # same weights, same path
+
+
+FINETUNING = {
+    "lr_schedule": "cosine",
+    "lr_warmup_steps": 7,
+    "lr_warmup_fraction": 0.0,
+    "layer_decay": 1.0,
+    "freeze_encoder": True,
+    "lora": None,
+}
+
+
+def test_fine_tuning_options_are_saved_and_old_checkpoints_load_without_them(tmp_path):
+    net = {**TINY_NET, "encoder_width": 8}
+    module = MultiTaskModule(net=net, **FINETUNING)
+    hparams = {**dict(module.hparams), "net": dict(vars(module.hparams["net"]))}
+    assert {k: hparams[k] for k in FINETUNING} == FINETUNING
+    path = tmp_path / "finetuned.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    loaded = MultiTaskModule.from_checkpoint(path)
+    assert {k: loaded.hparams[k] for k in FINETUNING} == FINETUNING
+    assert not any(p.requires_grad for p in loaded.net.encoder.parameters())
+    # a checkpoint from before these options: the defaults (no warm-up, nothing frozen)
+    old = {k: v for k, v in hparams.items() if k not in FINETUNING}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": old}, path)
+    loaded = MultiTaskModule.from_checkpoint(path)
+    assert loaded.hparams["lr_schedule"] == "poly" and loaded.hparams["lr_warmup_steps"] == 0
+    assert loaded.hparams["layer_decay"] == 1.0 and loaded.hparams["lora"] is None
+    assert all(p.requires_grad for p in loaded.net.encoder.parameters())

@@ -19,9 +19,9 @@ import torch
 import yaml
 from PIL import Image
 
-from scenemtl.commands.runs import summarize_run
 from scenemtl.data.format import label_path, rgb_path
 from scenemtl.data.stats import write_stats
+from scenemtl.reporting.runs import summarize_run
 from tests.conftest import write_random_dataset
 from tests.engine.conftest import read_metrics, tiny_config
 from tests.hostile import assert_refused, run, snapshot

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from scenemtl.commands.runs import summarize_run
+from scenemtl.reporting.runs import summarize_run
 from tests.engine.conftest import REPO, read_metrics, run_scenemtl, tiny_config
 
 

@@ -9,8 +9,10 @@ import torch
 
 from scenemtl.errors import UserError
 from scenemtl.models import ARCHITECTURES, ModelConfig, MultiTaskNet, build_model
-from scenemtl.models.encoder import ResNetEncoder
+from scenemtl.models.encoders.resnet import ResNetEncoder
 from scenemtl.models.joint import JointNet
+from scenemtl.models.registry import check_config
+from scenemtl.tasks import legacy_heads
 
 HEADS = {"semseg": 19, "depth": 1}
 """The course's network: what ``build_model`` makes without a task list."""
@@ -31,7 +33,7 @@ def small(**kw: object) -> ModelConfig:
 def test_output_contract_at_odd_input_size(
     architecture: str, dilation: tuple[bool, bool, bool]
 ) -> None:
-    model = build_model(small(architecture=architecture, dilation=dilation)).eval()
+    model = build_model(small(architecture=architecture, dilation=dilation), legacy_heads()).eval()
     x = torch.randn(2, 3, 45, 67)
     with torch.no_grad():
         out = model(x)
@@ -48,7 +50,9 @@ def test_output_contract_at_odd_input_size(
 def test_bottleneck_encoder_widths_reach_the_heads(architecture: str) -> None:
     # ResNet-50 stages are 256/512/1024/2048 wide: every block reading the pyramid must
     # take its width from the encoder's channel table, not from ResNet-18/34's 64..512
-    model = build_model(small(architecture=architecture, encoder="resnet50", extra_skips=True))
+    model = build_model(
+        small(architecture=architecture, encoder="resnet50", extra_skips=True), legacy_heads()
+    )
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 36, 52))
@@ -84,7 +88,9 @@ VARIANTS = {
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_batch_size_one_train_step_reaches_every_parameter(architecture: str, variant: str) -> None:
     torch.manual_seed(0)
-    model = build_model(small(architecture=architecture, **VARIANTS[variant])).train()
+    model = build_model(
+        small(architecture=architecture, **VARIANTS[variant]), legacy_heads()
+    ).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     out = model(torch.randn(1, 3, 37, 51))
     loss = sum((o**2).mean() for outs in out.values() for o in outs)
@@ -104,7 +110,7 @@ def test_batch_size_one_train_step_reaches_every_parameter(architecture: str, va
 
 
 def test_joint_splits_one_conv_in_task_order() -> None:
-    model = build_model(small(architecture="joint"))
+    model = build_model(small(architecture="joint"), legacy_heads())
     assert isinstance(model, JointNet)
     assert model.decoder.predict.out_channels == sum(HEADS.values())
     model.eval()
@@ -147,7 +153,7 @@ def _perturb(module: torch.nn.Module) -> None:
 
 def test_branches_are_independent_after_the_encoder() -> None:
     torch.manual_seed(0)
-    model = build_model(small(architecture="branched")).eval()
+    model = build_model(small(architecture="branched"), legacy_heads()).eval()
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         out = model(x)
@@ -160,7 +166,7 @@ def test_branches_are_independent_after_the_encoder() -> None:
 
 def test_distillation_exchanges_features_across_tasks() -> None:
     torch.manual_seed(0)
-    model = build_model(small(architecture="distillation")).eval()
+    model = build_model(small(architecture="distillation"), legacy_heads()).eval()
     assert model.output_stages == ("initial", "final")
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
@@ -190,7 +196,7 @@ def test_a_fourth_architecture_is_one_class_and_one_registry_line(
             return {name: [head(f)] for name, head in self.predict.items()}
 
     monkeypatch.setitem(ARCHITECTURES, "encoder_only", EncoderOnly)
-    model = build_model(small(architecture="encoder_only")).eval()
+    model = build_model(small(architecture="encoder_only"), legacy_heads()).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 29, 31))
     assert out["semseg"][0].shape == (1, 19, 29, 31)
@@ -201,10 +207,10 @@ def test_imagenet_style_parameter_counts_of_the_designs() -> None:
     encoder = 21_797_672 - 513_000  # torchvision resnet34 without fc
     aspp = (512 * 256 + 512) + 3 * (512 * 256 * 9 + 512) + (512 * 256 + 256) + (1280 * 256 + 512)
     dec_body = (64 * 48 + 96) + (304 * 256 * 9 + 512) + (256 * 256 * 9 + 512)
-    joint = build_model(ModelConfig(architecture="joint"))
+    joint = build_model(ModelConfig(architecture="joint"), legacy_heads())
     n = sum(p.numel() for p in joint.parameters())
     assert n == encoder + aspp + dec_body + 256 * 20 + 20
-    branched = build_model(ModelConfig(architecture="branched"))
+    branched = build_model(ModelConfig(architecture="branched"), legacy_heads())
     n = sum(p.numel() for p in branched.parameters())
     assert n == encoder + 2 * aspp + 2 * dec_body + 256 * 20 + 20
 
@@ -230,12 +236,22 @@ def test_imagenet_style_parameter_counts_of_the_designs() -> None:
         ("pooling", ["vortex"], "model.net.pooling"),
         ("vortex_rates", (3, 9), "model.net.vortex_rates"),
         ("attention_skips", 1, "model.net.attention_skips"),
-        ("distill_alpha", True, "only the distillation architecture"),
+        ("distill_alpha", True, "model.net.distill_alpha: joint has no such option"),
+        ("mtan_refinement", "per_task", "model.net.mtan_refinement: joint has no such option"),
+        ("options", {"depth": 3}, "model.net.options.depth: joint has no such option"),
+        (
+            "encoder_options",
+            {"dilatoin": [1]},
+            "encoder_options.dilatoin: the resnet encoder family",
+        ),
+        ("encoder_options", ["x"], "model.net.encoder_options: expected a mapping"),
     ],
 )
 def test_bad_config_values_are_one_line_user_errors(field: str, value: object, needle: str) -> None:
+    """ModelConfig refuses what it can tell alone; check_config (which build_model runs
+    first) what depends on the chosen architecture."""
     with pytest.raises(UserError) as err:
-        ModelConfig(**{field: value})
+        check_config(ModelConfig(**{field: value}))
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -255,28 +271,32 @@ def test_pooling_per_task_mixes_vortex_and_aspp() -> None:
     cfg = ModelConfig.from_dict(
         {"architecture": "branched", "encoder": "resnet18", "pooling": {"semseg": "vortex"}}
     )
-    model = build_model(cfg)
+    model = build_model(cfg, legacy_heads())
     assert isinstance(model.aspp["semseg"], VortexPooling)
     assert isinstance(model.aspp["depth"], ASPP)  # tasks left out keep ASPP
-    everywhere = build_model(small(architecture="mtan", pooling="vortex"))
+    everywhere = build_model(small(architecture="mtan", pooling="vortex"), legacy_heads())
     assert all(isinstance(m, VortexPooling) for m in everywhere.aspp.values())
-    assert isinstance(build_model(small(pooling="vortex")).aspp, VortexPooling)
+    assert isinstance(build_model(small(pooling="vortex"), legacy_heads()).aspp, VortexPooling)
 
 
 def test_pooling_mapping_errors_name_the_problem() -> None:
     with pytest.warns(UserWarning, match="no task 'semsge'"):
-        model = build_model(small(architecture="branched", pooling={"semsge": "vortex"}))
+        model = build_model(
+            small(architecture="branched", pooling={"semsge": "vortex"}), legacy_heads()
+        )
     assert type(model.aspp["semseg"]).__name__ == "ASPP"
     # a per-task config in a single-task run: the other task's entry is ignored
     with pytest.warns(UserWarning, match="no task 'semseg'"):
         build_model(small(architecture="branched", pooling={"semseg": "vortex"}), {"depth": 1})
     with pytest.raises(UserError, match="joint has one context module"):
-        build_model(small(architecture="joint", pooling={"semseg": "vortex"}))
+        build_model(small(architecture="joint", pooling={"semseg": "vortex"}), legacy_heads())
 
 
 def test_distill_alpha_starts_from_the_branched_features() -> None:
     torch.manual_seed(0)
-    model = build_model(small(architecture="distillation", distill_alpha=True)).eval()
+    model = build_model(
+        small(architecture="distillation", distill_alpha=True), legacy_heads()
+    ).eval()
     assert [tuple(a.shape) for a in model.alpha.values()] == [(1,), (1,)]
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
@@ -301,7 +321,8 @@ def test_distill_alpha_starts_from_the_branched_features() -> None:
 
 def test_from_dict_takes_yaml_lists_and_rejects_unknown_keys() -> None:
     cfg = ModelConfig.from_dict({"architecture": "branched", "dilation": [False, False, True]})
-    assert cfg.dilation == (False, False, True)
+    assert cfg.encoder_config().dilation == (False, False, True)
+    assert cfg.dilation is None  # a flat key is input only: the option is the family's
     assert cfg.output_stride == 16
     with pytest.raises(UserError, match="unknown option 'dilations'"):
         ModelConfig.from_dict({"dilations": [False, False, True]})
@@ -320,13 +341,13 @@ def test_jsonargparse_builds_the_dataclass() -> None:
     cfg = instantiate(ns).net
     assert isinstance(cfg, ModelConfig)
     assert cfg.architecture == "distillation"
-    assert cfg.dilation == (False, True, True)
+    assert cfg.encoder_config().dilation == (False, True, True)
     assert cfg.aspp_rates == (6, 12, 18)
 
 
 def test_distillation_final_decoders_keep_the_feature_width() -> None:
     # with extra skips the features are at 2x and half as wide; the final decoder follows
-    model = build_model(small(architecture="distillation", extra_skips=True))
+    model = build_model(small(architecture="distillation", extra_skips=True), legacy_heads())
     for name in HEADS:
         width = model.decoder[name].feature_channels
         assert width == 8

@@ -1,4 +1,4 @@
-"""ResNet encoder: torchvision-compatible weights, dilation, feature pyramid."""
+"""ResNet encoder family: torchvision-compatible weights, dilation, feature pyramid."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from scenemtl.errors import UserError
-from scenemtl.models.encoder import ResNetEncoder, build_encoder, imagenet_file_name
+from scenemtl.models.encoders.registry import build_encoder
+from scenemtl.models.encoders.resnet import ResNetEncoder, ResNetOptions
 
 BLOCKS = {
     "resnet18": (2, 2, 2, 2),
@@ -206,7 +207,8 @@ def test_imagenet_weights_offline_name_file_and_folder(
         build_encoder("resnet34", "imagenet")
     msg = str(err.value)
     assert "\n" not in msg
-    assert imagenet_file_name("resnet34") == "resnet34-b627a593.pth"
+    published = ResNetEncoder.published_weights("resnet34", "imagenet", ResNetOptions())
+    assert published is not None and published.file_name == "resnet34-b627a593.pth"
     assert "resnet34-b627a593.pth" in msg
     assert str(tmp_path / "hub" / "checkpoints") in msg
 
@@ -312,7 +314,7 @@ def test_width_scales_every_stage_and_keeps_the_module_names(name: str) -> None:
 
 def test_a_width_without_published_weights_is_one_line() -> None:
     with pytest.raises(UserError, match="published width 64 only"):
-        build_encoder("resnet18", "imagenet", width=16)
+        build_encoder("resnet18", "imagenet", {"width": 16})
     for bad in (0, -4, 2.5, True, 4096):
         with pytest.raises(UserError, match="encoder_width"):
             ResNetEncoder("resnet18", width=bad)  # type: ignore[arg-type]

@@ -13,9 +13,10 @@ from torch import nn
 from scenemtl.cli import main
 from scenemtl.errors import UserError
 from scenemtl.models import build_model
-from scenemtl.models.encoder import stage_channels
+from scenemtl.models.encoders.resnet import stage_channels
 from scenemtl.models.mtan import refinement_block
 from scenemtl.models.mtinet import FeaturePropagation
+from scenemtl.tasks import legacy_heads
 from tests.engine.conftest import tiny_config
 from tests.models.nets import HEADS, small
 
@@ -70,7 +71,7 @@ def test_mtan_refinement_is_shared_or_per_task(refinement: str) -> None:
 
 def test_mtan_bad_refinement_is_one_line() -> None:
     with pytest.raises(UserError, match="model.net.mtan_refinement") as err:
-        small("mtan", mtan_refinement="both")
+        build_model(small("mtan", mtan_refinement="both"), legacy_heads())
     assert "\n" not in str(err.value)
 
 
@@ -156,11 +157,11 @@ def test_mixing_multiplier_is_for_mixing_units_only() -> None:
     assert build_model(small("nddr"), HEADS).mixing_lr_multiplier == 100.0
     assert build_model(small("nddr", mixing_lr_multiplier=2), HEADS).mixing_lr_multiplier == 2.0
     for bad, message in (
-        (("branched", 10), "only cross_stitch and nddr"),
+        (("branched", 10), "branched has no such option"),
         (("nddr", 0), "positive"),
     ):
         with pytest.raises(UserError, match=message) as err:
-            small(bad[0], mixing_lr_multiplier=bad[1])
+            build_model(small(bad[0], mixing_lr_multiplier=bad[1]), legacy_heads())
         assert "\n" not in str(err.value)
 
 

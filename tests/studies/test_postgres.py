@@ -17,8 +17,8 @@ import optuna
 import pytest
 import yaml
 
-from scenemtl.engine.run_dir import RunFamily
 from scenemtl.errors import UserError
+from scenemtl.reporting.run_dir import RunFamily
 from scenemtl.studies.runner import database_url
 from tests.engine.conftest import tiny_config
 from tests.studies.postgres_server import create_database, postgres_server, why_no_server

@@ -185,6 +185,26 @@ def test_delta_m_takes_each_task_direction_from_its_runs(tmp_path):
     assert report.delta["mtl"][0] == pytest.approx(10.0)
 
 
+def test_columns_are_labelled_as_the_runs_recorded_their_tasks(tmp_path):
+    """A task kind the report has never heard of is labelled by its runs' run.json; the
+    course tasks of runs that recorded no label by their kind."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "n", "seeds": [0], "variants": [{"name": "mtl"}]}))
+    folder = tmp_path / "runs" / "n" / "mtl/seed_0/version_0"
+    two_task_run(folder, 40.0, 20.0, {"semseg": "max", "surface": "min"})
+    record = json.loads((folder / "run.json").read_text())
+    record.update(labels={"surface": "roughness (mm)"}, units={"surface": "mm"})
+    (folder / "run.json").write_text(json.dumps(record))
+    report = build_report(load_study(path), tmp_path / "runs")
+    assert report.title("surface") == "surface roughness (mm)"
+    assert report.title("semseg") == "semseg mean IoU (%)"
+    assert list(report.rows()[0])[2:5] == [
+        "semseg mean IoU (%)",
+        "surface roughness (mm)",
+        "grader",
+    ]
+
+
 def test_no_delta_m_when_a_baseline_is_missing(study):
     path, runs = study
     for seed_dir in (runs / "toy" / "single_depth").iterdir():
@@ -199,7 +219,7 @@ def test_no_delta_m_when_a_baseline_is_missing(study):
 
 
 def test_runs_without_recorded_directions_fall_back_to_the_task_kind(tmp_path):
-    from scenemtl.commands.runs import summarize_run
+    from scenemtl.reporting.runs import summarize_run
 
     folder = tmp_path / "r"
     folder.mkdir()

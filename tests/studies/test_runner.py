@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from scenemtl.engine.run_dir import RunFamily
+from scenemtl.reporting.run_dir import RunFamily
 from tests.engine.conftest import REPO, read_metrics, tiny_config
 
 pytestmark = pytest.mark.slow

@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scenemtl.engine.precision import warn_if_bf16_slow
 from scenemtl.errors import UsageError, UserError
-from scenemtl.models.registry import ModelConfig
+from scenemtl.models.config import ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 

@@ -48,7 +48,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,6 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from scenemtl.argtypes import int_at_least, size_hw
+from scenemtl.atomic import atomic_path
 from scenemtl.errors import UserError
 
 if TYPE_CHECKING:
@@ -418,42 +418,35 @@ def export_onnx(
     module = module.cpu().eval()
     tasks = module.task_list
     wrapper = InferenceWrapper.of(module).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        export_to_file(wrapper, tmp, size, opset)
-        # mkstemp makes the file private; the model gets ordinary permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        session = ort_session(tmp, threads)
-        comparisons = []
-        for i, s in enumerate((size, second_size(size))):
-            image = example_input(s, seed=i)
-            comparisons.append(
-                compare_outputs(tasks, reference_outputs(module, image), _run_onnx(session, image))
-            )
-        bad = [c for c in comparisons if not c.ok]
-        if bad:
-            raise UserError(
-                f"onnxruntime disagrees with torch beyond tolerance at {bad[0].format()}"
-            )
-        image = example_input(size)
-        tensor = torch.from_numpy(image)
+        with atomic_path(out) as tmp:
+            export_to_file(wrapper, tmp, size, opset)
+            session = ort_session(tmp, threads)
+            comparisons = []
+            for i, s in enumerate((size, second_size(size))):
+                image = example_input(s, seed=i)
+                comparisons.append(
+                    compare_outputs(
+                        tasks, reference_outputs(module, image), _run_onnx(session, image)
+                    )
+                )
+            bad = [c for c in comparisons if not c.ok]
+            if bad:
+                raise UserError(
+                    f"onnxruntime disagrees with torch beyond tolerance at {bad[0].format()}"
+                )
+            image = example_input(size)
+            tensor = torch.from_numpy(image)
 
-        def torch_once() -> None:
-            with torch.inference_mode():
-                wrapper(tensor)
+            def torch_once() -> None:
+                with torch.inference_mode():
+                    wrapper(tensor)
 
-        torch.set_num_threads(threads)
-        torch_ms = median_latency_ms(torch_once, runs)
-        ort_ms = median_latency_ms(lambda: _run_onnx(session, image), runs)
-        os.replace(tmp, out)
+            torch.set_num_threads(threads)
+            torch_ms = median_latency_ms(torch_once, runs)
+            ort_ms = median_latency_ms(lambda: _run_onnx(session, image), runs)
     finally:
         torch.set_num_threads(previous_threads)
-        tmp.unlink(missing_ok=True)
     return ExportReport(
         path=out,
         size_bytes=out.stat().st_size,

@@ -42,9 +42,10 @@ from scenemtl.engine.callbacks import (
 from scenemtl.engine.checkpoint import read_checkpoint
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
-from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UsageError, UserError, one_line
-from scenemtl.models.registry import ModelConfig
+from scenemtl.models.config import FLAT_OPTIONS, ModelConfig
+from scenemtl.models.registry import net_fields
+from scenemtl.reporting.run_dir import RunDir, RunFamily
 from scenemtl.tasks import dataset_task_specs
 
 _VERSION_ENV = "SCENEMTL_RUN_VERSION"
@@ -187,7 +188,7 @@ class SceneCLI(LightningCLI):
             if not Path(ckpt).is_file():
                 raise UserError(f"--ckpt_path {ckpt}: file not found")
             # one line for anything that is not a checkpoint
-            self._ckpt_net = read_checkpoint(ckpt)["hyper_parameters"].get("net")
+            self._ckpt_net = read_checkpoint(ckpt, MultiTaskModule)["hyper_parameters"].get("net")
         model_cfg = self.config[sub].get("model")
         if model_cfg:
             init = model_cfg
@@ -235,7 +236,9 @@ class SceneCLI(LightningCLI):
                 ckpt = str(RunFamily(root, source_name).latest_resumable().last_ckpt)
                 _check_network(ckpt, self._net_asked)
             elif ckpt is not None:
-                explicit = {k: v for k, v in self._net_asked.items() if k in self._net_explicit}
+                explicit = {
+                    k: v for k, v in self._net_asked.items() if _is_explicit(k, self._net_explicit)
+                }
                 _check_network(ckpt, explicit, self._ckpt_net)
             _check_data(cfg.get("data"), cfg.get("model"), training=sub == "fit")
             # fit resumes in the checkpoint's run; evaluation never writes into it
@@ -332,23 +335,30 @@ def _provided_tasks(datamodule: SceneDataModule) -> list[str]:
 # checks of what Lightning or torch would refuse with a traceback
 
 
-def _net_fields(net: Any) -> dict[str, Any]:
-    """``model.net`` (a Namespace, dict, ModelConfig or None) as plain values."""
+def _plain_net(net: Any) -> dict[str, Any]:
+    """``model.net`` (a Namespace, dict, ModelConfig or None) as a plain mapping."""
     if net is None:
-        values: dict[str, Any] = {}
-    elif dataclasses.is_dataclass(net):
-        values = dataclasses.asdict(net)
-    elif hasattr(net, "as_dict"):
-        values = net.as_dict()
-    else:
-        values = dict(net)
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    merged = {**defaults, **values}
-    return {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in merged.items()
-        if k in defaults and k not in NET_INIT_ONLY
-    }
+        return {}
+    if dataclasses.is_dataclass(net):
+        return dataclasses.asdict(net)  # type: ignore[arg-type]
+    if hasattr(net, "as_dict"):
+        return net.as_dict()
+    return dict(net)
+
+
+def _net_fields(net: Any) -> dict[str, Any]:
+    """``model.net`` as comparable plain values (:func:`net_fields`: flat keys moved
+    into their sections, which are completed with the architecture's and encoder's
+    defaults and keyed ``options.<name>`` / ``encoder_options.<name>``)."""
+    values = {k: v for k, v in _plain_net(net).items() if k not in NET_INIT_ONLY}
+    return {k: v for k, v in net_fields(values).items() if k not in NET_INIT_ONLY}
+
+
+def _is_explicit(key: str, explicit: set[str]) -> bool:
+    """Whether the comparable field ``key`` was set by one of the ``explicit`` keys
+    (a field, a whole section, or a flat key of :data:`FLAT_OPTIONS`)."""
+    flat = {f"{sec}.{option}" for k, (sec, option, _) in FLAT_OPTIONS.items() if k in explicit}
+    return key in explicit or key.split(".")[0] in explicit or key in flat
 
 
 def _mapping_at(data: Any, *keys: str) -> dict[str, Any]:
@@ -387,10 +397,13 @@ def _check_network(ckpt: str, asked: dict[str, Any], stored: Any = None) -> None
     if not asked:
         return
     if stored is None:
-        stored = read_checkpoint(ckpt)["hyper_parameters"].get("net")
+        stored = read_checkpoint(ckpt, MultiTaskModule)["hyper_parameters"].get("net")
     if not isinstance(stored, dict):
         return  # a checkpoint without its network description: the weights decide
-    held = _net_fields(stored)
+    try:
+        held = _net_fields(stored)
+    except UserError:
+        return  # building the checkpoint's network will say what is wrong with it
     differ = [k for k, v in asked.items() if k in held and held[k] != v]
     if differ:
         theirs = ", ".join(f"model.net.{k}={held[k]!r}" for k in differ)
@@ -438,8 +451,8 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
         )
     if not training:
         return
-    net = _net_fields(model.get("net") if model is not None else None)
-    stride = 32 // 2 ** sum(bool(d) for d in net["dilation"])
+    net = _plain_net(model.get("net") if model is not None else None)
+    stride = ModelConfig.from_dict(net).output_stride
     image_hw = tuple(info.image_size) if info is not None else tuple(data.synth_size)
     crop = data.get("crop_size")
     h, w = (crop, crop) if isinstance(crop, int) else tuple(crop or image_hw)

@@ -33,7 +33,8 @@ from PIL import Image
 
 from scenemtl.api import Model, image_size, load, resolve_device
 from scenemtl.argtypes import int_at_least, positive_float
-from scenemtl.data.format import atomic_write_bytes, read_rgb
+from scenemtl.atomic import atomic_write_bytes
+from scenemtl.data.format import read_rgb
 from scenemtl.engine.inference import SamplePredictionWriter
 from scenemtl.errors import UserError
 from scenemtl.tta import check_scales

@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from scenemtl.data.format import atomic_output
+from scenemtl.atomic import atomic_output
 from scenemtl.errors import UserError
 
 if TYPE_CHECKING:

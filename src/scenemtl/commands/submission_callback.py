@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from scenemtl.commands.submission import write_submission
-from scenemtl.engine.run_dir import RunDir
+from scenemtl.reporting.run_dir import RunDir
 
 BEST_FILENAME = RunDir.BEST
 

@@ -21,15 +21,15 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from scenemtl.atomic import atomic_write_bytes
 
 # The codecs, re-exported: the layout is written in them and its readers import them
 # from here (the codecs live apart so that task kinds use them without this module).
@@ -354,41 +354,6 @@ def split_size_problem(root: str | os.PathLike, info: DatasetInfo, split: str) -
         f"{info_path(root)}: split {split!r} declares {n} images but "
         f"{Path(root) / split / 'rgb'} holds {found}"
     )
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` only when the block ends without error.
-
-    Readers see the old file or the complete new one, never a half-written one; on error
-    the old file stays and no temporary file is left behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; the result should be as readable as any file the user writes
-        os.fchmod(fd, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically (see :func:`atomic_output`)."""
-    with atomic_output(path) as f:
-        f.write(payload)
 
 
 def write_normals(path: str | Path, normals: np.ndarray) -> None:

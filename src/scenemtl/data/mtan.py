@@ -620,7 +620,7 @@ class MTANDataset(Dataset[dict[str, torch.Tensor]]):
 
 
 def write_sidecar(root: Path, name: str, depth_units: str, extra: dict[str, Any]) -> None:
-    from scenemtl.data.format import atomic_write_bytes
+    from scenemtl.atomic import atomic_write_bytes
 
     data = {"layout": LAYOUT, "name": name, "depth_units": depth_units, **extra}
     atomic_write_bytes(root / SIDECAR, (json.dumps(data, indent=2) + "\n").encode("utf-8"))

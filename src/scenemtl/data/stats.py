@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scenemtl.atomic import atomic_write_bytes
 from scenemtl.data.format import (
     DatasetInfo,
-    atomic_write_bytes,
     label_path,
     read_info,
     write_info,

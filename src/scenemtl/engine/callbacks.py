@@ -13,12 +13,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import default_collate
 
-from scenemtl.data.format import atomic_write_bytes
+from scenemtl.atomic import atomic_write_bytes
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.loggers import log_image
 from scenemtl.engine.precision import warn_if_bf16_slow
-from scenemtl.engine.run_dir import RunDir
 from scenemtl.errors import TrainingDiverged, one_line
+from scenemtl.reporting.run_dir import RunDir, task_record
 from scenemtl.visualize import prediction_panel, tile
 
 
@@ -139,9 +139,8 @@ class RunRecordCallback(L.Callback):
         net = getattr(pl_module, "net", pl_module)
         tasks = getattr(pl_module, "tasks", {})
         self._write(
-            tasks=list(tasks),
-            # what `runs` and `study report` need to rank a task they know only by name
-            directions={name: "max" if t.higher_is_better else "min" for name, t in tasks.items()},
+            # what `runs` and `study report` need to show and rank a task's headline metric
+            **task_record(tasks.values()),
             monitor=self.monitor,
             status="running",
             parameters=sum(p.numel() for p in net.parameters()),
@@ -223,7 +222,7 @@ class EvaluationRecordCallback(L.Callback):
             "status": "evaluation",
             "stage": self.stage,
             "checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
-            "tasks": list(getattr(pl_module, "tasks", {})),
+            **task_record(getattr(pl_module, "tasks", {}).values()),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_bytes(self.path, (json.dumps(record, indent=2) + "\n").encode())

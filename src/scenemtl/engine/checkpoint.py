@@ -22,12 +22,16 @@ from typing import Any
 import torch
 
 from scenemtl.errors import UserError
-from scenemtl.models.registry import ModelConfig
+from scenemtl.models.config import ModelConfig
 from scenemtl.tasks import TaskSpecs, legacy_task_specs
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
-    """A scenemtl checkpoint's contents, loaded weights-only (nothing is unpickled).
+def read_checkpoint(
+    path: str | os.PathLike, module_class: type, map_location: str = "cpu"
+) -> dict[str, Any]:
+    """A scenemtl checkpoint's contents, loaded weights-only (nothing is unpickled), its
+    hyper-parameters checked against ``module_class``'s constructor
+    (:func:`hparams_problem`; the LightningModule passes itself: this module sits below it).
 
     Raises:
         UserError: missing file, or a file that is not a Lightning checkpoint of scenemtl
@@ -54,25 +58,26 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
         or not isinstance(ckpt.get("hyper_parameters"), dict)
     ):
         raise UserError(f"{path}: not a scenemtl checkpoint (no state_dict and hyperparameters)")
-    problem = hparams_problem(ckpt["hyper_parameters"])
+    problem = hparams_problem(ckpt["hyper_parameters"], module_class)
     if problem:
         raise UserError(f"{path}: hyperparameters do not fit this scenemtl ({problem})")
     return ckpt
 
 
-def hparams_problem(hparams: dict[Any, Any]) -> str | None:
+def hparams_problem(hparams: dict[Any, Any], module_class: type) -> str | None:
     """What is wrong with a checkpoint's ``hyper_parameters``, or None.
 
-    Every key is a string; every key :class:`MultiTaskModule` takes holds a value of the
-    type its signature states (``net``: a mapping of :class:`ModelConfig` fields of their
-    types), checked recursively through lists, tuples and mappings. Keys the module does
-    not take are left to its constructor (which refuses them); values typed ``Any`` are
-    left to the code that reads them. Values range checks stay with the constructor.
+    Every key is a string; every key ``module_class`` (the LightningModule) takes holds a
+    value of the type its signature states (``net``: a mapping of :class:`ModelConfig`
+    fields of their types), checked recursively through lists, tuples and mappings. Keys
+    the module does not take are left to its constructor (which refuses them); values
+    typed ``Any`` are left to the code that reads them. Range checks stay with the
+    constructor.
     """
     for key in hparams:
         if not isinstance(key, str):
             return f"key {key!r} is not a string"
-    hints = _init_hints()
+    hints = _init_hints(module_class)
     for key, value in hparams.items():
         if key in hints and not _fits(value, hints[key]):
             return f"{key}: {_shown(value)} is not {_describe(hints[key])}"
@@ -80,12 +85,8 @@ def hparams_problem(hparams: dict[Any, Any]) -> str | None:
 
 
 @functools.cache
-def _init_hints() -> dict[str, Any]:
-    # Imported here: the module reads its checkpoints through this file, and the types
-    # of its hyperparameters are its constructor's signature.
-    from scenemtl.engine.module import MultiTaskModule
-
-    hints = typing.get_type_hints(MultiTaskModule.__init__)
+def _init_hints(module_class: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(module_class.__init__)
     hints.pop("return", None)
     return hints
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from scenemtl.data.format import atomic_write_bytes
+from scenemtl.atomic import atomic_write_bytes
 
 
 class AppendingCSVLogger(CSVLogger):

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from scenemtl.balancing import BALANCERS, accepted_options, build_balancer
@@ -17,24 +18,40 @@ from scenemtl.balancing.base import TrainingStep
 from scenemtl.balancing.conflict import gradient_conflict
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.checkpoint import check_tasks, migrate_checkpoint, read_checkpoint
-from scenemtl.engine.schedules import PolyFactor, StepFactor
+from scenemtl.engine.finetune import (
+    LoRAConfig,
+    apply_finetuning,
+    check_layer_decay,
+    layer_decay_scales,
+    no_weight_decay_names,
+    set_frozen_modes,
+    trainable_summary,
+)
+from scenemtl.engine.schedules import (
+    CosineFactor,
+    PolyFactor,
+    StepFactor,
+    check_warmup,
+    warmup_steps,
+)
 from scenemtl.errors import TrainingDiverged, UserError, one_line
 from scenemtl.losses import MultiTaskLoss
 from scenemtl.metrics import GRADER, MultiTaskMetrics
-from scenemtl.models.registry import ModelConfig, build_model
+from scenemtl.models.config import ModelConfig
+from scenemtl.models.registry import build_model
 from scenemtl.tasks import TaskSpecs, build_tasks, legacy_task_specs, options_of_learned_tasks
 from scenemtl.tasks.base import Task
 from scenemtl.tta import check_scales, is_identity, tta_outputs
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("poly", "step")
+LR_SCHEDULES = ("poly", "cosine", "step")
 
 
 class MultiTaskModule(L.LightningModule):
     """Trains and evaluates one multi-task network.
 
     Args:
-        net: the architecture (see :class:`scenemtl.models.registry.ModelConfig`).
+        net: the architecture (see :class:`scenemtl.models.config.ModelConfig`).
         task_specs: task name -> spec, the tasks this network learns (set from the data by
             the CLI, see ``data.tasks``; None = the course's semseg + depth).
         provided_tasks: the tasks the data provides (set from the data by the CLI; None =
@@ -47,13 +64,30 @@ class MultiTaskModule(L.LightningModule):
         lr: base learning rate.
         momentum: SGD momentum (ignored by Adam/AdamW).
         weight_decay: L2 (SGD, Adam) or decoupled (AdamW) weight decay.
+        no_weight_decay_1d: no weight decay on the network's parameters of at most one
+            dimension (biases, norm weights, layer scales) and a ViT's position, class and
+            register tokens, as MAE, BEiT and timm fine-tune.
         lr_power: exponent of the poly schedule ``(1 - step / total) ** lr_power``.
-        lr_floor: the learning rate never goes below this (poly schedule).
-        lr_schedule: ``poly`` (per optimizer step, see ``lr_power``) or ``step`` (per
+        lr_floor: the learning rate never goes below this (poly schedule); the cosine
+            schedule ends at it.
+        lr_schedule: ``poly`` (per optimizer step, see ``lr_power``), ``cosine`` (per
+            optimizer step, half a cosine from ``lr`` to ``lr_floor``) or ``step`` (per
             epoch: multiplied by ``lr_gamma`` at each epoch of ``lr_milestones``; the
             MTAN protocol is ``[100]`` and ``0.5`` over 200 epochs).
+        lr_warmup_steps: optimizer steps of linear warm-up from 0 before the poly or
+            cosine decay (0 = none).
+        lr_warmup_fraction: the warm-up as a fraction of the run's optimizer steps, in
+            [0, 1) (instead of ``lr_warmup_steps``).
         lr_milestones: epochs at which the step schedule multiplies the rate.
         lr_gamma: the step schedule's factor, in (0, 1].
+        layer_decay: layer-wise learning-rate decay of a ViT encoder, in (0, 1]: a
+            parameter of layer ``i`` (embeddings 0, block ``k`` ``k + 1``) learns at
+            ``lr * layer_decay ** (depth + 1 - i)``; decoders and heads at ``lr``. 1 = off.
+        freeze_encoder: the encoder's published weights get no gradient and run in eval
+            mode (BatchNorm statistics frozen); decoders and heads train.
+        lora: LoRA adapters on the encoder's linear layers, ``{"rank": 8, "alpha": 16,
+            "targets": ["qkv", "proj", "fc1", "fc2"], "dropout": 0}`` (any subset); the
+            base weights are frozen (None = no adapters).
         depth_space: the depth task's ``space`` (``meters``, ``log``, ``inverse``).
         depth_loss: the depth task's ``loss`` (``l1``, ``l2``, ``silog``).
         silog_lambda: the depth task's ``silog_lambda``.
@@ -81,11 +115,17 @@ class MultiTaskModule(L.LightningModule):
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
+        no_weight_decay_1d: bool = False,
         lr_power: float = 0.9,
         lr_floor: float = 1e-6,
         lr_schedule: str = "poly",
         lr_milestones: list[int] | None = None,
         lr_gamma: float = 0.5,
+        lr_warmup_steps: int = 0,
+        lr_warmup_fraction: float = 0.0,
+        layer_decay: float = 1.0,
+        freeze_encoder: bool = False,
+        lora: dict[str, Any] | None = None,
         depth_space: str | None = None,
         depth_loss: str | None = None,
         silog_lambda: float | None = None,
@@ -120,6 +160,15 @@ class MultiTaskModule(L.LightningModule):
             raise UserError(f"model.lr_gamma must be in (0, 1], got {lr_gamma}")
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in lr_milestones or []):
             raise UserError(f"model.lr_milestones must be epochs >= 1, got {lr_milestones}")
+        check_warmup(lr_schedule, lr_warmup_steps, lr_warmup_fraction)
+        check_layer_decay(layer_decay)
+        for name, flag in (
+            ("freeze_encoder", freeze_encoder),
+            ("no_weight_decay_1d", no_weight_decay_1d),
+        ):
+            if not isinstance(flag, bool):
+                raise UserError(f"model.{name} must be true or false, got {flag!r}")
+        lora_cfg = LoRAConfig.parse(lora)
         if tta_scales is not None:
             check_scales(tta_scales)
         if isinstance(grad_monitor_every, bool) or not (
@@ -139,12 +188,25 @@ class MultiTaskModule(L.LightningModule):
         )
         self.tasks = nn.ModuleDict({t.name: t for t in build_tasks(specs, options)})
         self.net = build_model(net, {t.name: t.channels for t in self.task_list})
+        apply_finetuning(self.net, freeze_encoder, lora_cfg)
+        layer_decay_scales(self.net, layer_decay)  # refuses a family without layer ids now
         self.criterion = MultiTaskLoss(
             self.task_list,
             weighting=build_balancer(
                 loss_weighting, loss_weights, tasks=self.task_list, **(weighting_options or {})
             ),
         )
+        if (
+            self.balancer.level == "gradient"
+            and self.net.has_shared_representation
+            and not self.net.shared_parameters()
+        ):
+            # it would silently reduce to the weighted sum
+            raise UserError(
+                f"model.loss_weighting {loss_weighting!r} combines the task gradients on the "
+                f"shared part of the network; with the encoder frozen, {net.architecture} "
+                "shares nothing that trains: use a loss-level method or LoRA adapters"
+            )
         self._step: _StepRecord | None = None
         self.val_metrics = MultiTaskMetrics(self.task_list)
         self.test_metrics = MultiTaskMetrics(self.task_list)
@@ -175,7 +237,7 @@ class MultiTaskModule(L.LightningModule):
         The encoder is built without its initialization weights (the checkpoint has them),
         so loading never reaches for the network.
         """
-        ckpt = read_checkpoint(path, map_location)
+        ckpt = read_checkpoint(path, cls, map_location)
         hparams = dict(ckpt["hyper_parameters"])
         hparams.pop("_instantiator", None)
         net = dict(hparams.pop("net", None) or {})
@@ -337,6 +399,7 @@ class MultiTaskModule(L.LightningModule):
                 self.log(f"train/{key}", value, batch_size=record.batch_size)
 
     def on_fit_start(self) -> None:
+        rank_zero_info(trainable_summary(self))
         self.balancer.check_setup(
             self.trainer.world_size,
             str(self.trainer.precision),
@@ -347,6 +410,12 @@ class MultiTaskModule(L.LightningModule):
         wrapped = self.trainer.strategy.model
         if self.balancer.averages_gradients and hasattr(wrapped, "require_backward_grad_sync"):
             wrapped.require_backward_grad_sync = False
+
+    def on_train_start(self) -> None:
+        # Lightning keeps the modes the module has at fit start (and warns about modules
+        # in eval mode there): the frozen parts are switched off just after that check.
+        if self.training:
+            self._set_frozen_modes()
 
     def on_train_epoch_start(self) -> None:
         self.criterion.weighting.on_epoch_start(self.current_epoch)
@@ -403,24 +472,35 @@ class MultiTaskModule(L.LightningModule):
         clips = bool(self.trainer.gradient_clip_val)
         mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
         opt = self.make_optimizer(fused=not (clips and mixed))
-        if hp.get("lr_schedule", "poly") == "step":
+        kind = hp.get("lr_schedule", "poly")
+        if kind == "step":
             step = torch.optim.lr_scheduler.LambdaLR(
                 opt, StepFactor(hp.get("lr_milestones") or [], hp.get("lr_gamma", 0.5))
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, PolyFactor(total, hp.lr_power, hp.lr_floor / hp.lr)
+        warmup = warmup_steps(
+            hp.get("lr_warmup_steps", 0), hp.get("lr_warmup_fraction", 0.0), total
         )
+        floor = hp.lr_floor / hp.lr
+        factor: CosineFactor | PolyFactor = (
+            CosineFactor(total, floor, warmup)
+            if kind == "cosine"
+            else PolyFactor(total, hp.lr_power, floor, warmup)
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def make_optimizer(self, fused: bool = True) -> torch.optim.Optimizer:
-        """The configured optimizer over the network's (and the balancer's) parameters,
-        with its fused kernel where torch has one for the device (``fused``).
+        """The configured optimizer over the network's (and the balancer's) trainable
+        parameters, with its fused kernel where torch has one for the device (``fused``).
 
-        Groups: 0 the network (base rate; logged as ``lr``), 1 the balancer's learned
-        weights (no weight decay), 2 (if any) the network's mixing parameters at
-        ``net.mixing_lr_multiplier`` times the base rate."""
+        Groups: 0 the network at the base rate (logged as ``lr``), 1 the balancer's
+        learned weights (no weight decay), then (if any) the network's mixing parameters
+        at ``net.mixing_lr_multiplier`` times the base rate, then one group per pair of
+        rate multiplier (``layer_decay`` < 1: a ViT layer below the top) and weight decay
+        (``no_weight_decay_1d``) other than (1, ``weight_decay``). Frozen parameters
+        (``freeze_encoder``, LoRA's base weights) are in none."""
         hp = self.hparams
         # Learned task weights (uncertainty) must not be decayed towards zero; parameters a
         # method updates itself (FAMO's logits) are not the optimizer's.
@@ -430,12 +510,26 @@ class MultiTaskModule(L.LightningModule):
         # the schedules scale every group's own initial rate.
         mixing = [p for p in self.net.mixing_parameters() if id(p) not in balancer]
         apart = balancer | {id(p) for p in mixing}
+        # layer-wise decay (a rate multiplier for each encoder parameter below the top)
+        # and MAE's rule for weight decay: each (multiplier, decay) pair is one group
+        scales = layer_decay_scales(self.net, hp.get("layer_decay", 1.0))
+        undecayed = no_weight_decay_names(self.net) if hp.get("no_weight_decay_1d") else set()
+        others: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, p in self.net.named_parameters():
+            key = (scales.get(name, 1.0), 0.0 if name in undecayed else hp.weight_decay)
+            if key != (1.0, hp.weight_decay) and p.requires_grad and id(p) not in apart:
+                others.setdefault(key, []).append(p)
+        apart |= {id(p) for ps in others.values() for p in ps}
         params = [
             {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in apart]},
             {"params": self.balancer.trainable_parameters(), "weight_decay": 0.0},
         ]
         if mixing:
             params.append({"params": mixing, "lr": hp.lr * self.net.mixing_lr_multiplier})
+        for scale, decay in sorted(others, reverse=True):
+            params.append(
+                {"params": others[scale, decay], "lr": hp.lr * scale, "weight_decay": decay}
+            )
         options: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kind: type[torch.optim.Optimizer] = torch.optim.SGD
@@ -443,6 +537,19 @@ class MultiTaskModule(L.LightningModule):
         else:
             kind = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
         return fused_if_supported(kind, params, **options) if fused else kind(params, **options)
+
+    def train(self, mode: bool = True) -> MultiTaskModule:
+        """Train/eval mode; a frozen encoder (``freeze_encoder``, LoRA's base) keeps its
+        frozen parts in eval mode while training (see
+        :func:`~scenemtl.engine.finetune.set_frozen_modes`)."""
+        super().train(mode)
+        if mode:
+            self._set_frozen_modes()
+        return self
+
+    def _set_frozen_modes(self) -> None:
+        hp = self.hparams
+        set_frozen_modes(self.net, bool(hp.get("freeze_encoder")), hp.get("lora") is not None)
 
 
 def fused_if_supported(

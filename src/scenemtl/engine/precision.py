@@ -31,7 +31,7 @@ from typing import TextIO
 import torch
 import torch.nn.functional as F
 
-from scenemtl.data.format import atomic_write_bytes
+from scenemtl.atomic import atomic_write_bytes
 
 SLOW_FACTOR = 1.5
 """bf16 at least this many times slower than fp32 gets the warning: below it, the

@@ -1,5 +1,6 @@
-"""What every multi-task architecture shares: the encoder, the output contract, and the
-factories that turn a :class:`~scenemtl.models.registry.ModelConfig` into blocks."""
+"""What every multi-task architecture shares: the encoder, the output contract, its
+options, and the factories that turn a :class:`~scenemtl.models.config.ModelConfig` into
+blocks."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from scenemtl.models.blocks import (
     VortexPooling,
     resize,
 )
-from scenemtl.models.encoder import ResNetEncoder, build_encoder
-from scenemtl.tasks import legacy_heads
+from scenemtl.models.config import option_path
+from scenemtl.models.encoders.base import Encoder
+from scenemtl.models.encoders.registry import build_encoder, encoder_family, family_name
+from scenemtl.models.options import NoOptions, parse_options
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class MultiTaskNet(nn.Module):
@@ -66,7 +69,12 @@ class MultiTaskNet(nn.Module):
     combine and reduces to the loss-weighted sum; loss-level methods apply as usual.
 
     Architectures with one encoder per task set :attr:`single_encoder` to False; the base
-    class then builds no ``self.encoder``.
+    class then builds no ``self.encoder``. Architectures that run the encoder stage by
+    stage set :attr:`needs_hierarchical_encoder`.
+
+    An architecture with options of its own declares them as a dataclass ``Options`` in
+    its class (see :mod:`scenemtl.models.options`); users give them as
+    ``model.net.options``, and the instance reads them as ``self.options``.
 
     Subclasses build their heads in ``__init__`` (after ``super().__init__(cfg, heads)``)
     and implement :meth:`decode` (and :meth:`shared_forward` / :meth:`shared_modules`
@@ -74,8 +82,8 @@ class MultiTaskNet(nn.Module):
 
     Args:
         cfg: the architecture's configuration.
-        heads: task name -> output channels, in output order (default: the course's
-            19-class semseg and 1-channel depth).
+        heads: task name -> output channels, in output order (the run's tasks; a
+            checkpoint from before tasks were data has ``tasks.legacy_heads()``).
     """
 
     output_stages: ClassVar[tuple[str, ...]] = ("final",)
@@ -89,15 +97,35 @@ class MultiTaskNet(nn.Module):
     ``depth_bins`` (adaptive bins) replaces the prediction conv of."""
     single_encoder: ClassVar[bool] = True
     """Whether the base class builds ``self.encoder``, the one trunk every task reads."""
-    default_mixing_lr_multiplier: ClassVar[float] = 1.0
-    """The authors' learning-rate multiplier of :meth:`mixing_parameters` (used when
-    ``cfg.mixing_lr_multiplier`` is None)."""
+    needs_hierarchical_encoder: ClassVar[bool] = False
+    """Whether the architecture runs the encoder stage by stage (a
+    :class:`~scenemtl.models.encoders.base.HierarchicalEncoder` family)."""
+    Options: ClassVar[type] = NoOptions
+    """The architecture's own options (a dataclass with a default for every field)."""
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    @classmethod
+    def parse_options(cls, cfg: ModelConfig) -> Any:
+        """``cfg.options`` as this architecture's :attr:`Options` (one UserError line)."""
+        return parse_options(cls.Options, cfg.options, cfg.architecture, option_path("options"))
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        """What this architecture refuses in ``cfg`` before anything is built: a bad
+        option, an encoder family it cannot run on. One UserError line."""
+        cls.parse_options(cfg)
+        family = family_name(cfg.encoder)
+        if cls.needs_hierarchical_encoder and not encoder_family(cfg.encoder).hierarchical:
+            raise UserError(
+                f"model.net.encoder: {cfg.architecture} runs the encoder stage by stage and "
+                f"needs a hierarchical encoder family; {cfg.encoder} ({family}) is not one"
+            )
+
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__()
+        type(self).check_config(cfg)
         self.cfg = cfg
-        # without a task list: the tasks of checkpoints from before tasks were data
-        self.heads: dict[str, int] = dict(heads) if heads is not None else legacy_heads()
+        self.options = type(self).parse_options(cfg)
+        self.heads: dict[str, int] = dict(heads)
         if len(self.heads) < self.min_tasks:
             raise UserError(
                 f"model.net.architecture {cfg.architecture!r} needs at least {self.min_tasks} "
@@ -113,9 +141,7 @@ class MultiTaskNet(nn.Module):
                 "cross_stitch, nddr and padnet"
             )
         if self.single_encoder:
-            self.encoder = build_encoder(
-                cfg.encoder, cfg.weights_for(None), cfg.dilation, width=cfg.encoder_width
-            )
+            self.encoder = build_encoder(cfg.encoder, cfg.weights_for(None), cfg.encoder_config())
         elif isinstance(cfg.weights, Mapping):
             self._warn_other_tasks("weights", cfg.weights)
 
@@ -163,10 +189,9 @@ class MultiTaskNet(nn.Module):
 
     @property
     def mixing_lr_multiplier(self) -> float:
-        """Learning-rate multiplier of :meth:`mixing_parameters`: the configured one, or
-        the architecture's default (the authors')."""
-        m = self.cfg.mixing_lr_multiplier
-        return float(m) if m is not None else self.default_mixing_lr_multiplier
+        """Learning-rate multiplier of :meth:`mixing_parameters` (1 here; architectures
+        with mixing units take it from their options)."""
+        return 1.0
 
     def decode(self, shared: dict[Any, Tensor]) -> dict[str, list[Tensor]]:
         """Per-task outputs at any resolution from the shared representation."""
@@ -206,12 +231,10 @@ def make_bottleneck(cfg: ModelConfig, cin: int, task: str | None = None) -> nn.M
     )
 
 
-def make_encoder(cfg: ModelConfig, task: str) -> ResNetEncoder:
+def make_encoder(cfg: ModelConfig, task: str) -> Encoder:
     """Task ``task``'s encoder as ``cfg`` describes it (for architectures with one per
     task), initialized from ``cfg.weights_for(task)``."""
-    return build_encoder(
-        cfg.encoder, cfg.weights_for(task), cfg.dilation, task, width=cfg.encoder_width
-    )
+    return build_encoder(cfg.encoder, cfg.weights_for(task), cfg.encoder_config(), task)
 
 
 def make_decoder(

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class BranchedNet(MultiTaskNet):
@@ -25,7 +25,7 @@ class BranchedNet(MultiTaskNet):
 
     supports_depth_bins: ClassVar[bool] = True
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         cin = self.encoder.channels[self.encoder.output_stride]
         self.aspp = nn.ModuleDict({name: make_bottleneck(cfg, cin, name) for name in self.heads})

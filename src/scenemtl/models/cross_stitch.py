@@ -1,4 +1,5 @@
-"""Cross-stitch networks (Misra, Shrivastava, Gupta, Hebert, CVPR 2016) on the ResNet.
+"""Cross-stitch networks (Misra, Shrivastava, Gupta, Hebert, CVPR 2016) on a hierarchical
+encoder (the ResNet).
 
 One encoder per task; after each of the four stages, a cross-stitch unit replaces every
 task's activations by a learned linear combination of all tasks' activations::
@@ -28,6 +29,7 @@ coefficient per channel (the paper's channel-wise variant), DeepLabV3+ heads per
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -40,9 +42,28 @@ from scenemtl.models.base import (
     make_encoder,
     task_key,
 )
+from scenemtl.models.encoders.base import HierarchicalEncoder
+from scenemtl.models.options import check_positive_or_none
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
+
+
+@dataclass
+class MixedTrunksOptions:
+    """Options of ``cross_stitch`` and ``nddr`` (``model.net.options``; the flat key is
+    accepted).
+
+    Attributes:
+        mixing_lr_multiplier: learning rate of the mixing units (cross-stitch units, NDDR
+            layers) as a multiple of the base rate; None = the authors' value (100,
+            Vandenhende et al.'s code).
+    """
+
+    mixing_lr_multiplier: float | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_or_none(self, "mixing_lr_multiplier")
 
 
 class MixedTrunksNet(MultiTaskNet):
@@ -65,11 +86,15 @@ class MixedTrunksNet(MultiTaskNet):
     # Vandenhende et al.'s code (utils/common_config.py get_optimizer) trains the
     # cross-stitch units and NDDR layers at 100x the base rate, with the same weight decay
     default_mixing_lr_multiplier: ClassVar[float] = 100.0
+    needs_hierarchical_encoder: ClassVar[bool] = True
+    Options: ClassVar[type] = MixedTrunksOptions
+    options: MixedTrunksOptions
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         self.encoders = nn.ModuleDict({name: make_encoder(cfg, name) for name in self.heads})
-        first = next(iter(self.encoders.values()))
+        first: HierarchicalEncoder = next(iter(self.encoders.values()))  # type: ignore[assignment]
+        self.stem_stride = first.stem_stride
         self.stage_scales = list(first.stage_scales)
         self.output_stride = first.output_stride
         self.mixers = nn.ModuleList(
@@ -86,15 +111,16 @@ class MixedTrunksNet(MultiTaskNet):
         raise NotImplementedError
 
     def shared_forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Every task's mixed pyramid, keyed ``"task/scale"``: the task's own stem at
-        scale 2, the mixed stage outputs at the stage scales (deepest per scale)."""
+        """Every task's mixed pyramid, keyed ``"task/scale"``: the task's own stem at its
+        stride (2 for the ResNet), the mixed stage outputs at the stage scales (deepest
+        per scale)."""
         names = list(self.heads)
         features: dict[str, Tensor] = {}
         hs = []
         for name in names:
             stem = self.encoders[name].stem(x)
-            features[task_key(name, 2)] = stem
-            hs.append(self.encoders[name].maxpool(stem))
+            features[task_key(name, self.stem_stride)] = stem
+            hs.append(stem)
         for j, (scale, mixer) in enumerate(zip(self.stage_scales, self.mixers, strict=True)):
             hs = [self.encoders[name].stages[j](h) for name, h in zip(names, hs, strict=True)]
             hs = mixer(hs)
@@ -110,11 +136,17 @@ class MixedTrunksNet(MultiTaskNet):
         and their BatchNorms, as the authors' code selects them by module name)."""
         return [p for p in self.mixers.parameters() if p.requires_grad]
 
+    @property
+    def mixing_lr_multiplier(self) -> float:
+        """The configured ``mixing_lr_multiplier``, or the authors' 100."""
+        m = self.options.mixing_lr_multiplier
+        return float(m) if m is not None else self.default_mixing_lr_multiplier
+
     def decode(self, shared: dict[str, Tensor]) -> dict[str, list[Tensor]]:
         """``{task: [[B, heads[task], H/4, W/4]]}``; task t reads only its ``"t/scale"``
         entries."""
         outputs: dict[str, list[Tensor]] = {}
-        scales = [2, *self.stage_scales]
+        scales = [self.stem_stride, *self.stage_scales]
         for name in self.heads:
             pyramid = {s: shared[task_key(name, s)] for s in scales}
             bottleneck = self.aspp[name](pyramid[self.output_stride])

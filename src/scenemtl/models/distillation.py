@@ -19,6 +19,7 @@ take in the other task's only as far as training finds it useful.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -26,9 +27,29 @@ from torch import Tensor, nn
 
 from scenemtl.models.blocks import HeadDecoder, SelfAttention
 from scenemtl.models.branched import BranchedNet
+from scenemtl.models.options import check_bool, check_int
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
+
+
+@dataclass
+class DistillationOptions:
+    """Options of ``distillation`` (``model.net.options``; flat keys accepted).
+
+    Attributes:
+        final_decoder_convs: 3x3 convs in each final decoder (0..8).
+        distill_alpha: scale each distilled feature map by a learned scalar initialized
+            at zero (report 000, after the Dual Attention Network), so training starts
+            from the branched network.
+    """
+
+    final_decoder_convs: int = 2
+    distill_alpha: bool = False
+
+    def __post_init__(self) -> None:
+        check_int(self, "final_decoder_convs", 0, 8)
+        check_bool(self, "distill_alpha")
 
 
 class DistillationNet(BranchedNet):
@@ -43,8 +64,10 @@ class DistillationNet(BranchedNet):
 
     output_stages: ClassVar[tuple[str, ...]] = ("initial", "final")
     min_tasks: ClassVar[int] = 2  # distillation exchanges features between tasks
+    Options: ClassVar[type] = DistillationOptions
+    options: DistillationOptions
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         feat = {name: dec.feature_channels for name, dec in self.decoder.items()}
         self.attention = nn.ModuleDict(
@@ -56,7 +79,7 @@ class DistillationNet(BranchedNet):
             }
         )
         self.alpha: nn.ParameterDict | None = None
-        if cfg.distill_alpha:
+        if self.options.distill_alpha:
             # one scalar per (task, other task), in the order of attention[task]
             self.alpha = nn.ParameterDict(
                 {name: nn.Parameter(torch.zeros(len(self.attention[name]))) for name in self.heads}
@@ -68,7 +91,7 @@ class DistillationNet(BranchedNet):
                     channels_out,
                     # same width as the features it refines (half width at 2x)
                     channels=feat[name],
-                    n_convs=cfg.final_decoder_convs,
+                    n_convs=self.options.final_decoder_convs,
                     squeeze_excitation=cfg.squeeze_excitation,
                     se_reduction=cfg.se_reduction,
                 )

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class JointNet(MultiTaskNet):
@@ -29,7 +29,7 @@ class JointNet(MultiTaskNet):
     (its output channels are partitioned among the tasks).
     """
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         self.split_sizes = list(self.heads.values())
         self.aspp = make_bottleneck(cfg, self.encoder.channels[self.encoder.output_stride])

@@ -1,4 +1,5 @@
-"""Multi-task attention network, MTAN (Liu, Johns, Davison, CVPR 2019), on the ResNet.
+"""Multi-task attention network, MTAN (Liu, Johns, Davison, CVPR 2019), on a hierarchical
+encoder (the ResNet, as the authors' ResNet version).
 
 One shared encoder; every task owns a soft attention mask per encoder stage that picks,
 channel by channel and pixel by pixel, what it takes from the shared features::
@@ -32,6 +33,7 @@ BatchNorm cancels; here they have none (``c/4 + c`` parameters fewer per mask).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -41,10 +43,16 @@ from torch import Tensor, nn
 from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, task_key
 from scenemtl.models.blocks import ConvBnReLU
-from scenemtl.models.encoder import Bottleneck
+from scenemtl.models.encoders.base import HierarchicalEncoder
+from scenemtl.models.encoders.resnet import Bottleneck
+from scenemtl.models.options import check_choice
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
+
+MTAN_REFINEMENTS = ("shared", "per_task")
+"""Whether MTAN's refinement blocks ``f_j`` are shared by the tasks (the authors') or
+one per task (``mtan_refinement``)."""
 
 REFINED = "refined"
 """Key suffix of a task's refined features ``f_{n-1}(a_{n-1})`` in the shared dict."""
@@ -80,6 +88,22 @@ def refinement_block(cin: int, cout: int) -> Bottleneck:
     return Bottleneck(cin, cout // Bottleneck.expansion)
 
 
+@dataclass
+class MTANOptions:
+    """Options of ``mtan`` (``model.net.options``; the flat key is accepted).
+
+    Attributes:
+        mtan_refinement: the refinement blocks ``f_j``: "shared" by the tasks (the
+            authors') or "per_task" (then the encoder's features are the one shared
+            representation, as representation-level balancing needs).
+    """
+
+    mtan_refinement: str = "shared"
+
+    def __post_init__(self) -> None:
+        check_choice(self, "mtan_refinement", MTAN_REFINEMENTS)
+
+
 class MTANNet(MultiTaskNet):
     """Shared ResNet encoder, per-task attention masks at its four stages, per-task ASPP
     and decoder on the attended pyramid. One output per task.
@@ -99,14 +123,18 @@ class MTANNet(MultiTaskNet):
     """
 
     supports_depth_bins: ClassVar[bool] = True
+    needs_hierarchical_encoder: ClassVar[bool] = True
+    Options: ClassVar[type] = MTANOptions
+    options: MTANOptions
+    encoder: HierarchicalEncoder
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         enc = self.encoder
         widths = enc.stage_out_channels
         self.stage_scales = list(enc.stage_scales)
         n = len(widths)
-        self.shared_refinement = cfg.mtan_refinement == "shared"
+        self.shared_refinement = self.options.mtan_refinement == "shared"
         # per instance: the option decides whether the encoder output is all tasks read
         self.has_shared_representation = not self.shared_refinement  # type: ignore[misc]
 
@@ -134,15 +162,15 @@ class MTANNet(MultiTaskNet):
 
     def stage_features(self, x: Tensor) -> dict[str, Tensor]:
         """The shared encoder's stem and, per stage j = 1..n, ``u_j`` (before the last
-        block) and ``p_j`` (the stage's output): ``{"stem": [B, 64, H/2, W/2], "u1": ...,
-        "p1": ..., ...}`` with ``u_j``/``p_j`` [B, C_j, H/s_j, W/s_j] (``C_j`` the stage
-        widths, ``s_j`` the stage scales of the encoder)."""
+        block) and ``p_j`` (the stage's output): ``{"stem": [B, C, H/s, W/s] (ResNet: 64
+        at s = 2), "u1": ..., "p1": ..., ...}`` with ``u_j``/``p_j`` [B, C_j, H/s_j, W/s_j]
+        (``C_j`` the stage widths, ``s_j`` the stage scales of the encoder)."""
         enc = self.encoder
         stem = enc.stem(x)
         features = {"stem": stem}
-        h = enc.maxpool(stem)
+        h = stem
         for j, stage in enumerate(enc.stages, 1):
-            # every stage has at least two blocks in ResNet-18..101
+            # the protocol promises at least two modules per stage
             u = stage[:-1](h)
             h = stage[-1](u)
             features[f"u{j}"] = u
@@ -187,9 +215,10 @@ class MTANNet(MultiTaskNet):
 
     def attended_pyramid(self, name: str, features: Mapping[str, Tensor]) -> dict[int, Tensor]:
         """Task ``name``'s whole pyramid from :meth:`stage_features`: the shared stem at
-        key 2 and the attended stage outputs ``{scale: [B, C_s, H/s, W/s]}``."""
+        its stride (2 for the ResNet) and the attended stage outputs
+        ``{scale: [B, C_s, H/s, W/s]}`` (which replace it at a shared stride)."""
         attended, _ = self.attend_stages(name, features, range(len(self.stage_scales)))
-        return {2: features["stem"], **attended}
+        return {self.encoder.stem_stride: features["stem"], **attended}
 
     def shared_forward(self, x: Tensor) -> dict[str, Tensor]:
         """:meth:`stage_features` (``per_task``), or the part of every task's chain up to
@@ -221,7 +250,7 @@ class MTANNet(MultiTaskNet):
         if not self.shared_refinement:
             return self.attended_pyramid(name, shared)
         last = len(self.stage_scales) - 1
-        pyramid = {2: shared["stem"]}
+        pyramid = {self.encoder.stem_stride: shared["stem"]}
         for scale in self.stage_scales[:last]:
             if scale != self.stage_scales[last]:
                 pyramid[scale] = shared[task_key(name, scale)]

@@ -60,10 +60,10 @@ from torch import Tensor, nn
 
 from scenemtl.models.base import MultiTaskNet, make_bottleneck
 from scenemtl.models.blocks import ConvBnReLU, SelfAttention, SqueezeExcitation, resize
-from scenemtl.models.encoder import BasicBlock
+from scenemtl.models.encoders.resnet import BasicBlock
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class InitialPrediction(nn.Module):
@@ -132,7 +132,7 @@ class MTINet(MultiTaskNet):
 
     min_tasks: ClassVar[int] = 2  # per-level distillation exchanges features between tasks
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         enc = self.encoder
         self.levels = sorted(s for s in enc.channels if s >= 4)  # fine to coarse

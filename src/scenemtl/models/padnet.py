@@ -31,7 +31,7 @@ from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder
 from scenemtl.models.blocks import SelfAttention
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class PADNet(MultiTaskNet):
@@ -47,7 +47,7 @@ class PADNet(MultiTaskNet):
     output_stages: ClassVar[tuple[str, ...]] = ("initial", "final")
     min_tasks: ClassVar[int] = 2  # distillation exchanges features between tasks
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         enc = self.encoder
         cin = enc.channels[enc.output_stride]

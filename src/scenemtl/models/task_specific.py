@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, make_encoder
 
 if TYPE_CHECKING:
-    from scenemtl.models.registry import ModelConfig
+    from scenemtl.models.config import ModelConfig
 
 
 class TaskSpecificNet(MultiTaskNet):
@@ -37,7 +37,7 @@ class TaskSpecificNet(MultiTaskNet):
     single_encoder: ClassVar[bool] = False
     has_shared_representation: ClassVar[bool] = False
 
-    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
         self.encoders = nn.ModuleDict({name: make_encoder(cfg, name) for name in self.heads})
         first = next(iter(self.encoders.values()))

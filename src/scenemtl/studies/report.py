@@ -25,24 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scenemtl.commands.runs import GRADER, RunSummary, format_table, read_metrics, summarize_run
-from scenemtl.data.format import atomic_write_bytes
-from scenemtl.engine.run_dir import RunFamily
+from scenemtl.atomic import atomic_write_bytes
 from scenemtl.errors import UserError
-from scenemtl.metrics import delta_m
-from scenemtl.studies.runner import finished_run
+from scenemtl.reporting.metrics import GRADER, Headline, delta_m, headline_of
+from scenemtl.reporting.run_dir import RunFamily
+from scenemtl.reporting.runs import RunSummary, finished_run, read_metrics, summarize_run
+from scenemtl.reporting.tables import format_table
 from scenemtl.studies.spec import StudySpec, Variant
-
-_LABELS = {
-    "semseg": "semseg IoU (%)",
-    "depth": "depth SI-logRMSE",
-    "normals": "normals mean angle error (deg)",
-    GRADER: "grader",
-}
-
-
-def metric_label(metric: str) -> str:
-    return _LABELS.get(metric, metric)
 
 
 @dataclass
@@ -100,15 +89,15 @@ def collect(spec: StudySpec, runs_root: str | os.PathLike) -> list[VariantResult
     return results
 
 
-def directions(results: Sequence[VariantResult]) -> dict[str, bool]:
-    """Metric -> higher is better, as the runs recorded it for their tasks (the grader:
-    higher)."""
-    higher = {GRADER: True}
+def headlines(results: Sequence[VariantResult]) -> dict[str, Headline]:
+    """Metric -> its label, unit and direction, as the runs recorded them for their tasks
+    (the first run that has a task speaks for it; the grader: higher is better)."""
+    found = {GRADER: headline_of({}, GRADER)}
     for r in results:
         for run in r.finished:
-            for task, mode in run.directions.items():
-                higher.setdefault(task, mode == "max")
-    return higher
+            for task in run.tasks:
+                found.setdefault(task, run.headline(task))
+    return found
 
 
 def task_metrics(results: Sequence[VariantResult]) -> list[str]:
@@ -156,11 +145,18 @@ class Report:
     baselines: dict[str, float]
     delta: dict[str, tuple[float | None, float | None]]
     macs: dict[str, float | None]
-    higher: dict[str, bool] = field(default_factory=lambda: {GRADER: True})
-    """Metric -> higher is better."""
+    headlines: dict[str, Headline] = field(default_factory=dict)
+    """Metric -> its label, unit and direction (:func:`headlines`)."""
+
+    def headline(self, metric: str) -> Headline:
+        return self.headlines.get(metric) or headline_of({}, metric)
 
     def higher_is_better(self, metric: str) -> bool:
-        return self.higher.get(metric, True)
+        return self.headline(metric).higher_is_better
+
+    def title(self, metric: str) -> str:
+        """The metric with its label, e.g. "semseg mean IoU (%)"."""
+        return self.headline(metric).title(metric)
 
     figures: list[Path] = field(default_factory=list)
 
@@ -170,7 +166,7 @@ class Report:
             name = r.variant.name
             row = {"variant": name, "runs": f"{len(r.finished)}/{len(self.spec.seeds)}"}
             for m in [*self.metrics, GRADER]:
-                row[metric_label(m)] = _pm(r.mean(m), r.std(m))
+                row[self.title(m)] = _pm(r.mean(m), r.std(m))
             dm, dm_std = self.delta.get(name, (None, None))
             row["Δm (%)"] = "" if r.variant.baseline_of else _pm(dm, dm_std, signed=True)
             params = r.parameters()
@@ -192,32 +188,17 @@ def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
 
 def _variant_macs(run: RunSummary) -> float | None:
     """MACs of one forward at the run's full image size (validation input)."""
-    from scenemtl.commands.complexity import count_macs
-    from scenemtl.models.registry import ModelConfig, build_model
-    from scenemtl.tasks import build_tasks
-    from scenemtl.yamlfile import read_yaml_file
+    from scenemtl.engine.complexity import run_macs  # torch: only for the report's GMACs
 
-    try:
-        hparams = read_yaml_file(run.path / "hparams.yaml", "hparams.yaml")
-        net = dict(hparams["net"], weights=None)
-        heads = {t.name: t.channels for t in build_tasks(hparams["task_specs"])}
-        size = tuple(hparams.get("synth_size") or (128, 256))
-        if hparams.get("root"):
-            from scenemtl.data.format import read_info
-
-            size = tuple(read_info(hparams["root"]).image_size)
-        model = build_model(ModelConfig.from_dict(net), heads)
-        return count_macs(model, size)[0]
-    except (OSError, KeyError, TypeError, ValueError, UserError):
-        return None
+    return run_macs(run.path)
 
 
 def build_report(spec: StudySpec, runs_root: str | os.PathLike) -> Report:
     results = collect(spec, runs_root)
     compared = [r for r in results if not r.variant.baseline_of]
     metrics = task_metrics(compared)
-    higher = directions(results)
-    lower = {m: not higher.get(m, True) for m in metrics}
+    found = headlines(results)
+    lower = {m: not found[m].higher_is_better for m in metrics}
     baselines: dict[str, float] = {}
     for r in results:
         task = r.variant.baseline_of
@@ -238,7 +219,7 @@ def build_report(spec: StudySpec, runs_root: str | os.PathLike) -> Report:
     macs = {}
     for r in results:
         macs[r.variant.name] = _variant_macs(r.finished[0]) if r.finished else None
-    return Report(spec, results, metrics, baselines, delta, macs, higher)
+    return Report(spec, results, metrics, baselines, delta, macs, found)
 
 
 # --------------------------------------------------------------------------------------
@@ -292,10 +273,10 @@ def plot_curves(report: Report, out: Path) -> list[Path]:
             plt.close(fig)
             continue
         arrow = "higher is better" if report.higher_is_better(metric) else "lower is better"
-        ax.set_title(f"{report.spec.name}: validation {metric_label(metric)} ({arrow})")
+        ax.set_title(f"{report.spec.name}: validation {report.title(metric)} ({arrow})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(metric_label(metric))
+        ax.set_ylabel(report.title(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -363,8 +344,8 @@ def plot_tradeoff(report: Report, out: Path) -> Path | None:
         xs, ys = [points[i][0] for i in front], [points[i][1] for i in front]
         ax.plot(xs, ys, "k--", lw=1, alpha=0.6)
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="k", label="Pareto front")
-    ax.set_xlabel(metric_label(mx) + (" →" if report.higher_is_better(mx) else " ←"))
-    ax.set_ylabel(metric_label(my) + (" ↑" if report.higher_is_better(my) else " ↓"))
+    ax.set_xlabel(report.title(mx) + (" →" if report.higher_is_better(mx) else " ←"))
+    ax.set_ylabel(report.title(my) + (" ↑" if report.higher_is_better(my) else " ↓"))
     ax.set_title(f"{report.spec.name}: {mx} vs {my} at the best validation (mean ± std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -406,8 +387,8 @@ def plot_cost(report: Report, out: Path) -> Path | None:
         plt.close(fig)
         return None
     ax.set_xlabel("GMACs per image (forward, full validation image)")
-    ax.set_ylabel(metric_label(metric))
-    ax.set_title(f"{report.spec.name}: {metric_label(metric)} against cost")
+    ax.set_ylabel(report.title(metric))
+    ax.set_title(f"{report.spec.name}: {report.title(metric)} against cost")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out / f"cost_{metric}.png"

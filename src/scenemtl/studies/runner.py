@@ -34,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from scenemtl.engine.run_dir import RunDir, RunFamily
 from scenemtl.errors import UserError
+from scenemtl.reporting.run_dir import RunDir, RunFamily
+from scenemtl.reporting.runs import finished_run, read_metrics, summarize_run
 from scenemtl.studies.bf16 import bf16_notice
 from scenemtl.studies.spec import Dimension, StudySpec, format_value, monitor_args
+from scenemtl.tether import child_env
 
 DEFAULT_HEARTBEAT_S = 30
 STORAGE_FILE = "study.db"
@@ -198,8 +200,6 @@ def cell_lock(folder: Path) -> Iterator[IO[bytes] | None]:
 
 def best_value(run: RunDir, monitor: str | None, mode: str) -> float | None:
     """The best value of the run's monitor (``monitor``, else the run's own)."""
-    from scenemtl.commands.runs import read_metrics, summarize_run
-
     summary = summarize_run(run.path)
     metric, direction = (monitor, mode) if monitor else (summary.monitor or (None, mode))
     if metric is None:
@@ -212,21 +212,6 @@ def best_value(run: RunDir, monitor: str | None, mode: str) -> float | None:
     if not values:
         return None
     return max(values) if direction == "max" else min(values)
-
-
-def run_status(run: RunDir) -> str | None:
-    try:
-        return json.loads(run.record.read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def finished_run(family: RunFamily) -> RunDir | None:
-    """The newest version of ``family`` whose training finished."""
-    for run in reversed(family.versions()):
-        if run_status(run) == "finished":
-            return run
-    return None
 
 
 ATTEMPT_MARK = "$ scenemtl fit "
@@ -281,12 +266,12 @@ def fit_cell(
             argv += ["--ckpt_path", "last"]
         announce(f"{family.path}: {'resuming from last.ckpt' if resumable else 'training'}")
         log = family.path / "fit.log"
-        env = {**os.environ, "SCENEMTL_PARENT_PID": str(os.getpid())}
+        env = child_env()  # the run dies with this worker (scenemtl.tether)
         with open(log, "ab") as out:
             out.write(f"\n{ATTEMPT_MARK}{' '.join(argv)}\n".encode())
             out.flush()
             code = subprocess.call(
-                [sys.executable, "-m", "scenemtl.studies.child", "fit", *argv],
+                [sys.executable, "-m", "scenemtl", "fit", *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -45,6 +45,8 @@ class Task(nn.Module):
     kind: ClassVar[str] = ""
     headline_label: ClassVar[str] = ""
     """What the headline metric is, for reports (e.g. "mean IoU (%)")."""
+    headline_unit: ClassVar[str] = ""
+    """The headline metric's unit alone (e.g. "%", "deg"; "" if it has none)."""
     prediction_modes: ClassVar[tuple[str, ...]] = ()
     """PIL modes a prediction PNG of this task may have (checked before decoding)."""
     higher_is_better: ClassVar[bool] = True

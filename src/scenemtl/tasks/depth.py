@@ -317,6 +317,7 @@ class DepthTask(Task):
 
     kind = "depth"
     headline_label = "SI-logRMSE (x100)"
+    headline_unit = ""  # a log-ratio spread: no unit (the same in meters or disparity)
     prediction_modes = ("L", "I;16", "I;16B", "I;16L", "I")
     higher_is_better = False
     fill_value = INVALID_DEPTH

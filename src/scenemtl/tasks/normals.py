@@ -224,6 +224,7 @@ class NormalsTask(Task):
 
     kind = "normals"
     headline_label = "mean angular error (deg)"
+    headline_unit = "deg"
     prediction_modes = ("RGB",)
     higher_is_better = False
     fill_value = 0.0

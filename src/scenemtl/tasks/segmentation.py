@@ -245,6 +245,7 @@ class SegmentationTask(Task):
 
     kind = "segmentation"
     headline_label = "mean IoU (%)"
+    headline_unit = "%"
     prediction_modes = ("L", "P")  # P: palette indices are the labels, as for ground truth
     higher_is_better = True
     fill_value = float(IGNORE_INDEX)

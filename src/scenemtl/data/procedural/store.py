@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from scenemtl.atomic import is_leftover
 from scenemtl.data.format import INDEX_NAME, MODALITIES, SPLITS, TASK_NAME, info_path
 from scenemtl.data.procedural.params import GENERATOR_NAME
 from scenemtl.errors import UserError
@@ -131,8 +132,8 @@ def _first_file(root: Path) -> str:
 
 
 def _atomic_leftover(name: str, target: str) -> bool:
-    """A temporary file of :func:`scenemtl.data.format.atomic_output` for ``target``."""
-    return name.startswith(f".{target}.") and name.endswith(".tmp")
+    """A temporary file of :func:`scenemtl.atomic.atomic_output` for ``target``."""
+    return is_leftover(name, target)
 
 
 def _generated_info(root: Path) -> bool:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.encoders.base import Family
 from scenemtl.models.encoders.parts import (
     DropPath,
     LayerNorm2d,
@@ -32,6 +33,7 @@ from scenemtl.models.encoders.parts import (
     load_published_state_dict,
     pad_to_multiple,
 )
+from scenemtl.models.encoders.weights import PublishedFile, hub_safetensors
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,36 @@ class ConvNeXtEncoder(nn.Module):
             pyramid[scale] = x
         return pyramid
 
+    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
+        """Load a published file (see :meth:`load_published_state_dict`)."""
+        self.load_published_state_dict(state, source)
+
     def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load timm's ConvNeXt state dict (every key and shape checked; ``head.*``
         dropped). A mismatch raises :class:`UserError` naming ``source``."""
         load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES)
+
+
+@dataclass(frozen=True)
+class ConvNeXtOptions:
+    """``model.net.encoder_options`` of the ConvNeXt family."""
+
+    drop_path_rate: float = 0.0
+    """Stochastic depth: the largest rate, reached linearly at the last block."""
+
+
+def _build(name: str, options: ConvNeXtOptions) -> ConvNeXtEncoder:
+    return ConvNeXtEncoder(name, drop_path_rate=options.drop_path_rate)
+
+
+def _published(name: str, key: str, options: ConvNeXtOptions) -> PublishedFile | None:
+    """``imagenet`` (or ``published``): timm's file on the Hugging Face Hub."""
+    if key not in ("imagenet", "published"):
+        return None
+    return hub_safetensors(VARIANTS[name].hub_repo, "timm's ImageNet weights")
+
+
+FAMILY = Family(_build, tuple(VARIANTS), ConvNeXtOptions, hierarchical=False, weights=_published)
+"""The registry entry (``ENCODER_FAMILIES``). Not hierarchical yet: its stages are not the
+``nn.Sequential`` of blocks that mtan, cross_stitch and nddr step through, so those
+architectures refuse it in one line."""

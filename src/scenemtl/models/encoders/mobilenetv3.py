@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.encoders.base import Family
 from scenemtl.models.encoders.parts import DropPath, load_published_state_dict
+from scenemtl.models.encoders.weights import PublishedFile, hub_safetensors
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -247,7 +249,36 @@ class MobileNetV3Encoder(nn.Module):
             pyramid[scale] = x
         return pyramid
 
+    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
+        """Load a published file (see :meth:`load_published_state_dict`)."""
+        self.load_published_state_dict(state, source)
+
     def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load timm's state dict (every key and shape checked; ``conv_head.*`` and
         ``classifier.*`` dropped)."""
         load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES)
+
+
+@dataclass(frozen=True)
+class MobileNetV3Options:
+    """``model.net.encoder_options`` of the MobileNetV3 family."""
+
+    drop_path_rate: float = 0.0
+    """Stochastic depth: the largest rate, reached linearly at the last block."""
+
+
+def _build(name: str, options: MobileNetV3Options) -> MobileNetV3Encoder:
+    return MobileNetV3Encoder(name, drop_path_rate=options.drop_path_rate)
+
+
+def _published(name: str, key: str, options: MobileNetV3Options) -> PublishedFile | None:
+    """``imagenet`` (or ``published``): timm's file on the Hugging Face Hub."""
+    if key not in ("imagenet", "published"):
+        return None
+    return hub_safetensors(VARIANTS[name], "timm's ImageNet weights")
+
+
+FAMILY = Family(_build, tuple(VARIANTS), MobileNetV3Options, hierarchical=False, weights=_published)
+"""The registry entry (``ENCODER_FAMILIES``). Not hierarchical yet: its stages are not the
+``nn.Sequential`` of blocks that mtan, cross_stitch and nddr step through, so those
+architectures refuse it in one line."""

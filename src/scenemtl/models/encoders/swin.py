@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.encoders.base import Family
 from scenemtl.models.encoders.parts import (
     DropPath,
     Mlp,
@@ -46,6 +47,7 @@ from scenemtl.models.encoders.parts import (
     load_published_state_dict,
     pad_to_multiple,
 )
+from scenemtl.models.encoders.weights import PublishedFile, hub_safetensors
 
 WINDOW = 7
 MASK_VALUE = -100.0
@@ -336,6 +338,10 @@ class SwinEncoder(nn.Module):
             pyramid[scale] = out.permute(0, 3, 1, 2)
         return pyramid
 
+    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
+        """Load a published file (see :meth:`load_published_state_dict`)."""
+        self.load_published_state_dict(state, source)
+
     def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load timm's Swin state dict (every key and shape checked; ``head.*`` dropped;
         stored ``relative_position_index``/``attn_mask`` of old files are dropped too, as
@@ -344,3 +350,28 @@ class SwinEncoder(nn.Module):
             stale = ("relative_position_index", "attn_mask")
             state = {k: v for k, v in state.items() if not str(k).endswith(stale)}
         load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES)
+
+
+@dataclass(frozen=True)
+class SwinOptions:
+    """``model.net.encoder_options`` of the Swin family."""
+
+    drop_path_rate: float = 0.0
+    """Stochastic depth: the largest rate, reached linearly at the last block."""
+
+
+def _build(name: str, options: SwinOptions) -> SwinEncoder:
+    return SwinEncoder(name, drop_path_rate=options.drop_path_rate)
+
+
+def _published(name: str, key: str, options: SwinOptions) -> PublishedFile | None:
+    """``imagenet`` (or ``published``): timm's file on the Hugging Face Hub."""
+    if key not in ("imagenet", "published"):
+        return None
+    return hub_safetensors(VARIANTS[name].hub_repo, "timm's ImageNet weights")
+
+
+FAMILY = Family(_build, tuple(VARIANTS), SwinOptions, hierarchical=False, weights=_published)
+"""The registry entry (``ENCODER_FAMILIES``). Not hierarchical yet: its stages are not the
+``nn.Sequential`` of blocks that mtan, cross_stitch and nddr step through, so those
+architectures refuse it in one line."""

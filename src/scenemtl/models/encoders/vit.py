@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.encoders.base import Family
 from scenemtl.models.encoders.parts import (
     DropPath,
     LayerNorm2d,
@@ -55,6 +56,7 @@ from scenemtl.models.encoders.parts import (
     load_published_state_dict,
     pad_to_multiple,
 )
+from scenemtl.models.encoders.weights import PublishedFile, TorchHubFile, hub_safetensors
 
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
 TOKEN_STRIDE = 16
@@ -326,7 +328,44 @@ class ViTEncoder(nn.Module):
         pyramid = self.adapter(self.tokens(x))
         return {s: f[..., : ceil_div(h, s), : ceil_div(w, s)] for s, f in pyramid.items()}
 
+    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
+        """Load a published file (see :meth:`load_published_state_dict`)."""
+        self.load_published_state_dict(state, source)
+
     def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load timm's or DINOv2's published state dict into the trunk (every key and shape
         checked; timm's ``head.*`` dropped; the adapter keeps its weights)."""
         load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES, (ADAPTER_PREFIX,))
+
+
+@dataclass(frozen=True)
+class ViTOptions:
+    """``model.net.encoder_options`` of the ViT family (timm's ViTs and DINOv2)."""
+
+    drop_path_rate: float = 0.0
+    """Stochastic depth: the largest rate, reached linearly at the last block."""
+    pyramid_channels: int = 256
+    """Channels of every level of the simple feature pyramid (strides 4-32)."""
+
+
+def _build(name: str, options: ViTOptions) -> ViTEncoder:
+    return ViTEncoder(name, options.drop_path_rate, options.pyramid_channels)
+
+
+def _published(name: str, key: str, options: ViTOptions) -> PublishedFile | TorchHubFile | None:
+    """``published`` (or ``imagenet`` for timm's ViTs, ``lvd142m`` for DINOv2): the
+    variant's published file: timm's on the Hugging Face Hub, DINOv2's release file
+    through the torch hub cache. The feature pyramid's layers are not in them and start
+    random."""
+    source = VARIANTS[name].source
+    dinov2 = source.startswith("https://")
+    if key not in ("published", "lvd142m" if dinov2 else "imagenet"):
+        return None
+    if dinov2:
+        return TorchHubFile(source, "DINOv2 weights", "Meta's ", check_hash=False)
+    return hub_safetensors(source, "timm's ImageNet weights")
+
+
+FAMILY = Family(_build, tuple(VARIANTS), ViTOptions, hierarchical=False, weights=_published)
+"""The registry entry (``ENCODER_FAMILIES``): a plain ViT is one stride, so mtan,
+cross_stitch and nddr refuse it in one line."""

@@ -5,7 +5,8 @@
     <root>/<name>/version_N/config.yaml       the configuration that trained it (fit only)
                             hparams.yaml      the module's hyperparameters (Lightning)
                             metrics.csv       every logged value (appended on resume)
-                            run.json          status, tasks, monitor, parameters, time
+                            run.json          status, tasks (their labels, units and
+                                              directions), monitor, parameters, time
                             events.out.tfevents.*   TensorBoard
                             checkpoints/best.ckpt   by the run's monitor metric
                             checkpoints/last.ckpt   for resuming
@@ -19,13 +20,38 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from scenemtl.errors import UserError
 from scenemtl.names import check_name
 
 _VERSION = re.compile(r"^version_(\d+)$")
+
+
+class ReportedTask(Protocol):
+    """What ``run.json`` records of a task (:class:`scenemtl.tasks.base.Task` has it)."""
+
+    name: str
+    headline_label: str
+    headline_unit: str
+    higher_is_better: bool
+
+
+def task_record(tasks: Iterable[ReportedTask]) -> dict[str, Any]:
+    """The ``run.json`` fields that describe a run's tasks, so that reports (``runs``,
+    ``study report``) show and rank each task's headline metric without knowing its kind:
+    ``tasks`` (names, in the network's order), ``directions`` (name -> "max"|"min"),
+    ``labels`` (name -> e.g. "mean IoU (%)") and ``units`` (name -> e.g. "%")."""
+    tasks = list(tasks)
+    return {
+        "tasks": [t.name for t in tasks],
+        "directions": {t.name: "max" if t.higher_is_better else "min" for t in tasks},
+        "labels": {t.name: t.headline_label for t in tasks},
+        "units": {t.name: t.headline_unit for t in tasks},
+    }
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101 encoders that return a feature pyramid.
+"""ResNet-18/34/50/101: the ``resnet`` encoder family (options ``dilation``, ``width``).
 
 torchvision cannot be installed next to the CPU build of torch used here, so the ResNet is
 written out in this file. Module names (``conv1``, ``bn1``, ``layer1.0.conv1``,
@@ -15,12 +15,15 @@ stages are 4x wider: 256, 512, 1024, 2048 channels against 64, 128, 256, 512.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.encoders.base import HierarchicalEncoder, load_strict
+from scenemtl.models.encoders.weights import TorchHubFile
+from scenemtl.models.options import OptionError, check_flags
 
 ENCODERS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (2, 2, 2, 2),
@@ -48,6 +51,39 @@ PUBLISHED_WIDTH = 64
 """Width of the published ResNets' stem and first stage; the stages are 1, 2, 4, 8 times it."""
 STAGE_MULTIPLIERS: tuple[int, int, int, int] = (1, 2, 4, 8)
 MAX_WIDTH = 1024
+
+
+@dataclass
+class ResNetOptions:
+    """Options of the ResNet encoders (``model.net.encoder_options``; the flat
+    ``model.net.dilation`` and ``model.net.encoder_width`` are accepted for them).
+
+    Attributes:
+        dilation: replace the stride of layer2, layer3, layer4 by dilation
+            (torchvision's ``replace_stride_with_dilation``); at most two, so that the
+            output stride is 8, 16 or 32 and the 4x skip stays a separate level.
+        width: channels of the stem and layer1 (64 in the published ResNets; the stages
+            are 1, 2, 4, 8 times it). Another width trains from scratch only; 16 makes a
+            ResNet-18 16x smaller (the tests' networks).
+    """
+
+    dilation: tuple[bool, bool, bool] = (False, False, False)
+    width: int = PUBLISHED_WIDTH
+
+    def __post_init__(self) -> None:
+        check_flags(self, "dilation", 3, "layer2, layer3, layer4")
+        if all(self.dilation):
+            raise OptionError(
+                "dilation",
+                "dilating all three stages gives output stride 4, where the bottleneck and "
+                "the 4x skip coincide; dilate at most two stages",
+            )
+        try:
+            check_width(self.width)
+        except UserError:
+            raise OptionError(
+                "width", f"expected an integer in 1..{MAX_WIDTH}, got {self.width!r}"
+            ) from None
 
 
 def stage_widths(width: int = PUBLISHED_WIDTH) -> tuple[int, int, int, int]:
@@ -160,7 +196,7 @@ class Bottleneck(nn.Module):
         return self.bn3
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(HierarchicalEncoder):
     """ResNet trunk without pooling and classifier, returning a feature pyramid.
 
     Args:
@@ -178,7 +214,43 @@ class ResNetEncoder(nn.Module):
     Key 2 is the stem (after conv1/bn1/relu, before max pooling), key 4 the deepest stage
     at 1/4 (layer1 without dilation). ``channels`` maps each key to its channel count
     (:func:`stage_channels`: layer4 has 512 channels in ResNet-18/34, 2048 in ResNet-50/101).
+
+    As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: :meth:`stem` is
+    conv1/bn1/relu (stride 2, pyramid key 2), ``stages[0]`` is the max pooling followed
+    by layer1's blocks, ``stages[1:]`` are layer2..layer4.
     """
+
+    names: ClassVar[tuple[str, ...]] = tuple(ENCODERS)
+    Options: ClassVar[type] = ResNetOptions
+
+    @classmethod
+    def build(cls, name: str, options: ResNetOptions) -> ResNetEncoder:
+        return cls(name, options.dilation, options.width)
+
+    @classmethod
+    def declared_pyramid(cls, name: str, options: ResNetOptions) -> dict[int, int]:
+        """{2: width, 4: ..., 32 // 2**dilated: layer4's channels}, the deepest stage
+        per stride (see :func:`stage_channels`)."""
+        channels = {2: options.width}
+        scale = 4
+        for i, c in enumerate(stage_channels(name, options.width)):
+            if i > 0 and not options.dilation[i - 1]:
+                scale *= 2
+            channels[scale] = c
+        return channels
+
+    @classmethod
+    def published_weights(cls, name: str, key: str, options: ResNetOptions) -> TorchHubFile | None:
+        """``imagenet``: torchvision's file (:data:`IMAGENET_URLS`) via the torch hub
+        cache, for the published width only."""
+        if key != "imagenet":
+            return None
+        if options.width != PUBLISHED_WIDTH:
+            raise UserError(
+                f"ImageNet weights exist for the published width {PUBLISHED_WIDTH} only; "
+                f"encoder_width {options.width} trains from scratch (weights: null)"
+            )
+        return TorchHubFile(IMAGENET_URLS[name], "ImageNet weights", "torchvision's ")
 
     def __init__(
         self,
@@ -254,167 +326,50 @@ class ResNetEncoder(nn.Module):
         return self.relu(self.bn1(self.conv1(x)))
 
     @property
+    def stem_stride(self) -> int:
+        return 2
+
+    @property
     def stages(self) -> list[nn.Sequential]:
-        """layer1..layer4; stage i maps the previous one's output (after :meth:`stem` and
-        ``maxpool`` for layer1) to ``stage_out_channels[i]`` at ``stage_scales[i]``.
-        Architectures that act between stages (MTAN, cross-stitch) run them one by one."""
-        return [getattr(self, f"layer{i + 1}") for i in range(len(self.stage_scales))]
+        """maxpool + layer1, layer2, layer3, layer4; stage i maps the previous one's
+        output (:meth:`stem`'s for the first) to ``stage_out_channels[i]`` at
+        ``stage_scales[i]``. Architectures that act between stages (MTAN, cross-stitch)
+        run them one by one. The first is a fresh Sequential over the registered
+        ``maxpool`` and layer1's blocks, so module names stay torchvision's."""
+        layers = [getattr(self, f"layer{i + 1}") for i in range(len(self.stage_scales))]
+        return [nn.Sequential(self.maxpool, *layers[0]), *layers[1:]]
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         pyramid: dict[int, Tensor] = {}
         x = self.stem(x)
         pyramid[2] = x
         x = self.maxpool(x)
-        for scale, stage in zip(self.stage_scales, self.stages, strict=True):
-            x = stage(x)
+        for i, scale in enumerate(self.stage_scales):
+            x = getattr(self, f"layer{i + 1}")(x)
             pyramid[scale] = x
         return pyramid
 
-    def load_torchvision_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
+    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load a torchvision ResNet state dict strictly; its ``fc`` layer is dropped.
 
         A state dict without ``fc.*`` keys (an encoder saved from this class) loads too.
         Any missing, unexpected or mis-shaped key raises :class:`UserError` naming
         ``source`` and the first offending keys.
         """
-        if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
-            raise UserError(f"{source} does not hold a state dict (a mapping of names to tensors)")
-        has_fc = any(k.startswith("fc.") for k in state)
+        has_fc = isinstance(state, Mapping) and any(
+            isinstance(k, str) and k.startswith("fc.") for k in state
+        )
         if has_fc:
             # a temporary classifier makes strict loading check fc's keys and shapes too
             self.fc = nn.Linear(self.stage_out_channels[-1], 1000)
         try:
-            expected = self.state_dict()
-            problem = _state_dict_mismatch(expected, state)
-            if problem:
-                raise UserError(f"{source} does not fit {self.name}: {problem}")
-            self.load_state_dict(state, strict=True)
+            load_strict(self, state, source)
         finally:
             if has_fc:
                 del self.fc
-
-
-def _state_dict_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, object]) -> str:
-    """One-line description of how ``given`` differs from ``expected`` ("" if it fits)."""
-
-    def first(keys: set[str]) -> str:
-        shown = sorted(keys)[:3]
-        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-        return ", ".join(shown) + more
-
-    parts = []
-    missing = set(expected) - set(given)
-    unexpected = set(given) - set(expected)
-    if missing:
-        parts.append(f"{len(missing)} missing keys ({first(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys ({first(unexpected)})")
-    for key in sorted(set(expected) & set(given)):
-        value = given[key]
-        if not isinstance(value, Tensor):
-            parts.append(f"{key} is not a tensor")
-            break
-        if value.shape != expected[key].shape:
-            parts.append(
-                f"{key} has shape {list(value.shape)}, expected {list(expected[key].shape)}"
-            )
-            break
-    return "; ".join(parts)
-
-
-def imagenet_file_name(name: str) -> str:
-    """File name of torchvision's ImageNet weights for ``name``, e.g. resnet34-b627a593.pth."""
-    return IMAGENET_URLS[name].rsplit("/", 1)[-1]
-
-
-def load_imagenet_state_dict(name: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet weights for ``name`` from the user's torch hub cache.
-
-    Downloads into ``torch.hub.get_dir()/checkpoints`` when the file is not cached.
-    Offline and not cached -> :class:`UserError` naming the file and the folder to put it in.
-    """
-    url = IMAGENET_URLS[name]
-    file_name = imagenet_file_name(name)
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    try:
-        return torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", check_hash=True, weights_only=True, progress=False
-        )
-    except Exception as e:  # URLError, hash mismatch, corrupt cache file ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"cannot get ImageNet weights {file_name} ({reason}); "
-            f"download torchvision's {file_name} and put it in {folder}"
-        ) from None
-
-
-def load_weights_file(path: str | Path) -> Mapping[str, Tensor]:
-    """A state dict from a ``.pth`` file, loaded with ``weights_only=True`` on the CPU."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"weights file not found: {p}")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused, truncated file, not a torch file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load weights file {p}: {reason}") from None
-
-
-def encoder_state_from_checkpoint(
-    checkpoint: Mapping[str, object], task: str | None, source: str
-) -> Mapping[str, Tensor]:
-    """The encoder's entries of a scenemtl checkpoint's ``state_dict``, without their
-    prefix: ``net.encoder.*`` (one encoder for all tasks), else ``net.encoders.<task>.*``
-    (one per task: that of ``task``, or the only one). A single-task run's checkpoint
-    thus initializes one task's trunk. Raises :class:`UserError` when none fits."""
-    state = checkpoint["state_dict"]
-    if not isinstance(state, Mapping):
-        raise UserError(f"{source} has no state dict")
-    keys = [k for k in state if isinstance(k, str)]
-    if any(k.startswith("net.encoder.") for k in keys):
-        prefix = "net.encoder."
-    else:
-        owners = sorted({k.split(".")[2] for k in keys if k.startswith("net.encoders.")})
-        if task in owners or len(owners) == 1:
-            prefix = f"net.encoders.{task if task in owners else owners[0]}."
-        else:
-            found = f"encoders of {', '.join(owners)}" if owners else "no encoder"
-            raise UserError(f"{source} holds {found}; cannot tell which one task {task!r} takes")
-    return {k[len(prefix) :]: state[k] for k in keys if k.startswith(prefix)}
 
 
 def check_width(width: object) -> None:
     """Raise :class:`UserError` unless ``width`` is an int in 1..MAX_WIDTH."""
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
         raise UserError(f"encoder_width must be an integer in 1..{MAX_WIDTH}, got {width!r}")
-
-
-def build_encoder(
-    name: str = "resnet34",
-    weights: str | None = None,
-    dilation: tuple[bool, bool, bool] = (False, False, False),
-    task: str | None = None,
-    width: int = PUBLISHED_WIDTH,
-) -> ResNetEncoder:
-    """An encoder with random (``None``), ImageNet (``"imagenet"``) or file weights: a
-    torchvision-layout state dict, or a scenemtl checkpoint whose encoder (that of
-    ``task`` if it has one per task) is loaded strictly."""
-    encoder = ResNetEncoder(name, dilation, width)
-    if weights is None:
-        return encoder
-    if weights == "imagenet":
-        if width != PUBLISHED_WIDTH:
-            raise UserError(
-                f"ImageNet weights exist for the published width {PUBLISHED_WIDTH} only; "
-                f"encoder_width {width} trains from scratch (weights: null)"
-            )
-        state = load_imagenet_state_dict(name)
-        source = f"ImageNet weights {imagenet_file_name(name)}"
-    else:
-        state = load_weights_file(weights)
-        source = f"weights file {weights}"
-        if isinstance(state, Mapping) and "state_dict" in state and "hyper_parameters" in state:
-            state = encoder_state_from_checkpoint(state, task, f"checkpoint {weights}")
-            source = f"the encoder of checkpoint {weights}"
-    encoder.load_torchvision_state_dict(state, source)
-    return encoder
