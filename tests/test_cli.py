@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from scenemtl.cli import main
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 
 
 def run(argv, capsys):
@@ -95,7 +95,7 @@ def test_a_single_task_run_ignores_the_settings_of_the_task_it_drops(tmp_path, t
     of both) trains either task alone (the README's baselines); the learned task keeps
     its own settings, and the checkpoint reloads (predict, export)."""
     from scenemtl.engine.module import MultiTaskModule
-    from tests.engine.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config(
         tmp_path,
@@ -134,7 +134,7 @@ def test_a_setting_for_a_task_the_data_lacks_is_refused(
 ):
     """Only the data's tasks are ignored when not learned: a typo or another dataset's
     task is a mistake, refused in one line before a run folder exists."""
-    from tests.engine.conftest import tiny_config
+    from tests.helpers import tiny_config
     from tests.hostile import assert_refused
 
     cfg = tiny_config(tmp_path, tiny_root)

@@ -7,7 +7,7 @@ import pytest
 
 from scenemtl.balancing import BALANCING_METHODS, method_level
 from scenemtl.cli import main
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 FEW_STEPS = {
     "trainer.max_epochs": 1,

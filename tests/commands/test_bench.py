@@ -10,7 +10,7 @@ from scenemtl.commands import bench
 from scenemtl.commands.bench import BenchResult, run_bench
 from scenemtl.engine import precision as precision_module
 from scenemtl.errors import UserError
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_bench_reports_all_figures(tmp_path, tiny_root):

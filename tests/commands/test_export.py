@@ -27,7 +27,7 @@ from scenemtl.errors import UserError
 from scenemtl.tasks import DepthTask, build_tasks, legacy_task_specs
 from scenemtl.tasks.depth import EXPORT_DEPTH_RTOL
 from scenemtl.tasks.segmentation import EXPORT_LOGIT_ATOL
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.hostile import assert_refused
 
 TINY_NET = {"architecture": "joint", "encoder": "resnet18", "channels": 16, "skip_channels": 8}

@@ -16,17 +16,23 @@ from scenemtl.commands.predict import (
     find_images,
     load_module,
     output_stems,
-    output_suffixes,
     resolve_device,
 )
 from scenemtl.data.format import DISPARITY8, encode_depth
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
-from tests.engine.conftest import tiny_config
 from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
+from tests.helpers import tiny_config
 from tests.hostile import assert_refused
 
-OUTPUT_SUFFIXES = output_suffixes(["semseg", "depth"])
+# the files written per image, in the order the predict module's docstring lists them
+OUTPUT_SUFFIXES = (
+    "_semseg.png",
+    "_semseg_color.png",
+    "_depth.png",
+    "_depth_color.png",
+    "_panel.png",
+)
 SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7)}
 
 

@@ -26,9 +26,8 @@ from scenemtl.data.stats import write_stats
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import tiny_config
 from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
+from tests.helpers import tiny_config, write_random_dataset
 
 N_TEST = 3
 

@@ -12,7 +12,7 @@ from scenemtl.engine.averaging import LastEpochsAverage, average_last_epochs
 from scenemtl.engine.schedules import StepFactor
 from scenemtl.errors import UserError
 from tests.data.mtan_trees import write_mtan_tree
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 
 def run_cli(argv):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import read_metrics, run_scenemtl, tiny_config
+from tests.helpers import read_metrics, run_scenemtl, tiny_config
 
 
 def last_val_row(run_dir: Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ import torch
 from scenemtl.cli import main
 from scenemtl.engine import precision
 from scenemtl.engine.schedules import PolyFactor
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 
 def run_cli(argv, capsys=None):

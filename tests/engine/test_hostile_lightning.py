@@ -22,8 +22,7 @@ from PIL import Image
 from scenemtl.commands.runs import summarize_run
 from scenemtl.data.format import label_path, rgb_path
 from scenemtl.data.stats import write_stats
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config, write_random_dataset
 from tests.hostile import assert_refused, run, snapshot
 
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from scenemtl.commands.runs import summarize_run
-from tests.engine.conftest import REPO, read_metrics, run_scenemtl, tiny_config
+from tests.helpers import REPO, read_metrics, run_scenemtl, tiny_config
 
 
 def _env() -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.engine.conftest import run_scenemtl, tiny_config
+from tests.helpers import run_scenemtl, tiny_config
 
 
 def fit(cfg: Path, *extra: str):

@@ -12,8 +12,7 @@ from scenemtl.cli import main
 from scenemtl.commands.grader import grade
 from scenemtl.data.stats import write_stats
 from scenemtl.engine.module import MultiTaskModule, migrate_checkpoint
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config, write_random_dataset
 
 
 def run_cli(argv):

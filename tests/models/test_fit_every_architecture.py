@@ -10,7 +10,7 @@ import torch
 
 from scenemtl.cli import main
 from scenemtl.models import ARCHITECTURES
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 
-from tests.engine.conftest import REPO
+from tests.helpers import REPO
 
 OPENER = textwrap.dedent(
     """

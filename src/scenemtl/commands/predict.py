@@ -48,12 +48,6 @@ MAX_PIXELS = 4096 * 4096
 size already take several GiB; larger photos are refused with their size."""
 
 
-def output_suffixes(task_names: Sequence[str]) -> tuple[str, ...]:
-    """The file name suffixes written per image, for these tasks."""
-    per_task = [s for name in task_names for s in (f"_{name}.png", f"_{name}_color.png")]
-    return (*per_task, PANEL_SUFFIX)
-
-
 # --------------------------------------------------------------------------------------
 # inputs
 

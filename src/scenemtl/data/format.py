@@ -709,7 +709,3 @@ def read_depth(path: Path) -> np.ndarray:
         if str(e).startswith(str(path)):
             raise
         raise DataFormatError(f"{path}: {e}") from None
-
-
-def iter_indices(info: DatasetInfo, split: str) -> Iterator[int]:
-    yield from range(info.split_size(split))

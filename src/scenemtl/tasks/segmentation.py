@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from scenemtl.data.format import IGNORE_INDEX, read_semseg
-from scenemtl.errors import DataFormatError, UserError
+from scenemtl.errors import DataFormatError
 from scenemtl.metrics import SemsegMetrics
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
@@ -176,13 +176,3 @@ class SegmentationTask(Task):
         top = int(counts.argmax())
         share = 100.0 * counts[top] / max(1, counts.sum())
         return f"{self.name}: mostly {self.class_names[top]} ({share:.0f}%)"
-
-
-def check_label_values(labels: Tensor, num_classes: int, where: str) -> None:
-    """Raise UserError if ``labels`` hold a value outside ``0..num_classes-1`` and 255."""
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        raise UserError(
-            f"{where}: label value {int(labels[bad][0])} outside 0..{num_classes - 1} and "
-            f"{IGNORE_INDEX}"
-        )
