@@ -38,13 +38,15 @@ test-kernels: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/scenemtl demo
 
+LINTED := src tests scripts
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 # Upgrade: resolve the newest releases in a throwaway venv (torch still $(TORCH_VERSION))
 # and rewrite $(CONSTRAINTS) with them; the next `make test` installs them into $(VENV).

@@ -1,17 +1,20 @@
-"""Shared fixtures (small datasets written by the tests themselves); the plain helpers
-they use are in tests/helpers.py."""
+"""Shared fixtures (small datasets written by the tests themselves), and the check that
+keeps ``make test-fast`` fast; the plain helpers the tests use are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import functools
+import multiprocessing.process
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Lightning gives its loggers a StreamHandler bound to sys.stderr when it is first imported.
 # Imported inside a test that captures stderr (capsys), the handler would keep that test's
 # stream, closed once the test ends, and every later test's Lightning log line would print a
 # "--- Logging error ---" traceback. Imported here, it binds to the session's stderr.
-import lightning.pytorch  # noqa: F401
+import lightning.pytorch
 import pytest
 
 from tests.helpers import write_random_dataset
@@ -47,3 +50,57 @@ def private_user_cache(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+# --------------------------------------------------------------------------------------
+# The `slow` marker: every test that trains (Trainer.fit, also through `scenemtl fit`) or
+# starts a process (subprocess, multiprocessing: DataLoader workers, DDP, `data synth`'s
+# pool) carries it, and `make test-fast` runs the others. A test that does either without
+# the marker fails, naming what it did, so that the fast tier stays free of them. The
+# watched calls are only recorded, never changed: the test runs as it would otherwise.
+
+
+class _Watch:
+    """What the running unmarked test (or its fixtures' setup) started."""
+
+    item: pytest.Item | None = None
+    seen: list[str] = []  # noqa: RUF012 (one list, reset per test)
+
+
+def _watched(owner: type, name: str, what: str) -> None:
+    original: Callable = getattr(owner, name)
+
+    @functools.wraps(original)
+    def watched(*args, **kwargs):
+        if _Watch.item is not None and what not in _Watch.seen:
+            _Watch.seen.append(what)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, watched)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _watched(lightning.pytorch.Trainer, "fit", "trains a model (Trainer.fit)")
+    _watched(subprocess.Popen, "__init__", "starts a process (subprocess)")
+    _watched(multiprocessing.process.BaseProcess, "start", "starts a process (multiprocessing)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _Watch.item = None if item.get_closest_marker("slow") else item
+    _Watch.seen = []
+    yield
+    _Watch.item = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if _Watch.item is item and _Watch.seen and report.passed and call.when != "teardown":
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} {' and '.join(_Watch.seen)} (maybe in a fixture it shares) but is "
+            "not marked slow: add @pytest.mark.slow (make test-fast leaves such tests out)"
+        )
+        _Watch.seen = []
