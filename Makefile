@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: install test test-kernels demo lint format lock clean
+.PHONY: install test test-fast test-kernels demo lint format lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The tier to run after every change (under 2 minutes): the tests that neither train nor
+# start a process; those carry the `slow` marker (tests/conftest.py fails one without it).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # The tests that compare two float computation paths, again with PyTorch's portable kernels
 # (they round differently from the vectorized ones): a test that only holds with one

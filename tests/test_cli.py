@@ -72,6 +72,7 @@ def test_a_command_line_that_does_not_parse_is_one_line_and_status_2(argv, culpr
     assert "usage:" not in check_one_line(result, [culprit, "--help"])
 
 
+@pytest.mark.slow
 def test_console_script_reports_error_without_traceback(tmp_path):
     (tmp_path / "dataset.json").write_text("{")
     proc = subprocess.run(
@@ -89,6 +90,7 @@ def test_console_script_reports_error_without_traceback(tmp_path):
 # settings of the tasks a run does not learn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["semseg", "depth"])
 def test_a_single_task_run_ignores_the_settings_of_the_task_it_drops(tmp_path, tiny_root, task):
     """A config written for semseg + depth (flat depth options, task_options, loss weights
