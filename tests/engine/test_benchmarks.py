@@ -52,6 +52,7 @@ def _epoch_values(rows, key):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["cityscapes", "nyuv2"])
 def test_fit_on_mtan_tree_logs_protocol_metrics_and_averages(tmp_path, dataset):
     root = write_mtan_tree(tmp_path / dataset, dataset)

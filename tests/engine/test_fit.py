@@ -27,6 +27,7 @@ def test_poly_factor():
     assert f(9) > f(10)
 
 
+@pytest.mark.slow
 def test_fit_leaves_a_complete_run_directory(tmp_path, tiny_root):
     cfg = tiny_config(tmp_path, tiny_root)
     assert run_cli(["fit", "--config", str(cfg)]) == 0
@@ -86,6 +87,7 @@ def test_invalid_config_fails_before_training(tmp_path, tiny_root, capsys, overr
     assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, capsys, monkeypatch):
     from scenemtl.losses import MultiTaskLoss
 
@@ -205,6 +207,7 @@ def test_validate_applies_tta_from_the_command_line_in_its_own_run(one_epoch_run
     assert (run_dir / "metrics.csv").read_bytes() == trace_before  # training trace untouched
 
 
+@pytest.mark.slow
 def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root, monkeypatch, capsys):
     # a CPU that emulates bf16, as far as the cost probe knows: fit warns once, at start
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -231,6 +234,7 @@ def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root, monkeypatch,
     assert val and all(float(r["val/depth"]) >= 0 for r in val)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "weighting, space, loss",
     [("uncertainty", "inverse", "silog"), ("dwa", "log", "l2")],
@@ -266,6 +270,7 @@ def test_loss_options_train_through_the_cli(tmp_path, tiny_root, weighting, spac
     assert ckpt["hyper_parameters"]["depth_space"] == space
 
 
+@pytest.mark.slow
 def test_diverged_weights_stop_the_run_and_keep_last_ckpt_loadable(
     tmp_path, tiny_root, capsys, monkeypatch
 ):
