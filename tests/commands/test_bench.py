@@ -13,6 +13,7 @@ from scenemtl.errors import UserError
 from tests.helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_bench_reports_all_figures(tmp_path, tiny_root):
     cfg = tiny_config(tmp_path, tiny_root)
     result = run_bench(cfg, steps=2, warmup=1)

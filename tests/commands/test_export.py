@@ -71,6 +71,7 @@ def exported(ckpt, tmp_path_factory):
     return out, stdout.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_export_prints_check_and_latency_and_leaves_one_file(exported):
     out, stdout = exported
@@ -82,6 +83,7 @@ def test_export_prints_check_and_latency_and_leaves_one_file(exported):
     assert "torch eager" in stdout and "onnxruntime" in stdout and "median of 2 runs" in stdout
 
 
+@pytest.mark.slow
 def test_onnx_graph_has_documented_io(ckpt, exported):
     session = ort_session(exported[0])
     (inp,) = session.get_inputs()
@@ -102,6 +104,7 @@ def predict(module, image):
     return preds, {name: outs[-1] for name, outs in raw.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_onnx_matches_the_module_at_another_batch_and_size(ckpt, exported):
     module = MultiTaskModule.from_checkpoint(ckpt)
@@ -152,6 +155,7 @@ def test_single_task_semseg_checkpoint_exports_and_matches(tmp_path, capsys):
     assert labels.max() < 5
 
 
+@pytest.mark.slow
 def test_mismatch_fails_and_writes_nothing(ckpt, exported, tmp_path, monkeypatch, capsys):
     # reuse the exported file instead of exporting again: this test is about the check
     monkeypatch.setattr(
@@ -250,6 +254,7 @@ def test_median_latency_counts_runs():
     assert len(calls) == 7 and ms >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, culprits",
     [
@@ -317,6 +322,7 @@ def test_the_size_bound_is_where_pyramid_levels_stop_sharing_a_size(dilation):
             assert accepted == distinct, (h, w, levels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "size, culprits",
     [
@@ -336,6 +342,7 @@ def test_a_size_the_export_cannot_take_is_one_line(
     assert_refused(argv, capsys, culprits, watch=[tmp_path, ckpt.parent])
 
 
+@pytest.mark.slow
 def test_the_smallest_size_exports_and_a_smaller_one_breaks_the_graph(
     ckpt, tmp_path, monkeypatch, capsys
 ):

@@ -92,6 +92,7 @@ def assert_prediction_files(labels, depth_png, ref_logits, ref_depth):
     assert_codes_within_one_step(np.asarray(depth_png), want)
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, capsys):
     out = tmp_path / "out"
@@ -121,6 +122,7 @@ def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, c
         np.testing.assert_array_equal(right, np.asarray(depth_color))
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
@@ -139,6 +141,7 @@ def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
         assert (np.abs(a - b) > tolerance).mean() < 0.01, name
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_tta_flags_reach_the_model(ckpt, images, tmp_path):
     out = tmp_path / "tta"
@@ -152,6 +155,7 @@ def test_tta_flags_reach_the_model(ckpt, images, tmp_path):
     assert not np.allclose(plain_depth, ref_depth)
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_reported_and_the_rest_written(ckpt, images, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -170,6 +174,7 @@ def test_unreadable_image_is_reported_and_the_rest_written(ckpt, images, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == sorted(f"good{s}" for s in OUTPUT_SUFFIXES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, culprits",
     [
@@ -226,6 +231,7 @@ def test_find_images_and_stems(tmp_path):
     assert find_images(tmp_path / "d.gif") == [tmp_path / "d.gif"]  # a file is taken as is
 
 
+@pytest.mark.slow
 def test_module_predicts_cpu_labels_and_meters(ckpt):
     module = load_module(ckpt)
     preds = module.predict_step({"image": torch.zeros(2, 3, 20, 28)})
@@ -238,6 +244,7 @@ def test_module_predicts_cpu_labels_and_meters(ckpt):
         load_module(ckpt, (100.0,), False)  # a typo for 1.00 must not allocate 10^4 x
 
 
+@pytest.mark.slow
 def test_image_above_the_pixel_limit_is_skipped_with_its_size(
     ckpt, images, tmp_path, capsys, monkeypatch
 ):
