@@ -172,6 +172,7 @@ ONE_STEP = {
 }
 
 
+@pytest.mark.slow
 def test_cross_stitch_fit_starts_from_single_task_runs(tmp_path: Path, tiny_root: Path) -> None:
     """A real single-task run's checkpoint initializes both trunks, in and through the CLI."""
     single = tiny_config(
