@@ -240,7 +240,10 @@ def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root, monkeypatch,
     [("uncertainty", "inverse", "silog"), ("dwa", "log", "l2")],
 )
 def test_loss_options_train_through_the_cli(tmp_path, tiny_root, weighting, space, loss):
-    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 3})
+    # three epochs (DWA follows the loss ratios from the third on) of 2 of the 4 batches
+    cfg = tiny_config(
+        tmp_path, tiny_root, **{"trainer.max_epochs": 3, "trainer.limit_train_batches": 0.5}
+    )
     code = run_cli(
         [
             "fit",
