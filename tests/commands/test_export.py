@@ -128,6 +128,7 @@ def save_checkpoint(module, path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_single_task_semseg_checkpoint_exports_and_matches(tmp_path, capsys):
     classes = cityscapes_class_table()[:5]
