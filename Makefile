@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: install test test-kernels demo lint format lock clean browser
+.PHONY: install test test-fast test-kernels demo lint format lock clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The tier to run after every change (under 2 minutes): the tests that neither train nor
+# start a process; those carry the `slow` marker (tests/conftest.py fails one without it).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 # The tests that compare two float computation paths, again with PyTorch's portable kernels
 # (they round differently from the vectorized ones): a test that only holds with one
 # machine's rounding fails here. CI runs it after `make test`.
@@ -43,15 +48,16 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/scenemtl demo
 
-# lint-imports: the import contracts of pyproject.toml [tool.importlinter] (the layers)
+LINTED := src tests scripts
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 # Upgrade: resolve the newest releases in a throwaway venv (torch still $(TORCH_VERSION))
 # and rewrite $(CONSTRAINTS) with them; the next `make test` installs them into $(VENV).

@@ -1,75 +1,23 @@
-"""Shared fixtures: small datasets written by the tests themselves."""
+"""Shared fixtures (small datasets written by the tests themselves), and the check that
+keeps ``make test-fast`` fast; the plain helpers the tests use are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import functools
+import multiprocessing.process
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Lightning gives its loggers a StreamHandler bound to sys.stderr when it is first imported.
 # Imported inside a test that captures stderr (capsys), the handler would keep that test's
 # stream, closed once the test ends, and every later test's Lightning log line would print a
 # "--- Logging error ---" traceback. Imported here, it binds to the session's stderr.
-import lightning.pytorch  # noqa: F401
-import numpy as np
+import lightning.pytorch
 import pytest
 
-from scenemtl.data.format import DISPARITY8, DatasetInfo, encodable_range, write_info, write_sample
-
-
-def write_random_dataset(
-    root: Path,
-    sizes: dict[str, int] | None = None,
-    image_size: tuple[int, int] = (24, 40),
-    depth_encoding: str = DISPARITY8,
-    test_gt: bool = True,
-    seed: int = 0,
-    num_classes: int = 19,
-) -> DatasetInfo:
-    """A tiny dataset with random RGB, labels (incl. ignore) and depth (incl. invalid).
-
-    ``num_classes`` other than 19 writes a class table of that many made-up classes.
-    """
-    sizes = sizes or {"train": 4, "val": 2, "test": 2}
-    rng = np.random.default_rng(seed)
-    h, w = image_size
-    lo, hi = encodable_range(depth_encoding)
-    hi = min(hi, 300.0)
-    for split, n in sizes.items():
-        gt = test_gt or split != "test"
-        for i in range(n):
-            rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            semseg = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
-            semseg[rng.random((h, w)) < 0.1] = 255
-            depth = np.exp(rng.uniform(np.log(max(lo, 4.0)), np.log(hi), (h, w)))
-            depth[: h // 6] = 0.0  # "sky"
-            write_sample(
-                root,
-                split,
-                i,
-                rgb,
-                semseg if gt else None,
-                depth if gt else None,
-                depth_encoding=depth_encoding,
-                rgb_extension=".png",
-                num_classes=num_classes,
-            )
-    info = DatasetInfo(
-        name="random",
-        image_size=image_size,
-        splits={s: {"size": n, "gt": test_gt or s != "test"} for s, n in sizes.items()},
-        depth_encoding=depth_encoding,
-        depth_range_m=(max(lo, 4.0) if depth_encoding == DISPARITY8 else lo, hi),
-        rgb_extension=".png",
-        classes=[]
-        if num_classes == 19
-        else [
-            {"name": f"class{i}", "color": [37 * i % 256, 91 * i % 256, 53 * i % 256]}
-            for i in range(num_classes)
-        ],
-    )
-    write_info(root, info)
-    return info
+from tests.helpers import write_random_dataset
 
 
 @pytest.fixture
@@ -102,3 +50,57 @@ def private_user_cache(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+# --------------------------------------------------------------------------------------
+# The `slow` marker: every test that trains (Trainer.fit, also through `scenemtl fit`) or
+# starts a process (subprocess, multiprocessing: DataLoader workers, DDP, `data synth`'s
+# pool) carries it, and `make test-fast` runs the others. A test that does either without
+# the marker fails, naming what it did, so that the fast tier stays free of them. The
+# watched calls are only recorded, never changed: the test runs as it would otherwise.
+
+
+class _Watch:
+    """What the running unmarked test (or its fixtures' setup) started."""
+
+    item: pytest.Item | None = None
+    seen: list[str] = []  # noqa: RUF012 (one list, reset per test)
+
+
+def _watched(owner: type, name: str, what: str) -> None:
+    original: Callable = getattr(owner, name)
+
+    @functools.wraps(original)
+    def watched(*args, **kwargs):
+        if _Watch.item is not None and what not in _Watch.seen:
+            _Watch.seen.append(what)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, watched)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _watched(lightning.pytorch.Trainer, "fit", "trains a model (Trainer.fit)")
+    _watched(subprocess.Popen, "__init__", "starts a process (subprocess)")
+    _watched(multiprocessing.process.BaseProcess, "start", "starts a process (multiprocessing)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _Watch.item = None if item.get_closest_marker("slow") else item
+    _Watch.seen = []
+    yield
+    _Watch.item = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if _Watch.item is item and _Watch.seen and report.passed and call.when != "teardown":
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} {' and '.join(_Watch.seen)} (maybe in a fixture it shares) but is "
+            "not marked slow: add @pytest.mark.slow (make test-fast leaves such tests out)"
+        )
+        _Watch.seen = []

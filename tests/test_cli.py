@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from scenemtl.cli import main
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 
 
 def run(argv, capsys):
@@ -72,6 +72,7 @@ def test_a_command_line_that_does_not_parse_is_one_line_and_status_2(argv, culpr
     assert "usage:" not in check_one_line(result, [culprit, "--help"])
 
 
+@pytest.mark.slow
 def test_console_script_reports_error_without_traceback(tmp_path):
     (tmp_path / "dataset.json").write_text("{")
     proc = subprocess.run(
@@ -89,13 +90,14 @@ def test_console_script_reports_error_without_traceback(tmp_path):
 # settings of the tasks a run does not learn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["semseg", "depth"])
 def test_a_single_task_run_ignores_the_settings_of_the_task_it_drops(tmp_path, tiny_root, task):
     """A config written for semseg + depth (flat depth options, task_options, loss weights
     of both) trains either task alone (the README's baselines); the learned task keeps
     its own settings, and the checkpoint reloads (predict, export)."""
     from scenemtl.engine.module import MultiTaskModule
-    from tests.engine.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config(
         tmp_path,
@@ -134,7 +136,7 @@ def test_a_setting_for_a_task_the_data_lacks_is_refused(
 ):
     """Only the data's tasks are ignored when not learned: a typo or another dataset's
     task is a mistake, refused in one line before a run folder exists."""
-    from tests.engine.conftest import tiny_config
+    from tests.helpers import tiny_config
     from tests.hostile import assert_refused
 
     cfg = tiny_config(tmp_path, tiny_root)

@@ -18,7 +18,7 @@ from scenemtl.errors import UserError
 from scenemtl.names import NAME_MAX, check_name, is_name
 from scenemtl.reporting.run_dir import RunFamily
 from scenemtl.studies.spec import load_study
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.hostile import assert_refused
 
 HOSTILE = [

@@ -292,7 +292,7 @@ def test_malformed_extra_tasks_are_one_line(tmp_path, extra, message):
 def test_a_dataset_with_a_bad_normals_file_fails_in_one_line_naming_it(tmp_path):
     from scenemtl.data.check import check_dataset
     from scenemtl.data.dataset import SceneDataset
-    from tests.conftest import write_random_dataset
+    from tests.helpers import write_random_dataset
 
     root = tmp_path / "ds"
     info = write_random_dataset(root, sizes={"train": 2}, image_size=(6, 8))

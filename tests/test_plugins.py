@@ -24,8 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config, write_random_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -384,6 +384,7 @@ GRADED = {
 RUN_BLOCKS = [b for b in BLOCKS if any(c in RUNNABLE for c in b.commands)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=[b.where for b in RUN_BLOCKS])
 def test_documented_block_runs(workspace, block):
     variables: dict[str, str] = {}

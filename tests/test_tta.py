@@ -118,7 +118,9 @@ def test_depth_merges_as_geometric_mean_of_meters(kind):
 
 def test_real_network_shapes_and_flip_symmetry():
     torch.manual_seed(0)
-    cfg = ModelConfig(architecture="branched", encoder="resnet18", channels=8, skip_channels=4)
+    cfg = ModelConfig(
+        architecture="branched", encoder="resnet18", encoder_width=16, channels=8, skip_channels=4
+    )
     tasks = course_tasks("log")
     net = build_model(cfg, {t.name: t.channels for t in tasks}).eval()
     image = torch.randn(1, 3, 21, 30)

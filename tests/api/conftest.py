@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from scenemtl.cli import main
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config
 
 SIZES = {"a.png": (32, 48), "b.png": (37, 53)}
 

@@ -61,6 +61,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_two_processes_make_the_update_of_one_on_the_union(tmp_path):
     mp.start_processes(

@@ -7,7 +7,7 @@ import pytest
 
 from scenemtl.balancing import BALANCING_METHODS, method_level
 from scenemtl.cli import main
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 FEW_STEPS = {
     "trainer.max_epochs": 1,
@@ -30,6 +30,7 @@ def logged(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", BALANCING_METHODS)
 def test_every_method_trains_and_logs_weights_and_conflict(method, tmp_path, tiny_root):
     rows = fit(tmp_path, tiny_root, **{"model.loss_weighting": method})
@@ -43,6 +44,7 @@ def test_every_method_trains_and_logs_weights_and_conflict(method, tmp_path, tin
         assert logged(rows, "train/loss")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "architecture, method",
     [("branched", "mgda"), ("distillation", "upgrad"), ("task_specific", "pcgrad")],
@@ -59,6 +61,7 @@ def test_representation_gradients_on_other_architectures(architecture, method, t
     assert logged(rows, "val/grader")
 
 
+@pytest.mark.slow
 def test_gradient_method_under_bf16_mixed(tmp_path, tiny_root):
     rows = fit(
         tmp_path, tiny_root, **{"model.loss_weighting": "upgrad", "trainer.precision": "bf16-mixed"}

@@ -16,8 +16,7 @@ from scenemtl.data.stats import write_stats
 from scenemtl.engine import precision as precision_module
 from scenemtl.errors import UsageError, UserError
 from scenemtl.tasks import build_tasks
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config, write_random_dataset
 
 
 def _seven_classes_and_normals(root):
@@ -36,6 +35,7 @@ def _seven_classes_and_normals(root):
     return root
 
 
+@pytest.mark.slow
 def test_bench_reports_all_figures(tmp_path, tiny_root):
     cfg = tiny_config(tmp_path, tiny_root)
     result = run_bench(["--config", cfg, "--steps", "2"], warmup=1)

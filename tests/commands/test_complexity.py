@@ -128,6 +128,7 @@ def test_macs_grow_with_size_and_architecture() -> None:
     assert complexity.count_macs(distill, (64, 64))[0] > small
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or torch.cuda.is_available(),
     reason="CPU measurement reads Linux /proc",

@@ -27,10 +27,18 @@ from scenemtl.errors import UserError
 from scenemtl.tasks import DepthTask, build_tasks, legacy_task_specs
 from scenemtl.tasks.depth import EXPORT_DEPTH_RTOL
 from scenemtl.tasks.segmentation import EXPORT_LOGIT_ATOL
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.hostile import assert_refused
 
-TINY_NET = {"architecture": "joint", "encoder": "resnet18", "channels": 16, "skip_channels": 8}
+# the narrow network of the tiny runs (tests/helpers.py tiny_config): the same export path
+# as a full-width ResNet-18, at a fraction of the tracing and checking time
+TINY_NET = {
+    "architecture": "joint",
+    "encoder": "resnet18",
+    "encoder_width": 16,
+    "channels": 16,
+    "skip_channels": 8,
+}
 
 
 def run_export(argv):
@@ -63,6 +71,7 @@ def exported(ckpt, tmp_path_factory):
     return out, stdout.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_export_prints_check_and_latency_and_leaves_one_file(exported):
     out, stdout = exported
@@ -74,6 +83,7 @@ def test_export_prints_check_and_latency_and_leaves_one_file(exported):
     assert "torch eager" in stdout and "onnxruntime" in stdout and "median of 2 runs" in stdout
 
 
+@pytest.mark.slow
 def test_onnx_graph_has_documented_io(ckpt, exported):
     session = ort_session(exported[0])
     (inp,) = session.get_inputs()
@@ -94,6 +104,7 @@ def predict(module, image):
     return preds, {name: outs[-1] for name, outs in raw.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_onnx_matches_the_module_at_another_batch_and_size(ckpt, exported):
     module = MultiTaskModule.from_checkpoint(ckpt)
@@ -117,6 +128,7 @@ def save_checkpoint(module, path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_single_task_semseg_checkpoint_exports_and_matches(tmp_path, capsys):
     classes = cityscapes_class_table()[:5]
@@ -144,6 +156,7 @@ def test_single_task_semseg_checkpoint_exports_and_matches(tmp_path, capsys):
     assert labels.max() < 5
 
 
+@pytest.mark.slow
 def test_mismatch_fails_and_writes_nothing(ckpt, exported, tmp_path, monkeypatch, capsys):
     # reuse the exported file instead of exporting again: this test is about the check
     monkeypatch.setattr(
@@ -242,6 +255,7 @@ def test_median_latency_counts_runs():
     assert len(calls) == 7 and ms >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, culprits",
     [
@@ -309,6 +323,7 @@ def test_the_size_bound_is_where_pyramid_levels_stop_sharing_a_size(dilation):
             assert accepted == distinct, (h, w, levels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "size, culprits",
     [
@@ -328,6 +343,7 @@ def test_a_size_the_export_cannot_take_is_one_line(
     assert_refused(argv, capsys, culprits, watch=[tmp_path, ckpt.parent])
 
 
+@pytest.mark.slow
 def test_the_smallest_size_exports_and_a_smaller_one_breaks_the_graph(
     ckpt, tmp_path, monkeypatch, capsys
 ):

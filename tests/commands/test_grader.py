@@ -41,7 +41,7 @@ from scenemtl.data.format import (
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.metrics import MultiTaskMetrics
 from scenemtl.tasks import build_tasks, legacy_task_specs
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 from tests.hostile import assert_refused
 
 SIZE_HW = (12, 20)

@@ -15,16 +15,22 @@ from scenemtl.commands.predict import (
     add_predict_parser,
     find_images,
     output_stems,
-    output_suffixes,
 )
 from scenemtl.data.format import DISPARITY8, encode_depth
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
-from tests.engine.conftest import tiny_config
 from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
+from tests.helpers import tiny_config
 from tests.hostile import assert_refused
 
-OUTPUT_SUFFIXES = output_suffixes(["semseg", "depth"])
+# the files written per image, in the order the predict module's docstring lists them
+OUTPUT_SUFFIXES = (
+    "_semseg.png",
+    "_semseg_color.png",
+    "_depth.png",
+    "_depth_color.png",
+    "_panel.png",
+)
 SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7)}
 
 
@@ -85,6 +91,7 @@ def assert_prediction_files(labels, depth_png, ref_logits, ref_depth):
     assert_codes_within_one_step(np.asarray(depth_png), want)
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, capsys):
     out = tmp_path / "out"
@@ -114,6 +121,7 @@ def test_folder_writes_four_consistent_files_per_image(ckpt, images, tmp_path, c
         np.testing.assert_array_equal(right, np.asarray(depth_color))
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
@@ -132,6 +140,7 @@ def test_batching_mixed_sizes_gives_the_same_files(ckpt, images, tmp_path):
         assert (np.abs(a - b) > tolerance).mean() < 0.01, name
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_tta_flags_reach_the_model(ckpt, images, tmp_path):
     out = tmp_path / "tta"
@@ -145,6 +154,7 @@ def test_tta_flags_reach_the_model(ckpt, images, tmp_path):
     assert not np.allclose(plain_depth, ref_depth)
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_reported_and_the_rest_written(ckpt, images, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -163,6 +173,7 @@ def test_unreadable_image_is_reported_and_the_rest_written(ckpt, images, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == sorted(f"good{s}" for s in OUTPUT_SUFFIXES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, culprits",
     [
@@ -219,6 +230,7 @@ def test_find_images_and_stems(tmp_path):
     assert find_images(tmp_path / "d.gif") == [tmp_path / "d.gif"]  # a file is taken as is
 
 
+@pytest.mark.slow
 def test_module_predicts_cpu_labels_and_meters(ckpt):
     module = load(ckpt).module
     preds = module.predict_step({"image": torch.zeros(2, 3, 20, 28)})
@@ -231,6 +243,7 @@ def test_module_predicts_cpu_labels_and_meters(ckpt):
         tta_setting([100.0])  # a typo for 1.00 must not allocate 10^4 x
 
 
+@pytest.mark.slow
 def test_image_above_the_pixel_limit_is_skipped_with_its_size(
     ckpt, images, tmp_path, capsys, monkeypatch
 ):

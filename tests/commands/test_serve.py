@@ -18,7 +18,7 @@ from scenemtl.cli import _run_guarded, main
 from scenemtl.commands.serve import add_serve_parser
 from scenemtl.page.keys import depth_ticks, format_depth
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
-from tests.engine.conftest import REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 
 def run_serve(argv):

@@ -26,9 +26,8 @@ from scenemtl.data.stats import write_stats
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import tiny_config
 from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
+from tests.helpers import tiny_config, write_random_dataset
 
 N_TEST = 3
 
@@ -87,6 +86,7 @@ def members(zip_bytes: bytes) -> dict[str, bytes]:
         return {i.filename: zf.read(i) for i in zf.infolist()}
 
 
+@pytest.mark.slow
 def test_fit_writes_a_complete_submission(run):
     files = members(run.fit_zip)
     preds = {f"predictions/{t}/{i}.png" for t in ("semseg", "depth") for i in range(N_TEST)}
@@ -111,6 +111,7 @@ def test_fit_writes_a_complete_submission(run):
     assert not list(run.fit_dir.glob(".submission.zip*"))
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_predictions_are_those_of_the_packed_checkpoint(run):
     files = members(run.fit_zip)
@@ -132,6 +133,7 @@ def test_predictions_are_those_of_the_packed_checkpoint(run):
         assert_codes_within_one_step(np.asarray(depth), np.asarray(expected))
 
 
+@pytest.mark.slow
 def test_test_with_checkpoint_writes_a_submission_that_grades_like_lightning_test(run):
     zip_path = run.test_dir / "submission.zip"
     files = members(zip_path.read_bytes())
@@ -148,6 +150,7 @@ def test_test_with_checkpoint_writes_a_submission_that_grades_like_lightning_tes
     assert grade(run.fit_dir / "submission.zip", run.root) == pytest.approx(scores, nan_ok=True)
 
 
+@pytest.mark.slow
 def test_source_zip_is_the_running_package(run):
     inner = zipfile.ZipFile(io.BytesIO(members(run.fit_zip)["source.zip"]))
     names = inner.namelist()
@@ -160,6 +163,7 @@ def test_source_zip_is_the_running_package(run):
     assert source_zip_bytes() == source_zip_bytes()
 
 
+@pytest.mark.slow
 def test_failed_write_keeps_the_previous_submission(run, tmp_path):
     root = tmp_path / "ds"
     write_random_dataset(root, sizes={"test": 3}, image_size=(32, 48), depth_encoding=METERS16)
@@ -173,6 +177,7 @@ def test_failed_write_keeps_the_previous_submission(run, tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["submission.zip"]
 
 
+@pytest.mark.slow
 def test_write_submission_refuses_bad_inputs(run, tmp_path):
     with pytest.raises(UserError, match="checkpoint .*missing.ckpt not found"):
         write_submission(tmp_path, tmp_path / "missing.ckpt", run.root)
@@ -204,6 +209,7 @@ def test_callback_without_best_checkpoint_says_so_and_writes_nothing(tmp_path, c
     assert callback.written is None and not (tmp_path / "submission.zip").exists()
 
 
+@pytest.mark.slow
 def test_callback_only_writes_on_rank_zero(run, tmp_path, capsys):
     callback = SubmissionCallback()
     callback.on_fit_end(fake_trainer(tmp_path, str(run.best), rank_zero=False), None)

@@ -5,7 +5,7 @@ from PIL import Image
 
 from scenemtl.data.check import check_dataset
 from scenemtl.data.format import METERS16
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 
 
 def _snapshot(root):

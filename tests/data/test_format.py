@@ -16,7 +16,7 @@ from scenemtl.data.format import (
     write_info,
 )
 from scenemtl.errors import DataFormatError
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 
 
 @pytest.mark.parametrize("encoding", [DISPARITY8, METERS16])

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from scenemtl.data.format import label_path, rgb_path
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 from tests.hostile import assert_refused, run, snapshot
 
 

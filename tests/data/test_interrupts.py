@@ -35,6 +35,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
 def test_ctrl_c_stops_data_synth_within_a_second_and_leaves_nothing(tmp_path: Path) -> None:
     root = tmp_path / "ds"
@@ -87,6 +88,7 @@ def _stage_and_die(target: Path) -> None:
     assert run.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_a_killed_conversion_is_cleaned_by_the_next_one_a_live_one_is_not(tmp_path: Path) -> None:
     src, out = tmp_path / "cs", tmp_path / "out"
     _write_fake_cityscapes(src, splits=("val",))

@@ -453,6 +453,7 @@ def test_synthesize_writes_readable_format(tmp_path: Path) -> None:
             assert not np.isin(sem, [IGNORE_INDEX]).any()
 
 
+@pytest.mark.slow
 def test_output_is_identical_whatever_the_worker_count(tmp_path: Path) -> None:
     a = synthesize(tmp_path / "one", TINY, workers=1, progress=False)
     b = synthesize(tmp_path / "two", TINY, workers=2, progress=False)
@@ -486,6 +487,7 @@ def test_other_params_regenerate_in_place(tmp_path: Path) -> None:
     assert not (root / "test").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_interrupted_run_is_never_complete(tmp_path: Path, monkeypatch, workers: int) -> None:
     """A failing image (here: every val image) aborts the run, in-process or in a pool

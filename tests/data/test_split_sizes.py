@@ -91,6 +91,7 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (768 << 20, 768 << 20))
 
 
+@pytest.mark.slow
 def test_data_check_command_stays_small(random_dataset) -> None:
     """The command itself, in a process whose heap is capped at 768 MiB: one line on
     stdout, a count on stderr, exit status 1, no traceback."""

@@ -6,7 +6,7 @@ from scenemtl.data.dataset import SceneDataset
 from scenemtl.data.format import read_info
 from scenemtl.data.stats import compute_stats, write_stats
 from scenemtl.errors import DataFormatError
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 
 
 def test_stats_match_numpy_over_valid_train_pixels(random_dataset, tmp_path):

@@ -270,7 +270,7 @@ def test_cached_dataset_renders_once(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.slow
 def test_synth_then_fit(tmp_path: Path, capsys) -> None:
     """`data synth` and then `fit`, with no `data stats` in between."""
-    from tests.engine.conftest import read_metrics, tiny_config
+    from tests.helpers import read_metrics, tiny_config
 
     root = tmp_path / "ds"
     code, _, err = _run(["data", "synth", "--root", str(root), *TINY_ARGS], capsys)

@@ -19,7 +19,7 @@ from scenemtl.errors import DataFormatError
 from scenemtl.tasks import TASK_KINDS
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.statistics import TargetStatistics
-from tests.conftest import write_random_dataset
+from tests.helpers import write_random_dataset
 
 
 class MaskShare(TargetStatistics):

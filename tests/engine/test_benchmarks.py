@@ -12,7 +12,7 @@ from scenemtl.engine.averaging import LastEpochsAverage, average_last_epochs
 from scenemtl.engine.schedules import StepFactor
 from scenemtl.errors import UserError
 from tests.data.mtan_trees import write_mtan_tree
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 
 def run_cli(argv):
@@ -52,6 +52,7 @@ def _epoch_values(rows, key):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["cityscapes", "nyuv2"])
 def test_fit_on_mtan_tree_logs_protocol_metrics_and_averages(tmp_path, dataset):
     root = write_mtan_tree(tmp_path / dataset, dataset)

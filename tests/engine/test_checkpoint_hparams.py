@@ -56,7 +56,7 @@ def test_predict_refuses_mistyped_hyperparameters(tmp_path, capsys, hparams, cul
 
 
 def test_validate_refuses_mistyped_hyperparameters(tmp_path, tiny_root, capsys):
-    from tests.engine.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config(tmp_path, tiny_root)
     ckpt = _ckpt(tmp_path / "bad.ckpt", {"net": [1, 2]})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import read_metrics, run_scenemtl, tiny_config
+from tests.helpers import read_metrics, run_scenemtl, tiny_config
 
 
 def last_val_row(run_dir: Path) -> dict[str, str]:
@@ -15,6 +15,7 @@ def last_val_row(run_dir: Path) -> dict[str, str]:
     return rows[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_ddp_two_processes_validate_like_one(tmp_path, tiny_root):
     cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})

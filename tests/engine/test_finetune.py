@@ -338,7 +338,7 @@ def test_fit_from_the_command_line_with_fine_tuning_options(tmp_path, tiny_root,
     """The options as a user gives them (a YAML config, a LoRA mapping refused on the
     ResNet in one line), the trainable count printed, the schedule in the checkpoint."""
     from scenemtl.cli import main
-    from tests.engine.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     overrides = {
         "trainer.max_epochs": 1,

@@ -10,7 +10,7 @@ import torch
 from scenemtl.cli import main
 from scenemtl.engine import precision
 from scenemtl.engine.schedules import PolyFactor
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 
 def run_cli(argv, capsys=None):
@@ -27,6 +27,7 @@ def test_poly_factor():
     assert f(9) > f(10)
 
 
+@pytest.mark.slow
 def test_fit_leaves_a_complete_run_directory(tmp_path, tiny_root):
     cfg = tiny_config(tmp_path, tiny_root)
     assert run_cli(["fit", "--config", str(cfg)]) == 0
@@ -86,6 +87,7 @@ def test_invalid_config_fails_before_training(tmp_path, tiny_root, capsys, overr
     assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, capsys, monkeypatch):
     from scenemtl.losses import MultiTaskLoss
 
@@ -124,15 +126,24 @@ def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, cap
     assert "non-finite training loss at step 5" in record["previous_errors"][0]
 
 
-def test_from_checkpoint_restores_network_and_depth_statistics(tmp_path, tiny_root):
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, tiny_root):
+    """(config, run folder) of one 1-epoch fit, shared by the tests that read its checkpoint
+    or evaluate it into new versions of its name (they never change version_0)."""
+    tmp = tmp_path_factory.mktemp("one_epoch")
+    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
+    assert run_cli(["fit", "--config", str(cfg)]) == 0
+    return cfg, tmp / "runs" / "tiny" / "version_0"
+
+
+@pytest.mark.slow
+def test_from_checkpoint_restores_network_and_depth_statistics(one_epoch_run, tmp_path, tiny_root):
     import json
 
     from scenemtl.engine.module import MultiTaskModule
     from scenemtl.errors import UserError
 
-    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
-    assert run_cli(["fit", "--config", str(cfg)]) == 0
-    best = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    best = one_epoch_run[1] / "checkpoints" / "best.ckpt"
     module = MultiTaskModule.from_checkpoint(best)
     stats = json.loads((tiny_root / "dataset.json").read_text())["stats"]
     depth = module.tasks["depth"]
@@ -168,10 +179,9 @@ def test_tta_hparams_drive_evaluation_outputs():
         MultiTaskModule(net=net, tta_scales=[0.0])
 
 
-def test_validate_applies_tta_from_the_command_line_in_its_own_run(tmp_path, tiny_root):
-    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 1})
-    assert run_cli(["fit", "--config", str(cfg)]) == 0
-    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+@pytest.mark.slow
+def test_validate_applies_tta_from_the_command_line_in_its_own_run(one_epoch_run):
+    cfg, run_dir = one_epoch_run
     trace_before = (run_dir / "metrics.csv").read_bytes()
     best = str(run_dir / "checkpoints" / "best.ckpt")
     assert run_cli(["validate", "--config", str(cfg), "--ckpt_path", best]) == 0
@@ -192,11 +202,12 @@ def test_validate_applies_tta_from_the_command_line_in_its_own_run(tmp_path, tin
         == 0
     )
     # an explicitly named run gets new versions: the training run's trace stays as it was
-    plain, tta = (read_metrics(tmp_path / "runs" / "tiny" / f"version_{i}")[-1] for i in (1, 2))
+    plain, tta = (read_metrics(run_dir.parent / f"version_{i}")[-1] for i in (1, 2))
     assert plain["val/depth"] != tta["val/depth"]
     assert (run_dir / "metrics.csv").read_bytes() == trace_before  # training trace untouched
 
 
+@pytest.mark.slow
 def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root, monkeypatch, capsys):
     # a CPU that emulates bf16, as far as the cost probe knows: fit warns once, at start
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -223,12 +234,16 @@ def test_bf16_channels_last_and_clipping_train(tmp_path, tiny_root, monkeypatch,
     assert val and all(float(r["val/depth"]) >= 0 for r in val)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "weighting, space, loss",
     [("uncertainty", "inverse", "silog"), ("dwa", "log", "l2")],
 )
 def test_loss_options_train_through_the_cli(tmp_path, tiny_root, weighting, space, loss):
-    cfg = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 3})
+    # three epochs (DWA follows the loss ratios from the third on) of 2 of the 4 batches
+    cfg = tiny_config(
+        tmp_path, tiny_root, **{"trainer.max_epochs": 3, "trainer.limit_train_batches": 0.5}
+    )
     code = run_cli(
         [
             "fit",
@@ -258,6 +273,7 @@ def test_loss_options_train_through_the_cli(tmp_path, tiny_root, weighting, spac
     assert ckpt["hyper_parameters"]["depth_space"] == space
 
 
+@pytest.mark.slow
 def test_diverged_weights_stop_the_run_and_keep_last_ckpt_loadable(
     tmp_path, tiny_root, capsys, monkeypatch
 ):

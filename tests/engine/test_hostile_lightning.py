@@ -22,8 +22,7 @@ from PIL import Image
 from scenemtl.data.format import label_path, rgb_path
 from scenemtl.data.stats import write_stats
 from scenemtl.reporting.runs import summarize_run
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config, write_random_dataset
 from tests.hostile import assert_refused, run, snapshot
 
 
@@ -57,6 +56,7 @@ def trained(tmp_path_factory):
 # evaluation writes into a folder of its own
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sub, which", [("test", "best"), ("validate", "last")])
 def test_evaluating_a_checkpoint_never_rewrites_its_run(trained, tmp_path, capsys, sub, which):
     other = _dataset(tmp_path / "other", seed=5)  # the case: another data root
@@ -109,6 +109,7 @@ def _not_a_checkpoint(folder: Path, best: Path, kind: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sub, kind",
     [
@@ -132,6 +133,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(trained, tmp_path, capsys, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sub, argv, culprits",
     [
@@ -153,6 +155,7 @@ def test_a_checkpoint_of_another_network_is_refused(trained, tmp_path, capsys, s
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.*"))
 
 
+@pytest.mark.slow
 def test_network_options_of_the_config_file_count_and_defaults_do_not(trained, tmp_path, capsys):
     # a config file that sets another width is a request for another network
     data = yaml.safe_load(trained.cfg.read_text())
@@ -169,6 +172,7 @@ def test_network_options_of_the_config_file_count_and_defaults_do_not(trained, t
     assert run(argv, capsys).code == 0
 
 
+@pytest.mark.slow
 def test_resuming_last_with_another_network_is_refused(trained, tmp_path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(trained.run, runs / "tiny" / "version_0")
@@ -185,6 +189,7 @@ def test_resuming_last_with_another_network_is_refused(trained, tmp_path, capsys
 # options Lightning or torch would refuse with a traceback
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, culprits",
     [
@@ -222,6 +227,7 @@ def test_bad_trainer_and_data_options_are_one_line(trained, tmp_path, capsys, ar
     assert not list((tmp_path / "runs").rglob("version_*"))
 
 
+@pytest.mark.slow
 def test_a_dataset_without_statistics_is_refused_before_any_run_folder(trained, tmp_path, capsys):
     root = tmp_path / "nostats"
     write_random_dataset(root, sizes={"train": 2, "val": 1, "test": 1}, image_size=(32, 48))
@@ -230,6 +236,7 @@ def test_a_dataset_without_statistics_is_refused_before_any_run_folder(trained, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, culprits",
     [
@@ -251,6 +258,7 @@ def test_a_command_line_that_does_not_parse_is_one_line_and_status_2(
     assert run(full, capsys).code == 2
 
 
+@pytest.mark.slow
 def test_batch_size_one_trains_where_batchnorm_sees_more_than_one_value(trained, tmp_path, capsys):
     # 64x64 crops leave a 2x2 map at 1/32: batch size 1 is fine (the procedural default
     # images, 128x256, never come close)
@@ -279,6 +287,7 @@ def _labels_outside_the_table(root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, phrase",
     [(_corrupt_image, "cannot decode image"), (_labels_outside_the_table, "label values [77]")],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scenemtl.engine.loggers import log_image
-from tests.engine.conftest import run_scenemtl, tiny_config
+from tests.helpers import run_scenemtl, tiny_config
 
 pytestmark = pytest.mark.slow
 

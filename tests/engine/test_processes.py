@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from scenemtl.reporting.runs import summarize_run
-from tests.engine.conftest import REPO, read_metrics, run_scenemtl, tiny_config
+from tests.helpers import REPO, read_metrics, run_scenemtl, tiny_config
 
 
 def _env() -> dict[str, str]:
@@ -42,6 +42,7 @@ def _wait_for(paths: list[Path], procs: list[subprocess.Popen], timeout: float =
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_as_interrupted_and_a_resume_finishes_clean(tmp_path, tiny_root):
     marker = tmp_path / "at_step_3"
     waiter = {
@@ -100,6 +101,7 @@ def test_ctrl_c_exits_130_as_interrupted_and_a_resume_finishes_clean(tmp_path, t
     assert last["global_step"] == 4  # 2 epochs x 2 batches, resumed from step 2
 
 
+@pytest.mark.slow
 def test_two_fits_started_at_once_with_one_name_get_two_versions(tmp_path, tiny_root):
     cfg = tiny_config(
         tmp_path,

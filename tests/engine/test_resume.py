@@ -5,15 +5,17 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.engine.conftest import run_scenemtl, tiny_config
+from tests.helpers import run_scenemtl, tiny_config
 
 
 def fit(cfg: Path, *extra: str):
     return run_scenemtl("fit", "--config", str(cfg), *extra)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_root):
     common = {"trainer.max_epochs": 3, "run.checkpoint_every_n_steps": 2}
     ref_cfg = tiny_config(tmp_path / "ref", tiny_root, **common)

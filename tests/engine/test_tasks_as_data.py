@@ -15,8 +15,7 @@ from scenemtl.engine.checkpoint import migrate_checkpoint
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.tasks import build_tasks, options_of_learned_tasks
-from tests.conftest import write_random_dataset
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config, write_random_dataset
 
 
 def run_cli(argv):
@@ -25,6 +24,7 @@ def run_cli(argv):
     return exc.value.code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "task, monitor, other", [("semseg", "val/semseg", "depth"), ("depth", "val/depth", "semseg")]
 )
@@ -95,6 +95,7 @@ def test_bad_task_configuration_is_one_line(tmp_path, tiny_root, capsys, overrid
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_seven_class_dataset_trains_validates_and_grades(tmp_path):
     root = tmp_path / "seven"
     write_random_dataset(
@@ -163,6 +164,7 @@ def test_checkpoints_from_before_tasks_as_data_still_load(tmp_path, tiny_root):
     assert set(migrated["state_dict"]) == set(ckpt["state_dict"])
 
 
+@pytest.mark.slow
 def test_three_task_procedural_run_fits_tests_grades_predicts_and_exports(tmp_path, capsys):
     """semseg + depth + normals through the command line, one training step each."""
     from PIL import Image

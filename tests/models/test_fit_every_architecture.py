@@ -10,9 +10,10 @@ import torch
 
 from scenemtl.cli import main
 from scenemtl.models import ARCHITECTURES
-from tests.engine.conftest import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_one_step_fit_through_the_cli(architecture: str, tmp_path: Path, tiny_root: Path) -> None:
     cfg = tiny_config(
@@ -40,6 +41,7 @@ def test_one_step_fit_through_the_cli(architecture: str, tmp_path: Path, tiny_ro
     assert (net["architecture"] if isinstance(net, dict) else net.architecture) == architecture
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space", ["inverse", "log"])
 def test_adaptive_bins_fit_in_other_depth_spaces(
     space: str, tmp_path: Path, tiny_root: Path

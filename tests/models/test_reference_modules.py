@@ -17,7 +17,7 @@ from scenemtl.models.encoders.resnet import stage_channels
 from scenemtl.models.mtan import refinement_block
 from scenemtl.models.mtinet import FeaturePropagation
 from scenemtl.tasks import legacy_heads
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.models.nets import HEADS, small
 
 
@@ -173,6 +173,7 @@ ONE_STEP = {
 }
 
 
+@pytest.mark.slow
 def test_cross_stitch_fit_starts_from_single_task_runs(tmp_path: Path, tiny_root: Path) -> None:
     """A real single-task run's checkpoint initializes both trunks, in and through the CLI."""
     single = tiny_config(
@@ -187,7 +188,7 @@ def test_cross_stitch_fit_starts_from_single_task_runs(tmp_path: Path, tiny_root
     ckpt = tmp_path / "single" / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     weights = {"semseg": str(ckpt), "depth": str(ckpt)}
-    # the tiny runs' encoders are 16 wide (tests/engine/conftest.py)
+    # the tiny runs' encoders are 16 wide (tests/helpers.py)
     model = build_model(small("cross_stitch", weights=weights, encoder_width=16), HEADS)
     for task in HEADS:
         for key, value in model.encoders[task].state_dict().items():

@@ -9,8 +9,8 @@ from PIL import Image
 from scenemtl.data.mtan import read_image
 from scenemtl.errors import UserError
 from scenemtl.page.examples import dataset_examples
-from tests.conftest import write_random_dataset
 from tests.data.mtan_trees import write_mtan_tree
+from tests.helpers import write_random_dataset
 
 
 def test_a_miniscapes_root_offers_its_first_val_and_test_files(tmp_path):

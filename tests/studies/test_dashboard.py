@@ -14,7 +14,7 @@ import yaml
 
 from scenemtl.studies.runner import RUN_ATTR, SEED_ATTR, VARIANT_ATTR, default_storage
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
-from tests.engine.conftest import REPO
+from tests.helpers import REPO
 from tests.studies.test_runner import scenemtl
 
 

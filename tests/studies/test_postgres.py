@@ -20,7 +20,7 @@ import yaml
 from scenemtl.errors import UserError
 from scenemtl.reporting.run_dir import RunFamily
 from scenemtl.studies.runner import database_url
-from tests.engine.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.studies.postgres_server import create_database, postgres_server, why_no_server
 from tests.studies.test_runner import scenemtl, write_study
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from scenemtl.reporting.run_dir import RunFamily
-from tests.engine.conftest import REPO, read_metrics, tiny_config
+from tests.helpers import REPO, read_metrics, tiny_config
 
 pytestmark = pytest.mark.slow
 

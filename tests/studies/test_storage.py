@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
-from tests.engine.conftest import REPO
+from tests.helpers import REPO
 
 OPENER = textwrap.dedent(
     """
@@ -32,6 +33,7 @@ OPENER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_workers_released_together_all_open_a_new_database(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     go = tmp_path / "go"

@@ -47,12 +47,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 PANEL_SUFFIX = "_panel.png"
 
 
-def output_suffixes(task_names: Sequence[str]) -> tuple[str, ...]:
-    """The file name suffixes written per image, for these tasks."""
-    per_task = [s for name in task_names for s in (f"_{name}.png", f"_{name}_color.png")]
-    return (*per_task, PANEL_SUFFIX)
-
-
 # --------------------------------------------------------------------------------------
 # inputs
 

@@ -21,7 +21,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -530,7 +530,3 @@ def rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except ValueError as e:
         raise DataFormatError(f"{path}: mode {mode} cannot be read as RGB ({e})") from None
-
-
-def iter_indices(info: DatasetInfo, split: str) -> Iterator[int]:
-    yield from range(info.split_size(split))

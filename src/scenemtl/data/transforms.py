@@ -148,22 +148,6 @@ def normalize_rgb(rgb: Tensor) -> Tensor:
     return (rgb.to(torch.float32) / 255.0 - mean) / std
 
 
-def denormalize_rgb(image: Tensor) -> Tensor:
-    """Inverse of :func:`normalize_rgb`, for visualization.
-
-    Args:
-        image: float ``[B, 3, H, W]`` (or ``[3, H, W]``), ImageNet-normalized.
-
-    Returns:
-        uint8 of the same shape, rounded and clipped to 0..255.
-    """
-    if image.ndim < 3 or image.shape[-3] != 3:
-        raise ValueError(f"image must have shape [..., 3, H, W], got {tuple(image.shape)}")
-    mean, std = _stats(image)
-    rgb = (image.to(torch.float32) * std + mean) * 255.0
-    return rgb.round().clamp(0, 255).to(torch.uint8)
-
-
 def prepare_eval_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
     """The validation/test/predict transform: no geometry, only normalization.
 

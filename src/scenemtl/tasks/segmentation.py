@@ -15,7 +15,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from scenemtl.codecs.classes import IGNORE_INDEX, read_semseg
-from scenemtl.errors import DataFormatError, UserError
+from scenemtl.errors import DataFormatError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.counting import count_values
 from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
@@ -353,13 +353,3 @@ class SegmentationTask(Task):
     ) -> Tensor:
         """Class ids drawn uniformly from this task's class table, int64 [B,H,W]."""
         return torch.randint(0, self.channels, (batch, height, width), generator=generator)
-
-
-def check_label_values(labels: Tensor, num_classes: int, where: str) -> None:
-    """Raise UserError if ``labels`` hold a value outside ``0..num_classes-1`` and 255."""
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        raise UserError(
-            f"{where}: label value {int(labels[bad][0])} outside 0..{num_classes - 1} and "
-            f"{IGNORE_INDEX}"
-        )

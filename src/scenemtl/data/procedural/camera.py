@@ -130,25 +130,6 @@ class Camera:
         rects[empty] = 0
         return rects
 
-    def pixel_rect(self, points: np.ndarray) -> tuple[int, int, int, int] | None:
-        """Pixel rows/cols [r0, r1) x [c0, c1) whose centres can see the convex hull of
-        ``points`` [N, 3]; ``None`` when no pixel can.
-
-        A hull partly behind the camera gets the whole image, which is conservative.
-        """
-        uv, z = self.project(points)
-        if np.all(z < NEAR):
-            return None
-        if np.any(z < NEAR):
-            return 0, self.height, 0, self.width
-        c0 = max(0, math.ceil(uv[:, 0].min() - 0.5) - 1)
-        c1 = min(self.width, math.floor(uv[:, 0].max() - 0.5) + 2)
-        r0 = max(0, math.ceil(uv[:, 1].min() - 0.5) - 1)
-        r1 = min(self.height, math.floor(uv[:, 1].max() - 0.5) + 2)
-        if c0 >= c1 or r0 >= r1:
-            return None
-        return r0, r1, c0, c1
-
 
 def make_camera(rng: np.random.Generator, size: tuple[int, int], x: float = 0.0) -> Camera:
     """A camera 1.2-1.7 m above the road at lateral position ``x``, looking along +z

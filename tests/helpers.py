@@ -1,4 +1,8 @@
-"""A tiny dataset and config shared by the engine tests (a few seconds per fit)."""
+"""Helpers the tests share: tiny datasets, tiny configs, running the CLI in a child process.
+
+Plain functions, imported by the tests that need them (``from tests.helpers import ...``);
+the fixtures built from them live in the conftest files.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,65 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+from scenemtl.data.format import DISPARITY8, DatasetInfo, encodable_range, write_info, write_sample
+
+
+def write_random_dataset(
+    root: Path,
+    sizes: dict[str, int] | None = None,
+    image_size: tuple[int, int] = (24, 40),
+    depth_encoding: str = DISPARITY8,
+    test_gt: bool = True,
+    seed: int = 0,
+    num_classes: int = 19,
+) -> DatasetInfo:
+    """A tiny dataset with random RGB, labels (incl. ignore) and depth (incl. invalid).
+
+    ``num_classes`` other than 19 writes a class table of that many made-up classes.
+    """
+    sizes = sizes or {"train": 4, "val": 2, "test": 2}
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    lo, hi = encodable_range(depth_encoding)
+    hi = min(hi, 300.0)
+    for split, n in sizes.items():
+        gt = test_gt or split != "test"
+        for i in range(n):
+            rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            semseg = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
+            semseg[rng.random((h, w)) < 0.1] = 255
+            depth = np.exp(rng.uniform(np.log(max(lo, 4.0)), np.log(hi), (h, w)))
+            depth[: h // 6] = 0.0  # "sky"
+            write_sample(
+                root,
+                split,
+                i,
+                rgb,
+                semseg if gt else None,
+                depth if gt else None,
+                depth_encoding=depth_encoding,
+                rgb_extension=".png",
+                num_classes=num_classes,
+            )
+    info = DatasetInfo(
+        name="random",
+        image_size=image_size,
+        splits={s: {"size": n, "gt": test_gt or s != "test"} for s, n in sizes.items()},
+        depth_encoding=depth_encoding,
+        depth_range_m=(max(lo, 4.0) if depth_encoding == DISPARITY8 else lo, hi),
+        rgb_extension=".png",
+        classes=[]
+        if num_classes == 19
+        else [
+            {"name": f"class{i}", "color": [37 * i % 256, 91 * i % 256, 53 * i % 256]}
+            for i in range(num_classes)
+        ],
+    )
+    write_info(root, info)
+    return info
 
 
 def tiny_config(tmp_path: Path, root: Path, **overrides) -> Path:
@@ -62,7 +124,8 @@ def tiny_config(tmp_path: Path, root: Path, **overrides) -> Path:
     return path
 
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root (the child processes' working folder)."""
 
 
 def run_scenemtl(*argv: str) -> subprocess.CompletedProcess:
