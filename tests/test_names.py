@@ -66,8 +66,13 @@ def test_ordinary_names_pass(name):
 def test_a_name_is_exactly_one_plain_path_component(text):
     """Independent statement of the rule: what passes is one component that resolves to
     a child of its root, made of the allowed characters."""
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
-    expected = 1 <= len(text) <= NAME_MAX and set(text) <= allowed and text[0] not in "_-."
+    alnum = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    # docs/reliability.md "Names": letters, digits and _ first; then also . = + , @ % -
+    # (study variants are named like lr=0.01,bs=8)
+    allowed = alnum | set("_.=+,@%-")
+    expected = (
+        1 <= len(text) <= NAME_MAX and set(text) <= allowed and text[0] in alnum | {"_"}
+    )
     assert is_name(text) == expected
     if expected:
         root = Path("/r")

@@ -42,6 +42,7 @@ import json
 import math
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -302,6 +303,9 @@ _NPY_HEADER_MAX = 10_000
 """Longest header accepted (numpy's own default for untrusted files)."""
 
 
+_AST_LOCK = threading.Lock()
+
+
 def read_npy_header(f: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:
     """(shape, dtype, fortran_order) of the ``.npy`` file open at its start, checked.
 
@@ -316,12 +320,20 @@ def read_npy_header(f: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype,
     fmt = np.lib.format
     try:
         version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=_NPY_HEADER_MAX)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=_NPY_HEADER_MAX)
-        else:
-            raise ValueError(f"format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
+        # numpy parses the header with ast.literal_eval, which CPython 3.11 can fail
+        # ("SystemError: AST constructor recursion depth mismatch") when threads (data
+        # check's pool) run it at once: one header at a time
+        with _AST_LOCK:
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(
+                    f, max_header_size=_NPY_HEADER_MAX
+                )
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(
+                    f, max_header_size=_NPY_HEADER_MAX
+                )
+            else:
+                raise ValueError(f"format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
     except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:
         raise DataFormatError(f"{path}: not a readable .npy array ({one_line_of(e)})") from None
     if dtype.kind not in "fiub" or dtype.hasobject or dtype.fields is not None:
