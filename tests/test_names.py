@@ -70,9 +70,7 @@ def test_a_name_is_exactly_one_plain_path_component(text):
     # docs/reliability.md "Names": letters, digits and _ first; then also . = + , @ % -
     # (study variants are named like lr=0.01,bs=8)
     allowed = alnum | set("_.=+,@%-")
-    expected = (
-        1 <= len(text) <= NAME_MAX and set(text) <= allowed and text[0] in alnum | {"_"}
-    )
+    expected = 1 <= len(text) <= NAME_MAX and set(text) <= allowed and text[0] in alnum | {"_"}
     assert is_name(text) == expected
     if expected:
         root = Path("/r")

@@ -76,6 +76,39 @@ def _metrics(run: RunDir | None) -> str | None:
     return format_best(summary)
 
 
+STUDY_RESULTS = Path("report") / "results.csv"
+"""Where ``scenemtl study report`` writes a study's table (with Δm per variant)."""
+
+
+def _study_delta(run: RunDir | None) -> str | None:
+    """The line on Δm when the run belongs to a study that was reported: a study's runs
+    are ``<study>/<variant>/seed_<s>/version_<n>`` and its report's ``results.csv`` holds
+    each variant's Δm (mean ± std over seeds) against the single-task baselines."""
+    if run is None:
+        return None
+    variant_dir = run.path.parent.parent
+    study_dir = variant_dir.parent
+    table = study_dir / STUDY_RESULTS
+    if not run.path.parent.name.startswith("seed_") or not table.is_file():
+        return None
+    import csv
+
+    try:
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    row = next((r for r in rows if r.get("variant") == variant_dir.name), None)
+    delta = (row or {}).get("Δm (%)")
+    if not delta:
+        return None
+    return (
+        f"In study `{study_dir.name}` (variant `{variant_dir.name}`, {row.get('runs', '?')} "
+        f"seeds): Δm = {delta} % against the single-task baselines (mean signed relative "
+        f"difference over the tasks, positive is better; from `{STUDY_RESULTS}`)."
+    )
+
+
 def model_card(model: Model, config: dict[str, Any], has_training_config: bool) -> str:
     """The ``README.md`` of ``model``'s folder (``config``: its config.json)."""
     run = run_of(model.source)
@@ -138,6 +171,8 @@ def model_card(model: Model, config: dict[str, Any], has_training_config: bool) 
         lines += ["## Training", "", *training, ""]
     if metrics := _metrics(run):
         lines += ["## Metrics", "", metrics, ""]
+    if delta := _study_delta(run):
+        lines += [delta, ""]
     for task_name, task in tasks.items():
         classes = task["spec"].get("classes")
         if task["spec"].get("kind") != "segmentation" or not classes:

@@ -246,3 +246,27 @@ def test_weights_of_another_network_are_one_line(api_folder, tmp_path):
     save_file(state, folder / "model.safetensors")
     with pytest.raises(UserError, match=f"missing {dropped}"):
         scenemtl.load(folder)
+
+
+@pytest.mark.slow
+def test_the_card_of_a_study_run_gives_its_variants_delta_m(api_ckpt, tmp_path):
+    """A run inside a reported study (<study>/<variant>/seed_<s>/version_<n>): the card
+    quotes the variant's Δm from the study's report/results.csv."""
+    import scenemtl
+
+    run = api_ckpt.parent.parent
+    study = tmp_path / "streets"
+    copied = study / "joint_upgrad" / "seed_0" / "version_0"
+    shutil.copytree(run, copied)
+    (study / "report").mkdir()
+    with open(study / "report" / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["variant", "runs", "Δm (%)"])
+        writer.writeheader()
+        writer.writerow({"variant": "single_semseg", "runs": "3/3", "Δm (%)": ""})
+        writer.writerow({"variant": "joint_upgrad", "runs": "3/3", "Δm (%)": "+1.50 ± 0.20"})
+    model = scenemtl.load(copied / "checkpoints" / "best.ckpt")
+    card = (model.save(tmp_path / "saved") / "README.md").read_text()
+    assert "In study `streets` (variant `joint_upgrad`, 3/3 seeds): Δm = +1.50 ± 0.20 %" in card
+    # the same run outside a study: no such line
+    plain = scenemtl.load(api_ckpt).save(tmp_path / "plain")
+    assert "Δm" not in (plain / "README.md").read_text()
