@@ -29,6 +29,7 @@ def lint_imports(src: Path, cwd: Path) -> subprocess.CompletedProcess:
 pytestmark = pytest.mark.skipif(not LINT.exists(), reason="import-linter not installed")
 
 
+@pytest.mark.slow
 def test_the_import_contracts_hold(tmp_path):
     proc = lint_imports(ROOT / "src", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -46,6 +47,7 @@ def test_the_import_contracts_hold(tmp_path):
         ("reporting/run_dir.py", "import scenemtl.reporting.runs", "No import cycles"),
     ],
 )
+@pytest.mark.slow
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, broken):
     src = tmp_path / "src"
     shutil.copytree(

@@ -21,12 +21,14 @@ def test_child_env_names_this_process():
     assert child_env({"A": "1"}) == {"A": "1", PARENT_PID_ENV: str(os.getpid())}
 
 
+@pytest.mark.slow
 def test_a_child_of_its_parent_lives_and_an_ordinary_process_is_untouched():
     assert _run(child_env()).stdout == "alive\n"
     plain = {k: v for k, v in os.environ.items() if k != PARENT_PID_ENV}
     assert _run(plain).stdout == "alive\n"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
 def test_a_child_whose_parent_is_gone_exits_at_once():
     # the variable names another process than the actual parent: that parent has died

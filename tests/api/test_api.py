@@ -42,6 +42,7 @@ def run_command_predict(argv: list[str]) -> int:
     return _run_guarded(lambda: args.func(args))
 
 
+@pytest.mark.slow
 def test_readme_lines_run_and_hold(api_ckpt, api_images, tmp_path, monkeypatch):
     """Every line of the README's Python block, in a folder laid out as after `make demo`
     (runs/demo/version_0 = the tiny run; photos/ = two images; JPEG as in the README)."""
@@ -237,6 +238,7 @@ def test_cuda_when_there_is_none(api_ckpt):
     assert model.to("cpu") is model and next(model.module.parameters()).device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_import_scenemtl_stays_cheap():
     """`import scenemtl` loads neither torch nor Lightning; `scenemtl.load` appears on use."""
     code = "import sys, scenemtl; print([m for m in ('torch', 'lightning') if m in sys.modules])"

@@ -59,6 +59,7 @@ def test_bench_reports_all_figures(tmp_path, tiny_root):
     assert "matmul peak (32-true)" in text and ("% of peak" in text or "peak n/a" in text)
 
 
+@pytest.mark.slow
 def test_bench_times_the_datas_tasks_class_table_and_balancing_options(tmp_path):
     """The issue's bug: bench timed a 19-class semseg + depth network whatever the data.
     On a 7-class table with normals it times a 7-channel semseg head and a normals head,

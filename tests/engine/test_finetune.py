@@ -176,6 +176,7 @@ def _state(m: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in m.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(caplog):
     torch.manual_seed(0)
     module = MultiTaskModule(net=NET, optimizer="adamw", lr=1e-2, freeze_encoder=True)
@@ -246,6 +247,7 @@ def test_lora_starts_as_the_base_layer_and_learns_a_low_rank_update():
     ]
 
 
+@pytest.mark.slow
 def test_lora_on_a_vit_trains_only_adapters_and_heads(tiny_vits, caplog):
     module = vit_module(TINY, optimizer="adamw", lr=1e-2)
     enc = module.net.encoder
@@ -334,6 +336,7 @@ def test_no_weight_decay_on_1d_parameters_and_vit_embeddings(tiny_vits):
     assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
 
 
+@pytest.mark.slow
 def test_fit_from_the_command_line_with_fine_tuning_options(tmp_path, tiny_root, capfd, caplog):
     """The options as a user gives them (a YAML config, a LoRA mapping refused on the
     ResNet in one line), the trainable count printed, the schedule in the checkpoint."""

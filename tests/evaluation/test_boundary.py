@@ -263,6 +263,7 @@ def test_shared_work_across_thresholds_gives_the_per_threshold_counts(seed, quan
     np.testing.assert_array_equal(counts, expected)
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_counts_and_scores():
     rng = np.random.default_rng(5)
     gts = np.zeros((3, H, W), dtype=bool)

@@ -134,6 +134,7 @@ def test_task_record_of_no_task_is_empty():
     assert task_record([]) == {"tasks": [], "directions": {}, "labels": {}, "units": {}}
 
 
+@pytest.mark.slow
 def test_reading_and_tabling_runs_loads_no_torch(tmp_path):
     _trace(
         tmp_path / "runs" / "demo" / "version_0",

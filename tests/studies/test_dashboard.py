@@ -44,6 +44,7 @@ def write_study_with_trials(tmp_path):
     return study
 
 
+@pytest.mark.slow
 def test_a_study_that_was_never_run_is_one_line(tmp_path):
     study = tmp_path / "study.yaml"
     (tmp_path / "c.yaml").write_text("{}")
