@@ -109,6 +109,7 @@ def test_predict_equals_the_predict_command_for_every_input_type(api_ckpt, api_i
 
 
 @pytest.mark.float_paths
+@pytest.mark.slow
 def test_predictions_are_the_module_forward(api_ckpt, api_images):
     """Model.predict against an independent forward of the module (normalize, forward,
     argmax / decode), batched: labels away from near ties, depth within 1e-5 relative
