@@ -81,6 +81,7 @@ def test_readme_lines_run_and_hold(api_ckpt, api_images, tmp_path, monkeypatch):
     assert files <= {p.name for p in saved.iterdir()}
 
 
+@pytest.mark.slow
 def test_predict_equals_the_predict_command_for_every_input_type(api_ckpt, api_images, tmp_path):
     """The command's PNGs against Model.predict on a path, a PIL image, an array and a
     list: one inference path with batches of one image each, so equal exactly."""
@@ -126,6 +127,7 @@ def test_predictions_are_the_module_forward(api_ckpt, api_images):
         np.testing.assert_allclose(got[k]["depth"], depth, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_tta_true_is_the_commands_tta_and_changes_predictions(api_ckpt, api_images, tmp_path):
     out = tmp_path / "tta"
     argv = ["--ckpt_path", str(api_ckpt), "--input", str(api_images / "b.png")]
@@ -176,6 +178,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo, *culprits: str) -> str:
     return text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bad, culprits",
     [
@@ -198,6 +201,7 @@ def test_bad_images_are_one_line(api_ckpt, tmp_path, bad, culprits):
     one_line_error(exc, *culprits)
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_one_line(api_ckpt, monkeypatch):
     model = scenemtl.load(api_ckpt)
     image = np.zeros((8, 9, 3), np.uint8)
@@ -228,6 +232,7 @@ def test_load_of_a_missing_path_is_one_line(tmp_path, missing):
     one_line_error(exc, missing, "not found")
 
 
+@pytest.mark.slow
 def test_cuda_when_there_is_none(api_ckpt):
     model = scenemtl.load(api_ckpt)
     if torch.cuda.is_available():

@@ -33,6 +33,7 @@ def read_safetensors(path: Path) -> tuple[dict, bytes]:
     return header, raw[8 + n :]
 
 
+@pytest.mark.slow
 def test_layout_config_and_classes(api_ckpt, api_folder):
     assert {p.name for p in api_folder.iterdir()} == FILES
     config = json.loads((api_folder / "config.json").read_text())
@@ -64,6 +65,7 @@ def test_layout_config_and_classes(api_ckpt, api_folder):
     assert len(classes["semseg"]) == 19
 
 
+@pytest.mark.slow
 def test_weights_are_safetensors_of_the_network(api_ckpt, api_folder):
     """The file parsed by the format's specification: exactly the network's and tasks'
     tensors, with the checkpoint's values (stored, not computed: equal bit for bit)."""
@@ -80,6 +82,7 @@ def test_weights_are_safetensors_of_the_network(api_ckpt, api_folder):
         np.testing.assert_array_equal(array, kept[name].numpy())
 
 
+@pytest.mark.slow
 def test_model_card_reads_back(api_ckpt, api_folder):
     card = (api_folder / "README.md").read_text()
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
@@ -103,6 +106,7 @@ def test_model_card_reads_back(api_ckpt, api_folder):
     assert "| 0 | road | (128, 64, 128) |" in body and "| 18 | bicycle |" in body
 
 
+@pytest.mark.slow
 @pytest.mark.float_paths
 def test_save_load_round_trip_predicts_the_same(api_ckpt, api_folder):
     """Same weights (checked exactly above), rebuilt network: logits within LOGIT_MARGIN
@@ -128,6 +132,7 @@ def test_save_load_round_trip_predicts_the_same(api_ckpt, api_folder):
     np.testing.assert_allclose(got["depth"], want["depth"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_loading_a_folder_never_unpickles(api_folder, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("unpickling while loading a model folder")
@@ -141,6 +146,7 @@ def test_loading_a_folder_never_unpickles(api_folder, monkeypatch):
     assert model.card == (api_folder / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_saving_a_loaded_folder_keeps_its_card_and_replaces_atomically(api_folder, tmp_path):
     target = tmp_path / "again"
     scenemtl.load(api_folder).save(target)
@@ -154,6 +160,7 @@ def test_saving_a_loaded_folder_keeps_its_card_and_replaces_atomically(api_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
 
 
+@pytest.mark.slow
 def test_a_failed_save_leaves_nothing(api_folder, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -165,6 +172,7 @@ def test_a_failed_save_leaves_nothing(api_folder, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_save_refuses_a_folder_with_other_files(api_folder, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -183,6 +191,7 @@ def _edit_config(folder: Path, edit) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, culprits",
     [
@@ -234,6 +243,7 @@ def test_broken_folders_are_one_line(api_folder, tmp_path, damage, culprits):
         assert c in text, (c, text)
 
 
+@pytest.mark.slow
 def test_weights_of_another_network_are_one_line(api_folder, tmp_path):
     """A tensor missing from the weights is named."""
     from safetensors.torch import load_file, save_file

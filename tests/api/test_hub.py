@@ -106,6 +106,7 @@ def test_uri_parsing():
             parse_hub_uri(bad)
 
 
+@pytest.mark.slow
 def test_load_from_the_cache_offline(api_folder, hub_cache, offline):
     fill_hub_cache(hub_cache, "user/demo", api_folder)
     model = scenemtl.load("hf://user/demo")
@@ -117,6 +118,7 @@ def test_load_from_the_cache_offline(api_folder, hub_cache, offline):
     assert model.predict(rgb)["depth"].shape == (16, 24)
 
 
+@pytest.mark.slow
 def test_one_file_and_a_repository_that_is_not_a_model(api_folder, hub_cache, offline, tmp_path):
     """download() with a file name (encoder weights) reads the cached file; a repository
     without a model folder is one line naming it."""
@@ -136,6 +138,7 @@ def test_one_file_and_a_repository_that_is_not_a_model(api_folder, hub_cache, of
     assert "not a scenemtl model folder" in str(exc.value)
 
 
+@pytest.mark.slow
 def test_predict_and_export_commands_read_the_hub_cache(
     api_folder, api_images, hub_cache, offline, tmp_path, monkeypatch, capsys
 ):
@@ -275,6 +278,7 @@ class FakeHub:
         return httpx2.Response(500, json={"error": "unexpected request in the test"})
 
 
+@pytest.mark.slow
 def test_push_a_checkpoint_uploads_the_saved_folder(api_ckpt, api_folder, http, tmp_path, capsys):
     hub = FakeHub("user/demo-model")
     http(hub)
@@ -298,6 +302,7 @@ def test_push_a_checkpoint_uploads_the_saved_folder(api_ckpt, api_folder, http, 
     same_weights(scenemtl.load(uploaded), scenemtl.load(api_ckpt))
 
 
+@pytest.mark.slow
 def test_push_a_folder_uploads_it_as_it_is(api_folder, http, tmp_path):
     folder = tmp_path / "demo-model"
     scenemtl.load(api_folder).save(folder)
@@ -312,6 +317,7 @@ def test_push_a_folder_uploads_it_as_it_is(api_folder, http, tmp_path):
     assert set(hub.files) == {p.name for p in folder.iterdir()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "source, repo, status, culprits",
     [
@@ -336,6 +342,7 @@ def test_push_failures_are_one_line(
     assert hub.files == {}
 
 
+@pytest.mark.slow
 def test_push_offline_is_one_line(api_folder, offline, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["hub", "push", str(api_folder), "user/demo"])
@@ -343,6 +350,7 @@ def test_push_offline_is_one_line(api_folder, offline, capsys):
     assert exc.value.code == 1 and "HF_HUB_OFFLINE" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_push_without_network_is_one_line(api_folder, http, capsys):
     def unreachable(request: httpx2.Request) -> httpx2.Response:
         raise httpx2.ConnectError("Name or service not known", request=request)

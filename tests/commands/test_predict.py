@@ -270,6 +270,7 @@ def write_video(path, count, size=(37, 53), fps=7):
             writer.write(np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR)))
 
 
+@pytest.mark.slow
 def test_video_gives_a_video_of_panels_and_each_frames_pngs(ckpt, tmp_path, capsys):
     pytest.importorskip("av")
     from scenemtl.video import VideoReader
@@ -300,6 +301,7 @@ def test_video_gives_a_video_of_panels_and_each_frames_pngs(ckpt, tmp_path, caps
     assert agree > 0.99, agree
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, content, message",
     [
