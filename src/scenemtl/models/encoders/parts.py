@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.encoders.base import state_dict_mismatch
 
 
 def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
@@ -101,32 +102,6 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def state_dict_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, object]) -> str:
-    """One line telling how ``given`` differs from ``expected`` in keys or shapes ("" if
-    it fits)."""
-
-    def first(keys: set[str]) -> str:
-        shown = sorted(keys)[:3]
-        return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-    parts = []
-    missing, unexpected = set(expected) - set(given), set(given) - set(expected)
-    if missing:
-        parts.append(f"{len(missing)} missing keys ({first(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys ({first(unexpected)})")
-    for key in sorted(set(expected) & set(given)):
-        value = given[key]
-        if not isinstance(value, Tensor):
-            parts.append(f"{key} is not a tensor")
-            break
-        if value.shape != expected[key].shape:
-            shapes = f"{list(value.shape)}, expected {list(expected[key].shape)}"
-            parts.append(f"{key} has shape {shapes}")
-            break
-    return "; ".join(parts)
 
 
 def load_published_state_dict(
