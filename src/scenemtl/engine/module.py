@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from scenemtl.balancing import BALANCERS, accepted_options, build_balancer
-from scenemtl.balancing.base import TrainingStep
+from scenemtl.balancing.base import TrainingStep, present_mask
 from scenemtl.balancing.conflict import gradient_conflict
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.checkpoint import check_tasks, migrate_checkpoint, read_checkpoint
@@ -358,7 +358,9 @@ class MultiTaskModule(L.LightningModule):
         batch_size = image.shape[0]
         self.log("train/loss", losses.total.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in losses.tasks.items():
-            self.log(f"train/loss_{name}", value.detach(), batch_size=batch_size)
+            # a task's epoch mean is over its labelled samples (partial labels)
+            if losses.labelled[name]:
+                self.log(f"train/loss_{name}", value.detach(), batch_size=losses.labelled[name])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
         every = self.hparams.get("grad_monitor_every", 0)
         monitor = len(self.tasks) > 1 and every > 0 and self.global_step % every == 0
@@ -368,10 +370,12 @@ class MultiTaskModule(L.LightningModule):
                 representation=list(shared.values()),
                 cut=list(cut.values()),
                 monitor=monitor,
+                present=present_mask(list(self.tasks), losses.present, image.device),
             ),
             weights=losses.weights,
             monitor=monitor,
             batch_size=batch_size,
+            present=losses.present,
         )
         return losses.total
 
@@ -393,7 +397,8 @@ class MultiTaskModule(L.LightningModule):
         if record is None:
             return
         for name, value in record.weights.items():
-            self.log(f"train/weight_{name}", float(value), batch_size=record.batch_size)
+            if record.present.get(name, True):  # an absent task has no weight this step
+                self.log(f"train/weight_{name}", float(value), batch_size=record.batch_size)
         if record.monitor and record.gramian is not None:
             for key, value in gradient_conflict(record.gramian, list(self.tasks)).items():
                 self.log(f"train/{key}", value, batch_size=record.batch_size)
@@ -573,6 +578,7 @@ class _StepRecord:
     weights: dict[str, Any]  # task -> effective weight (logged)
     monitor: bool  # log the gradient conflict of this step
     batch_size: int
+    present: dict[str, bool] = field(default_factory=dict)  # task -> labelled in the batch
     gramian: Tensor | None = None  # [K, K] Gram matrix of the task gradients
 
 
