@@ -210,6 +210,11 @@ class MultiTaskModule(L.LightningModule):
         self._step: _StepRecord | None = None
         self.val_metrics = MultiTaskMetrics(self.task_list)
         self.test_metrics = MultiTaskMetrics(self.task_list)
+        # several datasets in one run (data.datasets): each one's metrics on its own tasks,
+        # beside the combined ones above; set up from the DataModule (see setup)
+        self.dataset_names: list[str] = []
+        self.val_metrics_by = nn.ModuleDict()
+        self.test_metrics_by = nn.ModuleDict()
         self.register_buffer("stats_adopted", torch.tensor(False), persistent=True)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -287,6 +292,17 @@ class MultiTaskModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and not bool(self.stats_adopted):
             self.adopt_dataset_stats(datamodule.info.stats)
+        if datamodule is not None and getattr(datamodule, "dataset_names", None):
+            self.set_datasets(datamodule.dataset_tasks())
+
+    def set_datasets(self, dataset_tasks: dict[str, list[str]]) -> None:
+        """Score each of several datasets on its own (``data.datasets``): dataset name ->
+        the run's tasks it has labels for, in the order of the validation loaders."""
+        self.dataset_names = list(dataset_tasks)
+        for store in (self.val_metrics_by, self.test_metrics_by):
+            store.clear()
+            for name, tasks in dataset_tasks.items():
+                store[name] = MultiTaskMetrics([self.tasks[t] for t in tasks]).to(self.device)
 
     # ----------------------------------------------------------------------------------
     # steps
@@ -428,12 +444,22 @@ class MultiTaskModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.criterion.weighting.on_epoch_end()
 
-    def _evaluate(self, batch: dict[str, Tensor], metrics: MultiTaskMetrics, stage: str) -> None:
+    def _evaluate(
+        self, batch: dict[str, Tensor], metrics: MultiTaskMetrics, stage: str, loader: int = 0
+    ) -> None:
         if not all(name in batch for name in self.tasks):
             return  # a split without ground truth: nothing to score
         outputs = self.eval_outputs(batch["image"])
         losses = self.criterion(outputs, batch)
-        self.log(f"{stage}/loss", losses.total, batch_size=batch["image"].shape[0], sync_dist=True)
+        size = batch["image"].shape[0]
+        if self.dataset_names:  # one loader per dataset: its loss under its name
+            name = self.dataset_names[loader]
+            self.log(
+                f"{stage}/{name}/loss", losses.total, batch_size=size, sync_dist=True,
+                add_dataloader_idx=False,
+            )  # fmt: skip
+        else:
+            self.log(f"{stage}/loss", losses.total, batch_size=size, sync_dist=True)
         preds = self.decode(outputs)
         for name, pred in preds.items():
             # the metrics would refuse them with a bug's traceback; this is the weights'
@@ -444,28 +470,40 @@ class MultiTaskModule(L.LightningModule):
                     "rate or check the data"
                 )
         metrics.update(preds, batch)
+        if self.dataset_names:
+            by = self.val_metrics_by if stage == "val" else self.test_metrics_by
+            own = by[self.dataset_names[loader]]
+            own.update({k: preds[k] for k in own.tasks}, batch)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._evaluate(batch, self.val_metrics, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, self.test_metrics, "test", dataloader_idx)
 
-    def _log_metrics(self, metrics: MultiTaskMetrics, stage: str) -> None:
+    def _log_metrics(self, metrics: MultiTaskMetrics, stage: str, prefix: str = "") -> None:
         if not metrics.update_count:
             return
         values = metrics.compute()
         # Metrics are already synced by torchmetrics; the headline metrics go to the bar.
-        shown = {*self.tasks, GRADER}
+        shown = {*self.tasks, GRADER} if not prefix else set()
         for key, value in values.items():
-            self.log(f"{stage}/{key}", value.float(), prog_bar=key in shown, sync_dist=False)
+            self.log(
+                f"{stage}/{prefix}{key}", value.float(), prog_bar=key in shown, sync_dist=False
+            )
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
+        for name, metrics in self.val_metrics_by.items():
+            self._log_metrics(metrics, "val", prefix=f"{name}/")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        for name, metrics in self.test_metrics_by.items():
+            self._log_metrics(metrics, "test", prefix=f"{name}/")
 
     # ----------------------------------------------------------------------------------
     # optimization
