@@ -112,6 +112,9 @@ class MultiTaskLoss(nn.Module):
                 # the labelled samples only: the loss is theirs, whatever its reduction
                 target = target[mask]
                 preds = [p[mask.to(p.device)] for p in preds]
+            elif mask is not None and not counts[task.name]:
+                # no label at all: the loss of an all-fill target, a zero with its graph
+                target = torch.full_like(target, task.fill_value)
             losses = [self.task_loss(task, p, target) for p in preds]
             per_task[task.name] = torch.stack(losses).sum()
             parts[task.name] = [v.detach() for v in losses]
