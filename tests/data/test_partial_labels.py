@@ -148,3 +148,46 @@ def test_metrics_count_only_the_labelled_samples():
     ]
     assert len(images) == 2
     assert float(got["depth"]) == pytest.approx(np.mean(images), rel=1e-9)
+
+
+def test_the_grader_scores_a_partial_task_on_its_labelled_samples(tmp_path):
+    """semseg's file of sample 1 is missing (declared partial): the grade is the training
+    metric over samples 0 and 2; depth is scored on all three. Tolerance: the same
+    integer confusion matrix and float64 depth sums, one summation order: 1e-12."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from scenemtl.codecs.classes import read_semseg
+    from scenemtl.codecs.depth import read_depth
+    from scenemtl.commands.grader import grade
+    from scenemtl.data.format import label_path
+
+    root = tmp_path / "gt"
+    write_random_dataset(root, sizes={"test": 3}, image_size=(8, 10), seed=2)
+    gt_sem = {i: read_semseg(label_path(root, "test", "semseg", i)) for i in (0, 2)}
+    (root / "test/semseg/1.png").unlink()
+    write_info(root, dataclasses.replace(read_info(root), partial_tasks=["semseg"]))
+    rng = np.random.default_rng(1)
+    reference = MultiTaskMetrics(THREE[:1])
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as zf:
+        for i in range(3):
+            sem = rng.integers(0, 19, (8, 10)).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(sem).save(buffer, format="PNG")
+            zf.writestr(f"predictions/semseg/{i}.png", buffer.getvalue())
+            zf.writestr(
+                f"predictions/depth/{i}.png", label_path(root, "test", "depth", i).read_bytes()
+            )
+            if i in gt_sem:
+                reference.update(
+                    {"semseg": torch.from_numpy(sem.astype(np.int64))[None]},
+                    {"semseg": torch.from_numpy(gt_sem[i].astype(np.int64))[None]},
+                )
+    got = grade(tmp_path / "s.zip", root)
+    want = reference.compute()
+    assert got["semseg"] == pytest.approx(float(want["semseg"]), rel=1e-12)
+    assert got["semseg_pixacc"] == pytest.approx(float(want["semseg_pixacc"]), rel=1e-12)
+    assert got["depth_mae"] == pytest.approx(0.0, abs=1e-9)  # its own files: exact on all
+    assert read_depth(label_path(root, "test", "depth", 1)).shape == (8, 10)
