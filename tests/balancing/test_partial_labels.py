@@ -304,3 +304,16 @@ def test_nash_keeps_its_last_full_solution_through_a_partial_step():
         balancer.backward(g @ cut, [feature], [cut], [param], [], present=present)
     assert np.array_equal(balancer.aggregator.weighting.prvs_alpha, alpha)  # a copy, not math
     assert not math.isnan(float(param.grad.sum()))
+
+
+def test_dwa_loads_a_state_from_before_partial_labels():
+    """A checkpoint without ``task_count`` counted every step for every task."""
+    old = build_balancer("dwa", tasks=THREE)
+    old.train()
+    old({"semseg": torch.tensor(1.0), "depth": torch.tensor(2.0), "normals": torch.tensor(3.0)})
+    state = {k: v for k, v in old.state_dict().items() if k != "task_count"}
+    new = build_balancer("dwa", tasks=THREE)
+    new.load_state_dict(state, strict=True)
+    assert new.task_count.tolist() == [1.0, 1.0, 1.0]
+    new.on_epoch_end()
+    assert new.history[1].tolist() == [1.0, 2.0, 3.0]
