@@ -317,3 +317,69 @@ def test_dwa_loads_a_state_from_before_partial_labels():
     assert new.task_count.tolist() == [1.0, 1.0, 1.0]
     new.on_epoch_end()
     assert new.history[1].tolist() == [1.0, 2.0, 3.0]
+
+
+# -- DDP ------------------------------------------------------------------------------------
+
+DDP_CASES = [("mean", "parameters"), ("mgda", "parameters"), ("upgrad", "representation")]
+
+
+def ddp_batch():
+    """4 samples, no ignored pixel and l1 depth (each loss a plain pixel mean); depth
+    labelled on the first two only."""
+    gen = torch.Generator().manual_seed(3)
+    return {
+        "image": torch.randn(4, 3, 12, 16, generator=gen),
+        "semseg": torch.randint(0, 19, (4, 12, 16), generator=gen),
+        "depth": torch.rand(4, 12, 16, generator=gen) * 50 + 5,
+        LABELLED: {
+            "semseg": torch.ones(4, dtype=torch.bool),
+            "depth": torch.tensor([True, True, False, False]),
+        },
+    }
+
+
+def shared_gradients(method, wrt, batch):
+    grads, *_ = step(small_net(), method, TWO, batch, wrt=wrt)
+    return [grads[n] for n in ("trunk.weight", "trunk.bias")]
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        whole = ddp_batch()
+        half = {k: v[2 * rank : 2 * rank + 2] for k, v in whole.items() if k != LABELLED}
+        half[LABELLED] = {k: v[2 * rank : 2 * rank + 2] for k, v in whole[LABELLED].items()}
+        for method, wrt in DDP_CASES:
+            torch.save(shared_gradients(method, wrt, half), f"{out_dir}/{method}-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_one_without_a_task_make_the_update_of_one_on_the_union(tmp_path):
+    """Process 1 has no depth label: depth's row is process 0's alone (averaged over the
+    processes that have it), so the shared update is one process's on the whole batch.
+
+    Tolerance: float32 sums of the same terms in another grouping (halves, then their
+    mean), a few ulp per reduction over ~1e3 terms: 1e-4 of the largest entry."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _ddp_worker,
+        args=(str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    for method, wrt in DDP_CASES:
+        single = shared_gradients(method, wrt, ddp_batch())
+        ranks = [torch.load(tmp_path / f"{method}-{r}.pt") for r in range(2)]
+        for a, b in zip(*ranks, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)  # every process: the same update
+        for ddp, one in zip(ranks[0], single, strict=True):
+            scale = float(one.abs().max()) + 1e-12
+            torch.testing.assert_close(ddp, one, rtol=0, atol=1e-4 * scale, msg=method)

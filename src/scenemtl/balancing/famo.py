@@ -59,14 +59,14 @@ class FAMOWeighting(LossBalancer):
         self._synced: Tensor | None = None
 
     def observe(self, losses: Tensor, present: Tensor | None = None) -> None:
+        # the mean over the processes that have the task (NaN where none has it); every
+        # process takes part in the same all-reduce whatever its labels
         if present is None:
-            synced = all_reduce_mean(losses.detach().clone())
-        else:
-            # the mean over the processes that have the task; NaN where none has it
-            keep = present.to(losses.dtype)
-            acc = all_reduce_mean(torch.cat([torch.where(present, losses.detach(), 0.0), keep]))
-            k = self.num_tasks
-            synced = torch.where(acc[k:] > 0, acc[:k] / acc[k:].clamp(min=1e-30), math.nan)
+            present = torch.ones_like(losses, dtype=torch.bool)
+        keep = present.to(losses.dtype)
+        acc = all_reduce_mean(torch.cat([torch.where(present, losses.detach(), 0.0), keep]))
+        k = self.num_tasks
+        synced = torch.where(acc[k:] > 0, acc[:k] / acc[k:].clamp(min=1e-30), math.nan)
         previous = self.famo._prev_losses
         if previous is not None:
             both = torch.isfinite(synced) & torch.isfinite(previous.to(synced))

@@ -342,10 +342,12 @@ class GradientBalancer(LossBalancer):
         process) and the factor [K'] that turns each row's mean over all processes into
         its mean over the processes that have the task (ones without partial labels)."""
         world = distributed_world()
-        if present is None:
+        if present is None and world == 1:
             return list(self.active), torch.ones(len(self.active))
+        if present is None:
+            present = torch.ones(self.num_tasks, dtype=torch.bool)
         counts = present.to(device=device, dtype=torch.float64)
-        if world > 1:  # every process must combine the same rows
+        if world > 1:  # every process must combine the same rows (and take part here)
             counts = all_reduce_mean(counts.clone()) * world
         counts = counts.cpu()
         tasks = [i for i in self.active if float(counts[i]) > 0]
