@@ -454,10 +454,8 @@ class MultiTaskModule(L.LightningModule):
         size = batch["image"].shape[0]
         if self.dataset_names:  # one loader per dataset: its loss under its name
             name = self.dataset_names[loader]
-            self.log(
-                f"{stage}/{name}/loss", losses.total, batch_size=size, sync_dist=True,
-                add_dataloader_idx=False,
-            )  # fmt: skip
+            key = f"{stage}/{name}/loss"
+            self.log(key, losses.total, batch_size=size, sync_dist=True, add_dataloader_idx=False)
         else:
             self.log(f"{stage}/loss", losses.total, batch_size=size, sync_dist=True)
         preds = self.decode(outputs)
