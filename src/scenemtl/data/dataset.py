@@ -37,7 +37,8 @@ class SceneDataset(Dataset[Sample]):
 
     * ``rgb``: uint8 ``[3, H, W]``
     * ``index``: int64 scalar, the sample's file index
-    * one ``[H, W]`` (or ``[C, H, W]``) target per task (only with GT), read from
+    * one ``[H, W]`` (or ``[C, H, W]``) target per task (only with GT; a task of
+      dataset.json's ``partial_tasks`` whose file is missing has no entry), read from
       ``<split>/<task>/{i}.png`` by the task (:meth:`~scenemtl.tasks.base.Task.read_target`):
       ``semseg`` int64 class ids, 255 = ignore; ``depth`` float32 meters, ``0.0`` =
       invalid; ``normals`` float32 ``[3, H, W]`` unit vectors, zero = invalid
