@@ -383,3 +383,30 @@ def test_two_processes_one_without_a_task_make_the_update_of_one_on_the_union(tm
         for ddp, one in zip(ranks[0], single, strict=True):
             scale = float(one.abs().max()) + 1e-12
             torch.testing.assert_close(ddp, one, rtol=0, atol=1e-4 * scale, msg=method)
+
+
+def test_dwa_gives_a_task_without_two_averages_the_neutral_ratio():
+    """normals has no label in the first epoch: after the third its one average gives no
+    ratio, so it counts as r = 1 while the others have theirs."""
+    dwa = build_balancer("dwa", tasks=THREE, temperature=2.0)
+    dwa.train()
+    steps = [
+        ({"normals": False}, [1.0, 2.0, 0.0]),
+        (None, [0.5, 1.0, 3.0]),
+        (None, [0.25, 1.5, 2.0]),
+    ]
+    for present, values in steps:
+        losses = dict(zip(["semseg", "depth", "normals"], map(torch.tensor, values), strict=True))
+        dwa(losses, present)
+        dwa.on_epoch_end()
+    assert dwa.task_epochs.tolist() == [3, 3, 2]
+    r = torch.tensor([0.25 / 0.5, 1.5 / 1.0, 2.0 / 3.0], dtype=torch.float64)
+    torch.testing.assert_close(dwa.dwa_weights.double(), 3 * torch.softmax(r / 2.0, 0))
+    dwa2 = build_balancer("dwa", tasks=THREE, temperature=2.0)
+    dwa2.train()
+    for present, values in steps[:2]:
+        losses = dict(zip(["semseg", "depth", "normals"], map(torch.tensor, values), strict=True))
+        dwa2(losses, present)
+        dwa2.on_epoch_end()
+    r = torch.tensor([0.5 / 1.0, 1.0 / 2.0, 1.0], dtype=torch.float64)  # normals: one average
+    torch.testing.assert_close(dwa2.dwa_weights.double(), 3 * torch.softmax(r / 2.0, 0))

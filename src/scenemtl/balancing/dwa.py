@@ -5,7 +5,8 @@ the ratio of the task's average training loss over the last two epochs; all weig
 during the first two epochs.
 
 Partial labels: a task's epoch average is over the steps in which it had a labelled
-sample; an epoch in which it had none leaves its two averages as they were. A step with
+sample; an epoch in which it had none leaves its two averages as they were, and a task
+with fewer than two averages so far gets the neutral ratio 1. A step with
 absent tasks weights the present ones by ``K' softmax(r / T)`` over the ``K'`` present
 tasks (DWA run on them: the same ratios, renormalised to mean 1).
 """
@@ -46,6 +47,7 @@ class DynamicWeightAveraging(LossBalancer):
     epoch_sum: Tensor
     epoch_count: Tensor
     task_count: Tensor
+    task_epochs: Tensor
     dwa_weights: Tensor
     accumulating_epoch: Tensor
 
@@ -67,6 +69,8 @@ class DynamicWeightAveraging(LossBalancer):
         self.register_buffer("epoch_count", torch.zeros((), dtype=torch.float64))
         # steps of the epoch in which each task had a label (partial labels)
         self.register_buffer("task_count", torch.zeros(k, dtype=torch.float64))
+        # epoch averages each task has (fewer than epochs_done if it missed an epoch)
+        self.register_buffer("task_epochs", torch.zeros(k, dtype=torch.long))
         self.register_buffer("dwa_weights", torch.ones(k, dtype=torch.float32))
         self.register_buffer("accumulating_epoch", torch.tensor(-1, dtype=torch.long))
 
@@ -98,6 +102,9 @@ class DynamicWeightAveraging(LossBalancer):
         key = prefix + "task_count"
         if key not in state_dict and prefix + "epoch_count" in state_dict:
             state_dict[key] = state_dict[prefix + "epoch_count"].expand(self.num_tasks).clone()
+        key = prefix + "task_epochs"
+        if key not in state_dict and prefix + "epochs_done" in state_dict:
+            state_dict[key] = state_dict[prefix + "epochs_done"].expand(self.num_tasks).clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -147,6 +154,7 @@ class DynamicWeightAveraging(LossBalancer):
         # a task without a labelled step this epoch keeps both of its averages
         self.history[0] = torch.where(seen, self.history[1], self.history[0])
         self.history[1] = torch.where(seen, means, self.history[1])
+        self.task_epochs += seen.to(self.task_epochs)
         self.epochs_done += 1
         self.dwa_weights.copy_(self._weights_from_history())
 
@@ -154,5 +162,7 @@ class DynamicWeightAveraging(LossBalancer):
         if int(self.epochs_done) < 2:
             return torch.ones_like(self.dwa_weights)
         ratio = self.history[1] / self.history[0].clamp(min=1e-12)
+        # a task with fewer than two epoch averages (partial labels) has no ratio yet
+        ratio = torch.where(self.task_epochs >= 2, ratio, torch.ones_like(ratio))
         lam = self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)
         return lam.to(self.dwa_weights.dtype)
