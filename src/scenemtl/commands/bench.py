@@ -300,6 +300,8 @@ def run_bench(argv: Sequence[str | os.PathLike], warmup: int = 3) -> BenchResult
     module, datamodule = setup.module, setup.datamodule
     precision, steps = setup.precision, setup.steps
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(datamodule, "sources", None):
+        raise UserError("scenemtl bench times one dataset: give data.root, not data.datasets")
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.adopt_dataset_stats(datamodule.info.stats)
