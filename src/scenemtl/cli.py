@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--tasks",
         nargs="+",
-        choices=("semseg", "depth", "normals"),
+        choices=("semseg", "depth", "normals", "boundaries"),
         default=["semseg", "depth"],
-        help="targets to render: semseg and depth always, normals optionally (docs/normals.md)",
+        help="targets to render: semseg and depth always, normals and boundaries optionally "
+        "(docs/normals.md, docs/synth.md)",
     )
     synth.add_argument(
         "--bench",

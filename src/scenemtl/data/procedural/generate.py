@@ -28,6 +28,11 @@ from scenemtl.data.format import (
     write_info,
     write_sample_files,
 )
+from scenemtl.data.procedural.boundaries import (
+    BOUNDARY_TASK_SPEC,
+    encode_boundaries,
+    label_boundaries,
+)
 from scenemtl.data.procedural.params import (
     GENERATOR_NAME,
     GENERATOR_VERSION,
@@ -52,7 +57,10 @@ CHUNK = 8
 """Images per task sent to a worker: big enough to amortize messaging, small enough to
 balance the load at the end."""
 
-EXTRA_TASK_SPECS: dict[str, dict[str, Any]] = {"normals": {"kind": "normals", "encoding": "rgb8"}}
+EXTRA_TASK_SPECS: dict[str, dict[str, Any]] = {
+    "normals": {"kind": "normals", "encoding": "rgb8"},
+    "boundaries": BOUNDARY_TASK_SPEC,
+}
 """dataset.json ``extra_tasks`` entries of the optional targets."""
 
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
@@ -148,6 +156,10 @@ def _render_chunk(
             png_compress_level=PNG_COMPRESS_LEVEL,
             normals=layers["normals"] if normals else None,
         )
+        if gt and "boundaries" in params.tasks:
+            # derived from the exact label map after rendering: the other files are the
+            # same bytes with or without it
+            files["boundaries"] = encode_boundaries(label_boundaries(semseg), PNG_COMPRESS_LEVEL)
         lap("encode")
         write_sample_files(root, split, i, files, RGB_EXTENSION)
         lap("write")
