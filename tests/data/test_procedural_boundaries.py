@@ -91,3 +91,14 @@ def test_boundaries_are_an_extra_layer_the_other_files_do_not_notice(tmp_path):
     tasks = build_tasks(dataset_task_specs(fmt.read_info(root)))
     assert [t.kind for t in tasks] == ["segmentation", "depth", "boundaries"]
     assert "boundaries_positive_fraction" in fmt.read_info(root).stats
+
+
+def test_the_montage_shows_the_boundaries_as_a_fourth_panel():
+    from scenemtl.data.procedural.generate import sample_layers
+    from scenemtl.data.procedural.montage import montage
+
+    grid = montage(TINY, "val", [0], columns=1, boundaries=True)
+    h, w = TINY.size
+    assert grid.shape == (h, 4 * w, 3)
+    edges = label_boundaries(sample_layers(TINY, "val", 0, normals=False)["semseg"])
+    assert (grid[:, 3 * w :, 0] == edges * 255).all()
