@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--tasks",
         nargs="+",
-        choices=("semseg", "depth", "normals", "boundaries"),
+        choices=("semseg", "depth", "normals", "boundaries", "parts"),
         default=["semseg", "depth"],
-        help="targets to render: semseg and depth always, normals and boundaries optionally "
+        help="targets to render: semseg and depth always, normals, boundaries and parts "
+        "optionally "
         "(docs/normals.md, docs/synth.md)",
     )
     synth.add_argument(

@@ -12,6 +12,8 @@ from scenemtl.data import format as fmt
 from scenemtl.data.check import check_dataset
 from scenemtl.data.procedural import SynthParams, synthesize
 from scenemtl.data.procedural.boundaries import label_boundaries
+from scenemtl.data.procedural.objects import PERSON, RIDER
+from scenemtl.data.procedural.parts import PART_CLASSES
 from scenemtl.tasks import build_tasks, dataset_task_specs
 
 TINY = SynthParams(train=3, val=1, test=1, size=(24, 48), seed=3)
@@ -69,15 +71,22 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_boundaries_are_an_extra_layer_the_other_files_do_not_notice(tmp_path):
     plain = synthesize(tmp_path / "plain", TINY, workers=1, progress=False)
     four = SynthParams(
-        **{**TINY.to_json(), "size": TINY.size, "tasks": ("semseg", "depth", "boundaries")}
+        **{
+            **TINY.to_json(),
+            "size": TINY.size,
+            "tasks": ("semseg", "depth", "boundaries", "parts"),
+        }
     )
     assert TINY.to_json() == SynthParams(**{**TINY.to_json(), "size": TINY.size}).to_json()
     assert "tasks" not in TINY.to_json()  # the default dataset keeps its cache key
     info = synthesize(tmp_path / "edges", four, workers=1, progress=False)
-    assert info.extra_tasks == {"boundaries": {"kind": "boundaries", "max_dist": 0.0075}}
+    assert info.extra_tasks == {
+        "boundaries": {"kind": "boundaries", "max_dist": 0.0075},
+        "parts": {"kind": "segmentation", "classes": PART_CLASSES},
+    }
     a, b = _files(tmp_path / "plain"), _files(tmp_path / "edges")
-    extra = {k for k in b if "/boundaries/" in k}
-    assert len(extra) == 5 and set(b) - extra == set(a)
+    extra = {k for k in b if "/boundaries/" in k or "/parts/" in k}
+    assert len(extra) == 10 and set(b) - extra == set(a)
     assert all(a[k] == b[k] for k in a)  # encoded files: bytes, not floats
     assert plain.extra_tasks == {}
 
@@ -89,8 +98,10 @@ def test_boundaries_are_an_extra_layer_the_other_files_do_not_notice(tmp_path):
             got = read_binary_map(fmt.label_path(root, split, "boundaries", i))
             assert (got == label_boundaries(sem)).all()
     tasks = build_tasks(dataset_task_specs(fmt.read_info(root)))
-    assert [t.kind for t in tasks] == ["segmentation", "depth", "boundaries"]
-    assert "boundaries_positive_fraction" in fmt.read_info(root).stats
+    assert [t.kind for t in tasks] == ["segmentation", "depth", "boundaries", "segmentation"]
+    stats = fmt.read_info(root).stats
+    assert "boundaries_positive_fraction" in stats
+    assert len(stats["parts_class_pixel_frequency"]) == len(PART_CLASSES)
 
 
 def test_the_montage_shows_the_boundaries_as_a_fourth_panel():
@@ -102,3 +113,24 @@ def test_the_montage_shows_the_boundaries_as_a_fourth_panel():
     assert grid.shape == (h, 4 * w, 3)
     edges = label_boundaries(sample_layers(TINY, "val", 0, normals=False)["semseg"])
     assert (grid[:, 3 * w :, 0] == edges * 255).all()
+
+
+def test_parts_lie_on_people_head_above_torso_above_legs():
+    """Image 38 of the default size has nine pedestrians and a cyclist in view (found by
+    rendering the first 40): parts only on person/rider pixels, every part present, and
+    in image rows head < torso < upper legs < lower legs, upper arms < lower arms."""
+    from scenemtl.data.procedural.generate import sample_layers
+
+    params = SynthParams(train=40, val=0, test=0)
+    layers = sample_layers(params, "train", 38, normals=False, parts=True)
+    parts, semseg = layers["parts"], layers["semseg"]
+    people = np.isin(semseg, [PERSON, RIDER])
+    assert parts.dtype == np.uint8 and not parts[~people].any()
+    rows = {k: np.nonzero(parts == k)[0] for k in range(1, len(PART_CLASSES))}
+    assert all(r.size > 20 for r in rows.values())
+    mean = {k: float(r.mean()) for k, r in rows.items()}
+    head, torso, upper_arm, lower_arm, upper_leg, lower_leg = (mean[k] for k in range(1, 7))
+    assert head < torso < upper_leg < lower_leg and upper_arm < lower_arm
+    # the other layers do not notice
+    plain = sample_layers(params, "train", 38, normals=False)
+    assert all((plain[k] == layers[k]).all() for k in ("rgb", "semseg")) and "parts" not in plain

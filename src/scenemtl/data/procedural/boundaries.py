@@ -54,10 +54,11 @@ def label_boundaries(labels: np.ndarray) -> np.ndarray:
     return thin(changed).astype(np.uint8)
 
 
-def encode_boundaries(edges: np.ndarray, compress_level: int) -> bytes:
-    """A boundary map (0/1) as the mode-L PNG of :mod:`scenemtl.codecs.binary`."""
+def encode_grey_png(values: np.ndarray, compress_level: int) -> bytes:
+    """A uint8 [H, W] map (boundaries 0/1, part ids) as a mode-L PNG, as
+    :mod:`scenemtl.codecs.binary` and the segmentation task read them."""
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(edges, dtype=np.uint8), mode="L").save(
+    Image.fromarray(np.asarray(values, dtype=np.uint8), mode="L").save(
         buf, format="PNG", compress_level=compress_level
     )
     return buf.getvalue()
