@@ -16,7 +16,8 @@ import scenemtl
 from scenemtl.api import MAX_PIXELS
 from scenemtl.cli import _run_guarded, main
 from scenemtl.commands.serve import add_serve_parser
-from scenemtl.page.keys import depth_ticks, format_depth
+from scenemtl.tasks.depth import format_meters
+from scenemtl.tasks.keys import log_ticks
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
 from tests.helpers import REPO, tiny_config
 
@@ -115,8 +116,8 @@ def test_a_person_drops_an_image_and_sees_the_panel_legend_and_scale(ckpt, tiny_
             # the keys are on the page from the start: every class, the depth scale's ends
             for name in model.class_names:
                 page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
-            for depth in depth_ticks(lo, hi):
-                assert page.get_by_text(format_depth(depth), exact=True).count() == 1
+            for depth in log_ticks(lo, hi):
+                assert page.get_by_text(format_meters(depth), exact=True).count() == 1
             # an upload: the panel and one line about it
             page.locator("input[type=file]").first.set_input_files(str(street))
             page.get_by_text("street.png (48x32): semseg: mostly").wait_for(timeout=60_000)
