@@ -78,13 +78,13 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     if is_mtan_root(args.root):
         mtan = read_mtan_info(args.root)
-        print(format_stats(mtan.stats, [c["name"] for c in mtan.classes]))
+        print(format_stats(mtan))
         print(
             f"{args.root} is in the MTAN layout: training computes these in memory, nothing written"
         )
         return 0
     info, plots = write_stats(args.root, plots_dir=args.plots)
-    print(format_stats(info.stats, [c["name"] for c in info.classes]))
+    print(format_stats(info))
     print(f"statistics written to {Path(args.root) / 'dataset.json'}")
     for p in plots:
         print(f"histogram: {p}")
@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"{len(problems)} problem(s) in the generated dataset at {root}")
     print("[3/5] statistics", flush=True)
     info, plots = write_stats(root)
-    print(format_stats(info.stats, [c["name"] for c in info.classes]))
+    print(format_stats(info))
     print("histograms: " + ", ".join(str(p) for p in plots))
     print(f"[4/5] training {config}", flush=True)
     run_root = Path(args.runs)

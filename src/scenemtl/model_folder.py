@@ -60,7 +60,7 @@ balancer's and the metrics' state are training's."""
 def model_config(module: MultiTaskModule) -> dict[str, Any]:
     """The JSON-able description that rebuilds ``module``'s network and tasks."""
     from scenemtl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from scenemtl.tasks import options_of_learned_tasks
+    from scenemtl.tasks import FLAT_TASK_OPTIONS, options_of_learned_tasks
 
     cfg = module.net.cfg
     net = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
@@ -71,7 +71,7 @@ def model_config(module: MultiTaskModule) -> dict[str, Any]:
         specs,
         hp.get("provided_tasks"),
         hp.get("task_options"),
-        {k: hp.get(k) for k in ("depth_space", "depth_loss", "silog_lambda")},
+        {k: hp.get(k) for k in FLAT_TASK_OPTIONS},
     )
     return {
         "format": FORMAT,

@@ -99,6 +99,11 @@ class Task(nn.Module):
         (``scenemtl data stats``), or None when the kind has none (the default)."""
         return None
 
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        """Lines that ``scenemtl data stats`` prints about this task's entries of
+        dataset.json "stats" (those its :meth:`statistics` wrote); default none."""
+        return []
+
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         """A decoded prediction [H,W] (or [C,H,W]) as the PNG a dataset would hold."""
         raise NotImplementedError

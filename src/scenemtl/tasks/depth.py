@@ -425,6 +425,13 @@ class DepthTask(Task):
     def statistics(self) -> DepthStatistics:
         return DepthStatistics(self.range_m)
 
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        lines = [f"  {self.name}: {100 * stats['valid_depth_fraction']:.1f}% valid pixels"]
+        for key, unit in (("depth_m", "m"), ("depth_log", "log m"), ("depth_inv", "1/m")):
+            s = stats[key]
+            lines.append(f"  {key:10s} mean {s['mean']:.4g} std {s['std']:.4g} {unit}")
+        return lines
+
     def adopt_stats(self, stats: Mapping[str, Any]) -> None:
         self.space.set_stats(stats)
 

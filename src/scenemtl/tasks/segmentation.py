@@ -292,6 +292,14 @@ class SegmentationTask(Task):
     def statistics(self) -> ClassFrequency:
         return ClassFrequency(self.channels)
 
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        freq = stats["class_pixel_frequency"]
+        lines = [f"  {self.name} class pixel frequency:"]
+        lines += [
+            f"    {n:14s} {100 * f:6.2f}%" for n, f in zip(self.class_names, freq, strict=True)
+        ]
+        return lines
+
     @property
     def likelihood(self) -> Likelihood:
         return SOFTMAX
