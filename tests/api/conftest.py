@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from scenemtl.cli import main
-from tests.helpers import tiny_config
+from tests.helpers import slow_fixture, tiny_config
 
 SIZES = {"a.png": (32, 48), "b.png": (37, 53)}
 
 
-@pytest.fixture(scope="session")
+@slow_fixture(scope="session")
 def api_ckpt(tmp_path_factory, tiny_root) -> Path:
     """best.ckpt of a one-epoch run of the tests' tiny config (a 16-wide ResNet-18)."""
     tmp = tmp_path_factory.mktemp("api_fit")

@@ -20,7 +20,7 @@ from scenemtl.data.format import DISPARITY8, encode_depth
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
 from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
-from tests.helpers import tiny_config
+from tests.helpers import slow_fixture, tiny_config
 from tests.hostile import assert_refused
 
 # the files written per image, in the order the predict module's docstring lists them
@@ -34,7 +34,7 @@ OUTPUT_SUFFIXES = (
 SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7)}
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def ckpt(tmp_path_factory, tiny_root):
     tmp = tmp_path_factory.mktemp("predict_fit")
     cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})

@@ -19,7 +19,7 @@ from scenemtl.commands.serve import add_serve_parser
 from scenemtl.tasks.depth import format_meters
 from scenemtl.tasks.keys import log_ticks
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
-from tests.helpers import REPO, tiny_config
+from tests.helpers import REPO, slow_fixture, tiny_config
 
 
 def run_serve(argv):
@@ -50,7 +50,7 @@ def test_a_port_beyond_65535_is_one_line(capsys):
     assert "not a port number" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def ckpt(tmp_path_factory, tiny_root):
     tmp = tmp_path_factory.mktemp("serve_fit")
     cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})

@@ -10,7 +10,7 @@ import torch
 from scenemtl.cli import main
 from scenemtl.engine import precision
 from scenemtl.engine.schedules import PolyFactor
-from tests.helpers import read_metrics, tiny_config
+from tests.helpers import read_metrics, slow_fixture, tiny_config
 
 
 def run_cli(argv, capsys=None):
@@ -126,7 +126,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, cap
     assert "non-finite training loss at step 5" in record["previous_errors"][0]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def one_epoch_run(tmp_path_factory, tiny_root):
     """(config, run folder) of one 1-epoch fit, shared by the tests that read its checkpoint
     or evaluate it into new versions of its name (they never change version_0)."""

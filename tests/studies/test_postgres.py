@@ -17,6 +17,7 @@ import pytest
 from scenemtl.errors import UserError
 from scenemtl.reporting.run_dir import RunFamily
 from scenemtl.studies.runner import database_url
+from tests.helpers import slow_fixture
 from tests.studies.postgres_server import create_database, postgres_server, why_no_server
 from tests.studies.workers import (
     kill_after_first_checkpoint,
@@ -31,7 +32,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def server() -> str:
     # the server runs as another user when the tests run as root: a folder it can enter
     folder = Path(tempfile.mkdtemp(prefix="scenemtl-pg-"))
