@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning.pytorch
 import pytest
 
-from tests.helpers import SLOW_FIXTURE, write_random_dataset
+from tests.helpers import SLOW_FIXTURE, slow_fixture, tiny_config, write_random_dataset
 
 pytest_plugins = ["pytester"]  # tests/test_slow_guard.py runs the guard on test files of its own
 
@@ -38,6 +38,28 @@ def tiny_root(tmp_path_factory) -> Path:
     write_random_dataset(root, sizes={"train": 8, "val": 4, "test": 4}, image_size=(32, 48))
     write_stats(root)
     return root
+
+
+@slow_fixture(scope="session")
+def tiny_fit(tmp_path_factory, tiny_root) -> tuple[Path, Path]:
+    """(config, run folder) of one 1-epoch fit of the tiny config (a 16-wide ResNet-18
+    joint model on ``tiny_root``), shared by every test that only reads a trained run:
+    its checkpoint, metrics and config. A test may evaluate it into new versions of its
+    run name; none changes ``version_0``."""
+    from scenemtl.cli import main
+
+    tmp = tmp_path_factory.mktemp("tiny_fit")
+    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(cfg)])
+    assert exc.value.code == 0
+    return cfg, tmp / "runs" / "tiny" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_fit) -> Path:
+    """best.ckpt of :func:`tiny_fit`."""
+    return tiny_fit[1] / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,12 +14,12 @@ from PIL import Image
 
 import scenemtl
 from scenemtl.api import MAX_PIXELS
-from scenemtl.cli import _run_guarded, main
+from scenemtl.cli import _run_guarded
 from scenemtl.commands.serve import add_serve_parser
 from scenemtl.tasks.depth import format_meters
 from scenemtl.tasks.keys import log_ticks
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
-from tests.helpers import REPO, slow_fixture, tiny_config
+from tests.helpers import REPO
 
 
 def run_serve(argv):
@@ -50,14 +50,10 @@ def test_a_port_beyond_65535_is_one_line(capsys):
     assert "not a port number" in capsys.readouterr().err
 
 
-@slow_fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_root):
-    tmp = tmp_path_factory.mktemp("serve_fit")
-    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(cfg)])
-    assert exc.value.code == 0
-    return tmp / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+@pytest.fixture(scope="module")
+def ckpt(tiny_ckpt):
+    """The suite's one-epoch tiny run (tests/conftest.py)."""
+    return tiny_ckpt
 
 
 def start_server(ckpt, data, port):
