@@ -61,8 +61,9 @@ def test_fit_leaves_a_complete_run_directory(tmp_path, tiny_root):
     assert [r for r in tested if r.get("test/grader")] and not [
         r for r in tested if r.get("val/grader")
     ]
-    # a second run gets its own version
-    assert run_cli(["fit", "--config", str(cfg), "--trainer.max_epochs", "1"]) == 0
+    # a second run gets its own version (one step is enough to show it)
+    limits = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    assert run_cli(["fit", "--config", str(cfg), "--trainer.max_epochs", "1", *limits]) == 0
     assert (tmp_path / "runs" / "tiny" / "version_2" / "checkpoints" / "last.ckpt").is_file()
 
 
