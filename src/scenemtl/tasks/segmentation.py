@@ -18,6 +18,7 @@ from scenemtl.codecs.classes import IGNORE_INDEX, read_semseg
 from scenemtl.errors import DataFormatError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.counting import count_values
+from scenemtl.tasks.keys import Legend, class_legend
 from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
 from scenemtl.tasks.statistics import TargetStatistics
 
@@ -301,6 +302,14 @@ class SegmentationTask(Task):
         # predate task kinds; another one (human parts) gets its own
         return ClassFrequency(self.channels, "" if self.name == "semseg" else f"{self.name}_")
 
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        freq = stats["class_pixel_frequency"]
+        lines = [f"  {self.name} class pixel frequency:"]
+        lines += [
+            f"    {n:14s} {100 * f:6.2f}%" for n, f in zip(self.class_names, freq, strict=True)
+        ]
+        return lines
+
     @property
     def likelihood(self) -> Likelihood:
         return SOFTMAX
@@ -357,6 +366,19 @@ class SegmentationTask(Task):
         top = int(counts.argmax())
         share = 100.0 * counts[top] / max(1, counts.sum())
         return f"{self.name}: mostly {self.class_names[top]} ({share:.0f}%)"
+
+    def picture_key(self) -> Legend:
+        """The classes by id, each in the colour :meth:`colorize` gives its id."""
+        return class_legend(f"{self.name} classes", self.class_names, self.colorize)
+
+    def class_table(self) -> list[dict[str, Any]]:
+        return [dict(c) for c in self.classes]
+
+    def card_tags(self) -> tuple[str, ...]:
+        return ("semantic-segmentation",)
+
+    def card_output(self) -> str:
+        return f"class ids int64 [H,W], 0..{self.channels - 1} (table below)"
 
     def example_target(
         self, batch: int, height: int, width: int, generator: torch.Generator
