@@ -18,7 +18,7 @@ from scenemtl.codecs.binary import (
 )
 from scenemtl.data.check import check_dataset
 from scenemtl.data.format import read_info, write_info
-from scenemtl.data.stats import compute_stats
+from scenemtl.data.stats import compute_stats, format_stats
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks import TASK_KINDS, build_task, build_tasks, dataset_task_specs
 from scenemtl.tasks.binary import balanced_bce_loss
@@ -198,10 +198,15 @@ def test_specs_options_and_bad_values_are_one_line():
     assert TASK_KINDS["boundaries"] is BoundariesTask and TASK_KINDS["saliency"] is SaliencyTask
 
 
-def test_colorize_and_example_targets():
+def test_colorize_key_and_example_targets():
     task = BoundariesTask("b")
     colors = task.colorize(np.array([[0, 1, 255]]))
     assert colors.tolist() == [[[0, 0, 0], [255, 255, 255], [72, 0, 96]]]
+    key = {name: color for name, color in task.picture_key().entries}
+    # the key's colours are colorize's own
+    assert key["edge (target, p = 1)"] == tuple(colors[0, 1].tolist())
+    assert key["not labelled (target)"] == tuple(colors[0, 2].tolist())
+    assert "probability" in task.card_output()
     assert task.colorize(np.array([[0.0, 0.5, 1.0]], np.float32))[0, :, 0].tolist() == [0, 127, 255]
     target = task.example_target(2, 5, 7, torch.Generator().manual_seed(0))
     assert target.shape == (2, 5, 7) and target.dtype == task.target_dtype
@@ -241,6 +246,9 @@ def test_a_second_segmentation_task_and_binary_maps_are_checked_and_counted(tmp_
         ("saliency", "saliency", 1),
     ]
     stats, _ = compute_stats(tmp_path, info=read_info(tmp_path))
+    printed = format_stats(dataclasses.replace(read_info(tmp_path), stats=stats))
+    assert "parts class pixel frequency:" in printed and "    leg " in printed
+    assert "boundaries: " in printed and "% of labelled pixels on" in printed
     assert (
         len(stats["class_pixel_frequency"]) == 19 and len(stats["parts_class_pixel_frequency"]) == 4
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from scenemtl.codecs.binary import (
 )
 from scenemtl.errors import DataFormatError
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.keys import Legend
 from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
 from scenemtl.tasks.segmentation import EXPORT_LOGIT_ATOL
 from scenemtl.tasks.statistics import TargetStatistics
@@ -117,6 +118,8 @@ class BinaryMapTask(Task):
         pos_weight: ``w`` of :func:`balanced_bce_loss`; None = the batch's HED weight.
     """
 
+    word: ClassVar[str] = "on"
+    """What an "on" pixel is, for keys and model cards ("edge", "salient")."""
     prediction_modes = ("L",)
     higher_is_better = True
     fill_value = float(BINARY_IGNORE)
@@ -142,6 +145,14 @@ class BinaryMapTask(Task):
 
     def statistics(self) -> BinaryFraction:
         return BinaryFraction(self.name)
+
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        positive = stats[f"{self.name}_positive_fraction"]
+        ignored = stats[f"{self.name}_ignored_pixel_fraction"]
+        return [
+            f"  {self.name}: {100 * positive:.2f}% of labelled pixels on, "
+            f"{100 * ignored:.2f}% not labelled"
+        ]
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return encode_probability_png(prediction)
@@ -189,6 +200,21 @@ class BinaryMapTask(Task):
         out[values == 1] = _ON
         out[values == BINARY_IGNORE] = _UNLABELLED
         return out
+
+    def picture_key(self) -> Legend:
+        """What the grey levels and colours of :meth:`colorize` mean."""
+        return Legend(
+            f"{self.name}",
+            [
+                (f"{self.word} (target, p = 1)", _ON),
+                ("p = 0.5", tuple(self.colorize(np.array([0.5]))[0].tolist())),
+                ("none (target, p = 0)", _OFF),
+                ("not labelled (target)", _UNLABELLED),
+            ],
+        )
+
+    def card_output(self) -> str:
+        return f"{self.word} probability float32 [H,W] in [0, 1]"
 
     def histogram_values(self, prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         labelled = target != BINARY_IGNORE

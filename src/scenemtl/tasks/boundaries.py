@@ -78,6 +78,7 @@ class BoundariesTask(BinaryMapTask):
     kind = "boundaries"
     headline_label = "odsF (%)"
     headline_unit = "%"
+    word = "edge"
 
     def __init__(
         self,

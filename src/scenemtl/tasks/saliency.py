@@ -45,6 +45,7 @@ class SaliencyTask(BinaryMapTask):
     kind = "saliency"
     headline_label = "maxF (%)"
     headline_unit = "%"
+    word = "salient"
 
     def __init__(self, name: str, pos_weight: float | None = None) -> None:
         super().__init__(name, pos_weight)

@@ -297,13 +297,17 @@ class SegmentationTask(Task):
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return Image.fromarray(np.asarray(prediction).astype(np.uint8), mode="L")
 
-    def statistics(self) -> ClassFrequency:
+    @property
+    def _stats_prefix(self) -> str:
         # the first segmentation task of every layout is "semseg" (data.format), whose keys
         # predate task kinds; another one (human parts) gets its own
-        return ClassFrequency(self.channels, "" if self.name == "semseg" else f"{self.name}_")
+        return "" if self.name == "semseg" else f"{self.name}_"
+
+    def statistics(self) -> ClassFrequency:
+        return ClassFrequency(self.channels, self._stats_prefix)
 
     def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
-        freq = stats["class_pixel_frequency"]
+        freq = stats[f"{self._stats_prefix}class_pixel_frequency"]
         lines = [f"  {self.name} class pixel frequency:"]
         lines += [
             f"    {n:14s} {100 * f:6.2f}%" for n, f in zip(self.class_names, freq, strict=True)
