@@ -19,8 +19,8 @@ cancel in the Laplacian's sum (labels 3 and 5 around a 4) is marked here, not th
 change along the image frame is seen directly, not through a reflected border; the
 Laplacian's cancellations depend on the label ids, an artifact, not a choice. On 20
 rendered 128x256 images 3.7% of the thinned edge pixels differ between the two rules
-(the exact Laplacian rule, for reading PASCAL-Context, is helper benchdata's
-``data/edgemaps.py``). The thinning is the same (Guo and Hall's, as MATLAB and
+(the exact Laplacian rule, for reading PASCAL-Context, is ``scenemtl.data.edgemaps``).
+The thinning is the same (Guo and Hall's, as MATLAB and
 scikit-image implement it).
 """
 
