@@ -261,3 +261,41 @@ def test_a_second_segmentation_task_and_binary_maps_are_checked_and_counted(tmp_
     problems = check_dataset(tmp_path)
     assert any("parts/1.png" in p and "4-class table" in p for p in problems), problems
     assert any("boundaries/2.png" in p and "values [3]" in p for p in problems), problems
+
+
+def test_a_module_learns_parts_boundaries_and_saliency_beside_semseg():
+    """Heads, losses with gradients, metrics and flip TTA for a second segmentation task
+    and both binary kinds (no fit: one forward and backward on random targets)."""
+    from scenemtl.engine.module import MultiTaskModule
+    from scenemtl.metrics import MultiTaskMetrics
+
+    parts = [{"name": f"p{i}", "color": [i, i, i]} for i in range(7)]
+    specs = {
+        "semseg": {"kind": "segmentation", "classes": [{"name": "a"}, {"name": "b"}]},
+        "parts": {"kind": "segmentation", "classes": parts},
+        "boundaries": {"kind": "boundaries", "max_dist": 0.011},
+        "saliency": {"kind": "saliency"},
+    }
+    net = {"architecture": "joint", "encoder": "resnet18", "encoder_width": 16}
+    module = MultiTaskModule(net={**net, "channels": 16, "skip_channels": 8}, task_specs=specs)
+    gen = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 32, 32, generator=gen)}
+    batch.update({t.name: t.example_target(2, 32, 32, gen) for t in module.task_list})
+    outputs = module(batch["image"])
+    assert {n: o[-1].shape[1] for n, o in outputs.items()} == {
+        "semseg": 2,
+        "parts": 7,
+        "boundaries": 1,
+        "saliency": 1,
+    }
+    losses = module.criterion(outputs, batch)
+    losses.total.backward()
+    assert all(bool(torch.isfinite(v)) for v in losses.tasks.values())
+    metrics = MultiTaskMetrics(module.task_list)
+    module.eval()
+    module.hparams["tta_flip"] = True
+    with torch.no_grad():
+        metrics.update(module.decode(module.eval_outputs(batch["image"])), batch)
+    scores = metrics.compute()
+    assert {"parts", "parts_iou/p6", "boundaries", "boundaries_oisF", "saliency"} <= set(scores)
+    assert all(0.0 <= float(scores[k]) <= 100.0 for k in ("boundaries", "saliency", "parts"))
