@@ -10,12 +10,31 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 
 from scenemtl.data.format import DISPARITY8, DatasetInfo, encodable_range, write_info, write_sample
+
+SLOW_FIXTURE = "_scenemtl_slow_fixture"
+"""Attribute :func:`slow_fixture` sets on a fixture's function (read by tests/conftest.py)."""
+
+
+def slow_fixture(**kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``pytest.fixture(**kwargs)`` for a fixture that trains or starts a process (a
+    fitted checkpoint, a server): every test that uses it, directly or through another
+    fixture, is marked ``slow`` at collection (tests/conftest.py), whichever test happens
+    to set it up first. A fixture that trains or starts a process without it fails."""
+
+    def declare(func: Callable[..., Any]) -> Any:
+        setattr(func, SLOW_FIXTURE, True)
+        return pytest.fixture(**kwargs)(func)
+
+    return declare
 
 
 def write_random_dataset(

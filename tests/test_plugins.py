@@ -359,6 +359,8 @@ def test_every_command_runs_on_a_new_task_method_encoder_and_architecture(packag
                 "name": "toy",
                 "config": config.name,
                 "seeds": [0],
+                # the fit above packed and graded a submission; the study's runs need not
+                "overrides": {"submission.enabled": False},
                 "variants": [
                     {"name": "first_twice"},
                     {"name": "fixed", "overrides": {"model.loss_weighting": "fixed"}},

@@ -35,6 +35,7 @@ import yaml
 from scenemtl.cli import main
 from tests.data.mtan_trees import write_mtan_tree
 from tests.data.test_cityscapes import _write_fake_cityscapes
+from tests.helpers import slow_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -344,7 +345,7 @@ class Workspace:
         return word
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def workspace(tmp_path_factory, tiny_root) -> Workspace:
     """A folder with photos/, fake Cityscapes and MTAN trees, and the demo's fitted run."""
     path = tmp_path_factory.mktemp("readme")

@@ -245,15 +245,12 @@ class Model:
         """Task name -> spec (kind and dataset facts: class table, depth encoding)."""
         return self.module.current_task_specs()
 
-    def _spec_of(self, kind: str) -> dict[str, Any] | None:
-        return next((s for s in self.task_specs.values() if s.get("kind") == kind), None)
-
     @property
     def classes(self) -> list[dict[str, Any]] | None:
-        """The class table of the (first) segmentation task: id -> ``{"name", "color"}``;
-        None without one."""
-        spec = self._spec_of("segmentation")
-        return None if spec is None else [dict(c) for c in spec["classes"]]
+        """The class table of the first task with one (a segmentation task): id ->
+        ``{"name", "color"}``; None without one."""
+        tables = (t.class_table() for t in self.module.task_list)
+        return next((table for table in tables if table is not None), None)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -264,7 +261,7 @@ class Model:
     def depth_encoding(self) -> str | None:
         """The training data's depth PNG encoding (``disparity8``, ``meters16``); None
         without a depth task. Predictions are in meters whatever the encoding."""
-        spec = self._spec_of("depth")
+        spec = next((s for s in self.task_specs.values() if s.get("kind") == "depth"), None)
         return None if spec is None else str(spec["encoding"])
 
     @property

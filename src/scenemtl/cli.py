@@ -78,13 +78,13 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     if is_mtan_root(args.root):
         mtan = read_mtan_info(args.root)
-        print(format_stats(mtan.stats, [c["name"] for c in mtan.classes]))
+        print(format_stats(mtan))
         print(
             f"{args.root} is in the MTAN layout: training computes these in memory, nothing written"
         )
         return 0
     info, plots = write_stats(args.root, plots_dir=args.plots)
-    print(format_stats(info.stats, [c["name"] for c in info.classes]))
+    print(format_stats(info))
     print(f"statistics written to {Path(args.root) / 'dataset.json'}")
     for p in plots:
         print(f"histogram: {p}")
@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"{len(problems)} problem(s) in the generated dataset at {root}")
     print("[3/5] statistics", flush=True)
     info, plots = write_stats(root)
-    print(format_stats(info.stats, [c["name"] for c in info.classes]))
+    print(format_stats(info))
     print("histograms: " + ", ".join(str(p) for p in plots))
     print(f"[4/5] training {config}", flush=True)
     run_root = Path(args.runs)
@@ -209,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--tasks",
         nargs="+",
-        choices=("semseg", "depth", "normals"),
+        choices=("semseg", "depth", "normals", "boundaries", "parts"),
         default=["semseg", "depth"],
-        help="targets to render: semseg and depth always, normals optionally (docs/normals.md)",
+        help="targets to render: semseg and depth always, normals, boundaries and parts "
+        "optionally "
+        "(docs/normals.md, docs/synth.md)",
     )
     synth.add_argument(
         "--bench",
@@ -345,17 +347,6 @@ def cmd_complexity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_files(argv: Sequence[str]) -> list[str]:
-    """The values of ``--config`` options in a LightningCLI command line."""
-    found = []
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            found.append(argv[i + 1])
-        elif arg.startswith("--config="):
-            found.append(arg.partition("=")[2])
-    return found
-
-
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Library exceptions that only ever mean unreadable input (a file's bytes), never a
     bug of scenemtl: the safety net behind the readers, which turn them into a
@@ -443,12 +434,9 @@ def _exit_now(status: int) -> NoReturn:
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from scenemtl.commands.lightning import run_lightning_cli
-        from scenemtl.yamlfile import bound_jsonargparse_yaml, check_yaml_file_bounds
+        from scenemtl.yamlfile import bound_lightning_yaml
 
-        # the config files first, so that the error line names the file
-        for path in _config_files(argv):
-            check_yaml_file_bounds(path)
-        bound_jsonargparse_yaml()
+        bound_lightning_yaml(argv)
         return int(run_lightning_cli(argv) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

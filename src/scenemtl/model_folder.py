@@ -7,7 +7,7 @@
     <folder>/config.json          what rebuilds the network: architecture and net
                                   options, each task's spec (class table, depth encoding)
                                   and options, the input normalization
-    <folder>/classes.json         the class table of each segmentation task
+    <folder>/classes.json         the class table of each task with classes
     <folder>/README.md            the model card (Hugging Face metadata, usage, metrics)
     <folder>/training_config.yaml the config that trained it (when its run folder has one)
 
@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from scenemtl.errors import UserError
 if TYPE_CHECKING:
     from scenemtl.api import Model
     from scenemtl.engine.module import MultiTaskModule
+    from scenemtl.tasks.base import Task
 
 FORMAT = "scenemtl-model"
 FORMAT_VERSION = 1
@@ -58,7 +60,7 @@ balancer's and the metrics' state are training's."""
 def model_config(module: MultiTaskModule) -> dict[str, Any]:
     """The JSON-able description that rebuilds ``module``'s network and tasks."""
     from scenemtl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from scenemtl.tasks import options_of_learned_tasks
+    from scenemtl.tasks import FLAT_TASK_OPTIONS, options_of_learned_tasks
 
     cfg = module.net.cfg
     net = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
@@ -69,7 +71,7 @@ def model_config(module: MultiTaskModule) -> dict[str, Any]:
         specs,
         hp.get("provided_tasks"),
         hp.get("task_options"),
-        {k: hp.get(k) for k in ("depth_space", "depth_loss", "silog_lambda")},
+        {k: hp.get(k) for k in FLAT_TASK_OPTIONS},
     )
     return {
         "format": FORMAT,
@@ -91,13 +93,9 @@ def model_config(module: MultiTaskModule) -> dict[str, Any]:
     }
 
 
-def class_tables(config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Segmentation task name -> its class table, from a model config."""
-    return {
-        name: task["spec"]["classes"]
-        for name, task in config["tasks"].items()
-        if task["spec"].get("kind") == "segmentation"
-    }
+def class_tables(tasks: Iterable[Task]) -> dict[str, list[dict[str, Any]]]:
+    """Task name -> class table, for the tasks that have one (:meth:`Task.class_table`)."""
+    return {task.name: table for task in tasks if (table := task.class_table()) is not None}
 
 
 def _read_text(path: Path, folder: Path) -> str:
@@ -204,7 +202,7 @@ def read_model_folder(folder: Path) -> tuple[MultiTaskModule, dict[str, str]]:
         raise UserError(f"{folder}: {CONFIG} does not fit this scenemtl ({e})") from None
     if (folder / CLASSES).is_file():
         tables = _read_json(folder / CLASSES, folder)
-        if tables != class_tables(config):
+        if tables != class_tables(module.task_list):
             raise UserError(f"{folder}: {CLASSES} differs from the class tables of {CONFIG}")
     _load_weights(module, folder / WEIGHTS, folder)
     extras = {
@@ -295,7 +293,8 @@ def write_model_folder(model: Model, target: Path) -> Path:
     with staging(target) as staged:
         save_file(weights_of(model.module), str(staged / WEIGHTS), metadata={"format": "pt"})
         _write_text(staged / CONFIG, json.dumps(config, indent=2) + "\n")
-        _write_text(staged / CLASSES, json.dumps(class_tables(config), indent=2) + "\n")
+        tables = class_tables(model.module.task_list)
+        _write_text(staged / CLASSES, json.dumps(tables, indent=2) + "\n")
         _write_text(staged / CARD, card)
         if TRAINING_CONFIG in extras:
             _write_text(staged / TRAINING_CONFIG, extras[TRAINING_CONFIG])

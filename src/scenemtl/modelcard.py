@@ -18,12 +18,6 @@ from scenemtl.reporting.run_dir import RunDir
 if TYPE_CHECKING:
     from scenemtl.api import Model
 
-_TAGS = {"segmentation": "semantic-segmentation", "depth": "depth-estimation"}
-_OUTPUTS = {
-    "segmentation": "class ids int64 [H,W], 0..{n} (table below)",
-    "depth": "meters float32 [H,W]",
-    "normals": "unit vectors float32 [3,H,W] (camera frame)",
-}
 MAX_CONFIG_BYTES = 4 * 2**20
 
 
@@ -113,9 +107,8 @@ def model_card(model: Model, config: dict[str, Any], has_training_config: bool) 
     """The ``README.md`` of ``model``'s folder (``config``: its config.json)."""
     run = run_of(model.source)
     name = run.name if run else Path(str(model.source or "model")).stem
-    tasks = config["tasks"]
-    kinds = [t["spec"].get("kind", "") for t in tasks.values()]
-    tags = ["scenemtl", "multi-task-learning", *(_TAGS[k] for k in kinds if k in _TAGS)]
+    tasks = model.module.task_list
+    tags = ["scenemtl", "multi-task-learning", *(tag for t in tasks for tag in t.card_tags())]
     net = config["net"]
     lines = [
         "---",
@@ -128,7 +121,7 @@ def model_card(model: Model, config: dict[str, Any], has_training_config: bool) 
         "",
         f"A multi-task network trained with scenemtl: the `{net.get('architecture')}` "
         f"architecture on a `{net.get('encoder')}` encoder, predicting "
-        f"{', '.join(tasks)} from one RGB image.",
+        f"{', '.join(t.name for t in tasks)} from one RGB image.",
         "",
         "## Use",
         "",
@@ -145,14 +138,8 @@ def model_card(model: Model, config: dict[str, Any], has_training_config: bool) 
         "| task | kind | prediction |",
         "|---|---|---|",
     ]
-    for task_name, task in tasks.items():
-        spec = task["spec"]
-        kind = spec.get("kind", "")
-        n = len(spec.get("classes") or ()) - 1
-        output = _OUTPUTS.get(kind, "see the task's docs").format(n=n)
-        if kind == "depth":
-            output += f" (trained on `{spec.get('encoding')}` depth PNGs)"
-        lines.append(f"| {task_name} | {kind} | {output} |")
+    for task in tasks:
+        lines.append(f"| {task.name} | {task.kind} | {task.card_output()} |")
     lines += [
         "",
         "Input: RGB, any size up to 16.8 MP; normalized inside scenemtl as "
@@ -173,11 +160,11 @@ def model_card(model: Model, config: dict[str, Any], has_training_config: bool) 
         lines += ["## Metrics", "", metrics, ""]
     if delta := _study_delta(run):
         lines += [delta, ""]
-    for task_name, task in tasks.items():
-        classes = task["spec"].get("classes")
-        if task["spec"].get("kind") != "segmentation" or not classes:
+    for task in tasks:
+        classes = task.class_table()
+        if not classes:
             continue
-        lines += [f"## Classes of {task_name}", "", "| id | name | color |", "|---|---|---|"]
+        lines += [f"## Classes of {task.name}", "", "| id | name | color |", "|---|---|---|"]
         for i, c in enumerate(classes):
             lines.append(f"| {i} | {c.get('name')} | {tuple(c.get('color', ()))} |")
         lines.append("")

@@ -14,6 +14,7 @@ graph, in which an alias is a reference: the expanded document never exists in m
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,26 @@ def bound_jsonargparse_yaml() -> None:
 
     bounded._scenemtl_bounded = True  # type: ignore[attr-defined]
     set_loader("yaml", bounded, (yaml.YAMLError,))
+
+
+def config_files(argv: Sequence[str]) -> list[str]:
+    """The values of ``--config`` options in a LightningCLI command line."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.partition("=")[2])
+    return found
+
+
+def bound_lightning_yaml(argv: Sequence[str]) -> None:
+    """Before a LightningCLI parser reads ``argv``: :func:`check_yaml_file_bounds` of
+    its config files (first, so that the error line names the file), then
+    :func:`bound_jsonargparse_yaml` for everything it parses later."""
+    for path in config_files(argv):
+        check_yaml_file_bounds(path)
+    bound_jsonargparse_yaml()
 
 
 def read_yaml_file(path: str | os.PathLike, what: str = "config file") -> Any:

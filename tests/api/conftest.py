@@ -8,21 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scenemtl.cli import main
-from tests.helpers import tiny_config
-
 SIZES = {"a.png": (32, 48), "b.png": (37, 53)}
 
 
 @pytest.fixture(scope="session")
-def api_ckpt(tmp_path_factory, tiny_root) -> Path:
-    """best.ckpt of a one-epoch run of the tests' tiny config (a 16-wide ResNet-18)."""
-    tmp = tmp_path_factory.mktemp("api_fit")
-    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(cfg)])
-    assert exc.value.code == 0
-    return tmp / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+def api_ckpt(tiny_ckpt) -> Path:
+    """best.ckpt of the suite's one-epoch run of the tiny config (tests/conftest.py)."""
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="session")

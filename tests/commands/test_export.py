@@ -27,7 +27,7 @@ from scenemtl.errors import UserError
 from scenemtl.tasks import DepthTask, build_tasks, legacy_task_specs
 from scenemtl.tasks.depth import EXPORT_DEPTH_RTOL
 from scenemtl.tasks.segmentation import EXPORT_LOGIT_ATOL
-from tests.helpers import tiny_config
+from tests.helpers import slow_fixture, tiny_config
 from tests.hostile import assert_refused
 
 # the narrow network of the tiny runs (tests/helpers.py tiny_config): the same export path
@@ -48,7 +48,7 @@ def run_export(argv):
     return _run_guarded(lambda: args.func(args))
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def ckpt(tmp_path_factory, tiny_root):
     tmp = tmp_path_factory.mktemp("export_fit")
     cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1, "model.depth_space": "log"})

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from scenemtl.api import MAX_PIXELS, load, resolve_device, tta_setting
-from scenemtl.cli import _run_guarded, main
+from scenemtl.cli import _run_guarded
 from scenemtl.commands.predict import (
     add_predict_parser,
     find_images,
@@ -20,7 +20,6 @@ from scenemtl.data.format import DISPARITY8, encode_depth
 from scenemtl.data.transforms import normalize_rgb
 from scenemtl.errors import UserError
 from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
-from tests.helpers import tiny_config
 from tests.hostile import assert_refused
 
 # the files written per image, in the order the predict module's docstring lists them
@@ -35,13 +34,9 @@ SIZES = {"a.png": (32, 48), "b.jpg": (32, 48), "c.png": (37, 53), "d.PNG": (5, 7
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_root):
-    tmp = tmp_path_factory.mktemp("predict_fit")
-    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(cfg)])
-    assert exc.value.code == 0
-    return tmp / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+def ckpt(tiny_ckpt):
+    """The suite's one-epoch tiny run (tests/conftest.py)."""
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ from PIL import Image
 
 import scenemtl
 from scenemtl.api import MAX_PIXELS
-from scenemtl.cli import _run_guarded, main
+from scenemtl.cli import _run_guarded
 from scenemtl.commands.serve import add_serve_parser
-from scenemtl.page.keys import depth_ticks, format_depth
+from scenemtl.tasks.depth import format_meters
+from scenemtl.tasks.keys import log_ticks
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
-from tests.helpers import REPO, tiny_config
+from tests.helpers import REPO
 
 
 def run_serve(argv):
@@ -50,13 +51,9 @@ def test_a_port_beyond_65535_is_one_line(capsys):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_root):
-    tmp = tmp_path_factory.mktemp("serve_fit")
-    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(cfg)])
-    assert exc.value.code == 0
-    return tmp / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+def ckpt(tiny_ckpt):
+    """The suite's one-epoch tiny run (tests/conftest.py)."""
+    return tiny_ckpt
 
 
 def start_server(ckpt, data, port):
@@ -115,8 +112,8 @@ def test_a_person_drops_an_image_and_sees_the_panel_legend_and_scale(ckpt, tiny_
             # the keys are on the page from the start: every class, the depth scale's ends
             for name in model.class_names:
                 page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
-            for depth in depth_ticks(lo, hi):
-                assert page.get_by_text(format_depth(depth), exact=True).count() == 1
+            for depth in log_ticks(lo, hi):
+                assert page.get_by_text(format_meters(depth), exact=True).count() == 1
             # an upload: the panel and one line about it
             page.locator("input[type=file]").first.set_input_files(str(street))
             page.get_by_text("street.png (48x32): semseg: mostly").wait_for(timeout=60_000)

@@ -27,7 +27,7 @@ from scenemtl.data.transforms import normalize_rgb
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from tests.floatpaths import assert_codes_within_one_step, assert_labels_agree
-from tests.helpers import tiny_config, write_random_dataset
+from tests.helpers import slow_fixture, tiny_config, write_random_dataset
 
 N_TEST = 3
 
@@ -42,7 +42,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def run(tmp_path_factory):
     """One tiny fit (16-bit meters, so depth quantization is negligible) and one test."""
     base = tmp_path_factory.mktemp("submission")

@@ -93,6 +93,29 @@ def test_statistics_are_computed_in_memory(cs_root):
     assert not (cs_root / "dataset.json").exists()  # an MTAN root is never written to
 
 
+def test_statistics_are_those_of_the_files(nyu_root):
+    """Every entry against numpy on the raw files of the train split (float64): the
+    moments of the valid depths in meters, log and inverse, the range, the shares."""
+    info = read_mtan_info(nyu_root)
+    files = sorted((nyu_root / "train" / "depth").glob("*.npy"))
+    depth = np.stack([np.load(f)[..., 0] for f in files]).astype(np.float64)
+    labels = np.stack([np.load(nyu_root / "train" / "label" / f.name) for f in files])
+    valid = depth[depth > 0]
+    stats = info.stats
+    assert stats["num_images"] == len(files) and stats["split"] == "train"
+    assert stats["valid_depth_fraction"] == pytest.approx(valid.size / depth.size, rel=1e-12)
+    # sums of <= 10^3 float64 terms against numpy's pairwise mean: << 1e-9 relative apart;
+    # the std from sums of squares loses a factor (mean^2 + var) / var < 10 here: << 1e-6
+    for key, values in (("depth_m", valid), ("depth_log", np.log(valid)), ("depth_inv", 1 / valid)):
+        assert stats[key]["mean"] == pytest.approx(values.mean(), rel=1e-9)
+        assert stats[key]["std"] == pytest.approx(values.std(), rel=1e-6)
+    labelled = labels[labels >= 0].astype(int)
+    expected = np.bincount(labelled, minlength=13) / labelled.size
+    np.testing.assert_allclose(stats["class_pixel_frequency"], expected, rtol=1e-12)
+    assert stats["ignored_pixel_fraction"] == pytest.approx(1 - labelled.size / labels.size)
+    assert info.depth_range_m == (pytest.approx(valid.min()), pytest.approx(valid.max()))
+
+
 # ---------------------------------------------------------------------------- samples
 
 

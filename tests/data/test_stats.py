@@ -1,10 +1,12 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from scenemtl.data.dataset import SceneDataset
 from scenemtl.data.format import read_info
-from scenemtl.data.stats import compute_stats, write_stats
+from scenemtl.data.stats import compute_stats, format_stats, write_stats
 from scenemtl.errors import DataFormatError
 from tests.helpers import write_random_dataset
 
@@ -63,3 +65,38 @@ def test_class_frequencies_follow_the_datasets_class_table(tmp_path):
     expected = [np.sum(labelled == c) / labelled.size for c in range(7)]
     np.testing.assert_allclose(stats["class_pixel_frequency"], expected, rtol=1e-12)
     assert stats["ignored_pixel_fraction"] == pytest.approx(1 - labelled.size / labels.size)
+
+
+def test_format_stats_prints_what_each_task_describes():
+    """Each task prints its own entries: a dataset without depth (normals only, or a
+    kind without statistics) prints no depth lines and needs none."""
+    classes = [{"name": "road", "color": [1, 2, 3]}, {"name": "sky", "color": [4, 5, 6]}]
+    both = SimpleNamespace(
+        task_specs={
+            "semseg": {"kind": "segmentation", "classes": classes},
+            "depth": {"kind": "depth"},
+        },
+        stats={
+            "split": "train",
+            "num_images": 3,
+            "class_pixel_frequency": [0.25, 0.75],
+            "valid_depth_fraction": 0.5,
+            "depth_m": {"mean": 10.0, "std": 2.0},
+            "depth_log": {"mean": 2.25, "std": 0.5},
+            "depth_inv": {"mean": 0.125, "std": 0.0625},
+        },
+    )
+    assert format_stats(both).splitlines() == [
+        "split train: 3 images",
+        "  semseg class pixel frequency:",
+        f"    {'road':14s}  25.00%",
+        f"    {'sky':14s}  75.00%",
+        "  depth: 50.0% valid pixels",
+        "  depth_m    mean 10 std 2 m",
+        "  depth_log  mean 2.25 std 0.5 log m",
+        "  depth_inv  mean 0.125 std 0.0625 1/m",
+    ]
+    normals_only = SimpleNamespace(
+        task_specs={"normals": {"kind": "normals"}}, stats={"split": "val", "num_images": 2}
+    )
+    assert format_stats(normals_only) == "split val: 2 images"

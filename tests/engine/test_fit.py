@@ -61,8 +61,9 @@ def test_fit_leaves_a_complete_run_directory(tmp_path, tiny_root):
     assert [r for r in tested if r.get("test/grader")] and not [
         r for r in tested if r.get("val/grader")
     ]
-    # a second run gets its own version
-    assert run_cli(["fit", "--config", str(cfg), "--trainer.max_epochs", "1"]) == 0
+    # a second run gets its own version (one step is enough to show it)
+    limits = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    assert run_cli(["fit", "--config", str(cfg), "--trainer.max_epochs", "1", *limits]) == 0
     assert (tmp_path / "runs" / "tiny" / "version_2" / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -127,13 +128,10 @@ def test_non_finite_loss_stops_with_step_and_keeps_best(tmp_path, tiny_root, cap
 
 
 @pytest.fixture(scope="module")
-def one_epoch_run(tmp_path_factory, tiny_root):
-    """(config, run folder) of one 1-epoch fit, shared by the tests that read its checkpoint
-    or evaluate it into new versions of its name (they never change version_0)."""
-    tmp = tmp_path_factory.mktemp("one_epoch")
-    cfg = tiny_config(tmp, tiny_root, **{"trainer.max_epochs": 1})
-    assert run_cli(["fit", "--config", str(cfg)]) == 0
-    return cfg, tmp / "runs" / "tiny" / "version_0"
+def one_epoch_run(tiny_fit):
+    """(config, run folder) of the suite's one-epoch tiny fit (tests/conftest.py), read by
+    the tests below or evaluated into new versions of its name (never version_0)."""
+    return tiny_fit
 
 
 @pytest.mark.slow
@@ -183,6 +181,7 @@ def test_tta_hparams_drive_evaluation_outputs():
 def test_validate_applies_tta_from_the_command_line_in_its_own_run(one_epoch_run):
     cfg, run_dir = one_epoch_run
     trace_before = (run_dir / "metrics.csv").read_bytes()
+    versions_before = set(run_dir.parent.iterdir())  # other tests may evaluate it too
     best = str(run_dir / "checkpoints" / "best.ckpt")
     assert run_cli(["validate", "--config", str(cfg), "--ckpt_path", best]) == 0
     assert (
@@ -202,7 +201,8 @@ def test_validate_applies_tta_from_the_command_line_in_its_own_run(one_epoch_run
         == 0
     )
     # an explicitly named run gets new versions: the training run's trace stays as it was
-    plain, tta = (read_metrics(run_dir.parent / f"version_{i}")[-1] for i in (1, 2))
+    new = set(run_dir.parent.iterdir()) - versions_before
+    plain, tta = (read_metrics(v)[-1] for v in sorted(new, key=lambda v: int(v.name[8:])))
     assert plain["val/depth"] != tta["val/depth"]
     assert (run_dir / "metrics.csv").read_bytes() == trace_before  # training trace untouched
 

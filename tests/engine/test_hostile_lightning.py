@@ -22,7 +22,7 @@ from PIL import Image
 from scenemtl.data.format import label_path, rgb_path
 from scenemtl.data.stats import write_stats
 from scenemtl.reporting.runs import summarize_run
-from tests.helpers import read_metrics, tiny_config, write_random_dataset
+from tests.helpers import read_metrics, slow_fixture, tiny_config, write_random_dataset
 from tests.hostile import assert_refused, run, snapshot
 
 
@@ -34,7 +34,7 @@ def _dataset(root: Path, seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny fit with its submission: the run every evaluation must leave alone."""
     base = tmp_path_factory.mktemp("hostile_fit")

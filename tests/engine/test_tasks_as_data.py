@@ -11,7 +11,7 @@ import torch
 from scenemtl.cli import main
 from scenemtl.commands.grader import grade
 from scenemtl.data.stats import write_stats
-from scenemtl.engine.checkpoint import migrate_checkpoint
+from scenemtl.engine.checkpoint import check_tasks, migrate_checkpoint
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UserError
 from scenemtl.tasks import build_tasks, options_of_learned_tasks
@@ -120,6 +120,29 @@ def test_seven_class_dataset_trains_validates_and_grades(tmp_path):
     cfg19 = tiny_config(tmp_path / "b", other)
     best = str(run / "checkpoints" / "best.ckpt")
     assert run_cli(["test", "--config", str(cfg19), "--ckpt_path", best]) == 1
+
+
+def test_a_checkpoint_of_other_tasks_or_class_counts_is_refused_in_one_line():
+    def seg(n):
+        return {
+            "kind": "segmentation",
+            "classes": [{"name": f"c{i}", "color": [i] * 3} for i in range(n)],
+        }
+
+    normals = {"kind": "normals"}
+    stored = {"hyper_parameters": {"task_specs": {"semseg": seg(7), "normals": normals}}}
+    check_tasks(stored, {"semseg": seg(7), "normals": normals})  # the same: accepted
+    # other class names, same count: the weights fit
+    renamed = {"kind": "segmentation", "classes": [{"name": "x", "color": [0, 0, 0]}] * 7}
+    check_tasks(stored, {"semseg": renamed, "normals": normals})
+    with pytest.raises(
+        UserError,
+        match=r"learned tasks semseg \(7 classes\), normals, but this run's data gives "
+        r"semseg \(19 classes\), normals;",
+    ):
+        check_tasks(stored, {"semseg": seg(19), "normals": normals})
+    with pytest.raises(UserError, match="choose matching data.tasks"):
+        check_tasks(stored, {"semseg": seg(7)})
 
 
 def _as_legacy(ckpt: dict) -> dict:

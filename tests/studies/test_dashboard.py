@@ -15,7 +15,7 @@ import yaml
 from scenemtl.studies.runner import RUN_ATTR, SEED_ATTR, VARIANT_ATTR, default_storage
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
 from tests.helpers import REPO
-from tests.studies.test_runner import scenemtl
+from tests.studies.workers import scenemtl
 
 
 def write_study_with_trials(tmp_path):

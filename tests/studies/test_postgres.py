@@ -8,21 +8,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
 from scenemtl.errors import UserError
 from scenemtl.reporting.run_dir import RunFamily
 from scenemtl.studies.runner import database_url
-from tests.helpers import tiny_config
+from tests.helpers import slow_fixture
 from tests.studies.postgres_server import create_database, postgres_server, why_no_server
-from tests.studies.test_runner import scenemtl, write_study
+from tests.studies.workers import (
+    kill_after_first_checkpoint,
+    scenemtl,
+    write_long_study,
+    write_study,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,7 +32,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def server() -> str:
     # the server runs as another user when the tests run as root: a folder it can enter
     folder = Path(tempfile.mkdtemp(prefix="scenemtl-pg-"))
@@ -73,28 +75,9 @@ def test_two_workers_share_one_study_on_postgres(tmp_path, tiny_root, server):
 def test_killed_worker_trial_is_retried_on_postgres(tmp_path, tiny_root, server):
     url = create_database(server, "killed")
     runs = tmp_path / "runs"
-    config = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 4})
-    study = tmp_path / "study.yaml"
-    study.write_text(
-        yaml.safe_dump(
-            {"name": "t", "config": config.name, "seeds": [0], "variants": [{"name": "long"}]}
-        )
-    )
-    family = RunFamily(runs / "t" / "long", "seed_0")
+    study, family = write_long_study(tmp_path, tiny_root, epochs=4)
     argv = ("study", "run", study, "--runs", runs, "--storage", url, "--heartbeat", "1")
-    worker = scenemtl(*argv, wait=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        versions = family.versions()
-        if versions and versions[0].last_ckpt.is_file():
-            break
-        time.sleep(0.2)
-    else:
-        worker.kill()
-        pytest.fail("the run never wrote last.ckpt: " + worker.communicate()[0])
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
-    time.sleep(2.5)  # longer than the grace period (2 heartbeats)
+    kill_after_first_checkpoint(argv, family)
 
     again = scenemtl(*argv)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -4,11 +4,6 @@ skipping, two workers sharing a study, and a SIGKILLed worker's run resumed."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -16,41 +11,15 @@ import pytest
 import yaml
 
 from scenemtl.reporting.run_dir import RunFamily
-from tests.helpers import REPO, read_metrics, tiny_config
+from tests.helpers import read_metrics
+from tests.studies.workers import (
+    kill_after_first_checkpoint,
+    scenemtl,
+    write_long_study,
+    write_study,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def scenemtl(*argv: str, wait: bool = True, cwd: Path | None = None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    cmd = [sys.executable, "-m", "scenemtl", *map(str, argv)]
-    if not wait:
-        return subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    return subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600, check=False
-    )
-
-
-def write_study(tmp_path: Path, tiny_root: Path, variants: list[dict], **extra) -> Path:
-    config = tiny_config(
-        tmp_path, tiny_root, **{"trainer.max_epochs": 1, "trainer.limit_train_batches": 0.25}
-    )
-    study = tmp_path / "study.yaml"
-    study.write_text(
-        yaml.safe_dump(
-            {"name": "t", "config": config.name, "seeds": [0], "variants": variants, **extra},
-            sort_keys=False,
-        )
-    )
-    return study
 
 
 def trials(runs: Path, name: str = "t") -> list:
@@ -94,7 +63,7 @@ def test_run_records_failures_skips_finished_and_retries_failed(tmp_path, tiny_r
 
 def test_two_workers_share_one_study(tmp_path, tiny_root):
     runs = tmp_path / "runs"
-    names = ["a", "b", "c", "d"]
+    names = ["a", "b", "c"]  # more trials than workers: one worker takes a second
     study = write_study(tmp_path, tiny_root, [{"name": n} for n in names])
     workers = [scenemtl("study", "run", study, "--runs", runs, wait=False) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
@@ -111,34 +80,10 @@ def test_two_workers_share_one_study(tmp_path, tiny_root):
 
 def test_killed_worker_trial_is_retried_and_resumes_its_run(tmp_path, tiny_root):
     runs = tmp_path / "runs"
-    config = tiny_config(tmp_path, tiny_root, **{"trainer.max_epochs": 6})
-    study = tmp_path / "study.yaml"
-    study.write_text(
-        yaml.safe_dump(
-            {
-                "name": "t",
-                "config": config.name,
-                "seeds": [0],
-                "variants": [{"name": "long"}],
-            }
-        )
-    )
-    family = RunFamily(runs / "t" / "long", "seed_0")
-    worker = scenemtl("study", "run", study, "--runs", runs, "--heartbeat", "1", wait=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        versions = family.versions()
-        if versions and versions[0].last_ckpt.is_file():
-            break
-        time.sleep(0.2)
-    else:
-        worker.kill()
-        pytest.fail("the run never wrote last.ckpt: " + worker.communicate()[0])
-    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its run, as a lost machine
-    worker.wait()
+    study, family = write_long_study(tmp_path, tiny_root, epochs=4)
+    kill_after_first_checkpoint(("study", "run", study, "--runs", runs, "--heartbeat", "1"), family)
     epochs_before = {r["epoch"] for r in read_metrics(family.versions()[0].path)}
     assert json.loads(family.versions()[0].record.read_text())["status"] == "running"
-    time.sleep(2.5)  # longer than the grace period (2 heartbeats)
 
     again = scenemtl("study", "run", study, "--runs", runs, "--heartbeat", "1")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -146,9 +91,9 @@ def test_killed_worker_trial_is_retried_and_resumes_its_run(tmp_path, tiny_root)
     versions = family.versions()
     assert len(versions) == 1
     record = json.loads(versions[0].record.read_text())
-    assert record["status"] == "finished" and record["epochs_done"] == 6
+    assert record["status"] == "finished" and record["epochs_done"] == 4
     epochs = [r["epoch"] for r in read_metrics(versions[0].path) if r.get("val/grader")]
-    assert epochs == [str(e) for e in range(6)]
+    assert epochs == [str(e) for e in range(4)]
     assert epochs_before <= {r["epoch"] for r in read_metrics(versions[0].path)}
     states = sorted(t.state.name for t in trials(runs))
     assert states == ["COMPLETE", "FAIL"]  # the dead worker's trial, then its retry

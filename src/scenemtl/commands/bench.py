@@ -192,7 +192,7 @@ def build_from_args(argv: Sequence[str | os.PathLike]) -> BenchSetup:
         UserError: a bad option or value, in one line (as ``fit`` says it).
     """
     from scenemtl.commands.lightning import _hide_advertising, _usage_line, _user_error_in_chain
-    from scenemtl.yamlfile import bound_jsonargparse_yaml, check_yaml_file_bounds
+    from scenemtl.yamlfile import bound_lightning_yaml
 
     _hide_advertising()
     for noise in (  # as for fit (commands/lightning.py)
@@ -203,9 +203,7 @@ def build_from_args(argv: Sequence[str | os.PathLike]) -> BenchSetup:
     ):
         warnings.filterwarnings("ignore", message=noise)
     args = [str(a) for a in argv]
-    for path in _config_files(args):  # first, so that the error line names the file
-        check_yaml_file_bounds(path)
-    bound_jsonargparse_yaml()
+    bound_lightning_yaml(args)
     try:
         cli = _bench_cli(args)
     except (ValueError, TypeError) as e:
@@ -216,16 +214,6 @@ def build_from_args(argv: Sequence[str | os.PathLike]) -> BenchSetup:
     except argparse.ArgumentError as e:
         raise UsageError(_usage_line(str(e), "bench")) from None
     return BenchSetup(cli.model, cli.datamodule, cli.bench_precision, cli.bench_steps)
-
-
-def _config_files(argv: Sequence[str]) -> list[str]:
-    found = []
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            found.append(argv[i + 1])
-        elif arg.startswith("--config="):
-            found.append(arg.partition("=")[2])
-    return found
 
 
 def _bench_cli(argv: list[str]) -> Any:

@@ -56,6 +56,8 @@ from torch.utils.data import Dataset
 from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.data.format import IGNORE_INDEX, METERS16, DatasetInfo, read_json_file
 from scenemtl.errors import DataFormatError, UserError
+from scenemtl.tasks.depth import DepthStatistics
+from scenemtl.tasks.segmentation import ClassFrequency
 
 LAYOUT = "mtan"
 SIDECAR = "mtan.json"
@@ -526,7 +528,10 @@ def _stats(
     root: Path, folders: tuple[tuple[str, str], ...], num_classes: int, signature: Any
 ) -> tuple[dict[str, Any], tuple[float, float]]:
     """What ``scenemtl data stats`` writes into dataset.json, from the training split (or
-    val without one), over at most :data:`STATS_MAX_IMAGES` evenly spaced samples."""
+    val without one), over at most :data:`STATS_MAX_IMAGES` evenly spaced samples: the
+    statistics of the segmentation and depth tasks (theirs, as for any layout), and the
+    range of the valid depths, which the depth spec of this layout takes (the release
+    declares none)."""
     del signature  # part of the cache key only
     folder = dict(folders)
     split = "train" if (root / "train" / "image").is_dir() else "val"
@@ -534,40 +539,20 @@ def _stats(
     if n == 0:
         raise DataFormatError(f"{root / split}: no samples to compute statistics on")
     picks = np.unique(np.linspace(0, n - 1, min(n, STATS_MAX_IMAGES)).round().astype(int))
-    sums = np.zeros(7)
-    pixels = 0
-    counts = np.zeros(IGNORE_INDEX + 1, dtype=np.int64)
+    depth_stats = DepthStatistics((1.0, 2.0))  # only its moments are kept: any bins do
+    class_stats = ClassFrequency(num_classes)
     lo, hi = np.inf, 0.0
     for i in picks:
-        depth = read_depth_array(root / split / folder["depth"] / f"{i}.npy").astype(np.float64)
+        depth = read_depth_array(root / split / folder["depth"] / f"{i}.npy")
+        depth_stats.add(depth)
         valid = depth[depth > 0]
-        pixels += depth.size
         if valid.size:
-            log_d, inv_d = np.log(valid), 1.0 / valid
-            sums += [valid.size, valid.sum(), (valid**2).sum(), log_d.sum(),
-                     (log_d**2).sum(), inv_d.sum(), (inv_d**2).sum()]  # fmt: skip
             lo, hi = min(lo, float(valid.min())), max(hi, float(valid.max()))
-        labels = read_labels(root / split / folder["semseg"] / f"{i}.npy", num_classes)
-        counts += np.bincount(labels.ravel(), minlength=IGNORE_INDEX + 1)
-    count = sums[0]
-    if count == 0:
-        raise DataFormatError(f"{root / split}: no valid depth pixel in the sampled files")
-
-    def mean_std(s: float, s2: float) -> dict[str, float]:
-        mean = s / count
-        return {"mean": float(mean), "std": float(np.sqrt(max(s2 / count - mean**2, 0.0)))}
-
-    labelled = counts[:num_classes].sum()
-    stats = {
-        "split": split,
-        "num_images": len(picks),
-        "valid_depth_fraction": float(count / pixels),
-        "depth_m": mean_std(sums[1], sums[2]),
-        "depth_log": mean_std(sums[3], sums[4]),
-        "depth_inv": mean_std(sums[5], sums[6]),
-        "class_pixel_frequency": [float(f) for f in counts[:num_classes] / max(labelled, 1)],
-        "ignored_pixel_fraction": float(1 - labelled / pixels),
-    }
+        class_stats.add(read_labels(root / split / folder["semseg"] / f"{i}.npy", num_classes))
+    where = f"{root / split}: the sampled files"
+    stats = {"split": split, "num_images": len(picks)}
+    stats.update(depth_stats.result(where))
+    stats.update(class_stats.result(where))
     return stats, (lo, hi if hi > lo else lo * 2)
 
 

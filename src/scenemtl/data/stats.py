@@ -120,18 +120,13 @@ def write_stats(
     return info, plots
 
 
-def format_stats(stats: dict[str, Any], class_names: list[str] | None = None) -> str:
-    lines = [
-        f"split {stats['split']}: {stats['num_images']} images, "
-        f"{100 * stats['valid_depth_fraction']:.1f}% valid depth pixels",
-    ]
-    for key, unit in (("depth_m", "m"), ("depth_log", "log m"), ("depth_inv", "1/m")):
-        lines.append(
-            f"  {key:10s} mean {stats[key]['mean']:.4g} std {stats[key]['std']:.4g} {unit}"
-        )
-    lines.append("  class pixel frequency:")
-    freq = stats["class_pixel_frequency"]
-    names = class_names if class_names is not None else [f"class {i}" for i in range(len(freq))]
-    for name, f in zip(names, stats["class_pixel_frequency"], strict=True):
-        lines.append(f"    {name:14s} {100 * f:6.2f}%")
+def format_stats(info: DatasetInfo) -> str:
+    """What ``scenemtl data stats`` prints of ``info.stats``: the split, then each task's
+    lines (:meth:`~scenemtl.tasks.base.Task.describe_statistics`)."""
+    from scenemtl.tasks import build_tasks, dataset_task_specs
+
+    stats = info.stats
+    lines = [f"split {stats['split']}: {stats['num_images']} images"]
+    for task in build_tasks(dataset_task_specs(info)):
+        lines += task.describe_statistics(stats)
     return "\n".join(lines)

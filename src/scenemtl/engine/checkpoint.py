@@ -23,7 +23,7 @@ import torch
 
 from scenemtl.errors import UserError
 from scenemtl.models.config import ModelConfig
-from scenemtl.tasks import TaskSpecs, legacy_task_specs
+from scenemtl.tasks import TaskSpecs, build_task, legacy_task_specs
 
 
 def read_checkpoint(
@@ -183,7 +183,7 @@ def check_tasks(checkpoint: dict[str, Any], current: TaskSpecs) -> None:
     """
     stored = checkpoint.get("hyper_parameters", {}).get("task_specs") or legacy_task_specs()
     if list(stored) != list(current) or any(
-        _spec_shape(stored[n]) != _spec_shape(spec) for n, spec in current.items()
+        _spec_shape(n, stored[n]) != _spec_shape(n, spec) for n, spec in current.items()
     ):
         raise UserError(
             "the checkpoint learned tasks "
@@ -193,14 +193,15 @@ def check_tasks(checkpoint: dict[str, Any], current: TaskSpecs) -> None:
         )
 
 
-def _spec_shape(spec: dict[str, Any]) -> tuple[Any, ...]:
-    """What of a spec decides the network's weights: its kind and class count."""
-    return (spec.get("kind"), len(spec.get("classes") or ()))
+def _spec_shape(name: str, spec: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a spec decides the network's weights: its kind and its task's output
+    channels (e.g. a segmentation task's class count)."""
+    return (spec.get("kind"), build_task(name, spec).channels)
 
 
 def _describe_specs(specs: dict[str, dict[str, Any]]) -> str:
     parts = []
     for name, spec in specs.items():
-        n = len(spec.get("classes") or ())
-        parts.append(f"{name} ({n} classes)" if n else name)
+        table = build_task(name, spec).class_table()
+        parts.append(f"{name} ({len(table)} classes)" if table else name)
     return ", ".join(parts)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from scenemtl.errors import DataFormatError
+from scenemtl.tasks.keys import PictureKey
 from scenemtl.tasks.likelihood import Likelihood
 from scenemtl.tasks.statistics import TargetStatistics
 
@@ -97,6 +98,11 @@ class Task(nn.Module):
         """Fresh running statistics of this task's targets for dataset.json "stats"
         (``scenemtl data stats``), or None when the kind has none (the default)."""
         return None
+
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        """Lines that ``scenemtl data stats`` prints about this task's entries of
+        dataset.json "stats" (those its :meth:`statistics` wrote); default none."""
+        return []
 
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         """A decoded prediction [H,W] (or [C,H,W]) as the PNG a dataset would hold."""
@@ -219,6 +225,32 @@ class Task(nn.Module):
     def describe_prediction(self, prediction: np.ndarray) -> str:
         """A few words about one decoded prediction, for the predict command's log."""
         return ""
+
+    # -- what people read beside the numbers: the page's keys, the model card ----------
+
+    def picture_key(self) -> PictureKey | None:
+        """What explains this task's pictures beside them (the page of ``scenemtl
+        serve``): a :class:`~scenemtl.tasks.keys.Legend` or
+        :class:`~scenemtl.tasks.keys.ColorBar` in the colours of :meth:`colorize`, or
+        None when the pictures need none (the default)."""
+        return None
+
+    def class_table(self) -> list[dict[str, Any]] | None:
+        """The task's class table, ``[{"name": ..., "color": [r, g, b]}, ...]`` by class
+        id (written to a model folder's ``classes.json`` and its card), or None when its
+        outputs are not classes (the default)."""
+        return None
+
+    def card_tags(self) -> tuple[str, ...]:
+        """Hugging Face tags a model card lists for this task (e.g.
+        "depth-estimation"); default none."""
+        return ()
+
+    def card_output(self) -> str:
+        """What a prediction of this task is, in a few words, for the model card's table
+        (e.g. "meters float32 [H,W]")."""
+        shape = f"[{self.target_channels},H,W]" if self.target_channels else "[H,W]"
+        return f"{self.kind} values {shape} (see the task kind's docs)"
 
     # -- synthetic data ----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from scenemtl.codecs.image import open_image, with_path
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
+from scenemtl.tasks.keys import ColorBar, log_color_bar
 from scenemtl.tasks.likelihood import GAUSSIAN, LAPLACE, RADIAL_LAPLACE, Likelihood
 from scenemtl.tasks.statistics import Histogram, TargetStatistics
 
@@ -297,6 +298,15 @@ class DepthStatistics(TargetStatistics):
         }
 
 
+SCALE_WIDTH = 512
+"""Columns of the depth colour bar (:meth:`DepthTask.picture_key`)."""
+
+
+def format_meters(depth_m: float) -> str:
+    """``4`` -> ``4 m``, ``0.5`` -> ``0.5 m``, ``1000`` -> ``1000 m``."""
+    return f"{depth_m:.3g} m" if depth_m < 1000 else f"{depth_m:.0f} m"
+
+
 class DepthTask(Task):
     """Metric depth in meters, 0 = invalid.
 
@@ -415,6 +425,13 @@ class DepthTask(Task):
     def statistics(self) -> DepthStatistics:
         return DepthStatistics(self.range_m)
 
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        lines = [f"  {self.name}: {100 * stats['valid_depth_fraction']:.1f}% valid pixels"]
+        for key, unit in (("depth_m", "m"), ("depth_log", "log m"), ("depth_inv", "1/m")):
+            s = stats[key]
+            lines.append(f"  {key:10s} mean {s['mean']:.4g} std {s['std']:.4g} {unit}")
+        return lines
+
     def adopt_stats(self, stats: Mapping[str, Any]) -> None:
         self.space.set_stats(stats)
 
@@ -458,6 +475,19 @@ class DepthTask(Task):
 
     def describe_prediction(self, prediction: np.ndarray) -> str:
         return f"median {self.name} {float(np.median(prediction)):.1f} m"
+
+    def picture_key(self, width: int = SCALE_WIDTH) -> ColorBar:
+        """The colour bar over the task's range (the range :meth:`colorize` spans), near
+        (left) to far on a log scale, ``width`` columns."""
+        lo, hi = self.range_m
+        title = f"{self.name} in meters (log scale)"
+        return log_color_bar(title, lo, hi, self.colorize, format_meters, width)
+
+    def card_tags(self) -> tuple[str, ...]:
+        return ("depth-estimation",)
+
+    def card_output(self) -> str:
+        return f"meters float32 [H,W] (trained on `{self.encoding}` depth PNGs)"
 
     def example_target(
         self, batch: int, height: int, width: int, generator: torch.Generator

@@ -341,6 +341,9 @@ class NormalsTask(Task):
         facing = float(np.mean(n[2] < -0.5)) if n.size else 0.0
         return f"{self.name}: {100 * facing:.0f}% facing the camera"
 
+    def card_output(self) -> str:
+        return "unit vectors float32 [3,H,W] (camera frame)"
+
     def example_target(
         self, batch: int, height: int, width: int, generator: torch.Generator
     ) -> Tensor:

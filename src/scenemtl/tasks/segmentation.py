@@ -18,6 +18,7 @@ from scenemtl.codecs.classes import IGNORE_INDEX, read_semseg
 from scenemtl.errors import DataFormatError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.counting import count_values
+from scenemtl.tasks.keys import Legend, class_legend
 from scenemtl.tasks.likelihood import SOFTMAX, Likelihood
 from scenemtl.tasks.statistics import TargetStatistics
 
@@ -204,11 +205,19 @@ class AbstainingSemsegMetrics(SemsegMetrics):
 
 class ClassFrequency(TargetStatistics):
     """Pixel counts per label value: the class frequencies of dataset.json "stats"
-    (``class_pixel_frequency``: share of the labelled pixels, ``ignored_pixel_fraction``:
-    share of all pixels labelled 255)."""
+    (``<prefix>class_pixel_frequency``: share of the labelled pixels,
+    ``<prefix>ignored_pixel_fraction``: share of all pixels labelled 255).
 
-    def __init__(self, num_classes: int) -> None:
+    Args:
+        num_classes: size of the class table.
+        prefix: "" for the dataset's ``semseg`` task (the keys every reader of the stats
+            knows), ``<task>_`` for any further segmentation task (human parts), so two
+            tables' frequencies do not overwrite each other.
+    """
+
+    def __init__(self, num_classes: int, prefix: str = "") -> None:
         self.num_classes = num_classes
+        self.prefix = prefix
         self.counts = np.zeros(IGNORE_INDEX + 1, dtype=np.int64)
         self.pixels = 0
 
@@ -225,8 +234,8 @@ class ClassFrequency(TargetStatistics):
         labelled = self.counts[: self.num_classes].sum()
         freq = self.counts[: self.num_classes] / max(labelled, 1)
         return {
-            "class_pixel_frequency": [float(f) for f in freq],
-            "ignored_pixel_fraction": float(1 - labelled / max(self.pixels, 1)),
+            f"{self.prefix}class_pixel_frequency": [float(f) for f in freq],
+            f"{self.prefix}ignored_pixel_fraction": float(1 - labelled / max(self.pixels, 1)),
         }
 
 
@@ -288,8 +297,22 @@ class SegmentationTask(Task):
     def encode_png(self, prediction: np.ndarray) -> Image.Image:
         return Image.fromarray(np.asarray(prediction).astype(np.uint8), mode="L")
 
+    @property
+    def _stats_prefix(self) -> str:
+        # the first segmentation task of every layout is "semseg" (data.format), whose keys
+        # predate task kinds; another one (human parts) gets its own
+        return "" if self.name == "semseg" else f"{self.name}_"
+
     def statistics(self) -> ClassFrequency:
-        return ClassFrequency(self.channels)
+        return ClassFrequency(self.channels, self._stats_prefix)
+
+    def describe_statistics(self, stats: Mapping[str, Any]) -> list[str]:
+        freq = stats[f"{self._stats_prefix}class_pixel_frequency"]
+        lines = [f"  {self.name} class pixel frequency:"]
+        lines += [
+            f"    {n:14s} {100 * f:6.2f}%" for n, f in zip(self.class_names, freq, strict=True)
+        ]
+        return lines
 
     @property
     def likelihood(self) -> Likelihood:
@@ -347,6 +370,19 @@ class SegmentationTask(Task):
         top = int(counts.argmax())
         share = 100.0 * counts[top] / max(1, counts.sum())
         return f"{self.name}: mostly {self.class_names[top]} ({share:.0f}%)"
+
+    def picture_key(self) -> Legend:
+        """The classes by id, each in the colour :meth:`colorize` gives its id."""
+        return class_legend(f"{self.name} classes", self.class_names, self.colorize)
+
+    def class_table(self) -> list[dict[str, Any]]:
+        return [dict(c) for c in self.classes]
+
+    def card_tags(self) -> tuple[str, ...]:
+        return ("semantic-segmentation",)
+
+    def card_output(self) -> str:
+        return f"class ids int64 [H,W], 0..{self.channels - 1} (table below)"
 
     def example_target(
         self, batch: int, height: int, width: int, generator: torch.Generator

@@ -28,12 +28,18 @@ from scenemtl.data.format import (
     write_info,
     write_sample_files,
 )
+from scenemtl.data.procedural.boundaries import (
+    BOUNDARY_TASK_SPEC,
+    encode_grey_png,
+    label_boundaries,
+)
 from scenemtl.data.procedural.params import (
     GENERATOR_NAME,
     GENERATOR_VERSION,
     SynthParams,
     default_root,
 )
+from scenemtl.data.procedural.parts import PARTS_TASK_SPEC
 from scenemtl.data.procedural.profile import StageTimes
 from scenemtl.data.procedural.store import (
     publish,
@@ -52,7 +58,11 @@ CHUNK = 8
 """Images per task sent to a worker: big enough to amortize messaging, small enough to
 balance the load at the end."""
 
-EXTRA_TASK_SPECS: dict[str, dict[str, Any]] = {"normals": {"kind": "normals", "encoding": "rgb8"}}
+EXTRA_TASK_SPECS: dict[str, dict[str, Any]] = {
+    "normals": {"kind": "normals", "encoding": "rgb8"},
+    "boundaries": BOUNDARY_TASK_SPEC,
+    "parts": PARTS_TASK_SPEC,
+}
 """dataset.json ``extra_tasks`` entries of the optional targets."""
 
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
@@ -85,10 +95,12 @@ def sample_layers(
     index: int,
     times: StageTimes | None = None,
     normals: bool = True,
+    parts: bool = False,
 ) -> dict[str, np.ndarray]:
     """Render image ``index`` of ``split`` with every target :func:`render_layers` makes.
     With ``times``, the time of each stage is added to it; without ``normals``, the
-    ``normals`` layer is not made (the others are the same either way).
+    ``normals`` layer is not made; with ``parts``, the ``parts`` layer is (the others are
+    the same either way).
 
     Returns:
         ``rgb``, ``semseg``, ``depth`` as :func:`render_sample` returns them, and
@@ -108,7 +120,7 @@ def sample_layers(
     rng = image_rng(params.seed, split, int(index))
     scene = make_scene(rng, params.size)
     lap("layout")
-    layers = render_layers(scene, rng, times, normals)
+    layers = render_layers(scene, rng, times, normals, parts)
     lap = times.laps()
     lo, hi = params.depth_range_m
     depth = layers["depth"]
@@ -131,8 +143,9 @@ def _render_chunk(
     times = StageTimes()
     gt = params.has_gt(split)
     normals = gt and "normals" in params.tasks
+    parts = gt and "parts" in params.tasks
     for i in indices:
-        layers = sample_layers(params, split, i, times, normals)
+        layers = sample_layers(params, split, i, times, normals, parts)
         rgb, semseg, depth = layers["rgb"], layers["semseg"], layers["depth"]
         counts += np.bincount(semseg.ravel(), minlength=CITYSCAPES_NUM_CLASSES)[
             :CITYSCAPES_NUM_CLASSES
@@ -148,6 +161,12 @@ def _render_chunk(
             png_compress_level=PNG_COMPRESS_LEVEL,
             normals=layers["normals"] if normals else None,
         )
+        if gt and "boundaries" in params.tasks:
+            # derived from the exact label map after rendering: the other files are the
+            # same bytes with or without it
+            files["boundaries"] = encode_grey_png(label_boundaries(semseg), PNG_COMPRESS_LEVEL)
+        if parts:
+            files["parts"] = encode_grey_png(layers["parts"], PNG_COMPRESS_LEVEL)
         lap("encode")
         write_sample_files(root, split, i, files, RGB_EXTENSION)
         lap("write")

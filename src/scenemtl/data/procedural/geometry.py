@@ -76,6 +76,9 @@ class Prim:
         round_scale: ellipsoid semi-axes of a ROUNDED_BOX relative to ``half`` (one
             number or one per axis; a large value leaves that axis's edges square).
         shadow: whether the solid casts a sun shadow.
+        part: human part of the solid's pixels (:mod:`.parts`; 0 = none), for the
+            optional ``parts`` layer; nothing else reads it.
+        part_below: the part of its half with local y < 0, or -1 (the same as ``part``).
     """
 
     shape: int
@@ -91,6 +94,8 @@ class Prim:
     cutout: int = CUT_NONE
     round_scale: float | tuple[float, float, float] = 1.3
     shadow: bool = True
+    part: int = 0
+    part_below: int = -1
 
     @property
     def axis_aligned(self) -> bool:

@@ -3,7 +3,8 @@
 Each sample is shown as RGB | semantic labels in Cityscapes colours | depth (turbo
 colour map on log depth, near = red, far = blue, invalid = black) and, with
 ``--normals``, | surface normals ((n + 1) / 2 of camera-frame x, y, z as R, G, B,
-invalid = black; docs/normals.md).
+invalid = black; docs/normals.md) and, with ``--boundaries``, | boundaries (white on
+black; docs/synth.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PIL import Image
 
 from scenemtl.codecs.classes import class_colors
 from scenemtl.data.format import IGNORE_INDEX, encode_normals
+from scenemtl.data.procedural.boundaries import label_boundaries
 from scenemtl.data.procedural.generate import sample_layers
 from scenemtl.data.procedural.params import SynthParams
 
@@ -48,12 +50,13 @@ def montage(
     columns: int = 2,
     gap: int = 2,
     normals: bool = False,
+    boundaries: bool = False,
 ) -> np.ndarray:
     """uint8 [rows * (H + gap), columns * (kW + gap), 3] grid of samples, k = 3 panels
-    per sample (4 with ``normals``)."""
+    per sample (one more with ``normals``, one more with ``boundaries``)."""
     h, w = params.size
     lo, hi = params.depth_range_m
-    k = 4 if normals else 3
+    k = 3 + int(normals) + int(boundaries)
     rows = -(-len(indices) // columns)
     out = np.full((rows * (h + gap) - gap, columns * (k * w + gap) - gap, 3), 255, np.uint8)
     for n, i in enumerate(indices):
@@ -62,6 +65,9 @@ def montage(
         panels.append(depth_colours(layers["depth"], lo, hi))
         if normals:
             panels.append(np.asarray(encode_normals(layers["normals"])))
+        if boundaries:
+            edges = label_boundaries(layers["semseg"])
+            panels.append(np.repeat(edges[..., None] * np.uint8(255), 3, axis=-1))
         r, c = divmod(n, columns)
         y, x = r * (h + gap), c * (k * w + gap)
         for j, panel in enumerate(panels):
@@ -78,10 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--columns", type=int, default=2)
     parser.add_argument("--normals", action="store_true", help="add a surface normals panel")
+    parser.add_argument("--boundaries", action="store_true", help="add a boundaries panel")
     args = parser.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
     params = SynthParams(size=(h, w), seed=args.seed)
-    grid = montage(params, args.split, list(range(args.n)), args.columns, normals=args.normals)
+    grid = montage(
+        params,
+        args.split,
+        list(range(args.n)),
+        args.columns,
+        normals=args.normals,
+        boundaries=args.boundaries,
+    )
     # An adaptive 256-colour palette keeps the committed PNG small.
     img = Image.fromarray(grid).quantize(
         256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE

@@ -14,6 +14,7 @@ import numpy as np
 
 from scenemtl.codecs.classes import train_id
 from scenemtl.data.procedural import palette as pal
+from scenemtl.data.procedural import parts as pt
 from scenemtl.data.procedural.draws import Weighted
 from scenemtl.data.procedural.geometry import (
     BOX,
@@ -294,9 +295,10 @@ def _rider_body(
         top,
         rotation=tilt,
         round_scale=1.25,
+        part=pt.TORSO,
     )
     head_c = np.array(hip) + up * (torso_len + 0.14)
-    pl.add(ELLIPSOID, tuple(head_c), (0.1, 0.12, 0.11), RIDER, pal.M_SKIN, skin)
+    pl.add(ELLIPSOID, tuple(head_c), (0.1, 0.12, 0.11), RIDER, pal.M_SKIN, skin, part=pt.HEAD)
     if helmet:
         pl.add(
             ELLIPSOID,
@@ -306,6 +308,7 @@ def _rider_body(
             pal.M_PAINT,
             pal.pick(rng, pal.CAR, 0.05),
             params=(3.0, 3.0, 0.0, 0),
+            part=pt.HEAD,
         )
     # Thighs forward, shins down to the pedals/pegs.
     for sx in (-1, 1):
@@ -319,9 +322,18 @@ def _rider_body(
             pal.M_CLOTH,
             pants,
             rotation=rot_x(math.pi / 2 - 0.05),
+            part=pt.UPPER_LEG,
         )
         foot = knee + np.array([0.0, -0.45, -0.05])
-        pl.add(CYLINDER, tuple((knee + foot) / 2), (0.065, 0.23, 0.065), RIDER, pal.M_CLOTH, pants)
+        pl.add(
+            CYLINDER,
+            tuple((knee + foot) / 2),
+            (0.065, 0.23, 0.065),
+            RIDER,
+            pal.M_CLOTH,
+            pants,
+            part=pt.LOWER_LEG,
+        )
     shoulder = np.array(hip) + up * (torso_len - 0.08)
     for sx in (-1, 1):
         s = shoulder + np.array([sx * 0.22, 0.0, 0.0])
@@ -337,6 +349,9 @@ def _rider_body(
             pal.M_CLOTH,
             top,
             rotation=rot_x(ang),
+            # local +y points from the shoulder to the hand
+            part=pt.LOWER_ARM,
+            part_below=pt.UPPER_ARM,
         )
 
 
@@ -470,6 +485,9 @@ def person(
             pal.M_CLOTH,
             pants,
             rotation=rot,
+            # local +y points from the foot to the hip
+            part=pt.UPPER_LEG,
+            part_below=pt.LOWER_LEG,
         )
     torso_h = 0.3 * h
     if dress:
@@ -481,6 +499,7 @@ def person(
             pal.M_CLOTH,
             top,
             round_scale=1.2,
+            part=pt.UPPER_LEG,  # a skirt: annotators label the body under it
         )
     pl.add(
         ROUNDED_BOX,
@@ -490,6 +509,7 @@ def person(
         pal.M_CLOTH,
         top,
         round_scale=1.22,
+        part=pt.TORSO,
     )
     sleeve = top if rng.random() < 0.7 else skin
     arm = 0.34 * h
@@ -505,9 +525,20 @@ def person(
             pal.M_CLOTH,
             sleeve,
             rotation=rot,
+            # local +y points from the hand to the shoulder
+            part=pt.UPPER_ARM,
+            part_below=pt.LOWER_ARM,
         )
     head_r = 0.115 * s
-    pl.add(ELLIPSOID, (0, h - head_r, 0), (0.085 * s, head_r, 0.1 * s), PERSON, pal.M_SKIN, skin)
+    pl.add(
+        ELLIPSOID,
+        (0, h - head_r, 0),
+        (0.085 * s, head_r, 0.1 * s),
+        PERSON,
+        pal.M_SKIN,
+        skin,
+        part=pt.HEAD,
+    )
     pl.add(
         ELLIPSOID,
         (0, h - head_r * 0.55, -0.015),
@@ -515,6 +546,7 @@ def person(
         PERSON,
         pal.M_CLOTH,
         hair,
+        part=pt.HEAD,
     )
     if rng.random() < 0.25:
         pl.add(

@@ -33,8 +33,9 @@ MIN_SIDE, MAX_SIDE = 8, 4096
 
 BASE_TASKS: tuple[str, ...] = ("semseg", "depth")
 """What every generated dataset holds (the MiniScapes layout needs both)."""
-OPTIONAL_TASKS: tuple[str, ...] = ("normals",)
-"""What a generated dataset may hold besides (``--tasks semseg depth normals``)."""
+OPTIONAL_TASKS: tuple[str, ...] = ("normals", "boundaries", "parts")
+"""What a generated dataset may hold besides (``--tasks semseg depth normals boundaries
+parts``)."""
 MAX_SPLIT = 10_000_000
 
 
@@ -49,10 +50,11 @@ class SynthParams:
         depth_encoding: ``"disparity8"`` (MiniScapes code, 4-300 m) or ``"meters16"``.
         jpeg_quality: quality of the RGB JPEGs (1-100).
         test_gt: whether the test split gets labels and depth (a grader needs them).
-        tasks: the targets rendered: ``semseg`` and ``depth`` always, ``normals``
-            optionally; kept in that order. Part of the cache key, but left out of
-            :meth:`to_json` when it is the default, so datasets without normals keep
-            the key (and cache folder) they had before normals existed.
+        tasks: the targets rendered: ``semseg`` and ``depth`` always, ``normals``,
+            ``boundaries`` and ``parts`` optionally; kept in that order. Part of the
+            cache key, but left out of :meth:`to_json` when it is the default, so
+            datasets without them keep the key (and cache folder) they had before
+            they existed.
     """
 
     train: int = 2000
@@ -125,7 +127,7 @@ class SynthParams:
 
     @property
     def extra_tasks(self) -> tuple[str, ...]:
-        """The optional targets rendered (``("normals",)`` or ``()``)."""
+        """The optional targets rendered (of :data:`OPTIONAL_TASKS`, e.g. ``()``)."""
         return tuple(t for t in self.tasks if t not in BASE_TASKS)
 
     def to_json(self) -> dict[str, Any]:

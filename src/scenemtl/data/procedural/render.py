@@ -43,6 +43,7 @@ def render_layers(
     rng: np.random.Generator,
     times: StageTimes | None = None,
     normals: bool = True,
+    parts: bool = False,
 ) -> dict[str, np.ndarray]:
     """Render a scene.
 
@@ -52,6 +53,7 @@ def render_layers(
             added to it.
         normals: whether to make the ``normals`` layer (~5% of the time of an image);
             nothing else depends on it.
+        parts: whether to make the ``parts`` layer; nothing else depends on it.
 
     Returns:
         ``rgb``: uint8 [H, W, 3].
@@ -61,6 +63,7 @@ def render_layers(
         at the hit points in the camera frame (x right, y down, z forward), facing the
         camera; zero for sky. Exact: the primitive's analytic normal at the hit (the
         ground plane's is world up).
+        ``parts`` (with ``parts``): uint8 [H, W] human parts (:mod:`.parts`), 0 off people.
     """
     lap = (times if times is not None else StageTimes()).laps()
     cam = scene.camera
@@ -116,6 +119,7 @@ def render_layers(
     prim_rows = np.where(ground, k, hid)
     labels = table_label[prim_rows]
     labels[ground] = ground_labels(scene.ground, p[ground])
+    part_map = _part_map(prims, prim_rows, pl, hit_idx, h, w) if parts else None
     lap("raycast")
 
     surf = Surface(
@@ -176,6 +180,8 @@ def render_layers(
     layers = {"rgb": rgb, "semseg": semseg.reshape(h, w), "depth": depth.reshape(h, w)}
     if normals:
         layers["normals"] = _camera_normals(cam, n, d_hit, hit_idx)
+    if part_map is not None:
+        layers["parts"] = part_map
     lap("raycast")
     return layers
 
@@ -270,6 +276,28 @@ def _half_camera(cam: Camera) -> Camera:
         cx=(cam.cx + 0.5) / 2,
         cy=(cam.cy + 0.5) / 2,
     )
+
+
+def _part_map(
+    prims: list, prim_rows: np.ndarray, local: np.ndarray, hit_idx: np.ndarray, h: int, w: int
+) -> np.ndarray:
+    """uint8 [H, W] human part of every pixel: its primitive's ``part``, or ``part_below``
+    where the hit lies at local y < 0; 0 on the ground (row ``len(prims)``) and the sky.
+
+    Args:
+        prim_rows: [M] primitive of each hit, ``len(prims)`` for the ground.
+        local: [M, 3] hit points in their primitive's frame (world points on the ground).
+    """
+    k = len(prims)
+    upper = np.zeros(k + 1, np.uint8)
+    lower = np.zeros(k + 1, np.uint8)
+    for i, prim in enumerate(prims):
+        upper[i] = prim.part
+        lower[i] = prim.part if prim.part_below < 0 else prim.part_below
+    part = np.where(local[:, 1] >= 0, upper[prim_rows], lower[prim_rows])
+    out = np.zeros(h * w, np.uint8)
+    out[hit_idx] = part
+    return out.reshape(h, w)
 
 
 def _unflatten(
