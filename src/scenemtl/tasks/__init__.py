@@ -21,14 +21,18 @@ from scenemtl.codecs.classes import cityscapes_class_table
 from scenemtl.codecs.depth import DISPARITY8, DISPARITY8_MAX_M, DISPARITY8_MIN_M
 from scenemtl.errors import UserError
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.boundaries import BoundariesTask
 from scenemtl.tasks.depth import DepthTask
 from scenemtl.tasks.normals import NormalsTask
+from scenemtl.tasks.saliency import SaliencyTask
 from scenemtl.tasks.segmentation import SegmentationTask
 
 TASK_KINDS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
     "depth": DepthTask,
     "normals": NormalsTask,
+    "boundaries": BoundariesTask,
+    "saliency": SaliencyTask,
 }
 
 TaskSpecs = dict[str, dict[str, Any]]
@@ -208,8 +212,10 @@ def build_tasks(
 __all__ = [
     "FLAT_TASK_OPTIONS",
     "TASK_KINDS",
+    "BoundariesTask",
     "DepthTask",
     "NormalsTask",
+    "SaliencyTask",
     "SegmentationTask",
     "Task",
     "TaskSpecs",

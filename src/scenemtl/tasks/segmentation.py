@@ -204,11 +204,19 @@ class AbstainingSemsegMetrics(SemsegMetrics):
 
 class ClassFrequency(TargetStatistics):
     """Pixel counts per label value: the class frequencies of dataset.json "stats"
-    (``class_pixel_frequency``: share of the labelled pixels, ``ignored_pixel_fraction``:
-    share of all pixels labelled 255)."""
+    (``<prefix>class_pixel_frequency``: share of the labelled pixels,
+    ``<prefix>ignored_pixel_fraction``: share of all pixels labelled 255).
 
-    def __init__(self, num_classes: int) -> None:
+    Args:
+        num_classes: size of the class table.
+        prefix: "" for the dataset's ``semseg`` task (the keys every reader of the stats
+            knows), ``<task>_`` for any further segmentation task (human parts), so two
+            tables' frequencies do not overwrite each other.
+    """
+
+    def __init__(self, num_classes: int, prefix: str = "") -> None:
         self.num_classes = num_classes
+        self.prefix = prefix
         self.counts = np.zeros(IGNORE_INDEX + 1, dtype=np.int64)
         self.pixels = 0
 
@@ -225,8 +233,8 @@ class ClassFrequency(TargetStatistics):
         labelled = self.counts[: self.num_classes].sum()
         freq = self.counts[: self.num_classes] / max(labelled, 1)
         return {
-            "class_pixel_frequency": [float(f) for f in freq],
-            "ignored_pixel_fraction": float(1 - labelled / max(self.pixels, 1)),
+            f"{self.prefix}class_pixel_frequency": [float(f) for f in freq],
+            f"{self.prefix}ignored_pixel_fraction": float(1 - labelled / max(self.pixels, 1)),
         }
 
 
@@ -289,7 +297,9 @@ class SegmentationTask(Task):
         return Image.fromarray(np.asarray(prediction).astype(np.uint8), mode="L")
 
     def statistics(self) -> ClassFrequency:
-        return ClassFrequency(self.channels)
+        # the first segmentation task of every layout is "semseg" (data.format), whose keys
+        # predate task kinds; another one (human parts) gets its own
+        return ClassFrequency(self.channels, "" if self.name == "semseg" else f"{self.name}_")
 
     @property
     def likelihood(self) -> Likelihood:
