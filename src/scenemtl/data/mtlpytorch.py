@@ -157,9 +157,7 @@ def read_split_list(path: Path) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def read_bench_info(
-    root: str | os.PathLike, format: str = "auto", stats: bool = True
-) -> BenchInfo:
+def read_bench_info(root: str | os.PathLike, format: str = "auto", stats: bool = True) -> BenchInfo:
     """Describe a release root (and compute its statistics, in memory, cached).
 
     Args:
@@ -262,7 +260,7 @@ def _check_mat_stream(path: Path, data: bytes) -> None:
                 try:
                     out = stream.decompress(chunk, 1 << 20)
                 except zlib.error as e:
-                    raise DataFormatError(f"{path}: corrupt compressed .mat element ({e})") from None
+                    raise DataFormatError(f"{path}: corrupt compressed .mat data ({e})") from None
                 inflated += len(out)
                 if inflated > MAX_MAT_DECOMPRESSED:
                     raise DataFormatError(
@@ -441,7 +439,7 @@ def _stats(
             if target is not None:
                 totals[task.name].add(target)
                 labelled[task.name] += 1
-    stats: dict[str, Any] = {"split": split, "num_images": int(len(picks))}
+    stats: dict[str, Any] = {"split": split, "num_images": len(picks)}
     for name, total in totals.items():
         if not labelled[name]:
             continue
@@ -462,14 +460,15 @@ def format_bench_stats(info: BenchInfo) -> str:
             continue
         lines.append(f"  {name} ({entry['labelled_images']} labelled images)")
         names = [c["name"] for c in task.spec.get("classes", [])]
-        for key, value in entry.items():
+        for full_key, value in entry.items():
+            key = full_key.removeprefix(f"{name}_")
             if key == "class_pixel_frequency":
                 for cls, f in zip(names, value, strict=True):
-                    lines.append(f"    {cls:16s} {100 * f:6.2f}%")
+                    lines.append(f"    {cls:22s} {100 * f:6.2f}%")
             elif isinstance(value, dict) and {"mean", "std"} <= set(value):
-                lines.append(f"    {key:16s} mean {value['mean']:.4g} std {value['std']:.4g}")
+                lines.append(f"    {key:22s} mean {value['mean']:.4g} std {value['std']:.4g}")
             elif isinstance(value, float):
-                lines.append(f"    {key:16s} {value:.4g}")
+                lines.append(f"    {key:22s} {value:.4g}")
     return "\n".join(lines)
 
 
@@ -506,4 +505,3 @@ def check_bench(root: str | os.PathLike, workers: int | None = None) -> list[str
         for found in pool.map(lambda job: _check_sample(root, info, *job), jobs):
             problems += found
     return problems
-

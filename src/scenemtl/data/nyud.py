@@ -44,6 +44,7 @@ from scenemtl.data.mtlpytorch import (
     read_index_png,
 )
 from scenemtl.errors import DataFormatError
+from scenemtl.evaluation.boundary import MAX_DIST
 
 NYUD_40_CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window",
@@ -56,8 +57,6 @@ NYUD_40_CLASSES = (
 """The 40 classes of Gupta et al. (2013) in the order of their label ids 1..40 (the
 release's PNG values; targets 0..39). The spelling "refridgerator" is the dataset's."""
 
-NYUD_MAX_DIST = 0.011
-"""Boundary matching tolerance, a fraction of the image diagonal (SEISM's ``maxDist``)."""
 NYUD_DEPTH_RANGE_M = (0.1, 10.0)
 """Depth range of the pictures and histograms (Kinect: about 0.5 to 10 m)."""
 
@@ -148,7 +147,6 @@ def read_edges(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray:
     return binary_from_fraction(path, check_plane(path, values, size, "edge map"), "edge map")
 
 
-
 NYUD = Layout(
     name="nyud",
     markers=("gt_sets", "images"),
@@ -164,7 +162,7 @@ NYUD = Layout(
             read_depth,
         ),
         "normals": BenchTask({"kind": "normals"}, read_normals_target),
-        "boundaries": BenchTask({"kind": "boundaries"}, read_edges),
+        "boundaries": BenchTask({"kind": "boundaries", "max_dist": MAX_DIST["nyud"]}, read_edges),
     },
     canvas=None,
 )

@@ -50,6 +50,7 @@ from scenemtl.data.mtlpytorch import (
 )
 from scenemtl.data.nyud import class_table
 from scenemtl.errors import DataFormatError
+from scenemtl.evaluation.boundary import MAX_DIST
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -98,8 +99,6 @@ the loaders' ``nyu_classes.json`` and ``context_classes.json`` (except "unknown"
 "tvmonitor" (label 427) -- computed from those two files of Multi-Task-Learning-PyTorch
 (identical in ATRC and InvPT)."""
 
-PASCAL_MAX_DIST = 0.0075
-"""Boundary matching tolerance, a fraction of the image diagonal (SEISM's ``maxDist``)."""
 PASCAL_CANVAS = (512, 512)
 """Every sample is padded to this size (PASCAL images are at most 500x500)."""
 
@@ -166,10 +165,14 @@ def read_normals(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray
 
 
 def _field(record: Any, index: int, path: Path, what: str) -> np.ndarray:
+    """Field ``index`` of a struct record (an array, as scipy reads every field)."""
     try:
-        return np.asarray(record[index])
+        value = record[index]
     except (IndexError, KeyError, TypeError, ValueError):
         raise DataFormatError(f"{path}: anno has no {what}") from None
+    if not isinstance(value, np.ndarray):
+        raise DataFormatError(f"{path}: anno {what} is not an array")
+    return value
 
 
 def _scalar(value: np.ndarray, path: Path, what: str) -> Any:
@@ -197,9 +200,9 @@ def read_parts(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray |
     """
     path = root / "human_parts" / f"{image_id}.mat"
     anno = read_mat(path, ("anno",))["anno"]
-    record = _field(anno.reshape(-1), 0, path, "record") if anno.size == 1 else None
-    if record is None:
-        raise DataFormatError(f"{path}: anno is {anno.shape}, expected one record")
+    if anno.size != 1 or anno.dtype.names is None:
+        raise DataFormatError(f"{path}: anno is {anno.dtype} {anno.shape}, expected one struct")
+    record = anno.reshape(-1)[0]
     objects = _field(record, 1, path, "objects").reshape(-1)
     target: np.ndarray | None = None
     for n, obj in enumerate(objects):
@@ -236,7 +239,9 @@ PASCAL_CONTEXT = Layout(
         ),
         "saliency": BenchTask({"kind": "saliency"}, read_saliency),
         "normals": BenchTask({"kind": "normals"}, read_normals),
-        "boundaries": BenchTask({"kind": "boundaries"}, read_edges),
+        "boundaries": BenchTask(
+            {"kind": "boundaries", "max_dist": MAX_DIST["pascal_context"]}, read_edges
+        ),
     },
     canvas=PASCAL_CANVAS,
 )
