@@ -209,7 +209,7 @@ def read_bench_info(root: str | os.PathLike, format: str = "auto", stats: bool =
     )
     if stats:
         split = "train" if "train" in ids else next(iter(ids))
-        info.stats = _cached_stats(root, layout.name, split, ids[split])
+        info.stats = _cached_stats(root, info, split)
     return info
 
 
@@ -327,6 +327,20 @@ def binary_from_fraction(path: Path, values: np.ndarray, what: str) -> np.ndarra
 # dataset
 
 
+def read_sample_image(root: Path, info: BenchInfo, image_id: str) -> np.ndarray:
+    """uint8 [H,W,3] of one image, unpadded: the release's size, or within its canvas."""
+    layout = info.release
+    path = layout.image(root, image_id)
+    rgb = read_rgb_image(path)
+    h, w = rgb.shape[:2]
+    ch, cw = info.image_size
+    if layout.canvas is None and (h, w) != (ch, cw):
+        raise DataFormatError(f"{path}: size {w}x{h}, the release's is {cw}x{ch}")
+    if h > ch or w > cw:
+        raise DataFormatError(f"{path}: size {w}x{h} exceeds the {cw}x{ch} canvas")
+    return rgb
+
+
 def _pad(array: np.ndarray, canvas: tuple[int, int], fill: float) -> np.ndarray:
     h, w = array.shape[-2:]
     if (h, w) == canvas:
@@ -363,16 +377,7 @@ class BenchDataset(Dataset[dict[str, torch.Tensor]]):
 
     def image(self, index: int) -> np.ndarray:
         """uint8 [H,W,3] of sample ``index``, unpadded (its size checked)."""
-        layout = self.info.release
-        path = layout.image(self.root, self.ids[index])
-        rgb = read_rgb_image(path)
-        h, w = rgb.shape[:2]
-        ch, cw = self.info.image_size
-        if layout.canvas is None and (h, w) != (ch, cw):
-            raise DataFormatError(f"{path}: size {w}x{h}, the release's is {cw}x{ch}")
-        if h > ch or w > cw:
-            raise DataFormatError(f"{path}: size {w}x{h} exceeds the {cw}x{ch} canvas")
-        return rgb
+        return read_sample_image(self.root, self.info, self.ids[index])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.size:
@@ -408,22 +413,22 @@ def _signature(root: Path, layout: Layout) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _cached_stats(root: Path, layout: str, split: str, ids: tuple[str, ...]) -> dict[str, Any]:
-    release = _layouts()[layout]
-    return _stats(root.resolve(), layout, split, ids, _signature(root, release))
+def _cached_stats(root: Path, info: BenchInfo, split: str) -> dict[str, Any]:
+    key = (info.layout, tuple(info.image_size), split, info.ids[split])
+    return _stats(root.resolve(), key, _signature(root, info.release))
 
 
 @cache
-def _stats(
-    root: Path, layout: str, split: str, ids: tuple[str, ...], signature: Any
-) -> dict[str, Any]:
+def _stats(root: Path, key: tuple[Any, ...], signature: Any) -> dict[str, Any]:
     """Each task's statistics (:meth:`Task.statistics`) over at most
     :data:`STATS_MAX_IMAGES` evenly spaced samples of ``ids``: the depth task's entries
     at the top level (where the depth task reads them), every task's under its name."""
     from scenemtl.tasks import build_tasks
 
     del signature  # part of the cache key only
+    layout, image_size, split, ids = key
     release = _layouts()[layout]
+    info = BenchInfo(name=layout, image_size=image_size, splits={}, layout=layout)
     tasks = [
         t
         for t in build_tasks({n: dict(t.spec) for n, t in release.tasks.items()})
@@ -433,7 +438,7 @@ def _stats(
     totals = {t.name: t.statistics() for t in tasks}
     labelled = dict.fromkeys(totals, 0)
     for i in picks.astype(int):
-        size = read_rgb_image(release.image(root, ids[i])).shape[:2]
+        size = read_sample_image(root, info, ids[i]).shape[:2]
         for task in tasks:
             target = release.tasks[task.name].read(root, ids[i], size)
             if target is not None:
