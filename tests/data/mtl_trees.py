@@ -35,14 +35,19 @@ def _list(path: Path, ids: list[str]) -> None:
 
 
 def write_nyud_tree(
-    root: Path, sizes: dict[str, int] | None = None, invpt: bool = False, seed: int = 0
+    root: Path,
+    sizes: dict[str, int] | None = None,
+    invpt: bool = False,
+    seed: int = 0,
+    size: tuple[int, int] = NYUD_SIZE,
 ) -> dict[str, dict[str, Any]]:
     """``NYUD_MT``: gt_sets, images (.jpg; InvPT's copy: .png), segmentation (.png 0..40),
     depth (.npy meters, 0 = invalid), normals (.npy [H,W,3]; InvPT: RGB .png), edge (.npy
-    0/1; InvPT: .png 0/255). Returns id -> the arrays written."""
+    0/1; InvPT: .png 0/255), images of ``size`` (the release's are 425x560). Returns
+    id -> the arrays written."""
     rng = np.random.default_rng(seed)
     sizes = sizes or {"train": 3, "val": 2}
-    h, w = NYUD_SIZE
+    h, w = size
     written: dict[str, dict[str, Any]] = {}
     n = 0
     for split, count in sizes.items():
@@ -111,12 +116,16 @@ def part_anno(image_name: str, objects: list[dict[str, Any]]) -> np.ndarray:
 
 
 def write_pascal_tree(
-    root: Path, sizes: dict[str, int] | None = None, seed: int = 0
+    root: Path,
+    sizes: dict[str, int] | None = None,
+    seed: int = 0,
+    image_sizes: tuple[tuple[int, int], ...] = PASCAL_SIZES,
 ) -> dict[str, dict[str, Any]]:
     """``PASCAL_MT``: ImageSets/Context, JPEGImages, semseg (VOC12 as P PNGs, others in
     pascal-context as L PNGs), pascal-context/trainval LabelMap .mat, human_parts anno
     .mat (a person with parts on every second image, a person without parts and a cat
-    elsewhere), normals_distill RGB PNGs, sal_distill L PNGs. Returns id -> what was
+    elsewhere), normals_distill RGB PNGs, sal_distill L PNGs; ``image_sizes`` in turn
+    (PASCAL's own are about 375x500 and 500x375). Returns id -> what was
     written, with ``parts`` the part class map expected (None: no part labels)."""
     rng = np.random.default_rng(seed)
     sizes = sizes or {"train": 4, "val": 2}
@@ -128,7 +137,7 @@ def write_pascal_tree(
         n += count
         _list(root / "ImageSets" / "Context" / f"{split}.txt", ids)
         for k, image_id in enumerate(ids):
-            h, w = PASCAL_SIZES[(n - count + k) % len(PASCAL_SIZES)]
+            h, w = image_sizes[(n - count + k) % len(image_sizes)]
             rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
             Image.fromarray(rgb).save(_mkdir(root / "JPEGImages") / f"{image_id}.jpg", quality=95)
             seg = rng.integers(0, 21, (h, w)).astype(np.uint8)
