@@ -338,3 +338,23 @@ def test_unknown_task_of_a_release_is_refused(nyud):
     info = read_bench_info(nyud[0])
     with pytest.raises(UserError, match="no task 'saliency'"):
         BenchDataset(nyud[0], "train", info, build_tasks({"saliency": {"kind": "saliency"}}))
+
+
+@pytest.mark.parametrize(
+    "bound, path, message",
+    [
+        ("MAX_MAT_BYTES", "pascal-context/trainval/2008_000001.mat", "for a .mat file"),
+        ("MAX_LIST_BYTES", "ImageSets/Context/train.txt", "bytes, more than 16"),
+    ],
+)
+def test_file_sizes_are_bounded_before_reading(pascal, monkeypatch, bound, path, message):
+    """A .mat file or split list larger than its bound (lowered to 16 bytes here) is one
+    line naming it, checked from its size before anything is read."""
+    import scenemtl.data.mtlpytorch as mtl
+
+    monkeypatch.setattr(mtl, bound, 16)
+    assert (pascal[0] / path).stat().st_size > 16
+    problems = check_dataset(pascal[0])
+    # every file of that kind is over the bound now: each is named, in one line
+    assert problems and all(message in _one_line(p) for p in problems)
+    assert any(p.startswith(f"{pascal[0] / path}:") for p in problems)
