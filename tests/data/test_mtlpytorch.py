@@ -15,13 +15,8 @@ from scipy import ndimage
 from scenemtl.data.check import check_dataset
 from scenemtl.data.datamodule import SceneDataModule, open_info
 from scenemtl.data.edgemaps import label_boundaries, laplacian_nonzero
-from scenemtl.data.mtlpytorch import (
-    BenchDataset,
-    BenchInfo,
-    bench_layout,
-    read_bench_info,
-    read_mat,
-)
+from scenemtl.data.mtlfiles import read_mat
+from scenemtl.data.mtlpytorch import BenchDataset, BenchInfo, bench_layout, read_bench_info
 from scenemtl.data.pascal import NORMALS_VALID_LABELS, PART_GROUPS, PASCAL_CANVAS
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks import build_tasks, dataset_task_specs, select_tasks
@@ -314,9 +309,9 @@ def _person_with(part: str, size: tuple[int, int]) -> dict:
 def test_a_deflate_bomb_is_refused_before_scipy_reads_it(pascal, monkeypatch):
     """A MAT v5 file whose compressed element inflates past the bound (lowered here to
     1 MiB so the file stays small) is one line, and nothing that large is allocated."""
-    import scenemtl.data.mtlpytorch as mtl
+    import scenemtl.data.mtlfiles as files
 
-    monkeypatch.setattr(mtl, "MAX_MAT_DECOMPRESSED", 1 << 20)
+    monkeypatch.setattr(files, "MAX_MAT_DECOMPRESSED", 1 << 20)
     header = b"MATLAB 5.0 MAT-file, test".ljust(116, b" ") + b"\0" * 8 + b"\x00\x01IM"
     body = zlib.compress(b"\0" * (2 << 20))
     tag = np.array([15, len(body)], dtype="<u4").tobytes()
@@ -341,18 +336,18 @@ def test_unknown_task_of_a_release_is_refused(nyud):
 
 
 @pytest.mark.parametrize(
-    "bound, path, message",
+    "module, bound, path, message",
     [
-        ("MAX_MAT_BYTES", "pascal-context/trainval/2008_000001.mat", "for a .mat file"),
-        ("MAX_LIST_BYTES", "ImageSets/Context/train.txt", "bytes, more than 16"),
+        ("mtlfiles", "MAX_MAT_BYTES", "pascal-context/trainval/2008_000001.mat", "for a .mat"),
+        ("mtlpytorch", "MAX_LIST_BYTES", "ImageSets/Context/train.txt", "bytes, more than 16"),
     ],
 )
-def test_file_sizes_are_bounded_before_reading(pascal, monkeypatch, bound, path, message):
+def test_file_sizes_are_bounded_before_reading(pascal, monkeypatch, module, bound, path, message):
     """A .mat file or split list larger than its bound (lowered to 16 bytes here) is one
     line naming it, checked from its size before anything is read."""
-    import scenemtl.data.mtlpytorch as mtl
+    import importlib
 
-    monkeypatch.setattr(mtl, bound, 16)
+    monkeypatch.setattr(importlib.import_module(f"scenemtl.data.{module}"), bound, 16)
     assert (pascal[0] / path).stat().st_size > 16
     problems = check_dataset(pascal[0])
     # every file of that kind is over the bound now: each is named, in one line

@@ -36,12 +36,13 @@ import numpy as np
 
 from scenemtl.codecs.depth import METERS16
 from scenemtl.data.mtan import _load, read_depth_array, read_normals
-from scenemtl.data.mtlpytorch import (
+from scenemtl.data.mtlfiles import (
     BenchTask,
     Layout,
     binary_from_fraction,
     check_plane,
     read_index_png,
+    read_rgb_image,
 )
 from scenemtl.errors import DataFormatError
 from scenemtl.evaluation.boundary import MAX_DIST
@@ -120,8 +121,6 @@ def read_depth(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray:
 
 def normals_from_png(path: Path) -> np.ndarray:
     """float32 [3,H,W] unit vectors of an RGB PNG holding ``255 (n + 1) / 2``."""
-    from scenemtl.data.mtlpytorch import read_rgb_image
-
     image = read_rgb_image(path).astype(np.float64)
     n = np.moveaxis(2.0 * image / 255.0 - 1.0, -1, 0)
     # each channel is an odd multiple of 1/255 away from 0, so the norm is never 0

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from scenemtl.data.edgemaps import label_boundaries
-from scenemtl.data.mtlpytorch import (
+from scenemtl.data.mtlfiles import (
     BenchTask,
     Layout,
     binary_from_fraction,
