@@ -137,6 +137,11 @@ def test_nyud_datamodule_reports_val_as_test(nyud):
     assert len(dm.dataset("train")) == 3 and dm.dataset("test") is dm.dataset("val")
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"rgb", "index", "semseg", "depth"}
+    # DataLoader workers started by "spawn" get the dataset pickled
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(dm.dataset("val")))
+    assert torch.equal(copy[1]["depth"], dm.dataset("val")[1]["depth"])
     assert dm.info.stats["depth_m"]["mean"] > 0  # the depth task's statistics, top level
 
 

@@ -99,6 +99,9 @@ the loaders' ``nyu_classes.json`` and ``context_classes.json`` (except "unknown"
 "tvmonitor" (label 427) -- computed from those two files of Multi-Task-Learning-PyTorch
 (identical in ATRC and InvPT)."""
 
+_NORMALS_VALID_LUT = np.isin(np.arange(MAX_CONTEXT_LABEL + 1), sorted(NORMALS_VALID_LABELS))
+"""label -> its normals count (a lookup: the label map is checked to be 0..459 first)."""
+
 PASCAL_CANVAS = (512, 512)
 """Every sample is padded to this size (PASCAL images are at most 500x500)."""
 
@@ -158,8 +161,7 @@ def read_normals(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray
     path = root / "normals_distill" / f"{image_id}.png"
     normals = normals_from_png(path)
     check_plane(path, normals[0], size, "normals")
-    labels = _label_map(root, image_id, size)
-    valid = np.isin(labels, np.fromiter(NORMALS_VALID_LABELS, dtype=np.int64))
+    valid = _NORMALS_VALID_LUT[_label_map(root, image_id, size)]
     normals[:, ~valid] = 0.0
     return normals
 
