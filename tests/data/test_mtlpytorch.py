@@ -253,7 +253,7 @@ def _one_line(text: str) -> str:
             "outside 0..40",
         ),
         ("nyud", lambda r: (r / "gt_sets" / "val.txt").write_text("../etc/passwd\n"), "not an"),
-        ("nyud", lambda r: (r / "gt_sets" / "val.txt").write_text("a\na\n"), "listed twice"),
+        ("nyud", lambda r: (r / "gt_sets" / "val.txt").write_text("a\na\n"), "more than once"),
         ("pascal", lambda r: (r / _mat(r)).write_bytes(b"garbage" * 30), "not a MATLAB 5"),
         (
             "pascal",
@@ -358,3 +358,14 @@ def test_file_sizes_are_bounded_before_reading(pascal, monkeypatch, module, boun
     # every file of that kind is over the bound now: each is named, in one line
     assert problems and all(message in _one_line(p) for p in problems)
     assert any(p.startswith(f"{pascal[0] / path}:") for p in problems)
+
+
+def test_a_one_bit_edge_png_reads_as_on_off(nyud_invpt):
+    root, written = nyud_invpt
+    image_id = "img_5001"
+    edge = written[image_id]["edge"] > 0
+    Image.fromarray(edge).save(root / "edge" / f"{image_id}.png")  # mode "1"
+    assert Image.open(root / "edge" / f"{image_id}.png").mode == "1"
+    from scenemtl.data.nyud import read_edges
+
+    assert np.array_equal(read_edges(root, image_id, NYUD_SIZE), edge.astype(np.int64))

@@ -1,6 +1,7 @@
 """What the NYUD-v2 and PASCAL-Context readers share below the dataset: the description
 of a release (:class:`Layout`, :class:`BenchTask`) and bounded readers of its files
-(images, 8-bit PNGs, ``.mat`` files read with scipy, never pickle).
+(8-bit PNGs, ``.mat`` files read with scipy, never pickle; images are
+:func:`scenemtl.data.format.read_rgb`'s).
 
 :mod:`scenemtl.data.nyud` and :mod:`scenemtl.data.pascal` describe their release with
 these; :mod:`scenemtl.data.mtlpytorch` reads a release so described.
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from scenemtl.data.format import open_image, rgb8
+from scenemtl.data.format import open_image
 from scenemtl.data.mtan import one_line_of
 from scenemtl.errors import DataFormatError
 
@@ -67,17 +68,14 @@ class Layout:
     canvas: tuple[int, int] | None
 
 
-def read_rgb_image(path: Path) -> np.ndarray:
-    """uint8 [H,W,3] of a JPEG/PNG (pixel count bounded by the image codec)."""
-    return rgb8(open_image(path), path)
-
-
 def read_index_png(path: Path, modes: tuple[str, ...] = ("L", "P")) -> np.ndarray:
-    """An 8-bit single-channel PNG (a P image's palette indices) as uint8 [H,W]."""
+    """An 8-bit single-channel PNG (a P image's palette indices; a 1-bit image as 0/255)
+    as uint8 [H,W]."""
     image = open_image(path)
     if image.mode not in modes:
         raise DataFormatError(f"{path}: PNG mode {image.mode}, expected {' or '.join(modes)}")
-    return np.asarray(image, dtype=np.uint8)
+    values = np.asarray(image, dtype=np.uint8)
+    return values * np.uint8(255) if image.mode == "1" else values
 
 
 def _check_mat_stream(path: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -32,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from scenemtl.data.format import DatasetInfo, open_image
+from scenemtl.data.format import DatasetInfo, open_image, read_rgb
 from scenemtl.data.mtan import one_line_of
-from scenemtl.data.mtlfiles import Layout, read_rgb_image
+from scenemtl.data.mtlfiles import Layout
 from scenemtl.data.nyud import NYUD
 from scenemtl.data.pascal import PASCAL_CONTEXT
 from scenemtl.errors import DataFormatError, UserError
@@ -103,10 +104,9 @@ def read_split_list(path: Path) -> tuple[str, ...]:
     for n, image_id in enumerate(ids, 1):
         if not IMAGE_ID.match(image_id):
             raise DataFormatError(f"{path}: line {n} {image_id[:40]!r} is not an image id")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise DataFormatError(f"{path}: id {dup!r} listed twice")
+    twice = [image_id for image_id, n in Counter(ids).items() if n > 1]
+    if twice:
+        raise DataFormatError(f"{path}: id {twice[0]!r} listed more than once")
     return tuple(ids)
 
 
@@ -167,10 +167,6 @@ def read_bench_info(root: str | os.PathLike, format: str = "auto", stats: bool =
 
 
 # --------------------------------------------------------------------------------------
-# bounded readers
-
-
-# --------------------------------------------------------------------------------------
 # dataset
 
 
@@ -178,7 +174,7 @@ def read_sample_image(root: Path, info: BenchInfo, image_id: str) -> np.ndarray:
     """uint8 [H,W,3] of one image, unpadded: the release's size, or within its canvas."""
     layout = info.release
     path = layout.image(root, image_id)
-    rgb = read_rgb_image(path)
+    rgb = read_rgb(path)
     h, w = rgb.shape[:2]
     ch, cw = info.image_size
     if layout.canvas is None and (h, w) != (ch, cw):
@@ -240,7 +236,8 @@ class BenchDataset(Dataset[dict[str, torch.Tensor]]):
             target = release.tasks[task.name].read(self.root, self.ids[index], rgb.shape[:2])
             if target is None:  # not labelled: the key is left out (see the module doc)
                 continue
-            target = np.asarray(target, dtype=torch.empty(0, dtype=task.target_dtype).numpy().dtype)
+            dtype = torch.empty((), dtype=task.target_dtype).numpy().dtype  # as batches hold it
+            target = np.asarray(target, dtype=dtype)
             sample[task.name] = torch.from_numpy(_pad(target, canvas, task.fill_value))
         return sample
 

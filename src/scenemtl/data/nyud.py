@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from scenemtl.codecs.depth import METERS16
+from scenemtl.data.format import read_rgb
 from scenemtl.data.mtan import _load, read_depth_array, read_normals
 from scenemtl.data.mtlfiles import (
     BenchTask,
@@ -42,7 +43,6 @@ from scenemtl.data.mtlfiles import (
     binary_from_fraction,
     check_plane,
     read_index_png,
-    read_rgb_image,
 )
 from scenemtl.errors import DataFormatError
 from scenemtl.evaluation.boundary import MAX_DIST
@@ -121,7 +121,7 @@ def read_depth(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray:
 
 def normals_from_png(path: Path) -> np.ndarray:
     """float32 [3,H,W] unit vectors of an RGB PNG holding ``255 (n + 1) / 2``."""
-    image = read_rgb_image(path).astype(np.float64)
+    image = read_rgb(path).astype(np.float64)
     n = np.moveaxis(2.0 * image / 255.0 - 1.0, -1, 0)
     # each channel is an odd multiple of 1/255 away from 0, so the norm is never 0
     return (n / np.sqrt((n**2).sum(axis=0))).astype(np.float32)
