@@ -210,6 +210,13 @@ def test_parts_of_later_people_paint_over_earlier_ones(tmp_path):
 
     expected = np.where(b, 6, np.where(a, 2, 0))
     assert np.array_equal(read_parts(root, image_id, size), expected)
+    # the loaders take an image only if some person's mask has pixels
+    empty = np.zeros(size, bool)
+    anno = part_anno(
+        "x.jpg", [{"class": "person", "class_ind": 15, "mask": empty, "parts": [("torso", a)]}]
+    )
+    scipy.io.savemat(root / "human_parts" / f"{image_id}.mat", {"anno": anno})
+    assert read_parts(root, image_id, size) is None
 
 
 # ---------------------------------------------------------------------------- check, stats

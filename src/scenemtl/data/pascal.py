@@ -194,11 +194,13 @@ def _mask(value: np.ndarray, size: tuple[int, int], path: Path, what: str) -> np
 
 
 def read_parts(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray | None:
-    """int64 [H,W] part classes 0..6, or None when no person part is annotated.
+    """int64 [H,W] part classes 0..6, or None when the image has no part label.
 
     ``anno`` is PASCAL-Part's struct ``(imname, objects)``; each object
     ``(class, class_ind, mask, parts)`` and each part ``(part_name, mask)``, read by
-    position as the reference loaders read them.
+    position as the reference loaders read them. As there, an image counts only if some
+    person's mask is not empty; then every person with parts paints them in file order;
+    a map that stays all background is no label (their ``AddIgnoreRegions``).
     """
     path = root / "human_parts" / f"{image_id}.mat"
     anno = read_mat(path, ("anno",))["anno"]
@@ -206,23 +208,22 @@ def read_parts(root: Path, image_id: str, size: tuple[int, int]) -> np.ndarray |
         raise DataFormatError(f"{path}: anno is {anno.dtype} {anno.shape}, expected one struct")
     record = anno.reshape(-1)[0]
     objects = _field(record, 1, path, "objects").reshape(-1)
-    target: np.ndarray | None = None
+    target = np.zeros(size, dtype=np.int64)
+    has_person = False
     for n, obj in enumerate(objects):
         where = f"object {n + 1}"
         class_ind = _scalar(_field(obj, 1, path, f"{where} class_ind"), path, f"{where} class")
-        parts = _field(obj, 3, path, f"{where} parts").reshape(-1)
-        if class_ind != PERSON_CLASS or parts.size == 0:
+        if class_ind != PERSON_CLASS:
             continue
-        _mask(_field(obj, 2, path, f"{where} mask"), size, path, f"{where} mask")
-        if target is None:
-            target = np.zeros(size, dtype=np.int64)
-        for k, part in enumerate(parts):
+        person = _mask(_field(obj, 2, path, f"{where} mask"), size, path, f"{where} mask")
+        has_person |= bool(person.any())
+        for k, part in enumerate(_field(obj, 3, path, f"{where} parts").reshape(-1)):
             name = str(_scalar(_field(part, 0, path, f"{where} part name"), path, "part name"))
             if name not in PART_GROUPS:
                 raise DataFormatError(f"{path}: {where} has unknown part {name!r}")
             mask = _mask(_field(part, 1, path, "part mask"), size, path, f"{where} part {k + 1}")
             target[mask] = PART_GROUPS[name]
-    if target is None or not target.any():
+    if not has_person or not target.any():
         return None
     return target
 
