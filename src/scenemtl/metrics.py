@@ -22,6 +22,11 @@ Definitions (shared/DESIGN.md, "Metrics and the reporting convention"):
 * ``grader = max(semseg - 50, 0) + max(50 - depth, 0)``: the course metric, defined
   for runs that learn both ``semseg`` and ``depth`` (:data:`GRADER_TASKS`).
 
+Partial labels: a batch's ``"labelled"`` entry (task name -> bool [B], see
+:func:`scenemtl.data.dataset.collate_samples`) restricts each task's metric to the samples
+labelled for it: an unlabelled sample counts nowhere (not as an image without valid
+pixels either), so every figure above is over the labelled samples of the split.
+
 On data whose depth is in other units (the MTAN release's Cityscapes disparity, see
 :mod:`scenemtl.data.mtan`) the same formulas hold in those units: ``depth_mae`` is then
 in disparity units; ``depth`` (SI-logRMSE) is unchanged by a scale and by inverting both
@@ -44,6 +49,7 @@ from scenemtl.tasks.base import Task
 
 # Each task kind owns its metric; re-exported under their old home's names.
 from scenemtl.tasks.depth import DepthMetrics as DepthMetrics
+from scenemtl.tasks.labels import labelled_mask
 from scenemtl.tasks.segmentation import SemsegMetrics as SemsegMetrics
 
 
@@ -69,14 +75,21 @@ class MultiTaskMetrics(nn.Module):
 
         Args:
             preds: task name -> final prediction in metric units (:meth:`Task.decode`).
-            batch: the DataLoader batch; ``batch[task]`` is the ground truth as loaded.
+            batch: the DataLoader batch; ``batch[task]`` is the ground truth as loaded,
+                ``batch["labelled"][task]`` (optional) bool [B], the samples that have it.
         """
         for name, metric in self.tasks.items():
             if name not in preds:
                 raise KeyError(f"predictions lack task {name!r}")
             if name not in batch:
                 raise KeyError(f"batch lacks ground truth for task {name!r}")
-            metric.update(preds[name], batch[name])
+            pred, target = preds[name], batch[name]
+            mask = labelled_mask(batch, name)
+            if mask is not None and not bool(mask.all()):
+                if not bool(mask.any()):
+                    continue
+                pred, target = pred[mask.to(pred.device)], target[mask]
+            metric.update(pred, target)
 
     @property
     def update_count(self) -> int:

@@ -19,7 +19,14 @@ from scenemtl.balancing.dwa import DynamicWeightAveraging
 from scenemtl.balancing.famo import FAMOWeighting
 from scenemtl.balancing.fixed import FixedWeighting
 from scenemtl.balancing.gls import GeometricLossStrategy
-from scenemtl.balancing.gradient import SUM_SCALE, Aggregation, GradientBalancer, nash_solution
+from scenemtl.balancing.gradient import (
+    SUM_SCALE,
+    Aggregation,
+    GradientBalancer,
+    gradvac_subset,
+    nash_solution,
+    nash_subset,
+)
 from scenemtl.balancing.imtl_l import ImpartialLossScaling
 from scenemtl.balancing.rlw import RandomLossWeighting
 from scenemtl.balancing.scale_invariant import ScaleInvariantLoss
@@ -66,6 +73,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
             {"beta": 0.5},
             scale=SUM_SCALE,
             state=("gramian_weighting._phi_t", "gramian_weighting._state_key"),
+            subset=gradvac_subset,
         )
     ),
     "aligned_mtl": _gradient(Aggregation("AlignedMTL", {"scale_mode": "min"})),
@@ -84,6 +92,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
             extra="solvers",
             restored=_rebuild_nash_problem,
             task_weights=nash_solution,
+            subset=nash_subset,
         )
     ),
     "upgrad": _gradient(Aggregation(exact.UPGrad)),

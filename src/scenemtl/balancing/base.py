@@ -21,6 +21,13 @@ level a method is):
 3. :meth:`LossBalancer.backward_step` performs the step's backward (loss level: the
    total; gradient level: the Jacobian and its aggregation) and returns what is logged of
    it (:class:`BackwardResult`).
+
+**Partial labels.** A task none of whose samples in the batch has a label is *absent*
+from the step (``present[k]`` False, see :func:`present_mask`): its loss is a zero
+attached to the graph (so its branch gets a zero gradient, and DDP sees every parameter
+used), and every method combines the *present* tasks only, as if the run had only them,
+leaving the absent tasks' state (running averages, learned scales, logits) untouched.
+docs/balancing.md, "Partial labels", says what each method does.
 """
 
 from __future__ import annotations
@@ -67,12 +74,14 @@ class TrainingStep:
         cut: what the tasks' branches read of it (:meth:`LossBalancer.cut`'s values).
         monitor: measure the gradient conflict of this step
             (:mod:`scenemtl.balancing.conflict`).
+        present: [K] bool, the tasks with a labelled sample in this batch (None: all).
     """
 
     losses: Tensor
     representation: list[Tensor]
     cut: list[Tensor]
     monitor: bool = False
+    present: Tensor | None = None
 
 
 @dataclass
@@ -121,32 +130,47 @@ class LossBalancer(nn.Module):
     def num_tasks(self) -> int:
         return len(self.tasks)
 
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, losses: Mapping[str, Tensor], present: Mapping[str, bool] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Combine per-task losses.
 
         Args:
-            losses: task name -> scalar loss, one entry per task.
+            losses: task name -> scalar loss, one entry per task (an absent task's is a
+                zero with its graph).
+            present: task name -> whether the batch has a labelled sample of the task
+                (missing names and None: present).
 
         Returns:
-            (total scalar, task name -> detached effective weight ``d total / d L_k``).
+            (total scalar, task name -> detached effective weight ``d total / d L_k``;
+            0 for an absent task).
         """
         missing = [n for n in self.task_names if n not in losses]
         if missing:
             raise KeyError(f"losses lack task(s) {missing}")
         stacked = torch.stack([losses[n].float().reshape(()) for n in self.task_names])
+        mask = present_mask(self.task_names, present, stacked.device)
         if self.training:
-            self.observe(stacked.detach())
-        total, eff = self.combine(stacked)
+            self.observe(stacked.detach(), mask)
+        if mask is not None and not bool(mask.any()):
+            # no task has a label in this batch: nothing to learn, and no method is asked
+            # to weigh an empty set (a softmax over nothing is NaN)
+            return (stacked * 0).sum(), {n: stacked.new_zeros(()) for n in self.task_names}
+        total, eff = self.combine(stacked, mask)
         eff = eff.detach()
         return total, {n: eff[i] for i, n in enumerate(self.task_names)}
 
-    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """[K] losses -> (total scalar, [K] effective weights ``d total / d L_k``)."""
-        w = self.base_weights.to(losses.dtype)
+    def combine(self, losses: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """[K] losses -> (total scalar, [K] effective weights ``d total / d L_k``).
+
+        ``present`` [K] bool: the tasks of this step (None: all); an absent task's term
+        is left out of the total and its effective weight is 0."""
+        w = self.base_weights.to(losses.dtype) * _as_weight(present, losses)
         return (w * losses).sum(), w
 
-    def observe(self, losses: Tensor) -> None:
-        """Called with the detached [K] losses of every training forward; no-op here."""
+    def observe(self, losses: Tensor, present: Tensor | None = None) -> None:
+        """Called with the detached [K] losses of every training forward and the [K] bool
+        mask of the present tasks (None: all); no-op here."""
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the run's optimizer trains with the network (learned weights);
@@ -207,6 +231,29 @@ class LossBalancer(nn.Module):
         with torch.no_grad():
             _, eff = self.combine(torch.ones(self.num_tasks, device=self.base_weights.device))
         return {n: float(eff[i]) for i, n in enumerate(self.task_names)}
+
+
+def present_mask(
+    names: Sequence[str], present: Mapping[str, bool] | None, device: torch.device | None = None
+) -> Tensor | None:
+    """[K] bool mask of the present tasks in ``names``' order, or None when all are."""
+    if present is None or all(bool(present.get(n, True)) for n in names):
+        return None
+    return torch.tensor([bool(present.get(n, True)) for n in names], device=device)
+
+
+def _as_weight(present: Tensor | None, like: Tensor) -> Tensor | float:
+    """The present mask as a 0/1 factor in ``like``'s dtype (1.0 when all are present)."""
+    return 1.0 if present is None else present.to(device=like.device, dtype=like.dtype)
+
+
+def masked_where(present: Tensor | None, values: Tensor) -> Tensor:
+    """``values`` [K] with the absent tasks' entries set to 0 by selection (a NaN or
+    infinity there, e.g. the log of an absent task's zero loss, does not leak into a sum
+    or its gradient the way multiplying by 0 would let it)."""
+    if present is None:
+        return values
+    return torch.where(present.to(values.device), values, torch.zeros_like(values))
 
 
 def distributed_world() -> int:

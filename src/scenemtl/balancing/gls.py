@@ -5,9 +5,10 @@ Losses must be positive (every built-in task's loss is)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from scenemtl.balancing.base import LossBalancer
+from scenemtl.balancing.base import LossBalancer, _as_weight
 
 _EPS = 1e-12
 
@@ -15,8 +16,13 @@ _EPS = 1e-12
 class GeometricLossStrategy(LossBalancer):
     """Weighted geometric mean of the losses."""
 
-    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        w = self.base_weights.to(losses.dtype)
+    def combine(self, losses: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # the geometric mean of the present tasks' losses; an absent task's loss (0) is
+        # replaced by 1 before the log, so neither it nor its gradient reaches the total
+        w = self.base_weights.to(losses.dtype) * _as_weight(present, losses)
+        if not bool(w.sum() > 0):  # no present task of positive weight: nothing to learn
+            return (losses * 0).sum(), torch.zeros_like(losses)
+        safe = losses if present is None else torch.where(present, losses, torch.ones_like(losses))
         share = w / w.sum()
-        total = (share * losses.clamp(min=_EPS).log()).sum().exp()
-        return total, (total * share / losses.clamp(min=_EPS)).detach()
+        total = (share * safe.clamp(min=_EPS).log()).sum().exp()
+        return total, (total * share / safe.clamp(min=_EPS)).detach()

@@ -35,6 +35,15 @@ aggregators would treat it as a task to balance (MGDA's min-norm point is then 0
 row is left out: the method runs on the tasks with a positive weight (the scale is their
 number), its logged weight is 0.
 
+**Partial labels.** A task without a labelled sample in the batch (``present[k]`` False)
+is left out like a zero-weight task: the aggregator runs on the rows of the present tasks
+(a fresh aggregator for that subset, at the scale of their number), the absent task's
+logged weight is 0 and its head gets a zero gradient. A stateful aggregator runs on its
+state restricted to the present tasks (GradVac: the running cosines of the present pairs,
+written back; Nash-MTL: warm-started from the present tasks' last solution, which is left
+as it was); the absent tasks' state is untouched. Under DDP the set of rows is the union
+over processes, and a row is averaged over the processes that have the task.
+
 **DDP.** The Jacobians are averaged over processes before the aggregation, so N processes
 make the update one process would make on the union of their batches. With
 ``wrt: representation`` the representations of different processes are different tensors:
@@ -44,7 +53,8 @@ the others refuse that combination at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +102,10 @@ class Aggregation:
             weighted``, before the sum scale, where the method's authors use other weights
             than the shared update's (Nash-MTL: its solution before the ``max_norm``
             clip); None: the shared update's.
+        subset: for a stateful aggregator, ``(full, sub, positions, K)`` -> a function to
+            call after the step: gives ``sub`` (built for the rows ``positions`` of
+            ``full``'s tasks) the state of those rows, the returned function writes back
+            what the step changed (partial labels); None: a stateless aggregator.
     """
 
     aggregator: str | Callable[..., Aggregator]
@@ -102,6 +116,7 @@ class Aggregation:
     extra: str | None = None
     restored: Callable[[Any], None] | None = None
     task_weights: Callable[[Any], Tensor] | None = None
+    subset: Callable[[Any, Any, list[int], int], Callable[[], None]] | None = None
 
     def build(self, num_tasks: int, options: Mapping[str, Any]) -> Aggregator:
         name = self.aggregator if isinstance(self.aggregator, str) else self.aggregator.__name__
@@ -235,6 +250,7 @@ class GradientBalancer(LossBalancer):
             step.cut,
             network.shared_parameters(),
             [*network.task_parameters(), *self.trainable_parameters()],
+            present=step.present,
         )
         return BackwardResult(weights=weights, gramian=gramian)
 
@@ -245,6 +261,7 @@ class GradientBalancer(LossBalancer):
         cut: Sequence[Tensor],
         shared_params: Sequence[nn.Parameter],
         task_params: Sequence[nn.Parameter],
+        present: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor]:
         """Accumulate this step's update into the ``.grad`` of the parameters.
 
@@ -260,12 +277,14 @@ class GradientBalancer(LossBalancer):
             cut: the leaf copies of ``representation`` the losses were computed from.
             shared_params: the shared parameters.
             task_params: every other trainable parameter.
+            present: [K] bool, the tasks with a labelled sample in the batch (None: all);
+                an absent task's loss is a zero with its graph.
 
         Returns:
             (effective weight [K] of each ``L_k`` in the shared update, or None when the
             aggregator does not combine rows linearly; the Gram matrix ``J J^T`` [K, K] of
             the task gradients, before scaling, for the conflict monitor; zero rows and
-            columns for tasks of weight 0).
+            columns for tasks of weight 0 and absent tasks).
         """
         from torchjd.autojac import jac
 
@@ -280,23 +299,31 @@ class GradientBalancer(LossBalancer):
             _average_grads(own)
         if not shared_params:  # an architecture that shares nothing: nothing to combine
             return None, torch.zeros(k, k, dtype=torch.float64)
-        rows = [losses[i] for i in self.active]
-        # [K', *shape] per tensor of the representation; freeing the heads' graph
-        at_cut = jac(rows, inputs=cut, retain_graph=weighted, parallel_chunk_size=1)
-        if self.wrt == "parameters":
-            weights, gramian = self._combine_parameter_gradients(
-                representation, at_cut, list(shared_params)
+        tasks, row_scale = self._rows_of(present, losses.device)
+        if not tasks:  # no task of positive weight has a label in this batch
+            if weighted:  # free the heads' graph; their loss terms are all zero
+                torch.autograd.backward((losses * 0).sum(), inputs=own)
+                _average_grads(own)
+            return torch.zeros(k), torch.zeros(k, k, dtype=torch.float64)
+        positions = [self.active.index(i) for i in tasks]
+        with self._aggregator_for(positions) as (aggregator, scale):
+            rows = [losses[i] for i in tasks]
+            # [K', *shape] per tensor of the representation; freeing the heads' graph
+            at_cut = jac(rows, inputs=cut, retain_graph=weighted, parallel_chunk_size=1)
+            combine = (
+                self._combine_parameter_gradients
+                if self.wrt == "parameters"
+                else self._combine_representation_gradients
             )
-        else:
-            weights, gramian = self._combine_representation_gradients(
-                representation, at_cut, list(shared_params)
+            weights, gramian = combine(
+                representation, at_cut, list(shared_params), aggregator, scale, row_scale
             )
-        index = torch.tensor(self.active)
+            head = None if weights is None else weights.detach()
+            if weighted and self.aggregation.task_weights is not None:
+                head = self.aggregation.task_weights(aggregator) * scale
+        index = torch.tensor(tasks)
         if weighted:
-            assert weights is not None  # refused at construction otherwise
-            head = weights.detach()
-            if self.aggregation.task_weights is not None:
-                head = self.aggregation.task_weights(self.aggregator) * self.scale
+            assert head is not None  # refused at construction otherwise
             full = torch.zeros(k, dtype=losses.dtype, device=losses.device)
             full[index.to(losses.device)] = head.to(losses)
             # the zero-weight tasks' terms keep their heads' .grad a zero (as fixed)
@@ -310,8 +337,48 @@ class GradientBalancer(LossBalancer):
         full_weights[index] = weights.detach().float().cpu()
         return full_weights * self.base_weights.cpu(), full_gramian
 
+    def _rows_of(self, present: Tensor | None, device: torch.device) -> tuple[list[int], Tensor]:
+        """The tasks whose rows the step combines (positive weight, a label on some
+        process) and the factor [K'] that turns each row's mean over all processes into
+        its mean over the processes that have the task (ones without partial labels)."""
+        world = distributed_world()
+        if present is None and world == 1:
+            return list(self.active), torch.ones(len(self.active))
+        if present is None:
+            present = torch.ones(self.num_tasks, dtype=torch.bool)
+        counts = present.to(device=device, dtype=torch.float64)
+        if world > 1:  # every process must combine the same rows (and take part here)
+            counts = all_reduce_mean(counts.clone()) * world
+        counts = counts.cpu()
+        tasks = [i for i in self.active if float(counts[i]) > 0]
+        return tasks, torch.tensor([world / float(counts[i]) for i in tasks])
+
+    @contextmanager
+    def _aggregator_for(self, positions: list[int]) -> Iterator[tuple[Any, float]]:
+        """(aggregator, sum-scale factor) for the rows ``positions`` of the balanced tasks:
+        the run's own aggregator for all of them, else one built for the subset and given
+        the subset's state (:attr:`Aggregation.subset`), written back afterwards."""
+        if len(positions) == len(self.active):
+            yield self.aggregator, self.scale
+            return
+        sub = self.aggregation.build(len(positions), self.options)
+        leave = (
+            self.aggregation.subset(self.aggregator, sub, positions, len(self.active))
+            if self.aggregation.subset is not None
+            else None
+        )
+        yield sub, float(self.aggregation.scale(len(positions), self.options))
+        if leave is not None:
+            leave()
+
     def _combine_parameter_gradients(
-        self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
+        self,
+        representation: list[Tensor],
+        at_cut: Sequence[Tensor],
+        shared: list[nn.Parameter],
+        aggregator: Aggregator,
+        scale: float,
+        row_scale: Tensor,
     ) -> tuple[Tensor | None, Tensor]:
         from torchjd.autojac import jac, jac_to_grad
 
@@ -320,21 +387,33 @@ class GradientBalancer(LossBalancer):
         # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
         # ("expected scalar type BFloat16 but found Float"), and on CPU it buys little.
         rows = jac(representation, inputs=shared, jac_outputs=at_cut, parallel_chunk_size=1)
-        gramian = torch.zeros(len(self.active), len(self.active), dtype=torch.float64)
+        m = len(row_scale)
+        gramian = torch.zeros(m, m, dtype=torch.float64)
+        partial_rows = bool((row_scale != 1).any())
         for p, j in zip(shared, rows, strict=True):
             j = all_reduce_mean(j.detach())
+            if partial_rows:  # mean over the processes that have the task
+                j = j * row_scale.to(j).reshape(-1, *([1] * (j.dim() - 1)))
             flat = j.flatten(1).double()
             gramian += (flat @ flat.T).cpu()
-            p.jac = j * self.scale  # type: ignore[attr-defined]
-        weights = jac_to_grad(shared, self.aggregator)
-        return (None if weights is None else weights * self.scale), gramian
+            p.jac = j * scale  # type: ignore[attr-defined]
+        weights = jac_to_grad(shared, aggregator)
+        return (None if weights is None else weights * scale), gramian
 
     def _combine_representation_gradients(
-        self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
+        self,
+        representation: list[Tensor],
+        at_cut: Sequence[Tensor],
+        shared: list[nn.Parameter],
+        aggregator: Aggregator,
+        scale: float,
+        row_scale: Tensor,
     ) -> tuple[Tensor | None, Tensor]:
-        from torchjd.aggregation import WeightedAggregator
+        from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
         matrix = torch.cat([j.detach().flatten(1) for j in at_cut], dim=1)
+        if bool((row_scale != 1).any()):  # DDP with partial labels, see _rows_of
+            matrix = matrix * row_scale.to(matrix)[:, None]
         # Under bf16 autocast the representation, hence its Jacobian, is bf16 (~3 digits):
         # the weights are computed from the float64 Gram matrix in at least float32.
         work = torch.float32 if matrix.dtype in (torch.bfloat16, torch.float16) else matrix.dtype
@@ -344,18 +423,18 @@ class GradientBalancer(LossBalancer):
             # The union batch's loss is the mean of the processes' losses: its Jacobian is
             # [J_1 ... J_N] / N and its Gram matrix sum_p G_p / N^2.
             gramian = all_reduce_mean(gramian.to(matrix.device)).div_(world).cpu()
-        rows = matrix.to(work) * self.scale
-        if self.uses_gramian_only:
-            weights = self.aggregator.gramian_weighting(  # type: ignore[attr-defined]
-                (gramian * self.scale**2).to(device=matrix.device, dtype=work)
+        rows = matrix.to(work) * scale
+        if isinstance(aggregator, GramianWeightedAggregator):
+            weights = aggregator.gramian_weighting(
+                (gramian * scale**2).to(device=matrix.device, dtype=work)
             )
             direction = weights.to(work) @ rows
-        elif isinstance(self.aggregator, WeightedAggregator):
-            weights = self.aggregator.weighting(rows)
+        elif isinstance(aggregator, WeightedAggregator):
+            weights = aggregator.weighting(rows)
             direction = weights @ rows
         else:
             weights = None
-            direction = self.aggregator(rows)
+            direction = aggregator(rows)
         grads, start = [], 0
         for f in representation:
             grads.append(direction[start : start + f.numel()].reshape(f.shape).to(f.dtype))
@@ -365,7 +444,7 @@ class GradientBalancer(LossBalancer):
             for p in shared:
                 if p.grad is not None:
                     all_reduce_mean(p.grad)
-        return (None if weights is None else weights * self.scale), gramian
+        return (None if weights is None else weights * scale), gramian
 
     # ----------------------------------------------------------------------------------
     # state across steps (GradVac's running cosines, Nash-MTL's last solution)
@@ -399,6 +478,34 @@ def _average_grads(params: Sequence[nn.Parameter]) -> None:
     for p in params:
         if p.grad is not None:
             all_reduce_mean(p.grad)
+
+
+def gradvac_subset(full: Any, sub: Any, positions: list[int], k: int) -> Callable[[], None]:
+    """GradVac on a subset of its tasks: the running cosines of the present pairs, and
+    the step's new values written back into the full matrix (the other pairs untouched)."""
+    whole, part = full.gramian_weighting, sub.gramian_weighting
+    idx = torch.tensor(positions)
+    if whole._phi_t is not None:
+        part._phi_t = whole._phi_t[idx[:, None], idx].clone()
+        part._state_key = (len(positions), whole._phi_t.dtype)
+
+    def leave() -> None:
+        if part._phi_t is None:
+            return
+        if whole._phi_t is None or whole._phi_t.dtype != part._phi_t.dtype:
+            whole._phi_t = torch.zeros(k, k, dtype=part._phi_t.dtype)
+            whole._state_key = (k, part._phi_t.dtype)
+        whole._phi_t[idx[:, None], idx] = part._phi_t
+
+    return leave
+
+
+def nash_subset(full: Any, sub: Any, positions: list[int], k: int) -> Callable[[], None]:
+    """Nash-MTL on a subset of its tasks: a fresh problem warm-started from the present
+    tasks' entries of the last full solution, which stays as it was."""
+    alpha = np.asarray(full.weighting.prvs_alpha, dtype=np.float32)
+    sub.weighting.prvs_alpha = alpha[positions].copy()
+    return lambda: None
 
 
 def nash_solution(aggregator: Any) -> Tensor:

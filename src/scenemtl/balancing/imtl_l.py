@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from scenemtl.balancing.base import LossBalancer
+from scenemtl.balancing.base import LossBalancer, _as_weight
 
 if TYPE_CHECKING:
     from scenemtl.tasks.base import Task
@@ -27,10 +27,11 @@ class ImpartialLossScaling(LossBalancer):
         super().__init__(weights, tasks)
         self.log_scale = nn.Parameter(torch.zeros(self.num_tasks))
 
-    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def combine(self, losses: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
         s = self.log_scale.to(losses.dtype)
-        eff = self.base_weights.to(losses.dtype) * s.exp()
-        return (eff * losses - s).sum(), eff
+        keep = _as_weight(present, losses)  # an absent task's s_k gets no gradient
+        eff = self.base_weights.to(losses.dtype) * s.exp() * keep
+        return (eff * losses - keep * s).sum(), eff
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.log_scale]

@@ -8,13 +8,14 @@ DDP run draws the same weights, and a resumed run draws what the uninterrupted o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from scenemtl.balancing.base import LossBalancer
+from scenemtl.balancing.base import LossBalancer, _as_weight
 
 if TYPE_CHECKING:
     from scenemtl.tasks.base import Task
@@ -36,12 +37,19 @@ class RandomLossWeighting(LossBalancer):
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
         self.register_buffer("lam", torch.ones(self.num_tasks))
 
-    def observe(self, losses: Tensor) -> None:
+    def observe(self, losses: Tensor, present: Tensor | None = None) -> None:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.draws))
         z = torch.randn(self.num_tasks, generator=gen)
-        self.lam.copy_(self.num_tasks * torch.softmax(z, dim=0))
+        # The draw of a step with absent tasks: the same z (the stream does not depend on
+        # the labels), the softmax over the present tasks only, times their number, so
+        # the present tasks' mean weight stays 1 (the method run on the present tasks).
+        if present is not None:
+            present = present.cpu()
+            z = torch.where(present, z, torch.full_like(z, -math.inf))
+        count = self.num_tasks if present is None else int(present.sum())
+        self.lam.copy_(count * torch.softmax(z, dim=0) if count else torch.zeros_like(z))
         self.draws += 1
 
-    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        eff = (self.base_weights * self.lam).to(losses.dtype)
+    def combine(self, losses: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        eff = (self.base_weights * self.lam).to(losses.dtype) * _as_weight(present, losses)
         return (eff * losses).sum(), eff

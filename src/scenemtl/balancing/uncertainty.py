@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from scenemtl.balancing.base import LossBalancer
+from scenemtl.balancing.base import LossBalancer, _as_weight
 from scenemtl.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,9 +61,11 @@ class UncertaintyWeighting(LossBalancer):
         self.register_buffer("likelihood_factor", torch.tensor(factor), persistent=False)
         self.register_buffer("regulariser", torch.tensor(regulariser), persistent=False)
 
-    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def combine(self, losses: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
         s = self.log_vars.to(losses.dtype)
-        base = self.base_weights.to(losses.dtype)
+        # an absent task's term (its loss and its regulariser) is left out: its s_k gets
+        # no gradient from this step
+        base = self.base_weights.to(losses.dtype) * _as_weight(present, losses)
         eff = base * self.likelihood_factor.to(losses.dtype) * torch.exp(-s)
         total = (eff * losses + base * self.regulariser.to(losses.dtype) * s).sum()
         return total, eff

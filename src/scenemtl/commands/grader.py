@@ -383,11 +383,14 @@ def grade_submission(
         metrics = _submission_metrics(tasks)
         hashes = _manifest_hashes(zf, limits)
         for index in range(size):
-            targets = {
-                t.name: t.read_target(label_path(gt_root, split, t.name, index)) for t in tasks
-            }
+            paths = {t.name: label_path(gt_root, split, t.name, index) for t in tasks}
+            # a declared-partial task without this sample's file: no label, not scored
+            labelled = [
+                t for t in tasks if t.name not in info.partial_tasks or paths[t.name].exists()
+            ]
+            targets = {t.name: t.read_target(paths[t.name]) for t in labelled}
             preds: dict[str, np.ndarray] = {}
-            for task in tasks:
+            for task in labelled:
                 member = found[task.name][index]
                 payload = read_member(zf, member, limits)
                 expected = hashes.get(member.filename)
@@ -396,10 +399,10 @@ def grade_submission(
                 preds[task.name] = _read_prediction(
                     task, member.filename, payload, targets[task.name]
                 )
-            metrics.update(
-                {k: torch.from_numpy(v)[None] for k, v in preds.items()},
-                {k: torch.from_numpy(v)[None] for k, v in targets.items()},
-            )
+            for name, pred in preds.items():
+                metrics.tasks[name].update(
+                    torch.from_numpy(pred)[None], torch.from_numpy(targets[name])[None]
+                )
     return Grade(tasks=tasks, metrics={k: float(v) for k, v in metrics.compute().items()})
 
 

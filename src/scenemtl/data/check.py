@@ -47,7 +47,10 @@ def _check_sample(root: Path, info: DatasetInfo, tasks: list, split: str, index:
         problems.append(str(e))
     if info.has_gt(split):
         for task in tasks:
-            size, found = task.check_target(label_path(root, split, task.name, index))
+            path = label_path(root, split, task.name, index)
+            if task.name in getattr(info, "partial_tasks", ()) and not path.exists():
+                continue  # declared partial: this sample has no label for the task
+            size, found = task.check_target(path)
             problems += found
             if size is not None:
                 sizes[task.name] = size

@@ -1,15 +1,31 @@
-"""The LightningDataModule: datasets, loaders, and the on-device batch transform."""
+"""The LightningDataModule: datasets, loaders, and the on-device batch transform.
+
+**Several datasets in one run** (``data.datasets``, docs/data.md): each entry is a root
+with its own task set; the run learns the union of their tasks (or ``data.tasks`` of it),
+each sample carries only its own dataset's labels (partial labels do the rest, see
+:class:`~scenemtl.data.dataset.SampleCollate`). Training draws every batch from all of
+them in the ratio of their ``ratio`` (Lightning's ``CombinedLoader``, one loader per
+dataset with its share of ``batch_size``, ``max_size_cycle``: an epoch ends when the
+dataset with the most batches has been seen once, the others cycle); each part is
+augmented on the device and the parts are joined into one batch. Validation and test
+have one loader per dataset, so the module reports each dataset's metrics and the
+combined ones.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from scenemtl.data.dataset import SceneDataset
+from scenemtl.data.dataset import SampleCollate, SceneDataset
 from scenemtl.data.format import DatasetInfo, read_info
 from scenemtl.data.mtan import MTANDataset, MTANInfo, is_mtan_root, read_mtan_info
 from scenemtl.data.mtlpytorch import (
@@ -28,8 +44,11 @@ from scenemtl.data.transforms import (
 from scenemtl.errors import UserError
 from scenemtl.tasks import TaskSpecs, build_tasks, dataset_task_specs, select_tasks
 from scenemtl.tasks.base import Task
+from scenemtl.tasks.labels import LABELLED
 
 DATA_FORMATS = ("auto", "miniscapes", "mtan", *BENCH_FORMATS)
+DATASET_KEYS = ("name", "root", "ratio", "format", "labels")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def open_info(root: str | Path, format: str = "auto", labels: int | None = None) -> DatasetInfo:
@@ -72,6 +91,10 @@ class SceneDataModule(L.LightningDataModule):
             and ``images/``; pascal_context with ``ImageSets/`` and ``JPEGImages/``).
         labels: MTAN Cityscapes label set, 7 or 19 (``null``: 7 if ``label_7/`` exists);
             ignored for MiniScapes roots, whose dataset.json holds their class table.
+        datasets: several datasets in one run instead of ``root``: a list of
+            ``{name, root, ratio, format, labels}`` (``ratio`` default 1, ``format`` and
+            ``labels`` as above); see the module docstring. Each name prefixes its
+            validation metrics (``val/<name>/<metric>``).
     """
 
     def __init__(
@@ -92,6 +115,7 @@ class SceneDataModule(L.LightningDataModule):
         train_limit: int | None = None,
         format: str = "auto",
         labels: int | None = None,
+        datasets: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -124,7 +148,18 @@ class SceneDataModule(L.LightningDataModule):
         )
         self._info: DatasetInfo | None = None
         self._tasks: list[Task] | None = None
-        if root is not None:
+        self.sources: list[Source] = parse_sources(datasets, root, batch_size)
+        if self.sources:
+            for source in self.sources:
+                self._check_crop(source.info)
+            if crop_size is None and len({s.info.image_size for s in self.sources}) > 1:
+                raise UserError(
+                    "data.datasets have images of different sizes: set data.crop_size so "
+                    "their batches can be joined"
+                )
+            self._info = CombinedInfo.of(self.sources)  # type: ignore[assignment]
+            self.tasks  # noqa: B018 - builds the tasks: unknown names, refused options
+        elif root is not None:
             self._info = open_info(root, format, labels)  # fail before training starts
             self._check_crop(self._info)
             self.tasks  # noqa: B018 - builds the tasks: unknown names, refused options
@@ -183,7 +218,22 @@ class SceneDataModule(L.LightningDataModule):
 
             cached_dataset(SynthParams(size=self.synth_size))
 
+    @property
+    def dataset_names(self) -> list[str]:
+        """The names of ``data.datasets`` in order ([] for a single root)."""
+        return [s.name for s in self.sources]
+
+    def dataset_tasks(self) -> dict[str, list[str]]:
+        """Dataset name -> the run's tasks it has labels for ({} for a single root)."""
+        learned = [t.name for t in self.tasks]
+        return {
+            s.name: [n for n in learned if n in dataset_task_specs(s.info)] for s in self.sources
+        }
+
     def setup(self, stage: str) -> None:
+        if self.sources:
+            self._setup_sources()
+            return
         info = self.info
         self._check_crop(info)
         if not info.stats:
@@ -202,6 +252,30 @@ class SceneDataModule(L.LightningDataModule):
                     self.data_root, split, info=info, tasks=self.tasks
                 )
 
+    def _setup_sources(self) -> None:
+        self.source_datasets: dict[str, dict[str, Any]] = {}
+        for source in self.sources:
+            info = source.info
+            if not info.stats:
+                raise UserError(
+                    f"{source.root}/dataset.json has no statistics: run "
+                    f"`scenemtl data stats --root {source.root}` first"
+                )
+            provided = dataset_task_specs(info)
+            # each dataset reads its own files with tasks built from its own specs
+            own = build_tasks({t.name: provided[t.name] for t in self.tasks if t.name in provided})
+            split_sets: dict[str, Any] = {}
+            for split in info.splits:
+                if isinstance(info, MTANInfo):
+                    split_sets[split] = MTANDataset(source.root, split, info, own)
+                elif isinstance(info, BenchInfo):
+                    split_sets[split] = BenchDataset(source.root, split, info, own)
+                else:
+                    split_sets[split] = SceneDataset(source.root, split, info=info, tasks=own)
+            self.source_datasets[source.name] = split_sets
+        first = self.sources[0].name
+        self.datasets = self.source_datasets[first]
+
     def dataset(self, split: str) -> Any:
         releases = (MTANInfo, BenchInfo)
         if split == "test" and "test" not in self.datasets and isinstance(self.info, releases):
@@ -212,10 +286,12 @@ class SceneDataModule(L.LightningDataModule):
             raise UserError(f"{self.data_root} has no {split!r} split")
         return self.datasets[split]
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        ds: Any = self.dataset(split)
+    def _loader(self, split: str, batch_size: int, shuffle: bool, ds: Any = None) -> DataLoader:
+        ds = self.dataset(split) if ds is None else ds
         if split == "train" and self.train_limit is not None:
             ds = torch.utils.data.Subset(ds, range(min(self.train_limit, len(ds))))
+        base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+        has_gt = bool(getattr(base, "with_gt", True))  # a split without GT has no targets
         return DataLoader(
             ds,
             batch_size=batch_size,
@@ -224,15 +300,41 @@ class SceneDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # missing labels (partial_tasks, another dataset's tasks) become fill + mask
+            collate_fn=SampleCollate(self.tasks if has_gt else ()),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _source_loaders(
+        self, split: str, batch_sizes: list[int], shuffle: bool
+    ) -> list[DataLoader]:
+        loaders = []
+        for source, size in zip(self.sources, batch_sizes, strict=True):
+            sets = self.source_datasets[source.name]
+            if split not in sets:
+                raise UserError(
+                    f"data.datasets {source.name!r} ({source.root}) has no {split!r} split"
+                )
+            loaders.append(self._loader(split, size, shuffle, sets[split]))
+        return loaders
+
+    def train_dataloader(self) -> Any:
+        if self.sources:
+            sizes = [s.batch_share for s in self.sources]
+            loaders = self._source_loaders("train", sizes, shuffle=True)
+            return CombinedLoader(
+                {s.name: loader for s, loader in zip(self.sources, loaders, strict=True)},
+                mode="max_size_cycle",
+            )
         return self._loader("train", self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> Any:
+        if self.sources:  # one loader per dataset: the module scores each on its own
+            return self._source_loaders("val", [self.val_batch_size] * len(self.sources), False)
         return self._loader("val", self.val_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> Any:
+        if self.sources:
+            return self._source_loaders("test", [self.val_batch_size] * len(self.sources), False)
         return self._loader("test", self.val_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
@@ -245,7 +347,157 @@ class SceneDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             # One stream per (seed, process, step): a resumed run replays the same draws.
             stream = (self.seed * 65_537 + trainer.global_rank) * 1_000_003 + trainer.global_step
-            generator = torch.Generator().manual_seed(stream % (2**63))
             self.augment.train()
+            if self.sources and set(batch) == set(self.dataset_names):
+                return self._join(batch, stream)
+            generator = torch.Generator().manual_seed(stream % (2**63))
             return self.augment(batch, generator=generator)
         return prepare_eval_batch(batch)
+
+    def _join(self, parts: dict[str, Any], stream: int) -> dict[str, Any]:
+        """The datasets' parts of a training batch, each augmented (its own stream), as
+        one batch; ``"dataset"`` [B] holds each sample's index in ``data.datasets``."""
+        augmented = []
+        for k, source in enumerate(self.sources):
+            generator = torch.Generator().manual_seed((stream * 31 + k) % (2**63))
+            part = self.augment(parts[source.name], generator=generator)
+            part["dataset"] = torch.full_like(part["index"], k)
+            augmented.append(part)
+        joined: dict[str, Any] = {}
+        for key, value in augmented[0].items():
+            if key == LABELLED:
+                joined[key] = {name: torch.cat([p[key][name] for p in augmented]) for name in value}
+            elif isinstance(value, torch.Tensor):
+                joined[key] = torch.cat([p[key] for p in augmented])
+        return joined
+
+
+@dataclass
+class Source:
+    """One entry of ``data.datasets``: its name, root, ratio and description."""
+
+    name: str
+    root: str
+    ratio: float
+    format: str
+    labels: int | None
+    info: Any
+    batch_share: int = 0
+    """Samples of each training batch drawn from this dataset."""
+
+
+def parse_sources(
+    datasets: list[dict[str, Any]] | None, root: str | None, batch_size: int
+) -> list[Source]:
+    """``data.datasets`` checked, their descriptions read, each given its share of the
+    training batch (largest remainders of ``batch_size * ratio / sum(ratio)``, at least
+    one sample each). [] when the run has a single root.
+
+    Raises:
+        UserError: a malformed entry, a repeated name, both ``root`` and ``datasets``, a
+            batch too small for one sample of each dataset.
+    """
+    if datasets is None:
+        return []
+    if root is not None:
+        raise UserError("set either data.root or data.datasets, not both")
+    if not isinstance(datasets, list) or not datasets:
+        raise UserError("data.datasets must be a non-empty list of {name, root, ratio}")
+    sources = []
+    for i, entry in enumerate(datasets):
+        where = f"data.datasets[{i}]"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} must be a mapping with name, root and ratio")
+        unknown = sorted(set(entry) - set(DATASET_KEYS))
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(DATASET_KEYS)}")
+        name, path = entry.get("name"), entry.get("root")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise UserError(f"{where}.name must be letters, digits, _ or - (got {name!r})")
+        if not isinstance(path, str) or not path:
+            raise UserError(f"{where}.root must be a dataset folder, got {path!r}")
+        ratio = entry.get("ratio", 1)
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not (math.isfinite(ratio) and ratio > 0)
+        ):
+            raise UserError(f"{where}.ratio must be a number > 0, got {ratio!r}")
+        fmt = entry.get("format", "auto")
+        if fmt not in DATA_FORMATS:
+            raise UserError(f"{where}.format must be one of {', '.join(DATA_FORMATS)}, got {fmt!r}")
+        labels = entry.get("labels")
+        info = open_info(path, fmt, labels)
+        sources.append(Source(name, path, float(ratio), fmt, labels, info))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise UserError(f"data.datasets names a dataset twice: {names}")
+    if batch_size < len(sources):
+        raise UserError(
+            f"data.batch_size {batch_size} is smaller than the number of data.datasets "
+            f"({len(sources)}): each batch holds at least one sample of each"
+        )
+    total = sum(s.ratio for s in sources)
+    exact = [batch_size * s.ratio / total for s in sources]
+    shares = [max(1, math.floor(x)) for x in exact]
+    # largest remainders get the samples left (or give back what the minimum of 1 took)
+    order = sorted(range(len(sources)), key=lambda k: exact[k] - math.floor(exact[k]), reverse=True)
+    while sum(shares) < batch_size:
+        k = order.pop(0) if order else 0
+        shares[k] += 1
+    while sum(shares) > batch_size:
+        k = max(
+            (k for k in range(len(shares)) if shares[k] > 1), key=lambda k: shares[k] - exact[k]
+        )
+        shares[k] -= 1
+    for source, share in zip(sources, shares, strict=True):
+        source.batch_share = share
+    return sources
+
+
+@dataclass
+class CombinedInfo:
+    """What a run reads of its data's description, for several datasets: the union of
+    their tasks (in order of first appearance; a task two datasets share must be of the
+    same kind, and a segmentation task must have the same class table), their
+    statistics (each entry from the first dataset that has it: the tasks' normalization
+    comes from there), the first's image size and splits."""
+
+    name: str
+    image_size: tuple[int, int]
+    splits: dict[str, dict[str, Any]]
+    specs: dict[str, dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_specs(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self.specs.items()}
+
+    @classmethod
+    def of(cls, sources: list[Source]) -> CombinedInfo:
+        specs: dict[str, dict[str, Any]] = {}
+        owner: dict[str, str] = {}
+        stats: dict[str, Any] = {}
+        for source in sources:
+            for task, spec in dataset_task_specs(source.info).items():
+                if task not in specs:
+                    specs[task], owner[task] = spec, source.name
+                    continue
+                first = specs[task]
+                if spec.get("kind") != first.get("kind") or spec.get("classes") != first.get(
+                    "classes"
+                ):
+                    raise UserError(
+                        f"data.datasets {owner[task]!r} and {source.name!r} both have task "
+                        f"{task!r} but of another kind or class table; rename one"
+                    )
+            for key, value in (source.info.stats or {}).items():
+                stats.setdefault(key, value)
+        first = sources[0].info
+        return cls(
+            name="+".join(s.name for s in sources),
+            image_size=tuple(first.image_size),
+            splits=dict(first.splits),
+            specs=specs,
+            stats=stats if all(s.info.stats for s in sources) else {},
+        )

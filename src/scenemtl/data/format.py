@@ -109,6 +109,10 @@ class DatasetInfo:
     """Tasks beyond ``semseg`` and ``depth``: task name -> spec (``{"kind": ...}`` plus
     what the kind needs), read from ``<split>/<name>/{i}.png`` (see
     :attr:`task_specs`)."""
+    partial_tasks: list[str] = field(default_factory=list)
+    """Tasks whose label file may be missing for a sample: that sample has no label for
+    the task (partial labels, docs/data.md). A missing file of any other task is an error
+    (``scenemtl data check`` reports it)."""
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -160,6 +164,7 @@ class DatasetInfo:
             "source": d["source"],
             # only when present, so datasets without extra tasks keep their exact bytes
             **({"extra_tasks": d["extra_tasks"]} if self.extra_tasks else {}),
+            **({"partial_tasks": list(self.partial_tasks)} if self.partial_tasks else {}),
         }
 
     @classmethod
@@ -216,6 +221,10 @@ class DatasetInfo:
                 ):
                     raise bad(f"class {i} must be {{'name': str, 'color': [r, g, b] 0..255}}")
             extra = _parse_extra_tasks(data.get("extra_tasks") or {}, bad)
+            partial = data.get("partial_tasks") or []
+            known = ("semseg", "depth", *extra)
+            if not isinstance(partial, list) or not all(p in known for p in partial):
+                raise bad(f"'partial_tasks' must list tasks of the dataset ({', '.join(known)})")
             return cls(
                 name=str(data.get("name", "unnamed")),
                 version=str(data.get("version", "1")),
@@ -230,6 +239,7 @@ class DatasetInfo:
                 stats=dict(data.get("stats") or {}),
                 source=dict(data.get("source") or {}),
                 extra_tasks=extra,
+                partial_tasks=list(partial),
             )
         except KeyError as e:
             raise bad(f"missing key {e.args[0]!r}") from None

@@ -58,6 +58,8 @@ class Layout:
         tasks: name -> :class:`BenchTask`, in the order runs list them.
         canvas: ``(h, w)`` every sample is padded to, or None when all images have one
             size (then that size, checked on every read).
+        partial_tasks: the tasks some images have no label of (their reader may return
+            None; :attr:`DatasetInfo.partial_tasks`).
     """
 
     name: str
@@ -66,6 +68,7 @@ class Layout:
     image: Callable[[Path, str], Path]
     tasks: dict[str, BenchTask]
     canvas: tuple[int, int] | None
+    partial_tasks: tuple[str, ...] = ()
 
 
 def read_index_png(path: Path, modes: tuple[str, ...] = ("L", "P")) -> np.ndarray:

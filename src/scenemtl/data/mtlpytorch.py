@@ -157,6 +157,7 @@ def read_bench_info(root: str | os.PathLike, format: str = "auto", stats: bool =
         rgb_extension=".png",
         classes=layout.tasks["semseg"].spec["classes"],
         source={"layout": layout.name, "root": str(root)},
+        partial_tasks=list(layout.partial_tasks),
         layout=layout.name,
         ids=ids,
     )

@@ -247,5 +247,6 @@ PASCAL_CONTEXT = Layout(
         ),
     },
     canvas=PASCAL_CANVAS,
+    partial_tasks=("human_parts",),
 )
 """The PASCAL-Context release: tasks in the papers' order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,12 +32,17 @@ def _tasks_with_statistics(info: DatasetInfo) -> list[Task]:
     return [t for t in build_tasks(dataset_task_specs(info)) if t.statistics() is not None]
 
 
-def _accumulate(root: Path, split: str, index: int, tasks: list[Task]) -> list[TargetStatistics]:
-    """Each task's statistics of one sample (merged by the caller)."""
+def _accumulate(
+    root: Path, split: str, index: int, tasks: list[Task], partial: Collection[str] = ()
+) -> list[TargetStatistics]:
+    """Each task's statistics of one sample (merged by the caller); a task of ``partial``
+    (dataset.json "partial_tasks") whose file is missing adds nothing."""
     out = []
     for task in tasks:
         one = task.statistics()
-        one.add(task.read_target(label_path(root, split, task.name, index)))
+        path = label_path(root, split, task.name, index)
+        if task.name not in partial or path.exists():
+            one.add(task.read_target(path))  # a declared-partial task's missing file: none
         out.append(one)
     return out
 
@@ -62,8 +68,9 @@ def compute_stats(
         raise DataFormatError(f"{root}: split {split!r} is empty")
     tasks = _tasks_with_statistics(info)
     totals = [task.statistics() for task in tasks]
+    partial = tuple(getattr(info, "partial_tasks", ()))
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for found in pool.map(lambda i: _accumulate(root, split, i, tasks), range(n)):
+        for found in pool.map(lambda i: _accumulate(root, split, i, tasks, partial), range(n)):
             for total, one in zip(totals, found, strict=True):
                 total.merge(one)
     stats: dict[str, Any] = {"split": split, "num_images": n}

@@ -11,14 +11,15 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import default_collate
 
 from scenemtl.atomic import atomic_write_bytes
+from scenemtl.data.dataset import SampleCollate
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.loggers import log_image
 from scenemtl.engine.precision import warn_if_bf16_slow
 from scenemtl.errors import TrainingDiverged, one_line
 from scenemtl.reporting.run_dir import RunDir, task_record
+from scenemtl.tasks.labels import LABELLED
 from scenemtl.visualize import prediction_panel, tile
 
 
@@ -52,7 +53,10 @@ class VisualizationCallback(L.Callback):
         ids = [i for i in self.ids if 0 <= i < len(dataset)]
         if not ids:
             return
-        batch = default_collate([dataset[i] for i in ids])
+        # a sample may lack a task's label (partial labels): its panel shows the fill
+        tasks = getattr(dataset, "tasks", ()) if getattr(dataset, "with_gt", True) else ()
+        batch = SampleCollate(tasks)([dataset[i] for i in ids])
+        batch.pop(LABELLED, None)
         batch = prepare_eval_batch({k: v.to(pl_module.device) for k, v in batch.items()})
         with torch.no_grad():
             preds = pl_module.predict_step(batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from scenemtl.balancing import BALANCERS, accepted_options, build_balancer
-from scenemtl.balancing.base import TrainingStep
+from scenemtl.balancing.base import TrainingStep, present_mask
 from scenemtl.balancing.conflict import gradient_conflict
 from scenemtl.data.transforms import prepare_eval_batch
 from scenemtl.engine.checkpoint import check_tasks, migrate_checkpoint, read_checkpoint
@@ -210,6 +210,11 @@ class MultiTaskModule(L.LightningModule):
         self._step: _StepRecord | None = None
         self.val_metrics = MultiTaskMetrics(self.task_list)
         self.test_metrics = MultiTaskMetrics(self.task_list)
+        # several datasets in one run (data.datasets): each one's metrics on its own tasks,
+        # beside the combined ones above; set up from the DataModule (see setup)
+        self.dataset_names: list[str] = []
+        self.val_metrics_by = nn.ModuleDict()
+        self.test_metrics_by = nn.ModuleDict()
         self.register_buffer("stats_adopted", torch.tensor(False), persistent=True)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -287,6 +292,17 @@ class MultiTaskModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and not bool(self.stats_adopted):
             self.adopt_dataset_stats(datamodule.info.stats)
+        if datamodule is not None and getattr(datamodule, "dataset_names", None):
+            self.set_datasets(datamodule.dataset_tasks())
+
+    def set_datasets(self, dataset_tasks: dict[str, list[str]]) -> None:
+        """Score each of several datasets on its own (``data.datasets``): dataset name ->
+        the run's tasks it has labels for, in the order of the validation loaders."""
+        self.dataset_names = list(dataset_tasks)
+        for store in (self.val_metrics_by, self.test_metrics_by):
+            store.clear()
+            for name, tasks in dataset_tasks.items():
+                store[name] = MultiTaskMetrics([self.tasks[t] for t in tasks]).to(self.device)
 
     # ----------------------------------------------------------------------------------
     # steps
@@ -358,7 +374,9 @@ class MultiTaskModule(L.LightningModule):
         batch_size = image.shape[0]
         self.log("train/loss", losses.total.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in losses.tasks.items():
-            self.log(f"train/loss_{name}", value.detach(), batch_size=batch_size)
+            # a task's epoch mean is over its labelled samples (partial labels)
+            if losses.labelled[name]:
+                self.log(f"train/loss_{name}", value.detach(), batch_size=losses.labelled[name])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
         every = self.hparams.get("grad_monitor_every", 0)
         monitor = len(self.tasks) > 1 and every > 0 and self.global_step % every == 0
@@ -368,10 +386,12 @@ class MultiTaskModule(L.LightningModule):
                 representation=list(shared.values()),
                 cut=list(cut.values()),
                 monitor=monitor,
+                present=present_mask(list(self.tasks), losses.present, image.device),
             ),
             weights=losses.weights,
             monitor=monitor,
             batch_size=batch_size,
+            present=losses.present,
         )
         return losses.total
 
@@ -393,7 +413,8 @@ class MultiTaskModule(L.LightningModule):
         if record is None:
             return
         for name, value in record.weights.items():
-            self.log(f"train/weight_{name}", float(value), batch_size=record.batch_size)
+            if record.present.get(name, True):  # an absent task has no weight this step
+                self.log(f"train/weight_{name}", float(value), batch_size=record.batch_size)
         if record.monitor and record.gramian is not None:
             for key, value in gradient_conflict(record.gramian, list(self.tasks)).items():
                 self.log(f"train/{key}", value, batch_size=record.batch_size)
@@ -423,12 +444,22 @@ class MultiTaskModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.criterion.weighting.on_epoch_end()
 
-    def _evaluate(self, batch: dict[str, Tensor], metrics: MultiTaskMetrics, stage: str) -> None:
+    def _evaluate(
+        self, batch: dict[str, Tensor], metrics: MultiTaskMetrics, stage: str, loader: int = 0
+    ) -> None:
         if not all(name in batch for name in self.tasks):
             return  # a split without ground truth: nothing to score
         outputs = self.eval_outputs(batch["image"])
         losses = self.criterion(outputs, batch)
-        self.log(f"{stage}/loss", losses.total, batch_size=batch["image"].shape[0], sync_dist=True)
+        size = batch["image"].shape[0]
+        if self.dataset_names:  # one loader per dataset: its loss under its name
+            name = self.dataset_names[loader]
+            self.log(
+                f"{stage}/{name}/loss", losses.total, batch_size=size, sync_dist=True,
+                add_dataloader_idx=False,
+            )  # fmt: skip
+        else:
+            self.log(f"{stage}/loss", losses.total, batch_size=size, sync_dist=True)
         preds = self.decode(outputs)
         for name, pred in preds.items():
             # the metrics would refuse them with a bug's traceback; this is the weights'
@@ -439,28 +470,40 @@ class MultiTaskModule(L.LightningModule):
                     "rate or check the data"
                 )
         metrics.update(preds, batch)
+        if self.dataset_names:
+            by = self.val_metrics_by if stage == "val" else self.test_metrics_by
+            own = by[self.dataset_names[loader]]
+            own.update({k: preds[k] for k in own.tasks}, batch)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._evaluate(batch, self.val_metrics, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, self.test_metrics, "test", dataloader_idx)
 
-    def _log_metrics(self, metrics: MultiTaskMetrics, stage: str) -> None:
+    def _log_metrics(self, metrics: MultiTaskMetrics, stage: str, prefix: str = "") -> None:
         if not metrics.update_count:
             return
         values = metrics.compute()
         # Metrics are already synced by torchmetrics; the headline metrics go to the bar.
-        shown = {*self.tasks, GRADER}
+        shown = {*self.tasks, GRADER} if not prefix else set()
         for key, value in values.items():
-            self.log(f"{stage}/{key}", value.float(), prog_bar=key in shown, sync_dist=False)
+            self.log(
+                f"{stage}/{prefix}{key}", value.float(), prog_bar=key in shown, sync_dist=False
+            )
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
+        for name, metrics in self.val_metrics_by.items():
+            self._log_metrics(metrics, "val", prefix=f"{name}/")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        for name, metrics in self.test_metrics_by.items():
+            self._log_metrics(metrics, "test", prefix=f"{name}/")
 
     # ----------------------------------------------------------------------------------
     # optimization
@@ -573,6 +616,7 @@ class _StepRecord:
     weights: dict[str, Any]  # task -> effective weight (logged)
     monitor: bool  # log the gradient conflict of this step
     batch_size: int
+    present: dict[str, bool] = field(default_factory=dict)  # task -> labelled in the batch
     gramian: Tensor | None = None  # [K, K] Gram matrix of the task gradients
 
 
