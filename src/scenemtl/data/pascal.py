@@ -60,9 +60,10 @@ VOC_CLASSES = (
 """The 21 semantic classes (VOC's 20 and background), ids 0..20."""
 
 PART_CLASSES = (
-    "background", "head", "torso", "upper arms", "lower arms", "upper legs", "lower legs"
+    "background", "head", "torso", "upper arm", "lower arm", "upper leg", "lower leg"
 )  # fmt: skip
-"""The human parts' 7 classes: background and the 6 groups of :data:`PART_GROUPS`."""
+"""The human parts' 7 classes: background and the 6 groups of :data:`PART_GROUPS` (left
+and right together; the names of the procedural generator's ``parts`` table)."""
 
 PART_GROUPS = {
     **dict.fromkeys(
