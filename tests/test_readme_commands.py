@@ -11,7 +11,8 @@ The substitutions keep each command as written and change only what makes it slo
 impossible here: ``configs/X.yaml`` becomes a copy of that config for one training step
 on the tiny dataset of ``tests/conftest.py`` (no ImageNet download, no workers, 32x32
 crops), ``/data/cityscapes`` a fake Cityscapes tree, ``/data/cityscapes2`` a fake MTAN
-tree, ``data synth`` renders 4/2/2 images, the default procedural dataset is the tiny one,
+tree, ``/data/NYUD_MT`` and ``/data/PASCAL_MT`` tiny releases, ``data synth`` renders
+4/2/2 images, the default procedural dataset is the tiny one,
 ``bench`` and ``export`` time 2 and 1 runs. ``runs/demo/version_0`` is one fitted run of
 ``configs/demo.yaml`` shared by the commands that need a checkpoint (what ``make demo``
 leaves behind).
@@ -34,6 +35,7 @@ import yaml
 
 from scenemtl.cli import main
 from tests.data.mtan_trees import write_mtan_tree
+from tests.data.mtl_trees import write_nyud_tree, write_pascal_tree
 from tests.data.test_cityscapes import _write_fake_cityscapes
 from tests.helpers import slow_fixture
 
@@ -118,6 +120,11 @@ RUNNABLE: set[str] = {
         "--data.tasks '[depth]' --run.name stl_depth",
         "scenemtl fit --config configs/cityscapes_mtan.yaml --data.root /data/cityscapes2 "
         "--model.loss_weighting dwa --run.name dwa",
+        "scenemtl fit --config configs/nyud.yaml --data.root /data/NYUD_MT",
+        "scenemtl fit --config configs/nyud.yaml --data.root /data/NYUD_MT --data.tasks '[semseg]'",
+        # docs/data.md
+        "scenemtl data check --root /data/PASCAL_MT",
+        "scenemtl fit --config configs/pascal_context.yaml --data.root /data/PASCAL_MT",
     )
 }
 """Commands that run here (after :func:`substitute`)."""
@@ -352,7 +359,11 @@ def workspace(tmp_path_factory, tiny_root) -> Workspace:
     data = tmp_path_factory.mktemp("data")
     _write_fake_cityscapes(data / "cityscapes")
     write_mtan_tree(data / "cityscapes2")
+    write_nyud_tree(data / "NYUD_MT")
+    write_pascal_tree(data / "PASCAL_MT")
     paths = {
+        "/data/NYUD_MT": str(data / "NYUD_MT"),
+        "/data/PASCAL_MT": str(data / "PASCAL_MT"),
         "/data/cityscapes": str(data / "cityscapes"),
         "/data/cityscapes2": str(data / "cityscapes2"),
         "/data/cityscapes-256x512": str(data / "cityscapes-256x512"),

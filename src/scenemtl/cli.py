@@ -74,6 +74,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from scenemtl.data.mtan import is_mtan_root, read_mtan_info
+    from scenemtl.data.mtlpytorch import bench_layout, format_bench_stats, read_bench_info
     from scenemtl.data.stats import format_stats, write_stats
 
     if is_mtan_root(args.root):
@@ -82,6 +83,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         print(
             f"{args.root} is in the MTAN layout: training computes these in memory, nothing written"
         )
+        return 0
+    if bench_layout(args.root):
+        print(format_bench_stats(read_bench_info(args.root)))
+        print(f"{args.root} is a release: training computes these in memory, nothing written")
         return 0
     info, plots = write_stats(args.root, plots_dir=args.plots)
     print(format_stats(info))

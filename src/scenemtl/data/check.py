@@ -22,6 +22,7 @@ from scenemtl.data.format import (
     split_size_problem,
 )
 from scenemtl.data.mtan import check_mtan, is_mtan_root
+from scenemtl.data.mtlpytorch import bench_layout, check_bench
 from scenemtl.errors import DataFormatError, UserError
 
 
@@ -107,11 +108,14 @@ def _sample_jobs(root: Path, info: DatasetInfo, split: str, jobs: list) -> list[
 def check_dataset(root: str | os.PathLike, workers: int | None = None) -> list[str]:
     """Every problem found in the dataset at ``root``, each naming its file; [] if clean.
 
-    A root in the MTAN release's layout is checked by :func:`scenemtl.data.mtan.check_mtan`.
+    A root in the MTAN release's layout is checked by :func:`scenemtl.data.mtan.check_mtan`,
+    a NYUD-v2 or PASCAL-Context release by :func:`scenemtl.data.mtlpytorch.check_bench`.
     """
     root = Path(root)
     if is_mtan_root(root):
         return check_mtan(root, workers)
+    if bench_layout(root):
+        return check_bench(root, workers)
     try:
         info = read_info(root, check_sizes=False)  # size claims are checked below
     except DataFormatError as e:

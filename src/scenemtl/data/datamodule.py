@@ -28,6 +28,13 @@ from torch.utils.data import DataLoader
 from scenemtl.data.dataset import SampleCollate, SceneDataset
 from scenemtl.data.format import DatasetInfo, read_info
 from scenemtl.data.mtan import MTANDataset, MTANInfo, is_mtan_root, read_mtan_info
+from scenemtl.data.mtlpytorch import (
+    BENCH_FORMATS,
+    BenchDataset,
+    BenchInfo,
+    bench_layout,
+    read_bench_info,
+)
 from scenemtl.data.transforms import (
     BatchAugment,
     check_refused,
@@ -39,7 +46,7 @@ from scenemtl.tasks import TaskSpecs, build_tasks, dataset_task_specs, select_ta
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.labels import LABELLED
 
-DATA_FORMATS = ("auto", "miniscapes", "mtan")
+DATA_FORMATS = ("auto", "miniscapes", "mtan", *BENCH_FORMATS)
 DATASET_KEYS = ("name", "root", "ratio", "format", "labels")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -48,6 +55,8 @@ def open_info(root: str | Path, format: str = "auto", labels: int | None = None)
     """The description of a dataset root in either layout (see :class:`SceneDataModule`)."""
     if format == "mtan" or (format == "auto" and is_mtan_root(root)):
         return read_mtan_info(root, labels)
+    if format in BENCH_FORMATS or (format == "auto" and bench_layout(root)):
+        return read_bench_info(root, format)
     return read_info(root)  # data.labels only chooses among an MTAN root's label sets
 
 
@@ -75,8 +84,11 @@ class SceneDataModule(L.LightningDataModule):
         synth_size: image size ``[h, w]`` of the procedural dataset when ``root`` is None.
         train_limit: use only the first N training images (quick experiments, tests).
         format: layout of ``root``: ``miniscapes`` (dataset.json), ``mtan`` (the MTAN
-            release's ``.npy`` folders, see :mod:`scenemtl.data.mtan`) or ``auto`` (mtan
-            when ``root`` has no dataset.json but a ``train/image/`` or ``val/image/``).
+            release's ``.npy`` folders, see :mod:`scenemtl.data.mtan`), ``nyud`` /
+            ``pascal_context`` (Multi-Task-Learning-PyTorch's releases, see
+            :mod:`scenemtl.data.mtlpytorch`) or ``auto`` (mtan when ``root`` has no
+            dataset.json but a ``train/image/`` or ``val/image/``; nyud with ``gt_sets/``
+            and ``images/``; pascal_context with ``ImageSets/`` and ``JPEGImages/``).
         labels: MTAN Cityscapes label set, 7 or 19 (``null``: 7 if ``label_7/`` exists);
             ignored for MiniScapes roots, whose dataset.json holds their class table.
         datasets: several datasets in one run instead of ``root``: a list of
@@ -233,6 +245,8 @@ class SceneDataModule(L.LightningDataModule):
         for split in info.splits:
             if isinstance(info, MTANInfo):
                 self.datasets[split] = MTANDataset(self.data_root, split, info, self.tasks)
+            elif isinstance(info, BenchInfo):
+                self.datasets[split] = BenchDataset(self.data_root, split, info, self.tasks)
             else:
                 self.datasets[split] = SceneDataset(
                     self.data_root, split, info=info, tasks=self.tasks
@@ -254,6 +268,8 @@ class SceneDataModule(L.LightningDataModule):
             for split in info.splits:
                 if isinstance(info, MTANInfo):
                     split_sets[split] = MTANDataset(source.root, split, info, own)
+                elif isinstance(info, BenchInfo):
+                    split_sets[split] = BenchDataset(source.root, split, info, own)
                 else:
                     split_sets[split] = SceneDataset(source.root, split, info=info, tasks=own)
             self.source_datasets[source.name] = split_sets
@@ -261,8 +277,10 @@ class SceneDataModule(L.LightningDataModule):
         self.datasets = self.source_datasets[first]
 
     def dataset(self, split: str) -> Any:
-        if split == "test" and "test" not in self.datasets and isinstance(self.info, MTANInfo):
-            # the MTAN release has no test split: its papers report on val, and so do we
+        releases = (MTANInfo, BenchInfo)
+        if split == "test" and "test" not in self.datasets and isinstance(self.info, releases):
+            # the MTAN, NYUD and PASCAL releases have no test split: their papers report
+            # on val, and so do we
             split = "val"
         if split not in self.datasets:
             raise UserError(f"{self.data_root} has no {split!r} split")
