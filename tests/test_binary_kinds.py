@@ -299,3 +299,25 @@ def test_a_module_learns_parts_boundaries_and_saliency_beside_semseg():
     scores = metrics.compute()
     assert {"parts", "parts_iou/p6", "boundaries", "boundaries_oisF", "saliency"} <= set(scores)
     assert all(0.0 <= float(scores[k]) <= 100.0 for k in ("boundaries", "saliency", "parts"))
+
+
+def test_a_padded_image_is_scored_at_its_labelled_extent():
+    """maxDist scales with the diagonal: on a 20x20 image at max_dist 0.1 a prediction 2 px
+    off its edge matches (2 <= 0.1 * 28.3), padded to a 60x60 canvas of unlabelled pixels it
+    would match at 8.5 px too. A prediction 5 px off must stay a miss after padding."""
+    task = BoundariesTask("boundaries", max_dist=0.1)
+    target = torch.zeros(1, 20, 20, dtype=torch.uint8)
+    target[0, 10, 2:18] = 1
+    for offset, expected in ((2, 100.0), (5, 0.0)):
+        prob = torch.zeros(1, 20, 20)
+        prob[0, 10 + offset, 2:18] = 1.0
+        plain = task.make_metric()
+        plain.update(prob, target)
+        padded_target = torch.full((1, 60, 60), 255, dtype=torch.uint8)
+        padded_target[:, :20, :20] = target
+        padded_prob = torch.zeros(1, 60, 60)
+        padded_prob[:, :20, :20] = prob
+        padded = task.make_metric()
+        padded.update(padded_prob, padded_target)
+        assert float(plain.compute()["boundaries"]) == pytest.approx(expected, abs=1e-9)
+        assert float(padded.compute()["boundaries"]) == pytest.approx(expected, abs=1e-9)

@@ -335,9 +335,13 @@ class BoundaryFMeasure(Metric):
             raise UserError("boundary targets must be binary (0/1)")
         probs = prob.detach().to("cpu", torch.float64).numpy()
         targets = target.detach().to("cpu").numpy().astype(bool)
+        self.update_images(list(probs), list(targets))
+
+    def update_images(self, probs: list[np.ndarray], targets: list[np.ndarray]) -> None:
+        """Add images of any sizes: ``[H_i, W_i]`` probabilities and binary edges each."""
         counts = split_counts(
-            list(probs),
-            list(targets),
+            probs,
+            targets,
             self.max_dist,
             self.thresholds,
             workers=self.workers,

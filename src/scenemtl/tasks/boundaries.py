@@ -26,8 +26,10 @@ class BoundaryMetrics(BoundaryFMeasure):
     ``update(prob, target)``: probabilities float [B,H,W] and targets integer [B,H,W] in
     {0, 1, 255}. SEISM has no "not labelled"; here such a pixel is neither a ground-truth
     edge nor a predicted one (its probability counts as 0), so a prediction there is
-    neither rewarded nor punished. ``compute()`` -> ``{<name>: odsF, <name>_oisF,
-    <name>_AP, <name>_odsP, <name>_odsR}`` in percent and ``<name>_odsThreshold``.
+    neither rewarded nor punished, and an image is evaluated on the bounding box of its
+    labelled pixels (the diagonal that scales ``max_dist`` is that box's). ``compute()``
+    -> ``{<name>: odsF, <name>_oisF, <name>_AP, <name>_odsP, <name>_odsR}`` in percent
+    and ``<name>_odsThreshold``.
     """
 
     def __init__(self, max_dist: float, prefix: str, workers: int = 0) -> None:
@@ -39,9 +41,24 @@ class BoundaryMetrics(BoundaryFMeasure):
             raise UserError(
                 f"{self.prefix}: prediction {list(prob.shape)} vs target {list(target.shape)}"
             )
+        if prob.ndim != 3:
+            raise UserError(f"{self.prefix}: metric needs [B, H, W], got {list(prob.shape)}")
         labelled = target != BINARY_IGNORE
         prob = torch.where(labelled, prob.double(), torch.zeros((), dtype=torch.float64))
-        super().update(prob, (target == 1) & labelled)
+        edges = (target == 1) & labelled
+        probs, targets = [], []
+        arrays = (prob.cpu().numpy(), edges.cpu().numpy(), labelled.cpu().numpy())
+        for p, e, m in zip(*arrays, strict=True):
+            # maxDist is a fraction of the image's diagonal: an image padded with unlabelled
+            # pixels (PASCAL-Context's 512x512 canvas) is evaluated at its labelled extent,
+            # the size of the original image the papers evaluate
+            rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+            if rows.size:
+                p = p[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+                e = e[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            probs.append(p)
+            targets.append(e)
+        self.update_images(probs, targets)
 
     def compute(self) -> dict[str, Tensor]:
         scores = super().compute()
