@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--tasks",
         nargs="+",
-        choices=("semseg", "depth", "normals", "boundaries", "parts"),
+        choices=("semseg", "depth", "normals", "boundaries", "human_parts"),
         default=["semseg", "depth"],
         help="targets to render: semseg and depth always, normals, boundaries and parts "
         "optionally "

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from scenemtl.codecs.binary import read_binary_map
+from scenemtl.codecs.classes import HUMAN_PART_CLASSES as PART_CLASSES
 from scenemtl.data import format as fmt
 from scenemtl.data.check import check_dataset
 from scenemtl.data.procedural import SynthParams, synthesize
 from scenemtl.data.procedural.boundaries import label_boundaries
 from scenemtl.data.procedural.objects import PERSON, RIDER
-from scenemtl.data.procedural.parts import PART_CLASSES
 from scenemtl.tasks import build_tasks, dataset_task_specs
 
 TINY = SynthParams(train=3, val=1, test=1, size=(24, 48), seed=3)
@@ -74,7 +74,7 @@ def test_boundaries_are_an_extra_layer_the_other_files_do_not_notice(tmp_path):
         **{
             **TINY.to_json(),
             "size": TINY.size,
-            "tasks": ("semseg", "depth", "boundaries", "parts"),
+            "tasks": ("semseg", "depth", "boundaries", "human_parts"),
         }
     )
     assert TINY.to_json() == SynthParams(**{**TINY.to_json(), "size": TINY.size}).to_json()
@@ -82,10 +82,10 @@ def test_boundaries_are_an_extra_layer_the_other_files_do_not_notice(tmp_path):
     info = synthesize(tmp_path / "edges", four, workers=1, progress=False)
     assert info.extra_tasks == {
         "boundaries": {"kind": "boundaries", "max_dist": 0.0075},
-        "parts": {"kind": "segmentation", "classes": PART_CLASSES},
+        "human_parts": {"kind": "segmentation", "classes": list(PART_CLASSES)},
     }
     a, b = _files(tmp_path / "plain"), _files(tmp_path / "edges")
-    extra = {k for k in b if "/boundaries/" in k or "/parts/" in k}
+    extra = {k for k in b if "/boundaries/" in k or "/human_parts/" in k}
     assert len(extra) == 10 and set(b) - extra == set(a)
     assert all(a[k] == b[k] for k in a)  # encoded files: bytes, not floats
     assert plain.extra_tasks == {}
@@ -101,7 +101,7 @@ def test_boundaries_are_an_extra_layer_the_other_files_do_not_notice(tmp_path):
     assert [t.kind for t in tasks] == ["segmentation", "depth", "boundaries", "segmentation"]
     stats = fmt.read_info(root).stats
     assert "boundaries_positive_fraction" in stats
-    assert len(stats["parts_class_pixel_frequency"]) == len(PART_CLASSES)
+    assert len(stats["human_parts_class_pixel_frequency"]) == len(PART_CLASSES)
 
 
 def test_the_montage_shows_the_boundaries_as_a_fourth_panel():
@@ -123,7 +123,7 @@ def test_parts_lie_on_people_head_above_torso_above_legs():
 
     params = SynthParams(train=40, val=0, test=0)
     layers = sample_layers(params, "train", 38, normals=False, parts=True)
-    parts, semseg = layers["parts"], layers["semseg"]
+    parts, semseg = layers["human_parts"], layers["semseg"]
     people = np.isin(semseg, [PERSON, RIDER])
     assert parts.dtype == np.uint8 and not parts[~people].any()
     rows = {k: np.nonzero(parts == k)[0] for k in range(1, len(PART_CLASSES))}
@@ -133,4 +133,6 @@ def test_parts_lie_on_people_head_above_torso_above_legs():
     assert head < torso < upper_leg < lower_leg and upper_arm < lower_arm
     # the other layers do not notice
     plain = sample_layers(params, "train", 38, normals=False)
-    assert all((plain[k] == layers[k]).all() for k in ("rgb", "semseg")) and "parts" not in plain
+    assert (
+        all((plain[k] == layers[k]).all() for k in ("rgb", "semseg")) and "human_parts" not in plain
+    )

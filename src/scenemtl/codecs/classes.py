@@ -25,6 +25,19 @@ MAX_CLASSES = IGNORE_INDEX
 """A class table holds at most 255 classes: labels are 8-bit and 255 means ignore."""
 CITYSCAPES_NUM_CLASSES = 19
 
+HUMAN_PART_CLASSES: tuple[dict[str, Any], ...] = (
+    {"name": "background", "color": [0, 0, 0]},
+    {"name": "head", "color": [220, 20, 60]},
+    {"name": "torso", "color": [255, 160, 0]},
+    {"name": "upper arm", "color": [70, 190, 70]},
+    {"name": "lower arm", "color": [0, 120, 255]},
+    {"name": "upper leg", "color": [190, 80, 255]},
+    {"name": "lower leg", "color": [0, 220, 220]},
+)
+"""The human parts' 7 classes of Multi-Task-Learning-PyTorch's PASCAL-Context loader
+(``num_human_parts=6``, left and right together, 0 = not a person's part): the table of
+the ``human_parts`` task in PASCAL-Context and in the procedural streets."""
+
 
 @dataclass(frozen=True)
 class SemanticClass:

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from scenemtl.codecs.classes import HUMAN_PART_CLASSES
 from scenemtl.data.edgemaps import label_boundaries
 from scenemtl.data.mtlfiles import (
     BenchTask,
@@ -59,13 +60,7 @@ VOC_CLASSES = (
 )  # fmt: skip
 """The 21 semantic classes (VOC's 20 and background), ids 0..20."""
 
-PART_CLASSES = (
-    "background", "head", "torso", "upper arm", "lower arm", "upper leg", "lower leg"
-)  # fmt: skip
-"""The human parts' 7 classes: background and the 6 groups of :data:`PART_GROUPS` (left
-and right together; the names of the procedural generator's ``parts`` table)."""
-
-PART_GROUPS = {
+PART_GROUPS = {  # values index HUMAN_PART_CLASSES
     **dict.fromkeys(
         ("hair", "head", "lear", "lebrow", "leye", "mouth", "nose", "rear", "rebrow", "reye"), 1
     ),
@@ -239,7 +234,7 @@ PASCAL_CONTEXT = Layout(
             {"kind": "segmentation", "classes": class_table(VOC_CLASSES)}, read_semseg
         ),
         "human_parts": BenchTask(
-            {"kind": "segmentation", "classes": class_table(PART_CLASSES)}, read_parts
+            {"kind": "segmentation", "classes": [dict(c) for c in HUMAN_PART_CLASSES]}, read_parts
         ),
         "saliency": BenchTask({"kind": "saliency"}, read_saliency),
         "normals": BenchTask({"kind": "normals"}, read_normals),

@@ -61,7 +61,7 @@ balance the load at the end."""
 EXTRA_TASK_SPECS: dict[str, dict[str, Any]] = {
     "normals": {"kind": "normals", "encoding": "rgb8"},
     "boundaries": BOUNDARY_TASK_SPEC,
-    "parts": PARTS_TASK_SPEC,
+    "human_parts": PARTS_TASK_SPEC,
 }
 """dataset.json ``extra_tasks`` entries of the optional targets."""
 
@@ -99,7 +99,7 @@ def sample_layers(
 ) -> dict[str, np.ndarray]:
     """Render image ``index`` of ``split`` with every target :func:`render_layers` makes.
     With ``times``, the time of each stage is added to it; without ``normals``, the
-    ``normals`` layer is not made; with ``parts``, the ``parts`` layer is (the others are
+    ``normals`` layer is not made; with ``parts``, the ``human_parts`` layer is (the others are
     the same either way).
 
     Returns:
@@ -143,7 +143,7 @@ def _render_chunk(
     times = StageTimes()
     gt = params.has_gt(split)
     normals = gt and "normals" in params.tasks
-    parts = gt and "parts" in params.tasks
+    parts = gt and "human_parts" in params.tasks
     for i in indices:
         layers = sample_layers(params, split, i, times, normals, parts)
         rgb, semseg, depth = layers["rgb"], layers["semseg"], layers["depth"]
@@ -166,7 +166,7 @@ def _render_chunk(
             # same bytes with or without it
             files["boundaries"] = encode_grey_png(label_boundaries(semseg), PNG_COMPRESS_LEVEL)
         if parts:
-            files["parts"] = encode_grey_png(layers["parts"], PNG_COMPRESS_LEVEL)
+            files["human_parts"] = encode_grey_png(layers["human_parts"], PNG_COMPRESS_LEVEL)
         lap("encode")
         write_sample_files(root, split, i, files, RGB_EXTENSION)
         lap("write")

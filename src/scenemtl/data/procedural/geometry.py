@@ -77,7 +77,7 @@ class Prim:
             number or one per axis; a large value leaves that axis's edges square).
         shadow: whether the solid casts a sun shadow.
         part: human part of the solid's pixels (:mod:`.parts`; 0 = none), for the
-            optional ``parts`` layer; nothing else reads it.
+            optional ``human_parts`` layer; nothing else reads it.
         part_below: the part of its half with local y < 0, or -1 (the same as ``part``).
     """
 

@@ -33,9 +33,9 @@ MIN_SIDE, MAX_SIDE = 8, 4096
 
 BASE_TASKS: tuple[str, ...] = ("semseg", "depth")
 """What every generated dataset holds (the MiniScapes layout needs both)."""
-OPTIONAL_TASKS: tuple[str, ...] = ("normals", "boundaries", "parts")
+OPTIONAL_TASKS: tuple[str, ...] = ("normals", "boundaries", "human_parts")
 """What a generated dataset may hold besides (``--tasks semseg depth normals boundaries
-parts``)."""
+human_parts``)."""
 MAX_SPLIT = 10_000_000
 
 
@@ -51,7 +51,7 @@ class SynthParams:
         jpeg_quality: quality of the RGB JPEGs (1-100).
         test_gt: whether the test split gets labels and depth (a grader needs them).
         tasks: the targets rendered: ``semseg`` and ``depth`` always, ``normals``,
-            ``boundaries`` and ``parts`` optionally; kept in that order. Part of the
+            ``boundaries`` and ``human_parts`` optionally; kept in that order. Part of the
             cache key, but left out of :meth:`to_json` when it is the default, so
             datasets without them keep the key (and cache folder) they had before
             they existed.

@@ -15,19 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from scenemtl.codecs.classes import HUMAN_PART_CLASSES
+
 BACKGROUND, HEAD, TORSO, UPPER_ARM, LOWER_ARM, UPPER_LEG, LOWER_LEG = range(7)
 SAME_PART = -1
 """``Prim.part_below`` of a primitive that is one part throughout."""
 
-PART_CLASSES: list[dict[str, Any]] = [
-    {"name": "background", "color": [0, 0, 0]},
-    {"name": "head", "color": [220, 20, 60]},
-    {"name": "torso", "color": [255, 160, 0]},
-    {"name": "upper arm", "color": [70, 190, 70]},
-    {"name": "lower arm", "color": [0, 120, 255]},
-    {"name": "upper leg", "color": [190, 80, 255]},
-    {"name": "lower leg", "color": [0, 220, 220]},
-]
-"""The class table of the ``parts`` task (dataset.json ``extra_tasks``)."""
-
-PARTS_TASK_SPEC: dict[str, Any] = {"kind": "segmentation", "classes": PART_CLASSES}
+PARTS_TASK_SPEC: dict[str, Any] = {
+    "kind": "segmentation",
+    "classes": [dict(c) for c in HUMAN_PART_CLASSES],
+}
+"""The spec of the ``human_parts`` task (dataset.json ``extra_tasks``)."""

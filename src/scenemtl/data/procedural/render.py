@@ -181,7 +181,7 @@ def render_layers(
     if normals:
         layers["normals"] = _camera_normals(cam, n, d_hit, hit_idx)
     if part_map is not None:
-        layers["parts"] = part_map
+        layers["human_parts"] = part_map
     lap("raycast")
     return layers
 
