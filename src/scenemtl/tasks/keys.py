@@ -116,6 +116,26 @@ def log_color_bar(
     return ColorBar(title, values, colors, ticks)
 
 
+def linear_color_bar(
+    title: str,
+    lo: float,
+    hi: float,
+    colorize: Callable[[np.ndarray], np.ndarray],
+    label: Callable[[float], str],
+    width: int,
+    ticks: list[float] | None = None,
+) -> ColorBar:
+    """A bar from ``lo`` to ``hi`` on a linear scale (e.g. a probability): column ``x``
+    holds ``lo + (hi - lo) * x / (W - 1)``, coloured by ``colorize`` (float64 [1,W] in,
+    uint8 [1,W,3] out), labelled at ``ticks`` (default: both ends and the middle)."""
+    if not lo < hi:
+        raise ValueError(f"range {lo}..{hi} is not lo < hi")
+    values = lo + (hi - lo) * (np.arange(width, dtype=np.float64) / (width - 1))
+    colors = np.asarray(colorize(values[None, :])[0], np.uint8)
+    marks = ticks if ticks is not None else [lo, (lo + hi) / 2, hi]
+    return ColorBar(title, values, colors, [Tick(v, (v - lo) / (hi - lo), label(v)) for v in marks])
+
+
 __all__ = [
     "MAX_INNER_TICKS",
     "MIN_TICK_GAP",
@@ -124,6 +144,7 @@ __all__ = [
     "PictureKey",
     "Tick",
     "class_legend",
+    "linear_color_bar",
     "log_color_bar",
     "log_position",
     "log_ticks",
