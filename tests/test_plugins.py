@@ -3,9 +3,9 @@ new balancing method, a new encoder family and a new architecture are each one n
 plus one registry line, and every command works with them without any other file changed.
 
 The test copies the package, writes the four modules into the copy, adds the four
-registry lines (and nothing else), and runs the commands on the copy in child processes:
-data stats and check, fit, validate, test, grade, predict, export, bench, complexity,
-runs, and a two-variant study run + report.
+registry lines (and nothing else), and runs the commands on the copy, one after the other
+in one child process (tests/cli_batch.py): data stats and check, fit, validate, test,
+grade, predict, export, bench, complexity, runs, and a two-variant study run + report.
 """
 
 from __future__ import annotations
@@ -273,20 +273,31 @@ def package(tmp_path_factory) -> Path:
     return root
 
 
-def scenemtl(package: Path, *argv, cwd: Path) -> subprocess.CompletedProcess:
+def scenemtl_batch(package: Path, commands: dict[str, tuple], cwd: Path) -> dict[str, dict]:
+    """Run the command lines (by a name of the test's) one after the other in ONE child
+    process on the package copy (tests/cli_batch.py: torch and Lightning imported once,
+    not once per command); each must succeed without a traceback. Returns each command's
+    result (``code``, ``stdout``, ``stderr``) by its name."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), str(REPO)])}
+    batch = cwd / "batch.json"
+    batch.write_text(json.dumps([[str(a) for a in argv] for argv in commands.values()]))
     done = subprocess.run(
-        [sys.executable, "-m", "scenemtl", *map(str, argv)],
+        [sys.executable, "-m", "tests.cli_batch", str(batch)],
         capture_output=True,
         text=True,
         env=env,
         cwd=cwd,
-        timeout=900,
+        timeout=1800,
         check=False,
     )
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert done.returncode == 0, f"{argv[:2]}: {done.stderr[-3000:]}"
-    return done
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for result in results:
+        where = f"{result['argv'][:2]}: {result['stderr'][-3000:]}"
+        assert "Traceback" not in result["stderr"], where
+        assert result["code"] == 0, where
+    assert len(results) == len(commands), "the batch stopped early"
+    return dict(zip(commands, results, strict=True))
 
 
 def write_mask_dataset(root: Path) -> None:
@@ -307,9 +318,6 @@ def write_mask_dataset(root: Path) -> None:
 def test_every_command_runs_on_a_new_task_method_encoder_and_architecture(package, tmp_path):
     data = tmp_path / "data"
     write_mask_dataset(data)
-    run = lambda *argv: scenemtl(package, *argv, cwd=tmp_path)  # noqa: E731
-    run("data", "stats", "--root", data)
-    run("data", "check", "--root", data)
     config = tiny_config(
         tmp_path,
         data,
@@ -323,35 +331,11 @@ def test_every_command_runs_on_a_new_task_method_encoder_and_architecture(packag
             "submission.enabled": True,
         },
     )
-    fitted = run("fit", "--config", config)
     version = tmp_path / "runs" / "tiny" / "version_0"
-    record = json.loads((version / "run.json").read_text())
-    assert list(record["tasks"]) == ["semseg", "depth", "mask"], record["tasks"]
-    assert "mask" in fitted.stdout or (version / "metrics.csv").read_text().count("val/mask")
     ckpt = version / "checkpoints" / "best.ckpt"
-    for command in ("validate", "test"):
-        run(command, "--config", config, "--ckpt_path", ckpt)
-
     submission = version / "submission.zip"
-    with zipfile.ZipFile(submission) as archive:
-        assert any("mask" in name for name in archive.namelist())
-    graded = run("grade", submission, "--gt", data, "--split", "test")
-    assert "mask" in graded.stdout
-
     (tmp_path / "images").mkdir()
     Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(tmp_path / "images" / "a.png")
-    run("predict", "--ckpt_path", ckpt, "--input", tmp_path / "images", "--output", tmp_path / "p")
-    assert (tmp_path / "p" / "a_mask.png").is_file()
-
-    exported = run("export", "onnx", "--ckpt_path", ckpt, "--out", tmp_path / "m.onnx")
-    assert "mask" in exported.stdout + exported.stderr
-
-    bench = run("bench", "--config", config, "--steps", "2")
-    assert "mask" in bench.stdout and "first_twice" in bench.stdout and "toy_heads" in bench.stdout
-    run("complexity", "--config", config, "--size", "32x64")
-    runs = run("runs", tmp_path / "runs")
-    assert "mask" in runs.stdout.splitlines()[0], runs.stdout.splitlines()[0]
-
     study = tmp_path / "study.yaml"
     study.write_text(
         yaml.safe_dump(
@@ -368,7 +352,41 @@ def test_every_command_runs_on_a_new_task_method_encoder_and_architecture(packag
             }
         )
     )
-    run("study", "run", study, "--runs", tmp_path / "study_runs")
-    report = run("study", "report", study, "--runs", tmp_path / "study_runs")
-    assert "| first_twice | 1/1 |" in report.stdout and "| fixed | 1/1 |" in report.stdout
-    assert "mask IoU" in report.stdout
+    images, predictions, onnx = tmp_path / "images", tmp_path / "p", tmp_path / "m.onnx"
+    done = scenemtl_batch(
+        package,
+        {
+            "stats": ("data", "stats", "--root", data),
+            "check": ("data", "check", "--root", data),
+            "fit": ("fit", "--config", config),
+            "validate": ("validate", "--config", config, "--ckpt_path", ckpt),
+            "test": ("test", "--config", config, "--ckpt_path", ckpt),
+            "grade": ("grade", submission, "--gt", data, "--split", "test"),
+            "predict": ("predict", "--ckpt_path", ckpt, "--input", images, "--output", predictions),
+            "export": ("export", "onnx", "--ckpt_path", ckpt, "--out", onnx),
+            "bench": ("bench", "--config", config, "--steps", "2"),
+            "complexity": ("complexity", "--config", config, "--size", "32x64"),
+            "runs": ("runs", tmp_path / "runs"),
+            "study run": ("study", "run", study, "--runs", tmp_path / "study_runs"),
+            "study report": ("study", "report", study, "--runs", tmp_path / "study_runs"),
+        },
+        cwd=tmp_path,
+    )
+
+    record = json.loads((version / "run.json").read_text())
+    assert list(record["tasks"]) == ["semseg", "depth", "mask"], record["tasks"]
+    assert "mask" in done["fit"]["stdout"] or (version / "metrics.csv").read_text().count(
+        "val/mask"
+    )
+    with zipfile.ZipFile(submission) as archive:
+        assert any("mask" in name for name in archive.namelist())
+    assert "mask" in done["grade"]["stdout"]
+    assert (predictions / "a_mask.png").is_file()
+    assert "mask" in done["export"]["stdout"] + done["export"]["stderr"]
+    bench = done["bench"]["stdout"]
+    assert "mask" in bench and "first_twice" in bench and "toy_heads" in bench
+    header = done["runs"]["stdout"].splitlines()[0]
+    assert "mask" in header, header
+    report = done["study report"]["stdout"]
+    assert "| first_twice | 1/1 |" in report and "| fixed | 1/1 |" in report
+    assert "mask IoU" in report

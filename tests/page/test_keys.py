@@ -12,7 +12,14 @@ import pytest
 from scenemtl.page.keys import color_bar_html, keys_html, legend_html
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth import DepthTask
-from scenemtl.tasks.keys import MIN_TICK_GAP, ColorBar, Legend, Tick, log_ticks
+from scenemtl.tasks.keys import (
+    MIN_TICK_GAP,
+    ColorBar,
+    Legend,
+    Tick,
+    color_bar,
+    log_ticks,
+)
 from scenemtl.tasks.normals import NormalsTask
 from scenemtl.tasks.segmentation import SegmentationTask
 
@@ -143,3 +150,18 @@ def test_a_new_kind_draws_its_key_without_the_page_knowing_it():
     assert Task("plain", 1).picture_key() is None  # the default: no key
     text = keys_html([_Toy("toy", 1)])
     assert ">toy share<" in text and ">none</span>" in text and ">all</span>" in text
+
+
+def test_a_linear_bar_spans_its_range_evenly_with_its_colours():
+    def grey(values: np.ndarray) -> np.ndarray:  # [1,W] in [0, 1] -> uint8 [1,W,3]
+        return np.repeat((values * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+    bar = color_bar("p", 0.0, 1.0, grey, lambda v: f"{v:.1f}", width=11)
+    np.testing.assert_allclose(bar.values, np.arange(11) / 10, rtol=0, atol=1e-15)
+    # each column has the colour of its own value (the same float64 array both times)
+    np.testing.assert_array_equal(bar.colors, grey(bar.values[None, :])[0])
+    assert [(t.position, t.label) for t in bar.ticks] == [(0.0, "0.0"), (0.5, "0.5"), (1.0, "1.0")]
+    with pytest.raises(ValueError, match="no linear bar from 1.0 to 1.0"):
+        color_bar("p", 1.0, 1.0, grey, str, width=11)
+    with pytest.raises(ValueError, match="no log bar from 0.0 to 1.0"):
+        color_bar("p", 0.0, 1.0, grey, str, width=11, scale="log")

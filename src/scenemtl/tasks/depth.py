@@ -28,7 +28,7 @@ from scenemtl.codecs.image import open_image, with_path
 from scenemtl.errors import DataFormatError, UserError
 from scenemtl.tasks.base import Task
 from scenemtl.tasks.depth_space import DEPTH_SPACES, DepthSpace
-from scenemtl.tasks.keys import ColorBar, log_color_bar
+from scenemtl.tasks.keys import ColorBar, color_bar
 from scenemtl.tasks.likelihood import GAUSSIAN, LAPLACE, RADIAL_LAPLACE, Likelihood
 from scenemtl.tasks.statistics import Histogram, TargetStatistics
 
@@ -481,7 +481,7 @@ class DepthTask(Task):
         (left) to far on a log scale, ``width`` columns."""
         lo, hi = self.range_m
         title = f"{self.name} in meters (log scale)"
-        return log_color_bar(title, lo, hi, self.colorize, format_meters, width)
+        return color_bar(title, lo, hi, self.colorize, format_meters, width, scale="log")
 
     def card_tags(self) -> tuple[str, ...]:
         return ("depth-estimation",)

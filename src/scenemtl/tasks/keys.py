@@ -98,33 +98,53 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return [*kept, hi]
 
 
-def log_color_bar(
+SCALES = ("linear", "log")
+"""How a :func:`color_bar` spaces its values."""
+
+
+def color_bar(
     title: str,
     lo: float,
     hi: float,
     colorize: Callable[[np.ndarray], np.ndarray],
     label: Callable[[float], str],
     width: int,
+    scale: str = "linear",
+    ticks: list[float] | None = None,
 ) -> ColorBar:
-    """A bar from ``lo`` to ``hi`` on a log scale: column ``x`` holds
-    ``lo * (hi / lo) ** (x / (W - 1))``, coloured by ``colorize`` (float64 [1,W] in,
-    uint8 [1,W,3] out), ticks at :func:`log_ticks` labelled by ``label``."""
+    """A bar from ``lo`` to ``hi``, coloured by ``colorize`` (float64 [1,W] in, uint8
+    [1,W,3] out), labelled by ``label``.
+
+    ``scale`` "linear" (e.g. a probability): column ``x`` holds ``lo + (hi - lo) * x /
+    (W - 1)``, ticks at ``ticks`` (default: both ends and the middle). "log" (e.g.
+    depth): column ``x`` holds ``lo * (hi / lo) ** (x / (W - 1))``, ticks at ``ticks``
+    (default: :func:`log_ticks`).
+    """
+    if scale not in SCALES or not lo < hi or (scale == "log" and lo <= 0):
+        raise ValueError(f"no {scale} bar from {lo} to {hi}")
     t = np.arange(width, dtype=np.float64) / (width - 1)
-    values = lo * (hi / lo) ** t
+    if scale == "log":
+        values = lo * (hi / lo) ** t
+        marks = log_ticks(lo, hi) if ticks is None else ticks
+        ends = [Tick(v, log_position(v, lo, hi), label(v)) for v in marks]
+    else:
+        values = lo + (hi - lo) * t
+        marks = [lo, (lo + hi) / 2, hi] if ticks is None else ticks
+        ends = [Tick(v, (v - lo) / (hi - lo), label(v)) for v in marks]
     colors = np.asarray(colorize(values[None, :])[0], np.uint8)
-    ticks = [Tick(v, log_position(v, lo, hi), label(v)) for v in log_ticks(lo, hi)]
-    return ColorBar(title, values, colors, ticks)
+    return ColorBar(title, values, colors, ends)
 
 
 __all__ = [
     "MAX_INNER_TICKS",
     "MIN_TICK_GAP",
+    "SCALES",
     "ColorBar",
     "Legend",
     "PictureKey",
     "Tick",
     "class_legend",
-    "log_color_bar",
+    "color_bar",
     "log_position",
     "log_ticks",
 ]
