@@ -37,6 +37,7 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from scenemtl.engine.interrupts import interrupts_raise
 from scenemtl.engine.precision import warn_if_bf16_slow
 from scenemtl.errors import UsageError, UserError
 from scenemtl.models.config import ModelConfig
@@ -372,7 +373,8 @@ def run_bench(argv: Sequence[str | os.PathLike], warmup: int = 3) -> BenchResult
         accelerator="auto",
         devices=1,
     )
-    trainer.fit(module, datamodule=datamodule)
+    with interrupts_raise():
+        trainer.fit(module, datamodule=datamodule)
     measured = times[warmup:]
     e2e_s = (measured[-1] - measured[0]) / max(len(measured) - 1, 1)
 

@@ -17,13 +17,13 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -40,6 +40,7 @@ from scenemtl.engine.callbacks import (
     VisualizationCallback,
 )
 from scenemtl.engine.checkpoint import read_checkpoint
+from scenemtl.engine.interrupts import interrupts_raise
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
 from scenemtl.errors import UsageError, UserError, one_line
@@ -93,16 +94,7 @@ class _Outcome:
     created: list[Path] = dataclasses.field(default_factory=list)
     """Folders above it that this process created (idem)."""
     interrupted: bool = False
-    """Lightning saw a KeyboardInterrupt (it then exits with status 1 by itself)."""
-
-
-class _InterruptWatch(L.Callback):
-    def __init__(self, outcome: _Outcome) -> None:
-        self.outcome = outcome
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            self.outcome.interrupted = True
+    """The command was interrupted (Ctrl-C)."""
 
 
 NET_INIT_ONLY = ("weights",)
@@ -298,7 +290,6 @@ class SceneCLI(LightningCLI):
             callbacks.append(
                 EvaluationRecordCallback(run_dir, cfg.get("ckpt_path"), self.subcommand)
             )
-        callbacks.append(_InterruptWatch(self.outcome))
         kwargs["logger"] = loggers
         kwargs["callbacks"] = callbacks
         try:
@@ -511,8 +502,9 @@ def run_lightning_cli(argv: list[str]) -> int:
     Raises:
         UserError: bad input, as one line (also for the errors of Lightning and torch
             that stand for bad options, see the checks above).
-        KeyboardInterrupt: Ctrl-C (Lightning handles it and exits with status 1 by
-            itself; the CLI turns it into status 130).
+        KeyboardInterrupt: Ctrl-C (Lightning's own exit with status 1 is turned back
+            into it by :func:`~scenemtl.engine.interrupts.interrupts_raise`; the CLI
+            makes it status 130).
     """
     # Library deprecation chatter that users can do nothing about.
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within")
@@ -528,11 +520,11 @@ def run_lightning_cli(argv: list[str]) -> int:
     outcome = _Outcome()
     done = False
     try:
-        _make_cli(argv, outcome)
+        with interrupts_raise():
+            _make_cli(argv, outcome)
         done = True
-    except SystemExit:
-        if outcome.interrupted:
-            raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        outcome.interrupted = True
         raise
     except (ValueError, TypeError) as e:
         found = _user_error_in_chain(e)
@@ -551,11 +543,24 @@ def run_lightning_cli(argv: list[str]) -> int:
         raise UsageError(_usage_line(str(e), command)) from None
     finally:
         if not done and outcome.reserved is not None:
+            if outcome.interrupted and _unfinished(outcome.reserved, argv):
+                # nothing in it to keep: see _unfinished
+                shutil.rmtree(outcome.reserved.path, ignore_errors=True)
             # a run refused before it wrote anything leaves no trace (rmdir: only if empty)
             for folder in [outcome.reserved.path, *reversed(outcome.created)]:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
     return 0
+
+
+def _unfinished(run: RunDir, argv: list[str]) -> bool:
+    """Whether the folder this process reserved for ``run`` holds nothing worth keeping
+    after Ctrl-C: an evaluation (``validate``/``test``) writes its run.json only when it
+    is complete, so an interrupted one is a half-filled metrics.csv; a ``fit`` interrupted
+    before training started has no run.json yet (config.yaml and an empty event file). A
+    fit that trained keeps its folder: run.json says ``interrupted`` and last.ckpt
+    resumes it."""
+    return (argv[:1] != ["fit"]) or not run.record.is_file()
 
 
 class _NoTips(logging.Filter):
