@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from scenemtl.argtypes import int_at_least, size_hw
+from scenemtl.argtypes import MAX_WORKERS, int_at_least, int_between, size_at_most, size_hw
 from scenemtl.errors import UserError, one_line
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -185,6 +185,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scenemtl.api import MAX_PIXELS
+    from scenemtl.codecs.image import MAX_IMAGE_PIXELS
+
     parser = _Parser(
         prog="scenemtl",
         description="Multi-task semantic segmentation + metric depth for street scenes. "
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int_at_least(0), default=0)
     synth.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="disparity8")
     synth.add_argument(
-        "--workers", type=int_at_least(1), default=None, help="processes (all cores)"
+        "--workers", type=int_between(1, MAX_WORKERS), default=None, help="processes (all cores)"
     )
     synth.add_argument(
         "--tasks",
@@ -234,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = data.add_parser("check", help="verify every file of a dataset (read-only)")
     check.add_argument("--root", required=True)
-    check.add_argument("--workers", type=int_at_least(1), default=None, help="threads (all cores)")
+    check.add_argument(
+        "--workers", type=int_between(1, MAX_WORKERS), default=None, help="threads (all cores)"
+    )
     check.set_defaults(func=cmd_data_check)
 
     stats = data.add_parser("stats", help="compute statistics into dataset.json")
@@ -245,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     cs = data.add_parser("cityscapes", help="convert a Cityscapes tree")
     cs.add_argument("--src", required=True, help="folder holding leftImg8bit/, gtFine/, ...")
     cs.add_argument("--out", required=True)
-    cs.add_argument("--size", type=size_hw, default=None, help="resize to HxW")
+    cs.add_argument(
+        "--size",
+        type=size_at_most(MAX_IMAGE_PIXELS),
+        default=None,
+        help=f"resize to HxW (at most {MAX_IMAGE_PIXELS} pixels: what the readers take)",
+    )
     cs.add_argument(
         "--depth-encoding",
         choices=("disparity8", "meters16"),
@@ -271,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="miniscapes",
         help="MiniScapes PNGs + dataset.json, or the MTAN release's .npy folders",
     )
-    cs.add_argument("--workers", type=int_at_least(1), default=None, help="threads (all cores)")
+    cs.add_argument(
+        "--workers", type=int_between(1, MAX_WORKERS), default=None, help="threads (all cores)"
+    )
     cs.set_defaults(func=cmd_data_cityscapes)
 
     demo = sub.add_parser("demo", help="the end-to-end demo behind `make demo`")
@@ -319,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
     complexity.add_argument("--config", required=True)
-    complexity.add_argument("--size", type=size_hw, default=(256, 512))
+    complexity.add_argument(
+        "--size",
+        type=size_at_most(MAX_PIXELS),
+        default=(256, 512),
+        help=f"input HxW (at most {MAX_PIXELS} pixels, as predict)",
+    )
     complexity.set_defaults(func=cmd_complexity)
     return parser
 

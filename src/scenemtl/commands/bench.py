@@ -43,6 +43,8 @@ from scenemtl.errors import UsageError, UserError
 from scenemtl.models.config import ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+MAX_BENCH_STEPS = 10_000
+"""Largest ``bench --steps``: each timing takes that many steps (the loader twice)."""
 
 
 @dataclass
@@ -248,7 +250,9 @@ def _bench_cli(argv: list[str]) -> Any:
                 help=f"precision to time, one of {', '.join(PRECISIONS)} (default: "
                 "trainer.precision)",
             )
-            parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 2)")
+            parser.add_argument(
+                "--steps", type=int, default=10, help=f"timed steps (2..{MAX_BENCH_STEPS})"
+            )
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config
@@ -261,8 +265,8 @@ def _bench_cli(argv: list[str]) -> Any:
                     f"{', '.join(PRECISIONS)}"
                 )
             self.bench_steps = int(cfg.get("steps"))
-            if self.bench_steps < 2:
-                raise UserError(f"--steps must be >= 2, got {self.bench_steps}")
+            if not 2 <= self.bench_steps <= MAX_BENCH_STEPS:
+                raise UserError(f"--steps must be in 2..{MAX_BENCH_STEPS}, got {self.bench_steps}")
             device = "cuda" if torch.cuda.is_available() else "cpu"
             warn_if_bf16_slow(self.bench_precision, device)
             _check_data(cfg.get("data"), cfg.get("model"), training=True)

@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from scenemtl.commands.submission_callback import SubmissionCallback
-from scenemtl.data.datamodule import SceneDataModule, open_info
+from scenemtl.data.datamodule import MAX_BATCH_PIXELS, SceneDataModule, open_info
 from scenemtl.engine.callbacks import (
     Bf16CostCallback,
     DivergenceGuard,
@@ -405,13 +405,27 @@ def _check_network(ckpt: str, asked: dict[str, Any], stored: Any = None) -> None
         )
 
 
+MAX_EPOCHS = 1_000_000
+"""Largest ``trainer.max_epochs`` (-1 is "no limit"): the schedules size themselves from
+the number of steps it implies."""
+MAX_STEPS = 1_000_000_000
+"""Largest ``trainer.max_steps`` (-1 is "no limit")."""
+
+
 def _check_trainer_options(trainer: Any) -> None:
     """One line for trainer options Lightning would refuse with a traceback."""
     if trainer is None:
         return
     max_epochs = trainer.get("max_epochs")
-    if max_epochs is not None and max_epochs < -1:
-        raise UserError(f"trainer.max_epochs must be >= 0 (or -1: no limit), got {max_epochs}")
+    if max_epochs is not None and not -1 <= max_epochs <= MAX_EPOCHS:
+        raise UserError(
+            f"trainer.max_epochs must be in 0..{MAX_EPOCHS} (or -1: no limit), got {max_epochs}"
+        )
+    max_steps = trainer.get("max_steps")
+    if max_steps is not None and not -1 <= max_steps <= MAX_STEPS:
+        raise UserError(
+            f"trainer.max_steps must be in 0..{MAX_STEPS} (or -1: no limit), got {max_steps}"
+        )
     accelerator = trainer.get("accelerator")
     if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda"):
         import torch
@@ -440,6 +454,10 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
             f"{data.root}/dataset.json has no statistics: run "
             f"`scenemtl data stats --root {data.root}` first"
         )
+    if info is not None:
+        _check_batch_pixels(
+            "data.val_batch_size", data.get("val_batch_size", 1), info.image_size, "images"
+        )
     if not training:
         return
     net = _plain_net(model.get("net") if model is not None else None)
@@ -448,6 +466,7 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
     crop = data.get("crop_size")
     h, w = (crop, crop) if isinstance(crop, int) else tuple(crop or image_hw)
     batch = data.batch_size
+    _check_batch_pixels("data.batch_size", batch, (h, w), "crops")
     why = f"data.batch_size {batch}"
     if info is not None and "train" in info.splits:
         n = info.split_size("train")
@@ -460,6 +479,20 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
             f"{why} with {h}x{w} training images leaves BatchNorm one value per channel at "
             f"1/{stride} resolution, where it cannot train; use data.batch_size >= 2 or "
             f"data.crop_size above {stride} pixels"
+        )
+
+
+def _check_batch_pixels(key: str, batch: Any, hw: Any, what: str) -> None:
+    """Refuse a batch of more than :data:`MAX_BATCH_PIXELS` pixels before it is made."""
+    try:
+        h, w = (int(v) for v in hw)
+        pixels = int(batch) * h * w
+    except (TypeError, ValueError, OverflowError):
+        return  # the DataModule names what is wrong with these values
+    if pixels > MAX_BATCH_PIXELS:
+        raise UserError(
+            f"{key} {batch} with {what} of {h}x{w} makes batches of {pixels} pixels, more "
+            f"than the maximum {MAX_BATCH_PIXELS}; use a smaller batch or data.crop_size"
         )
 
 
