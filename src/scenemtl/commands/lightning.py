@@ -43,7 +43,7 @@ from scenemtl.engine.checkpoint import read_checkpoint
 from scenemtl.engine.interrupts import interrupts_raise
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
-from scenemtl.errors import UsageError, UserError, one_line
+from scenemtl.errors import UsageError, UserError, one_line, raised_in
 from scenemtl.models.config import FLAT_OPTIONS, ModelConfig
 from scenemtl.models.registry import net_fields
 from scenemtl.reporting.run_dir import RunDir, RunFamily
@@ -295,6 +295,12 @@ class SceneCLI(LightningCLI):
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as e:
+            raise UserError(f"trainer options: {one_line(e)}") from None
+        except (ValueError, TypeError) as e:
+            # Trainer's own checks of its arguments (an unknown strategy or precision
+            # name, a value of the wrong type): the user's options, not a bug
+            if not raised_in(e, ("lightning", "lightning_fabric")):
+                raise
             raise UserError(f"trainer options: {one_line(e)}") from None
 
 

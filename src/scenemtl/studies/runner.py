@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from scenemtl.errors import UserError
+from scenemtl.errors import UserError, raised_in
 from scenemtl.reporting.run_dir import RunDir, RunFamily
 from scenemtl.reporting.runs import finished_run, read_metrics, summarize_run
 from scenemtl.studies.bf16 import bf16_notice
@@ -352,17 +352,6 @@ STORAGE_LIBRARIES = ("optuna", "sqlalchemy", "json", "alembic")
 """Packages whose exceptions, raised while reading a storage, mean its data is broken."""
 
 
-def _raised_in(error: BaseException, packages: tuple[str, ...]) -> bool:
-    """Whether the innermost frame of ``error``'s traceback is in one of ``packages``."""
-    import traceback
-
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return False
-    parts = Path(frames[-1].filename).parts
-    return any(p in parts for p in packages)
-
-
 @contextlib.contextmanager
 def storage_errors(url: str) -> Iterator[None]:
     """Errors Optuna and SQLAlchemy raise on data they cannot decode (a corrupted or
@@ -374,7 +363,7 @@ def storage_errors(url: str) -> Iterator[None]:
     except UserError:
         raise
     except Exception as e:
-        if not _raised_in(e, STORAGE_LIBRARIES):
+        if not raised_in(e, STORAGE_LIBRARIES):
             raise
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise UserError(
