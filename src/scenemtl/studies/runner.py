@@ -270,13 +270,18 @@ def fit_cell(
         with open(log, "ab") as out:
             out.write(f"\n{ATTEMPT_MARK}{' '.join(argv)}\n".encode())
             out.flush()
-            code = subprocess.call(
+            child = subprocess.Popen(
                 [sys.executable, "-m", "scenemtl", "fit", *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 pass_fds=(lock.fileno(),),  # an orphaned run keeps its folder locked
             )
+            try:
+                code = child.wait()
+            except KeyboardInterrupt:
+                _let_child_stop(child)
+                raise
         if code == 130:
             raise KeyboardInterrupt
         if code != 0:
@@ -287,6 +292,32 @@ def fit_cell(
         return CellResult(
             done.path, best_value(done, monitor, mode), resumable, time.monotonic() - started
         )
+
+
+CHILD_STOP_S = (5.0, 10.0)
+"""After Ctrl-C: seconds the worker waits for its run to end by itself, then after
+forwarding SIGINT; then it kills it."""
+
+
+def _let_child_stop(child: subprocess.Popen) -> None:
+    """Ctrl-C in a worker: its ``fit`` child ends as interrupted (run.json says so, no
+    checkpoint half-written) instead of being killed. A terminal's Ctrl-C reaches both
+    (one process group), so the child normally ends within a second by itself;
+    otherwise (SIGINT sent to the worker alone) it is forwarded, and a child that still
+    runs is killed. (``subprocess.call`` killed the child at once.)"""
+    import signal
+
+    first, second = CHILD_STOP_S
+    try:
+        child.wait(first)
+        return
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGINT)
+    try:
+        child.wait(second)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 class CellBusy(Exception):
