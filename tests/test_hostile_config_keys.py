@@ -170,6 +170,9 @@ def test_any_value_of_any_key_is_taken_or_one_line(
         # Trainer's own ValueError for an unknown strategy: was a traceback
         ("trainer.strategy", "abc", "strategy='abc'"),
         ("trainer.precision", "abc", "trainer.precision: invalid value abc"),
+        # Lightning's seed_everything raised ValueError (a traceback) above 2^32 - 1
+        ("seed_everything", str(2**70), "seed_everything must be an integer in 0..4294967295"),
+        ("seed_everything", "-1", "seed_everything must be"),
         # sizes bounded before allocation (tests/test_hostile_bounds.py has the edges)
         ("model.net.channels", "1000000000", "model.net.channels"),
         ("data.crop_size", "[100000, 100000]", "crop_size"),

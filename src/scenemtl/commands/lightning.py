@@ -173,6 +173,7 @@ class SceneCLI(LightningCLI):
         self._net_asked: dict[str, Any] = {}
         self._net_explicit: set[str] = set()
         self._ckpt_net: Any = None
+        _check_seed((self.config[sub] if sub else self.config).get("seed_everything"))
         if not sub:
             return
         ckpt = self.config[sub].get("ckpt_path")
@@ -408,6 +409,22 @@ def _check_network(ckpt: str, asked: dict[str, Any], stored: Any = None) -> None
         raise UserError(
             f"--ckpt_path {ckpt} holds a network with {theirs}, but the configuration asks "
             f"for {ours}; drop the option(s) or choose a matching checkpoint"
+        )
+
+
+MAX_SEED = 2**32 - 1
+"""Largest ``seed_everything`` (numpy's seed range; Lightning raises ValueError above)."""
+
+
+def _check_seed(seed: Any) -> None:
+    """One line for a seed Lightning's ``seed_everything`` would refuse with a traceback
+    (it is set right after parsing, before the classes are built)."""
+    if seed is None or isinstance(seed, bool):
+        return
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(
+            f"seed_everything must be an integer in 0..{MAX_SEED} (or true: a random seed), "
+            f"got {seed!r}"
         )
 
 
