@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from scenemtl.argtypes import int_at_least, size_hw
+from scenemtl.argtypes import MAX_WORKERS, int_at_least, int_between, size_at_most, size_hw
 from scenemtl.errors import UserError, one_line
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -190,6 +190,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scenemtl.api import MAX_PIXELS
+    from scenemtl.codecs.image import MAX_IMAGE_PIXELS
+
     parser = _Parser(
         prog="scenemtl",
         description="Multi-task semantic segmentation + metric depth for street scenes. "
@@ -209,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int_at_least(0), default=0)
     synth.add_argument("--depth-encoding", choices=("disparity8", "meters16"), default="disparity8")
     synth.add_argument(
-        "--workers", type=int_at_least(1), default=None, help="processes (all cores)"
+        "--workers", type=int_between(1, MAX_WORKERS), default=None, help="processes (all cores)"
     )
     synth.add_argument(
         "--tasks",
@@ -241,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = data.add_parser("check", help="verify every file of a dataset (read-only)")
     check.add_argument("--root", required=True)
-    check.add_argument("--workers", type=int_at_least(1), default=None, help="threads (all cores)")
+    check.add_argument(
+        "--workers", type=int_between(1, MAX_WORKERS), default=None, help="threads (all cores)"
+    )
     check.set_defaults(func=cmd_data_check)
 
     stats = data.add_parser("stats", help="compute statistics into dataset.json")
@@ -252,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     cs = data.add_parser("cityscapes", help="convert a Cityscapes tree")
     cs.add_argument("--src", required=True, help="folder holding leftImg8bit/, gtFine/, ...")
     cs.add_argument("--out", required=True)
-    cs.add_argument("--size", type=size_hw, default=None, help="resize to HxW")
+    cs.add_argument(
+        "--size",
+        type=size_at_most(MAX_IMAGE_PIXELS),
+        default=None,
+        help=f"resize to HxW (at most {MAX_IMAGE_PIXELS} pixels: what the readers take)",
+    )
     cs.add_argument(
         "--depth-encoding",
         choices=("disparity8", "meters16"),
@@ -278,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="miniscapes",
         help="MiniScapes PNGs + dataset.json, or the MTAN release's .npy folders",
     )
-    cs.add_argument("--workers", type=int_at_least(1), default=None, help="threads (all cores)")
+    cs.add_argument(
+        "--workers", type=int_between(1, MAX_WORKERS), default=None, help="threads (all cores)"
+    )
     cs.set_defaults(func=cmd_data_cityscapes)
 
     demo = sub.add_parser("demo", help="the end-to-end demo behind `make demo`")
@@ -326,7 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     complexity = sub.add_parser("complexity", help="parameters, MACs and memory of a model")
     complexity.add_argument("--config", required=True)
-    complexity.add_argument("--size", type=size_hw, default=(256, 512))
+    complexity.add_argument(
+        "--size",
+        type=size_at_most(MAX_PIXELS),
+        default=(256, 512),
+        help=f"input HxW (at most {MAX_PIXELS} pixels, as predict)",
+    )
     complexity.set_defaults(func=cmd_complexity)
     return parser
 
@@ -414,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Ctrl-C while the imports or the parser run is as much an interruption as later
     status = _run_guarded(lambda: _dispatch(argv))
-    if status == INTERRUPTED and command_line:
+    if command_line:
         _exit_now(status)
     raise SystemExit(status)
 
@@ -423,16 +440,37 @@ INTERRUPTED = 130
 
 
 def _exit_now(status: int) -> NoReturn:
-    """Exit without the interpreter's teardown. After Ctrl-C the work is already undone
-    (every staging folder removed on the way up), and tearing down torch and Lightning's
-    modules takes seconds on a busy machine: Ctrl-C should end the command within one.
-    The atexit handlers still run (loggers, multiprocessing's children)."""
-    import atexit
+    """Exit without the interpreter's module teardown, whatever the status.
 
+    Tearing down torch and Lightning's modules takes seconds on a busy machine (3.7 s
+    measured after a `validate`), and late in it Python puts SIGINT back to its default
+    action: a Ctrl-C then killed the process without a word (status -2), a finished
+    command looked killed. The work is complete or undone by now (files written
+    atomically, staging folders removed on the way up); what remains runs here, with
+    Ctrl-C ending it at once with status 130: the threads' shutdown (joining non-daemon
+    threads, as the interpreter does) and the atexit handlers (loggers, multiprocessing's
+    children)."""
+    import atexit
+    import signal
+    import threading
+
+    def interrupted(signum: int, frame: object) -> None:
+        if status != INTERRUPTED:
+            with contextlib.suppress(OSError):
+                os.write(2, b"scenemtl: interrupted\n")
+        os._exit(INTERRUPTED)
+
+    signal.signal(signal.SIGINT, interrupted)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_FinalizeEx calls first
+    if shutdown is not None:
+        shutdown()
     atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(status)
 
 

@@ -25,6 +25,20 @@ class TrainingDiverged(UserError):
     step and what went non-finite. ``run.json`` records the run as ``diverged``."""
 
 
+def raised_in(error: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of ``error``'s traceback lies in one of the top-level
+    ``packages`` (e.g. ``("lightning",)``): a library's ValueError about the arguments it
+    was handed means bad input, the same error from scenemtl's code a bug."""
+    import traceback
+    from pathlib import Path
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    parts = Path(frames[-1].filename).parts
+    return any(p in parts for p in packages)
+
+
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` as the one line the CLI prints.
 

@@ -84,6 +84,9 @@ def test_ctrl_c_exits_130_as_interrupted_and_a_resume_finishes_clean(tmp_path, t
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "scenemtl: interrupted"
+    # one line: Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown"
+    # is not printed above it
+    assert "KeyboardInterrupt" not in err, err[-3000:]
     run_dir = tmp_path / "runs" / "tiny" / "version_0"
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted" and "error" not in record

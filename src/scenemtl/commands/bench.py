@@ -37,11 +37,14 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from scenemtl.engine.interrupts import interrupts_raise
 from scenemtl.engine.precision import warn_if_bf16_slow
 from scenemtl.errors import UsageError, UserError
 from scenemtl.models.config import ModelConfig
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+MAX_BENCH_STEPS = 10_000
+"""Largest ``bench --steps``: each timing takes that many steps (the loader twice)."""
 
 
 @dataclass
@@ -235,7 +238,9 @@ def _bench_cli(argv: list[str]) -> Any:
                 help=f"precision to time, one of {', '.join(PRECISIONS)} (default: "
                 "trainer.precision)",
             )
-            parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 2)")
+            parser.add_argument(
+                "--steps", type=int, default=10, help=f"timed steps (2..{MAX_BENCH_STEPS})"
+            )
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config
@@ -248,8 +253,8 @@ def _bench_cli(argv: list[str]) -> Any:
                     f"{', '.join(PRECISIONS)}"
                 )
             self.bench_steps = int(cfg.get("steps"))
-            if self.bench_steps < 2:
-                raise UserError(f"--steps must be >= 2, got {self.bench_steps}")
+            if not 2 <= self.bench_steps <= MAX_BENCH_STEPS:
+                raise UserError(f"--steps must be in 2..{MAX_BENCH_STEPS}, got {self.bench_steps}")
             device = "cuda" if torch.cuda.is_available() else "cpu"
             warn_if_bf16_slow(self.bench_precision, device)
             _check_data(cfg.get("data"), cfg.get("model"), training=True)
@@ -362,7 +367,8 @@ def run_bench(argv: Sequence[str | os.PathLike], warmup: int = 3) -> BenchResult
         accelerator="auto",
         devices=1,
     )
-    trainer.fit(module, datamodule=datamodule)
+    with interrupts_raise():
+        trainer.fit(module, datamodule=datamodule)
     measured = times[warmup:]
     e2e_s = (measured[-1] - measured[0]) / max(len(measured) - 1, 1)
 

@@ -17,13 +17,13 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from scenemtl.commands.submission_callback import SubmissionCallback
-from scenemtl.data.datamodule import SceneDataModule, open_info
+from scenemtl.data.datamodule import MAX_BATCH_PIXELS, SceneDataModule, open_info
 from scenemtl.engine.callbacks import (
     Bf16CostCallback,
     DivergenceGuard,
@@ -40,9 +40,10 @@ from scenemtl.engine.callbacks import (
     VisualizationCallback,
 )
 from scenemtl.engine.checkpoint import read_checkpoint
+from scenemtl.engine.interrupts import interrupts_raise
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
-from scenemtl.errors import UsageError, UserError, one_line
+from scenemtl.errors import UsageError, UserError, one_line, raised_in
 from scenemtl.models.config import FLAT_OPTIONS, ModelConfig
 from scenemtl.models.registry import net_fields
 from scenemtl.reporting.run_dir import RunDir, RunFamily
@@ -93,16 +94,7 @@ class _Outcome:
     created: list[Path] = dataclasses.field(default_factory=list)
     """Folders above it that this process created (idem)."""
     interrupted: bool = False
-    """Lightning saw a KeyboardInterrupt (it then exits with status 1 by itself)."""
-
-
-class _InterruptWatch(L.Callback):
-    def __init__(self, outcome: _Outcome) -> None:
-        self.outcome = outcome
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            self.outcome.interrupted = True
+    """The command was interrupted (Ctrl-C)."""
 
 
 NET_INIT_ONLY = ("weights",)
@@ -181,6 +173,7 @@ class SceneCLI(LightningCLI):
         self._net_asked: dict[str, Any] = {}
         self._net_explicit: set[str] = set()
         self._ckpt_net: Any = None
+        _check_seed((self.config[sub] if sub else self.config).get("seed_everything"))
         if not sub:
             return
         ckpt = self.config[sub].get("ckpt_path")
@@ -298,12 +291,17 @@ class SceneCLI(LightningCLI):
             callbacks.append(
                 EvaluationRecordCallback(run_dir, cfg.get("ckpt_path"), self.subcommand)
             )
-        callbacks.append(_InterruptWatch(self.outcome))
         kwargs["logger"] = loggers
         kwargs["callbacks"] = callbacks
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as e:
+            raise UserError(f"trainer options: {one_line(e)}") from None
+        except (ValueError, TypeError) as e:
+            # Trainer's own checks of its arguments (an unknown strategy or precision
+            # name, a value of the wrong type): the user's options, not a bug
+            if not raised_in(e, ("lightning", "lightning_fabric")):
+                raise
             raise UserError(f"trainer options: {one_line(e)}") from None
 
 
@@ -414,13 +412,43 @@ def _check_network(ckpt: str, asked: dict[str, Any], stored: Any = None) -> None
         )
 
 
+MAX_SEED = 2**32 - 1
+"""Largest ``seed_everything`` (numpy's seed range; Lightning raises ValueError above)."""
+
+
+def _check_seed(seed: Any) -> None:
+    """One line for a seed Lightning's ``seed_everything`` would refuse with a traceback
+    (it is set right after parsing, before the classes are built)."""
+    if seed is None or isinstance(seed, bool):
+        return
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(
+            f"seed_everything must be an integer in 0..{MAX_SEED} (or true: a random seed), "
+            f"got {seed!r}"
+        )
+
+
+MAX_EPOCHS = 1_000_000
+"""Largest ``trainer.max_epochs`` (-1 is "no limit"): the schedules size themselves from
+the number of steps it implies."""
+MAX_STEPS = 1_000_000_000
+"""Largest ``trainer.max_steps`` (-1 is "no limit")."""
+
+
 def _check_trainer_options(trainer: Any) -> None:
     """One line for trainer options Lightning would refuse with a traceback."""
     if trainer is None:
         return
     max_epochs = trainer.get("max_epochs")
-    if max_epochs is not None and max_epochs < -1:
-        raise UserError(f"trainer.max_epochs must be >= 0 (or -1: no limit), got {max_epochs}")
+    if max_epochs is not None and not -1 <= max_epochs <= MAX_EPOCHS:
+        raise UserError(
+            f"trainer.max_epochs must be in 0..{MAX_EPOCHS} (or -1: no limit), got {max_epochs}"
+        )
+    max_steps = trainer.get("max_steps")
+    if max_steps is not None and not -1 <= max_steps <= MAX_STEPS:
+        raise UserError(
+            f"trainer.max_steps must be in 0..{MAX_STEPS} (or -1: no limit), got {max_steps}"
+        )
     accelerator = trainer.get("accelerator")
     if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda"):
         import torch
@@ -449,6 +477,10 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
             f"{data.root}/dataset.json has no statistics: run "
             f"`scenemtl data stats --root {data.root}` first"
         )
+    if info is not None:
+        _check_batch_pixels(
+            "data.val_batch_size", data.get("val_batch_size", 1), info.image_size, "images"
+        )
     if not training:
         return
     net = _plain_net(model.get("net") if model is not None else None)
@@ -457,6 +489,7 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
     crop = data.get("crop_size")
     h, w = (crop, crop) if isinstance(crop, int) else tuple(crop or image_hw)
     batch = data.batch_size
+    _check_batch_pixels("data.batch_size", batch, (h, w), "crops")
     why = f"data.batch_size {batch}"
     if info is not None and "train" in info.splits:
         n = info.split_size("train")
@@ -469,6 +502,20 @@ def _check_data(data: Any, model: Any, training: bool) -> None:
             f"{why} with {h}x{w} training images leaves BatchNorm one value per channel at "
             f"1/{stride} resolution, where it cannot train; use data.batch_size >= 2 or "
             f"data.crop_size above {stride} pixels"
+        )
+
+
+def _check_batch_pixels(key: str, batch: Any, hw: Any, what: str) -> None:
+    """Refuse a batch of more than :data:`MAX_BATCH_PIXELS` pixels before it is made."""
+    try:
+        h, w = (int(v) for v in hw)
+        pixels = int(batch) * h * w
+    except (TypeError, ValueError, OverflowError):
+        return  # the DataModule names what is wrong with these values
+    if pixels > MAX_BATCH_PIXELS:
+        raise UserError(
+            f"{key} {batch} with {what} of {h}x{w} makes batches of {pixels} pixels, more "
+            f"than the maximum {MAX_BATCH_PIXELS}; use a smaller batch or data.crop_size"
         )
 
 
@@ -511,8 +558,9 @@ def run_lightning_cli(argv: list[str]) -> int:
     Raises:
         UserError: bad input, as one line (also for the errors of Lightning and torch
             that stand for bad options, see the checks above).
-        KeyboardInterrupt: Ctrl-C (Lightning handles it and exits with status 1 by
-            itself; the CLI turns it into status 130).
+        KeyboardInterrupt: Ctrl-C (Lightning's own exit with status 1 is turned back
+            into it by :func:`~scenemtl.engine.interrupts.interrupts_raise`; the CLI
+            makes it status 130).
     """
     # Library deprecation chatter that users can do nothing about.
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within")
@@ -528,11 +576,11 @@ def run_lightning_cli(argv: list[str]) -> int:
     outcome = _Outcome()
     done = False
     try:
-        _make_cli(argv, outcome)
+        with interrupts_raise():
+            _make_cli(argv, outcome)
         done = True
-    except SystemExit:
-        if outcome.interrupted:
-            raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        outcome.interrupted = True
         raise
     except (ValueError, TypeError) as e:
         found = _user_error_in_chain(e)
@@ -551,11 +599,24 @@ def run_lightning_cli(argv: list[str]) -> int:
         raise UsageError(_usage_line(str(e), command)) from None
     finally:
         if not done and outcome.reserved is not None:
+            if outcome.interrupted and _unfinished(outcome.reserved, argv):
+                # nothing in it to keep: see _unfinished
+                shutil.rmtree(outcome.reserved.path, ignore_errors=True)
             # a run refused before it wrote anything leaves no trace (rmdir: only if empty)
             for folder in [outcome.reserved.path, *reversed(outcome.created)]:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
     return 0
+
+
+def _unfinished(run: RunDir, argv: list[str]) -> bool:
+    """Whether the folder this process reserved for ``run`` holds nothing worth keeping
+    after Ctrl-C: an evaluation (``validate``/``test``) writes its run.json only when it
+    is complete, so an interrupted one is a half-filled metrics.csv; a ``fit`` interrupted
+    before training started has no run.json yet (config.yaml and an empty event file). A
+    fit that trained keeps its folder: run.json says ``interrupted`` and last.ckpt
+    resumes it."""
+    return (argv[:1] != ["fit"]) or not run.record.is_file()
 
 
 class _NoTips(logging.Filter):

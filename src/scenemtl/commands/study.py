@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from scenemtl.argtypes import int_at_least
+from scenemtl.argtypes import int_at_least, int_between
 from scenemtl.errors import UserError
+from scenemtl.studies.spec import MAX_TRIALS
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,9 @@ def add_study_parser(sub: Any) -> None:
     tune = study.add_parser("tune", help="search the study's space with Optuna (TPE, pruning)")
     _common(tune)
     _workers(tune)
-    tune.add_argument("--trials", type=int_at_least(1), default=None, help="(search.trials)")
+    tune.add_argument(
+        "--trials", type=int_between(1, MAX_TRIALS), default=None, help="(search.trials)"
+    )
     tune.set_defaults(func=cmd_study_tune)
 
     dashboard = study.add_parser(
@@ -54,7 +57,7 @@ def add_study_parser(sub: Any) -> None:
     _common(dashboard)
     dashboard.add_argument("--storage", default=None, help="the workers' --storage, if any")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    dashboard.add_argument("--port", type=int_at_least(1), default=8080, help="port (8080)")
+    dashboard.add_argument("--port", type=int_between(1, 65535), default=8080, help="port (8080)")
     dashboard.set_defaults(func=cmd_study_dashboard)
 
     report = study.add_parser("report", help="table, Δm and figures of a study's runs")

@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from scenemtl.codecs.classes import cityscapes_class_table
+from scenemtl.codecs.image import MAX_IMAGE_PIXELS
 from scenemtl.data.format import (
     IGNORE_INDEX,
     METERS16,
@@ -263,10 +264,17 @@ def convert_cityscapes(
         the dataset's description (for the MTAN layout, what the reader will find).
 
     Raises:
-        UserError: bad options, missing folders, unreadable or inconsistent files; nothing
-            is left at ``out`` then.
+        UserError: bad options (a ``size`` above
+            :data:`~scenemtl.codecs.image.MAX_IMAGE_PIXELS`: the readers could not read
+            the result), missing folders, unreadable or inconsistent files; nothing is
+            left at ``out`` then.
     """
     src, out = Path(src), Path(out)
+    if size is not None and (min(size) < 1 or size[0] * size[1] > MAX_IMAGE_PIXELS):
+        raise UserError(
+            f"--size {size[0]}x{size[1]}: expected 1 to {MAX_IMAGE_PIXELS} pixels (the "
+            "largest image the dataset readers take)"
+        )
     if classes not in CLASS_SETS:
         raise UserError(f"--classes must be 7 or 19, got {classes}")
     if depth not in DEPTH_MODES:

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
+from scenemtl.argtypes import MAX_WORKERS
 from scenemtl.data.dataset import SampleCollate, SceneDataset
 from scenemtl.data.format import DatasetInfo, read_info
 from scenemtl.data.mtan import MTANDataset, MTANInfo, is_mtan_root, read_mtan_info
@@ -58,6 +59,14 @@ def open_info(root: str | Path, format: str = "auto", labels: int | None = None)
     if format in BENCH_FORMATS or (format == "auto" and bench_layout(root)):
         return read_bench_info(root, format)
     return read_info(root)  # data.labels only chooses among an MTAN root's label sets
+
+
+MAX_BATCH_SIZE = 4096
+"""Largest ``data.batch_size`` / ``val_batch_size``; with the image or crop size, a batch
+is also bounded by ``MAX_BATCH_PIXELS`` (checked by ``scenemtl fit``)."""
+MAX_BATCH_PIXELS = 1 << 28
+"""Largest batch in pixels (batch size x crop or image H x W): 268 M pixels, 3 GiB of
+float32 RGB alone; e.g. 64 crops of 2048 x 2048. Bigger batches fail as out of memory."""
 
 
 class SceneDataModule(L.LightningDataModule):
@@ -119,10 +128,10 @@ class SceneDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value < 1:
-                raise UserError(f"data.{name} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
+            if not 1 <= value <= MAX_BATCH_SIZE:
+                raise UserError(f"data.{name} must be in 1..{MAX_BATCH_SIZE}, got {value}")
+        if not 0 <= num_workers <= MAX_WORKERS:
+            raise UserError(f"data.num_workers must be in 0..{MAX_WORKERS}, got {num_workers}")
         if train_limit is not None and train_limit < 1:
             raise UserError(f"data.train_limit must be >= 1, got {train_limit}")
         if format not in DATA_FORMATS:

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scenemtl.codecs.image import MAX_IMAGE_PIXELS
 from scenemtl.errors import UserError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -409,12 +410,17 @@ def warp_batch(
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``value`` as (H, W) of 1 to :data:`MAX_IMAGE_PIXELS` pixels (an output the size of
+    the largest image a dataset may hold), checked before anything of that size is made."""
     try:
         pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pair = ()
-    if len(pair) != 2 or min(pair) < 1:
-        raise UserError(f"augmentation: {name} must be a positive int or (H, W), got {value!r}")
+    if len(pair) != 2 or min(pair) < 1 or pair[0] * pair[1] > MAX_IMAGE_PIXELS:
+        raise UserError(
+            f"augmentation: {name} must be a positive int or (H, W) of at most "
+            f"{MAX_IMAGE_PIXELS} pixels, got {value!r}"
+        )
     return pair[0], pair[1]
 
 

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
+from scenemtl.engine.interrupts import interrupts_raise
 from scenemtl.tasks.base import Task
 
 
@@ -108,7 +109,7 @@ def _predict(
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), interrupts_raise():
         # one-batch loaders and num_workers=0 are deliberate here
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # SameSizeBatches yields every index exactly once (batches of one size each)

@@ -21,6 +21,10 @@ _BOOL_FIELDS = ("aspp", "skip", "extra_skips", "attention_skips", "squeeze_excit
 POOLINGS = ("aspp", "vortex")
 """Context modules on the bottleneck (``pooling``)."""
 _POSITIVE_INT_FIELDS = ("channels", "skip_channels", "se_reduction")
+MAX_CHANNELS = 4096
+"""Largest decoder width (``channels``, ``skip_channels``; and ``se_reduction``): twice
+the widest layer of a ResNet-50. Checked before a layer is built (10^9 channels asked
+for terabytes)."""
 
 FLAT_OPTIONS: dict[str, tuple[str, str, Any]] = {
     "dilation": ("encoder_options", "dilation", (False, False, False)),
@@ -239,8 +243,14 @@ class ModelConfig:
                 )
         for name in _POSITIVE_INT_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"model.net.{name}: expected a positive integer, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 1 <= value <= MAX_CHANNELS
+            ):
+                raise UserError(
+                    f"model.net.{name}: expected an integer in 1..{MAX_CHANNELS}, got {value!r}"
+                )
         rates = self.aspp_rates
         if (
             not isinstance(rates, tuple)

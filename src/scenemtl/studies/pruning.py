@@ -38,15 +38,16 @@ class OptunaPruning(L.Callback):
         import optuna
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from scenemtl.studies.runner import median_pruner, open_storage
+        from scenemtl.studies.runner import median_pruner, open_storage, storage_errors
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study = optuna.load_study(
-            study_name=study_name,
-            storage=open_storage(storage, None),
-            pruner=median_pruner(startup_trials, warmup_epochs),
-        )
-        self.trial = optuna.trial.Trial(study, trial_id)
+        with storage_errors(storage):
+            study = optuna.load_study(
+                study_name=study_name,
+                storage=open_storage(storage, None),
+                pruner=median_pruner(startup_trials, warmup_epochs),
+            )
+            self.trial = optuna.trial.Trial(study, trial_id)
         self.inner = PyTorchLightningPruningCallback(self.trial, monitor)
         self.pruned_at: int | None = None
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from scenemtl.errors import UserError
+from scenemtl.errors import UserError, raised_in
 from scenemtl.reporting.run_dir import RunDir, RunFamily
 from scenemtl.reporting.runs import finished_run, read_metrics, summarize_run
 from scenemtl.studies.bf16 import bf16_notice
@@ -270,13 +270,18 @@ def fit_cell(
         with open(log, "ab") as out:
             out.write(f"\n{ATTEMPT_MARK}{' '.join(argv)}\n".encode())
             out.flush()
-            code = subprocess.call(
+            child = subprocess.Popen(
                 [sys.executable, "-m", "scenemtl", "fit", *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 pass_fds=(lock.fileno(),),  # an orphaned run keeps its folder locked
             )
+            try:
+                code = child.wait()
+            except KeyboardInterrupt:
+                _let_child_stop(child)
+                raise
         if code == 130:
             raise KeyboardInterrupt
         if code != 0:
@@ -287,6 +292,32 @@ def fit_cell(
         return CellResult(
             done.path, best_value(done, monitor, mode), resumable, time.monotonic() - started
         )
+
+
+CHILD_STOP_S = (5.0, 10.0)
+"""After Ctrl-C: seconds the worker waits for its run to end by itself, then after
+forwarding SIGINT; then it kills it."""
+
+
+def _let_child_stop(child: subprocess.Popen) -> None:
+    """Ctrl-C in a worker: its ``fit`` child ends as interrupted (run.json says so, no
+    checkpoint half-written) instead of being killed. A terminal's Ctrl-C reaches both
+    (one process group), so the child normally ends within a second by itself;
+    otherwise (SIGINT sent to the worker alone) it is forwarded, and a child that still
+    runs is killed. (``subprocess.call`` killed the child at once.)"""
+    import signal
+
+    first, second = CHILD_STOP_S
+    try:
+        child.wait(first)
+        return
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGINT)
+    try:
+        child.wait(second)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 class CellBusy(Exception):
@@ -319,11 +350,56 @@ def _states() -> Any:
     return TrialState
 
 
-def _cell_of(trial: Any) -> tuple[str, int] | None:
+def _cell_of(trial: Any, spec: StudySpec) -> tuple[str, int] | None:
+    """The (variant, seed) a trial of ``study run`` stands for, or None when its user
+    attributes do not name one of ``spec``'s cells.
+
+    The values are read back from a storage that other processes (or people) write: a
+    variant is used only if it is one of the spec's variant names (never a path taken
+    from the database), a seed only if it is one of its seeds (an int: not a bool, a
+    float, a string or NaN)."""
     attrs = trial.user_attrs
-    if VARIANT_ATTR in attrs and SEED_ATTR in attrs:
-        return str(attrs[VARIANT_ATTR]), int(attrs[SEED_ATTR])
-    return None
+    variant, seed = attrs.get(VARIANT_ATTR), attrs.get(SEED_ATTR)
+    if not isinstance(variant, str) or variant not in {v.name for v in spec.all_variants}:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed not in spec.seeds:
+        return None
+    return variant, seed
+
+
+def _claims_a_cell(trial: Any) -> bool:
+    """Whether a trial was queued as a cell (it has the attributes, valid or not)."""
+    return VARIANT_ATTR in trial.user_attrs or SEED_ATTR in trial.user_attrs
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: values read back from a storage are
+    named in messages, and may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+STORAGE_LIBRARIES = ("optuna", "sqlalchemy", "json", "alembic")
+"""Packages whose exceptions, raised while reading a storage, mean its data is broken."""
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Errors Optuna and SQLAlchemy raise on data they cannot decode (a corrupted or
+    hand-edited study database: a value that is not a number, broken JSON, an unknown
+    trial state, a parameter outside its distribution) become one line naming the
+    storage. Errors raised in scenemtl's own code keep their traceback (a bug)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        if not raised_in(e, STORAGE_LIBRARIES):
+            raise
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(
+            f"--storage {url}: unreadable study data ({type(e).__name__}: {reason})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -346,7 +422,7 @@ def enqueue_missing(study: Any, spec: StudySpec, study_dir: Path) -> list[tuple[
         fail_stale_trials(study)  # dead workers' trials: failed and re-queued
         covered = set()
         for trial in study.get_trials(deepcopy=False):
-            cell = _cell_of(trial)
+            cell = _cell_of(trial, spec)
             if cell is not None and trial.state in (states.WAITING, states.RUNNING):
                 covered.add(cell)
         queued = []
@@ -403,6 +479,17 @@ def run_study(
 ) -> int:
     """Train every (variant, seed) of ``spec`` that has not finished; returns the number
     of runs that failed (0: every cell this worker took finished)."""
+    with storage_errors(storage or default_storage(spec.study_dir(runs_root))):
+        return _run_study(spec, runs_root, storage, heartbeat_s, announce)
+
+
+def _run_study(
+    spec: StudySpec,
+    runs_root: str | os.PathLike,
+    storage: str | None,
+    heartbeat_s: int,
+    announce: Callable[[str], None],
+) -> int:
     import optuna
 
     study_dir, url, study = _open_study(spec, runs_root, storage, heartbeat_s, RUN_STUDY_SUFFIX)
@@ -421,7 +508,18 @@ def run_study(
             announce(notice)
 
     def objective(trial: Any) -> float:
-        cell = _cell_of(trial)
+        cell = _cell_of(trial, spec)
+        if cell is None and _claims_a_cell(trial):
+            # a queued trial whose attributes name no cell of this study (edited or
+            # corrupted storage, or a variant removed from the file): skipped, not run
+            attrs = trial.user_attrs
+            why = (
+                f"trial {trial.number} names no run of study {spec.name} (variant "
+                f"{shown(attrs.get(VARIANT_ATTR))}, seed {shown(attrs.get(SEED_ATTR))})"
+            )
+            announce(f"skipped {why}")
+            trial.set_user_attr(ERROR_ATTR, why)
+            raise optuna.TrialPruned()
         if cell is None:
             # another worker took the last queued trial between our look and our ask
             trial.set_user_attr(ERROR_ATTR, "no queued run left for this worker")
@@ -457,7 +555,9 @@ def run_study(
         if not waiting:
             break
         study.optimize(objective, n_trials=1, catch=(UserError,))
-    running = [t for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)) if _cell_of(t)]
+    running = [
+        t for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)) if _cell_of(t, spec)
+    ]
     announce(tally.format(spec, len(running), time.monotonic() - started))
     return tally.failed
 
@@ -496,14 +596,37 @@ def tune_study(
 ) -> int:
     """Search ``spec.search`` with TPE, pruning runs whose monitor falls behind the median
     at the same epoch; returns the number of trials that failed in this worker."""
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-    from optuna.study import MaxTrialsCallback
-
     if spec.search is None:
         raise UserError(f"{spec.path}: no search section: nothing to tune")
     if not spec.monitor:
         raise UserError(f"{spec.path}: tuning needs a monitor (e.g. monitor: val/grader)")
+    with storage_errors(storage or default_storage(spec.study_dir(runs_root))):
+        return _tune_study(spec, runs_root, storage, trials, heartbeat_s, announce)
+
+
+def retried_number(trial_number: int, original: Any) -> int:
+    """The number of the trial a retry continues (its run folder ``trial_<n>``), read
+    back from the storage: used only if it is an earlier trial's number (an int below
+    ``trial_number``), else the trial is its own (a value such as ``"../x"`` or
+    ``1e300`` would name a folder elsewhere)."""
+    if isinstance(original, bool) or not isinstance(original, int):
+        return trial_number
+    return original if 0 <= original < trial_number else trial_number
+
+
+def _tune_study(
+    spec: StudySpec,
+    runs_root: str | os.PathLike,
+    storage: str | None,
+    trials: int | None,
+    heartbeat_s: int,
+    announce: Callable[[str], None],
+) -> int:
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.study import MaxTrialsCallback
+
+    assert spec.search is not None and spec.monitor
     search = spec.search
     budget = trials or search.trials
     study_dir, url, study = _open_study(
@@ -531,7 +654,7 @@ def tune_study(
         nonlocal failures
         frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
         original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        number = trial.number if original is None else original
+        number = retried_number(trial.number, original)
         values = {dim.key: suggest(trial, dim) for dim in search.space}
         family = RunFamily(study_dir / "tune", f"trial_{number}")
         pruning = {
@@ -557,7 +680,7 @@ def tune_study(
             trial.set_user_attr(RUN_ATTR, str(result.run))
             stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
             if PRUNED_ATTR in stored.user_attrs:
-                announce(f"pruned trial {number} at epoch {stored.user_attrs[PRUNED_ATTR]}")
+                announce(f"pruned trial {number} at epoch {shown(stored.user_attrs[PRUNED_ATTR])}")
                 raise optuna.TrialPruned()
             if result.value is None:
                 # a run that diverged: a failure, so that it neither counts toward the
@@ -597,5 +720,8 @@ def tune_study(
         announce("stopped: three trials in a row failed (see their fit.log)")
     with contextlib.suppress(ValueError):
         best = study.best_trial
-        announce(f"best trial {best.number}: {spec.monitor} {best.value:.4g} with {best.params}")
+        announce(
+            f"best trial {best.number}: {spec.monitor} {shown(best.value)} with "
+            f"{shown(best.params, 300)}"
+        )
     return failures

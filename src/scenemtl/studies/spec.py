@@ -53,6 +53,12 @@ from scenemtl.names import check_name, is_name
 from scenemtl.yamlfile import read_yaml_mapping
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+MAX_SEED = 2**32 - 1
+"""Largest seed (``seeds``, ``search.seed``): what ``seed_everything`` takes."""
+MAX_TRIALS = 100_000
+"""Largest ``search.trials`` (and ``study tune --trials``)."""
+MAX_STUDY_RUNS = 10_000
+"""Most runs of one study: (variants + baselines) x seeds, each queued as a trial."""
 BASELINE_PREFIX = "single_"
 """Variant name of the single-task baseline of task ``t``: ``single_<t>``."""
 
@@ -208,9 +214,13 @@ def _seeds(value: Any, path: Path, where: str) -> tuple[int, ...]:
     if (
         not isinstance(value, list)
         or not value
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+        or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in value
+        )
     ):
-        raise _fail(path, f"{where} must be a non-empty list of integers >= 0, got {value!r}")
+        raise _fail(
+            path, f"{where} must be a non-empty list of integers in 0..{MAX_SEED}, got {value!r}"
+        )
     if len(set(value)) != len(value):
         raise _fail(path, f"{where} lists a seed twice: {value}")
     return tuple(value)
@@ -268,8 +278,9 @@ def _search(value: Any, path: Path) -> Search | None:
     for key in ("trials", "seed", "warmup_epochs", "startup_trials"):
         if key in spec:
             n = spec[key]
-            if isinstance(n, bool) or not isinstance(n, int) or n < (1 if key == "trials" else 0):
-                raise _fail(path, f"search.{key} must be an integer >= 0 (trials >= 1)")
+            low, high = (1, MAX_TRIALS) if key == "trials" else (0, MAX_SEED)
+            if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= high:
+                raise _fail(path, f"search.{key} must be an integer in {low}..{high}")
             counts[key] = n
     return Search(
         trials=counts.get("trials", 20),
@@ -418,6 +429,13 @@ def load_study(path: str | os.PathLike, preset: str | None = None) -> StudySpec:
     if mode not in ("max", "min"):
         raise _fail(p, f"monitor_mode must be max or min, got {mode!r}")
     search = _search(chosen.get("search", doc.get("search")), p)
+    runs = (len(variants) + len(baselines)) * len(seeds)
+    if runs > MAX_STUDY_RUNS:
+        raise _fail(
+            p,
+            f"{len(variants) + len(baselines)} variant(s) x {len(seeds)} seed(s) make {runs} "
+            f"runs, more than the maximum {MAX_STUDY_RUNS}",
+        )
     description = chosen.get("description") or doc.get("description") or ""
     return StudySpec(
         name=f"{base_name}-{preset}" if preset else base_name,
