@@ -88,3 +88,33 @@ def test_four_task_procedural_run_fits_tests_grades_predicts_and_exports(tmp_pat
 
     names = [o.name for o in onnx_lib.load(str(onnx), load_external_data=False).graph.output]
     assert names[-2:] == ["boundaries_logits", "boundaries"]
+
+
+def test_a_four_task_study_reports_delta_m_against_single_task_baselines(tmp_path, capsys):
+    """studies/four_task.yaml in miniature: one variant, four single-task baselines, one
+    seed, one epoch each; the report's Δm averages over all four tasks."""
+    root = tmp_path / "four"
+    synth = ["data", "synth", "--root", root, "--train", "4", "--val", "2", "--test", "2"]
+    synth += ["--size", "32x48", "--workers", "1", "--tasks"]
+    assert run_cli([*synth, "semseg", "depth", "normals", "boundaries"]) == 0
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["data"]["root"] = str(root)
+    cfg["visualize"] = {"every_n_epochs": 1000}
+    (tmp_path / "four.yaml").write_text(yaml.safe_dump(cfg))
+    tasks = ["semseg", "depth", "normals", "boundaries"]
+    study = yaml.safe_load((TINY_CONFIG.parents[1] / "studies" / "four_task.yaml").read_text())
+    study.update(config="four.yaml", seeds=[0], variants=[{"name": "joint"}], presets={})
+    assert study["baselines"] == {"variant": "joint", "tasks": tasks}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    runs = tmp_path / "study_runs"
+    assert run_cli(["study", "run", tmp_path / "study.yaml", "--runs", runs]) == 0
+    capsys.readouterr()
+    assert run_cli(["study", "report", tmp_path / "study.yaml", "--runs", runs]) == 0
+    report = capsys.readouterr().out
+    assert "No Δm" not in report
+    row = next(line for line in report.splitlines() if line.startswith("| joint |"))
+    header = next(line for line in report.splitlines() if "Δm (%)" in line)
+    cells = dict(zip(header.split("|"), row.split("|"), strict=True))
+    delta = cells[" Δm (%) "].split("±")[0].strip()
+    assert delta.startswith(("+", "-")) and float(delta) == float(delta)
+    assert "odsF (%)" in report and all(f"single_{t}" in report for t in tasks)

@@ -91,6 +91,9 @@ class SceneDataModule(L.LightningDataModule):
         wiggle: perspective warp strength in [0, 1].
         seed: seed of the augmentation stream.
         synth_size: image size ``[h, w]`` of the procedural dataset when ``root`` is None.
+        synth_tasks: the optional layers that procedural dataset renders besides semseg
+            and depth (``normals``, ``boundaries``, ``human_parts``; see ``scenemtl data
+            synth --tasks``), so a config or study with more tasks needs no ``root``.
         train_limit: use only the first N training images (quick experiments, tests).
         format: layout of ``root``: ``miniscapes`` (dataset.json), ``mtan`` (the MTAN
             release's ``.npy`` folders, see :mod:`scenemtl.data.mtan`), ``nyud`` /
@@ -121,6 +124,7 @@ class SceneDataModule(L.LightningDataModule):
         wiggle: float = 0.0,
         seed: int = 0,
         synth_size: tuple[int, int] = (128, 256),
+        synth_tasks: list[str] | None = None,
         train_limit: int | None = None,
         format: str = "auto",
         labels: int | None = None,
@@ -146,6 +150,7 @@ class SceneDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.synth_size = tuple(synth_size)
+        self.synth_tasks = list(synth_tasks or [])
         self.train_limit = train_limit
         self.augment = BatchAugment(
             crop_size=crop_size,
@@ -179,9 +184,19 @@ class SceneDataModule(L.LightningDataModule):
     def data_root(self) -> Path:
         if self.root is not None:
             return Path(self.root)
-        from scenemtl.data.procedural import SynthParams, default_root
+        from scenemtl.data.procedural import default_root
 
-        return default_root(SynthParams(size=self.synth_size))
+        return default_root(self._synth_params())
+
+    def _synth_params(self) -> Any:
+        """The procedural dataset of ``root: null`` (a ``SynthParams``; its module is
+        imported only when that dataset is used)."""
+        from scenemtl.data.procedural import SynthParams
+        from scenemtl.data.procedural.params import BASE_TASKS
+
+        if not self.synth_tasks:
+            return SynthParams(size=self.synth_size)  # the default dataset's cache key
+        return SynthParams(size=self.synth_size, tasks=(*BASE_TASKS, *self.synth_tasks))
 
     @property
     def info(self) -> DatasetInfo:
@@ -223,9 +238,9 @@ class SceneDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.root is None:
-            from scenemtl.data.procedural import SynthParams, cached_dataset
+            from scenemtl.data.procedural import cached_dataset
 
-            cached_dataset(SynthParams(size=self.synth_size))
+            cached_dataset(self._synth_params())
 
     @property
     def dataset_names(self) -> list[str]:
