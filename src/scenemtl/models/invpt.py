@@ -27,15 +27,21 @@ difference to the authors' code and the parameter counts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.base import MultiTaskNet, task_key
 from scenemtl.models.blocks import ConvBnReLU, resize
 from scenemtl.models.encoders.parts import DropPath, Mlp
+from scenemtl.models.options import OptionError, check_bool, check_int
+
+if TYPE_CHECKING:
+    from scenemtl.models.config import ModelConfig
 
 STAGE_STRIDES = (32, 16, 8)
 """Strides of the three UP-Transformer stages; the decoder's output is at stride 4."""
@@ -393,27 +399,196 @@ class InvPTDecoder(nn.Module):
         for seq in self.mt_proj.values():
             nn.init.trunc_normal_(seq[0].weight, std=0.02, a=-2.0, b=2.0)
 
-    def forward(self, pyramid: Mapping[int, Tensor]) -> InvPTOutput:
+    def shared_modules(self) -> list[nn.Module]:
+        """The modules several tasks' outputs depend on: everything up to the per-stage
+        LayerNorm over all tasks' channels (the preliminary decoders and intermediate heads
+        feed the joint attention, so they reach every task too)."""
+        return [
+            self.preliminary_decoder,
+            self.intermediate_head,
+            self.mix_proj,
+            self.stages,
+            self.norm_mts,
+        ]
+
+    def joint_features(
+        self, pyramid: Mapping[int, Tensor]
+    ) -> tuple[list[list[Tensor]], dict[str, Tensor]]:
+        """Everything where the tasks interact: per stage i and task (in ``heads`` order)
+        the stage's output after the LayerNorm over all tasks' channels,
+        [B, widths[i], ceil(H/s_i), ceil(W/s_i)] for s_i = 32, 16, 8, and the intermediate
+        predictions {task: [B, C_t, ceil(H/32), ceil(W/32)]}."""
         grids = [grid_at(pyramid, s) for s in STAGE_STRIDES]
-        out_grid = grid_at(pyramid, OUTPUT_STRIDE)
         x = resize(pyramid[self.input_stride], grids[0])
         maps, auxiliary = [], {}
         for t in self.tasks:
             f = self.preliminary_decoder[t](x)
             auxiliary[t] = self.intermediate_head[t](f)
             maps.append(self.mix_proj[t](torch.cat([f, auxiliary[t]], 1)))
-        summed: list[Tensor | float] = [0.0] * len(self.tasks)
+        stages = []
         scores = None
         for i, (stage, grid) in enumerate(zip(self.stages, grids, strict=True)):
             encoder_feature = pyramid[STAGE_STRIDES[i]] if i > 0 else None
             maps, scores = stage(maps, grid, encoder_feature, scores)
             joint = torch.cat(maps, 1).permute(0, 2, 3, 1)
-            normed = self.norm_mts[i](joint).permute(0, 3, 1, 2).chunk(len(self.tasks), 1)
-            for j, t in enumerate(self.tasks):
-                f = normed[j] if i == 0 else self.redu_chan[i - 1][t](normed[j])
-                summed[j] = summed[j] + resize(f, out_grid)
+            stages.append(list(self.norm_mts[i](joint).permute(0, 3, 1, 2).chunk(len(maps), 1)))
+        return stages, auxiliary
+
+    def task_output(
+        self, task: str, stage_features: Sequence[Tensor], size: Sequence[int] | None = None
+    ) -> Tensor:
+        """Task ``task``'s final prediction from its three normalized stage maps (see
+        :meth:`joint_features`): stages 1-2 back to width D (1x1), all three resized to
+        ``size`` (default: twice the stride-8 grid) and summed, 3x3 Conv-BN-ReLU, 1x1 head
+        -> [B, C_t, *size]. Only ``task``'s own parameters."""
+        if size is None:
+            size = [2 * n for n in stage_features[-1].shape[-2:]]
+        summed: Tensor | float = 0.0
+        for i, f in enumerate(stage_features):
+            f = f if i == 0 else self.redu_chan[i - 1][task](f)
+            summed = summed + resize(f, size)
+        return self.heads[task](self.mt_proj[task](summed))  # type: ignore[arg-type]
+
+    def forward(self, pyramid: Mapping[int, Tensor]) -> InvPTOutput:
+        stages, auxiliary = self.joint_features(pyramid)
+        out_grid = grid_at(pyramid, OUTPUT_STRIDE)
         final = {
-            t: self.heads[t](self.mt_proj[t](s))  # type: ignore[arg-type]
-            for t, s in zip(self.tasks, summed, strict=True)
+            t: self.task_output(t, [s[j] for s in stages], out_grid)
+            for j, t in enumerate(self.tasks)
         }
         return InvPTOutput(final, auxiliary)
+
+
+# --------------------------------------------------------------------------------------
+# the architecture
+
+
+def _check_number(options: object, key: str, low: float, high: float) -> None:
+    value = getattr(options, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise OptionError(key, f"expected a number {low:g}..{high:g}, got {value!r}")
+
+
+@dataclass
+class InvPTOptions:
+    """Options of ``invpt`` (``model.net.options``); the defaults are the authors'
+    (:data:`AUTHORS_DIMS`, configs ``*_vitLp16.yml`` and the decoder's spec).
+
+    Attributes:
+        embed_dim: preliminary decoder width (512).
+        pred_channels: added to ``embed_dim`` for the transformer width D
+            (``PRED_OUT_NUM_CONSTANT``, 64); the stages have widths D, D/2, D/4.
+        num_heads: attention heads per stage (2).
+        mlp_ratio: MLP hidden width / stage width (4).
+        drop_path: stochastic depth of each UP-Transformer block (0.15).
+        kv_strides: average-pooling stride of the keys and values per stage ((2, 4, 8):
+            every stage's keys on the stride-64 grid, which the score fusion needs).
+        q_stride: stride of the query convolution (2).
+        qkv_bias: bias in the query, key and value projections (true).
+    """
+
+    embed_dim: int = 512
+    pred_channels: int = 64
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.15
+    kv_strides: Any = (2, 4, 8)
+    q_stride: int = 2
+    qkv_bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self, "embed_dim", 1, 4096)
+        check_int(self, "pred_channels", 0, 4096)
+        check_int(self, "num_heads", 1, 64)
+        _check_number(self, "mlp_ratio", 0.25, 16)
+        _check_number(self, "drop_path", 0, 0.99)
+        check_int(self, "q_stride", 1, 4)
+        check_bool(self, "qkv_bias")
+        kv = self.kv_strides
+        if isinstance(kv, list):
+            kv = self.kv_strides = tuple(kv)
+        n = len(STAGE_STRIDES)
+        if not (
+            isinstance(kv, tuple)
+            and len(kv) == n
+            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in kv)
+        ):
+            raise OptionError("kv_strides", f"expected {n} positive integers, got {kv!r}")
+        if len({s * k for s, k in zip(STAGE_STRIDES, kv, strict=True)}) != 1:
+            raise OptionError(
+                "kv_strides",
+                f"{list(kv)} must pool the stages' strides {list(STAGE_STRIDES)} to one key "
+                "grid (the authors': 2, 4, 8)",
+            )
+        dim = self.embed_dim + self.pred_channels
+        if dim % 4 or (dim // 4) % self.num_heads:
+            raise OptionError(
+                "num_heads",
+                f"the stage widths {dim}, {dim // 2}, {dim // 4} (embed_dim + pred_channels, "
+                f"halved twice) must be divisible by num_heads={self.num_heads}",
+            )
+
+
+class InvPTNet(MultiTaskNet):
+    """InvPT (Ye and Xu, ECCV 2022): the shared encoder, then :class:`InvPTDecoder` on its
+    pyramid (task-specific preliminary decoders, three UP-Transformer stages with joint
+    attention over all tasks' tokens, fusion of the encoder's strides 16 and 8).
+
+    Outputs per task: ``[intermediate, final]`` (:attr:`output_stages`), the preliminary
+    decoders' stride-32 predictions, supervised like the final ones as the authors do
+    (``intermediate_supervision: True``), then the stride-4 prediction.
+
+    Sharing contract: the tasks interact up to each stage's LayerNorm over all their
+    channels, so there is no one shared representation (as MTAN with shared refinement):
+    :meth:`shared_modules` is the encoder and every decoder module before that cut
+    (:meth:`InvPTDecoder.shared_modules`); :meth:`shared_forward` returns per task its
+    normalized stage maps and its intermediate prediction, keyed ``"task/0"``, ``"task/1"``,
+    ``"task/2"``, ``"task/intermediate"``; :meth:`decode` runs only each task's own
+    ``redu_chan``, ``mt_proj`` and head. Parameter-level gradient methods combine the task
+    gradients on everything shared; ``wrt: representation`` is refused in one line.
+    """
+
+    output_stages: ClassVar[tuple[str, ...]] = ("intermediate", "final")
+    has_shared_representation: ClassVar[bool] = False
+    Options: ClassVar[type] = InvPTOptions
+    options: InvPTOptions
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        super().check_config(cfg)
+        strides = cfg.pyramid()
+        missing = [s for s in STAGE_STRIDES[1:] if s not in strides]
+        if missing:
+            raise UserError(
+                f"model.net.encoder: invpt fuses the encoder's strides 16 and 8; {cfg.encoder} "
+                f"gives {sorted(strides)}"
+            )
+
+    def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
+        super().__init__(cfg, heads)
+        self.decoder = InvPTDecoder(self.encoder.channels, self.heads, **vars(self.options))
+
+    def shared_modules(self) -> list[nn.Module]:
+        return [self.encoder, *self.decoder.shared_modules()]
+
+    def shared_forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Per task t: ``"t/0"``, ``"t/1"``, ``"t/2"`` its normalized stage maps at strides
+        32, 16, 8 and ``"t/intermediate"`` [B, C_t, ceil(H/32), ceil(W/32)]."""
+        stages, auxiliary = self.decoder.joint_features(self.encoder(x))
+        shared = {}
+        for j, t in enumerate(self.heads):
+            for i, stage in enumerate(stages):
+                shared[task_key(t, i)] = stage[j]
+            shared[task_key(t, "intermediate")] = auxiliary[t]
+        return shared
+
+    def decode(self, shared: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+        """{task: [intermediate (stride 32), final (twice the stride-8 grid)]}."""
+        n = len(STAGE_STRIDES)
+        return {
+            t: [
+                shared[task_key(t, "intermediate")],
+                self.decoder.task_output(t, [shared[task_key(t, i)] for i in range(n)]),
+            ]
+            for t in self.heads
+        }

@@ -20,6 +20,7 @@ from scenemtl.models.branched import BranchedNet
 from scenemtl.models.config import FLAT_OPTIONS, ModelConfig
 from scenemtl.models.cross_stitch import CrossStitchNet
 from scenemtl.models.distillation import DistillationNet
+from scenemtl.models.invpt import InvPTNet
 from scenemtl.models.joint import JointNet
 from scenemtl.models.mtan import MTANNet
 from scenemtl.models.mtinet import MTINet
@@ -37,6 +38,7 @@ ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
     "nddr": NDDRNet,
     "padnet": PADNet,
     "mtinet": MTINet,
+    "invpt": InvPTNet,
 }
 
 
