@@ -323,7 +323,7 @@ def test_invpt_defaults_are_the_authors() -> None:
 
 def test_invpt_rejects_bad_options() -> None:
     with pytest.raises(UserError, match="strides 16 and 8"):
-        InvPTDecoder({4: 4, 32: 8}, TASKS, **SMALL)
+        InvPTDecoder({16: 4, 32: 8}, TASKS, **SMALL)
     with pytest.raises(UserError, match="kv_strides"):
         InvPTDecoder(PYRAMID, TASKS, **SMALL, kv_strides=(2, 2, 2))
     with pytest.raises(UserError, match="num_heads"):

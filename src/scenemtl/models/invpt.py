@@ -87,6 +87,21 @@ def grid_at(pyramid: Mapping[int, Tensor], stride: int) -> tuple[int, int]:
     return h * k, w * k
 
 
+def fused_level(channels: Mapping[int, int], stride: int) -> int:
+    """The pyramid level fused into the stage at ``stride``: the level at ``stride``, or
+    when the pyramid has none (a ResNet dilated to output stride 8 has no 16) its coarsest
+    level finer than ``stride``, which the stage resizes after its 3x3 conv."""
+    if stride in channels:
+        return stride
+    finer = [s for s in channels if s < stride]
+    if not finer:
+        raise UserError(
+            f"InvPT fuses the encoder's strides 16 and 8; this encoder's finest level is "
+            f"at {min(channels)}"
+        )
+    return max(finer)
+
+
 class JointAttention(nn.Module):
     """Multi-head self-attention over the tokens of all tasks at once (the authors'
     ``SelfAttention``).
@@ -290,8 +305,9 @@ class InvPTDecoder(nn.Module):
     """InvPT's multi-task decoder on an encoder pyramid.
 
     Args:
-        channels: the encoder's ``channels`` (stride -> channels); it must have strides 8
-            and 16 (fused into stages 2 and 1); its coarsest level feeds the preliminary
+        channels: the encoder's ``channels`` (stride -> channels); its levels at strides
+            16 and 8 are fused into stages 1 and 2 (:func:`fused_level`: a pyramid without
+            one gives its coarsest finer level); its coarsest level feeds the preliminary
             decoders after a bilinear resize to the stride-32 grid (the authors' ViT-L:
             the last block's stride-16 map, ``mtt_resolution_downsample_rate: 2``).
         heads: task name -> output channels (order = token order in the joint attention).
@@ -321,12 +337,7 @@ class InvPTDecoder(nn.Module):
         super().__init__()
         if not heads:
             raise UserError("InvPT needs at least one task")
-        missing = [s for s in STAGE_STRIDES[1:] if s not in channels]
-        if missing:
-            raise UserError(
-                f"InvPT fuses the encoder's strides 16 and 8; this encoder has "
-                f"{sorted(channels)} (missing {missing})"
-            )
+        self.fused_levels = [fused_level(channels, s) for s in STAGE_STRIDES[1:]]
         if len(kv_strides) != len(STAGE_STRIDES):
             raise UserError(f"InvPT: kv_strides needs {len(STAGE_STRIDES)} values")
         # the scores passed from stage to stage need the same keys: stride x kv_stride equal
@@ -364,7 +375,7 @@ class InvPTDecoder(nn.Module):
         self.stages = nn.ModuleList()
         prev = dim
         for i, (s, width) in enumerate(zip(STAGE_STRIDES, self.widths, strict=True)):
-            enc = channels[s] if i > 0 else None
+            enc = channels[self.fused_levels[i - 1]] if i > 0 else None
             stage_block = {**block, "kv_stride": kv_strides[i]}
             self.stages.append(InvPTStage(self.tasks, prev, width, enc, stage_block))
             prev = width
@@ -428,7 +439,7 @@ class InvPTDecoder(nn.Module):
         stages = []
         scores = None
         for i, (stage, grid) in enumerate(zip(self.stages, grids, strict=True)):
-            encoder_feature = pyramid[STAGE_STRIDES[i]] if i > 0 else None
+            encoder_feature = pyramid[self.fused_levels[i - 1]] if i > 0 else None
             maps, scores = stage(maps, grid, encoder_feature, scores)
             joint = torch.cat(maps, 1).permute(0, 2, 3, 1)
             stages.append(list(self.norm_mts[i](joint).permute(0, 3, 1, 2).chunk(len(maps), 1)))
@@ -552,17 +563,6 @@ class InvPTNet(MultiTaskNet):
     has_shared_representation: ClassVar[bool] = False
     Options: ClassVar[type] = InvPTOptions
     options: InvPTOptions
-
-    @classmethod
-    def check_config(cls, cfg: ModelConfig) -> None:
-        super().check_config(cfg)
-        strides = cfg.pyramid()
-        missing = [s for s in STAGE_STRIDES[1:] if s not in strides]
-        if missing:
-            raise UserError(
-                f"model.net.encoder: invpt fuses the encoder's strides 16 and 8; {cfg.encoder} "
-                f"gives {sorted(strides)}"
-            )
 
     def __init__(self, cfg: ModelConfig, heads: Mapping[str, int]) -> None:
         super().__init__(cfg, heads)
