@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
@@ -135,6 +136,9 @@ class MultiTaskNet(nn.Module):
         self.cfg = cfg
         self.options = type(self).parse_options(cfg)
         self.heads: dict[str, int] = dict(heads)
+        self.always_resized: set[str] = set()
+        """Tasks whose outputs :meth:`resize_outputs` resamples unconditionally (those
+        that can come out at the input size, as a DPT head's)."""
         if len(self.heads) < self.min_tasks:
             raise UserError(
                 f"model.net.architecture {cfg.architecture!r} needs at least {self.min_tasks} "
@@ -209,8 +213,21 @@ class MultiTaskNet(nn.Module):
     def resize_outputs(
         self, outputs: dict[str, list[Tensor]], size: tuple[int, int] | torch.Size
     ) -> dict[str, list[Tensor]]:
-        """Every output bilinearly resized to ``size`` (the input's [H, W])."""
-        return {task: [resize(o, size) for o in outs] for task, outs in outputs.items()}
+        """Every output bilinearly resized to ``size`` (the input's [H, W]).
+
+        The outputs of the tasks in :attr:`always_resized` are resampled even when they
+        already have that size (an exact identity): a DPT head predicts at
+        4*ceil(H/4) x 4*ceil(W/4), the input size for some inputs only, and a graph traced
+        at such a size (ONNX export) must still resize at every other."""
+        return {
+            task: [
+                F.interpolate(o, size=tuple(size), mode="bilinear", align_corners=False)
+                if task in self.always_resized
+                else resize(o, size)
+                for o in outs
+            ]
+            for task, outs in outputs.items()
+        }
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
         return self.resize_outputs(self.decode(self.shared_forward(x)), x.shape[-2:])

@@ -33,6 +33,7 @@ class BranchedNet(MultiTaskNet):
         channels = self.encoder.channels
         cin = channels[self.encoder.output_stride]
         dpt = {name for name in self.heads if cfg.decoder_for(name) == "dpt"}
+        self.always_resized = dpt
         # only the DeepLabV3+ tasks have a context module (checkpoints keep their keys)
         self.aspp = nn.ModuleDict(
             {name: make_bottleneck(cfg, cin, name) for name in self.heads if name not in dpt}

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet, task_key
-from scenemtl.models.blocks import ConvBnReLU, resize
+from scenemtl.models.blocks import ConvBnReLU
 from scenemtl.models.encoders.parts import DropPath, Mlp
 from scenemtl.models.options import OptionError, check_bool, check_int
 
@@ -87,6 +87,15 @@ def grid_at(pyramid: Mapping[int, Tensor], stride: int) -> tuple[int, int]:
     return h * k, w * k
 
 
+def resample(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear (align_corners False) to ``size``, also when ``x`` has it already (an
+    exact identity). Every resampling of the decoder is unconditional, as the authors'
+    ``F.interpolate`` calls are: whether two grids coincide depends on the input size, and
+    a graph traced at one size (ONNX export) must resample at every other.
+    [B, C, h, w] -> [B, C, *size]."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def fused_level(channels: Mapping[int, int], stride: int) -> int:
     """The pyramid level fused into the stage at ``stride``: the level at ``stride``, or
     when the pyramid has none (a ResNet dilated to output stride 8 has no 16) its coarsest
@@ -100,6 +109,16 @@ def fused_level(channels: Mapping[int, int], stride: int) -> int:
             f"at {min(channels)}"
         )
     return max(finer)
+
+
+class Scores(NamedTuple):
+    """A stage's attention scores passed on to the next stage: ``values`` [B, heads,
+    T*qh*qw, T*kh*kw] (pre-softmax), with the query grid (qh, qw) and key grid (kh, kw)
+    they were computed on."""
+
+    values: Tensor
+    query_grid: tuple[int, int]
+    key_grid: tuple[int, int]
 
 
 class JointAttention(nn.Module):
@@ -158,11 +177,12 @@ class JointAttention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, maps: Sequence[Tensor], previous: Tensor | None = None
-    ) -> tuple[list[Tensor], Tensor]:
+        self, maps: Sequence[Tensor], previous: Scores | None = None
+    ) -> tuple[list[Tensor], Scores]:
         queries = [q(x) for q, x in zip(self.conv_proj_q.values(), maps, strict=True)]
         keys = [self.pool_kv(x) for x in maps]
         qh, qw = queries[0].shape[-2:]
+        kh, kw = keys[0].shape[-2:]
         q = torch.cat([m.flatten(2) for m in queries], 2).transpose(1, 2)  # [B, T*Nq, C]
         kv = torch.cat([m.flatten(2) for m in keys], 2).transpose(1, 2)  # [B, T*Nk, C]
         q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(kv)), self.proj_v(kv)
@@ -170,33 +190,42 @@ class JointAttention(nn.Module):
         if self.fuse_attn is not None:
             if previous is None:
                 raise ValueError("this attention fuses the previous stage's scores")
-            scores = self.fuse_attn(torch.cat([scores, self._upsample(previous, qh, qw)], 1))
+            up = self._upsample(previous, (qh, qw), (kh, kw))
+            scores = self.fuse_attn(torch.cat([scores, up], 1))
         out = scores.softmax(-1) @ self._heads(v)  # [B, heads, T*Nq, C/heads]
         b, _, n, _ = out.shape
         out = self.proj(out.transpose(1, 2).reshape(b, n, -1))  # [B, T*Nq, C]
         tasks = len(maps)
         out = out.transpose(1, 2).reshape(b, -1, tasks, qh, qw)
-        return list(out.unbind(2)), scores
+        return list(out.unbind(2)), Scores(scores, (qh, qw), (kh, kw))
 
-    def _upsample(self, scores: Tensor, qh: int, qw: int) -> Tensor:
-        """Previous scores [B, heads, T*n', Nk] -> [B, heads, T*qh*qw, Nk], each task's
-        query grid resized bilinearly (align_corners False) to qh x qw."""
-        b, heads, tn, nk = scores.shape
+    def _upsample(
+        self, previous: Scores, query_grid: Sequence[int], key_grid: Sequence[int]
+    ) -> Tensor:
+        """The previous stage's scores [B, heads, T*ph*pw, T*Nk] -> [B, heads,
+        T*qh*qw, T*kh*kw]: each task's query grid resized bilinearly (align_corners False)
+        to ``query_grid`` (the authors' 2x upsampling where the grid doubles).
+
+        The key grids of consecutive stages are the same (stride x kv_stride is one value
+        for every stage); the keys are still resampled to ``key_grid``, an exact identity,
+        so that a traced graph (ONNX export with dynamic sizes) does not have to prove the
+        two grids equal: each is a ceiling of the input size computed another way."""
+        scores, (ph, pw), (pkh, pkw) = previous
+        (qh, qw), (kh, kw) = query_grid, key_grid
+        b, heads = scores.shape[:2]
         tasks = len(self.conv_proj_q)
-        n = tn // tasks
-        # the previous query grid has the aspect of this one at half the size
-        ph, pw = -(-qh // 2), -(-qw // 2)
-        if ph * pw != n:
-            raise ValueError(f"previous query grid of {n} tokens does not fit {ph}x{pw}")
+        nk = tasks * pkh * pkw
         x = scores.reshape(b * heads, tasks, ph, pw, nk).permute(0, 1, 4, 2, 3)
         x = F.interpolate(
             x.reshape(b * heads, tasks * nk, ph, pw),
             size=(qh, qw),
             mode="bilinear",
             align_corners=False,
-        )
-        x = x.reshape(b, heads, tasks, nk, qh * qw).permute(0, 1, 2, 4, 3)
-        return x.reshape(b, heads, tasks * qh * qw, nk)
+        )  # [B*heads, T*T*Nk', qh, qw]
+        x = x.reshape(b * heads, tasks, nk, qh * qw).permute(0, 1, 3, 2)
+        x = x.reshape(b * heads * tasks * qh * qw, tasks, pkh, pkw)
+        x = F.interpolate(x, size=(kh, kw), mode="bilinear", align_corners=False)
+        return x.reshape(b, heads, tasks * qh * qw, tasks * kh * kw)
 
 
 class InvPTBlock(nn.Module):
@@ -233,14 +262,14 @@ class InvPTBlock(nn.Module):
         return f(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(
-        self, maps: Sequence[Tensor], previous: Tensor | None = None
-    ) -> tuple[list[Tensor], Tensor]:
+        self, maps: Sequence[Tensor], previous: Scores | None = None
+    ) -> tuple[list[Tensor], Scores]:
         h, w = maps[0].shape[-2:]
         normed = [self._channels_last(self.norm1, x) for x in maps]
         attended, scores = self.attn(normed, previous)
         out = []
         for x, a in zip(maps, attended, strict=True):
-            x = x + self.drop_path(resize(a, (h, w)))
+            x = x + self.drop_path(resample(a, (h, w)))
             x = x + self.drop_path(self._channels_last(lambda t: self.mlp(self.norm2(t)), x))
             out.append(x)
         return out, scores
@@ -263,7 +292,9 @@ class UpEmbed(nn.Module):
         )
 
     def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
-        return self.proj(resize(x, size))
+        # always resampled (the authors' nn.Upsample): the stage grid is twice the previous
+        # one for some input sizes only, and a traced graph (ONNX) must resize at all
+        return self.proj(resample(x, size))
 
 
 class InvPTStage(nn.Module):
@@ -292,11 +323,11 @@ class InvPTStage(nn.Module):
         maps: Sequence[Tensor],
         size: Sequence[int],
         encoder_feature: Tensor | None,
-        previous: Tensor | None,
-    ) -> tuple[list[Tensor], Tensor]:
+        previous: Scores | None,
+    ) -> tuple[list[Tensor], Scores]:
         if self.patch_embed is not None and self.scale_embed is not None:
             assert encoder_feature is not None
-            skip = resize(self.scale_embed(encoder_feature), size)
+            skip = resample(self.scale_embed(encoder_feature), size)
             maps = [e(x, size) + skip for e, x in zip(self.patch_embed.values(), maps, strict=True)]
         return self.block(maps, previous)
 
@@ -422,6 +453,15 @@ class InvPTDecoder(nn.Module):
             self.norm_mts,
         ]
 
+    @staticmethod
+    def stage_grids(pyramid: Mapping[int, Tensor]) -> list[tuple[int, int]]:
+        """The map size of each stage: the pyramid's level at its stride, or
+        :func:`grid_at` where the pyramid has none."""
+        return [
+            tuple(pyramid[s].shape[-2:]) if s in pyramid else grid_at(pyramid, s)  # type: ignore[misc]
+            for s in STAGE_STRIDES
+        ]
+
     def joint_features(
         self, pyramid: Mapping[int, Tensor]
     ) -> tuple[list[list[Tensor]], dict[str, Tensor]]:
@@ -429,8 +469,10 @@ class InvPTDecoder(nn.Module):
         the stage's output after the LayerNorm over all tasks' channels,
         [B, widths[i], ceil(H/s_i), ceil(W/s_i)] for s_i = 32, 16, 8, and the intermediate
         predictions {task: [B, C_t, ceil(H/32), ceil(W/32)]}."""
-        grids = [grid_at(pyramid, s) for s in STAGE_STRIDES]
-        x = resize(pyramid[self.input_stride], grids[0])
+        grids = self.stage_grids(pyramid)
+        x = pyramid[self.input_stride]
+        if self.input_stride != STAGE_STRIDES[0]:
+            x = resample(x, grids[0])
         maps, auxiliary = [], {}
         for t in self.tasks:
             f = self.preliminary_decoder[t](x)
@@ -457,7 +499,7 @@ class InvPTDecoder(nn.Module):
         summed: Tensor | float = 0.0
         for i, f in enumerate(stage_features):
             f = f if i == 0 else self.redu_chan[i - 1][task](f)
-            summed = summed + resize(f, size)
+            summed = summed + resample(f, size)
         return self.heads[task](self.mt_proj[task](summed))  # type: ignore[arg-type]
 
     def forward(self, pyramid: Mapping[int, Tensor]) -> InvPTOutput:

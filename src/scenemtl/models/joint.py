@@ -51,6 +51,7 @@ class JointNet(MultiTaskNet):
         if cfg.decoder_for(None) == "dpt":
             self.aspp = None
             self.decoder = make_dpt_head(cfg, channels, sum(self.split_sizes))
+            self.always_resized = set(self.heads)
         else:
             self.aspp = make_bottleneck(cfg, channels[self.encoder.output_stride])
             self.decoder = make_decoder(cfg, channels, sum(self.split_sizes))

@@ -50,6 +50,7 @@ class TaskSpecificNet(MultiTaskNet):
         first = next(iter(self.encoders.values()))
         self.output_stride = first.output_stride
         dpt = {name for name in self.heads if cfg.decoder_for(name) == "dpt"}
+        self.always_resized = dpt
         # a task with the DPT head has no context module: the head reads the pyramid
         self.aspp = nn.ModuleDict(
             {
