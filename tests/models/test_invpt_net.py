@@ -107,9 +107,8 @@ def test_a_dilated_encoder_without_stride_16_feeds_its_coarsest_finer_level() ->
 
 def _engine_net():
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        architecture="invpt", encoder="resnet18", encoder_width=16, options={**SMALL, "drop_path": 0.0}
-    )
+    options = {**SMALL, "drop_path": 0.0}
+    cfg = ModelConfig(architecture="invpt", encoder="resnet18", encoder_width=16, options=options)
     return build_model(cfg, {"semseg": 19, "depth": 1}).eval()  # eval: BN without batch stats
 
 

@@ -221,9 +221,8 @@ class ModelConfig:
         """The DPT head's options (:class:`~scenemtl.models.dpt.DPTOptions`) when a task
         uses it, else :class:`~scenemtl.models.options.NoOptions`; one UserError line."""
         kind = "dpt" if self.uses_dpt else "deeplabv3plus"
-        return parse_options(
-            DECODERS[kind], self.decoder_options, f"the {kind} decoder", option_path("decoder_options")
-        )
+        path = option_path("decoder_options")
+        return parse_options(DECODERS[kind], self.decoder_options, f"the {kind} decoder", path)
 
     def pooling_for(self, task: str | None) -> str:
         """The context module kind of ``task`` ("aspp" or "vortex"); ``task=None`` asks
@@ -324,9 +323,10 @@ class ModelConfig:
                 f"got {bins!r}"
             )
         decoders = self.decoder.values() if isinstance(self.decoder, dict) else [self.decoder]
+        keys = list(self.decoder) if isinstance(self.decoder, dict) else []
         if (
             not isinstance(self.decoder, (str, dict))
-            or (isinstance(self.decoder, dict) and not all(isinstance(k, str) for k in self.decoder))
+            or not all(isinstance(k, str) for k in keys)
             or not all(isinstance(k, str) and k in DECODERS for k in decoders)
         ):
             raise UserError(

@@ -405,7 +405,7 @@ class InvPTDecoder(nn.Module):
         }
         self.stages = nn.ModuleList()
         prev = dim
-        for i, (s, width) in enumerate(zip(STAGE_STRIDES, self.widths, strict=True)):
+        for i, width in enumerate(self.widths):
             enc = channels[self.fused_levels[i - 1]] if i > 0 else None
             stage_block = {**block, "kv_stride": kv_strides[i]}
             self.stages.append(InvPTStage(self.tasks, prev, width, enc, stage_block))

@@ -77,8 +77,8 @@ def net_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     comparable plain values: every field of :class:`ModelConfig` with the flat keys
     moved into their sections and each section completed with the defaults of the
     chosen architecture, encoder family and decoder, keyed ``"options.<name>"``,
-    ``"encoder_options.<name>"`` and ``"decoder_options.<name>"``; tuples as lists. Used to tell whether two configs
-    describe the same network."""
+    ``"encoder_options.<name>"`` and ``"decoder_options.<name>"``; tuples as lists. Used
+    to tell whether two configs describe the same network."""
     cfg = ModelConfig.from_dict(values)
     arch = architecture_class(cfg)
     skip = {"options", "encoder_options", "decoder_options", *FLAT_OPTIONS}
