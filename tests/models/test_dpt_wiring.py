@@ -177,6 +177,12 @@ def test_bad_decoder_options_stop_in_one_line(fields: dict, message: str) -> Non
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
+def test_a_decoder_entry_for_a_task_the_run_does_not_learn_is_a_warning() -> None:
+    cfg = small("branched", decoder={"depth": "dpt", "normals": "dpt"}, decoder_options=DPT)
+    with pytest.warns(UserWarning, match="model.net.decoder: this run has no task 'normals'"):
+        build_model(cfg, HEADS)
+
+
 def test_a_checkpoint_round_trip_keeps_the_dpt_heads(tmp_path: Path) -> None:
     from scenemtl.engine.module import MultiTaskModule
 

@@ -146,6 +146,8 @@ class MultiTaskNet(nn.Module):
             )
         if isinstance(cfg.pooling, Mapping):
             self._warn_other_tasks("pooling", cfg.pooling)
+        if isinstance(cfg.decoder, Mapping):
+            self._warn_other_tasks("decoder", cfg.decoder)
         self._warn_other_tasks("depth_bins", cfg.depth_bins)
         if cfg.depth_bins and not self.supports_depth_bins:
             raise UserError(
