@@ -232,3 +232,16 @@ def test_every_encoder_family() -> None:
         # InvPT reads strides 8, 16 and 32: the ViT adapter's stride-4 level stays unused
         missing = [n for n in missing if not n.startswith("encoder.adapter.levels.4.")]
         assert not missing, (name, missing[:3])
+
+
+@pytest.mark.slow
+def test_onnx_export_agrees_with_torch_at_two_sizes(tmp_path: Path) -> None:
+    from scenemtl.commands.export import export_onnx
+    from scenemtl.engine.module import MultiTaskModule
+
+    torch.manual_seed(0)
+    net = {"architecture": "invpt", "encoder": "resnet18", "encoder_width": 16, "options": SMALL}
+    module = MultiTaskModule(net=net)
+    # compared with torch at 128x192 and 139x205 (not multiples of 64); raises otherwise
+    report = export_onnx(module, tmp_path / "invpt.onnx", size=(128, 192), runs=1, threads=1)
+    assert (tmp_path / "invpt.onnx").stat().st_size > 0 and len(report.comparisons) == 2
