@@ -22,6 +22,7 @@ from scenemtl.models.invpt import (
     SMALL_DIMS,
     InvPTDecoder,
     JointAttention,
+    Scores,
 )
 
 ATOL = 1e-12
@@ -257,7 +258,8 @@ def test_joint_attention_by_hand(tasks: list[str]) -> None:
         got, scores = att(maps)
         want = _attention_by_hand(att, maps)
     nq = 2 * 3
-    assert scores.shape == (2, 2, len(tasks) * nq, len(tasks) * nq)
+    assert scores.values.shape == (2, 2, len(tasks) * nq, len(tasks) * nq)
+    assert scores.query_grid == (2, 3) and scores.key_grid == (2, 3)
     for i, o in enumerate(got):
         assert o.shape == (2, 8, 2, 3)
         torch.testing.assert_close(o.flatten(2).transpose(1, 2), want[:, i * nq : (i + 1) * nq])
@@ -275,14 +277,15 @@ def test_joint_attention_mixes_tasks() -> None:
 def test_previous_scores_are_upsampled_per_task_along_the_query_grid() -> None:
     att = JointAttention(["a", "b", "c"], 4, num_heads=2, kv_stride=4, fuse_previous=True)
     g = torch.Generator().manual_seed(3)
-    prev = torch.randn(2, 2, 3 * 2 * 3, 5, generator=g, dtype=torch.float64)  # 2x3 grid
-    got = att._upsample(prev, 4, 6)
+    # a 2x3 query grid and a 1x2 key grid per task
+    prev = torch.randn(2, 2, 3 * 2 * 3, 3 * 2, generator=g, dtype=torch.float64)
+    got = att._upsample(Scores(prev, (2, 3), (1, 2)), (4, 6), (1, 2))
     # the authors' way: per task, keys as channels of a [B*heads, Nk, 2, 3] map, 2x bilinear
     parts = []
     for t in range(3):
-        s = prev[:, :, t * 6 : (t + 1) * 6].reshape(4, 2, 3, 5).permute(0, 3, 1, 2)
+        s = prev[:, :, t * 6 : (t + 1) * 6].reshape(4, 2, 3, 6).permute(0, 3, 1, 2)
         s = F.interpolate(s, scale_factor=2, mode="bilinear", align_corners=False)
-        parts.append(s.permute(0, 2, 3, 1).reshape(2, 2, 24, 5))
+        parts.append(s.permute(0, 2, 3, 1).reshape(2, 2, 24, 6))
     torch.testing.assert_close(got, torch.cat(parts, 2), atol=ATOL, rtol=0)
 
 
@@ -323,7 +326,7 @@ def test_invpt_defaults_are_the_authors() -> None:
 
 def test_invpt_rejects_bad_options() -> None:
     with pytest.raises(UserError, match="strides 16 and 8"):
-        InvPTDecoder({4: 4, 32: 8}, TASKS, **SMALL)
+        InvPTDecoder({16: 4, 32: 8}, TASKS, **SMALL)
     with pytest.raises(UserError, match="kv_strides"):
         InvPTDecoder(PYRAMID, TASKS, **SMALL, kv_strides=(2, 2, 2))
     with pytest.raises(UserError, match="num_heads"):

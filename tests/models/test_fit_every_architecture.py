@@ -11,6 +11,7 @@ import torch
 from scenemtl.cli import main
 from scenemtl.models import ARCHITECTURES
 from tests.helpers import read_metrics, tiny_config
+from tests.models.nets import SMALL_OPTIONS
 
 
 @pytest.mark.slow
@@ -28,8 +29,11 @@ def test_one_step_fit_through_the_cli(architecture: str, tmp_path: Path, tiny_ro
             "visualize.ids": [],
         },
     )
+    argv = ["fit", "--config", str(cfg), "--model.net.architecture", architecture]
+    if architecture in SMALL_OPTIONS:  # InvPT's defaults are the authors' 576-wide stages
+        argv += ["--model.net.options", json.dumps(SMALL_OPTIONS[architecture])]
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(cfg), "--model.net.architecture", architecture])
+        main(argv)
     assert exc.value.code == 0
     run = tmp_path / "runs" / "tiny" / "version_0"
     assert json.loads((run / "run.json").read_text())["status"] == "finished"

@@ -19,6 +19,12 @@ CASES = [(a, c) for a in ARCHITECTURES for c in CONFIGS] + [
     ("mtan", "per-task-refinement")
 ]
 CONFIGS["per-task-refinement"] = {"mtan_refinement": "per_task"}
+# the DPT head as every task's decoder, where an architecture takes it
+CASES += [(a, "dpt") for a in ("joint", "branched", "distillation", "task_specific")]
+CONFIGS["dpt"] = {
+    "decoder": "dpt",
+    "decoder_options": {"features": 8, "head": "segmentation"},
+}
 
 
 @pytest.mark.parametrize(("architecture", "config"), CASES)

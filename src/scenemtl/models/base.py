@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
@@ -20,6 +21,7 @@ from scenemtl.models.blocks import (
     resize,
 )
 from scenemtl.models.config import option_path
+from scenemtl.models.dpt import DPTHead
 from scenemtl.models.encoders.base import Encoder
 from scenemtl.models.encoders.registry import build_encoder, encoder_family, family_name
 from scenemtl.models.options import NoOptions, parse_options
@@ -100,6 +102,9 @@ class MultiTaskNet(nn.Module):
     needs_hierarchical_encoder: ClassVar[bool] = False
     """Whether the architecture runs the encoder stage by stage (a
     :class:`~scenemtl.models.encoders.base.HierarchicalEncoder` family)."""
+    supports_dpt: ClassVar[bool] = False
+    """Whether ``model.net.decoder: dpt`` can replace the DeepLabV3+ decoder of a task
+    (the architecture builds its decoders through :func:`make_task_decoder`)."""
     Options: ClassVar[type] = NoOptions
     """The architecture's own options (a dataclass with a default for every field)."""
 
@@ -113,6 +118,11 @@ class MultiTaskNet(nn.Module):
         """What this architecture refuses in ``cfg`` before anything is built: a bad
         option, an encoder family it cannot run on. One UserError line."""
         cls.parse_options(cfg)
+        if cfg.uses_dpt and not cls.supports_dpt:
+            raise UserError(
+                f"model.net.decoder: {cfg.architecture} has no per-task decoder the DPT head "
+                "can replace; dpt works with joint, branched, distillation and task_specific"
+            )
         family = family_name(cfg.encoder)
         if cls.needs_hierarchical_encoder and not encoder_family(cfg.encoder).hierarchical:
             raise UserError(
@@ -126,6 +136,9 @@ class MultiTaskNet(nn.Module):
         self.cfg = cfg
         self.options = type(self).parse_options(cfg)
         self.heads: dict[str, int] = dict(heads)
+        self.always_resized: set[str] = set()
+        """Tasks whose outputs :meth:`resize_outputs` resamples unconditionally (those
+        that can come out at the input size, as a DPT head's)."""
         if len(self.heads) < self.min_tasks:
             raise UserError(
                 f"model.net.architecture {cfg.architecture!r} needs at least {self.min_tasks} "
@@ -133,6 +146,8 @@ class MultiTaskNet(nn.Module):
             )
         if isinstance(cfg.pooling, Mapping):
             self._warn_other_tasks("pooling", cfg.pooling)
+        if isinstance(cfg.decoder, Mapping):
+            self._warn_other_tasks("decoder", cfg.decoder)
         self._warn_other_tasks("depth_bins", cfg.depth_bins)
         if cfg.depth_bins and not self.supports_depth_bins:
             raise UserError(
@@ -200,8 +215,21 @@ class MultiTaskNet(nn.Module):
     def resize_outputs(
         self, outputs: dict[str, list[Tensor]], size: tuple[int, int] | torch.Size
     ) -> dict[str, list[Tensor]]:
-        """Every output bilinearly resized to ``size`` (the input's [H, W])."""
-        return {task: [resize(o, size) for o in outs] for task, outs in outputs.items()}
+        """Every output bilinearly resized to ``size`` (the input's [H, W]).
+
+        The outputs of the tasks in :attr:`always_resized` are resampled even when they
+        already have that size (an exact identity): a DPT head predicts at
+        4*ceil(H/4) x 4*ceil(W/4), the input size for some inputs only, and a graph traced
+        at such a size (ONNX export) must still resize at every other."""
+        return {
+            task: [
+                F.interpolate(o, size=tuple(size), mode="bilinear", align_corners=False)
+                if task in self.always_resized
+                else resize(o, size)
+                for o in outs
+            ]
+            for task, outs in outputs.items()
+        }
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
         return self.resize_outputs(self.decode(self.shared_forward(x)), x.shape[-2:])
@@ -235,6 +263,30 @@ def make_encoder(cfg: ModelConfig, task: str) -> Encoder:
     """Task ``task``'s encoder as ``cfg`` describes it (for architectures with one per
     task), initialized from ``cfg.weights_for(task)``."""
     return build_encoder(cfg.encoder, cfg.weights_for(task), cfg.encoder_config(), task)
+
+
+def make_dpt_head(
+    cfg: ModelConfig,
+    pyramid_channels: Mapping[int, int],
+    out_channels: int,
+    task: str | None = None,
+) -> DPTHead:
+    """The DPT head (``model.net.decoder: dpt``) for ``task`` (None: one head all tasks
+    share) on an encoder pyramid ``pyramid_channels`` (stride -> channels), with
+    ``cfg.decoder_options``. Its forward takes the pyramid and predicts at stride 1 of the
+    stride-4 grid."""
+    if task is not None and task in cfg.depth_bins:
+        raise UserError(
+            f"model.net.depth_bins: task {task!r} uses the dpt decoder; adaptive bins replace "
+            "the prediction conv of the DeepLabV3+ decoder"
+        )
+    if task is None and cfg.depth_bins:
+        raise UserError(
+            "model.net.depth_bins: adaptive bins need a DeepLabV3+ decoder per task; this "
+            "network has one DPT head for all tasks"
+        )
+    options = cfg.decoder_config()
+    return DPTHead.for_pyramid(pyramid_channels, out_channels, **options.head_kwargs(task))
 
 
 def make_decoder(

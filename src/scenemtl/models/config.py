@@ -15,11 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from scenemtl.errors import UserError
+from scenemtl.models.dpt import DPTOptions
 from scenemtl.models.encoders.registry import encoder_family, encoder_options
+from scenemtl.models.options import NoOptions, parse_options
 
 _BOOL_FIELDS = ("aspp", "skip", "extra_skips", "attention_skips", "squeeze_excitation")
 POOLINGS = ("aspp", "vortex")
 """Context modules on the bottleneck (``pooling``)."""
+DECODERS: dict[str, type] = {"deeplabv3plus": NoOptions, "dpt": DPTOptions}
+"""Per-task decoder kinds (``decoder``) -> the options class of ``decoder_options``:
+the DeepLabV3+ decoder (configured by the flat fields ``aspp``, ``skip``, ...) and the DPT
+head (:mod:`scenemtl.models.dpt`)."""
 _POSITIVE_INT_FIELDS = ("channels", "skip_channels", "se_reduction")
 MAX_CHANNELS = 4096
 """Largest decoder width (``channels``, ``skip_channels``; and ``se_reduction``): twice
@@ -97,6 +103,12 @@ class ModelConfig:
         depth_bins: task -> number of adaptive depth bins (AdaBins-style head, report 002
             §4) replacing that task's prediction conv; one-channel tasks of architectures
             with a DeepLabV3+ decoder per task.
+        decoder: each task's decoder: "deeplabv3plus" (context module + DeepLabV3+, the
+            fields above) or "dpt" (the DPT head on the encoder pyramid), or a mapping task
+            -> kind (tasks left out get deeplabv3plus) for architectures with a decoder
+            per task.
+        decoder_options: the DPT head's options (:class:`~scenemtl.models.dpt.DPTOptions`:
+            ``features``, ``head``, ``use_bn``) when a task's decoder is dpt.
         dilation, encoder_width, final_decoder_convs, distill_alpha, mtan_refinement,
             mixing_lr_multiplier: the flat keys of :data:`FLAT_OPTIONS`, accepted as
             input only; after construction they are None and their values are in
@@ -120,6 +132,8 @@ class ModelConfig:
     vortex_rates: tuple[int, int, int] = (3, 9, 27)
     attention_skips: bool = False
     depth_bins: dict[str, int] = dataclasses.field(default_factory=dict)
+    decoder: str | dict[str, str] = "deeplabv3plus"
+    decoder_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # flat keys kept for compatibility (FLAT_OPTIONS); None after construction
     dilation: tuple[bool, bool, bool] | None = None
     encoder_width: int | None = None
@@ -134,10 +148,10 @@ class ModelConfig:
             self.aspp_rates = tuple(self.aspp_rates)  # type: ignore[assignment]
         if isinstance(self.vortex_rates, list):
             self.vortex_rates = tuple(self.vortex_rates)  # type: ignore[assignment]
-        for name in ("pooling", "depth_bins", "weights"):
+        for name in ("pooling", "depth_bins", "weights", "decoder"):
             if isinstance(getattr(self, name), Mapping):
                 setattr(self, name, dict(getattr(self, name)))
-        for name in ("encoder_options", "options"):
+        for name in ("encoder_options", "options", "decoder_options"):
             # plain data as YAML gives it (lists), so that equal configs compare equal
             if isinstance(getattr(self, name), Mapping):
                 setattr(self, name, {k: _plain(v) for k, v in getattr(self, name).items()})
@@ -189,6 +203,31 @@ class ModelConfig:
             )
         return self.weights[task]
 
+    def decoder_for(self, task: str | None) -> str:
+        """The decoder kind of ``task`` ("deeplabv3plus" or "dpt"); ``task=None`` asks for
+        the one decoder every task shares, which a per-task mapping cannot give."""
+        if isinstance(self.decoder, str):
+            return self.decoder
+        if task is None:
+            raise UserError(
+                f"model.net.decoder: {self.architecture} has one decoder for all tasks; give "
+                "one kind (deeplabv3plus or dpt), not a per-task mapping"
+            )
+        return self.decoder.get(task, "deeplabv3plus")
+
+    @property
+    def uses_dpt(self) -> bool:
+        """Whether any task's decoder is the DPT head."""
+        kinds = self.decoder.values() if isinstance(self.decoder, dict) else [self.decoder]
+        return "dpt" in kinds
+
+    def decoder_config(self) -> Any:
+        """The DPT head's options (:class:`~scenemtl.models.dpt.DPTOptions`) when a task
+        uses it, else :class:`~scenemtl.models.options.NoOptions`; one UserError line."""
+        kind = "dpt" if self.uses_dpt else "deeplabv3plus"
+        path = option_path("decoder_options")
+        return parse_options(DECODERS[kind], self.decoder_options, f"the {kind} decoder", path)
+
     def pooling_for(self, task: str | None) -> str:
         """The context module kind of ``task`` ("aspp" or "vortex"); ``task=None`` asks
         for one module shared by every task, which a per-task mapping cannot give."""
@@ -216,7 +255,7 @@ class ModelConfig:
             encoder_family(self.encoder)
         except UserError as e:
             raise UserError(f"model.net.encoder: {e}") from None
-        for section in ("encoder_options", "options"):
+        for section in ("encoder_options", "options", "decoder_options"):
             value = getattr(self, section)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise UserError(
@@ -293,6 +332,18 @@ class ModelConfig:
                 "model.net.depth_bins: expected a mapping task -> number of bins (2..1024), "
                 f"got {bins!r}"
             )
+        decoders = self.decoder.values() if isinstance(self.decoder, dict) else [self.decoder]
+        keys = list(self.decoder) if isinstance(self.decoder, dict) else []
+        if (
+            not isinstance(self.decoder, (str, dict))
+            or not all(isinstance(k, str) for k in keys)
+            or not all(isinstance(k, str) and k in DECODERS for k in decoders)
+        ):
+            raise UserError(
+                f"model.net.decoder: expected one of {', '.join(DECODERS)} or a mapping task "
+                f"-> kind, got {self.decoder!r}"
+            )
+        self.decoder_config()
         if "vortex" in kinds and not self.aspp:
             raise UserError("model.net.pooling: vortex pooling replaces ASPP; it needs aspp: true")
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from scenemtl.models.blocks import HeadDecoder, SelfAttention
+from scenemtl.models.blocks import HeadDecoder, SelfAttention, resize
 from scenemtl.models.branched import BranchedNet
 from scenemtl.models.options import check_bool, check_int
 
@@ -105,7 +105,9 @@ class DistillationNet(BranchedNet):
         for name in self.heads:
             initial, features = branches[name]
             for i, (other, sa) in enumerate(self.attention[name].items()):
-                distilled = sa(branches[other][1])
+                # a DPT head's features can be finer than a DeepLabV3+ decoder's (stride 1
+                # or 2 against 4): the other task's are brought to this task's grid
+                distilled = sa(resize(branches[other][1], features.shape[-2:]))
                 if self.alpha is not None:
                     distilled = self.alpha[name][i] * distilled
                 features = features + distilled

@@ -23,18 +23,74 @@ differences to the authors' head and the parameter counts.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.options import OptionError, check_bool, check_int
 
 TARGET_STRIDES = (4, 8, 16, 32)
 """Strides the four reassembled maps are brought to."""
 READOUTS = ("ignore", "add", "project")
 HEADS = ("depth", "segmentation")
+
+
+@dataclass
+class DPTOptions:
+    """``model.net.decoder_options`` when a task's decoder is ``dpt`` (one set for every
+    DPT task of the network).
+
+    Attributes:
+        features: fusion width F (DPT-Hybrid and DPT-Large: 256; Depth Anything V2:
+            64/128/256 for ViT-S/B/L).
+        head: ``depth`` (DPT's depth head, Depth Anything's; DPT's default for every
+            task here) or ``segmentation`` (DPT's segmentation head), or a mapping task ->
+            one of those (tasks left out get ``depth``).
+        use_bn: BatchNorm in the residual conv units; null = as the authors' models:
+            on with the segmentation head, off with the depth head.
+    """
+
+    features: int = 256
+    head: Any = "depth"
+    use_bn: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self, "features", 2, 4096)
+        if self.features % 2:
+            raise OptionError("features", f"expected an even number, got {self.features}")
+        heads = self.head.values() if isinstance(self.head, dict) else [self.head]
+        if not isinstance(self.head, (str, dict)) or not all(
+            isinstance(h, str) and h in HEADS for h in heads
+        ):
+            raise OptionError(
+                "head",
+                f"expected {' or '.join(HEADS)} or a mapping task -> one of those, "
+                f"got {self.head!r}",
+            )
+        if self.use_bn is not None:
+            check_bool(self, "use_bn")
+
+    def head_for(self, task: str | None) -> str:
+        """The head kind of ``task`` (``None``: one head for every task, which a per-task
+        mapping cannot give)."""
+        if isinstance(self.head, str):
+            return self.head
+        if task is None:
+            raise UserError(
+                "model.net.decoder_options.head: one DPT head serves every task here; give "
+                "one kind (depth or segmentation), not a per-task mapping"
+            )
+        return self.head.get(task, "depth")
+
+    def head_kwargs(self, task: str | None) -> dict[str, Any]:
+        """Keyword arguments of :class:`DPTHead` for ``task``."""
+        head = self.head_for(task)
+        use_bn = head == "segmentation" if self.use_bn is None else self.use_bn
+        return {"features": self.features, "head": head, "use_bn": use_bn}
 
 
 def _upsample(x: Tensor, size: Sequence[int] | None) -> Tensor:
@@ -212,6 +268,7 @@ class DPTHead(nn.Module):
         )
         self.fusion = nn.ModuleList(FusionBlock(features, use_bn, skip=i < n - 1) for i in range(n))
         self.head_kind = head
+        self._feature_channels = head_hidden if head == "depth" else features
         if head == "depth":
             self.head = nn.ModuleDict(
                 {
@@ -252,6 +309,17 @@ class DPTHead(nn.Module):
         class_tokens: Sequence[Tensor] | None = None,
         size: Sequence[int] | None = None,
     ) -> Tensor:
+        return self.predict(self.features(features, class_tokens, size), size)
+
+    def features(
+        self,
+        features: Sequence[Tensor] | Mapping[int, Tensor],
+        class_tokens: Sequence[Tensor] | None = None,
+        size: Sequence[int] | None = None,
+    ) -> Tensor:
+        """Reassembly, fusion and the head up to its last conv (what :meth:`predict` maps
+        to the output): depth head [B, head_hidden, *size] (stride 1 without ``size``),
+        segmentation head [B, features, h, w] (stride 2)."""
         if isinstance(features, Mapping):
             features = [features[s] for s in self.in_strides]
         tokens: Sequence[Tensor | None] = class_tokens or [None] * len(features)
@@ -264,8 +332,26 @@ class DPTHead(nn.Module):
             nxt = layers[i - 1].shape[-2:] if i > 0 else None
             path = self.fusion[i](path, layers[i], size=nxt)
         if self.head_kind == "depth":
-            return self.head["conv2"](_upsample(self.head["conv1"](path), size))
-        return _upsample(self.head["conv2"](self.head["conv1"](path)), size)
+            conv3, relu = self.head["conv2"][0], self.head["conv2"][1]
+            return relu(conv3(_upsample(self.head["conv1"](path), size)))
+        return self.head["conv1"](path)
+
+    def predict(self, features: Tensor, size: Sequence[int] | None = None) -> Tensor:
+        """The last conv (and, for the segmentation head, the final upsampling to ``size``
+        or 2x) on :meth:`features`' output -> [B, out_channels, *size] (stride 1 without)."""
+        if self.head_kind == "depth":
+            return self.head["conv2"][2](features)
+        return _upsample(self.head["conv2"](features), size)
+
+    def feature_modules(self) -> list[nn.Module]:
+        """The modules :meth:`features` runs (all but the last conv)."""
+        last = self.head["conv2"][2] if self.head_kind == "depth" else self.head["conv2"]
+        return [m for m in self.modules() if not list(m.children()) and m is not last]
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of :meth:`features`' output."""
+        return self._feature_channels
 
 
 def pyramid_source(channels: Mapping[int, int], target: int) -> int:

@@ -20,6 +20,7 @@ from scenemtl.models.branched import BranchedNet
 from scenemtl.models.config import FLAT_OPTIONS, ModelConfig
 from scenemtl.models.cross_stitch import CrossStitchNet
 from scenemtl.models.distillation import DistillationNet
+from scenemtl.models.invpt import InvPTNet
 from scenemtl.models.joint import JointNet
 from scenemtl.models.mtan import MTANNet
 from scenemtl.models.mtinet import MTINet
@@ -37,6 +38,7 @@ ARCHITECTURES: dict[str, type[MultiTaskNet]] = {
     "nddr": NDDRNet,
     "padnet": PADNet,
     "mtinet": MTINet,
+    "invpt": InvPTNet,
 }
 
 
@@ -74,16 +76,17 @@ def net_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     """A ``model.net`` mapping (a config section, a checkpoint's hyperparameters) as
     comparable plain values: every field of :class:`ModelConfig` with the flat keys
     moved into their sections and each section completed with the defaults of the
-    chosen architecture and encoder family, keyed ``"options.<name>"`` and
-    ``"encoder_options.<name>"``; tuples as lists. Used to tell whether two configs
-    describe the same network."""
+    chosen architecture, encoder family and decoder, keyed ``"options.<name>"``,
+    ``"encoder_options.<name>"`` and ``"decoder_options.<name>"``; tuples as lists. Used
+    to tell whether two configs describe the same network."""
     cfg = ModelConfig.from_dict(values)
     arch = architecture_class(cfg)
-    skip = {"options", "encoder_options", *FLAT_OPTIONS}
+    skip = {"options", "encoder_options", "decoder_options", *FLAT_OPTIONS}
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
     for section, parsed in (
         ("options", arch.parse_options(cfg)),
         ("encoder_options", cfg.encoder_config()),
+        ("decoder_options", cfg.decoder_config()),
     ):
         for name, value in vars(parsed).items():
             fields[f"{section}.{name}"] = value

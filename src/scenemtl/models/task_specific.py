@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
-from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, make_encoder
+from scenemtl.models.base import (
+    MultiTaskNet,
+    make_bottleneck,
+    make_decoder,
+    make_dpt_head,
+    make_encoder,
+)
 
 if TYPE_CHECKING:
     from scenemtl.models.config import ModelConfig
@@ -33,6 +39,7 @@ class TaskSpecificNet(MultiTaskNet):
     """
 
     supports_depth_bins: ClassVar[bool] = True
+    supports_dpt: ClassVar[bool] = True
 
     single_encoder: ClassVar[bool] = False
     has_shared_representation: ClassVar[bool] = False
@@ -42,14 +49,21 @@ class TaskSpecificNet(MultiTaskNet):
         self.encoders = nn.ModuleDict({name: make_encoder(cfg, name) for name in self.heads})
         first = next(iter(self.encoders.values()))
         self.output_stride = first.output_stride
+        dpt = {name for name in self.heads if cfg.decoder_for(name) == "dpt"}
+        self.always_resized = dpt
+        # a task with the DPT head has no context module: the head reads the pyramid
         self.aspp = nn.ModuleDict(
             {
                 name: make_bottleneck(cfg, first.channels[self.output_stride], name)
                 for name in self.heads
+                if name not in dpt
             }
         )
         self.decoder = nn.ModuleDict(
-            {name: make_decoder(cfg, first.channels, c, name) for name, c in self.heads.items()}
+            {
+                name: (make_dpt_head if name in dpt else make_decoder)(cfg, first.channels, c, name)
+                for name, c in self.heads.items()
+            }
         )
 
     def shared_forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -66,6 +80,9 @@ class TaskSpecificNet(MultiTaskNet):
         outputs: dict[str, list[Tensor]] = {}
         for name in self.heads:
             pyramid = self.encoders[name](x)
+            if name not in self.aspp:  # the DPT head
+                outputs[name] = [self.decoder[name](pyramid)]
+                continue
             bottleneck = self.aspp[name](pyramid[self.output_stride])
             prediction, _ = self.decoder[name](bottleneck, pyramid)
             outputs[name] = [prediction]
