@@ -151,6 +151,15 @@ class SceneDataModule(L.LightningDataModule):
         self.seed = seed
         self.synth_size = tuple(synth_size)
         self.synth_tasks = list(synth_tasks or [])
+        if self.synth_tasks:
+            from scenemtl.data.procedural.params import OPTIONAL_TASKS
+
+            unknown = [t for t in self.synth_tasks if t not in OPTIONAL_TASKS]
+            if unknown:
+                raise UserError(
+                    f"data.synth_tasks: the generator adds {', '.join(OPTIONAL_TASKS)}; "
+                    f"not {', '.join(map(repr, unknown))}"
+                )
         self.train_limit = train_limit
         self.augment = BatchAugment(
             crop_size=crop_size,
