@@ -39,15 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.encoders.base import Family
-from scenemtl.models.encoders.parts import (
-    DropPath,
-    Mlp,
-    drop_path_rates,
-    load_published_state_dict,
-    pad_to_multiple,
-)
-from scenemtl.models.encoders.weights import PublishedFile, hub_safetensors
+from scenemtl.models.encoders.base import HierarchicalEncoder
+from scenemtl.models.encoders.parts import DropPath, Mlp, drop_path_rates, pad_to_multiple
+from scenemtl.models.encoders.timm_family import PublishedLayout, WidthOptions, timm_family
 
 WINDOW = 7
 MASK_VALUE = -100.0
@@ -78,8 +72,8 @@ VARIANTS: dict[str, SwinVariant] = {
 }
 """timm model name -> variant (timm's default tag of each model)."""
 
-HUB_FILE = "model.safetensors"
-CLASSIFIER_PREFIXES = ("head.",)
+HEAD_DIM = 32
+"""Channels per attention head in every published Swin (96 / 3, 128 / 4)."""
 
 
 def relative_position_index(window: int) -> Tensor:
@@ -251,47 +245,60 @@ class PatchEmbed(nn.Module):
 
 
 class _ChannelsFirst(nn.Module):
-    """A stage seen from outside: [B, C, H, W] -> stage (channels last) [-> norm] ->
-    [B, C', H', W']. Built on the fly by :attr:`SwinEncoder.stages` (holds no weights)."""
+    """Part of a stage seen from outside: [B, C, H, W] -> ``inner`` (channels last) ->
+    [B, C', H', W']. Built on the fly by :attr:`SwinEncoder.stages` (holds no weights of
+    its own)."""
 
-    def __init__(self, stage: nn.Module, norm: nn.Module | None) -> None:
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.stage = stage
-        self.norm = norm
+        self.inner = inner
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.stage(x.permute(0, 2, 3, 1))
-        if self.norm is not None:
-            y = self.norm(y)
-        return y.permute(0, 3, 1, 2)
+        return self.inner(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class SwinEncoder(nn.Module):
+class SwinEncoder(PublishedLayout, HierarchicalEncoder):
     """Swin trunk without classifier, returning ``{4: C, 8: 2C, 16: 4C, 32: 8C}`` maps.
 
     Args:
         name: a key of :data:`VARIANTS`.
         drop_path_rate: stochastic depth of the last block (linear from 0 over all blocks).
+        width: ``C``, the first stage's channels (None: the variant's, 96 or 128), a
+            multiple of the heads' width 32 (every published Swin has 32 channels per
+            head, so stage i has ``C * 2**i / 32`` heads). Another width trains from
+            scratch only.
 
     Forward: x [B, 3, H, W] -> ``{s: [B, channels[s], ceil(H/s), ceil(W/s)]}``, s = 4..32.
+
+    As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: :meth:`stem` is the
+    patch embedding (stride 4), stage ``i`` of :attr:`stages` is ``layers.i`` on
+    channels-first maps, as two modules: its patch merging and all blocks but the last,
+    then the last block (followed by the final ``norm`` in the last stage).
     """
 
     def __init__(
-        self, name: str = "swin_tiny_patch4_window7_224", drop_path_rate: float = 0.0
+        self,
+        name: str = "swin_tiny_patch4_window7_224",
+        drop_path_rate: float = 0.0,
+        width: int | None = None,
     ) -> None:
         super().__init__()
         if name not in VARIANTS:
             raise UserError(f"unknown encoder {name!r}; known Swins: {', '.join(VARIANTS)}")
         self.name = name
         v = VARIANTS[name]
-        dims = tuple(v.embed_dim * 2**i for i in range(4))
+        if width is not None and width % HEAD_DIM:
+            raise UserError(
+                f"Swin encoder_options.width must be a multiple of {HEAD_DIM} (the width of "
+                f"one attention head), got {width}"
+            )
+        c = v.embed_dim if width is None else width
+        dims = tuple(c * 2**i for i in range(4))
+        heads = v.heads if width is None else tuple(d // HEAD_DIM for d in dims)
         self.patch_embed = PatchEmbed(dims[0])
         rates = drop_path_rates(drop_path_rate, v.depths)
         self.layers = nn.Sequential(
-            *[
-                SwinStage(dims[i], v.depths[i], v.heads[i], i > 0, rates[i])
-                for i in range(len(dims))
-            ]
+            *[SwinStage(dims[i], v.depths[i], heads[i], i > 0, rates[i]) for i in range(len(dims))]
         )
         self.norm = nn.LayerNorm(dims[-1])
         self.stage_scales: list[int] = [4, 8, 16, 32]
@@ -319,16 +326,26 @@ class SwinEncoder(nn.Module):
         return self.patch_embed(x).permute(0, 3, 1, 2)
 
     @property
-    def stages(self) -> list[nn.Module]:
-        """``layers.0`` .. ``layers.3`` on channels-first maps (the last one followed by
-        ``norm``), so that running :meth:`stem` and these in turn gives :meth:`forward`."""
+    def stages(self) -> list[nn.Sequential]:
+        """``layers.0`` .. ``layers.3`` on channels-first maps, each a Sequential of (patch
+        merging + all blocks but the last) and (the last block, + ``norm`` in the last
+        stage), so that running :meth:`stem` and these in turn gives :meth:`forward` and
+        MTAN reads the features before and after the last block."""
         last = len(self.layers) - 1
-        return [
-            _ChannelsFirst(layer, self.norm if i == last else None)
-            for i, layer in enumerate(self.layers)
-        ]
+        stages = []
+        for i, layer in enumerate(self.layers):
+            *body, final = layer.blocks
+            tail = [final, self.norm] if i == last else [final]
+            stages.append(
+                nn.Sequential(
+                    _ChannelsFirst(nn.Sequential(layer.downsample, *body)),
+                    _ChannelsFirst(nn.Sequential(*tail)),
+                )
+            )
+        return stages
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
+        # channels last from stage to stage (the stage view permutes at every border)
         pyramid: dict[int, Tensor] = {}
         x = self.patch_embed(x)
         last = len(self.layers) - 1
@@ -338,10 +355,6 @@ class SwinEncoder(nn.Module):
             pyramid[scale] = out.permute(0, 3, 1, 2)
         return pyramid
 
-    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load a published file (see :meth:`load_published_state_dict`)."""
-        self.load_published_state_dict(state, source)
-
     def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load timm's Swin state dict (every key and shape checked; ``head.*`` dropped;
         stored ``relative_position_index``/``attn_mask`` of old files are dropped too, as
@@ -349,29 +362,14 @@ class SwinEncoder(nn.Module):
         if isinstance(state, Mapping):
             stale = ("relative_position_index", "attn_mask")
             state = {k: v for k, v in state.items() if not str(k).endswith(stale)}
-        load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES)
+        super().load_published_state_dict(state, source)
 
 
-@dataclass(frozen=True)
-class SwinOptions:
-    """``model.net.encoder_options`` of the Swin family."""
-
-    drop_path_rate: float = 0.0
-    """Stochastic depth: the largest rate, reached linearly at the last block."""
-
-
-def _build(name: str, options: SwinOptions) -> SwinEncoder:
-    return SwinEncoder(name, drop_path_rate=options.drop_path_rate)
-
-
-def _published(name: str, key: str, options: SwinOptions) -> PublishedFile | None:
-    """``imagenet`` (or ``published``): timm's file on the Hugging Face Hub."""
-    if key not in ("imagenet", "published"):
-        return None
-    return hub_safetensors(VARIANTS[name].hub_repo, "timm's ImageNet weights")
-
-
-FAMILY = Family(_build, tuple(VARIANTS), SwinOptions, hierarchical=False, weights=_published)
-"""The registry entry (``ENCODER_FAMILIES``). Not hierarchical yet: its stages are not the
-``nn.Sequential`` of blocks that mtan, cross_stitch and nddr step through, so those
-architectures refuse it in one line."""
+FAMILY = timm_family(
+    SwinEncoder,
+    {name: v.hub_repo for name, v in VARIANTS.items()},
+    options=WidthOptions,
+    published_width=lambda name: VARIANTS[name].embed_dim,
+)
+"""The registry entry (``ENCODER_FAMILIES``); ``weights: imagenet`` (or ``published``) is
+timm's file on the Hugging Face Hub."""

@@ -37,7 +37,6 @@ in any published file and start random. Maps are cropped to ``ceil(H/s) x ceil(W
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +52,9 @@ from scenemtl.models.encoders.parts import (
     Mlp,
     ceil_div,
     drop_path_rates,
-    load_published_state_dict,
     pad_to_multiple,
 )
+from scenemtl.models.encoders.timm_family import PublishedLayout
 from scenemtl.models.encoders.weights import PublishedFile, TorchHubFile, hub_safetensors
 
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -120,7 +119,6 @@ VARIANTS: dict[str, ViTVariant] = {
 """Encoder name -> published variant. timm's default tag per model; DINOv2's LVD-142M."""
 
 HUB_FILE = "model.safetensors"
-CLASSIFIER_PREFIXES = ("head.",)
 ADAPTER_PREFIX = "adapter."
 LAYER_SCALE_INIT = 1e-5
 """DINOv2's training value of the layer scales (its released files hold the learned ones)."""
@@ -218,7 +216,7 @@ class SimpleFeaturePyramid(nn.Module):
         return {int(s): level(x) for s, level in self.levels.items()}
 
 
-class ViTEncoder(nn.Module):
+class ViTEncoder(PublishedLayout, nn.Module):
     """A plain ViT or DINOv2 trunk plus the simple feature pyramid.
 
     Args:
@@ -229,6 +227,9 @@ class ViTEncoder(nn.Module):
     Forward: x [B, 3, H, W] (any H, W) -> ``{s: [B, pyramid_channels, ceil(H/s), ceil(W/s)]}``
     for s = 4, 8, 16, 32. :meth:`tokens` gives the trunk's stride-16 map alone.
     """
+
+    own_prefixes = (ADAPTER_PREFIX,)
+    """The feature pyramid's layers, in no published file: they keep their values."""
 
     def __init__(
         self,
@@ -327,15 +328,6 @@ class ViTEncoder(nn.Module):
         h, w = x.shape[-2:]
         pyramid = self.adapter(self.tokens(x))
         return {s: f[..., : ceil_div(h, s), : ceil_div(w, s)] for s, f in pyramid.items()}
-
-    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load a published file (see :meth:`load_published_state_dict`)."""
-        self.load_published_state_dict(state, source)
-
-    def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load timm's or DINOv2's published state dict into the trunk (every key and shape
-        checked; timm's ``head.*`` dropped; the adapter keeps its weights)."""
-        load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES, (ADAPTER_PREFIX,))
 
 
 @dataclass(frozen=True)
