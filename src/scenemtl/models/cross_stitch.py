@@ -1,5 +1,5 @@
 """Cross-stitch networks (Misra, Shrivastava, Gupta, Hebert, CVPR 2016) on a hierarchical
-encoder (the ResNet).
+encoder (ResNet, ConvNeXt, Swin or MobileNetV3).
 
 One encoder per task; after each of the four stages, a cross-stitch unit replaces every
 task's activations by a learned linear combination of all tasks' activations::

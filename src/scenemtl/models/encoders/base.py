@@ -119,6 +119,12 @@ class HierarchicalEncoder(Encoder):
         """Stride of :meth:`stem`'s output (default: the finest stride of the pyramid)."""
         return min(self.channels)
 
+    @property
+    def stage_inner_channels(self) -> tuple[int, ...]:
+        """Channels of each stage's features before its last block, ``stages[i][:-1]``
+        (default: :attr:`stage_out_channels`, blocks that keep the width)."""
+        return tuple(self.stage_out_channels)
+
     def stem(self, x: Tensor) -> Tensor:
         """[B, 3, H, W] -> the input of ``stages[0]`` [B, C, H/stem_stride, W/stem_stride]."""
         raise NotImplementedError
@@ -143,8 +149,9 @@ class Family:
     """A family whose modules follow the protocol's module part (``channels``,
     ``output_stride``, ``forward``; ``stem``/``stages``/``stage_scales``/
     ``stage_out_channels`` when hierarchical) but are not :class:`Encoder` subclasses:
-    its registry entry. E.g. ``Family(ConvNeXtEncoder, CONVNEXT_NAMES, ConvNeXtOptions,
-    hierarchical=True, weights=convnext_weights)``.
+    its registry entry. E.g. ``Family(_build, tuple(VARIANTS), ViTOptions,
+    hierarchical=False, weights=_published)`` (the ViT's; the timm families get theirs
+    from :func:`~scenemtl.models.encoders.timm_family.timm_family`).
 
     Attributes:
         constructor: ``(name, options) -> module``.

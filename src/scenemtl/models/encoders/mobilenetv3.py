@@ -248,6 +248,15 @@ class MobileNetV3Encoder(PublishedLayout, HierarchicalEncoder):
             for s in self.stage_scales
         ]
 
+    @property
+    def stage_inner_channels(self) -> tuple[int, ...]:
+        """Channels before each stage's last block: 24, 40, 112, and 160 in the last stage,
+        whose last block is the 1x1 conv 160 -> 960 (``blocks.6.0``)."""
+        return tuple(
+            [block.out for i in PYRAMID_STAGES[s] for block in LARGE[i]][-2]
+            for s in self.stage_scales
+        )
+
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         x = self.stem(x)
         pyramid = {2: x}
