@@ -295,7 +295,7 @@ def test_stem_then_stages_is_forward(name: str) -> None:
         pyramid = enc(x)
         y = enc.stem(x)
         for scale, stage, c in zip(
-            enc.stage_scales, enc.stages, enc.stage_out_channels, strict=True
+            enc.stage_scales, enc.stage_blocks, enc.stage_out_channels, strict=True
         ):
             y = stage(y)
             assert y.shape[1] == c == enc.channels[scale]

@@ -21,8 +21,8 @@ from scenemtl.models.registry import build_model
 STAGEWISE = ("mtan", "cross_stitch", "nddr")
 TINY = {
     "resnet": ("resnet18", {"width": 8}),
-    "convnext": ("convnext_tiny", {"width": 8}),
-    "swin": ("swin_tiny_patch4_window7_224", {"width": 32}),
+    "convnext": ("convnext_tiny", {"embed_dim": 8}),
+    "swin": ("swin_tiny_patch4_window7_224", {"embed_dim": 32}),
     "mobilenetv3": ("mobilenetv3_large_100", {}),
 }
 """Family -> (encoder, encoder_options) of a tiny member (from scratch)."""
@@ -50,7 +50,7 @@ def test_stem_then_stages_is_forward_and_ends_in_a_block(family: str) -> None:
         pyramid = enc(x)
         h = enc.stem(x)
         assert h.shape[-2:] == pyramid[enc.stem_stride].shape[-2:]
-        stages = enc.stages
+        stages = enc.stage_blocks
         assert len(stages) == len(enc.stage_scales) == len(enc.stage_out_channels)
         for j, stage in enumerate(stages):
             assert isinstance(stage, torch.nn.Sequential) and len(stage) >= 2
@@ -70,12 +70,12 @@ def test_stem_then_stages_is_forward_and_ends_in_a_block(family: str) -> None:
 
 def test_protocol_stages_keep_the_published_parameter_names() -> None:
     # the views are built on the fly: no parameter is registered twice or renamed
-    enc = build_encoder("convnext_tiny", options={"width": 8})
+    enc = build_encoder("convnext_tiny", options={"embed_dim": 8})
     names = [n for n, _ in enc.named_parameters()]
     assert names[0] == "stem.0.weight" and "stages.1.downsample.1.weight" in names
     assert len(names) == len(set(names))
-    stage_params = {id(p) for s in enc.stages for p in s.parameters()}
-    stem_params = {id(p) for p in enc._modules["stem"].parameters()}
+    stage_params = {id(p) for s in enc.stage_blocks for p in s.parameters()}
+    stem_params = {id(p) for p in enc.stem.parameters()}
     assert stage_params | stem_params == {id(p) for p in enc.parameters()}
 
 
@@ -118,8 +118,8 @@ def test_the_plain_vit_is_refused_in_one_line(architecture: str) -> None:
 
 def test_width_options_are_checked_in_one_line() -> None:
     with pytest.raises(UserError, match="multiple of 32"):
-        build_encoder("swin_tiny_patch4_window7_224", options={"width": 48})
-    with pytest.raises(UserError, match="width"):
-        build_encoder("convnext_tiny", options={"width": 0})
-    with pytest.raises(UserError, match="published weights have width 96"):
-        build_encoder("convnext_tiny", "imagenet", {"width": 8})
+        build_encoder("swin_tiny_patch4_window7_224", options={"embed_dim": 48})
+    with pytest.raises(UserError, match="embed_dim"):
+        build_encoder("convnext_tiny", options={"embed_dim": 0})
+    with pytest.raises(UserError, match="published weights have embed_dim 96"):
+        build_encoder("convnext_tiny", "imagenet", {"embed_dim": 8})

@@ -320,7 +320,10 @@ def export_to_file(
     from torch.export import Dim
 
     _onnxruntime()  # fail early, in one line, when the extra is missing
-    image = torch.from_numpy(example_input(size))
+    # traced at batch 2: torch.export specializes a dimension whose example size is 1
+    # when an op's meta function branches on it (LayerNorm's does), and the batch must
+    # stay dynamic (ConvNeXt, Swin, the ViTs normalize with LayerNorm)
+    image = torch.from_numpy(example_input(size, batch=2))
     dims = {0: Dim("batch", min=1, max=1024), 2: Dim.AUTO, 3: Dim.AUTO}
     try:
         with _quiet_exporter():

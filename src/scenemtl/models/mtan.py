@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, task_key
 from scenemtl.models.blocks import ConvBnReLU
 from scenemtl.models.encoders.base import HierarchicalEncoder
+from scenemtl.models.encoders.parts import max_pool_2x2_ceil
 from scenemtl.models.encoders.resnet import Bottleneck
 from scenemtl.models.options import check_choice
 
@@ -172,7 +172,7 @@ class MTANNet(MultiTaskNet):
         stem = enc.stem(x)
         features = {"stem": stem}
         h = stem
-        for j, stage in enumerate(enc.stages, 1):
+        for j, stage in enumerate(enc.stage_blocks, 1):
             # the protocol promises at least two modules per stage
             u = stage[:-1](h)
             h = stage[-1](u)
@@ -209,7 +209,7 @@ class MTANNet(MultiTaskNet):
             else:
                 if previous.shape[-2:] != u.shape[-2:]:
                     # strided stage: halve like the encoder's stride-2 convs (ceil)
-                    previous = F.max_pool2d(previous, 2, 2, ceil_mode=True)
+                    previous = max_pool_2x2_ceil(previous)
                 mask = masks[j](torch.cat([u, previous], dim=1))
             a = mask * p
             attended[self.stage_scales[j]] = a

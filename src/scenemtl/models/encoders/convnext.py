@@ -118,33 +118,32 @@ class ConvNeXtEncoder(PublishedLayout, HierarchicalEncoder):
         name: a key of :data:`VARIANTS` (``convnext_tiny``, ``convnext_small``,
             ``convnext_base``).
         drop_path_rate: stochastic depth of the last block (linear from 0 over all blocks).
-        width: channels of the first stage (None: the variant's, 96 or 128); the stages
+        embed_dim: channels of the first stage (None: the variant's, 96 or 128); the stages
             are 1, 2, 4, 8 times it. Another width trains from scratch only.
 
     Forward: x [B, 3, H, W] -> ``{s: [B, channels[s], ceil(H/s), ceil(W/s)]}`` for
     s = 4, 8, 16, 32 (the outputs of ``stages.0`` .. ``stages.3``, no extra norm).
 
-    As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: :meth:`stem` is the
-    patch stem (stride 4) and stage ``i`` of :attr:`stages` is ``stages.i``'s downsampling
-    (identity in stage 0) followed by its blocks, one module each.
+    As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: ``stem`` is the
+    patch stem module (stride 4) and stage ``i`` of :attr:`stage_blocks` is
+    ``stages.i``'s downsampling (identity in stage 0) followed by its blocks, one module
+    each.
     """
 
     def __init__(
-        self, name: str = "convnext_tiny", drop_path_rate: float = 0.0, width: int | None = None
+        self, name: str = "convnext_tiny", drop_path_rate: float = 0.0, embed_dim: int | None = None
     ) -> None:
         super().__init__()
         if name not in VARIANTS:
             raise UserError(f"unknown encoder {name!r}; known ConvNeXts: {', '.join(VARIANTS)}")
         self.name = name
         variant = VARIANTS[name]
-        dims = variant.dims if width is None else tuple(width * m for m in (1, 2, 4, 8))
-        # Registered under timm's names ``stem`` and ``stages`` (nn.Module's __setattr__
-        # files them in _modules); the attributes read back are the protocol's method
-        # :meth:`stem` and property :attr:`stages`, which use these modules.
-        self.stem = _PatchStem(nn.Conv2d(3, dims[0], 4, stride=4), LayerNorm2d(dims[0]))  # type: ignore[method-assign, assignment]
+        dims = variant.dims if embed_dim is None else tuple(embed_dim * m for m in (1, 2, 4, 8))
+        # ``stem`` (a module: the protocol's stem) and ``stages`` as timm names them
+        self.stem = _PatchStem(nn.Conv2d(3, dims[0], 4, stride=4), LayerNorm2d(dims[0]))
         rates = drop_path_rates(drop_path_rate, variant.depths)
         cins = (dims[0], *dims[:-1])
-        self.stages = nn.Sequential(  # type: ignore[misc]
+        self.stages = nn.Sequential(
             *[
                 ConvNeXtStage(cin, cout, depth, r)
                 for cin, cout, depth, r in zip(cins, dims, variant.depths, rates, strict=True)
@@ -169,23 +168,18 @@ class ConvNeXtEncoder(PublishedLayout, HierarchicalEncoder):
             elif isinstance(m, ConvNeXtBlock):
                 nn.init.constant_(m.gamma, LAYER_SCALE_INIT)
 
-    def stem(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        """``stem.0``/``stem.1``: [B, 3, H, W] -> [B, C0, ceil(H/4), ceil(W/4)]."""
-        return self._modules["stem"](x)  # type: ignore[misc]
-
     @property
-    def stages(self) -> list[nn.Sequential]:
-        """Per stage, a fresh Sequential over the registered ``stages.i.downsample`` and
-        ``stages.i.blocks.*`` (so the last module is the stage's last block, as MTAN
-        reads it, and parameter names stay timm's)."""
-        registered: nn.Sequential = self._modules["stages"]  # type: ignore[assignment]
-        return [nn.Sequential(stage.downsample, *stage.blocks) for stage in registered]
+    def stage_blocks(self) -> list[nn.Sequential]:
+        """Per stage, a fresh Sequential over ``stages.i.downsample`` and the blocks of
+        ``stages.i.blocks`` (so the last module is the stage's last block, as MTAN reads
+        it; the registered modules and their names are timm's)."""
+        return [nn.Sequential(stage.downsample, *stage.blocks) for stage in self.stages]
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         pyramid: dict[int, Tensor] = {}
         x = self.stem(x)
         for scale, stage in zip(self.stage_scales, self.stages, strict=True):
-            x = stage(x)
+            x = stage(x)  # ConvNeXtStage: downsample then blocks, as stage_blocks
             pyramid[scale] = x
         return pyramid
 

@@ -178,7 +178,7 @@ class MobileNetV3Encoder(PublishedLayout, HierarchicalEncoder):
         drop_path_rate: stochastic depth, ``rate * i / n`` for block i of n.
 
     As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: :meth:`stem` is
-    ``conv_stem``, ``bn1`` and ``blocks.0`` (stride 2); :attr:`stages` lead from stride 2
+    ``conv_stem``, ``bn1`` and ``blocks.0`` (stride 2); :attr:`stage_blocks` lead from stride 2
     to 4, 8, 16 and 32, each a Sequential of the blocks of ``blocks.1``, ``blocks.2``,
     ``blocks.3-4`` and ``blocks.5-6`` one by one.
     """
@@ -239,7 +239,7 @@ class MobileNetV3Encoder(PublishedLayout, HierarchicalEncoder):
         return self.blocks[0](self.bn1(self.conv_stem(x)))
 
     @property
-    def stages(self) -> list[nn.Sequential]:
+    def stage_blocks(self) -> list[nn.Sequential]:
         """The blocks from key 2 to 4, 8, 16 and 32 (those of ``blocks.1``, ``blocks.2``,
         ``blocks.3-4``, ``blocks.5-6``), one module each, so that the last one is the
         stage's last block (MTAN); :meth:`stem` then these gives :meth:`forward`."""
@@ -260,7 +260,7 @@ class MobileNetV3Encoder(PublishedLayout, HierarchicalEncoder):
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         x = self.stem(x)
         pyramid = {2: x}
-        for scale, stage in zip(self.stage_scales, self.stages, strict=True):
+        for scale, stage in zip(self.stage_scales, self.stage_blocks, strict=True):
             x = stage(x)
             pyramid[scale] = x
         return pyramid

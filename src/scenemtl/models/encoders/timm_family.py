@@ -41,16 +41,18 @@ class WidthOptions(DropPathOptions):
     """``model.net.encoder_options`` of a timm family whose first-stage width can change
     (the later stages keep their published multiples of it)."""
 
-    width: int | None = None
-    """Channels of the first stage; None: the variant's published width. Any other width
-    trains from scratch only (the tests' and the CPU studies' small networks)."""
+    embed_dim: int | None = None
+    """Channels of the patch embedding and first stage (timm's ``embed_dim``, ConvNeXt's
+    ``dims[0]``); None: the variant's published width. Any other width trains from
+    scratch only (the tests' and the CPU studies' small networks). Not the ResNet's
+    ``width``, whose flat key ``encoder_width`` defaults to 64."""
 
     def __post_init__(self) -> None:
-        w = self.width
+        w = self.embed_dim
         if w is not None and (
             isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_WIDTH
         ):
-            raise OptionError("width", f"an integer in 1..{MAX_WIDTH} or null, got {w!r}")
+            raise OptionError("embed_dim", f"an integer in 1..{MAX_WIDTH} or null, got {w!r}")
 
 
 class PublishedLayout:
@@ -85,7 +87,7 @@ def timm_family(
 
     Args:
         encoder: ``encoder(name, **fields of options)`` builds one (e.g.
-            ``ConvNeXtEncoder(name, drop_path_rate=..., width=...)``).
+            ``ConvNeXtEncoder(name, drop_path_rate=..., embed_dim=...)``).
         hub_repos: encoder name -> Hugging Face Hub repository of timm's default weights
             (file ``model.safetensors``); also the family's names, in order.
         options: the options dataclass (:class:`DropPathOptions` or
@@ -101,11 +103,11 @@ def timm_family(
     def published(name: str, key: str, opts: Any) -> PublishedFile | None:
         if key not in PUBLISHED_KEYS:
             return None
-        width = getattr(opts, "width", None)
+        width = getattr(opts, "embed_dim", None)
         if width is not None and published_width is not None and width != published_width(name):
             raise UserError(
-                f"{name}'s published weights have width {published_width(name)}; "
-                f"encoder_options.width {width} trains from scratch (weights: null)"
+                f"{name}'s published weights have embed_dim {published_width(name)}; "
+                f"encoder_options.embed_dim {width} trains from scratch (weights: null)"
             )
         return hub_safetensors(hub_repos[name], "timm's ImageNet weights")
 

@@ -49,9 +49,11 @@ from scenemtl.models.encoders.parts import (
     DropPath,
     LayerNorm2d,
     LayerScale,
+    MaxPool2x2Ceil,
     Mlp,
     ceil_div,
     drop_path_rates,
+    is_symbolic,
     pad_to_multiple,
 )
 from scenemtl.models.encoders.timm_family import PublishedLayout
@@ -200,7 +202,7 @@ class SimpleFeaturePyramid(nn.Module):
             ],
             8: [nn.ConvTranspose2d(dim, half, 2, stride=2)],
             16: [],
-            32: [nn.MaxPool2d(2, stride=2, ceil_mode=True)],
+            32: [MaxPool2x2Ceil()],
         }
         width = {4: quarter, 8: half, 16: dim, 32: dim}
         self.levels = nn.ModuleDict(
@@ -282,8 +284,8 @@ class ViTEncoder(PublishedLayout, nn.Module):
         """The position embedding [1, 1 + gh*gw, D] for a ``grid`` of tokens, the class
         token's entry first (unchanged), the patch entries resampled bicubically."""
         v = self.variant
-        if grid == (v.pos_grid, v.pos_grid):
-            return self.pos_embed
+        if not is_symbolic(*grid) and grid == (v.pos_grid, v.pos_grid):
+            return self.pos_embed  # (exported: always resample, the same values then)
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         dtype = patch_pos.dtype
         patch_pos = patch_pos.float().reshape(1, v.pos_grid, v.pos_grid, -1).permute(0, 3, 1, 2)
