@@ -93,7 +93,7 @@ def test_every_family_exports_and_matches_torch(family, shallow, tmp_path, capsy
     assert stdout.count("check ") == 2 and out.is_file()
     session = ort_session(out)
     image = np.random.default_rng(1).standard_normal((3, 3, 53, 70)).astype(np.float32)
-    logits, labels, depth = session.run(None, {"image": image})
+    logits, _, depth = session.run(None, {"image": image})
     preds, raw = predict(MultiTaskModule.from_checkpoint(ckpt), image)
     assert logits.shape == (3, 19, 53, 70) and depth.shape == (3, 53, 70)
     np.testing.assert_allclose(logits, raw["semseg"].numpy(), rtol=0, atol=EXPORT_LOGIT_ATOL)
