@@ -58,20 +58,7 @@ def shallow(monkeypatch):
         monkeypatch.setitem(vit.VARIANTS, name, dataclasses.replace(v, dim=64, depth=2, heads=2))
 
 
-@pytest.mark.parametrize(
-    "family",
-    [
-        *[f for f in FAMILIES if f != "dinov2"],
-        pytest.param(
-            "dinov2",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="DINOv2's first release resamples its position embedding by a scale "
-                "factor; exported with a symbolic factor, onnxruntime fails (docs/models.md)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_exports_and_matches_torch(family, shallow, tmp_path, capsys) -> None:
     name, options = FAMILIES[family]
     torch.manual_seed(0)

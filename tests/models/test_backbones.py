@@ -463,3 +463,19 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     sum(f.float().mean() for f in pyramid.values()).backward()
     missing = [n for n, p in enc.named_parameters() if p.grad is None]
     assert not missing
+
+
+@pytest.mark.parametrize("grid", [(2, 3), (16, 32), (40, 80)])
+def test_bicubic_matrix_is_dinov2s_scale_factor_resampling(grid) -> None:
+    """The exported form of DINOv2's first-release position resampling. Bound: both are
+    float32 with the same source positions; the kernel weights are computed in another
+    order (~1e-7 relative) and each output sums 16 taps of |x| <= 5: < 2e-5."""
+    from scenemtl.models.encoders.vit import bicubic_matrix
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 4, 37, 37, generator=g).clamp(-5, 5)
+    scale = tuple((n + 0.1) / 37 for n in grid)
+    want = torch.nn.functional.interpolate(pos, scale_factor=scale, mode="bicubic")
+    mh, mw = (bicubic_matrix(n, 37, s) for n, s in zip(grid, scale, strict=True))
+    got = torch.einsum("ij,bdjk,lk->bdil", mh, pos, mw)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)

@@ -218,6 +218,32 @@ class SimpleFeaturePyramid(nn.Module):
         return {int(s): level(x) for s, level in self.levels.items()}
 
 
+def bicubic_matrix(size: int, n: int, scale: float) -> Tensor:
+    """[size, n] float32: row i holds the weights of ``F.interpolate(..., scale_factor=
+    scale, mode="bicubic", align_corners=False)`` (no antialias) for output i along one
+    axis of length n: source position ``(i + 0.5) / scale - 0.5``, Keys' cubic kernel with
+    a = -0.75 (PyTorch's), taps clamped to the border. ``size`` may be symbolic."""
+    a = -0.75
+    # float32 as PyTorch's kernel: step 1/scale, then (i + 0.5) * step - 0.5
+    src = (torch.arange(size, dtype=torch.float32) + 0.5) * (1.0 / scale) - 0.5
+    base = torch.floor(src)
+    t = src - base
+    taps = torch.arange(n)
+
+    def near(x: Tensor) -> Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: Tensor) -> Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
+    matrix = torch.zeros(())
+    for k, w in enumerate(weights):
+        index = (base.long() + (k - 1)).clamp(0, n - 1)
+        matrix = matrix + w[:, None] * (index[:, None] == taps[None, :])
+    return matrix.float()
+
+
 class ViTEncoder(PublishedLayout, nn.Module):
     """A plain ViT or DINOv2 trunk plus the simple feature pyramid.
 
@@ -289,7 +315,14 @@ class ViTEncoder(PublishedLayout, nn.Module):
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         dtype = patch_pos.dtype
         patch_pos = patch_pos.float().reshape(1, v.pos_grid, v.pos_grid, -1).permute(0, 3, 1, 2)
-        if v.dinov2 and v.interp_offset:
+        if v.dinov2 and v.interp_offset and is_symbolic(*grid):
+            # exported with dynamic sizes: the same resampling as below, written as two
+            # interpolation matrices (a symbolic scale factor does not export)
+            mh, mw = (
+                bicubic_matrix(g, v.pos_grid, (g + v.interp_offset) / v.pos_grid) for g in grid
+            )
+            patch_pos = torch.einsum("ij,bdjk,lk->bdil", mh, patch_pos, mw)
+        elif v.dinov2 and v.interp_offset:
             # DINOv2's first release: a scale factor slightly above grid/37 sets both the
             # output size (floor) and the sampling positions (1/scale), as its code does
             scale = tuple((g + v.interp_offset) / v.pos_grid for g in grid)
