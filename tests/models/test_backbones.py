@@ -479,3 +479,15 @@ def test_bicubic_matrix_is_dinov2s_scale_factor_resampling(grid) -> None:
     mh, mw = (bicubic_matrix(n, 37, s) for n, s in zip(grid, scale, strict=True))
     got = torch.einsum("ij,bdjk,lk->bdil", mh, pos, mw)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (6, 8), (1, 3)])
+def test_exportable_ceil_pooling_and_ceil_div(size) -> None:
+    """max_pool_2x2_ceil is ceil-mode max pooling (a max selects one of the same inputs:
+    no rounding, so the values are identical), ceil_div is ceil for a >= 0."""
+    from scenemtl.models.encoders.parts import ceil_div, max_pool_2x2_ceil
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64) - 10  # all negative: zero padding would show
+    want = torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+    torch.testing.assert_close(max_pool_2x2_ceil(x), want, rtol=0, atol=0)
+    assert [ceil_div(a, 4) for a in range(10)] == [math.ceil(a / 4) for a in range(10)]
