@@ -295,7 +295,7 @@ def test_stem_then_stages_is_forward(name: str) -> None:
         pyramid = enc(x)
         y = enc.stem(x)
         for scale, stage, c in zip(
-            enc.stage_scales, enc.stages, enc.stage_out_channels, strict=True
+            enc.stage_scales, enc.stage_blocks, enc.stage_out_channels, strict=True
         ):
             y = stage(y)
             assert y.shape[1] == c == enc.channels[scale]
@@ -463,3 +463,31 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     sum(f.float().mean() for f in pyramid.values()).backward()
     missing = [n for n, p in enc.named_parameters() if p.grad is None]
     assert not missing
+
+
+@pytest.mark.parametrize("grid", [(2, 3), (16, 32), (40, 80)])
+def test_bicubic_matrix_is_dinov2s_scale_factor_resampling(grid) -> None:
+    """The exported form of DINOv2's first-release position resampling. Bound: both are
+    float32 with the same source positions; the kernel weights are computed in another
+    order (~1e-7 relative) and each output sums 16 taps of |x| <= 5: < 2e-5."""
+    from scenemtl.models.encoders.vit import bicubic_matrix
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 4, 37, 37, generator=g).clamp(-5, 5)
+    scale = tuple((n + 0.1) / 37 for n in grid)
+    want = torch.nn.functional.interpolate(pos, scale_factor=scale, mode="bicubic")
+    mh, mw = (bicubic_matrix(n, 37, s) for n, s in zip(grid, scale, strict=True))
+    got = torch.einsum("ij,bdjk,lk->bdil", mh, pos, mw)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (6, 8), (1, 3)])
+def test_exportable_ceil_pooling_and_ceil_div(size) -> None:
+    """max_pool_2x2_ceil is ceil-mode max pooling (a max selects one of the same inputs:
+    no rounding, so the values are identical), ceil_div is ceil for a >= 0."""
+    from scenemtl.models.encoders.parts import ceil_div, max_pool_2x2_ceil
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64) - 10  # all negative: zero padding would show
+    want = torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+    torch.testing.assert_close(max_pool_2x2_ceil(x), want, rtol=0, atol=0)
+    assert [ceil_div(a, 4) for a in range(10)] == [math.ceil(a / 4) for a in range(10)]

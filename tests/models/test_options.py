@@ -168,7 +168,7 @@ def test_the_resnet_runs_stage_by_stage_as_its_forward() -> None:
         want = encoder(x)
         h = encoder.stem(x)
         got = {encoder.stem_stride: h}
-        for scale, stage in zip(encoder.stage_scales, encoder.stages, strict=True):
+        for scale, stage in zip(encoder.stage_scales, encoder.stage_blocks, strict=True):
             assert isinstance(stage, nn.Sequential) and len(stage) >= 2
             h = stage(h)
             got[scale] = h

@@ -320,9 +320,10 @@ def export_to_file(
     from torch.export import Dim
 
     _onnxruntime()  # fail early, in one line, when the extra is missing
-    # traced at batch 2: with a batch-1 example torch.export (2.13) guards the batch size
+    # traced at batch 2: with a batch-1 example torch.export (2.13) specializes the batch
+    # when an op's meta function branches on it (LayerNorm: ConvNeXt, Swin, the ViTs) or
     # when it picks the CPU backend of a depthwise convolution (InvPT's queries, ConvNeXt,
-    # MobileNetV3), which breaks the dynamic batch; the graph still runs at batch 1
+    # MobileNetV3); the graph still runs at batch 1
     image = torch.from_numpy(example_input(size, batch=2))
     dims = {0: Dim("batch", min=1, max=1024), 2: Dim.AUTO, 3: Dim.AUTO}
     try:

@@ -1,5 +1,5 @@
 """Cross-stitch networks (Misra, Shrivastava, Gupta, Hebert, CVPR 2016) on a hierarchical
-encoder (the ResNet).
+encoder (ResNet, ConvNeXt, Swin or MobileNetV3).
 
 One encoder per task; after each of the four stages, a cross-stitch unit replaces every
 task's activations by a learned linear combination of all tasks' activations::
@@ -122,7 +122,7 @@ class MixedTrunksNet(MultiTaskNet):
             features[task_key(name, self.stem_stride)] = stem
             hs.append(stem)
         for j, (scale, mixer) in enumerate(zip(self.stage_scales, self.mixers, strict=True)):
-            hs = [self.encoders[name].stages[j](h) for name, h in zip(names, hs, strict=True)]
+            hs = [self.encoders[name].stage_blocks[j](h) for name, h in zip(names, hs, strict=True)]
             hs = mixer(hs)
             for name, h in zip(names, hs, strict=True):
                 features[task_key(name, scale)] = h

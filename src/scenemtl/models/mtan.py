@@ -1,5 +1,5 @@
 """Multi-task attention network, MTAN (Liu, Johns, Davison, CVPR 2019), on a hierarchical
-encoder (the ResNet, as the authors' ResNet version).
+encoder (the ResNet, as the authors' ResNet version; also ConvNeXt, Swin, MobileNetV3).
 
 One shared encoder; every task owns a soft attention mask per encoder stage that picks,
 channel by channel and pixel by pixel, what it takes from the shared features::
@@ -11,7 +11,8 @@ channel by channel and pixel by pixel, what it takes from the shared features::
               pyramid_t = {2: stem, 4: a1, 8: a2, 16: a3, 32: a4} -> ASPP[t] -> decoder[t]
 
 ``u_j`` is the output of stage j's second-to-last block, ``p_j`` that of its last block
-(the paper's "last layer of the block" and the layer before it); ``g_j`` is 1x1
+(the paper's "last layer of the block" and the layer before it; ``g_j`` reads ``u_j``'s
+channels, which differ from ``p_j``'s only in MobileNetV3's last stage, 160 vs 960); ``g_j`` is 1x1
 Conv-BN-ReLU to a quarter width, 1x1 Conv-BN, sigmoid; ``f_j`` (the authors' refinement
 block) a residual bottleneck block from stage j's width to stage j+1's (1x1 to a quarter
 of the output width, 3x3, 1x1 to the output width; 1x1 Conv-BN projection shortcut),
@@ -37,13 +38,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
 from scenemtl.models.base import MultiTaskNet, make_bottleneck, make_decoder, task_key
 from scenemtl.models.blocks import ConvBnReLU
 from scenemtl.models.encoders.base import HierarchicalEncoder
+from scenemtl.models.encoders.parts import max_pool_2x2_ceil
 from scenemtl.models.encoders.resnet import Bottleneck
 from scenemtl.models.options import check_choice
 
@@ -138,10 +139,12 @@ class MTANNet(MultiTaskNet):
         # per instance: the option decides whether the encoder output is all tasks read
         self.has_shared_representation = not self.shared_refinement  # type: ignore[misc]
 
+        inner = enc.stage_inner_channels  # u_j's channels (MobileNetV3's last: 160 < 960)
+
         def masks() -> nn.ModuleList:
-            # stage 1 sees u1 only; later stages also the previous attended features
+            # stage 1 sees u1 only; later stages also the previous refined features
             return nn.ModuleList(
-                AttentionMask(c if j == 0 else 2 * c, max(c // 4, 1), c)
+                AttentionMask(inner[j] + (c if j else 0), max(c // 4, 1), c)
                 for j, c in enumerate(widths)
             )
 
@@ -169,7 +172,7 @@ class MTANNet(MultiTaskNet):
         stem = enc.stem(x)
         features = {"stem": stem}
         h = stem
-        for j, stage in enumerate(enc.stages, 1):
+        for j, stage in enumerate(enc.stage_blocks, 1):
             # the protocol promises at least two modules per stage
             u = stage[:-1](h)
             h = stage[-1](u)
@@ -206,7 +209,7 @@ class MTANNet(MultiTaskNet):
             else:
                 if previous.shape[-2:] != u.shape[-2:]:
                     # strided stage: halve like the encoder's stride-2 convs (ceil)
-                    previous = F.max_pool2d(previous, 2, 2, ceil_mode=True)
+                    previous = max_pool_2x2_ceil(previous)
                 mask = masks[j](torch.cat([u, previous], dim=1))
             a = mask * p
             attended[self.stage_scales[j]] = a

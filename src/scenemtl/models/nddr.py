@@ -1,4 +1,5 @@
-"""NDDR-CNN (Gao, Ma, Zhao, Liu, Yuille, CVPR 2019) on the ResNet.
+"""NDDR-CNN (Gao, Ma, Zhao, Liu, Yuille, CVPR 2019) on a hierarchical encoder (ResNet,
+ConvNeXt, Swin or MobileNetV3).
 
 One encoder per task, as in cross-stitch networks; after each stage every task
 concatenates all tasks' activations and reduces them back to its own width with a 1x1

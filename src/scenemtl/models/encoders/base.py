@@ -100,11 +100,17 @@ class HierarchicalEncoder(Encoder):
     run one by one.
 
     ``forward(x)`` must equal: ``h = stem(x)`` at :attr:`stem_stride`, then
-    ``h = stages[i](h)`` at ``stage_scales[i]`` with ``stage_out_channels[i]`` channels;
-    the pyramid holds the stem and every stage output, the deepest per stride.
+    ``h = stage_blocks[i](h)`` at ``stage_scales[i]`` with ``stage_out_channels[i]``
+    channels; the pyramid holds the stem and every stage output, the deepest per stride.
     Every tensor is [B, C, h, w] (channels first). Each stage is an ``nn.Sequential`` of
     at least two modules whose last one is the stage's last block: MTAN reads the
     features before it (``stage[:-1]``) and after it.
+
+    ``stem`` is a method or a registered submodule (ConvNeXt's is timm's ``stem``
+    module), so the name stays free for a published layout; the protocol's stages are
+    ``stage_blocks``, not ``stages``, for the same reason (ConvNeXt's parameters live
+    under ``stages.*``). torch.export and ``torch.func.functional_call`` resolve every
+    submodule name with getattr, so an attribute must never hide a submodule's name.
     """
 
     hierarchical: ClassVar[bool] = True
@@ -116,16 +122,23 @@ class HierarchicalEncoder(Encoder):
 
     @property
     def stem_stride(self) -> int:
-        """Stride of :meth:`stem`'s output (default: the finest stride of the pyramid)."""
+        """Stride of :attr:`stem`'s output (default: the finest stride of the pyramid)."""
         return min(self.channels)
 
-    def stem(self, x: Tensor) -> Tensor:
-        """[B, 3, H, W] -> the input of ``stages[0]`` [B, C, H/stem_stride, W/stem_stride]."""
-        raise NotImplementedError
+    @property
+    def stage_inner_channels(self) -> tuple[int, ...]:
+        """Channels of each stage's features before its last block, ``stage_blocks[i][:-1]``
+        (default: :attr:`stage_out_channels`, blocks that keep the width)."""
+        return tuple(self.stage_out_channels)
+
+    stem: Callable[[Tensor], Tensor]
+    """[B, 3, H, W] -> the input of ``stage_blocks[0]`` [B, C, H/stem_stride,
+    W/stem_stride]: a method, or a submodule (then named as the published files name it)."""
 
     @property
-    def stages(self) -> list[nn.Sequential]:
-        """The stages, in order; ``stages[0]`` reads :meth:`stem`'s output."""
+    def stage_blocks(self) -> list[nn.Sequential]:
+        """The stages, in order, each a Sequential of blocks (views over the registered
+        modules); ``stage_blocks[0]`` reads :attr:`stem`'s output."""
         raise NotImplementedError
 
 
@@ -141,10 +154,11 @@ def pyramid_on_meta(
 @dataclass(frozen=True)
 class Family:
     """A family whose modules follow the protocol's module part (``channels``,
-    ``output_stride``, ``forward``; ``stem``/``stages``/``stage_scales``/
+    ``output_stride``, ``forward``; ``stem``/``stage_blocks``/``stage_scales``/
     ``stage_out_channels`` when hierarchical) but are not :class:`Encoder` subclasses:
-    its registry entry. E.g. ``Family(ConvNeXtEncoder, CONVNEXT_NAMES, ConvNeXtOptions,
-    hierarchical=True, weights=convnext_weights)``.
+    its registry entry. E.g. ``Family(_build, tuple(VARIANTS), ViTOptions,
+    hierarchical=False, weights=_published)`` (the ViT's; the timm families get theirs
+    from :func:`~scenemtl.models.encoders.timm_family.timm_family`).
 
     Attributes:
         constructor: ``(name, options) -> module``.

@@ -17,23 +17,21 @@ remainder instead. For sides divisible by 32 both are the same computation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.encoders.base import Family
+from scenemtl.models.encoders.base import HierarchicalEncoder
 from scenemtl.models.encoders.parts import (
     DropPath,
     LayerNorm2d,
     Mlp,
     drop_path_rates,
-    load_published_state_dict,
     pad_to_multiple,
 )
-from scenemtl.models.encoders.weights import PublishedFile, hub_safetensors
+from scenemtl.models.encoders.timm_family import PublishedLayout, WidthOptions, timm_family
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,6 @@ VARIANTS: dict[str, ConvNeXtVariant] = {
 }
 """timm model name -> variant (timm's ``convnext_tiny/small/base`` entry points)."""
 
-HUB_FILE = "model.safetensors"
-CLASSIFIER_PREFIXES = ("head.",)
-"""The published classifier (``head.norm``, ``head.fc``), dropped on loading."""
 LAYER_SCALE_INIT = 1e-6
 
 
@@ -116,25 +111,35 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ConvNeXtEncoder(nn.Module):
+class ConvNeXtEncoder(PublishedLayout, HierarchicalEncoder):
     """ConvNeXt trunk without classifier, returning ``{4: C0, 8: C1, 16: C2, 32: C3}`` maps.
 
     Args:
         name: a key of :data:`VARIANTS` (``convnext_tiny``, ``convnext_small``,
             ``convnext_base``).
         drop_path_rate: stochastic depth of the last block (linear from 0 over all blocks).
+        embed_dim: channels of the first stage (None: the variant's, 96 or 128); the stages
+            are 1, 2, 4, 8 times it. Another width trains from scratch only.
 
     Forward: x [B, 3, H, W] -> ``{s: [B, channels[s], ceil(H/s), ceil(W/s)]}`` for
     s = 4, 8, 16, 32 (the outputs of ``stages.0`` .. ``stages.3``, no extra norm).
+
+    As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: ``stem`` is the
+    patch stem module (stride 4) and stage ``i`` of :attr:`stage_blocks` is
+    ``stages.i``'s downsampling (identity in stage 0) followed by its blocks, one module
+    each.
     """
 
-    def __init__(self, name: str = "convnext_tiny", drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self, name: str = "convnext_tiny", drop_path_rate: float = 0.0, embed_dim: int | None = None
+    ) -> None:
         super().__init__()
         if name not in VARIANTS:
             raise UserError(f"unknown encoder {name!r}; known ConvNeXts: {', '.join(VARIANTS)}")
         self.name = name
         variant = VARIANTS[name]
-        dims = variant.dims
+        dims = variant.dims if embed_dim is None else tuple(embed_dim * m for m in (1, 2, 4, 8))
+        # ``stem`` (a module: the protocol's stem) and ``stages`` as timm names them
         self.stem = _PatchStem(nn.Conv2d(3, dims[0], 4, stride=4), LayerNorm2d(dims[0]))
         rates = drop_path_rates(drop_path_rate, variant.depths)
         cins = (dims[0], *dims[:-1])
@@ -145,7 +150,7 @@ class ConvNeXtEncoder(nn.Module):
             ]
         )
         self.stage_scales: list[int] = [4, 8, 16, 32]
-        self.stage_out_channels: tuple[int, ...] = dims
+        self.stage_out_channels: tuple[int, ...] = tuple(dims)
         self.channels: dict[int, int] = dict(zip(self.stage_scales, dims, strict=True))
         self.output_stride = max(self.channels)
         self.reset_parameters()
@@ -163,44 +168,27 @@ class ConvNeXtEncoder(nn.Module):
             elif isinstance(m, ConvNeXtBlock):
                 nn.init.constant_(m.gamma, LAYER_SCALE_INIT)
 
+    @property
+    def stage_blocks(self) -> list[nn.Sequential]:
+        """Per stage, a fresh Sequential over ``stages.i.downsample`` and the blocks of
+        ``stages.i.blocks`` (so the last module is the stage's last block, as MTAN reads
+        it; the registered modules and their names are timm's)."""
+        return [nn.Sequential(stage.downsample, *stage.blocks) for stage in self.stages]
+
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         pyramid: dict[int, Tensor] = {}
         x = self.stem(x)
         for scale, stage in zip(self.stage_scales, self.stages, strict=True):
-            x = stage(x)
+            x = stage(x)  # ConvNeXtStage: downsample then blocks, as stage_blocks
             pyramid[scale] = x
         return pyramid
 
-    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load a published file (see :meth:`load_published_state_dict`)."""
-        self.load_published_state_dict(state, source)
 
-    def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load timm's ConvNeXt state dict (every key and shape checked; ``head.*``
-        dropped). A mismatch raises :class:`UserError` naming ``source``."""
-        load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES)
-
-
-@dataclass(frozen=True)
-class ConvNeXtOptions:
-    """``model.net.encoder_options`` of the ConvNeXt family."""
-
-    drop_path_rate: float = 0.0
-    """Stochastic depth: the largest rate, reached linearly at the last block."""
-
-
-def _build(name: str, options: ConvNeXtOptions) -> ConvNeXtEncoder:
-    return ConvNeXtEncoder(name, drop_path_rate=options.drop_path_rate)
-
-
-def _published(name: str, key: str, options: ConvNeXtOptions) -> PublishedFile | None:
-    """``imagenet`` (or ``published``): timm's file on the Hugging Face Hub."""
-    if key not in ("imagenet", "published"):
-        return None
-    return hub_safetensors(VARIANTS[name].hub_repo, "timm's ImageNet weights")
-
-
-FAMILY = Family(_build, tuple(VARIANTS), ConvNeXtOptions, hierarchical=False, weights=_published)
-"""The registry entry (``ENCODER_FAMILIES``). Not hierarchical yet: its stages are not the
-``nn.Sequential`` of blocks that mtan, cross_stitch and nddr step through, so those
-architectures refuse it in one line."""
+FAMILY = timm_family(
+    ConvNeXtEncoder,
+    {name: v.hub_repo for name, v in VARIANTS.items()},
+    options=WidthOptions,
+    published_width=lambda name: VARIANTS[name].dims[0],
+)
+"""The registry entry (``ENCODER_FAMILIES``); ``weights: imagenet`` (or ``published``) is
+timm's file on the Hugging Face Hub."""

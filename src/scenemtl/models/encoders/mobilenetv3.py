@@ -23,15 +23,14 @@ Pyramid as timm's ``features_only`` stages: 2 (``blocks.0``, 16), 4 (``blocks.1`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.encoders.base import Family
-from scenemtl.models.encoders.parts import DropPath, load_published_state_dict
-from scenemtl.models.encoders.weights import PublishedFile, hub_safetensors
+from scenemtl.models.encoders.base import HierarchicalEncoder
+from scenemtl.models.encoders.parts import DropPath
+from scenemtl.models.encoders.timm_family import PublishedLayout, timm_family
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -77,8 +76,6 @@ LARGE: tuple[list[BlockSpec], ...] = (
 
 VARIANTS: dict[str, str] = {"mobilenetv3_large_100": "timm/mobilenetv3_large_100.ra_in1k"}
 """Encoder name -> Hugging Face Hub repo id of timm's default weights."""
-HUB_FILE = "model.safetensors"
-CLASSIFIER_PREFIXES = ("conv_head.", "classifier.")
 STEM_CHANNELS = 16
 PYRAMID_STAGES = {2: (0,), 4: (1,), 8: (2,), 16: (3, 4), 32: (5, 6)}
 """Pyramid key -> the ``blocks.S`` that lead to it from the previous key."""
@@ -172,14 +169,22 @@ class ConvBnAct(nn.Module):
         return self.bn1(self.conv(x))
 
 
-class MobileNetV3Encoder(nn.Module):
+class MobileNetV3Encoder(PublishedLayout, HierarchicalEncoder):
     """MobileNetV3-Large trunk without its head, returning ``{2: 16, 4: 24, 8: 40,
     16: 112, 32: 960}`` (stride: channels) maps of ``ceil(H/s) x ceil(W/s)``.
 
     Args:
         name: ``mobilenetv3_large_100``.
         drop_path_rate: stochastic depth, ``rate * i / n`` for block i of n.
+
+    As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: :meth:`stem` is
+    ``conv_stem``, ``bn1`` and ``blocks.0`` (stride 2); :attr:`stage_blocks` lead from stride 2
+    to 4, 8, 16 and 32, each a Sequential of the blocks of ``blocks.1``, ``blocks.2``,
+    ``blocks.3-4`` and ``blocks.5-6`` one by one.
     """
+
+    classifier_prefixes = ("conv_head.", "classifier.")
+    """timm's classifier (``conv_head`` 960 -> 1280 and ``classifier``), dropped on loading."""
 
     def __init__(self, name: str = "mobilenetv3_large_100", drop_path_rate: float = 0.0):
         super().__init__()
@@ -234,51 +239,33 @@ class MobileNetV3Encoder(nn.Module):
         return self.blocks[0](self.bn1(self.conv_stem(x)))
 
     @property
-    def stages(self) -> list[nn.Module]:
-        """The block groups from key 2 to 4, 8, 16 and 32 (``blocks.1``, ``blocks.2``,
-        ``blocks.3-4``, ``blocks.5-6``); :meth:`stem` then these gives :meth:`forward`."""
+    def stage_blocks(self) -> list[nn.Sequential]:
+        """The blocks from key 2 to 4, 8, 16 and 32 (those of ``blocks.1``, ``blocks.2``,
+        ``blocks.3-4``, ``blocks.5-6``), one module each, so that the last one is the
+        stage's last block (MTAN); :meth:`stem` then these gives :meth:`forward`."""
         return [
-            nn.Sequential(*[self.blocks[i] for i in PYRAMID_STAGES[s]]) for s in self.stage_scales
+            nn.Sequential(*[block for i in PYRAMID_STAGES[s] for block in self.blocks[i]])
+            for s in self.stage_scales
         ]
+
+    @property
+    def stage_inner_channels(self) -> tuple[int, ...]:
+        """Channels before each stage's last block: 24, 40, 112, and 160 in the last stage,
+        whose last block is the 1x1 conv 160 -> 960 (``blocks.6.0``)."""
+        return tuple(
+            [block.out for i in PYRAMID_STAGES[s] for block in LARGE[i]][-2]
+            for s in self.stage_scales
+        )
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         x = self.stem(x)
         pyramid = {2: x}
-        for scale, stage in zip(self.stage_scales, self.stages, strict=True):
+        for scale, stage in zip(self.stage_scales, self.stage_blocks, strict=True):
             x = stage(x)
             pyramid[scale] = x
         return pyramid
 
-    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load a published file (see :meth:`load_published_state_dict`)."""
-        self.load_published_state_dict(state, source)
 
-    def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load timm's state dict (every key and shape checked; ``conv_head.*`` and
-        ``classifier.*`` dropped)."""
-        load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES)
-
-
-@dataclass(frozen=True)
-class MobileNetV3Options:
-    """``model.net.encoder_options`` of the MobileNetV3 family."""
-
-    drop_path_rate: float = 0.0
-    """Stochastic depth: the largest rate, reached linearly at the last block."""
-
-
-def _build(name: str, options: MobileNetV3Options) -> MobileNetV3Encoder:
-    return MobileNetV3Encoder(name, drop_path_rate=options.drop_path_rate)
-
-
-def _published(name: str, key: str, options: MobileNetV3Options) -> PublishedFile | None:
-    """``imagenet`` (or ``published``): timm's file on the Hugging Face Hub."""
-    if key not in ("imagenet", "published"):
-        return None
-    return hub_safetensors(VARIANTS[name], "timm's ImageNet weights")
-
-
-FAMILY = Family(_build, tuple(VARIANTS), MobileNetV3Options, hierarchical=False, weights=_published)
-"""The registry entry (``ENCODER_FAMILIES``). Not hierarchical yet: its stages are not the
-``nn.Sequential`` of blocks that mtan, cross_stitch and nddr step through, so those
-architectures refuse it in one line."""
+FAMILY = timm_family(MobileNetV3Encoder, VARIANTS)
+"""The registry entry (``ENCODER_FAMILIES``); ``weights: imagenet`` (or ``published``) is
+timm's file on the Hugging Face Hub."""

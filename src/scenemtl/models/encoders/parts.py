@@ -24,7 +24,9 @@ def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
     if not 0.0 <= rate < 1.0:
         raise UserError(f"drop_path_rate must be in [0, 1), got {rate!r}")
     total = sum(depths)
-    flat = torch.linspace(0.0, rate, total).tolist() if total > 1 else [0.0] * total
+    # on the CPU explicitly: the module may be built under torch.device("meta")
+    # (declared_pyramid), where a tensor has no values to read back
+    flat = torch.linspace(0.0, rate, total, device="cpu").tolist() if total > 1 else [0.0] * total
     out, start = [], 0
     for d in depths:
         out.append(flat[start : start + d])
@@ -95,13 +97,42 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     ``multiple`` (unchanged when they already are)."""
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
+    if is_symbolic(h, w) or ph or pw:
         x = F.pad(x, (0, pw, 0, ph))
     return x
 
 
+def is_symbolic(*sizes: object) -> bool:
+    """Whether any of ``sizes`` is symbolic (torch.export / ONNX export with dynamic
+    sizes). Then a size-dependent branch must not be taken in Python: it would be
+    recorded as an assumption about every input size (a graph that drops the padding
+    for sizes that need it); the padding is emitted always, with amounts possibly 0."""
+    return any(isinstance(s, torch.SymInt) for s in sizes)
+
+
 def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+    """ceil(a / b) for a >= 0, b > 0, as ``(a + b - 1) // b``: the floor division of a
+    non-negative number, which ONNX's integer Div (truncating) computes alike; the
+    ``-(-a // b)`` spelling is exported as truncation of a negative number, i.e. floor."""
+    return (a + b - 1) // b
+
+
+def max_pool_2x2_ceil(x: Tensor) -> Tensor:
+    """2x2/2 max pooling that keeps an odd last row/column, [B, C, H, W] -> [B, C,
+    ceil(H/2), ceil(W/2)]: ``max_pool2d(..., ceil_mode=True)`` written as -inf padding
+    then a plain pool (the same values; ONNX export of ceil mode with dynamic sizes gives
+    wrong maps in onnxruntime)."""
+    h, w = x.shape[-2:]
+    if is_symbolic(h, w) or h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+    return F.max_pool2d(x, 2, 2)
+
+
+class MaxPool2x2Ceil(nn.Module):
+    """:func:`max_pool_2x2_ceil` as a module (no parameters)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return max_pool_2x2_ceil(x)
 
 
 def load_published_state_dict(

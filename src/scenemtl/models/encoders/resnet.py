@@ -216,8 +216,8 @@ class ResNetEncoder(HierarchicalEncoder):
     (:func:`stage_channels`: layer4 has 512 channels in ResNet-18/34, 2048 in ResNet-50/101).
 
     As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: :meth:`stem` is
-    conv1/bn1/relu (stride 2, pyramid key 2), ``stages[0]`` is the max pooling followed
-    by layer1's blocks, ``stages[1:]`` are layer2..layer4.
+    conv1/bn1/relu (stride 2, pyramid key 2), ``stage_blocks[0]`` is the max pooling
+    followed by layer1's blocks, ``stage_blocks[1:]`` are layer2..layer4.
     """
 
     names: ClassVar[tuple[str, ...]] = tuple(ENCODERS)
@@ -330,7 +330,7 @@ class ResNetEncoder(HierarchicalEncoder):
         return 2
 
     @property
-    def stages(self) -> list[nn.Sequential]:
+    def stage_blocks(self) -> list[nn.Sequential]:
         """maxpool + layer1, layer2, layer3, layer4; stage i maps the previous one's
         output (:meth:`stem`'s for the first) to ``stage_out_channels[i]`` at
         ``stage_scales[i]``. Architectures that act between stages (MTAN, cross-stitch)

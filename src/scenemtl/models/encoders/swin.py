@@ -31,6 +31,7 @@ parameters are used and trained); the others are the raw stage outputs, as timm'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,15 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.encoders.base import Family
-from scenemtl.models.encoders.parts import (
-    DropPath,
-    Mlp,
-    drop_path_rates,
-    load_published_state_dict,
-    pad_to_multiple,
-)
-from scenemtl.models.encoders.weights import PublishedFile, hub_safetensors
+from scenemtl.models.encoders.base import HierarchicalEncoder
+from scenemtl.models.encoders.parts import DropPath, Mlp, drop_path_rates, pad_to_multiple
+from scenemtl.models.encoders.timm_family import PublishedLayout, WidthOptions, timm_family
 
 WINDOW = 7
 MASK_VALUE = -100.0
@@ -78,8 +73,8 @@ VARIANTS: dict[str, SwinVariant] = {
 }
 """timm model name -> variant (timm's default tag of each model)."""
 
-HUB_FILE = "model.safetensors"
-CLASSIFIER_PREFIXES = ("head.",)
+HEAD_DIM = 32
+"""Channels per attention head in every published Swin (96 / 3, 128 / 4)."""
 
 
 def relative_position_index(window: int) -> Tensor:
@@ -93,18 +88,19 @@ def relative_position_index(window: int) -> Tensor:
 
 
 def window_partition(x: Tensor, window: int) -> Tensor:
-    """[B, H, W, C] (H, W multiples of ``window``) -> [B * H/w * W/w, w*w, C], windows in
-    row-major order per image."""
+    """[B, H, W, C] (H, W multiples of ``window``) -> [B, H/w * W/w, w*w, C], windows in
+    row-major order per image. The batch stays its own axis, so that no size is ever a
+    quotient of two symbolic sizes when exported with dynamic shapes."""
     b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, window * window, c)
+    x = x.reshape(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // window) * (w // window), window * window, c)
 
 
 def window_merge(windows: Tensor, window: int, h: int, w: int) -> Tensor:
-    """Inverse of :func:`window_partition`: [B * h/w * w/w, w*w, C] -> [B, h, w, C]."""
-    c = windows.shape[-1]
-    x = windows.view(-1, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
+    """Inverse of :func:`window_partition`: [B, h/w * w/w, w*w, C] -> [B, h, w, C]."""
+    b, c = windows.shape[0], windows.shape[-1]
+    x = windows.reshape(b, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
 
 
 def shifted_window_mask(h: int, w: int, window: int, shift: tuple[int, int]) -> Tensor:
@@ -123,14 +119,15 @@ def shifted_window_mask(h: int, w: int, window: int, shift: tuple[int, int]) -> 
         return (i >= n - window).long() + ((i >= n - s).long() if s else 0)
 
     region = labels(h, shift[0])[:, None] * 3 + labels(w, shift[1])[None, :]
-    regions = window_partition(region[None, :, :, None].float(), window).squeeze(-1)
+    regions = window_partition(region[None, :, :, None].float(), window)[0, :, :, 0]
     same = regions[:, :, None] == regions[:, None, :]
     return torch.zeros(same.shape).masked_fill(~same, MASK_VALUE)
 
 
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias.
-    [nW*B, w*w, C] (+ mask [nW, w*w, w*w]) -> [nW*B, w*w, C]."""
+    [..., nW, w*w, C] (+ mask [nW, w*w, w*w], broadcast over the leading axes) ->
+    [..., nW, w*w, C]."""
 
     def __init__(self, dim: int, heads: int, window: int = WINDOW) -> None:
         super().__init__()
@@ -151,18 +148,20 @@ class WindowAttention(nn.Module):
         return table.view(n, n, self.heads).permute(2, 0, 1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        bw, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(bw, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        logits_bias = self.bias().unsqueeze(0).to(x.dtype)  # [1, heads, n, n]
+        *lead, n, c = x.shape
+        # one batch axis of all windows (4D attention, as ONNX's exporter needs): a
+        # product of the leading sizes, never a quotient (exact under dynamic shapes)
+        windows = math.prod(lead)
+        qkv = self.qkv(x).reshape(windows, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [windows, heads, n, d]
+        logits_bias = self.bias().to(x.dtype)  # [heads, n, n]
         if mask is not None:
-            nw = mask.shape[0]
-            # windows are image-major: window index = image * nW + window in image
-            logits_bias = (logits_bias.unsqueeze(0) + mask[None, :, None].to(x.dtype)).expand(
-                bw // nw, nw, self.heads, n, n
-            )
-            logits_bias = logits_bias.reshape(bw, self.heads, n, n)
+            # [nW, heads, n, n] over the windows of each image (the last leading axis)
+            logits_bias = logits_bias + mask[:, None].to(x.dtype)
+            logits_bias = logits_bias.expand(*lead, self.heads, n, n)
+            logits_bias = logits_bias.reshape(windows, self.heads, n, n)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias)
-        return self.proj(y.transpose(1, 2).reshape(bw, n, c))
+        return self.proj(y.transpose(1, 2).reshape(*lead, n, c))
 
 
 class SwinBlock(nn.Module):
@@ -216,7 +215,7 @@ class PatchMerging(nn.Module):
         # [B, h/2, row offset, w/2, column offset, C] -> [B, h/2, w/2, column, row, C]:
         # flattening the last three gives the order (0,0), (1,0), (0,1), (1,1)
         x = (
-            x.view(b, h // 2, 2, w // 2, 2, c)
+            x.reshape(b, h // 2, 2, w // 2, 2, c)
             .permute(0, 1, 3, 4, 2, 5)
             .reshape(b, h // 2, w // 2, 4 * c)
         )
@@ -251,47 +250,60 @@ class PatchEmbed(nn.Module):
 
 
 class _ChannelsFirst(nn.Module):
-    """A stage seen from outside: [B, C, H, W] -> stage (channels last) [-> norm] ->
-    [B, C', H', W']. Built on the fly by :attr:`SwinEncoder.stages` (holds no weights)."""
+    """Part of a stage seen from outside: [B, C, H, W] -> ``inner`` (channels last) ->
+    [B, C', H', W']. Built on the fly by :attr:`SwinEncoder.stage_blocks` (holds no weights of
+    its own)."""
 
-    def __init__(self, stage: nn.Module, norm: nn.Module | None) -> None:
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.stage = stage
-        self.norm = norm
+        self.inner = inner
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.stage(x.permute(0, 2, 3, 1))
-        if self.norm is not None:
-            y = self.norm(y)
-        return y.permute(0, 3, 1, 2)
+        return self.inner(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class SwinEncoder(nn.Module):
+class SwinEncoder(PublishedLayout, HierarchicalEncoder):
     """Swin trunk without classifier, returning ``{4: C, 8: 2C, 16: 4C, 32: 8C}`` maps.
 
     Args:
         name: a key of :data:`VARIANTS`.
         drop_path_rate: stochastic depth of the last block (linear from 0 over all blocks).
+        embed_dim: ``C``, the first stage's channels (None: the variant's, 96 or 128), a
+            multiple of the heads' width 32 (every published Swin has 32 channels per
+            head, so stage i has ``C * 2**i / 32`` heads). Another width trains from
+            scratch only.
 
     Forward: x [B, 3, H, W] -> ``{s: [B, channels[s], ceil(H/s), ceil(W/s)]}``, s = 4..32.
+
+    As a :class:`~scenemtl.models.encoders.base.HierarchicalEncoder`: :meth:`stem` is the
+    patch embedding (stride 4), stage ``i`` of :attr:`stage_blocks` is ``layers.i`` on
+    channels-first maps, as two modules: its patch merging and all blocks but the last,
+    then the last block (followed by the final ``norm`` in the last stage).
     """
 
     def __init__(
-        self, name: str = "swin_tiny_patch4_window7_224", drop_path_rate: float = 0.0
+        self,
+        name: str = "swin_tiny_patch4_window7_224",
+        drop_path_rate: float = 0.0,
+        embed_dim: int | None = None,
     ) -> None:
         super().__init__()
         if name not in VARIANTS:
             raise UserError(f"unknown encoder {name!r}; known Swins: {', '.join(VARIANTS)}")
         self.name = name
         v = VARIANTS[name]
-        dims = tuple(v.embed_dim * 2**i for i in range(4))
+        if embed_dim is not None and embed_dim % HEAD_DIM:
+            raise UserError(
+                f"Swin encoder_options.embed_dim must be a multiple of {HEAD_DIM} (the width of "
+                f"one attention head), got {embed_dim}"
+            )
+        c = v.embed_dim if embed_dim is None else embed_dim
+        dims = tuple(c * 2**i for i in range(4))
+        heads = v.heads if embed_dim is None else tuple(d // HEAD_DIM for d in dims)
         self.patch_embed = PatchEmbed(dims[0])
         rates = drop_path_rates(drop_path_rate, v.depths)
         self.layers = nn.Sequential(
-            *[
-                SwinStage(dims[i], v.depths[i], v.heads[i], i > 0, rates[i])
-                for i in range(len(dims))
-            ]
+            *[SwinStage(dims[i], v.depths[i], heads[i], i > 0, rates[i]) for i in range(len(dims))]
         )
         self.norm = nn.LayerNorm(dims[-1])
         self.stage_scales: list[int] = [4, 8, 16, 32]
@@ -319,16 +331,26 @@ class SwinEncoder(nn.Module):
         return self.patch_embed(x).permute(0, 3, 1, 2)
 
     @property
-    def stages(self) -> list[nn.Module]:
-        """``layers.0`` .. ``layers.3`` on channels-first maps (the last one followed by
-        ``norm``), so that running :meth:`stem` and these in turn gives :meth:`forward`."""
+    def stage_blocks(self) -> list[nn.Sequential]:
+        """``layers.0`` .. ``layers.3`` on channels-first maps, each a Sequential of (patch
+        merging + all blocks but the last) and (the last block, + ``norm`` in the last
+        stage), so that running :meth:`stem` and these in turn gives :meth:`forward` and
+        MTAN reads the features before and after the last block."""
         last = len(self.layers) - 1
-        return [
-            _ChannelsFirst(layer, self.norm if i == last else None)
-            for i, layer in enumerate(self.layers)
-        ]
+        stages = []
+        for i, layer in enumerate(self.layers):
+            *body, final = layer.blocks
+            tail = [final, self.norm] if i == last else [final]
+            stages.append(
+                nn.Sequential(
+                    _ChannelsFirst(nn.Sequential(layer.downsample, *body)),
+                    _ChannelsFirst(nn.Sequential(*tail)),
+                )
+            )
+        return stages
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
+        # channels last from stage to stage (the stage view permutes at every border)
         pyramid: dict[int, Tensor] = {}
         x = self.patch_embed(x)
         last = len(self.layers) - 1
@@ -338,10 +360,6 @@ class SwinEncoder(nn.Module):
             pyramid[scale] = out.permute(0, 3, 1, 2)
         return pyramid
 
-    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load a published file (see :meth:`load_published_state_dict`)."""
-        self.load_published_state_dict(state, source)
-
     def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
         """Load timm's Swin state dict (every key and shape checked; ``head.*`` dropped;
         stored ``relative_position_index``/``attn_mask`` of old files are dropped too, as
@@ -349,29 +367,14 @@ class SwinEncoder(nn.Module):
         if isinstance(state, Mapping):
             stale = ("relative_position_index", "attn_mask")
             state = {k: v for k, v in state.items() if not str(k).endswith(stale)}
-        load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES)
+        super().load_published_state_dict(state, source)
 
 
-@dataclass(frozen=True)
-class SwinOptions:
-    """``model.net.encoder_options`` of the Swin family."""
-
-    drop_path_rate: float = 0.0
-    """Stochastic depth: the largest rate, reached linearly at the last block."""
-
-
-def _build(name: str, options: SwinOptions) -> SwinEncoder:
-    return SwinEncoder(name, drop_path_rate=options.drop_path_rate)
-
-
-def _published(name: str, key: str, options: SwinOptions) -> PublishedFile | None:
-    """``imagenet`` (or ``published``): timm's file on the Hugging Face Hub."""
-    if key not in ("imagenet", "published"):
-        return None
-    return hub_safetensors(VARIANTS[name].hub_repo, "timm's ImageNet weights")
-
-
-FAMILY = Family(_build, tuple(VARIANTS), SwinOptions, hierarchical=False, weights=_published)
-"""The registry entry (``ENCODER_FAMILIES``). Not hierarchical yet: its stages are not the
-``nn.Sequential`` of blocks that mtan, cross_stitch and nddr step through, so those
-architectures refuse it in one line."""
+FAMILY = timm_family(
+    SwinEncoder,
+    {name: v.hub_repo for name, v in VARIANTS.items()},
+    options=WidthOptions,
+    published_width=lambda name: VARIANTS[name].embed_dim,
+)
+"""The registry entry (``ENCODER_FAMILIES``); ``weights: imagenet`` (or ``published``) is
+timm's file on the Hugging Face Hub."""

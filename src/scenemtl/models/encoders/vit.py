@@ -37,7 +37,6 @@ in any published file and start random. Maps are cropped to ``ceil(H/s) x ceil(W
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -50,12 +49,14 @@ from scenemtl.models.encoders.parts import (
     DropPath,
     LayerNorm2d,
     LayerScale,
+    MaxPool2x2Ceil,
     Mlp,
     ceil_div,
     drop_path_rates,
-    load_published_state_dict,
+    is_symbolic,
     pad_to_multiple,
 )
+from scenemtl.models.encoders.timm_family import PublishedLayout
 from scenemtl.models.encoders.weights import PublishedFile, TorchHubFile, hub_safetensors
 
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -120,7 +121,6 @@ VARIANTS: dict[str, ViTVariant] = {
 """Encoder name -> published variant. timm's default tag per model; DINOv2's LVD-142M."""
 
 HUB_FILE = "model.safetensors"
-CLASSIFIER_PREFIXES = ("head.",)
 ADAPTER_PREFIX = "adapter."
 LAYER_SCALE_INIT = 1e-5
 """DINOv2's training value of the layer scales (its released files hold the learned ones)."""
@@ -202,7 +202,7 @@ class SimpleFeaturePyramid(nn.Module):
             ],
             8: [nn.ConvTranspose2d(dim, half, 2, stride=2)],
             16: [],
-            32: [nn.MaxPool2d(2, stride=2, ceil_mode=True)],
+            32: [MaxPool2x2Ceil()],
         }
         width = {4: quarter, 8: half, 16: dim, 32: dim}
         self.levels = nn.ModuleDict(
@@ -218,7 +218,33 @@ class SimpleFeaturePyramid(nn.Module):
         return {int(s): level(x) for s, level in self.levels.items()}
 
 
-class ViTEncoder(nn.Module):
+def bicubic_matrix(size: int, n: int, scale: float) -> Tensor:
+    """[size, n] float32: row i holds the weights of ``F.interpolate(..., scale_factor=
+    scale, mode="bicubic", align_corners=False)`` (no antialias) for output i along one
+    axis of length n: source position ``(i + 0.5) / scale - 0.5``, Keys' cubic kernel with
+    a = -0.75 (PyTorch's), taps clamped to the border. ``size`` may be symbolic."""
+    a = -0.75
+    # float32 as PyTorch's kernel: step 1/scale, then (i + 0.5) * step - 0.5
+    src = (torch.arange(size, dtype=torch.float32) + 0.5) * (1.0 / scale) - 0.5
+    base = torch.floor(src)
+    t = src - base
+    taps = torch.arange(n)
+
+    def near(x: Tensor) -> Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: Tensor) -> Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
+    matrix = torch.zeros(())
+    for k, w in enumerate(weights):
+        index = (base.long() + (k - 1)).clamp(0, n - 1)
+        matrix = matrix + w[:, None] * (index[:, None] == taps[None, :])
+    return matrix.float()
+
+
+class ViTEncoder(PublishedLayout, nn.Module):
     """A plain ViT or DINOv2 trunk plus the simple feature pyramid.
 
     Args:
@@ -229,6 +255,9 @@ class ViTEncoder(nn.Module):
     Forward: x [B, 3, H, W] (any H, W) -> ``{s: [B, pyramid_channels, ceil(H/s), ceil(W/s)]}``
     for s = 4, 8, 16, 32. :meth:`tokens` gives the trunk's stride-16 map alone.
     """
+
+    own_prefixes = (ADAPTER_PREFIX,)
+    """The feature pyramid's layers, in no published file: they keep their values."""
 
     def __init__(
         self,
@@ -281,12 +310,19 @@ class ViTEncoder(nn.Module):
         """The position embedding [1, 1 + gh*gw, D] for a ``grid`` of tokens, the class
         token's entry first (unchanged), the patch entries resampled bicubically."""
         v = self.variant
-        if grid == (v.pos_grid, v.pos_grid):
-            return self.pos_embed
+        if not is_symbolic(*grid) and grid == (v.pos_grid, v.pos_grid):
+            return self.pos_embed  # (exported: always resample, the same values then)
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         dtype = patch_pos.dtype
         patch_pos = patch_pos.float().reshape(1, v.pos_grid, v.pos_grid, -1).permute(0, 3, 1, 2)
-        if v.dinov2 and v.interp_offset:
+        if v.dinov2 and v.interp_offset and is_symbolic(*grid):
+            # exported with dynamic sizes: the same resampling as below, written as two
+            # interpolation matrices (a symbolic scale factor does not export)
+            mh, mw = (
+                bicubic_matrix(g, v.pos_grid, (g + v.interp_offset) / v.pos_grid) for g in grid
+            )
+            patch_pos = torch.einsum("ij,bdjk,lk->bdil", mh, patch_pos, mw)
+        elif v.dinov2 and v.interp_offset:
             # DINOv2's first release: a scale factor slightly above grid/37 sets both the
             # output size (floor) and the sampling positions (1/scale), as its code does
             scale = tuple((g + v.interp_offset) / v.pos_grid for g in grid)
@@ -327,15 +363,6 @@ class ViTEncoder(nn.Module):
         h, w = x.shape[-2:]
         pyramid = self.adapter(self.tokens(x))
         return {s: f[..., : ceil_div(h, s), : ceil_div(w, s)] for s, f in pyramid.items()}
-
-    def load_pretrained(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load a published file (see :meth:`load_published_state_dict`)."""
-        self.load_published_state_dict(state, source)
-
-    def load_published_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
-        """Load timm's or DINOv2's published state dict into the trunk (every key and shape
-        checked; timm's ``head.*`` dropped; the adapter keeps its weights)."""
-        load_published_state_dict(self, state, source, CLASSIFIER_PREFIXES, (ADAPTER_PREFIX,))
 
 
 @dataclass(frozen=True)
