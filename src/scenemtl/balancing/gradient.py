@@ -61,6 +61,13 @@ from scenemtl.balancing.base import (
     all_reduce_mean,
     distributed_world,
 )
+from scenemtl.balancing.jacobian import (
+    add_to_grads,
+    columnwise,
+    combine,
+    gram_matrix,
+    parameter_jacobian,
+)
 from scenemtl.errors import UserError
 
 if TYPE_CHECKING:
@@ -103,8 +110,13 @@ class Aggregation:
     restored: Callable[[Any], None] | None = None
     task_weights: Callable[[Any], Tensor] | None = None
 
+    @property
+    def name(self) -> str:
+        """The aggregator's class name."""
+        return self.aggregator if isinstance(self.aggregator, str) else self.aggregator.__name__
+
     def build(self, num_tasks: int, options: Mapping[str, Any]) -> Aggregator:
-        name = self.aggregator if isinstance(self.aggregator, str) else self.aggregator.__name__
+        name = self.name
         try:
             import torchjd.aggregation as aggregation
 
@@ -178,7 +190,7 @@ class GradientBalancer(LossBalancer):
         self.scale = float(aggregation.scale(num_active, self.options))
         if task_grads == "weighted" and not self.combines_linearly:
             raise UserError(
-                f"{aggregation.aggregator} does not combine the task gradients with weights; "
+                f"{aggregation.name} does not combine the task gradients with weights; "
                 "use weighting_options {task_grads: plain}"
             )
 
@@ -313,21 +325,64 @@ class GradientBalancer(LossBalancer):
     def _combine_parameter_gradients(
         self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
     ) -> tuple[Tensor | None, Tensor]:
-        from torchjd.autojac import jac, jac_to_grad
-
+        """The Jacobian with respect to ``shared`` in blocks (:mod:`~scenemtl.balancing.
+        jacobian`), averaged over processes, aggregated into the ``.grad`` of ``shared``."""
         # under autocast the representation may be bf16 while the losses are float32
         at_cut = [j.to(r.dtype) for j, r in zip(at_cut, representation, strict=True)]
         # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
-        # ("expected scalar type BFloat16 but found Float"), and on CPU it buys little.
-        rows = jac(representation, inputs=shared, jac_outputs=at_cut, parallel_chunk_size=1)
-        gramian = torch.zeros(len(self.active), len(self.active), dtype=torch.float64)
-        for p, j in zip(shared, rows, strict=True):
-            j = all_reduce_mean(j.detach())
-            flat = j.flatten(1).double()
-            gramian += (flat @ flat.T).cpu()
-            p.jac = j * self.scale  # type: ignore[attr-defined]
-        weights = jac_to_grad(shared, self.aggregator)
+        # ("expected scalar type BFloat16 but found Float"), and on CPU it runs the same
+        # convolutions (docs/balancing.md, "Where the time goes").
+        blocks = parameter_jacobian(representation, at_cut, shared)
+        for block in blocks:
+            all_reduce_mean(block)
+        gramian = gram_matrix(blocks)
+        weights, parts = self._aggregate(blocks, gramian)
+        add_to_grads(parts, shared)
         return (None if weights is None else weights * self.scale), gramian
+
+    def _aggregate(
+        self, blocks: list[Tensor], gramian: Tensor
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        """The aggregator on ``scale * J``, ``J`` the blocks [K, m_b] side by side with
+        float64 Gram matrix ``gramian`` [K, K]: (its weights [K], or None where it does
+        not combine rows linearly; the update, one [m_b] per block).
+
+        A Gram-based aggregator gets the float64 ``gramian`` (scaled) instead of computing
+        its own in the blocks' dtype, as the representation path does; its update is
+        ``(scale w) @ J`` block by block. An aggregator that declares itself ``columnwise``
+        (GradDrop) runs on column chunks. Any other aggregator gets the whole scaled matrix."""
+        from torchjd.aggregation import WeightedAggregator
+
+        aggregator, scale = self.aggregator, self.scale
+        if self.uses_gramian_only and not _has_hooks(aggregator):
+            work = blocks[0].dtype
+            weights = aggregator.gramian_weighting(  # type: ignore[attr-defined]
+                (gramian * scale**2).to(device=blocks[0].device, dtype=work)
+            )
+            return weights, combine(weights.to(work) * scale, blocks)
+        if scale != 1.0:
+            for block in blocks:
+                block.mul_(scale)
+        if getattr(aggregator, "columnwise", False) and blocks[0].device.type == "cpu":
+            # chunk by chunk draws the same random numbers as one draw on the CPU (one
+            # generator, consumed in order); elsewhere the whole matrix below
+            return None, columnwise(aggregator, blocks)
+        matrix = torch.cat(blocks, dim=1)
+        sizes = [block.shape[1] for block in blocks]
+        del blocks[:]  # the matrix replaces them
+        if not isinstance(aggregator, WeightedAggregator):
+            return None, list(aggregator(matrix).split(sizes))
+        captured: list[Tensor] = []
+        # the weights after every hook of the aggregator's weighting (as torchjd's
+        # jac_to_grad captures them)
+        handle = aggregator.weighting.register_forward_hook(
+            lambda _m, _i, out: captured.append(out)
+        )
+        try:
+            direction = aggregator(matrix)
+        finally:
+            handle.remove()
+        return captured[-1], list(direction.split(sizes))
 
     def _combine_representation_gradients(
         self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
@@ -392,6 +447,12 @@ class GradientBalancer(LossBalancer):
                 _set_path(self.aggregator, path, entry.get("value"))
         if self.aggregation.restored is not None:
             self.aggregation.restored(self.aggregator)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Hooks on an aggregator or its weighting (they must see the aggregator's own call)."""
+    found = [module, getattr(module, "weighting", None), getattr(module, "gramian_weighting", None)]
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in found)
 
 
 def _average_grads(params: Sequence[nn.Parameter]) -> None:
