@@ -27,28 +27,35 @@ def test_parameter_jacobian_is_the_closed_form_of_a_linear_layer(monkeypatch):
     x = torch.randn(6, 5, dtype=torch.float64)
     features = layer(x)
     v = torch.randn(3, 6, 4, dtype=torch.float64)  # K = 3 rows
-    blocks = jacobian.parameter_jacobian([features], [v], [layer.weight, layer.bias, unused])
+    parts = jacobian.parameter_jacobian([features], [v], [layer.weight, layer.bias, unused])
     for k in range(3):
         # float64 sums of the same products in another order: ~1e-15 relative
-        torch.testing.assert_close(blocks[0][k], (v[k].T @ x).reshape(-1), rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(blocks[1][k], v[k].sum(0), rtol=1e-12, atol=1e-14)
-    assert blocks[2].abs().sum() == 0
-    gram = jacobian.gram_matrix(blocks)
-    whole = torch.cat(blocks, dim=1)
+        expected = (v[k].T @ x).reshape(-1)
+        torch.testing.assert_close(parts[0][k], expected, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(parts[1][k], v[k].sum(0), rtol=1e-12, atol=1e-14)
+        assert parts[2][k].abs().sum() == 0
+    whole = torch.cat(jacobian.stacked([list(rows) for rows in parts]), dim=1)
+    assert whole.shape == (3, 4 * 5 + 4 + 3)
+    gram = jacobian.gram_matrix(parts)
     assert gram.dtype == torch.float64
     torch.testing.assert_close(gram, whole @ whole.T, rtol=1e-12, atol=1e-14)
+    # the update of weights w: sum_k w_k row_k per parameter
+    w = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    for got, want in zip(jacobian.combine(w, parts), (w @ whole).split([20, 4, 3]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
 
-def test_the_gram_matrix_of_float32_blocks_is_float64_exact(monkeypatch):
-    """Chunks multiplied in float64: the float64 Gram matrix of the float32 entries, to
-    float64 rounding (a float32 product would be off by ~1e-7 relative)."""
+def test_the_gram_matrix_of_float32_rows(monkeypatch):
+    """float32 products per chunk of 1000 columns, summed in float64: within 1e-6
+    relative of the float64 Gram matrix (a chunk's float32 dot products err by ~1e-7
+    relative; the bound leaves a factor 10 for the blocked summation)."""
     monkeypatch.setattr(jacobian, "CHUNK", 1000)
     torch.manual_seed(1)
-    blocks = [torch.randn(2, n) for n in (4000, 333, 1)]
-    whole = torch.cat(blocks, dim=1).double()
-    torch.testing.assert_close(
-        jacobian.gram_matrix(blocks), whole @ whole.T, rtol=1e-13, atol=1e-12
-    )
+    parts = [[torch.randn(n) + 0.1 for _ in range(2)] for n in (4000, 333, 1)]
+    whole = torch.cat(jacobian.stacked([list(rows) for rows in parts]), dim=1).double()
+    expected = whole @ whole.T
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(jacobian.gram_matrix(parts), expected, rtol=1e-6, atol=1e-6 * scale)
 
 
 def _graddrop_matrix(k: int, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -114,3 +121,26 @@ def test_a_second_backward_adds_to_the_gradients(method):
     for p, g in zip(layer.parameters(), once, strict=True):
         # g + g in float64 is exact
         torch.testing.assert_close(p.grad, 2 * g, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("method", ["mean", "mgda", "pcgrad"])
+def test_parameters_that_share_their_gradient_each_get_the_update(method):
+    """representation = p1 + p2: autograd hands out one tensor as both gradients; each
+    parameter still gets the whole update (the same as a parameter alone would)."""
+    p1 = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    p2 = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    alone = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    matrix = torch.tensor([[1.0, -2.0, 0.5], [-1.0, 0.5, 2.0]], dtype=torch.float64)
+
+    def run(params, representation) -> None:
+        cut = representation.detach().requires_grad_()
+        torch.manual_seed(0)  # PCGrad's order
+        build_balancer(method, tasks=TASKS).backward(
+            matrix @ cut, [representation], [cut], params, []
+        )
+
+    run([p1, p2], p1 + p2)
+    run([alone], alone * 1.0)
+    # float64 sums of the same few terms: equal to rounding
+    torch.testing.assert_close(p1.grad, alone.grad, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(p2.grad, alone.grad, rtol=1e-14, atol=1e-15)

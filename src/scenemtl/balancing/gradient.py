@@ -67,6 +67,7 @@ from scenemtl.balancing.jacobian import (
     combine,
     gram_matrix,
     parameter_jacobian,
+    stacked,
 )
 from scenemtl.errors import UserError
 
@@ -325,45 +326,50 @@ class GradientBalancer(LossBalancer):
     def _combine_parameter_gradients(
         self, representation: list[Tensor], at_cut: Sequence[Tensor], shared: list[nn.Parameter]
     ) -> tuple[Tensor | None, Tensor]:
-        """The Jacobian with respect to ``shared`` in blocks (:mod:`~scenemtl.balancing.
-        jacobian`), averaged over processes, aggregated into the ``.grad`` of ``shared``."""
+        """The Jacobian with respect to ``shared`` per parameter (:mod:`~scenemtl.
+        balancing.jacobian`), averaged over processes, aggregated into the ``.grad`` of
+        ``shared``."""
         # under autocast the representation may be bf16 while the losses are float32
         at_cut = [j.to(r.dtype) for j, r in zip(at_cut, representation, strict=True)]
         # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
         # ("expected scalar type BFloat16 but found Float"), and on CPU it runs the same
         # convolutions (docs/balancing.md, "Where the time goes").
-        blocks = parameter_jacobian(representation, at_cut, shared)
-        for block in blocks:
-            all_reduce_mean(block)
-        gramian = gram_matrix(blocks)
-        weights, parts = self._aggregate(blocks, gramian)
-        add_to_grads(parts, shared)
+        parts = parameter_jacobian(representation, at_cut, shared)
+        for rows in parts:
+            for row in rows:
+                all_reduce_mean(row)
+        gramian = gram_matrix(parts)
+        weights, update = self._aggregate(parts, gramian)
+        add_to_grads(update, shared)
         return (None if weights is None else weights * self.scale), gramian
 
     def _aggregate(
-        self, blocks: list[Tensor], gramian: Tensor
+        self, parts: list[list[Tensor]], gramian: Tensor
     ) -> tuple[Tensor | None, list[Tensor]]:
-        """The aggregator on ``scale * J``, ``J`` the blocks [K, m_b] side by side with
-        float64 Gram matrix ``gramian`` [K, K]: (its weights [K], or None where it does
-        not combine rows linearly; the update, one [m_b] per block).
+        """The aggregator on ``scale * J``, ``J`` the parameters' rows side by side
+        (:func:`~scenemtl.balancing.jacobian.parameter_jacobian`) with Gram matrix
+        ``gramian`` [K, K] (float64): (its weights [K], or None where it does not combine
+        rows linearly; the update, one flat tensor per parameter).
 
-        A Gram-based aggregator gets the float64 ``gramian`` (scaled) instead of computing
-        its own in the blocks' dtype, as the representation path does; its update is
-        ``(scale w) @ J`` block by block. An aggregator that declares itself ``columnwise``
-        (GradDrop) runs on column chunks. Any other aggregator gets the whole scaled matrix."""
+        A Gram-based aggregator gets ``gramian`` (scaled) instead of computing its own from
+        the whole matrix, as the representation path does; its update is ``sum_k scale w_k
+        row_k`` parameter by parameter. An aggregator that declares itself ``columnwise``
+        (GradDrop) runs on column chunks of the stacked rows. Any other aggregator gets
+        the whole scaled matrix."""
         from torchjd.aggregation import WeightedAggregator
 
         aggregator, scale = self.aggregator, self.scale
+        first = parts[0][0]
         if self.uses_gramian_only and not _has_hooks(aggregator):
-            work = blocks[0].dtype
             weights = aggregator.gramian_weighting(  # type: ignore[attr-defined]
-                (gramian * scale**2).to(device=blocks[0].device, dtype=work)
+                (gramian * scale**2).to(device=first.device, dtype=first.dtype)
             )
-            return weights, combine(weights.to(work) * scale, blocks)
+            return weights, combine(weights.to(first.dtype) * scale, parts)
+        blocks = stacked(parts)
         if scale != 1.0:
             for block in blocks:
                 block.mul_(scale)
-        if getattr(aggregator, "columnwise", False) and blocks[0].device.type == "cpu":
+        if getattr(aggregator, "columnwise", False) and first.device.type == "cpu":
             # chunk by chunk draws the same random numbers as one draw on the CPU (one
             # generator, consumed in order); elsewhere the whole matrix below
             return None, columnwise(aggregator, blocks)

@@ -3,21 +3,24 @@
 :class:`~scenemtl.balancing.gradient.GradientBalancer` with ``wrt: parameters`` needs the
 Jacobian ``J`` [K, n] of the task losses with respect to the ``n`` shared parameters, its
 Gram matrix ``J J^T`` and an update [n] made from it. ``J`` is kept here as one block
-[K, numel] per parameter, never as one [K, n] matrix unless an aggregator needs it whole:
+per parameter (K flat rows), never as one [K, n] matrix unless an aggregator needs it
+whole:
 
 * one [K, n] float32 matrix is ~100 MB for a ResNet-18 and two tasks; an allocation that
   large is fresh memory from the system at every step (glibc serves blocks above 32 MB
   with mmap and returns them), and touching it for the first time costs as much as the
   copy into it. Blocks of parameter size are reused from the heap, as autograd's own
   gradients are;
-* each block is written once, from the per-task gradients of one backward pass per task
+* the rows are autograd's gradients of one backward pass per task
   (:func:`parameter_jacobian`, the same ``torch.autograd.grad`` calls as torchjd's
-  ``jac(..., parallel_chunk_size=1)``), instead of torchjd's concatenations per
-  parameter, again for the whole matrix, and a float64 copy for the Gram matrix;
-* the Gram matrix is summed over column chunks (:func:`gram_matrix`), the update of a
-  Gram-based aggregator is ``w @ J`` per block (:func:`combine`), and an aggregator that
-  works column by column (GradDrop) runs on column chunks that stay in cache
-  (:func:`columnwise`).
+  ``jac(..., parallel_chunk_size=1)``), not copied: torchjd concatenates them per
+  parameter, again into the whole matrix, and the Gram matrix was computed from a float64
+  copy of it;
+* the Gram matrix is summed over column chunks that stay in cache (:func:`gram_matrix`),
+  the update of a Gram-based aggregator is ``sum_k w_k row_k`` written into the first row
+  (:func:`combine`); an aggregator that needs the rows as a matrix gets them stacked per
+  parameter (:func:`stacked`), and one that works column by column (GradDrop) runs on
+  column chunks (:func:`columnwise`).
 
 docs/balancing.md ("Where the time goes") has the profile behind these choices.
 """
@@ -36,7 +39,7 @@ its temporaries stay in the core's cache."""
 
 def parameter_jacobian(
     outputs: Sequence[Tensor], jac_outputs: Sequence[Tensor], params: Sequence[Tensor]
-) -> list[Tensor]:
+) -> list[list[Tensor]]:
     """The rows ``jac_outputs[.][k]`` backpropagated through ``outputs`` into ``params``,
     one backward pass per row (the graph is freed after the last one).
 
@@ -47,12 +50,17 @@ def parameter_jacobian(
             touched).
 
     Returns:
-        one block [K, numel] per parameter: row k of the block of ``p`` is the gradient
-        of ``sum_o <jac_outputs[o][k], outputs[o]>`` with respect to ``p``, flattened
-        (zeros where ``p`` does not reach ``outputs``).
+        per parameter ``p``, its K rows, each flat [numel]: row k is the gradient of
+        ``sum_o <jac_outputs[o][k], outputs[o]>`` with respect to ``p`` (zeros where
+        ``p`` does not reach ``outputs``). The rows are autograd's own tensors (copied
+        only where one would share memory with another row or a ``jac_outputs``).
     """
     k = int(jac_outputs[0].shape[0])
-    blocks = [torch.empty(k, p.numel(), dtype=p.dtype, device=p.device) for p in params]
+    parts: list[list[Tensor]] = [[] for _ in params]
+    # autograd may hand out one tensor as the gradient of two parameters (p1 + p2) or a
+    # view of a grad_output (p.view(...)); :func:`combine` writes into the rows, so a
+    # row whose memory is already someone's is copied
+    taken = {j.untyped_storage().data_ptr() for j in jac_outputs}
     for i in range(k):
         grads = torch.autograd.grad(
             list(outputs),
@@ -61,32 +69,55 @@ def parameter_jacobian(
             retain_graph=i < k - 1,
             allow_unused=True,
         )
-        for block, g in zip(blocks, grads, strict=True):
+        for rows, g, p in zip(parts, grads, params, strict=True):
             if g is None:
-                block[i].zero_()
-            else:
-                block[i].copy_(g.reshape(-1))
-    return blocks
+                rows.append(torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
+                continue
+            if g.untyped_storage().data_ptr() in taken:
+                g = g.clone()
+            taken.add(g.untyped_storage().data_ptr())
+            rows.append(g.reshape(-1))
+    return parts
 
 
-def gram_matrix(blocks: Sequence[Tensor]) -> Tensor:
-    """``J J^T`` [K, K] float64 on the CPU of ``J`` = the blocks [K, m_b] side by side.
+def gram_matrix(parts: Sequence[Sequence[Tensor]]) -> Tensor:
+    """``J J^T`` [K, K] float64 on the CPU of ``J`` = the parameters' rows
+    (:func:`parameter_jacobian`) side by side.
 
-    Each chunk of :data:`CHUNK` columns is multiplied in float64 (a float64 copy of one
-    chunk at a time, not of the whole Jacobian) and the chunks' products are summed: the
-    result is the float64 Gram matrix up to float64 rounding."""
-    k = int(blocks[0].shape[0])
-    gramian = torch.zeros(k, k, dtype=torch.float64, device=blocks[0].device)
-    for block in blocks:
-        for start in range(0, block.shape[1], CHUNK):
-            chunk = block[:, start : start + CHUNK].double()
-            gramian.addmm_(chunk, chunk.T)
+    Per chunk of :data:`CHUNK` columns the K rows are stacked (in cache) and multiplied in
+    their dtype; the chunks' products are summed in float64. A float32 product over 65536
+    columns is accurate to ~1e-7 relative (a float32 Gram matrix of the whole matrix, as
+    torchjd computes it, sums n ~ 1e7 terms in float32)."""
+    first = parts[0][0]
+    k = len(parts[0])
+    gramian = torch.zeros(k, k, dtype=torch.float64, device=first.device)
+    for rows in parts:
+        for start in range(0, rows[0].numel(), CHUNK):
+            chunk = torch.stack([r[start : start + CHUNK] for r in rows])
+            gramian += (chunk @ chunk.T).double()
     return gramian.cpu()
 
 
-def combine(weights: Tensor, blocks: Sequence[Tensor]) -> list[Tensor]:
-    """``weights @ J`` per block: [K] and blocks [K, m_b] -> one [m_b] per block."""
-    return [weights.to(block.dtype) @ block for block in blocks]
+def combine(weights: Tensor, parts: list[list[Tensor]]) -> list[Tensor]:
+    """``sum_k weights[k] * row_k`` per parameter, into its first row (in place: the rows
+    are not used afterwards). [K] weights -> one [numel] per parameter."""
+    w = [float(v) for v in weights]
+    out = []
+    for rows in parts:
+        vector = rows[0].mul_(w[0])
+        for wk, row in zip(w[1:], rows[1:], strict=True):
+            vector.add_(row, alpha=wk)
+        out.append(vector)
+    return out
+
+
+def stacked(parts: list[list[Tensor]]) -> list[Tensor]:
+    """The rows of each parameter as one block [K, numel] (the rows are released)."""
+    blocks = []
+    for rows in parts:
+        blocks.append(torch.stack(rows))
+        rows.clear()
+    return blocks
 
 
 def columnwise(aggregate: Callable[[Tensor], Tensor], blocks: Sequence[Tensor]) -> list[Tensor]:
