@@ -9,9 +9,8 @@ temporaries; per column it needs two sums, one draw and a sign test per entry. T
 class computes the same numbers (the same draws from the same generator, the same float
 operations on every kept entry) with about half the passes, and declares itself
 ``columnwise`` so that :mod:`scenemtl.balancing.jacobian` can run it on column chunks
-that stay in cache. With the default ``f`` (identity) and no ``leak``, as scenemtl
-builds it, the result is torchjd's to float rounding of nothing (tests/balancing/
-test_graddrop.py compares them); a ``leak`` or ``f`` goes through the same formula.
+that stay in cache. The result is torchjd's (the same entries kept, summed in the same
+order), with or without a ``leak``; tests/balancing/test_jacobian.py compares them.
 """
 
 from __future__ import annotations
