@@ -1,6 +1,7 @@
-"""Plot docs/demo-budget/curve.csv (the demo's validation metrics against training cost)
-and the predicted wall time of `make demo` on the issue's 2-core AMD machine against the
-number of training steps, into docs/demo-budget/curve.png.
+"""Plot docs/demo-budget/curve.csv (the demo's validation metrics against training cost),
+the short runs of docs/demo-budget/budget_runs.csv, and the predicted wall time of
+`make demo` on the issue's 2-core AMD machine against the number of training steps, into
+docs/demo-budget/curve.png.
 
     python scripts/demo_budget_plot.py
 """
@@ -26,21 +27,31 @@ def demo_minutes(steps: int, images: int) -> float:
     return (steps * STEP_S + images / RENDER_RATE + FIXED_S) / 60
 
 
+def _rows(name: str) -> list[dict[str, str]]:
+    text = (HERE / name).read_text().splitlines()
+    return list(csv.DictReader([line for line in text if line and not line.startswith("#")]))
+
+
 def main() -> None:
-    lines = [
-        line for line in (HERE / "curve.csv").read_text().splitlines() if not line.startswith("#")
-    ]
-    rows = list(csv.DictReader(lines))
+    rows = _rows("curve.csv")
     steps = [int(r["steps"]) for r in rows]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     ax.plot(steps, [float(r["semseg_iou"]) for r in rows], "o-", label="semseg mean IoU (%)")
     ax.plot(steps, [float(r["depth_silog"]) for r in rows], "s-", label="depth SI-logRMSE (x100)")
     ax.plot(steps, [float(r["grader"]) for r in rows], "^-", label="grader")
+    runs: dict[str, list[dict[str, str]]] = {}
+    for r in _rows("budget_runs.csv"):
+        runs.setdefault(r["run"], []).append(r)
+    for name, points in runs.items():
+        xs = [int(r["steps"]) for r in points]
+        for key, marker in (("semseg_iou", "o"), ("depth_silog", "s"), ("grader", "^")):
+            ax.plot(xs, [float(r[key]) for r in points], marker + ":", color="black", ms=4)
+        ax.annotate(name, (xs[-1], float(points[-1]["semseg_iou"])), fontsize=7)
     for x, name in ((500, "new budget"), (2500, "old budget")):
         ax.axvline(x, color="gray", ls="--")
         ax.text(x, 46, name, rotation=90, va="top", ha="right", fontsize=8)
     ax.set_xlabel("training steps (batch 8, 128x128 crops)")
-    ax.set_title("validation after each epoch of the old 10-epoch run")
+    ax.set_title("validation per epoch: old run (colour), short runs (black)")
     ax.legend(fontsize=8)
     ax.set_ylim(0, 47)
     grid = list(range(0, 2751, 125))
