@@ -37,20 +37,31 @@ def test_a_config_that_is_not_a_demo_config_is_one_line(tmp_path):
         demo_plan(bad)
 
 
-def test_the_estimate_scales_the_probe(tmp_path, monkeypatch):
+def test_the_estimate_scales_the_probes(tmp_path, monkeypatch):
     params = SynthParams(train=100, val=20, test=10)
     root = tmp_path / "data"
-    root.mkdir()
-    (root / "dataset.json").write_text("{}")  # cached: no rendering
     monkeypatch.setattr(DemoPlan, "root", property(lambda self: root))
     plan = DemoPlan(CONFIG, params, epochs=3, batch_size=8, val_batch_size=16, crop=None, net={})
-    got = estimate(plan, probe=lambda p: (0.5, 2.0))
+
+    def network(plan):
+        return 0.5, 2.0
+
+    got = estimate(plan, probe=network, render_probe=lambda p: 0.25, cores=2)
     val_batches, test_batches = math.ceil(20 / 16), math.ceil(10 / 16)
-    per_epoch = (100 // 8) * 0.5 * demo.TRAIN_OVERHEAD + val_batches * 2.0
-    assert got.render == 0
-    assert got.train == pytest.approx(demo.STARTUP_S + 3 * per_epoch + test_batches * 2.0)
-    assert got.test == pytest.approx(demo.STARTUP_S + test_batches * 2.0)
+    per_epoch = (100 // 8) * 0.5 + val_batches * 2.0
+    cpu_fit = demo.STARTUP_CPU_S + 3 * per_epoch + test_batches * 2.0
+    cpu_test = demo.STARTUP_CPU_S + test_batches * 2.0
+    assert got.render == pytest.approx(130 * 0.25 * demo.RENDER_OVERHEAD / 2)
+    assert got.train == pytest.approx(cpu_fit / demo.THREAD_SPEEDUP)
+    assert got.test == pytest.approx(cpu_test / demo.THREAD_SPEEDUP)
     assert got.total == pytest.approx(got.render + got.train + got.test)
+    # cached: nothing to render (and the generator is not probed)
+    root.mkdir()
+    (root / "dataset.json").write_text("{}")
+    cached = estimate(plan, probe=network, render_probe=lambda p: 1 / 0, cores=2)
+    assert cached.render == 0
+    # one core: no second thread
+    assert estimate(plan, probe=network, cores=1).train == pytest.approx(cpu_fit)
 
 
 @pytest.mark.parametrize(

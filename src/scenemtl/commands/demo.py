@@ -2,17 +2,17 @@
 
 The demo renders the procedural dataset its config trains on (``data.train_limit``
 training images, the default validation and test splits; cached after the first run),
-trains the config and tests it. Before it starts, :func:`estimate` times this machine:
-the generator on a few images (its measured rate, all cores) and the demo network on two
-training steps and one validation batch (a short probe, a few seconds), and scales them
-to the run. The factors in :data:`TRAIN_OVERHEAD` and :data:`STARTUP_S` cover what the
-probe does not run (data loading sharing the cores, logging, Lightning's start) and were
-measured against whole demo runs (docs/synth.md, "The demo's budget").
+trains the config and tests it. Before it starts, :func:`estimate` times this machine in
+CPU time of one thread (a few seconds): the generator on two images and the demo network
+on two training steps and one validation batch, scaled to the run and spread over the
+cores. The probe's CPU per training step matched a whole 500-step run's within ~7 %
+(docs/synth.md, "The demo's budget"); :data:`THREAD_SPEEDUP` is an assumption.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +23,14 @@ from scenemtl.data.procedural import SynthParams, default_root
 from scenemtl.errors import UserError
 from scenemtl.yamlfile import load_yaml_text
 
-TRAIN_OVERHEAD = 1.3
-"""Wall time of a training step in the run / in the probe: the DataLoader's workers
-decode and augment on the same cores, Lightning logs (measured: docs/synth.md)."""
-STARTUP_S = 15.0
-"""Per Lightning command (fit, test): imports, building, the checkpoint's loading."""
+STARTUP_CPU_S = 12.0
+"""CPU seconds of one Lightning command's start (imports, building, checkpoints)."""
+RENDER_OVERHEAD = 1.1
+"""CPU of a rendered image with its JPEG/PNG encoding and writing / rendering alone
+(docs/synth.md: encoding and writing are 2-4 % of an image, the rest ~5 %)."""
+THREAD_SPEEDUP = 1.7
+"""Training's speed-up from one intra-op thread to two on 2 free cores (assumed: the
+convolutions parallelize well, the loader workers take ~1 % of the CPU)."""
 
 
 @dataclass(frozen=True)
@@ -103,35 +106,56 @@ class Estimate:
 
 
 def estimate(
-    plan: DemoPlan, probe: Callable[[DemoPlan], tuple[float, float]] | None = None
+    plan: DemoPlan,
+    probe: Callable[[DemoPlan], tuple[float, float]] | None = None,
+    render_probe: Callable[[SynthParams], float] | None = None,
+    cores: int | None = None,
 ) -> Estimate:
-    """About how long the demo takes on this machine now.
+    """About how long the demo takes on this machine with its cores free.
+
+    The probes measure CPU time of one thread, which other jobs on the machine inflate
+    much less than wall time; the wall time is CPU time spread over the cores (the
+    generator's workers over all of them, training over its two intra-op threads).
 
     Args:
         plan: the demo's work.
-        probe: plan -> (seconds per training step, seconds per validation batch);
-            default :func:`probe_network`.
+        probe: plan -> (CPU seconds per training step, per validation batch), one
+            thread; default :func:`probe_network`.
+        render_probe: params -> CPU seconds per rendered image; default
+            :func:`probe_generator` (not called when the dataset is cached).
+        cores: the machine's cores (default: ``os.cpu_count()``).
     """
+    cores = max(cores or os.cpu_count() or 1, 1)
     render = 0.0
     if not (plan.root / "dataset.json").is_file():
-        from scenemtl.data.procedural import bench
-
         p = plan.params
-        rate = bench(p.size, n=16)
-        render = (p.train + p.val + p.test) / rate
+        per_image = (render_probe or probe_generator)(p) * RENDER_OVERHEAD
+        render = (p.train + p.val + p.test) * per_image / cores
     step_s, val_s = (probe or probe_network)(plan)
     val_batches = math.ceil(plan.params.val / plan.val_batch_size)
     test_batches = math.ceil(plan.params.test / plan.val_batch_size)
-    per_epoch = plan.steps_per_epoch * step_s * TRAIN_OVERHEAD + val_batches * val_s
+    speedup = THREAD_SPEEDUP if cores >= 2 else 1.0
+    per_epoch = plan.steps_per_epoch * step_s + val_batches * val_s
     # fit ends by predicting the test split for submission.zip; test runs it again
-    train = STARTUP_S + plan.epochs * per_epoch + test_batches * val_s
-    test = STARTUP_S + test_batches * val_s
+    train = (STARTUP_CPU_S + plan.epochs * per_epoch + test_batches * val_s) / speedup
+    test = (STARTUP_CPU_S + test_batches * val_s) / speedup
     return Estimate(render=render, train=train, test=test)
 
 
+def probe_generator(params: SynthParams) -> float:
+    """CPU seconds to render one image of ``params`` (two images, one thread)."""
+    from scenemtl.data.procedural import render_sample
+
+    render_sample(params, "train", 0)  # warm-up (noise tiles, imports)
+    start = time.process_time()
+    for i in (1, 2):
+        render_sample(params, "train", i)
+    return (time.process_time() - start) / 2
+
+
 def probe_network(plan: DemoPlan) -> tuple[float, float]:
-    """(seconds per training step, seconds per validation batch) of the demo's network
-    at its batch sizes and input sizes, timed after one warm-up call each."""
+    """(CPU seconds per training step, per validation batch) of the demo's network at
+    its batch sizes and input sizes, with one intra-op thread, after a warm-up call."""
     import torch
 
     from scenemtl.models import ModelConfig, build_model
@@ -156,19 +180,24 @@ def probe_network(plan: DemoPlan) -> tuple[float, float]:
         with torch.no_grad():
             net(xv)
 
-    net.train()
-    step_s = _seconds(step, 2)
-    net.eval()
-    val_s = _seconds(validate, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net.train()
+        step_s = _cpu_seconds(step, 2)
+        net.eval()
+        val_s = _cpu_seconds(validate, 1)
+    finally:
+        torch.set_num_threads(threads)
     return step_s, val_s
 
 
-def _seconds(fn: Callable[[], None], calls: int) -> float:
+def _cpu_seconds(fn: Callable[[], None], calls: int) -> float:
     fn()
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (time.process_time() - start) / calls
 
 
 def minutes(seconds: float) -> str:
