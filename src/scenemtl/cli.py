@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -124,20 +125,29 @@ def cmd_data_cityscapes(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (cached) + check + stats, train the demo config, test, print the table."""
+    from scenemtl.commands.demo import demo_plan, estimate, minutes
     from scenemtl.commands.lightning import run_lightning_cli
     from scenemtl.data.check import check_dataset
-    from scenemtl.data.procedural import SynthParams, cached_dataset, default_root
+    from scenemtl.data.procedural import cached_dataset
     from scenemtl.data.stats import format_stats, write_stats
     from scenemtl.reporting.runs import format_best, summarize_run
 
     config = Path(args.config)
     if not config.is_file():
         raise UserError(f"demo config {config} not found (run `make demo` from the repository)")
+    plan = demo_plan(config)
+    print(plan.describe(), flush=True)
+    guess = estimate(plan)
     print(
-        f"[1/5] procedural dataset at {default_root(SynthParams())} (rendered once, then cached)",
+        f"about {minutes(guess.total)} on this machine now (rendering {minutes(guess.render)}, "
+        f"training {minutes(guess.train)}, test {minutes(guess.test)}; from a probe of the "
+        "generator and of two training steps)",
         flush=True,
     )
-    root = cached_dataset()
+    start = time.perf_counter()
+    print(f"[1/5] procedural dataset at {plan.root} (rendered once, then cached)", flush=True)
+    root = cached_dataset(plan.params)
+    rendered = time.perf_counter()
     print("[2/5] integrity check", flush=True)
     problems = check_dataset(root)
     if problems:
@@ -150,14 +160,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("histograms: " + ", ".join(str(p) for p in plots))
     print(f"[4/5] training {config}", flush=True)
     run_root = Path(args.runs)
-    run_lightning_cli(["fit", "--config", str(config), "--run.root", str(run_root)])
+    on_data = ["--config", str(config), "--data.root", str(root), "--run.root", str(run_root)]
+    trained = time.perf_counter()
+    run_lightning_cli(["fit", *on_data])
     run_dir = _newest_run(run_root / config.stem)
     best = run_dir / "checkpoints" / "best.ckpt"
+    tested = time.perf_counter()
     print(f"[5/5] test split with {best}", flush=True)
     # the test logs into a run of its own (<stem>-test): the training run stays as it was
-    run_lightning_cli(
-        ["test", "--config", str(config), "--run.root", str(run_root), "--ckpt_path", str(best)]
-    )
+    run_lightning_cli(["test", *on_data, "--ckpt_path", str(best)])
+    end = time.perf_counter()
     summary = summarize_run(run_dir)
     summary.test = summarize_run(_newest_run(run_root / f"{config.stem}-test")).test
     print()
@@ -166,6 +178,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"TensorBoard:   tensorboard --logdir {run_root}")
     print(f"grade it:      scenemtl grade {run_dir / 'submission.zip'} --gt {root}")
     print(f"all runs:      scenemtl runs {run_root}")
+    print(
+        f"\ndemo took {minutes(end - start)} (dataset {minutes(rendered - start)}, check and "
+        f"statistics {minutes(trained - rendered)}, training {minutes(tested - trained)}, test "
+        f"{minutes(end - tested)}); estimated {minutes(guess.total)}"
+    )
     return 0
 
 

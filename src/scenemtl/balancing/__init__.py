@@ -19,6 +19,7 @@ from scenemtl.balancing.dwa import DynamicWeightAveraging
 from scenemtl.balancing.famo import FAMOWeighting
 from scenemtl.balancing.fixed import FixedWeighting
 from scenemtl.balancing.gls import GeometricLossStrategy
+from scenemtl.balancing.graddrop import GradDrop
 from scenemtl.balancing.gradient import (
     SUM_SCALE,
     Aggregation,
@@ -66,7 +67,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
         Aggregation(exact.CAGrad, {"c": 0.4}, scale=lambda k, o: k / (1 + float(o["c"])))
     ),
     "imtl_g": _gradient(Aggregation("IMTLG")),
-    "graddrop": _gradient(Aggregation("GradDrop", scale=SUM_SCALE)),
+    "graddrop": _gradient(Aggregation(GradDrop, scale=SUM_SCALE)),
     "gradvac": _gradient(
         Aggregation(
             "GradVac",

@@ -71,6 +71,14 @@ from scenemtl.balancing.base import (
     all_reduce_mean,
     distributed_world,
 )
+from scenemtl.balancing.jacobian import (
+    add_to_grads,
+    columnwise,
+    combine,
+    gram_matrix,
+    parameter_jacobian,
+    stacked,
+)
 from scenemtl.errors import UserError
 
 if TYPE_CHECKING:
@@ -118,8 +126,13 @@ class Aggregation:
     task_weights: Callable[[Any], Tensor] | None = None
     subset: Callable[[Any, Any, list[int], int], Callable[[], None]] | None = None
 
+    @property
+    def name(self) -> str:
+        """The aggregator's class name."""
+        return self.aggregator if isinstance(self.aggregator, str) else self.aggregator.__name__
+
     def build(self, num_tasks: int, options: Mapping[str, Any]) -> Aggregator:
-        name = self.aggregator if isinstance(self.aggregator, str) else self.aggregator.__name__
+        name = self.name
         try:
             import torchjd.aggregation as aggregation
 
@@ -193,7 +206,7 @@ class GradientBalancer(LossBalancer):
         self.scale = float(aggregation.scale(num_active, self.options))
         if task_grads == "weighted" and not self.combines_linearly:
             raise UserError(
-                f"{aggregation.aggregator} does not combine the task gradients with weights; "
+                f"{aggregation.name} does not combine the task gradients with weights; "
                 "use weighting_options {task_grads: plain}"
             )
 
@@ -380,25 +393,71 @@ class GradientBalancer(LossBalancer):
         scale: float,
         row_scale: Tensor,
     ) -> tuple[Tensor | None, Tensor]:
-        from torchjd.autojac import jac, jac_to_grad
-
+        """The Jacobian with respect to ``shared`` per parameter (:mod:`~scenemtl.
+        balancing.jacobian`), averaged over processes, aggregated into the ``.grad`` of
+        ``shared``."""
         # under autocast the representation may be bf16 while the losses are float32
         at_cut = [j.to(r.dtype) for j, r in zip(at_cut, representation, strict=True)]
         # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
-        # ("expected scalar type BFloat16 but found Float"), and on CPU it buys little.
-        rows = jac(representation, inputs=shared, jac_outputs=at_cut, parallel_chunk_size=1)
-        m = len(row_scale)
-        gramian = torch.zeros(m, m, dtype=torch.float64)
+        # ("expected scalar type BFloat16 but found Float"), and on CPU it runs the same
+        # convolutions (docs/balancing.md, "Where the time goes").
+        parts = parameter_jacobian(representation, at_cut, shared)
         partial_rows = bool((row_scale != 1).any())
-        for p, j in zip(shared, rows, strict=True):
-            j = all_reduce_mean(j.detach())
-            if partial_rows:  # mean over the processes that have the task
-                j = j * row_scale.to(j).reshape(-1, *([1] * (j.dim() - 1)))
-            flat = j.flatten(1).double()
-            gramian += (flat @ flat.T).cpu()
-            p.jac = j * scale  # type: ignore[attr-defined]
-        weights = jac_to_grad(shared, aggregator)
+        for rows in parts:
+            for k, row in enumerate(rows):
+                all_reduce_mean(row)
+                if partial_rows:  # mean over the processes that have the task
+                    row.mul_(float(row_scale[k]))
+        gramian = gram_matrix(parts)
+        weights, update = self._aggregate(parts, gramian, aggregator, scale)
+        add_to_grads(update, shared)
         return (None if weights is None else weights * scale), gramian
+
+    def _aggregate(
+        self, parts: list[list[Tensor]], gramian: Tensor, aggregator: Aggregator, scale: float
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        """The aggregator on ``scale * J``, ``J`` the parameters' rows side by side
+        (:func:`~scenemtl.balancing.jacobian.parameter_jacobian`) with Gram matrix
+        ``gramian`` [K, K] (float64): (its weights [K], or None where it does not combine
+        rows linearly; the update, one flat tensor per parameter).
+
+        A Gram-based aggregator gets ``gramian`` (scaled) instead of computing its own from
+        the whole matrix, as the representation path does; its update is ``sum_k scale w_k
+        row_k`` parameter by parameter. An aggregator that declares itself ``columnwise``
+        (GradDrop) runs on column chunks of the stacked rows. Any other aggregator gets
+        the whole scaled matrix."""
+        from torchjd.aggregation import WeightedAggregator
+
+        first = parts[0][0]
+        if self.uses_gramian_only and not _has_hooks(aggregator):  # a subset's is the same class
+            weights = aggregator.gramian_weighting(  # type: ignore[attr-defined]
+                (gramian * scale**2).to(device=first.device, dtype=first.dtype)
+            )
+            return weights, combine(weights.to(first.dtype) * scale, parts)
+        blocks = stacked(parts)
+        if scale != 1.0:
+            for block in blocks:
+                block.mul_(scale)
+        if getattr(aggregator, "columnwise", False) and first.device.type == "cpu":
+            # chunk by chunk draws the same random numbers as one draw on the CPU (one
+            # generator, consumed in order); elsewhere the whole matrix below
+            return None, columnwise(aggregator, blocks)
+        matrix = torch.cat(blocks, dim=1)
+        sizes = [block.shape[1] for block in blocks]
+        del blocks[:]  # the matrix replaces them
+        if not isinstance(aggregator, WeightedAggregator):
+            return None, list(aggregator(matrix).split(sizes))
+        captured: list[Tensor] = []
+        # the weights after every hook of the aggregator's weighting (as torchjd's
+        # jac_to_grad captures them)
+        handle = aggregator.weighting.register_forward_hook(
+            lambda _m, _i, out: captured.append(out)
+        )
+        try:
+            direction = aggregator(matrix)
+        finally:
+            handle.remove()
+        return captured[-1], list(direction.split(sizes))
 
     def _combine_representation_gradients(
         self,
@@ -471,6 +530,12 @@ class GradientBalancer(LossBalancer):
                 _set_path(self.aggregator, path, entry.get("value"))
         if self.aggregation.restored is not None:
             self.aggregation.restored(self.aggregator)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Hooks on an aggregator or its weighting (they must see the aggregator's own call)."""
+    found = [module, getattr(module, "weighting", None), getattr(module, "gramian_weighting", None)]
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in found)
 
 
 def _average_grads(params: Sequence[nn.Parameter]) -> None:

@@ -1,0 +1,146 @@
+"""The Jacobian machinery of gradient-level methods (balancing/jacobian.py) and the lean
+GradDrop (balancing/graddrop.py) against independent answers: the closed-form Jacobian
+of a linear layer, the Gram matrix of the whole matrix, torchjd's own GradDrop with the
+same random draws."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchjd.aggregation import GradDrop as TorchjdGradDrop
+
+from scenemtl.balancing import build_balancer, jacobian
+from scenemtl.balancing.graddrop import GradDrop
+from scenemtl.tasks import build_tasks, legacy_task_specs
+
+TASKS = build_tasks(legacy_task_specs())
+
+
+def test_parameter_jacobian_is_the_closed_form_of_a_linear_layer(monkeypatch):
+    """features = x W^T + b: the row of <V_k, features> is (V_k^T x, sum V_k); a
+    parameter that does not reach the features gets zeros."""
+    monkeypatch.setattr(jacobian, "CHUNK", 7)
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 4).double()
+    unused = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    x = torch.randn(6, 5, dtype=torch.float64)
+    features = layer(x)
+    v = torch.randn(3, 6, 4, dtype=torch.float64)  # K = 3 rows
+    parts = jacobian.parameter_jacobian([features], [v], [layer.weight, layer.bias, unused])
+    for k in range(3):
+        # float64 sums of the same products in another order: ~1e-15 relative
+        expected = (v[k].T @ x).reshape(-1)
+        torch.testing.assert_close(parts[0][k], expected, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(parts[1][k], v[k].sum(0), rtol=1e-12, atol=1e-14)
+        assert parts[2][k].abs().sum() == 0
+    whole = torch.cat(jacobian.stacked([list(rows) for rows in parts]), dim=1)
+    assert whole.shape == (3, 4 * 5 + 4 + 3)
+    gram = jacobian.gram_matrix(parts)
+    assert gram.dtype == torch.float64
+    torch.testing.assert_close(gram, whole @ whole.T, rtol=1e-12, atol=1e-14)
+    # the update of weights w: sum_k w_k row_k per parameter
+    w = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    for got, want in zip(jacobian.combine(w, parts), (w @ whole).split([20, 4, 3]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_the_gram_matrix_of_float32_rows(monkeypatch):
+    """float32 products per chunk of 1000 columns, summed in float64: within 1e-6
+    relative of the float64 Gram matrix (a chunk's float32 dot products err by ~1e-7
+    relative; the bound leaves a factor 10 for the blocked summation)."""
+    monkeypatch.setattr(jacobian, "CHUNK", 1000)
+    torch.manual_seed(1)
+    parts = [[torch.randn(n) + 0.1 for _ in range(2)] for n in (4000, 333, 1)]
+    whole = torch.cat(jacobian.stacked([list(rows) for rows in parts]), dim=1).double()
+    expected = whole @ whole.T
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(jacobian.gram_matrix(parts), expected, rtol=1e-6, atol=1e-6 * scale)
+
+
+def _graddrop_matrix(k: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    torch.manual_seed(k * 100 + n)
+    matrix = torch.randn(k, n, dtype=dtype)
+    matrix[:, 0] = 0  # 0 / 0 purity: nothing kept
+    matrix[0, 1] = 0  # an exact zero entry
+    matrix[:, 2] = matrix[0, 2].abs()  # one sign only: purity 1
+    return matrix
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("leak", [None, [0.25, 0.0, 1.0, 0.5, 0.1]])
+def test_graddrop_is_torchjds_with_the_same_draws(k, dtype, leak):
+    matrix = _graddrop_matrix(k, 300, dtype)
+    leak_t = None if leak is None else torch.tensor(leak[:k], dtype=dtype)
+    torch.manual_seed(7)
+    expected = TorchjdGradDrop(leak=leak_t)(matrix)
+    torch.manual_seed(7)
+    got = GradDrop(leak=leak_t)(matrix)
+    # the same entries kept (exact comparisons) and summed in the same order; only the
+    # sign of a zero may differ. One ulp of tolerance.
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(got, expected, rtol=eps, atol=eps)
+
+
+def test_graddrop_by_column_chunks_is_graddrop_of_the_whole_matrix(monkeypatch):
+    """The balancer runs GradDrop on chunks of columns of each parameter's block: on the
+    CPU the draws of the chunks are the draws of one call, so the update is torchjd's on
+    the whole matrix."""
+    monkeypatch.setattr(jacobian, "CHUNK", 16)
+    matrix = _graddrop_matrix(2, 500, torch.float32)
+    blocks = [b.contiguous() for b in matrix.split([100, 1, 250, 149], dim=1)]
+    torch.manual_seed(3)
+    expected = TorchjdGradDrop()(matrix)
+    torch.manual_seed(3)
+    got = torch.cat(jacobian.columnwise(GradDrop(), blocks))
+    eps = torch.finfo(torch.float32).eps  # as above: one ulp
+    torch.testing.assert_close(got, expected, rtol=eps, atol=eps)
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "graddrop"])
+def test_a_second_backward_adds_to_the_gradients(method):
+    """Gradient accumulation: without zeroing, the second step's update adds to the
+    first's (the update is set as .grad views on the first step, added after)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 4).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+
+    def step(balancer) -> None:
+        feature = layer(x)
+        cut = feature.detach().requires_grad_()
+        losses = torch.stack([cut[:, :2].pow(2).sum(), (cut[:, 2:] - 1).pow(2).sum()])
+        balancer.backward(losses, [feature], [cut], list(layer.parameters()), [])
+
+    balancer = build_balancer(method, tasks=TASKS)
+    torch.manual_seed(1)
+    step(balancer)
+    once = [p.grad.clone() for p in layer.parameters()]
+    torch.manual_seed(1)  # the same draws again (GradDrop, PCGrad's order)
+    step(balancer)
+    for p, g in zip(layer.parameters(), once, strict=True):
+        # g + g in float64 is exact
+        torch.testing.assert_close(p.grad, 2 * g, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("method", ["mean", "mgda", "pcgrad"])
+def test_parameters_that_share_their_gradient_each_get_the_update(method):
+    """representation = p1 + p2: autograd hands out one tensor as both gradients; each
+    parameter still gets the whole update (the same as a parameter alone would)."""
+    p1 = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    p2 = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    alone = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    matrix = torch.tensor([[1.0, -2.0, 0.5], [-1.0, 0.5, 2.0]], dtype=torch.float64)
+
+    def run(params, representation) -> None:
+        cut = representation.detach().requires_grad_()
+        torch.manual_seed(0)  # PCGrad's order
+        build_balancer(method, tasks=TASKS).backward(
+            matrix @ cut, [representation], [cut], params, []
+        )
+
+    run([p1, p2], p1 + p2)
+    run([alone], alone * 1.0)
+    # float64 sums of the same few terms: equal to rounding
+    torch.testing.assert_close(p1.grad, alone.grad, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(p2.grad, alone.grad, rtol=1e-14, atol=1e-15)
