@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from scenemtl.cli import main
 from scenemtl.engine.interrupts import interrupts_raise
-from tests.helpers import REPO, tiny_config, write_random_dataset
+from tests.helpers import REPO, slow_fixture, tiny_config, write_random_dataset
 
 # --------------------------------------------------------------------------------------
 # in process
@@ -85,7 +85,7 @@ def test_a_real_trainer_interrupted_raises_and_restores_sigint(caplog) -> None:
 # real processes
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(a config whose val split takes a few seconds, a checkpoint of it: one step)."""
     from scenemtl.data.stats import write_stats

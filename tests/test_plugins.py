@@ -136,9 +136,11 @@ from scenemtl.balancing.base import LossBalancer
 
 
 class FirstTwice(LossBalancer):
-    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def combine(self, losses: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
         weights = self.base_weights.to(losses.dtype).clone()
         weights[0] = 2 * weights[0]
+        if present is not None:  # a task without labels in this batch counts 0
+            weights = weights * present.to(weights)
         return (weights * losses).sum(), weights
 '''
 
