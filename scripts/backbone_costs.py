@@ -45,7 +45,7 @@ ARCHS = ("joint", "branched", "invpt")
 """invpt only where it is registered (helper branch "wiring")."""
 SIZES = ((256, 512), (448, 576))
 LATENCY_SIZE = (256, 512)
-PENDING = "pending (coordinator measures idle)"
+PENDING = "not measured yet"
 
 
 def latency_ms(
