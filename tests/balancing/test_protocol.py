@@ -34,10 +34,11 @@ def batch():
     }
 
 
-def engine_step(net, method: str, monitor: bool, **options):
-    """One step the way engine/module.py runs it: (grads, result)."""
+def engine_step(net, method: str, monitor: bool, weights=WEIGHTS, **options):
+    """One step the way engine/module.py runs it: (grads, zeros where a parameter got
+    none; result)."""
     net.zero_grad(set_to_none=True)
-    crit = MultiTaskLoss(TASKS, build_balancer(method, WEIGHTS, tasks=TASKS, **options))
+    crit = MultiTaskLoss(TASKS, build_balancer(method, weights, tasks=TASKS, **options))
     b = batch()
     shared = net.shared_forward(b["image"])
     cut = crit.weighting.cut(shared)
@@ -49,7 +50,8 @@ def engine_step(net, method: str, monitor: bool, **options):
         monitor=monitor,
     )
     result = crit.weighting.backward_step(out.total, step, net)
-    return [p.grad.clone() for p in net.parameters()], result
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()]
+    return grads, result
 
 
 def reference(net):

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from scenemtl.balancing import BALANCING_METHODS, accepted_options, build_balancer
-from scenemtl.balancing.base import TrainingStep
 from scenemtl.errors import UserError
-from scenemtl.losses import MultiTaskLoss
 from scenemtl.models import ARCHITECTURES, ModelConfig, build_model
 from scenemtl.models.invpt import AUTHORS_DIMS, InvPTNet, InvPTOptions
 from scenemtl.models.registry import check_config
@@ -135,7 +133,10 @@ def test_the_sum_of_methods_is_the_weighted_sum_over_the_shared_part() -> None:
 def test_one_training_step_with_every_balancing_method(method: str) -> None:
     net = _engine_net()
     before = [p.detach().clone() for p in net.parameters()]
-    grads = _engine_step(net, method)
+    from tests.balancing.test_protocol import engine_step
+
+    # each method's default options and no loss weights
+    grads, _ = engine_step(net, method, monitor=True, weights=None)
     assert all(torch.isfinite(g).all() for g in grads)
     shared = {id(p) for p in net.shared_parameters()}
     reached = [g.abs().sum() > 0 for p, g in zip(net.parameters(), grads, strict=True)]
@@ -145,27 +146,6 @@ def test_one_training_step_with_every_balancing_method(method: str) -> None:
         p.grad = g
     opt.step()
     assert any((p - b).abs().sum() > 0 for p, b in zip(net.parameters(), before, strict=True))
-
-
-def _engine_step(net: torch.nn.Module, method: str) -> list[torch.Tensor]:
-    """One step as engine/module.py runs it (tests/balancing/test_protocol.py), with
-    each method's default options and no loss weights: the gradients it leaves."""
-    from tests.balancing.test_protocol import TASKS, batch
-
-    net.zero_grad(set_to_none=True)
-    crit = MultiTaskLoss(TASKS, build_balancer(method, tasks=TASKS))
-    b = batch()
-    shared = net.shared_forward(b["image"])
-    cut = crit.weighting.cut(shared)
-    out = crit(net.resize_outputs(net.decode(cut), b["image"].shape[-2:]), b)
-    step = TrainingStep(
-        losses=crit.weighting.weighted_losses(out.tasks),
-        representation=list(shared.values()),
-        cut=list(cut.values()),
-        monitor=True,
-    )
-    crit.weighting.backward_step(out.total, step, net)
-    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()]
 
 
 @pytest.mark.parametrize("method", sorted(GRADIENT_LEVEL_METHODS))
