@@ -183,7 +183,8 @@ class ModelConfig:
 
     def encoder_config(self) -> Any:
         """The encoder family's ``Options`` instance for :attr:`encoder_options`."""
-        return encoder_options(self.encoder, self.encoder_options, option_path("encoder_options"))
+        path = option_path("encoder_options")
+        return encoder_options(self.encoder, self.encoder_options, path, self.decoder_kinds)
 
     def weights_for(self, task: str | None) -> str | None:
         """The initialization of ``task``'s encoder (``task=None``: the one encoder all
@@ -216,10 +217,14 @@ class ModelConfig:
         return self.decoder.get(task, "deeplabv3plus")
 
     @property
+    def decoder_kinds(self) -> list[Any]:
+        """The decoder kinds the tasks use, as written (a mapping's values)."""
+        return list(self.decoder.values()) if isinstance(self.decoder, dict) else [self.decoder]
+
+    @property
     def uses_dpt(self) -> bool:
         """Whether any task's decoder is the DPT head."""
-        kinds = self.decoder.values() if isinstance(self.decoder, dict) else [self.decoder]
-        return "dpt" in kinds
+        return "dpt" in self.decoder_kinds
 
     def decoder_config(self) -> Any:
         """The DPT head's options (:class:`~scenemtl.models.dpt.DPTOptions`) when a task

@@ -7,7 +7,7 @@ architecture or the model configuration, so both can use this module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -53,14 +53,27 @@ def encoder_family(encoder: str) -> type[Encoder] | Family:
     return ENCODER_FAMILIES[family_name(encoder)]
 
 
-def encoder_options(encoder: str, values: Mapping[str, Any] | None = None, path: Any = None) -> Any:
+def encoder_options(
+    encoder: str,
+    values: Mapping[str, Any] | None = None,
+    path: Any = None,
+    decoders: Iterable[str] = (),
+) -> Any:
     """The family's ``Options`` for ``encoder`` from plain ``values`` (one UserError line
     otherwise; ``path`` names an option as the user wrote it, default
-    ``model.net.encoder_options.<key>``)."""
+    ``model.net.encoder_options.<key>``), with what depends on the network's ``decoders``
+    (its tasks' decoder kinds) chosen by the options' ``for_decoders`` when they have one
+    (the ViT's adapter)."""
     family = encoder_family(encoder)
     where = path or (lambda key: f"model.net.encoder_options.{key}")
     owner = f"the {family_name(encoder)} encoder family"
-    return parse_options(family.Options, dict(values or {}), owner, where)
+    options = parse_options(family.Options, dict(values or {}), owner, where)
+    resolve = getattr(options, "for_decoders", None)
+    return options if resolve is None else resolve(frozenset(filter(_is_str, decoders)))
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
 
 
 def build_encoder(

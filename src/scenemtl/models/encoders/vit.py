@@ -33,17 +33,27 @@ transposed convs (D -> D/2 -> D/4, LayerNorm2d + GELU between), stride 8 = one (
 stride 16 = the map, stride 32 = 2x2 max pooling (ceil mode); each then 1x1 conv + LN2d and
 3x3 conv + LN2d to ``pyramid_channels`` (256 in ViTDet). Its weights (``adapter.*``) are not
 in any published file and start random. Maps are cropped to ``ceil(H/s) x ceil(W/s)``.
+
+DPT's reassembly (Ranftl et al. 2021, authors' code isl-org/DPT ``dpt/vit.py``; the same
+operations in Depth Anything V2's ``DPTHead``) is the other adapter (``adapter: dpt``, the
+default when a task's decoder is DPT): the outputs of four blocks (:func:`dpt_hooks`), each
+with its read-out of the class token, 1x1 conv to its width (:func:`dpt_widths`) and
+resampling to strides 4, 8, 16, 32 (:class:`~scenemtl.models.dpt.Reassemble`). Published
+conventions: timm's ViTs as DPT (raw block outputs, read-out ``project``); DINOv2 as Depth
+Anything V2 (block outputs through the final ``norm``, read-out ``ignore``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
+from scenemtl.models.dpt import READOUTS, TARGET_STRIDES, Reassemble
 from scenemtl.models.encoders.base import Family
 from scenemtl.models.encoders.parts import (
     DropPath,
@@ -58,6 +68,7 @@ from scenemtl.models.encoders.parts import (
 )
 from scenemtl.models.encoders.timm_family import PublishedLayout
 from scenemtl.models.encoders.weights import PublishedFile, TorchHubFile, hub_safetensors
+from scenemtl.models.options import OptionError, check_choice
 
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
 TOKEN_STRIDE = 16
@@ -82,9 +93,14 @@ class ViTVariant:
     interp_offset: float = 0.0
     """DINOv2's interpolation offset (0.1 for the first release, 0 with registers)."""
     interp_antialias: bool = True
+    dpt_hooks: tuple[int, ...] | None = None
+    """Blocks DPT's reassembly reads when they differ from :func:`dpt_hooks`' rule (Depth
+    Anything V2's ViT-L/14: 4, 11, 17, 23)."""
 
 
-def _dinov2(arch: str, dim: int, depth: int, heads: int, reg: bool) -> ViTVariant:
+def _dinov2(
+    arch: str, dim: int, depth: int, heads: int, reg: bool, hooks: tuple[int, ...] | None = None
+) -> ViTVariant:
     stem = f"dinov2_{arch}14"
     name = f"{stem}_reg4" if reg else stem
     return ViTVariant(
@@ -98,8 +114,13 @@ def _dinov2(arch: str, dim: int, depth: int, heads: int, reg: bool) -> ViTVarian
         registers=4 if reg else 0,
         interp_offset=0.0 if reg else 0.1,
         interp_antialias=reg,
+        dpt_hooks=hooks,
     )
 
+
+DA_VITL_HOOKS = (4, 11, 17, 23)
+"""Depth Anything V2's blocks for ViT-L (``intermediate_layer_idx['vitl']``; DPT-Large's
+are 5, 11, 17, 23, the rule of :func:`dpt_hooks`)."""
 
 VARIANTS: dict[str, ViTVariant] = {
     "vit_small_patch16_224": ViTVariant(
@@ -113,12 +134,41 @@ VARIANTS: dict[str, ViTVariant] = {
     ),
     "dinov2_vits14": _dinov2("vits", 384, 12, 6, reg=False),
     "dinov2_vitb14": _dinov2("vitb", 768, 12, 12, reg=False),
-    "dinov2_vitl14": _dinov2("vitl", 1024, 24, 16, reg=False),
+    "dinov2_vitl14": _dinov2("vitl", 1024, 24, 16, reg=False, hooks=DA_VITL_HOOKS),
     "dinov2_vits14_reg4": _dinov2("vits", 384, 12, 6, reg=True),
     "dinov2_vitb14_reg4": _dinov2("vitb", 768, 12, 12, reg=True),
-    "dinov2_vitl14_reg4": _dinov2("vitl", 1024, 24, 16, reg=True),
+    "dinov2_vitl14_reg4": _dinov2("vitl", 1024, 24, 16, reg=True, hooks=DA_VITL_HOOKS),
 }
 """Encoder name -> published variant. timm's default tag per model; DINOv2's LVD-142M."""
+
+DPT_WIDTHS: dict[int, tuple[int, int, int, int]] = {
+    384: (48, 96, 192, 384),
+    768: (96, 192, 384, 768),
+    1024: (256, 512, 1024, 1024),
+}
+"""Embedding width -> the widths of DPT's four reassembled maps: DPT-Base and DPT-Large
+(``_make_vit_b16_backbone`` features), Depth Anything V2's ViT-S (``model_configs``)."""
+ADAPTERS = ("simple", "dpt")
+"""Multi-scale adapters: ViTDet's simple feature pyramid, DPT's reassembly."""
+
+
+def dpt_hooks(variant: ViTVariant) -> tuple[int, int, int, int]:
+    """The four blocks (0-based) DPT's reassembly reads: the variant's own list, else the
+    last block of each quarter of the depth (12 blocks: 2, 5, 8, 11 as DPT-Base and Depth
+    Anything V2's ViT-S/B; 24: 5, 11, 17, 23 as DPT-Large), at least block 0."""
+    if variant.dpt_hooks is not None:
+        return tuple(variant.dpt_hooks)  # type: ignore[return-value]
+    d = variant.depth
+    return tuple(max(0, (k + 1) * d // 4 - 1) for k in range(4))  # type: ignore[return-value]
+
+
+def dpt_widths(dim: int) -> tuple[int, int, int, int]:
+    """Widths of the four reassembled maps for embedding width ``dim``: :data:`DPT_WIDTHS`,
+    else DPT-Base's ratios (dim/8, dim/4, dim/2, dim), at least 1."""
+    if dim in DPT_WIDTHS:
+        return DPT_WIDTHS[dim]
+    return tuple(max(1, dim // k) for k in (8, 4, 2, 1))  # type: ignore[return-value]
+
 
 HUB_FILE = "model.safetensors"
 ADAPTER_PREFIX = "adapter."
@@ -218,6 +268,27 @@ class SimpleFeaturePyramid(nn.Module):
         return {int(s): level(x) for s, level in self.levels.items()}
 
 
+class DPTReassembly(nn.Module):
+    """DPT's reassembly as the ViT's multi-scale adapter: the token maps of four blocks
+    [B, D, h, w] (stride 16) and their class tokens [B, D] -> ``{4: [B, C_0, 4h, 4w],
+    8: [B, C_1, 2h, 2w], 16: [B, C_2, h, w], 32: [B, C_3, ceil(h/2), ceil(w/2)]}``, map i
+    through read-out, 1x1 conv to C_i and DPT's resampling (4x4 stride-4 and 2x2 stride-2
+    transposed convs, identity, 3x3 stride-2 conv); ``reassemble[i]`` holds map i's."""
+
+    def __init__(self, dim: int, widths: Sequence[int], readout: str) -> None:
+        super().__init__()
+        self.reassemble = nn.ModuleList(
+            Reassemble(dim, c, TOKEN_STRIDE, s, readout)
+            for c, s in zip(widths, TARGET_STRIDES, strict=True)
+        )
+
+    def forward(self, maps: Sequence[Tensor], class_tokens: Sequence[Tensor]) -> dict[int, Tensor]:
+        return {
+            s: r(x, c)
+            for s, r, x, c in zip(TARGET_STRIDES, self.reassemble, maps, class_tokens, strict=True)
+        }
+
+
 def bicubic_matrix(size: int, n: int, scale: float) -> Tensor:
     """[size, n] float32: row i holds the weights of ``F.interpolate(..., scale_factor=
     scale, mode="bicubic", align_corners=False)`` (no antialias) for output i along one
@@ -245,25 +316,39 @@ def bicubic_matrix(size: int, n: int, scale: float) -> Tensor:
 
 
 class ViTEncoder(PublishedLayout, nn.Module):
-    """A plain ViT or DINOv2 trunk plus the simple feature pyramid.
+    """A plain ViT or DINOv2 trunk plus a multi-scale adapter.
 
     Args:
         name: a key of :data:`VARIANTS`.
         drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks).
-        pyramid_channels: channels of every pyramid level (ViTDet: 256).
+        pyramid_channels: channels of every level of the simple feature pyramid (ViTDet:
+            256).
+        adapter: ``"simple"`` (ViTDet's simple feature pyramid on the last block) or
+            ``"dpt"`` (DPT's reassembly of four blocks); None: simple.
+        hooks: the four blocks (0-based, ascending, the last one the last block) DPT's
+            reassembly reads; None: :func:`dpt_hooks`.
+        readout: DPT's read-out of the class token (``ignore``, ``add``, ``project``);
+            None: ``project`` for timm's ViTs (DPT), ``ignore`` for DINOv2 (Depth Anything).
+        reassemble_channels: widths of the four reassembled maps; None: :func:`dpt_widths`.
 
-    Forward: x [B, 3, H, W] (any H, W) -> ``{s: [B, pyramid_channels, ceil(H/s), ceil(W/s)]}``
-    for s = 4, 8, 16, 32. :meth:`tokens` gives the trunk's stride-16 map alone.
+    Forward: x [B, 3, H, W] (any H, W) -> ``{s: [B, C_s, ceil(H/s), ceil(W/s)]}`` for
+    s = 4, 8, 16, 32 (C_s: ``pyramid_channels``, or the reassembled widths).
+    :meth:`tokens` gives the trunk's last stride-16 map alone, :meth:`hooked_tokens` the
+    four blocks DPT reads.
     """
 
     own_prefixes = (ADAPTER_PREFIX,)
-    """The feature pyramid's layers, in no published file: they keep their values."""
+    """The adapter's layers, in no published file: they keep their values."""
 
     def __init__(
         self,
         name: str = "vit_small_patch16_224",
         drop_path_rate: float = 0.0,
         pyramid_channels: int = 256,
+        adapter: str | None = None,
+        hooks: Sequence[int] | None = None,
+        readout: str | None = None,
+        reassemble_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if name not in VARIANTS:
@@ -274,6 +359,16 @@ class ViTEncoder(PublishedLayout, nn.Module):
             raise UserError(f"pyramid_channels must be positive, got {pyramid_channels}")
         self.name = name
         v = self.variant = VARIANTS[name]
+        self.adapter_kind = adapter or "simple"
+        if self.adapter_kind not in ADAPTERS:
+            raise UserError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+        self.hooks = _checked_hooks(hooks, v)
+        # DINOv2's convention is Depth Anything's (its get_intermediate_layers: norm=True)
+        self.hook_norm = v.dinov2
+        self.readout = readout or ("ignore" if v.dinov2 else "project")
+        if self.readout not in READOUTS:
+            raise UserError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        widths = _checked_widths(reassemble_channels, v.dim)
         self.patch_embed = PatchEmbed(v.patch, v.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, v.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + v.pos_grid**2, v.dim))
@@ -286,10 +381,19 @@ class ViTEncoder(PublishedLayout, nn.Module):
         (rates,) = drop_path_rates(drop_path_rate, [v.depth])
         self.blocks = nn.ModuleList([Block(v.dim, v.heads, v.dinov2, r) for r in rates])
         self.norm = nn.LayerNorm(v.dim, eps=1e-6)
-        self.adapter = SimpleFeaturePyramid(v.dim, pyramid_channels)
-        self.channels: dict[int, int] = dict.fromkeys((4, 8, 16, 32), pyramid_channels)
+        self.adapter: SimpleFeaturePyramid | DPTReassembly
+        if self.adapter_kind == "dpt":
+            self.adapter = DPTReassembly(v.dim, widths, self.readout)
+            self.channels: dict[int, int] = dict(zip(TARGET_STRIDES, widths, strict=True))
+        else:
+            self.adapter = SimpleFeaturePyramid(v.dim, pyramid_channels)
+            self.channels = dict.fromkeys(TARGET_STRIDES, pyramid_channels)
         self.output_stride = max(self.channels)
         self.reset_parameters()
+        if self.adapter_kind == "dpt" and not self.hook_norm:
+            # DPT reads the raw block outputs: the final norm never runs. It stays (the
+            # published files hold it) but frozen, so no trainable parameter lacks a gradient
+            self.norm.requires_grad_(False)
 
     def reset_parameters(self) -> None:
         """timm's ViT initialization for the trunk (truncated normal std 0.02 linears and
@@ -336,33 +440,96 @@ class ViTEncoder(PublishedLayout, nn.Module):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(dtype)
         return torch.cat([cls_pos, patch_pos], dim=1)
 
-    def tokens(self, x: Tensor) -> Tensor:
-        """The trunk: x [B, 3, H, W] -> the last block's patch tokens after ``norm`` as a
-        map [B, D, ceil(H/16), ceil(W/16)] (class and register tokens dropped)."""
+    def embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The tokens the first block reads: x [B, 3, H, W] -> ([B, prefix + gh*gw, D],
+        (gh, gw)) with gh x gw = ceil(H/16) x ceil(W/16), the class token (and registers)
+        first."""
         v = self.variant
         x = pad_to_multiple(x, TOKEN_STRIDE)
         if v.patch != TOKEN_STRIDE:
             size = [s // TOKEN_STRIDE * v.patch for s in x.shape[-2:]]
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         fmap = self.patch_embed(x)
-        b, d, gh, gw = fmap.shape
+        b, _, gh, gw = fmap.shape
         t = fmap.flatten(2).transpose(1, 2)
         t = torch.cat([self.cls_token.expand(b, -1, -1), t], dim=1)
         t = t + self.position_embedding((gh, gw))
-        prefix = 1
         if v.registers:
             regs = self.register_tokens.expand(b, -1, -1)
             t = torch.cat([t[:, :1], regs, t[:, 1:]], dim=1)
-            prefix += v.registers
+        return t, (gh, gw)
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: the class token and the registers."""
+        return 1 + self.variant.registers
+
+    def _as_map(self, t: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Patch tokens [B, prefix + gh*gw, D] -> map [B, D, gh, gw]."""
+        b, _, d = t.shape
+        return t[:, self.prefix_tokens :].transpose(1, 2).reshape(b, d, *grid)
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """The trunk: x [B, 3, H, W] -> the last block's patch tokens after ``norm`` as a
+        map [B, D, ceil(H/16), ceil(W/16)] (class and register tokens dropped)."""
+        t, grid = self.embed(x)
         for block in self.blocks:
             t = block(t)
-        t = self.norm(t)[:, prefix:]
-        return t.transpose(1, 2).reshape(b, d, gh, gw)
+        return self._as_map(self.norm(t), grid)
+
+    def hooked_tokens(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """What DPT's reassembly reads: x [B, 3, H, W] -> the outputs of the blocks
+        :attr:`hooks` as four maps [B, D, ceil(H/16), ceil(W/16)] and their class tokens
+        [B, D] (through ``norm`` for DINOv2, as Depth Anything; raw for timm's, as DPT)."""
+        t, grid = self.embed(x)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            t = block(t)
+            outputs += [self.norm(t) if self.hook_norm else t] * self.hooks.count(i)
+        return [self._as_map(o, grid) for o in outputs], [o[:, 0] for o in outputs]
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         h, w = x.shape[-2:]
-        pyramid = self.adapter(self.tokens(x))
+        if isinstance(self.adapter, DPTReassembly):
+            pyramid = self.adapter(*self.hooked_tokens(x))
+        else:
+            pyramid = self.adapter(self.tokens(x))
         return {s: f[..., : ceil_div(h, s), : ceil_div(w, s)] for s, f in pyramid.items()}
+
+
+def _checked_hooks(hooks: Sequence[int] | None, variant: ViTVariant) -> tuple[int, ...]:
+    """``hooks`` as a tuple, or the variant's; one UserError line unless four ascending
+    block indices ending at the last block (a later block would run for nothing)."""
+    if hooks is None:
+        return dpt_hooks(variant)
+    last = variant.depth - 1
+    if (
+        not isinstance(hooks, (list, tuple))
+        or len(hooks) != 4
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in hooks)
+        or list(hooks) != sorted(hooks)
+        or hooks[0] < 0
+        or hooks[-1] != last
+    ):
+        raise UserError(
+            f"hooks must be four ascending block indices 0..{last} ending at the last "
+            f"block {last}, got {hooks!r}"
+        )
+    return tuple(hooks)
+
+
+def _checked_widths(widths: Sequence[int] | None, dim: int) -> tuple[int, ...]:
+    """``widths`` as a tuple, or :func:`dpt_widths`; one UserError line unless four
+    positive integers."""
+    if widths is None:
+        return dpt_widths(dim)
+    if (
+        not isinstance(widths, (list, tuple))
+        or len(widths) != 4
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in widths)
+    ):
+        raise UserError(f"reassemble_channels must be four positive integers, got {widths!r}")
+    return tuple(widths)
 
 
 @dataclass(frozen=True)
@@ -373,10 +540,50 @@ class ViTOptions:
     """Stochastic depth: the largest rate, reached linearly at the last block."""
     pyramid_channels: int = 256
     """Channels of every level of the simple feature pyramid (strides 4-32)."""
+    adapter: str | None = None
+    """The multi-scale adapter: ``simple`` (ViTDet's simple feature pyramid) or ``dpt``
+    (DPT's reassembly of four blocks); null: ``dpt`` when a task's decoder is DPT, else
+    ``simple`` (:meth:`for_decoders`)."""
+    hooks: tuple[int, ...] | None = None
+    """``adapter: dpt``: the four blocks it reads (0-based); null: :func:`dpt_hooks`."""
+    readout: str | None = None
+    """``adapter: dpt``: read-out of the class token (``ignore``, ``add``, ``project``);
+    null: ``project`` for timm's ViTs (DPT), ``ignore`` for DINOv2 (Depth Anything V2)."""
+    reassemble_channels: tuple[int, ...] | None = None
+    """``adapter: dpt``: widths of the maps at strides 4, 8, 16, 32; null:
+    :func:`dpt_widths` (ViT-B 96/192/384/768, ViT-L 256/512/1024/1024, ViT-S 48/96/192/384)."""
+
+    def __post_init__(self) -> None:
+        if self.adapter is not None:
+            check_choice(self, "adapter", ADAPTERS)
+        if self.readout is not None:
+            check_choice(self, "readout", READOUTS)
+        for key in ("hooks", "reassemble_channels"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                object.__setattr__(self, key, tuple(value))
+            elif value is not None and not isinstance(value, tuple):
+                raise OptionError(key, f"expected a list of four integers or null, got {value!r}")
+
+    def for_decoders(self, decoders: frozenset[str]) -> ViTOptions:
+        """The options with ``adapter`` chosen for the decoder kinds the network uses:
+        DPT's reassembly when one is ``dpt`` (what DPT and Depth Anything do), else the
+        simple feature pyramid."""
+        if self.adapter is not None:
+            return self
+        return replace(self, adapter="dpt" if "dpt" in decoders else "simple")
 
 
 def _build(name: str, options: ViTOptions) -> ViTEncoder:
-    return ViTEncoder(name, options.drop_path_rate, options.pyramid_channels)
+    return ViTEncoder(
+        name,
+        options.drop_path_rate,
+        options.pyramid_channels,
+        options.adapter,
+        options.hooks,
+        options.readout,
+        options.reassemble_channels,
+    )
 
 
 def _published(name: str, key: str, options: ViTOptions) -> PublishedFile | TorchHubFile | None:
@@ -395,4 +602,5 @@ def _published(name: str, key: str, options: ViTOptions) -> PublishedFile | Torc
 
 FAMILY = Family(_build, tuple(VARIANTS), ViTOptions, hierarchical=False, weights=_published)
 """The registry entry (``ENCODER_FAMILIES``): a plain ViT is one stride, so mtan,
-cross_stitch and nddr refuse it in one line."""
+cross_stitch and nddr refuse it in one line. Its options resolve ``adapter`` from the
+network's decoders (:meth:`ViTOptions.for_decoders`)."""
