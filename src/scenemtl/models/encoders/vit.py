@@ -53,7 +53,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenemtl.errors import UserError
-from scenemtl.models.dpt import READOUTS, TARGET_STRIDES, Reassemble
 from scenemtl.models.encoders.base import Family
 from scenemtl.models.encoders.parts import (
     DropPath,
@@ -66,6 +65,7 @@ from scenemtl.models.encoders.parts import (
     is_symbolic,
     pad_to_multiple,
 )
+from scenemtl.models.encoders.reassemble import READOUTS, TARGET_STRIDES, Reassemble
 from scenemtl.models.encoders.timm_family import PublishedLayout
 from scenemtl.models.encoders.weights import PublishedFile, TorchHubFile, hub_safetensors
 from scenemtl.models.options import OptionError, check_choice
