@@ -35,6 +35,7 @@ FAMILIES = {
     "swin": ("swin_tiny_patch4_window7_224", {"embed_dim": 32}),
     "mobilenetv3": ("mobilenetv3_large_100", {}),
     "vit": ("vit_small_patch16_224", {"pyramid_channels": 16}),
+    "vit_dpt_reassembly": ("vit_small_patch16_224", {"adapter": "dpt"}),
     "dinov2_reg4": ("dinov2_vits14_reg4", {"pyramid_channels": 16}),
     "dinov2": ("dinov2_vits14", {"pyramid_channels": 16}),
 }
