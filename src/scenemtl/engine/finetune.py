@@ -214,7 +214,7 @@ def inject_lora(encoder: nn.Module, cfg: LoRAConfig) -> int:
 
 def trainable_parts(encoder: nn.Module) -> dict[str, nn.Module]:
     """Parts of an encoder that keep training when it is frozen: those no published file
-    holds, which start random (the ViT's simple feature pyramid ``adapter``)."""
+    holds, which start random (the ViT's multi-scale adapter ``adapter``)."""
     if isinstance(encoder, ViTEncoder):
         return {ADAPTER_PREFIX: encoder.adapter}
     return {}
