@@ -1,5 +1,6 @@
 """Plain ViTs (timm's ViT-S/B/L/16) and DINOv2 (ViT-S/B/L/14, with and without registers)
-as feature-pyramid encoders, through the ViTDet simple feature pyramid.
+as feature-pyramid encoders, through a multi-scale adapter: the ViTDet simple feature
+pyramid, or DPT's reassembly of four blocks.
 
 Trunk names and computation:
 
