@@ -39,8 +39,8 @@ DPT's reassembly (Ranftl et al. 2021, authors' code isl-org/DPT ``dpt/vit.py``; 
 operations in Depth Anything V2's ``DPTHead``) is the other adapter (``adapter: dpt``, the
 default when a task's decoder is DPT): the outputs of four blocks (:func:`dpt_hooks`), each
 with its read-out of the class token, 1x1 conv to its width (:func:`dpt_widths`) and
-resampling to strides 4, 8, 16, 32 (:class:`~scenemtl.models.dpt.Reassemble`). Published
-conventions: timm's ViTs as DPT (raw block outputs, read-out ``project``); DINOv2 as Depth
+resampling to strides 4, 8, 16, 32
+(:class:`~scenemtl.models.encoders.reassemble.Reassemble`). Published conventions: timm's ViTs as DPT (raw block outputs, read-out ``project``); DINOv2 as Depth
 Anything V2 (block outputs through the final ``norm``, read-out ``ignore``).
 """
 
@@ -148,7 +148,7 @@ DPT_WIDTHS: dict[int, tuple[int, int, int, int]] = {
     1024: (256, 512, 1024, 1024),
 }
 """Embedding width -> the widths of DPT's four reassembled maps: DPT-Base and DPT-Large
-(``_make_vit_b16_backbone`` features), Depth Anything V2's ViT-S (``model_configs``)."""
+(``_make_pretrained_vit{b,l}16_384`` features), Depth Anything V2's ViT-S (``model_configs``)."""
 ADAPTERS = ("simple", "dpt")
 """Multi-scale adapters: ViTDet's simple feature pyramid, DPT's reassembly."""
 
