@@ -40,8 +40,9 @@ operations in Depth Anything V2's ``DPTHead``) is the other adapter (``adapter: 
 default when a task's decoder is DPT): the outputs of four blocks (:func:`dpt_hooks`), each
 with its read-out of the class token, 1x1 conv to its width (:func:`dpt_widths`) and
 resampling to strides 4, 8, 16, 32
-(:class:`~scenemtl.models.encoders.reassemble.Reassemble`). Published conventions: timm's ViTs as DPT (raw block outputs, read-out ``project``); DINOv2 as Depth
-Anything V2 (block outputs through the final ``norm``, read-out ``ignore``).
+(:class:`~scenemtl.models.encoders.reassemble.Reassemble`). Published conventions: timm's
+ViTs as DPT (raw block outputs, read-out ``project``); DINOv2 as Depth Anything V2 (block
+outputs through the final ``norm``, read-out ``ignore``).
 """
 
 from __future__ import annotations
