@@ -327,7 +327,7 @@ class ViTEncoder(PublishedLayout, nn.Module):
             256).
         adapter: ``"simple"`` (ViTDet's simple feature pyramid on the last block) or
             ``"dpt"`` (DPT's reassembly of four blocks); None: simple.
-        hooks: the four blocks (0-based, ascending, the last one the last block) DPT's
+        hooks: the four blocks (0-based, non-decreasing, the last one the last block) DPT's
             reassembly reads; None: :func:`dpt_hooks`.
         readout: DPT's read-out of the class token (``ignore``, ``add``, ``project``);
             None: ``project`` for timm's ViTs (DPT), ``ignore`` for DINOv2 (Depth Anything).
@@ -500,7 +500,7 @@ class ViTEncoder(PublishedLayout, nn.Module):
 
 
 def _checked_hooks(hooks: Sequence[int] | None, variant: ViTVariant) -> tuple[int, ...]:
-    """``hooks`` as a tuple, or the variant's; one UserError line unless four ascending
+    """``hooks`` as a tuple, or the variant's; one UserError line unless four non-decreasing
     block indices ending at the last block (a later block would run for nothing)."""
     if hooks is None:
         return dpt_hooks(variant)
@@ -514,7 +514,7 @@ def _checked_hooks(hooks: Sequence[int] | None, variant: ViTVariant) -> tuple[in
         or hooks[-1] != last
     ):
         raise UserError(
-            f"hooks must be four ascending block indices 0..{last} ending at the last "
+            f"hooks must be four non-decreasing block indices 0..{last} ending at the last "
             f"block {last}, got {hooks!r}"
         )
     return tuple(hooks)
