@@ -207,6 +207,7 @@ def test_invpt_reads_a_stride_16_bottleneck_at_stride_32() -> None:
 
 
 def test_invpt_every_parameter_learns() -> None:
+    torch.manual_seed(0)  # it failed once on an unseeded init (not reproduced in 60 seeds)
     net = InvPTDecoder(PYRAMID, TASKS, **SMALL, drop_path=0.0).train()
     out = net(pyramid(64, 96))
     sum(o.square().sum() for o in [*out.final.values(), *out.auxiliary.values()]).backward()
