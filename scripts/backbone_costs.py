@@ -42,7 +42,7 @@ ENCODERS = (
 )
 """One member per family (its smallest published one; ResNet-50 as the CNN reference)."""
 ARCHS = ("joint", "branched", "invpt")
-"""invpt only where it is registered (helper branch "wiring")."""
+"""The joint and branched DeepLabV3+ and InvPT (its default options)."""
 SIZES = ((256, 512), (448, 576))
 LATENCY_SIZE = (256, 512)
 PENDING = "not measured yet"
