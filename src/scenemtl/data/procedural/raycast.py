@@ -197,9 +197,9 @@ def pair_interval(tab: PrimTable, k: np.ndarray, o: np.ndarray, d: np.ndarray):
         if not len(m):
             continue
         km = k[m]
-        half = tab.half[km]
-        radii = tab.radii[km]
-        oo, dd = o[m], d[m]
+        half = np.take(tab.half, km, axis=0)
+        radii = np.take(tab.radii, km, axis=0)
+        oo, dd = np.take(o, m, axis=0), np.take(d, m, axis=0)
         a, b = _interval(
             shape,
             (oo[:, 0], oo[:, 1], oo[:, 2]),
@@ -251,20 +251,20 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     boxy = (shapes == BOX) | (shapes == ROUNDED_BOX)
     if boxy.any():
         b = np.flatnonzero(boxy)
-        ratio = np.abs(p[b]) / tab.half[k[b]]
+        ratio = np.abs(np.take(p, b, axis=0)) / np.take(tab.half, k[b], axis=0)
         axis = ratio.argmax(axis=1)
         n[b, axis] = np.sign(p[b, axis])
         rb = shapes[b] == ROUNDED_BOX
         if rb.any():
             r = b[rb]
-            radii = tab.radii[k[r]]
-            ell = np.sqrt(np.sum((p[r] / radii) ** 2, axis=1))
+            radii = np.take(tab.radii, k[r], axis=0)
+            ell = np.sqrt(np.sum((np.take(p, r, axis=0) / radii) ** 2, axis=1))
             on = ell >= ratio[rb].max(axis=1)
             n[r[on]] = p[r[on]] / radii[on] ** 2
     c = np.flatnonzero(shapes == CYLINDER)
     if len(c):
-        half = tab.half[k[c]]
-        q = p[c]
+        half = np.take(tab.half, k[c], axis=0)
+        q = np.take(p, c, axis=0)
         radial = np.sqrt((q[:, 0] / half[:, 0]) ** 2 + (q[:, 2] / half[:, 2]) ** 2)
         cap = np.abs(q[:, 1]) / half[:, 1] >= radial
         n[c, 0] = np.where(cap, 0.0, q[:, 0] / half[:, 0] ** 2)
@@ -272,7 +272,7 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
         n[c, 2] = np.where(cap, 0.0, q[:, 2] / half[:, 2] ** 2)
     e = np.flatnonzero(shapes == ELLIPSOID)
     if len(e):
-        n[e] = p[e] / tab.half[k[e]] ** 2
+        n[e] = np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2
     norm = np.linalg.norm(n, axis=1, keepdims=True)
     return (n / np.maximum(norm, 1e-12)).astype(np.float32)
 
@@ -364,17 +364,23 @@ def cast_primary(
     keep = lower[k] <= tflat[pix]
     k, pix = k[keep], pix[keep]
     if len(k):
-        rot = tab.rotation[k]
-        o = np.einsum("pi,pij->pj", origin[None, :] - tab.center[k], rot)
-        d = np.einsum("pi,pij->pj", dirs.reshape(3, -1)[:, pix].T, rot)
+        rot = np.take(tab.rotation, k, axis=0)
+        o = np.einsum("pi,pij->pj", origin[None, :] - np.take(tab.center, k, axis=0), rot)
+        d = np.einsum("pi,pij->pj", np.take(dirs.reshape(3, -1), pix, axis=1).T, rot)
         tin, tout = pair_interval(tab, k, o, d)
         hit = (tin <= tout) & (tin > NEAR) & (tin < tflat[pix])
         cut = hit & (tab.cutout[k] != CUT_NONE)
         ci = np.flatnonzero(cut)
         if len(ci):
             kc = k[ci]
-            p = o[ci] + tin[ci, None] * d[ci]
-            opened = cutout_open(tab.cutout[kc], p, tab.half[kc], tab.params[kc], tab.tex[kc])
+            p = np.take(o, ci, axis=0) + tin[ci, None] * np.take(d, ci, axis=0)
+            opened = cutout_open(
+                tab.cutout[kc],
+                p,
+                np.take(tab.half, kc, axis=0),
+                np.take(tab.params, kc, axis=0),
+                tab.tex[kc],
+            )
             hit[ci[opened]] = False
         hi = np.flatnonzero(hit)
         if len(hi):
@@ -456,8 +462,12 @@ def cast_shadows(
     keep = lit.reshape(-1)[pix] & (ids.reshape(-1)[pix] != k) & ~shadow.reshape(-1)[pix]
     k, pix = k[keep], pix[keep]
     if len(k):
-        rot = tab.rotation[k]
-        o = np.einsum("pi,pij->pj", lifted.reshape(-1, 3)[pix] - tab.center[k], rot)
+        rot = np.take(tab.rotation, k, axis=0)
+        o = np.einsum(
+            "pi,pij->pj",
+            np.take(lifted.reshape(-1, 3), pix, axis=0) - np.take(tab.center, k, axis=0),
+            rot,
+        )
         d = np.einsum("i,pij->pj", sun32, rot)
         tin, tout = pair_interval(tab, k, o, d)
         hit = (tin <= tout) & (tout > 1e-3)

@@ -76,7 +76,7 @@ def render_layers(
     flat_ids = ids.ravel()
     hit_idx = np.flatnonzero(flat_ids != SKY)
     hid = flat_ids[hit_idx]
-    d_hit = dirs.reshape(-1, 3)[hit_idx]
+    d_hit = np.take(dirs.reshape(-1, 3), hit_idx, axis=0)
     t_hit = t.ravel()[hit_idx]
     origin = cam.position.astype(np.float32)
     p = origin + t_hit[:, None] * d_hit
@@ -108,8 +108,10 @@ def render_layers(
     on_prim = np.flatnonzero(hid >= 0)
     if len(on_prim):
         kp = hid[on_prim]
-        rot = table.rotation[kp]
-        q = np.einsum("pi,pij->pj", p[on_prim] - table.center[kp], rot)
+        rot = np.take(table.rotation, kp, axis=0)
+        q = np.einsum(
+            "pi,pij->pj", np.take(p, on_prim, axis=0) - np.take(table.center, kp, axis=0), rot
+        )
         nloc = pair_normal(table, kp, q)
         pl[on_prim] = q
         nl[on_prim] = nloc
@@ -118,7 +120,9 @@ def render_layers(
     ground = hid == GROUND
     prim_rows = np.where(ground, k, hid)
     labels = table_label[prim_rows]
-    labels[ground] = ground_labels(scene.ground, p[ground])
+    gsel = np.flatnonzero(ground)
+    p_ground = np.take(p, gsel, axis=0)
+    labels[gsel] = ground_labels(scene.ground, p_ground)
     part_map = _part_map(prims, prim_rows, pl, hit_idx, h, w) if parts else None
     lap("raycast")
 
@@ -128,10 +132,10 @@ def render_layers(
         n=n,
         nl=nl,
         pid=hid,
-        color=table_color[prim_rows],
-        color2=table_color2[prim_rows],
-        params=table_params[prim_rows],
-        half=table_half[prim_rows],
+        color=np.take(table_color, prim_rows, axis=0),
+        color2=np.take(table_color2, prim_rows, axis=0),
+        params=np.take(table_params, prim_rows, axis=0),
+        half=np.take(table_half, prim_rows, axis=0),
         tex=table_tex[prim_rows],
     )
     out = Shade(
@@ -144,8 +148,7 @@ def render_layers(
         sel = np.flatnonzero((mats == key) & ~ground)
         if len(sel):
             shader(surf, sel, out)
-    gsel = np.flatnonzero(ground)
-    out.albedo[gsel] = shade_ground(scene.ground, p[gsel], labels[gsel])
+    out.albedo[gsel] = shade_ground(scene.ground, p_ground, labels[gsel])
 
     lap("shading")
     light = scene.light
@@ -160,14 +163,16 @@ def render_layers(
     occlusion = np.ones(m, np.float32)
     near_ground = np.flatnonzero(ground & (t_hit < 80.0))
     if len(near_ground):
-        occlusion[near_ground] = contact_occlusion(p[near_ground], _footprints(scene, table))
+        occlusion[near_ground] = contact_occlusion(
+            np.take(p, near_ground, axis=0), _footprints(scene, table)
+        )
 
     radiance = np.zeros((h * w, 3), np.float32)
     lit_rgb = illuminate(light, out, n, shadow, d_hit, occlusion)
     radiance[hit_idx] = haze(light, lit_rgb, t_hit)
     sky_idx = np.flatnonzero(flat_ids == SKY)
     radiance[sky_idx] = sky(
-        light, dirs.reshape(-1, 3)[sky_idx], float(scene.meta.get("sky_tex", 0.0))
+        light, np.take(dirs.reshape(-1, 3), sky_idx, axis=0), float(scene.meta.get("sky_tex", 0.0))
     )
     lap("shading")
     rgb = camera_response(scene.post, radiance.reshape(h, w, 3), rng)
