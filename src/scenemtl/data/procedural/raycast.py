@@ -14,7 +14,7 @@ per-primitive overhead that would otherwise dominate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,11 @@ class PrimTable:
     cutout: np.ndarray  # [K]
     params: np.ndarray  # [K, 4]
     tex: np.ndarray  # [K]
+    # caches of corners() and distance_bounds(); the rows above are never modified
+    _corners: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _bounds: tuple[tuple[float, ...], np.ndarray] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, prims: list[Prim]) -> PrimTable:
@@ -84,14 +89,27 @@ class PrimTable:
         )
 
     def corners(self) -> np.ndarray:
-        """[K, 8, 3] world corners of the bounding boxes."""
-        local = _SIGNS[None, :, :] * self.half[:, None, :]
-        return self.center[:, None, :] + np.einsum("knj,kij->kni", local, self.rotation)
+        """[K, 8, 3] world corners of the bounding boxes (read-only: computed once per
+        table, as primary rays, shadow rays and contact shadows all need them)."""
+        if self._corners is None:
+            local = _SIGNS[None, :, :] * self.half[:, None, :]
+            corners = self.center[:, None, :] + np.einsum("knj,kij->kni", local, self.rotation)
+            corners.flags.writeable = False
+            self._corners = corners
+        return self._corners
 
     def distance_bounds(self, point: np.ndarray) -> np.ndarray:
-        """[K] lower bounds of the distance from ``point`` to each primitive."""
-        q = np.einsum("ki,kij->kj", point[None, :].astype(np.float32) - self.center, self.rotation)
-        return np.linalg.norm(np.maximum(np.abs(q) - self.half, 0.0), axis=1)
+        """[K] lower bounds of the distance from ``point`` to each primitive (read-only;
+        the last point's bounds are kept: primary and shadow rays share the camera)."""
+        key = tuple(np.asarray(point, np.float32).tolist())
+        if self._bounds is None or self._bounds[0] != key:
+            q = np.einsum(
+                "ki,kij->kj", point[None, :].astype(np.float32) - self.center, self.rotation
+            )
+            bounds = np.linalg.norm(np.maximum(np.abs(q) - self.half, 0.0), axis=1)
+            bounds.flags.writeable = False
+            self._bounds = (key, bounds)
+        return self._bounds[1]
 
 
 _SIGNS = np.array(

@@ -81,10 +81,6 @@ def render_layers(
     origin = cam.position.astype(np.float32)
     p = origin + t_hit[:, None] * d_hit
     m = len(hit_idx)
-    pl = p.copy()
-    n = np.zeros((m, 3), np.float32)
-    n[:, 1] = 1.0
-    nl = n.copy()
     prims = scene.prims
     k = len(prims)
 
@@ -105,23 +101,31 @@ def render_layers(
     table_label = rows([p.label for p in prims], 0, np.uint8)
     table_mat = rows([p.material for p in prims], 0, np.int32)
 
-    on_prim = np.flatnonzero(hid >= 0)
-    if len(on_prim):
-        kp = hid[on_prim]
-        rot = np.take(table.rotation, kp, axis=0)
-        q = np.einsum(
-            "pi,pij->pj", np.take(p, on_prim, axis=0) - np.take(table.center, kp, axis=0), rot
-        )
-        nloc = pair_normal(table, kp, q)
-        pl[on_prim] = q
-        nl[on_prim] = nloc
-        n[on_prim] = np.einsum("pj,pij->pi", nloc, rot)
-
+    # Hits are on a primitive or on the ground: local points and normals are made for
+    # each group apart and put in pixel order by one gather each (much cheaper than a
+    # 2-D scatter ``a[rows] = ...``).
     ground = hid == GROUND
-    prim_rows = np.where(ground, k, hid)
-    labels = table_label[prim_rows]
+    on_prim = np.flatnonzero(~ground)
     gsel = np.flatnonzero(ground)
     p_ground = np.take(p, gsel, axis=0)
+    kp = hid[on_prim]
+    rot = np.take(table.rotation, kp, axis=0)
+    q = np.einsum(
+        "pi,pij->pj", np.take(p, on_prim, axis=0) - np.take(table.center, kp, axis=0), rot
+    )
+    nloc = pair_normal(table, kp, q)
+    up = np.zeros((len(gsel), 3), np.float32)
+    up[:, 1] = 1.0  # the ground's normal, world and local
+    pixel_order = np.empty(m, np.intp)
+    pixel_order[np.concatenate([on_prim, gsel])] = np.arange(m)
+    pl = np.take(np.concatenate([q, p_ground]), pixel_order, axis=0)
+    nl = np.take(np.concatenate([nloc, up]), pixel_order, axis=0)
+    n = np.take(
+        np.concatenate([np.einsum("pj,pij->pi", nloc, rot), up]), pixel_order, axis=0
+    )
+
+    prim_rows = np.where(ground, k, hid)
+    labels = table_label[prim_rows]
     labels[gsel] = ground_labels(scene.ground, p_ground)
     part_map = _part_map(prims, prim_rows, pl, hit_idx, h, w) if parts else None
     lap("raycast")
