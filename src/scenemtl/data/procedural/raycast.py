@@ -296,19 +296,29 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _pairs(rects: np.ndarray, ks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """All (primitive, flat pixel index) pairs of the given primitives' rectangles."""
+    """All (primitive, flat pixel index) pairs of the given primitives' rectangles, in
+    the order of ``ks`` and row-major within each rectangle."""
     r0, r1, c0, c1 = rects[ks].T
     w = c1 - c0
-    area = (r1 - r0) * w
+    rows = r1 - r0
+    area = rows * w
+    nonempty = area > 0
+    if not nonempty.all():
+        ks, r0, c0, w, rows, area = (a[nonempty] for a in (ks, r0, c0, w, rows, area))
     total = int(area.sum())
     if total == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    which = np.repeat(np.arange(len(ks)), area)
-    start = np.cumsum(area) - area
-    i = np.arange(total) - start[which]
-    row = r0[which] + i // w[which]
-    col = c0[which] + i % w[which]
-    return ks[which], row * width + col
+    # One entry per pixel row of every rectangle: its first flat index and its length.
+    row_rect = np.repeat(np.arange(len(ks)), rows)
+    row_in_rect = np.arange(len(row_rect)) - np.repeat(np.cumsum(rows) - rows, rows)
+    row_first = (r0[row_rect] + row_in_rect) * width + c0[row_rect]
+    row_len = w[row_rect]
+    # Flat indices step by 1 along a row and jump at the start of the next row: a
+    # cumulative sum of steps, with no integer division per pair.
+    steps = np.ones(total, np.int64)
+    steps[0] = row_first[0]
+    steps[(np.cumsum(row_len) - row_len)[1:]] = row_first[1:] - (row_first[:-1] + row_len[:-1] - 1)
+    return np.repeat(ks, area), np.cumsum(steps)
 
 
 def cast_primary(

@@ -120,9 +120,7 @@ def render_layers(
     pixel_order[np.concatenate([on_prim, gsel])] = np.arange(m)
     pl = np.take(np.concatenate([q, p_ground]), pixel_order, axis=0)
     nl = np.take(np.concatenate([nloc, up]), pixel_order, axis=0)
-    n = np.take(
-        np.concatenate([np.einsum("pj,pij->pi", nloc, rot), up]), pixel_order, axis=0
-    )
+    n = np.take(np.concatenate([np.einsum("pj,pij->pi", nloc, rot), up]), pixel_order, axis=0)
 
     prim_rows = np.where(ground, k, hid)
     labels = table_label[prim_rows]
