@@ -382,8 +382,9 @@ def cast_primary(
                 p = o + tin.flat[idx][:, None] * np.stack([c.flat[idx] for c in d], 1)
                 opened = cutout_open(prim.cutout, p, tab.half[k], tab.params[k], tab.tex[k])
                 closer.flat[idx[opened]] = False
-        tb[closer] = tin[closer]
-        ids[r0:r1, c0:c1][closer] = k
+        # masked copies: no gather/scatter of the selected pixels
+        np.copyto(tb, tin, where=closer)
+        np.copyto(ids[r0:r1, c0:c1], k, where=closer)
 
     # Small primitives as one batch of pairs.
     small = np.flatnonzero((area > 0) & (area <= BATCH_AREA))
