@@ -466,7 +466,8 @@ def cast_shadows(
     rects[casters] = camera.pixel_rects(hull)
     area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
     sun32 = sun.astype(np.float32)
-    lifted = points + 0.03 * normals
+    lifted = (points + 0.03 * normals).reshape(-1, 3)
+    flat_shadow = shadow.reshape(-1)
     for k in casters.tolist():
         if area[k] == 0 or area[k] <= BATCH_AREA:
             continue
@@ -476,7 +477,9 @@ def cast_shadows(
             continue
         prim = prims[k]
         rot = tab.rotation[k]
-        o = (lifted[r0:r1, c0:c1][cand] - tab.center[k]) @ rot
+        cand_r, cand_c = np.nonzero(cand)
+        pix = (cand_r + r0) * w + (cand_c + c0)
+        o = (np.take(lifted, pix, axis=0) - tab.center[k]) @ rot
         d = sun32 @ rot
         tin, tout = interval(prim, (o[:, 0], o[:, 1], o[:, 2]), tuple(d.tolist()))
         hit = (tin <= tout) & (tout > 1e-3)
@@ -484,8 +487,7 @@ def cast_shadows(
             sel = np.flatnonzero(hit)
             q = o[sel] + np.maximum(tin[sel], 0.0)[:, None] * d
             hit[sel[cutout_open(prim.cutout, q, tab.half[k], tab.params[k], tab.tex[k])]] = False
-        view = shadow[r0:r1, c0:c1]
-        view[cand] = hit
+        flat_shadow[pix] = hit
     small = casters[(area[casters] > 0) & (area[casters] <= BATCH_AREA)]
     k, pix = _pairs(rects, small, w)
     keep = lit.reshape(-1)[pix] & (ids.reshape(-1)[pix] != k) & ~shadow.reshape(-1)[pix]
@@ -494,7 +496,7 @@ def cast_shadows(
         rot = np.take(tab.rotation, k, axis=0)
         o = np.einsum(
             "pi,pij->pj",
-            np.take(lifted.reshape(-1, 3), pix, axis=0) - np.take(tab.center, k, axis=0),
+            np.take(lifted, pix, axis=0) - np.take(tab.center, k, axis=0),
             rot,
         )
         d = np.einsum("i,pij->pj", sun32, rot)
