@@ -292,7 +292,7 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     if len(e):
         n[e] = np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2
     norm = np.linalg.norm(n, axis=1, keepdims=True)
-    return (n / np.maximum(norm, 1e-12)).astype(np.float32)
+    return (n / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 
 
 def _pairs(rects: np.ndarray, ks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -404,7 +404,7 @@ def shade_ground(g: Ground, p: np.ndarray, labels: np.ndarray) -> np.ndarray:
             0.8 + 0.4 * noise(FINE, xt * 30, zt * 30)
         )
         albedo[terrain] = col * tshade[:, None]
-    return albedo.astype(np.float32)
+    return albedo.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -465,7 +465,7 @@ def illuminate(
         fres = shade.gloss[g] * (0.4 + 0.6 * (1 - np.abs(cos[:, 0])) ** 3)
         refl = sky(light, r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6), 0.0)
         out[g] += refl * fres[:, None]
-    return out.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def contact_occlusion(p: np.ndarray, footprints: np.ndarray) -> np.ndarray:
