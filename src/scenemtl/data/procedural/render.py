@@ -169,12 +169,23 @@ def render_layers(
             np.take(p, near_ground, axis=0), _footprints(scene, table)
         )
 
-    radiance = np.zeros((h * w, 3), np.float32)
     lit_rgb = illuminate(light, out, n, shadow, d_hit, occlusion)
-    radiance[hit_idx] = haze(light, lit_rgb, t_hit)
     sky_idx = np.flatnonzero(flat_ids == SKY)
-    radiance[sky_idx] = sky(
+    sky_rgb = sky(
         light, np.take(dirs.reshape(-1, 3), sky_idx, axis=0), float(scene.meta.get("sky_tex", 0.0))
+    )
+    # Every pixel is a hit or sky: put both in pixel order by one gather.
+    image_order = np.empty(h * w, np.intp)
+    image_order[np.concatenate([hit_idx, sky_idx])] = np.arange(h * w)
+    radiance = np.take(
+        np.concatenate(
+            [
+                haze(light, lit_rgb, t_hit).astype(np.float32, copy=False),
+                sky_rgb.astype(np.float32, copy=False),
+            ]
+        ),
+        image_order,
+        axis=0,
     )
     lap("shading")
     rgb = camera_response(scene.post, radiance.reshape(h, w, 3), rng)
