@@ -263,25 +263,14 @@ def _soft_shadows(
     a small blur: four times cheaper, and the soft edge stands in for the penumbra.
     """
     h, w = ids.shape
-    hh, wh = (h + 1) // 2, (w + 1) // 2
-    # The hits on even rows and columns, and for each pixel of the half-resolution grid
-    # the row of p / n / lit it takes, or M (a padding row) where it sees the sky.
-    row, col = np.divmod(hit_idx, w)
-    even = np.flatnonzero(((row | col) & 1) == 0)
-    src = np.full(hh * wh, len(hit_idx), np.intp)
-    src[(row[even] >> 1) * wh + (col[even] >> 1)] = even
-
-    def half(a: np.ndarray, fill: float | bool) -> np.ndarray:
-        padded = np.concatenate([a, np.full((1, *a.shape[1:]), fill, a.dtype)])
-        return np.take(padded, src, axis=0).reshape(hh, wh, *a.shape[1:])
-
+    even = _EvenPixels(hit_idx, h, w)
     shadow = cast_shadows(
         _half_camera(cam),
         scene.prims,
         ids[::2, ::2],
-        half(p, 0.0),
-        half(n, 0.0),
-        half(lit, False),
+        even.gather(p, 0.0),
+        even.gather(n, 0.0),
+        even.gather(lit, False),
         scene.light.sun,
         table,
     ).astype(np.float32)
@@ -291,6 +280,30 @@ def _soft_shadows(
     pad = np.pad(up, 1, mode="edge")
     soft = (pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] + 2 * up) / 6
     return soft.ravel()[hit_idx] * lit
+
+
+class _EvenPixels:
+    """Per-hit values [M, ...] on the grid of the even rows and columns of an [H, W]
+    image: the same as scattering them into the image and taking ``[::2, ::2]``, without
+    making the full image.
+
+    Args:
+        hit_idx: [M] increasing flat pixel indices of the hits.
+    """
+
+    def __init__(self, hit_idx: np.ndarray, h: int, w: int) -> None:
+        self.shape = ((h + 1) // 2, (w + 1) // 2)
+        row, col = np.divmod(hit_idx, w)
+        even = np.flatnonzero(((row | col) & 1) == 0)
+        # for each pixel of the half grid, the hit it shows, or M (the fill row)
+        self.src = np.full(self.shape[0] * self.shape[1], len(hit_idx), np.intp)
+        self.src[(row[even] >> 1) * self.shape[1] + (col[even] >> 1)] = even
+
+    def gather(self, values: np.ndarray, fill: float | bool) -> np.ndarray:
+        """[ceil(H/2), ceil(W/2), ...] values of the hits, ``fill`` elsewhere."""
+        tail = values.shape[1:]
+        padded = np.concatenate([values, np.full((1, *tail), fill, values.dtype)])
+        return np.take(padded, self.src, axis=0).reshape(*self.shape, *tail)
 
 
 def _half_camera(cam: Camera) -> Camera:
