@@ -54,7 +54,9 @@ class Camera:
         d[..., 0] = u[None, :]
         d[..., 1] = v[:, None]
         d[..., 2] = 1.0
-        norm = np.linalg.norm(d, axis=-1)
+        # |(u, v, 1)| with the sum in the order of np.linalg.norm(d, axis=-1), (u^2 + v^2)
+        # + 1, so the same bits, without its ~20x slower reduction over a length-3 axis
+        norm = np.sqrt((u * u)[None, :] + (v * v)[:, None] + 1.0)
         d /= norm[..., None]
         world = d @ self.rotation.T
         return world.astype(np.float32), (1.0 / norm).astype(np.float32)
