@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from scenemtl.data.procedural import vec3
 from scenemtl.data.procedural.camera import make_camera
 from scenemtl.data.procedural.geometry import BOX, ROUNDED_BOX, make, rot_y
 from scenemtl.data.procedural.raycast import PrimTable, _pairs
@@ -112,3 +113,21 @@ def test_rays_are_the_unit_directions_through_the_pixel_centres(seed: int) -> No
             local /= math.sqrt(float(local @ local))
             np.testing.assert_allclose(dirs[i, j], cam.rotation @ local, rtol=0, atol=2e-7)
             assert abs(zfac[i, j] - local[2]) <= 2e-7
+
+
+def test_row_reductions_of_three_components() -> None:
+    """Against float64 sums and Python's max over each row: float32 sums of three
+    terms round at most twice, within 2 * 2**-24 of the exact sum of their magnitudes;
+    the index of the largest component is the first on ties, as ``argmax`` has it."""
+    rng = np.random.default_rng(7)
+    a = (rng.standard_normal((500, 3)) * rng.choice([1e-3, 1.0, 1e3], (500, 3))).astype(np.float32)
+    a[:40, 1] = a[:40, 0]  # ties between the first two components
+    a[40:80, 2] = a[40:80, 1] = a[40:80, 0]  # three-way ties
+    exact = a.astype(np.float64)
+    bound = 2 * 2.0**-24 * np.abs(exact).sum(axis=1)
+    assert np.all(np.abs(vec3.sum3(a) - exact.sum(axis=1)) <= bound)
+    lengths = np.sqrt((exact**2).sum(axis=1))
+    np.testing.assert_allclose(vec3.norm3(a), lengths, rtol=4 * 2.0**-24)
+    rows = exact.tolist()
+    assert vec3.max3(a).tolist() == [max(r) for r in a.tolist()]
+    assert vec3.argmax3(a).tolist() == [r.index(max(r)) for r in rows]

@@ -28,6 +28,7 @@ from scenemtl.data.procedural.geometry import (
     Prim,
 )
 from scenemtl.data.procedural.textures import cutout_open
+from scenemtl.data.procedural.vec3 import argmax3, max3, norm3, sum3
 
 SKY = -1
 """Buffer id of pixels whose ray hits nothing."""
@@ -270,14 +271,14 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     if boxy.any():
         b = np.flatnonzero(boxy)
         ratio = np.abs(np.take(p, b, axis=0)) / np.take(tab.half, k[b], axis=0)
-        axis = ratio.argmax(axis=1)
+        axis = argmax3(ratio)
         n[b, axis] = np.sign(p[b, axis])
         rb = shapes[b] == ROUNDED_BOX
         if rb.any():
             r = b[rb]
             radii = np.take(tab.radii, k[r], axis=0)
-            ell = np.sqrt(np.sum((np.take(p, r, axis=0) / radii) ** 2, axis=1))
-            on = ell >= ratio[rb].max(axis=1)
+            ell = np.sqrt(sum3((np.take(p, r, axis=0) / radii) ** 2))
+            on = ell >= max3(ratio[rb])
             n[r[on]] = p[r[on]] / radii[on] ** 2
     c = np.flatnonzero(shapes == CYLINDER)
     if len(c):
@@ -291,7 +292,7 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     e = np.flatnonzero(shapes == ELLIPSOID)
     if len(e):
         n[e] = np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    norm = norm3(n)[:, None]
     return (n / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 
 

@@ -30,6 +30,7 @@ from scenemtl.data.procedural.shading import (
     shade_ground,
     sky,
 )
+from scenemtl.data.procedural.vec3 import norm3, sum3
 
 
 def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -216,9 +217,9 @@ def _camera_normals(
     h, w = cam.height, cam.width
     rot = cam.rotation.astype(np.float64)
     n = n_world.astype(np.float64) @ rot
-    facing_away = np.sum(n_world.astype(np.float64) * d_world, axis=1) > 0
+    facing_away = sum3(n_world.astype(np.float64) * d_world) > 0
     n[facing_away] = -n[facing_away]
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    n /= np.maximum(norm3(n)[:, None], 1e-12)
     out = np.zeros((h * w, 3), np.float32)
     out[hit_idx] = n
     return np.ascontiguousarray(out.T.reshape(3, h, w))

@@ -15,6 +15,7 @@ from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.scene import Ground, Light, Post
 from scenemtl.data.procedural.textures import FINE, MEDIUM, SMOOTH, hash01, noise
+from scenemtl.data.procedural.vec3 import norm3, sum3
 
 
 @dataclass
@@ -460,10 +461,10 @@ def illuminate(
     if len(g):
         # Mirror direction's sky colour, a Fresnel-ish boost at grazing angles.
         vg, ng = np.take(view, g, axis=0), np.take(n, g, axis=0)
-        cos = np.sum(vg * ng, axis=1, keepdims=True)
+        cos = sum3(vg * ng)[:, None]
         r = vg - 2 * cos * ng
         fres = shade.gloss[g] * (0.4 + 0.6 * (1 - np.abs(cos[:, 0])) ** 3)
-        refl = sky(light, r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6), 0.0)
+        refl = sky(light, r / np.maximum(norm3(r)[:, None], 1e-6), 0.0)
         out[g] += refl * fres[:, None]
     return out.astype(np.float32, copy=False)
 
