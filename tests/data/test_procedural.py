@@ -603,7 +603,7 @@ def test_stage_laps_add_up(monkeypatch) -> None:
     from scenemtl.data.procedural import profile
 
     clock = iter([10.0, 10.5, 12.0, 12.25])
-    monkeypatch.setattr(profile.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(profile.time, "process_time", lambda: next(clock))
     times = profile.StageTimes()
     lap = times.laps()  # 10.0
     lap("layout")  # +0.5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -54,7 +55,9 @@ class Camera:
         d[..., 0] = u[None, :]
         d[..., 1] = v[:, None]
         d[..., 2] = 1.0
-        norm = np.linalg.norm(d, axis=-1)
+        # |(u, v, 1)| with the sum in the order of np.linalg.norm(d, axis=-1), (u^2 + v^2)
+        # + 1, so the same bits, without its ~20x slower reduction over a length-3 axis
+        norm = np.sqrt((u * u)[None, :] + (v * v)[:, None] + 1.0)
         d /= norm[..., None]
         world = d @ self.rotation.T
         return world.astype(np.float32), (1.0 / norm).astype(np.float32)
@@ -98,14 +101,14 @@ class Camera:
         whole = front.all(axis=1)
         if whole.any():
             q = pc[whole]
-            u = self.fx * q[..., 0] / q[..., 2] + self.cx
-            v = self.fy * q[..., 1] / q[..., 2] + self.cy
-            umin[whole], umax[whole] = u.min(1), u.max(1)
-            vmin[whole], vmax[whole] = v.min(1), v.max(1)
+            u = _points_first(self.fx * q[..., 0] / q[..., 2] + self.cx)
+            v = _points_first(self.fy * q[..., 1] / q[..., 2] + self.cy)
+            umin[whole], umax[whole] = u.min(0), u.max(0)
+            vmin[whole], vmax[whole] = v.min(0), v.max(0)
         part = np.flatnonzero(front.any(axis=1) & ~whole)
         if len(part):
             q, zq, fq = pc[part], z[part], front[part]
-            ia, ib = np.triu_indices(npts, 1)
+            ia, ib = _pairs_of(npts)
             za, zb = zq[:, ia], zq[:, ib]
             cross = (za >= NEAR) != (zb >= NEAR)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -116,10 +119,10 @@ class Camera:
             zs = np.where(valid, np.maximum(allp[..., 2], NEAR), 1.0)
             u = self.fx * allp[..., 0] / zs + self.cx
             v = self.fy * allp[..., 1] / zs + self.cy
-            umin[part] = np.where(valid, u, np.inf).min(1)
-            umax[part] = np.where(valid, u, -np.inf).max(1)
-            vmin[part] = np.where(valid, v, np.inf).min(1)
-            vmax[part] = np.where(valid, v, -np.inf).max(1)
+            umin[part] = _points_first(np.where(valid, u, np.inf)).min(0)
+            umax[part] = _points_first(np.where(valid, u, -np.inf)).max(0)
+            vmin[part] = _points_first(np.where(valid, v, np.inf)).min(0)
+            vmax[part] = _points_first(np.where(valid, v, -np.inf)).max(0)
         big = 1e7
         c0 = np.clip(np.ceil(np.clip(umin, -big, big) - 0.5) - 1, 0, self.width)
         c1 = np.clip(np.floor(np.clip(umax, -big, big) - 0.5) + 2, 0, self.width)
@@ -129,6 +132,23 @@ class Camera:
         empty = ~front.any(axis=1) | (rects[:, 0] >= rects[:, 1]) | (rects[:, 2] >= rects[:, 3])
         rects[empty] = 0
         return rects
+
+
+@cache
+def _pairs_of(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(n, 1)``: every pair (a, b) of n points with a < b, read-only;
+    kept, as building it costs ~0.3 ms, more than the projection it serves."""
+    ia, ib = np.triu_indices(n, 1)
+    ia.flags.writeable = False
+    ib.flags.writeable = False
+    return ia, ib
+
+
+def _points_first(a: np.ndarray) -> np.ndarray:
+    """[K, N] -> contiguous [N, K]: a min or max over axis 0 of this is N elementwise
+    passes over K values, ~15x cheaper than NumPy's per-row reduction over axis 1 (the
+    same values: min and max do not depend on the order)."""
+    return np.ascontiguousarray(a.T)
 
 
 def make_camera(rng: np.random.Generator, size: tuple[int, int], x: float = 0.0) -> Camera:

@@ -4,8 +4,9 @@ The stages partition the work of one image: ``layout`` (the random scene),
 ``raycast`` (primary rays and hit-point geometry), ``shadows`` (sun shadow rays),
 ``shading`` (materials, light, haze, sky), ``camera`` (exposure, tone curve, blur,
 noise, quantization), ``encode`` (JPEG/PNG encoding in memory) and ``write`` (files).
-Timing is wall-clock (``time.perf_counter``) inside the worker, summed over images; a
-few hundred nanoseconds per stage, so it is always on.
+Timing is the worker's CPU time (``time.process_time``), summed over images: what the
+stage costs, whatever else the machine runs (wall-clock stage times grow with the
+load); a few hundred nanoseconds per stage, so it is always on.
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ class StageTimes:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Add the time spent inside the block to ``name``."""
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - t0
+            self.seconds[name] += time.process_time() - t0
 
     def laps(self) -> Callable[[str], None]:
         """A stopwatch: each call ``lap(name)`` adds the time since the previous call (or
         since ``laps()``) to ``name``; for stages that follow one another in one function."""
-        last = time.perf_counter()
+        last = time.process_time()
 
         def lap(name: str) -> None:
             nonlocal last
-            now = time.perf_counter()
+            now = time.process_time()
             self.seconds[name] += now - last
             last = now
 

@@ -14,7 +14,7 @@ per-primitive overhead that would otherwise dominate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from scenemtl.data.procedural.geometry import (
     Prim,
 )
 from scenemtl.data.procedural.textures import cutout_open
+from scenemtl.data.procedural.vec3 import argmax3, max3, norm3, sum3
 
 SKY = -1
 """Buffer id of pixels whose ray hits nothing."""
@@ -52,6 +53,11 @@ class PrimTable:
     cutout: np.ndarray  # [K]
     params: np.ndarray  # [K, 4]
     tex: np.ndarray  # [K]
+    # caches of corners() and distance_bounds(); the rows above are never modified
+    _corners: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _bounds: tuple[tuple[float, ...], np.ndarray] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, prims: list[Prim]) -> PrimTable:
@@ -84,14 +90,27 @@ class PrimTable:
         )
 
     def corners(self) -> np.ndarray:
-        """[K, 8, 3] world corners of the bounding boxes."""
-        local = _SIGNS[None, :, :] * self.half[:, None, :]
-        return self.center[:, None, :] + np.einsum("knj,kij->kni", local, self.rotation)
+        """[K, 8, 3] world corners of the bounding boxes (read-only: computed once per
+        table, as primary rays, shadow rays and contact shadows all need them)."""
+        if self._corners is None:
+            local = _SIGNS[None, :, :] * self.half[:, None, :]
+            corners = self.center[:, None, :] + np.einsum("knj,kij->kni", local, self.rotation)
+            corners.flags.writeable = False
+            self._corners = corners
+        return self._corners
 
     def distance_bounds(self, point: np.ndarray) -> np.ndarray:
-        """[K] lower bounds of the distance from ``point`` to each primitive."""
-        q = np.einsum("ki,kij->kj", point[None, :].astype(np.float32) - self.center, self.rotation)
-        return np.linalg.norm(np.maximum(np.abs(q) - self.half, 0.0), axis=1)
+        """[K] lower bounds of the distance from ``point`` to each primitive (read-only;
+        the last point's bounds are kept: primary and shadow rays share the camera)."""
+        key = tuple(np.asarray(point, np.float32).tolist())
+        if self._bounds is None or self._bounds[0] != key:
+            q = np.einsum(
+                "ki,kij->kj", point[None, :].astype(np.float32) - self.center, self.rotation
+            )
+            bounds = np.linalg.norm(np.maximum(np.abs(q) - self.half, 0.0), axis=1)
+            bounds.flags.writeable = False
+            self._bounds = (key, bounds)
+        return self._bounds[1]
 
 
 _SIGNS = np.array(
@@ -197,9 +216,9 @@ def pair_interval(tab: PrimTable, k: np.ndarray, o: np.ndarray, d: np.ndarray):
         if not len(m):
             continue
         km = k[m]
-        half = tab.half[km]
-        radii = tab.radii[km]
-        oo, dd = o[m], d[m]
+        half = np.take(tab.half, km, axis=0)
+        radii = np.take(tab.radii, km, axis=0)
+        oo, dd = np.take(o, m, axis=0), np.take(d, m, axis=0)
         a, b = _interval(
             shape,
             (oo[:, 0], oo[:, 1], oo[:, 2]),
@@ -251,20 +270,20 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     boxy = (shapes == BOX) | (shapes == ROUNDED_BOX)
     if boxy.any():
         b = np.flatnonzero(boxy)
-        ratio = np.abs(p[b]) / tab.half[k[b]]
-        axis = ratio.argmax(axis=1)
+        ratio = np.abs(np.take(p, b, axis=0)) / np.take(tab.half, k[b], axis=0)
+        axis = argmax3(ratio)
         n[b, axis] = np.sign(p[b, axis])
         rb = shapes[b] == ROUNDED_BOX
         if rb.any():
             r = b[rb]
-            radii = tab.radii[k[r]]
-            ell = np.sqrt(np.sum((p[r] / radii) ** 2, axis=1))
-            on = ell >= ratio[rb].max(axis=1)
+            radii = np.take(tab.radii, k[r], axis=0)
+            ell = np.sqrt(sum3((np.take(p, r, axis=0) / radii) ** 2))
+            on = ell >= max3(ratio[rb])
             n[r[on]] = p[r[on]] / radii[on] ** 2
     c = np.flatnonzero(shapes == CYLINDER)
     if len(c):
-        half = tab.half[k[c]]
-        q = p[c]
+        half = np.take(tab.half, k[c], axis=0)
+        q = np.take(p, c, axis=0)
         radial = np.sqrt((q[:, 0] / half[:, 0]) ** 2 + (q[:, 2] / half[:, 2]) ** 2)
         cap = np.abs(q[:, 1]) / half[:, 1] >= radial
         n[c, 0] = np.where(cap, 0.0, q[:, 0] / half[:, 0] ** 2)
@@ -272,25 +291,35 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
         n[c, 2] = np.where(cap, 0.0, q[:, 2] / half[:, 2] ** 2)
     e = np.flatnonzero(shapes == ELLIPSOID)
     if len(e):
-        n[e] = p[e] / tab.half[k[e]] ** 2
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    return (n / np.maximum(norm, 1e-12)).astype(np.float32)
+        n[e] = np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2
+    norm = norm3(n)[:, None]
+    return (n / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 
 
 def _pairs(rects: np.ndarray, ks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """All (primitive, flat pixel index) pairs of the given primitives' rectangles."""
+    """All (primitive, flat pixel index) pairs of the given primitives' rectangles, in
+    the order of ``ks`` and row-major within each rectangle."""
     r0, r1, c0, c1 = rects[ks].T
     w = c1 - c0
-    area = (r1 - r0) * w
+    rows = r1 - r0
+    area = rows * w
+    nonempty = area > 0
+    if not nonempty.all():
+        ks, r0, c0, w, rows, area = (a[nonempty] for a in (ks, r0, c0, w, rows, area))
     total = int(area.sum())
     if total == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    which = np.repeat(np.arange(len(ks)), area)
-    start = np.cumsum(area) - area
-    i = np.arange(total) - start[which]
-    row = r0[which] + i // w[which]
-    col = c0[which] + i % w[which]
-    return ks[which], row * width + col
+    # One entry per pixel row of every rectangle: its first flat index and its length.
+    row_rect = np.repeat(np.arange(len(ks)), rows)
+    row_in_rect = np.arange(len(row_rect)) - np.repeat(np.cumsum(rows) - rows, rows)
+    row_first = (r0[row_rect] + row_in_rect) * width + c0[row_rect]
+    row_len = w[row_rect]
+    # Flat indices step by 1 along a row and jump at the start of the next row: a
+    # cumulative sum of steps, with no integer division per pair.
+    steps = np.ones(total, np.int64)
+    steps[0] = row_first[0]
+    steps[(np.cumsum(row_len) - row_len)[1:]] = row_first[1:] - (row_first[:-1] + row_len[:-1] - 1)
+    return np.repeat(ks, area), np.cumsum(steps)
 
 
 def cast_primary(
@@ -354,8 +383,9 @@ def cast_primary(
                 p = o + tin.flat[idx][:, None] * np.stack([c.flat[idx] for c in d], 1)
                 opened = cutout_open(prim.cutout, p, tab.half[k], tab.params[k], tab.tex[k])
                 closer.flat[idx[opened]] = False
-        tb[closer] = tin[closer]
-        ids[r0:r1, c0:c1][closer] = k
+        # masked copies: no gather/scatter of the selected pixels
+        np.copyto(tb, tin, where=closer)
+        np.copyto(ids[r0:r1, c0:c1], k, where=closer)
 
     # Small primitives as one batch of pairs.
     small = np.flatnonzero((area > 0) & (area <= BATCH_AREA))
@@ -364,17 +394,23 @@ def cast_primary(
     keep = lower[k] <= tflat[pix]
     k, pix = k[keep], pix[keep]
     if len(k):
-        rot = tab.rotation[k]
-        o = np.einsum("pi,pij->pj", origin[None, :] - tab.center[k], rot)
-        d = np.einsum("pi,pij->pj", dirs.reshape(3, -1)[:, pix].T, rot)
+        rot = np.take(tab.rotation, k, axis=0)
+        o = np.einsum("pi,pij->pj", origin[None, :] - np.take(tab.center, k, axis=0), rot)
+        d = np.einsum("pi,pij->pj", np.take(dirs.reshape(3, -1), pix, axis=1).T, rot)
         tin, tout = pair_interval(tab, k, o, d)
         hit = (tin <= tout) & (tin > NEAR) & (tin < tflat[pix])
         cut = hit & (tab.cutout[k] != CUT_NONE)
         ci = np.flatnonzero(cut)
         if len(ci):
             kc = k[ci]
-            p = o[ci] + tin[ci, None] * d[ci]
-            opened = cutout_open(tab.cutout[kc], p, tab.half[kc], tab.params[kc], tab.tex[kc])
+            p = np.take(o, ci, axis=0) + tin[ci, None] * np.take(d, ci, axis=0)
+            opened = cutout_open(
+                tab.cutout[kc],
+                p,
+                np.take(tab.half, kc, axis=0),
+                np.take(tab.params, kc, axis=0),
+                tab.tex[kc],
+            )
             hit[ci[opened]] = False
         hi = np.flatnonzero(hit)
         if len(hi):
@@ -431,7 +467,8 @@ def cast_shadows(
     rects[casters] = camera.pixel_rects(hull)
     area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
     sun32 = sun.astype(np.float32)
-    lifted = points + 0.03 * normals
+    lifted = (points + 0.03 * normals).reshape(-1, 3)
+    flat_shadow = shadow.reshape(-1)
     for k in casters.tolist():
         if area[k] == 0 or area[k] <= BATCH_AREA:
             continue
@@ -441,7 +478,9 @@ def cast_shadows(
             continue
         prim = prims[k]
         rot = tab.rotation[k]
-        o = (lifted[r0:r1, c0:c1][cand] - tab.center[k]) @ rot
+        cand_r, cand_c = np.nonzero(cand)
+        pix = (cand_r + r0) * w + (cand_c + c0)
+        o = (np.take(lifted, pix, axis=0) - tab.center[k]) @ rot
         d = sun32 @ rot
         tin, tout = interval(prim, (o[:, 0], o[:, 1], o[:, 2]), tuple(d.tolist()))
         hit = (tin <= tout) & (tout > 1e-3)
@@ -449,15 +488,18 @@ def cast_shadows(
             sel = np.flatnonzero(hit)
             q = o[sel] + np.maximum(tin[sel], 0.0)[:, None] * d
             hit[sel[cutout_open(prim.cutout, q, tab.half[k], tab.params[k], tab.tex[k])]] = False
-        view = shadow[r0:r1, c0:c1]
-        view[cand] = hit
+        flat_shadow[pix] = hit
     small = casters[(area[casters] > 0) & (area[casters] <= BATCH_AREA)]
     k, pix = _pairs(rects, small, w)
     keep = lit.reshape(-1)[pix] & (ids.reshape(-1)[pix] != k) & ~shadow.reshape(-1)[pix]
     k, pix = k[keep], pix[keep]
     if len(k):
-        rot = tab.rotation[k]
-        o = np.einsum("pi,pij->pj", lifted.reshape(-1, 3)[pix] - tab.center[k], rot)
+        rot = np.take(tab.rotation, k, axis=0)
+        o = np.einsum(
+            "pi,pij->pj",
+            np.take(lifted, pix, axis=0) - np.take(tab.center, k, axis=0),
+            rot,
+        )
         d = np.einsum("i,pij->pj", sun32, rot)
         tin, tout = pair_interval(tab, k, o, d)
         hit = (tin <= tout) & (tout > 1e-3)

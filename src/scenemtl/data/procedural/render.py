@@ -30,6 +30,7 @@ from scenemtl.data.procedural.shading import (
     shade_ground,
     sky,
 )
+from scenemtl.data.procedural.vec3 import norm3, sum3
 
 
 def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,15 +77,11 @@ def render_layers(
     flat_ids = ids.ravel()
     hit_idx = np.flatnonzero(flat_ids != SKY)
     hid = flat_ids[hit_idx]
-    d_hit = dirs.reshape(-1, 3)[hit_idx]
+    d_hit = np.take(dirs.reshape(-1, 3), hit_idx, axis=0)
     t_hit = t.ravel()[hit_idx]
     origin = cam.position.astype(np.float32)
     p = origin + t_hit[:, None] * d_hit
     m = len(hit_idx)
-    pl = p.copy()
-    n = np.zeros((m, 3), np.float32)
-    n[:, 1] = 1.0
-    nl = n.copy()
     prims = scene.prims
     k = len(prims)
 
@@ -105,20 +102,30 @@ def render_layers(
     table_label = rows([p.label for p in prims], 0, np.uint8)
     table_mat = rows([p.material for p in prims], 0, np.int32)
 
-    on_prim = np.flatnonzero(hid >= 0)
-    if len(on_prim):
-        kp = hid[on_prim]
-        rot = table.rotation[kp]
-        q = np.einsum("pi,pij->pj", p[on_prim] - table.center[kp], rot)
-        nloc = pair_normal(table, kp, q)
-        pl[on_prim] = q
-        nl[on_prim] = nloc
-        n[on_prim] = np.einsum("pj,pij->pi", nloc, rot)
-
+    # Hits are on a primitive or on the ground: local points and normals are made for
+    # each group apart and put in pixel order by one gather each (much cheaper than a
+    # 2-D scatter ``a[rows] = ...``).
     ground = hid == GROUND
+    on_prim = np.flatnonzero(~ground)
+    gsel = np.flatnonzero(ground)
+    p_ground = np.take(p, gsel, axis=0)
+    kp = hid[on_prim]
+    rot = np.take(table.rotation, kp, axis=0)
+    q = np.einsum(
+        "pi,pij->pj", np.take(p, on_prim, axis=0) - np.take(table.center, kp, axis=0), rot
+    )
+    nloc = pair_normal(table, kp, q)
+    up = np.zeros((len(gsel), 3), np.float32)
+    up[:, 1] = 1.0  # the ground's normal, world and local
+    pixel_order = np.empty(m, np.intp)
+    pixel_order[np.concatenate([on_prim, gsel])] = np.arange(m)
+    pl = np.take(np.concatenate([q, p_ground]), pixel_order, axis=0)
+    nl = np.take(np.concatenate([nloc, up]), pixel_order, axis=0)
+    n = np.take(np.concatenate([np.einsum("pj,pij->pi", nloc, rot), up]), pixel_order, axis=0)
+
     prim_rows = np.where(ground, k, hid)
     labels = table_label[prim_rows]
-    labels[ground] = ground_labels(scene.ground, p[ground])
+    labels[gsel] = ground_labels(scene.ground, p_ground)
     part_map = _part_map(prims, prim_rows, pl, hit_idx, h, w) if parts else None
     lap("raycast")
 
@@ -128,10 +135,10 @@ def render_layers(
         n=n,
         nl=nl,
         pid=hid,
-        color=table_color[prim_rows],
-        color2=table_color2[prim_rows],
-        params=table_params[prim_rows],
-        half=table_half[prim_rows],
+        color=np.take(table_color, prim_rows, axis=0),
+        color2=np.take(table_color2, prim_rows, axis=0),
+        params=np.take(table_params, prim_rows, axis=0),
+        half=np.take(table_half, prim_rows, axis=0),
         tex=table_tex[prim_rows],
     )
     out = Shade(
@@ -144,8 +151,7 @@ def render_layers(
         sel = np.flatnonzero((mats == key) & ~ground)
         if len(sel):
             shader(surf, sel, out)
-    gsel = np.flatnonzero(ground)
-    out.albedo[gsel] = shade_ground(scene.ground, p[gsel], labels[gsel])
+    out.albedo[gsel] = shade_ground(scene.ground, p_ground, labels[gsel])
 
     lap("shading")
     light = scene.light
@@ -160,14 +166,27 @@ def render_layers(
     occlusion = np.ones(m, np.float32)
     near_ground = np.flatnonzero(ground & (t_hit < 80.0))
     if len(near_ground):
-        occlusion[near_ground] = contact_occlusion(p[near_ground], _footprints(scene, table))
+        occlusion[near_ground] = contact_occlusion(
+            np.take(p, near_ground, axis=0), _footprints(scene, table)
+        )
 
-    radiance = np.zeros((h * w, 3), np.float32)
     lit_rgb = illuminate(light, out, n, shadow, d_hit, occlusion)
-    radiance[hit_idx] = haze(light, lit_rgb, t_hit)
     sky_idx = np.flatnonzero(flat_ids == SKY)
-    radiance[sky_idx] = sky(
-        light, dirs.reshape(-1, 3)[sky_idx], float(scene.meta.get("sky_tex", 0.0))
+    sky_rgb = sky(
+        light, np.take(dirs.reshape(-1, 3), sky_idx, axis=0), float(scene.meta.get("sky_tex", 0.0))
+    )
+    # Every pixel is a hit or sky: put both in pixel order by one gather.
+    image_order = np.empty(h * w, np.intp)
+    image_order[np.concatenate([hit_idx, sky_idx])] = np.arange(h * w)
+    radiance = np.take(
+        np.concatenate(
+            [
+                haze(light, lit_rgb, t_hit).astype(np.float32, copy=False),
+                sky_rgb.astype(np.float32, copy=False),
+            ]
+        ),
+        image_order,
+        axis=0,
     )
     lap("shading")
     rgb = camera_response(scene.post, radiance.reshape(h, w, 3), rng)
@@ -198,9 +217,9 @@ def _camera_normals(
     h, w = cam.height, cam.width
     rot = cam.rotation.astype(np.float64)
     n = n_world.astype(np.float64) @ rot
-    facing_away = np.sum(n_world.astype(np.float64) * d_world, axis=1) > 0
+    facing_away = sum3(n_world.astype(np.float64) * d_world) > 0
     n[facing_away] = -n[facing_away]
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    n /= np.maximum(norm3(n)[:, None], 1e-12)
     out = np.zeros((h * w, 3), np.float32)
     out[hit_idx] = n
     return np.ascontiguousarray(out.T.reshape(3, h, w))
@@ -245,22 +264,47 @@ def _soft_shadows(
     a small blur: four times cheaper, and the soft edge stands in for the penumbra.
     """
     h, w = ids.shape
-    full = lambda a, fill: _unflatten(a, hit_idx, h, w, fill)  # noqa: E731
-    sub = (slice(0, None, 2), slice(0, None, 2))
+    even = _EvenPixels(hit_idx, h, w)
     shadow = cast_shadows(
         _half_camera(cam),
         scene.prims,
-        ids[sub],
-        full(p, 0.0)[sub],
-        full(n, 0.0)[sub],
-        full(lit, False)[sub],
+        ids[::2, ::2],
+        even.gather(p, 0.0),
+        even.gather(n, 0.0),
+        even.gather(lit, False),
         scene.light.sun,
         table,
     ).astype(np.float32)
+    if not shadow.any():
+        return np.zeros(len(hit_idx), np.float32)  # what the blur below gives then
     up = np.repeat(np.repeat(shadow, 2, axis=0), 2, axis=1)[:h, :w]
     pad = np.pad(up, 1, mode="edge")
     soft = (pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] + 2 * up) / 6
     return soft.ravel()[hit_idx] * lit
+
+
+class _EvenPixels:
+    """Per-hit values [M, ...] on the grid of the even rows and columns of an [H, W]
+    image: the same as scattering them into the image and taking ``[::2, ::2]``, without
+    making the full image.
+
+    Args:
+        hit_idx: [M] increasing flat pixel indices of the hits.
+    """
+
+    def __init__(self, hit_idx: np.ndarray, h: int, w: int) -> None:
+        self.shape = ((h + 1) // 2, (w + 1) // 2)
+        row, col = np.divmod(hit_idx, w)
+        even = np.flatnonzero(((row | col) & 1) == 0)
+        # for each pixel of the half grid, the hit it shows, or M (the fill row)
+        self.src = np.full(self.shape[0] * self.shape[1], len(hit_idx), np.intp)
+        self.src[(row[even] >> 1) * self.shape[1] + (col[even] >> 1)] = even
+
+    def gather(self, values: np.ndarray, fill: float | bool) -> np.ndarray:
+        """[ceil(H/2), ceil(W/2), ...] values of the hits, ``fill`` elsewhere."""
+        tail = values.shape[1:]
+        padded = np.concatenate([values, np.full((1, *tail), fill, values.dtype)])
+        return np.take(padded, self.src, axis=0).reshape(*self.shape, *tail)
 
 
 def _half_camera(cam: Camera) -> Camera:
@@ -298,12 +342,3 @@ def _part_map(
     out = np.zeros(h * w, np.uint8)
     out[hit_idx] = part
     return out.reshape(h, w)
-
-
-def _unflatten(
-    values: np.ndarray, idx: np.ndarray, h: int, w: int, fill: float | bool
-) -> np.ndarray:
-    """Scatter per-hit values [M, ...] back into an image [H, W, ...]."""
-    out = np.full((h * w, *values.shape[1:]), fill, dtype=values.dtype)
-    out[idx] = values
-    return out.reshape(h, w, *values.shape[1:])

@@ -15,6 +15,7 @@ from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.scene import Ground, Light, Post
 from scenemtl.data.procedural.textures import FINE, MEDIUM, SMOOTH, hash01, noise
+from scenemtl.data.procedural.vec3 import norm3, sum3
 
 
 @dataclass
@@ -60,7 +61,7 @@ def _smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
 
 
 def _sidewalk(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    p = s.p[sel]
+    p = np.take(s.p, sel, axis=0)
     tile = s.params[sel, 0]
     tex = s.tex[sel]
     u = p[:, 0] / tile
@@ -73,13 +74,13 @@ def _sidewalk(s: Surface, sel: np.ndarray, out: Shade) -> None:
     shade = np.where(grout & top, shade * 0.72, shade)
     # The curb's vertical face is granite: lighter and less regular.
     shade = np.where(top, shade, 1.12 * (0.85 + 0.3 * noise(FINE, p[:, 2] * 40, p[:, 1] * 40)))
-    out.albedo[sel] = s.color[sel] * shade[:, None]
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
 
 
 def _facade_uv(s: Surface, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Horizontal coordinate along the face and height above the ground (meters)."""
-    nl = s.nl[sel]
-    pl = s.pl[sel]
+    nl = np.take(s.nl, sel, axis=0)
+    pl = np.take(s.pl, sel, axis=0)
     u = np.where(np.abs(nl[:, 0]) > 0.5, pl[:, 2], pl[:, 0])
     return u + s.half[sel, 0] + s.half[sel, 2], s.p[sel, 1]
 
@@ -89,7 +90,7 @@ def _building(s: Surface, sel: np.ndarray, out: Shade) -> None:
     tex = s.tex[sel]
     u, v = _facade_uv(s, sel)
     roof = s.nl[sel, 1] > 0.5
-    base = s.color[sel]
+    base = np.take(s.color, sel, axis=0)
     weather = 0.8 + 0.35 * noise(SMOOTH, u * 1.5 + tex, v * 1.5)
     streak = 0.92 + 0.1 * noise(MEDIUM, u * 12 + tex * 3, v * 0.6)
     grain = 0.9 + 0.2 * noise(FINE, u * 20 + tex, v * 20)
@@ -114,7 +115,7 @@ def _building(s: Surface, sel: np.ndarray, out: Shade) -> None:
     frame = (np.abs(fu - 0.5) < w / 2 + 0.05) & (fv > lo - 0.04) & (fv < hi + 0.04) & ~window
     panel_line = (style == 2) & ((fu < 0.03) | (fv < 0.03))
     cell = hash01(col, row, np.floor(tex))
-    glass = s.color2[sel] * (0.45 + 1.1 * cell)[:, None]
+    glass = np.take(s.color2, sel, axis=0) * (0.45 + 1.1 * cell)[:, None]
     lit = cell > 0.93
     glass = np.where(lit[:, None], glass + np.array([0.25, 0.18, 0.08], np.float32), glass)
     albedo = base * shade[:, None]
@@ -130,10 +131,10 @@ def _building(s: Surface, sel: np.ndarray, out: Shade) -> None:
 
 
 def _roof(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    pl = s.pl[sel]
+    pl = np.take(s.pl, sel, axis=0)
     tiles = 0.8 + 0.25 * ((pl[:, 0] * 4 + pl[:, 1] * 4) % 1.0 < 0.8)
     shade = tiles * (0.8 + 0.4 * noise(MEDIUM, pl[:, 2] * 8 + s.tex[sel], pl[:, 1] * 8))
-    out.albedo[sel] = s.color[sel] * shade[:, None]
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
 
 
 def _wall(s: Surface, sel: np.ndarray, out: Shade) -> None:
@@ -152,28 +153,28 @@ def _wall(s: Surface, sel: np.ndarray, out: Shade) -> None:
     shade = np.where(stone, shade * (0.85 + 0.3 * cell) * np.where(joint, 0.7, 1.0), shade)
     top = s.nl[sel, 1] > 0.5
     shade = np.where(top, shade * 1.2, shade)
-    out.albedo[sel] = s.color[sel] * shade[:, None]
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
 
 
 def _fence(s: Surface, sel: np.ndarray, out: Shade) -> None:
     u, v = _facade_uv(s, sel)
     plank = 0.85 + 0.3 * hash01(np.floor(u / 0.14), np.floor(s.tex[sel]))
     shade = plank * (0.85 + 0.3 * noise(FINE, u * 20, v * 5))
-    out.albedo[sel] = s.color[sel] * shade[:, None]
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
 
 
 def _metal(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    p = s.p[sel]
+    p = np.take(s.p, sel, axis=0)
     shade = 0.85 + 0.3 * noise(FINE, (p[:, 0] + p[:, 2]) * 15, p[:, 1] * 4)
-    out.albedo[sel] = s.color[sel] * shade[:, None]
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
     out.gloss[sel] = 0.08
 
 
 def _traffic_light(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    pl, nl = s.pl[sel], s.nl[sel]
+    pl, nl = np.take(s.pl, sel, axis=0), np.take(s.nl, sel, axis=0)
     state = s.params[sel, 0].astype(np.int64)
-    half = s.half[sel]
-    albedo = s.color[sel].copy()
+    half = np.take(s.half, sel, axis=0)
+    albedo = np.take(s.color, sel, axis=0).copy()
     emission = np.zeros_like(albedo)
     front = nl[:, 2] < -0.5
     for i, lamp in enumerate(pal.LAMP):
@@ -190,14 +191,14 @@ def _traffic_light(s: Surface, sel: np.ndarray, out: Shade) -> None:
 
 
 def _sign(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    pl, nl = s.pl[sel], s.nl[sel]
+    pl, nl = np.take(s.pl, sel, axis=0), np.take(s.nl, sel, axis=0)
     kind = s.params[sel, 0].astype(np.int64)
-    half = s.half[sel]
+    half = np.take(s.half, sel, axis=0)
     qx, qy = pl[:, 0] / half[:, 0], pl[:, 1] / half[:, 1]
     rr = np.hypot(qx, qy)
     rb = np.maximum(np.abs(qx), np.abs(qy))
     ring = np.where(np.isin(kind, (0, 1, 6)), rr, rb)
-    face = s.color[sel]
+    face = np.take(s.color, sel, axis=0)
     white = pal.srgb(235, 235, 235).astype(np.float32)
     dark = pal.srgb(25, 25, 25).astype(np.float32)
     albedo = face.copy()
@@ -221,7 +222,7 @@ def _sign(s: Surface, sel: np.ndarray, out: Shade) -> None:
 
 
 def _foliage(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    p = s.p[sel]
+    p = np.take(s.p, sel, axis=0)
     tex = s.tex[sel]
     clumps = noise(MEDIUM, (p[:, 0] + p[:, 2] * 0.8) * 5 + tex, p[:, 1] * 5 + tex)
     leaves = noise(FINE, (p[:, 0] - p[:, 2] * 0.7) * 25 + tex, p[:, 1] * 25)
@@ -229,40 +230,40 @@ def _foliage(s: Surface, sel: np.ndarray, out: Shade) -> None:
     # Leaves under the crown's upper shell see less sky.
     shade *= 0.75 + 0.25 * s.nl[sel, 1]
     hue = np.stack([0.9 + 0.3 * leaves, np.ones_like(leaves), 0.9 + 0.2 * clumps], 1)
-    out.albedo[sel] = s.color[sel] * shade[:, None] * hue
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None] * hue
 
 
 def _bark(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    p = s.p[sel]
+    p = np.take(s.p, sel, axis=0)
     shade = 0.65 + 0.55 * noise(FINE, (p[:, 0] + p[:, 2]) * 30 + s.tex[sel], p[:, 1] * 5)
-    out.albedo[sel] = s.color[sel] * shade[:, None]
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
 
 
 def _grass(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    p = s.p[sel]
+    p = np.take(s.p, sel, axis=0)
     tex = s.tex[sel]
     shade = (0.7 + 0.5 * noise(MEDIUM, p[:, 0] * 3 + tex, p[:, 2] * 3)) * (
         0.8 + 0.4 * noise(FINE, p[:, 0] * 30, p[:, 2] * 30)
     )
     side = s.nl[sel, 1] < 0.5
-    albedo = s.color[sel] * shade[:, None]
+    albedo = np.take(s.color, sel, axis=0) * shade[:, None]
     albedo[side] = albedo[side] * np.array([1.1, 0.8, 0.7], np.float32)
     out.albedo[sel] = albedo
 
 
 def _skin(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    out.albedo[sel] = s.color[sel]
+    out.albedo[sel] = np.take(s.color, sel, axis=0)
 
 
 def _cloth(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    p = s.p[sel]
+    p = np.take(s.p, sel, axis=0)
     shade = 0.85 + 0.25 * noise(MEDIUM, (p[:, 0] + p[:, 2]) * 20, p[:, 1] * 20)
-    out.albedo[sel] = s.color[sel] * shade[:, None]
+    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
 
 
 def _paint(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    pl, nl = s.pl[sel], s.nl[sel]
-    half = s.half[sel]
+    pl, nl = np.take(s.pl, sel, axis=0), np.take(s.nl, sel, axis=0)
+    half = np.take(s.half, sel, axis=0)
     wlo, whi, period, flags = (s.params[sel, i] for i in range(4))
     flags = flags.astype(np.int64)
     q = pl / half
@@ -279,7 +280,7 @@ def _paint(s: Surface, sel: np.ndarray, out: Shade) -> None:
     )
     glass &= ~pillar & ~(end & (np.abs(q[:, 0]) > 0.88))
     albedo = (
-        s.color[sel]
+        np.take(s.color, sel, axis=0)
         * (0.93 + 0.12 * noise(MEDIUM, pl[:, 0] * 8 + s.tex[sel], pl[:, 1] * 8))[:, None]
     )
     # Lights, bumper and plate have absolute sizes: a truck's tail lights are no bigger
@@ -288,7 +289,7 @@ def _paint(s: Surface, sel: np.ndarray, out: Shade) -> None:
     has_lights = (flags & ob.LIGHTS) > 0
     bumper = vertical & has_lights & (y_up < np.minimum(0.22, 0.5 * half[:, 1]))
     albedo[bumper] *= 0.35
-    albedo[glass] = s.color2[sel][glass]
+    albedo[glass] = np.take(s.color2, sel, axis=0)[glass]
     emission = np.zeros_like(albedo)
     low = np.minimum(0.35, half[:, 1])
     lights = end & has_lights & (np.abs(pl[:, 0]) > half[:, 0] - 0.32) & (y_up > low)
@@ -307,13 +308,13 @@ def _paint(s: Surface, sel: np.ndarray, out: Shade) -> None:
 
 
 def _tyre(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    pl, nl = s.pl[sel], s.nl[sel]
-    half = s.half[sel]
+    pl, nl = np.take(s.pl, sel, axis=0), np.take(s.nl, sel, axis=0)
+    half = np.take(s.half, sel, axis=0)
     cap = np.abs(nl[:, 1]) > 0.5
     r = np.hypot(pl[:, 0] / half[:, 0], pl[:, 2] / half[:, 2])
     rim = cap & (r < 0.6)
-    albedo = s.color[sel].copy()
-    albedo[rim] = s.color2[sel][rim]
+    albedo = np.take(s.color, sel, axis=0).copy()
+    albedo[rim] = np.take(s.color2, sel, axis=0)[rim]
     out.albedo[sel] = albedo
 
 
@@ -404,7 +405,7 @@ def shade_ground(g: Ground, p: np.ndarray, labels: np.ndarray) -> np.ndarray:
             0.8 + 0.4 * noise(FINE, xt * 30, zt * 30)
         )
         albedo[terrain] = col * tshade[:, None]
-    return albedo.astype(np.float32)
+    return albedo.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -459,13 +460,13 @@ def illuminate(
     g = np.flatnonzero(shade.gloss > 0)
     if len(g):
         # Mirror direction's sky colour, a Fresnel-ish boost at grazing angles.
-        vg, ng = view[g], n[g]
-        cos = np.sum(vg * ng, axis=1, keepdims=True)
+        vg, ng = np.take(view, g, axis=0), np.take(n, g, axis=0)
+        cos = sum3(vg * ng)[:, None]
         r = vg - 2 * cos * ng
         fres = shade.gloss[g] * (0.4 + 0.6 * (1 - np.abs(cos[:, 0])) ** 3)
-        refl = sky(light, r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6), 0.0)
+        refl = sky(light, r / np.maximum(norm3(r)[:, None], 1e-6), 0.0)
         out[g] += refl * fres[:, None]
-    return out.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def contact_occlusion(p: np.ndarray, footprints: np.ndarray) -> np.ndarray:

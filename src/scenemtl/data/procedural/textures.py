@@ -12,6 +12,7 @@ from functools import cache
 import numpy as np
 
 from scenemtl.data.procedural.geometry import CUT_FOLIAGE, CUT_LATTICE
+from scenemtl.data.procedural.vec3 import sum3
 
 TILE = 256
 SMOOTH = 0  # 1/f^2.4 spectrum: blotches, patches, clouds
@@ -101,6 +102,6 @@ def cutout_open(
         q = p_local[fol] / h
         u = (q[:, 0] * 1.3 + q[:, 2] * 0.9) * h[:, 0] * 9.0 + tex[fol]
         v = q[:, 1] * h[:, 1] * 9.0 + tex[fol] * 0.7
-        rim = np.sum(q * q, axis=1)
+        rim = sum3(q * q)
         out[fol] = noise(MEDIUM, u, v) > (0.78 - 0.25 * rim)
     return out
