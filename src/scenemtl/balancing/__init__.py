@@ -67,7 +67,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
         Aggregation(exact.CAGrad, {"c": 0.4}, scale=lambda k, o: k / (1 + float(o["c"])))
     ),
     "imtl_g": _gradient(Aggregation("IMTLG")),
-    "graddrop": _gradient(Aggregation(GradDrop, scale=SUM_SCALE)),
+    "graddrop": _gradient(Aggregation(GradDrop, {"generator": "pcg64"}, scale=SUM_SCALE)),
     "gradvac": _gradient(
         Aggregation(
             "GradVac",

@@ -425,7 +425,8 @@ class GradientBalancer(LossBalancer):
         the whole matrix, as the representation path does; its update is ``sum_k scale w_k
         row_k`` parameter by parameter. An aggregator that declares itself ``columnwise``
         (GradDrop) runs on column chunks of the stacked rows. Any other aggregator gets
-        the whole scaled matrix."""
+        the whole scaled matrix. One that declares itself ``rowwise`` (GradDrop's
+        default stream) combines each parameter's rows itself."""
         from torchjd.aggregation import WeightedAggregator
 
         first = parts[0][0]
@@ -434,6 +435,9 @@ class GradientBalancer(LossBalancer):
                 (gramian * scale**2).to(device=first.device, dtype=first.dtype)
             )
             return weights, combine(weights.to(first.dtype) * scale, parts)
+        if getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator):
+            # GradDrop's own stream: on each parameter's rows, in column chunks
+            return None, aggregator.combine_rows(parts, scale)  # type: ignore[attr-defined]
         blocks = stacked(parts)
         if scale != 1.0:
             for block in blocks:
