@@ -261,3 +261,53 @@ def test_parameters_that_share_their_gradient_each_get_the_update(method):
     # float64 sums of the same few terms: equal to rounding
     torch.testing.assert_close(p1.grad, alone.grad, rtol=1e-14, atol=1e-15)
     torch.testing.assert_close(p2.grad, alone.grad, rtol=1e-14, atol=1e-15)
+
+
+def test_a_factor_of_the_gram_matrix():
+    """F F^T = G, also for a singular G (two equal rows, a zero row); float64 eigh of a
+    3 x 3 matrix: ~1e-15 relative."""
+    from scenemtl.balancing.gradient import gramian_factor
+
+    torch.manual_seed(0)
+    j = torch.randn(3, 50, dtype=torch.float64)
+    singular = torch.stack([j[0], j[0], torch.zeros(50, dtype=torch.float64)])
+    for matrix in (j, singular):
+        g = matrix @ matrix.T
+        f = gramian_factor(g, g)
+        torch.testing.assert_close(f @ f.T, g, rtol=0, atol=1e-12 * float(g.abs().max()))
+
+
+@pytest.mark.parametrize(
+    "method, name, options",
+    [
+        ("mean", "Mean", {}),
+        ("nash_mtl", "NashMTL", {"max_norm": 1.0, "update_weights_every": 1, "optim_niter": 20}),
+        ("nash_mtl", "NashMTL", {"max_norm": 0.0, "update_weights_every": 1, "optim_niter": 20}),
+    ],
+)
+def test_weights_through_the_gram_matrix_are_torchjds_on_the_whole_matrix(method, name, options):
+    """Mean and Nash-MTL get a [K, K] factor of the Gram matrix: the update is torchjd's
+    aggregator on the whole Jacobian (two parameters, K = 3), over two steps (Nash-MTL's
+    warm start). Tolerance: in float64 the factor reproduces J J^T to ~1e-15 relative;
+    Nash-MTL's ECOS solve takes the same iterations on both, so its weights agree far
+    below 1e-6 of the update's largest entry."""
+    import torchjd.aggregation as aggregation
+
+    if name == "NashMTL":
+        pytest.importorskip("cvxpy")
+    gen = torch.Generator().manual_seed(4)
+    reference = getattr(aggregation, name)(*((3,) if name == "NashMTL" else ()), **options)
+    specs = legacy_task_specs()
+    three = build_tasks({**specs, "depth2": specs["depth"]})
+    balancer = build_balancer(method, tasks=three, **options)
+    for _ in range(2):
+        matrix = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+        matrix[2] *= -0.3  # some conflict
+        p1 = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        p2 = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        feature = torch.cat([p1, p2])
+        cut = feature.detach().requires_grad_()
+        balancer.backward(matrix @ cut, [feature], [cut], [p1, p2], [])
+        expected = reference(matrix) * balancer.scale
+        got = torch.cat([p1.grad, p2.grad])
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))

@@ -60,7 +60,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
     "imtl_l": ImpartialLossScaling,
     "famo": FAMOWeighting,
     # gradient level (torchjd aggregators; exact.* solve their problem exactly)
-    "mean": _gradient(Aggregation("Mean")),
+    "mean": _gradient(Aggregation("Mean", through_gramian=True)),
     "mgda": _gradient(Aggregation(exact.MGDA)),
     "pcgrad": _gradient(Aggregation("PCGrad", scale=SUM_SCALE)),
     "cagrad": _gradient(
@@ -83,6 +83,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
             "NashMTL",
             {"max_norm": 1.0, "update_weights_every": 1, "optim_niter": 20},
             scale=SUM_SCALE,
+            through_gramian=True,
             state=(
                 "weighting.prvs_alpha",
                 "weighting.step",

@@ -114,6 +114,10 @@ class Aggregation:
             call after the step: gives ``sub`` (built for the rows ``positions`` of
             ``full``'s tasks) the state of those rows, the returned function writes back
             what the step changed (partial labels); None: a stateless aggregator.
+        through_gramian: a weighted aggregator whose weights depend on the matrix only
+            through its Gram matrix ``J J^T`` (torchjd's ``Mean``; ``NashMTL``: its
+            problem and its norm clip ``|w J|``): with ``wrt: parameters`` it is given a
+            [K, K] factor ``F`` with ``F F^T = J J^T`` instead of the [K, n] matrix.
     """
 
     aggregator: str | Callable[..., Aggregator]
@@ -125,6 +129,7 @@ class Aggregation:
     restored: Callable[[Any], None] | None = None
     task_weights: Callable[[Any], Tensor] | None = None
     subset: Callable[[Any, Any, list[int], int], Callable[[], None]] | None = None
+    through_gramian: bool = False
 
     @property
     def name(self) -> str:
@@ -435,6 +440,11 @@ class GradientBalancer(LossBalancer):
                 (gramian * scale**2).to(device=first.device, dtype=first.dtype)
             )
             return weights, combine(weights.to(first.dtype) * scale, parts)
+        if self.aggregation.through_gramian and not _has_hooks(aggregator):
+            # the weights from a [K, K] factor of the Gram matrix (the same Gram matrix,
+            # summed in float64, as the Gram-based aggregators get)
+            weights = _captured_weights(aggregator, gramian_factor(gramian * scale**2, first))
+            return weights, combine(weights.to(first.dtype) * scale, parts)
         if getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator):
             # GradDrop's own stream: on each parameter's rows, in column chunks
             return None, aggregator.combine_rows(parts, scale)  # type: ignore[attr-defined]
@@ -452,15 +462,7 @@ class GradientBalancer(LossBalancer):
         if not isinstance(aggregator, WeightedAggregator):
             return None, list(aggregator(matrix).split(sizes))
         captured: list[Tensor] = []
-        # the weights after every hook of the aggregator's weighting (as torchjd's
-        # jac_to_grad captures them)
-        handle = aggregator.weighting.register_forward_hook(
-            lambda _m, _i, out: captured.append(out)
-        )
-        try:
-            direction = aggregator(matrix)
-        finally:
-            handle.remove()
+        direction = _captured_weights(aggregator, matrix, captured)
         return captured[-1], list(direction.split(sizes))
 
     def _combine_representation_gradients(
@@ -534,6 +536,30 @@ class GradientBalancer(LossBalancer):
                 _set_path(self.aggregator, path, entry.get("value"))
         if self.aggregation.restored is not None:
             self.aggregation.restored(self.aggregator)
+
+
+def gramian_factor(gramian: Tensor, like: Tensor) -> Tensor:
+    """A [K, K] matrix ``F`` with ``F F^T = gramian`` (float64 [K, K], symmetric positive
+    semi-definite up to rounding): ``V sqrt(max(L, 0))`` of its eigendecomposition, in the
+    dtype and on the device of ``like``. Any ``J`` with ``J J^T = gramian`` is ``F Q^T``
+    with ``Q`` orthonormal columns, so an aggregator whose weights see ``J`` only through
+    ``J J^T`` gives ``F`` the weights it gives ``J``."""
+    values, vectors = torch.linalg.eigh(gramian)
+    factor = vectors * values.clamp_min(0).sqrt()
+    return factor.to(device=like.device, dtype=like.dtype)
+
+
+def _captured_weights(aggregator: Any, matrix: Tensor, captured: list[Tensor] | None = None) -> Any:
+    """Run ``aggregator`` on ``matrix``; with ``captured`` None return the weights its
+    weighting output last (after every hook, as torchjd's jac_to_grad captures them),
+    else append them to ``captured`` and return the aggregator's output."""
+    out: list[Tensor] = [] if captured is None else captured
+    handle = aggregator.weighting.register_forward_hook(lambda _m, _i, w: out.append(w))
+    try:
+        direction = aggregator(matrix)
+    finally:
+        handle.remove()
+    return out[-1] if captured is None else direction
 
 
 def _has_hooks(module: nn.Module) -> bool:
