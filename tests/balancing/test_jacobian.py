@@ -311,3 +311,54 @@ def test_weights_through_the_gram_matrix_are_torchjds_on_the_whole_matrix(method
         expected = reference(matrix) * balancer.scale
         got = torch.cat([p1.grad, p2.grad])
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_config_from_the_gram_matrix_is_the_papers_formula(k):
+    """ConFIG's update, g = (sum_i g_i . u) u with u the unit vector of pinv(U) 1 (U the
+    unit rows), computed here in float64 from the whole matrix with numpy's pinv; the
+    balancer computes it from the Gram matrix, on two parameters. Both are float64 with
+    well-conditioned U: ~1e-13 relative. Also a zero row (its unit row is 0)."""
+    import numpy as np
+
+    specs = legacy_task_specs()
+    tasks = build_tasks({**specs, **{f"depth{i}": specs["depth"] for i in range(2, k)}})[:k]
+    gen = torch.Generator().manual_seed(k)
+    matrix = torch.randn(k, 9, generator=gen, dtype=torch.float64)
+    matrix[1] = -0.5 * matrix[0] + 0.2 * matrix[1]  # a conflict
+    cases = [matrix, torch.cat([matrix[:-1], torch.zeros(1, 9, dtype=torch.float64)])]
+    for j in cases:
+        norms = np.linalg.norm(j.numpy(), axis=1, keepdims=True)
+        units = np.divide(j.numpy(), norms, out=np.zeros_like(j.numpy()), where=norms > 0)
+        best = np.linalg.pinv(units) @ np.ones(k)
+        unit = best / np.linalg.norm(best)
+        expected = torch.from_numpy((j.numpy() @ unit).sum() * unit)
+        p1 = nn.Parameter(torch.zeros(5, dtype=torch.float64))
+        p2 = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        feature = torch.cat([p1, p2])
+        cut = feature.detach().requires_grad_()
+        build_balancer("config", tasks=tasks).backward(j @ cut, [feature], [cut], [p1, p2], [])
+        got = torch.cat([p1.grad, p2.grad])
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+        # the plain aggregator on the matrix: the same
+        from scenemtl.balancing.exact import ConFIG
+
+        torch.testing.assert_close(
+            ConFIG()(j), expected, rtol=0, atol=1e-12 * float(expected.abs().max())
+        )
+
+
+def test_config_is_not_zero_on_many_float32_columns():
+    """torchjd's ConFIG returns exactly 0 for float32 matrices of more than 1 / eps = 8.4 M
+    columns (pinv's default cutoff max(K, n) eps > 1); ours returns the update: here two
+    orthogonal rows on 9 M columns, whose ConFIG update is g1 + g2 (u along g1/|g1| +
+    g2/|g2|, equal norms)."""
+    from scenemtl.balancing.exact import ConFIG
+
+    n = 9_000_000
+    j = torch.zeros(2, n)
+    j[0, : n // 2] = 1.0
+    j[1, n // 2 :] = 1.0
+    out = ConFIG()(j)
+    # float32 sums of 4.5 M ones are exact; the coefficients err by ~1e-7 relative
+    torch.testing.assert_close(out, j.sum(0), rtol=1e-6, atol=1e-6)

@@ -99,7 +99,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
     ),
     "upgrad": _gradient(Aggregation(exact.UPGrad)),
     "dualproj": _gradient(Aggregation(exact.DualProj)),
-    "config": _gradient(Aggregation("ConFIG", scale=SUM_SCALE)),
+    "config": _gradient(Aggregation(exact.ConFIG, scale=SUM_SCALE)),
 }
 
 BALANCING_METHODS: tuple[str, ...] = tuple(BALANCERS)

@@ -445,6 +445,10 @@ class GradientBalancer(LossBalancer):
             # summed in float64, as the Gram-based aggregators get)
             weights = _captured_weights(aggregator, gramian_factor(gramian * scale**2, first))
             return weights, combine(weights.to(first.dtype) * scale, parts)
+        if hasattr(aggregator, "gramian_combination") and not _has_hooks(aggregator):
+            # ConFIG: a combination of the rows that is not a weighting (no weights logged)
+            coefficients = aggregator.gramian_combination(gramian * scale**2)
+            return None, combine(coefficients.to(first.dtype) * scale, parts)
         if getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator):
             # GradDrop's own stream: on each parameter's rows, in column chunks
             return None, aggregator.combine_rows(parts, scale)  # type: ignore[attr-defined]
