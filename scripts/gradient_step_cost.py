@@ -7,9 +7,10 @@ the cost a gradient-level method cannot go below). Prints per method the median 
 seconds per step and the ratio of ``fixed``'s time to the method's per round (median,
 range), and the process's peak RSS. With ``--memory``, afterwards, per method the peak
 RSS of a fresh process that builds only that method's module and runs two steps
-(``ru_maxrss``: the resident set's high-water mark, what the system had to provide; torch
-has no allocator statistics on the CPU). docs/balancing.md ("Where the time goes") has the
-figures and the command.
+(``VmHWM`` of /proc/self/status: the resident set's high-water mark of this process's
+memory map, what the system had to provide; ``ru_maxrss`` would carry the parent's over
+the exec, and torch has no allocator statistics on the CPU). docs/balancing.md ("Where
+the time goes") has the figures and the command.
 
     python scripts/gradient_step_cost.py --data DATA fixed bound pcgrad mgda upgrad graddrop
     python scripts/gradient_step_cost.py --data DATA --memory fixed pcgrad ... --rounds 1
@@ -68,6 +69,18 @@ def step(module, batch: dict, bound: bool) -> None:
         p.grad = None
 
 
+def peak_rss_mb() -> float:
+    """The high-water mark of this process's resident set, MB (VmHWM; Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("methods", nargs="+", help="balancing methods, and/or 'bound'")
@@ -112,7 +125,7 @@ def main() -> None:
                 f"[{min(ratios):.3f}, {max(ratios):.3f}]"
             )
         print(line)
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
     if args.memory:
         for method in args.methods:
             argv = [sys.executable, __file__, method, "--data", args.data]

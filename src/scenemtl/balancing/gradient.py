@@ -75,6 +75,7 @@ from scenemtl.balancing.jacobian import (
     add_to_grads,
     columnwise,
     combine,
+    cut_jacobian,
     gram_matrix,
     parameter_jacobian,
     stacked,
@@ -304,20 +305,26 @@ class GradientBalancer(LossBalancer):
             the task gradients, before scaling, for the conflict monitor; zero rows and
             columns for tasks of weight 0 and absent tasks).
         """
-        from torchjd.autojac import jac
-
         representation, cut = list(representation), list(cut)
         own = [p for p in task_params if p.requires_grad]
         k = self.num_tasks
         # weighted heads need this step's weights: they are backpropagated after the
         # aggregation, so the heads' graph is kept until then
         weighted = self.task_grads == "weighted" and bool(shared_params) and bool(own)
-        if own and not weighted:
-            torch.autograd.backward(losses.sum(), inputs=own, retain_graph=True)
+        tasks, row_scale = (
+            self._rows_of(present, losses.device) if shared_params else ([], torch.ones(0))
+        )
+        # plain heads get the gradient of the sum of the losses: the balanced tasks' part
+        # comes with their passes at the cut below (cut_jacobian), the others' (weight 0,
+        # absent: zeros with a graph, so that their heads get a zero like under fixed)
+        # here, as does everything when nothing is balanced
+        rest = [i for i in range(k) if i not in tasks]
+        if own and not weighted and rest:
+            torch.autograd.backward(losses[rest].sum(), inputs=own, retain_graph=True)
+        if own and not weighted and not tasks:
             _average_grads(own)
         if not shared_params:  # an architecture that shares nothing: nothing to combine
             return None, torch.zeros(k, k, dtype=torch.float64)
-        tasks, row_scale = self._rows_of(present, losses.device)
         if not tasks:  # no task of positive weight has a label in this batch
             if weighted:  # free the heads' graph; their loss terms are all zero
                 torch.autograd.backward((losses * 0).sum(), inputs=own)
@@ -327,7 +334,13 @@ class GradientBalancer(LossBalancer):
         with self._aggregator_for(positions) as (aggregator, scale):
             rows = [losses[i] for i in tasks]
             # [K', *shape] per tensor of the representation; freeing the heads' graph
-            at_cut = jac(rows, inputs=cut, retain_graph=weighted, parallel_chunk_size=1)
+            plain_heads = own if not weighted else []
+            at_cut, head_grads = cut_jacobian(rows, cut, plain_heads, retain_graph=weighted)
+            add_to_grads(
+                [g.reshape(-1) for g in head_grads if g is not None],
+                [p for p, g in zip(plain_heads, head_grads, strict=True) if g is not None],
+            )
+            _average_grads(plain_heads)
             combine = (
                 self._combine_parameter_gradients
                 if self.wrt == "parameters"

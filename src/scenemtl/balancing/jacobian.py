@@ -137,9 +137,48 @@ def columnwise(aggregate: Callable[[Tensor], Tensor], blocks: Sequence[Tensor]) 
 def add_to_grads(parts: Sequence[Tensor], params: Sequence[Tensor]) -> None:
     """Accumulate ``parts`` (one flat [numel] per parameter) into the ``.grad`` of
     ``params`` (set to them, reshaped, where there is none)."""
+    taken: set[int] = set()
     for p, g in zip(params, parts, strict=True):
         g = g.view(p.shape).to(p.dtype)
         if p.grad is None:
+            # a later accumulation adds into .grad in place: one tensor per parameter
+            if g.untyped_storage().data_ptr() in taken:
+                g = g.clone()
+            taken.add(g.untyped_storage().data_ptr())
             p.grad = g
         else:
             p.grad += g
+
+
+def cut_jacobian(
+    losses: Sequence[Tensor], cut: Sequence[Tensor], own: Sequence[Tensor], retain_graph: bool
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """The task losses' gradients at the cut and, in the same passes, the sum of their
+    gradients with respect to the task-specific parameters ``own``: one backward pass per
+    loss through the heads instead of K for the cut (torchjd's ``jac``) plus one for the
+    sum.
+
+    Args:
+        losses: K' scalar losses computed from ``cut`` and ``own``.
+        cut: leaf tensors the losses were computed from.
+        own: parameters whose gradient is the sum of the losses' gradients.
+        retain_graph: keep the graph after the last pass.
+
+    Returns:
+        ([K', *c.shape] per tensor c of ``cut``, zeros where a loss does not reach it;
+        per parameter of ``own`` the sum over the losses of its gradient, in loss order,
+        None where no loss reaches it).
+    """
+    rows: list[list[Tensor]] = [[] for _ in cut]
+    sums: list[Tensor | None] = [None for _ in own]
+    inputs = [*cut, *own]
+    for i, loss in enumerate(losses):
+        grads = torch.autograd.grad(
+            loss, inputs, retain_graph=retain_graph or i < len(losses) - 1, allow_unused=True
+        )
+        for j, (c, g) in enumerate(zip(cut, grads[: len(cut)], strict=True)):
+            rows[j].append(torch.zeros_like(c) if g is None else g)
+        for j, g in enumerate(grads[len(cut) :]):
+            if g is not None:
+                sums[j] = g if sums[j] is None else sums[j] + g
+    return [torch.stack(r) for r in rows], sums
