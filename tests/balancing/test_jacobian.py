@@ -362,3 +362,25 @@ def test_config_is_not_zero_on_many_float32_columns():
     out = ConFIG()(j)
     # float32 sums of 4.5 M ones are exact; the coefficients err by ~1e-7 relative
     torch.testing.assert_close(out, j.sum(0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["graddrop", "pcgrad"])
+def test_the_gram_matrix_is_skipped_only_where_nothing_needs_it(method):
+    """Off the conflict monitor's steps GradDrop (which does not use the Gram matrix)
+    skips it and reports None; PCGrad needs it and reports it; the update is the same
+    either way (the same draws: one seed)."""
+    matrix = torch.tensor([[1.0, -2.0, 0.5, 3.0], [-1.0, 0.5, 2.0, 1.0]], dtype=torch.float64)
+    results = []
+    for monitor in (True, False):
+        p = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        feature = p * 1.0
+        cut = feature.detach().requires_grad_()
+        torch.manual_seed(0)
+        _, gramian = build_balancer(method, tasks=TASKS).backward(
+            matrix @ cut, [feature], [cut], [p], [], monitor=monitor
+        )
+        results.append((p.grad, gramian))
+    (on, gram_on), (off, gram_off) = results
+    torch.testing.assert_close(gram_on, matrix @ matrix.T, rtol=1e-14, atol=0)
+    assert (gram_off is None) == (method == "graddrop")
+    torch.testing.assert_close(on, off, rtol=0, atol=0)  # one computation, the same seed

@@ -96,20 +96,28 @@ _TINY = {
 """The smallest subnormal number of each dtype (0 < it <= any positive float)."""
 
 
-def drop(rows: Sequence[Tensor], draws: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+def drop(
+    rows: Sequence[Tensor],
+    draws: Tensor,
+    f: Callable[[Tensor], Tensor],
+    out: Tensor | None = None,
+) -> Tensor:
     """GradDrop without a leak of the K columns ``rows`` [m] each given the draws [m]:
-    the sum of the kept entries per column, [m] (a fresh tensor).
+    the sum of the kept entries per column, [m], written into ``out`` (which may be one of
+    ``rows``: it is written last) or a fresh tensor.
 
     The kept entries of column j sum to S+ if f(P) > U, S- if f(P) < U, 0 if equal: with
-    ``s = sign(f(P) - U)`` that is ``S+ max(s, 0) - S- min(s, 0)``, exact in floats
-    (products with 1, 0, -1). Float arithmetic only: boolean masks and ``torch.where``
-    cost 5-30x a float operation on this CPU."""
+    ``s = sign(f(P) - U)``, ``up = max(s, 0)`` and ``down = up - s`` (1 where s = -1)
+    that is ``S+ up + S- down``, exact in floats (products with 1 and 0, and one of the
+    two terms is zero). Float arithmetic only: boolean masks and ``torch.where`` cost
+    5-30x a float operation on this CPU."""
     work = torch.empty_like(rows[0])
     positive, negative = _sums(rows, work)
     purity = _purity(positive, negative, f, work)
     side = torch.sign(purity.sub_(draws.to(purity)))
-    out = positive.mul_(torch.clamp_min(side, 0, out=work))
-    return out.sub_(negative.mul_(side.clamp_max_(0)))
+    up = torch.clamp_min(side, 0, out=work)
+    down = torch.sub(up, side, out=side)
+    return torch.addcmul(positive.mul_(up), negative, down, out=out)
 
 
 def drop_with_leak(
@@ -180,16 +188,17 @@ class GradDrop(TorchjdGradDrop):
             for start in range(0, vector.numel(), CHUNK):
                 chunk = [r[start : start + CHUNK] for r in rows]
                 u = draws.take(chunk[0].numel(), vector.dtype).to(vector.device)
-                vector[start : start + CHUNK] = self._drop(chunk, u)
+                self._drop(chunk, u, out=chunk[0])
             if scale != 1.0:  # P does not change with a positive scale: the sums scale
                 vector.mul_(scale)
             out.append(vector)
         return out
 
-    def _drop(self, rows: Sequence[Tensor], draws: Tensor) -> Tensor:
+    def _drop(self, rows: Sequence[Tensor], draws: Tensor, out: Tensor | None = None) -> Tensor:
         if self.leak is None:
-            return drop(rows, draws, self.f)
-        return drop_with_leak(rows, draws, self.f, self.leak.to(rows[0]))
+            return drop(rows, draws, self.f, out)
+        result = drop_with_leak(rows, draws, self.f, self.leak.to(rows[0]))
+        return result if out is None else out.copy_(result)
 
     def _torchjd_forward(self, matrix: Tensor) -> Tensor:
         """torchjd's numbers: its draws and its float operations, in fewer passes."""

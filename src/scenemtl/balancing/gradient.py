@@ -56,6 +56,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -270,6 +271,7 @@ class GradientBalancer(LossBalancer):
             network.shared_parameters(),
             [*network.task_parameters(), *self.trainable_parameters()],
             present=step.present,
+            monitor=step.monitor,
         )
         return BackwardResult(weights=weights, gramian=gramian)
 
@@ -281,7 +283,8 @@ class GradientBalancer(LossBalancer):
         shared_params: Sequence[nn.Parameter],
         task_params: Sequence[nn.Parameter],
         present: Tensor | None = None,
-    ) -> tuple[Tensor | None, Tensor]:
+        monitor: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Accumulate this step's update into the ``.grad`` of the parameters.
 
         The tasks' branches must have been run on ``cut``: leaf copies of the shared
@@ -298,12 +301,15 @@ class GradientBalancer(LossBalancer):
             task_params: every other trainable parameter.
             present: [K] bool, the tasks with a labelled sample in the batch (None: all);
                 an absent task's loss is a zero with its graph.
+            monitor: the Gram matrix is wanted (the conflict monitor's step); an
+                aggregator that does not need it (GradDrop) skips it otherwise.
 
         Returns:
             (effective weight [K] of each ``L_k`` in the shared update, or None when the
             aggregator does not combine rows linearly; the Gram matrix ``J J^T`` [K, K] of
             the task gradients, before scaling, for the conflict monitor; zero rows and
-            columns for tasks of weight 0 and absent tasks).
+            columns for tasks of weight 0 and absent tasks; None when the aggregator did
+            not need it and ``monitor`` is False).
         """
         representation, cut = list(representation), list(cut)
         own = [p for p in task_params if p.requires_grad]
@@ -342,7 +348,7 @@ class GradientBalancer(LossBalancer):
             )
             _average_grads(plain_heads)
             combine = (
-                self._combine_parameter_gradients
+                partial(self._combine_parameter_gradients, monitor=monitor)
                 if self.wrt == "parameters"
                 else self._combine_representation_gradients
             )
@@ -360,8 +366,10 @@ class GradientBalancer(LossBalancer):
             # the zero-weight tasks' terms keep their heads' .grad a zero (as fixed)
             torch.autograd.backward((full * losses).sum(), inputs=own)
             _average_grads(own)
-        full_gramian = torch.zeros(k, k, dtype=torch.float64)
-        full_gramian[index[:, None], index] = gramian
+        full_gramian = None
+        if gramian is not None:
+            full_gramian = torch.zeros(k, k, dtype=torch.float64)
+            full_gramian[index[:, None], index] = gramian
         if weights is None:
             return None, full_gramian
         full_weights = torch.zeros(k)
@@ -410,10 +418,12 @@ class GradientBalancer(LossBalancer):
         aggregator: Aggregator,
         scale: float,
         row_scale: Tensor,
-    ) -> tuple[Tensor | None, Tensor]:
+        monitor: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """The Jacobian with respect to ``shared`` per parameter (:mod:`~scenemtl.
         balancing.jacobian`), averaged over processes, aggregated into the ``.grad`` of
-        ``shared``."""
+        ``shared``; the Gram matrix unless neither ``monitor`` nor the aggregator needs
+        it (None then)."""
         # under autocast the representation may be bf16 while the losses are float32
         at_cut = [j.to(r.dtype) for j, r in zip(at_cut, representation, strict=True)]
         # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
@@ -426,13 +436,18 @@ class GradientBalancer(LossBalancer):
                 all_reduce_mean(row)
                 if partial_rows:  # mean over the processes that have the task
                     row.mul_(float(row_scale[k]))
-        gramian = gram_matrix(parts)
+        rowwise = getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator)
+        gramian = gram_matrix(parts) if monitor or not rowwise else None
         weights, update = self._aggregate(parts, gramian, aggregator, scale)
         add_to_grads(update, shared)
         return (None if weights is None else weights * scale), gramian
 
     def _aggregate(
-        self, parts: list[list[Tensor]], gramian: Tensor, aggregator: Aggregator, scale: float
+        self,
+        parts: list[list[Tensor]],
+        gramian: Tensor | None,
+        aggregator: Aggregator,
+        scale: float,
     ) -> tuple[Tensor | None, list[Tensor]]:
         """The aggregator on ``scale * J``, ``J`` the parameters' rows side by side
         (:func:`~scenemtl.balancing.jacobian.parameter_jacobian`) with Gram matrix
@@ -448,6 +463,10 @@ class GradientBalancer(LossBalancer):
         from torchjd.aggregation import WeightedAggregator
 
         first = parts[0][0]
+        if getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator):
+            # GradDrop's own stream: on each parameter's rows, in column chunks
+            return None, aggregator.combine_rows(parts, scale)  # type: ignore[attr-defined]
+        assert gramian is not None  # computed for every other aggregator
         if self.uses_gramian_only and not _has_hooks(aggregator):  # a subset's is the same class
             weights = aggregator.gramian_weighting(  # type: ignore[attr-defined]
                 (gramian * scale**2).to(device=first.device, dtype=first.dtype)
@@ -462,9 +481,6 @@ class GradientBalancer(LossBalancer):
             # ConFIG: a combination of the rows that is not a weighting (no weights logged)
             coefficients = aggregator.gramian_combination(gramian * scale**2)
             return None, combine(coefficients.to(first.dtype) * scale, parts)
-        if getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator):
-            # GradDrop's own stream: on each parameter's rows, in column chunks
-            return None, aggregator.combine_rows(parts, scale)  # type: ignore[attr-defined]
         blocks = stacked(parts)
         if scale != 1.0:
             for block in blocks:
