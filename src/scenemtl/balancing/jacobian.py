@@ -19,8 +19,9 @@ whole:
 * the Gram matrix is summed over column chunks that stay in cache (:func:`gram_matrix`),
   the update of a Gram-based aggregator is ``sum_k w_k row_k`` written into the first row
   (:func:`combine`); an aggregator that needs the rows as a matrix gets them stacked per
-  parameter (:func:`stacked`), and one that works column by column (GradDrop) runs on
-  column chunks (:func:`columnwise`).
+  parameter (:func:`stacked`), and one that works column by column (GradDrop with
+  torchjd's stream) runs on column chunks (:func:`columnwise`);
+* the heads' passes at the cut also give the plain heads' gradient (:func:`cut_jacobian`).
 
 docs/balancing.md ("Where the time goes") has the profile behind these choices.
 """
