@@ -80,6 +80,7 @@ from scenemtl.balancing.jacobian import (
     gram_matrix,
     parameter_jacobian,
     stacked,
+    weighted_sum,
 )
 from scenemtl.errors import UserError
 
@@ -320,33 +321,27 @@ class GradientBalancer(LossBalancer):
         tasks, row_scale = (
             self._rows_of(present, losses.device) if shared_params else ([], torch.ones(0))
         )
-        # plain heads get the gradient of the sum of the losses: the balanced tasks' part
-        # comes with their passes at the cut below (cut_jacobian), the others' (weight 0,
-        # absent: zeros with a graph, so that their heads get a zero like under fixed)
-        # here, as does everything when nothing is balanced
+        # The heads' gradient: the balanced tasks' per-task parts come with their passes at
+        # the cut below (cut_jacobian), summed plainly or with this step's weights; the
+        # other tasks' terms (weight 0 or absent: zeros with a graph; times 0 under
+        # weighted) here, so that a head only they reach gets a zero as under fixed.
         rest = [i for i in range(k) if i not in tasks]
-        if own and not weighted and rest:
-            torch.autograd.backward(losses[rest].sum(), inputs=own, retain_graph=True)
-        if own and not weighted and not tasks:
+        if own and rest:
+            part = losses[rest].sum() * (0.0 if weighted else 1.0)
+            torch.autograd.backward(part, inputs=own, retain_graph=True)
+        if own and not tasks:
             _average_grads(own)
         if not shared_params:  # an architecture that shares nothing: nothing to combine
             return None, torch.zeros(k, k, dtype=torch.float64)
         if not tasks:  # no task of positive weight has a label in this batch
-            if weighted:  # free the heads' graph; their loss terms are all zero
-                torch.autograd.backward((losses * 0).sum(), inputs=own)
-                _average_grads(own)
             return torch.zeros(k), torch.zeros(k, k, dtype=torch.float64)
         positions = [self.active.index(i) for i in tasks]
         with self._aggregator_for(positions) as (aggregator, scale):
             rows = [losses[i] for i in tasks]
-            # [K', *shape] per tensor of the representation; freeing the heads' graph
-            plain_heads = own if not weighted else []
-            at_cut, head_grads = cut_jacobian(rows, cut, plain_heads, retain_graph=weighted)
-            add_to_grads(
-                [g.reshape(-1) for g in head_grads if g is not None],
-                [p for p, g in zip(plain_heads, head_grads, strict=True) if g is not None],
-            )
-            _average_grads(plain_heads)
+            # [K', *shape] per tensor of the representation; frees the heads' graph
+            at_cut, head_grads = cut_jacobian(rows, cut, own)
+            if not weighted:
+                _add_heads(weighted_sum([1.0] * len(rows), head_grads), own)
             combine = (
                 partial(self._combine_parameter_gradients, monitor=monitor)
                 if self.wrt == "parameters"
@@ -361,11 +356,8 @@ class GradientBalancer(LossBalancer):
         index = torch.tensor(tasks)
         if weighted:
             assert head is not None  # refused at construction otherwise
-            full = torch.zeros(k, dtype=losses.dtype, device=losses.device)
-            full[index.to(losses.device)] = head.to(losses)
-            # the zero-weight tasks' terms keep their heads' .grad a zero (as fixed)
-            torch.autograd.backward((full * losses).sum(), inputs=own)
-            _average_grads(own)
+            coefficients = [float(v) for v in head.to(losses.dtype).cpu()]
+            _add_heads(weighted_sum(coefficients, head_grads), own)
         full_gramian = None
         if gramian is not None:
             full_gramian = torch.zeros(k, k, dtype=torch.float64)
@@ -599,6 +591,14 @@ def _has_hooks(module: nn.Module) -> bool:
     """Hooks on an aggregator or its weighting (they must see the aggregator's own call)."""
     found = [module, getattr(module, "weighting", None), getattr(module, "gramian_weighting", None)]
     return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in found)
+
+
+def _add_heads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> None:
+    """Add ``grads`` (None: nothing) to the ``.grad`` of ``params``, then average them
+    over processes."""
+    reached = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+    add_to_grads([g.reshape(-1) for _, g in reached], [p for p, _ in reached])
+    _average_grads(params)
 
 
 def _average_grads(params: Sequence[nn.Parameter]) -> None:

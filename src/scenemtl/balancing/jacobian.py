@@ -152,34 +152,46 @@ def add_to_grads(parts: Sequence[Tensor], params: Sequence[Tensor]) -> None:
 
 
 def cut_jacobian(
-    losses: Sequence[Tensor], cut: Sequence[Tensor], own: Sequence[Tensor], retain_graph: bool
-) -> tuple[list[Tensor], list[Tensor | None]]:
-    """The task losses' gradients at the cut and, in the same passes, the sum of their
-    gradients with respect to the task-specific parameters ``own``: one backward pass per
-    loss through the heads instead of K for the cut (torchjd's ``jac``) plus one for the
-    sum.
+    losses: Sequence[Tensor], cut: Sequence[Tensor], own: Sequence[Tensor]
+) -> tuple[list[Tensor], list[list[Tensor | None]]]:
+    """The task losses' gradients at the cut and, in the same passes, their gradients
+    with respect to the task-specific parameters ``own``: one backward pass per loss
+    through the heads, where torchjd's ``jac`` made K for the cut and the heads' gradient
+    took one more. The graph is freed after the last pass.
 
     Args:
         losses: K' scalar losses computed from ``cut`` and ``own``.
         cut: leaf tensors the losses were computed from.
-        own: parameters whose gradient is the sum of the losses' gradients.
-        retain_graph: keep the graph after the last pass.
+        own: parameters whose per-loss gradients are wanted.
 
     Returns:
         ([K', *c.shape] per tensor c of ``cut``, zeros where a loss does not reach it;
-        per parameter of ``own`` the sum over the losses of its gradient, in loss order,
-        None where no loss reaches it).
+        per loss, per parameter of ``own`` its gradient, None where the loss does not
+        reach it).
     """
     rows: list[list[Tensor]] = [[] for _ in cut]
-    sums: list[Tensor | None] = [None for _ in own]
+    per_loss: list[list[Tensor | None]] = []
     inputs = [*cut, *own]
     for i, loss in enumerate(losses):
         grads = torch.autograd.grad(
-            loss, inputs, retain_graph=retain_graph or i < len(losses) - 1, allow_unused=True
+            loss, inputs, retain_graph=i < len(losses) - 1, allow_unused=True
         )
         for j, (c, g) in enumerate(zip(cut, grads[: len(cut)], strict=True)):
             rows[j].append(torch.zeros_like(c) if g is None else g)
-        for j, g in enumerate(grads[len(cut) :]):
-            if g is not None:
-                sums[j] = g if sums[j] is None else sums[j] + g
-    return [torch.stack(r) for r in rows], sums
+        per_loss.append(list(grads[len(cut) :]))
+    return [torch.stack(r) for r in rows], per_loss
+
+
+def weighted_sum(
+    weights: Sequence[float], per_loss: Sequence[Sequence[Tensor | None]]
+) -> list[Tensor | None]:
+    """``sum_i weights[i] * per_loss[i][j]`` per parameter j, in loss order, skipping the
+    Nones (None where all are None); a weight of 1 multiplies nothing."""
+    out: list[Tensor | None] = [None] * (len(per_loss[0]) if per_loss else 0)
+    for w, grads in zip(weights, per_loss, strict=True):
+        for j, g in enumerate(grads):
+            if g is None:
+                continue
+            term = g if w == 1.0 else g * w
+            out[j] = term if out[j] is None else out[j] + term
+    return out
