@@ -5,10 +5,15 @@ The step is what ``fit`` runs per batch without Lightning: the forward of the mo
 losses, and the method's ``backward_step`` (for ``bound``: one plain backward per task,
 the cost a gradient-level method cannot go below). Prints per method the median CPU
 seconds per step and the ratio of ``fixed``'s time to the method's per round (median,
-range), and the process's peak RSS. docs/balancing.md ("Where the time goes") has the
-figures and the command.
+range), and the process's peak RSS. With ``--memory``, afterwards, per method the peak
+RSS of a fresh process that builds only that method's module and runs two steps
+(``VmHWM`` of /proc/self/status: the resident set's high-water mark of this process's
+memory map, what the system had to provide; ``ru_maxrss`` would carry the parent's over
+the exec, and torch has no allocator statistics on the CPU). docs/balancing.md ("Where
+the time goes") has the figures and the command.
 
     python scripts/gradient_step_cost.py --data DATA fixed bound pcgrad mgda upgrad graddrop
+    python scripts/gradient_step_cost.py --data DATA --memory fixed pcgrad ... --rounds 1
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 
@@ -62,6 +69,18 @@ def step(module, batch: dict, bound: bool) -> None:
         p.grad = None
 
 
+def peak_rss_mb() -> float:
+    """The high-water mark of this process's resident set, MB (VmHWM; Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("methods", nargs="+", help="balancing methods, and/or 'bound'")
@@ -72,6 +91,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=2, default=[128, 128])
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--memory", action="store_true", help="also each method's peak RSS in a fresh process"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -103,7 +125,15 @@ def main() -> None:
                 f"[{min(ratios):.3f}, {max(ratios):.3f}]"
             )
         print(line)
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
+    if args.memory:
+        for method in args.methods:
+            argv = [sys.executable, __file__, method, "--data", args.data]
+            argv += ["--config", args.config, "--wrt", args.wrt, "--batch", str(args.batch)]
+            argv += ["--size", *map(str, args.size), "--steps", "2", "--rounds", "1"]
+            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            rss = out.strip().splitlines()[-1].removeprefix("peak RSS ")
+            print(f"{method:10s} peak RSS (fresh process, build + 3 steps) {rss}")
 
 
 if __name__ == "__main__":

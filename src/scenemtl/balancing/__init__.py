@@ -60,14 +60,14 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
     "imtl_l": ImpartialLossScaling,
     "famo": FAMOWeighting,
     # gradient level (torchjd aggregators; exact.* solve their problem exactly)
-    "mean": _gradient(Aggregation("Mean")),
+    "mean": _gradient(Aggregation("Mean", through_gramian=True)),
     "mgda": _gradient(Aggregation(exact.MGDA)),
     "pcgrad": _gradient(Aggregation("PCGrad", scale=SUM_SCALE)),
     "cagrad": _gradient(
         Aggregation(exact.CAGrad, {"c": 0.4}, scale=lambda k, o: k / (1 + float(o["c"])))
     ),
     "imtl_g": _gradient(Aggregation("IMTLG")),
-    "graddrop": _gradient(Aggregation(GradDrop, scale=SUM_SCALE)),
+    "graddrop": _gradient(Aggregation(GradDrop, {"generator": "pcg64"}, scale=SUM_SCALE)),
     "gradvac": _gradient(
         Aggregation(
             "GradVac",
@@ -83,6 +83,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
             "NashMTL",
             {"max_norm": 1.0, "update_weights_every": 1, "optim_niter": 20},
             scale=SUM_SCALE,
+            through_gramian=True,
             state=(
                 "weighting.prvs_alpha",
                 "weighting.step",
@@ -98,7 +99,7 @@ BALANCERS: dict[str, Callable[..., LossBalancer]] = {
     ),
     "upgrad": _gradient(Aggregation(exact.UPGrad)),
     "dualproj": _gradient(Aggregation(exact.DualProj)),
-    "config": _gradient(Aggregation("ConFIG", scale=SUM_SCALE)),
+    "config": _gradient(Aggregation(exact.ConFIG, scale=SUM_SCALE)),
 }
 
 BALANCING_METHODS: tuple[str, ...] = tuple(BALANCERS)

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
-from torchjd.aggregation import GramianWeightedAggregator, Weighting
+from torchjd.aggregation import Aggregator, GramianWeightedAggregator, Weighting
 
 from scenemtl.balancing.solvers import cagrad_weights, dual_cone_weights, min_norm_weights
 
@@ -108,3 +108,42 @@ class DualProj(GramianWeightedAggregator):
 
     def __init__(self) -> None:
         super().__init__(ProjectMeanWeighting())
+
+
+class ConFIG(Aggregator):
+    """ConFIG (Liu et al., ICLR 2025, equation 2): ``g = (sum_i g_i . u) u``, ``u`` the
+    unit vector of ``pinv(U) 1``, ``U`` the unit rows of ``J``, computed from the Gram
+    matrix: ``pinv(U) 1 = U^T pinv(U U^T) 1``, so the update is a combination of the rows
+    with coefficients from ``J J^T`` alone (:meth:`gramian_combination`).
+
+    torchjd 0.18's ConFIG takes ``torch.linalg.pinv`` of the [K, n] unit rows in their
+    dtype, whose default cutoff ``max(K, n) eps`` is above 1 for float32 and ``n > 8.4e6``:
+    every singular value is cut and the update is exactly 0 (the 12 M shared parameters of
+    the demo network with ``wrt: parameters``). Here the pseudo-inverse is of the [K, K]
+    correlation matrix in float64, cutting eigenvalues below ``RTOL`` of the largest
+    (rows within ~1e-5 rad of parallel count as one direction, as rounding of a float32
+    Gram matrix cannot tell them apart)."""
+
+    RTOL = 1e-10
+
+    def forward(self, matrix: Tensor, /) -> Tensor:
+        """[K, n] -> [n]."""
+        gramian = matrix.double() @ matrix.double().T
+        return self.gramian_combination(gramian).to(matrix) @ matrix
+
+    def gramian_combination(self, gramian: Tensor) -> Tensor:
+        """Gram matrix [K, K] -> coefficients a [K] (float64) with update ``a @ J``."""
+        G = gramian.detach().double().cpu().numpy()
+        G = (G + G.T) / 2
+        norms = np.sqrt(np.clip(np.diag(G), 0, None))
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        correlation = inv[:, None] * G * inv[None, :]
+        c = np.linalg.pinv(correlation, rcond=self.RTOL, hermitian=True) @ np.ones(len(G))
+        # |pinv(U) 1|, clamped as torch.nn.functional.normalize does
+        size = max(math.sqrt(max(float(c @ correlation @ c), 0.0)), 1e-12)
+        direction = inv * c / size  # u = J^T direction
+        length = float(np.ones(len(G)) @ G @ direction)  # sum_i g_i . u
+        return torch.from_numpy(length * direction)
+
+    def __repr__(self) -> str:
+        return "ConFIG()"

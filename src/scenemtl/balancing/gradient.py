@@ -56,6 +56,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,9 +76,11 @@ from scenemtl.balancing.jacobian import (
     add_to_grads,
     columnwise,
     combine,
+    cut_jacobian,
     gram_matrix,
     parameter_jacobian,
     stacked,
+    weighted_sum,
 )
 from scenemtl.errors import UserError
 
@@ -114,6 +117,10 @@ class Aggregation:
             call after the step: gives ``sub`` (built for the rows ``positions`` of
             ``full``'s tasks) the state of those rows, the returned function writes back
             what the step changed (partial labels); None: a stateless aggregator.
+        through_gramian: a weighted aggregator whose weights depend on the matrix only
+            through its Gram matrix ``J J^T`` (torchjd's ``Mean``; ``NashMTL``: its
+            problem and its norm clip ``|w J|``): with ``wrt: parameters`` it is given a
+            [K, K] factor ``F`` with ``F F^T = J J^T`` instead of the [K, n] matrix.
     """
 
     aggregator: str | Callable[..., Aggregator]
@@ -125,6 +132,7 @@ class Aggregation:
     restored: Callable[[Any], None] | None = None
     task_weights: Callable[[Any], Tensor] | None = None
     subset: Callable[[Any, Any, list[int], int], Callable[[], None]] | None = None
+    through_gramian: bool = False
 
     @property
     def name(self) -> str:
@@ -264,6 +272,7 @@ class GradientBalancer(LossBalancer):
             network.shared_parameters(),
             [*network.task_parameters(), *self.trainable_parameters()],
             present=step.present,
+            monitor=step.monitor,
         )
         return BackwardResult(weights=weights, gramian=gramian)
 
@@ -275,7 +284,8 @@ class GradientBalancer(LossBalancer):
         shared_params: Sequence[nn.Parameter],
         task_params: Sequence[nn.Parameter],
         present: Tensor | None = None,
-    ) -> tuple[Tensor | None, Tensor]:
+        monitor: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Accumulate this step's update into the ``.grad`` of the parameters.
 
         The tasks' branches must have been run on ``cut``: leaf copies of the shared
@@ -292,39 +302,48 @@ class GradientBalancer(LossBalancer):
             task_params: every other trainable parameter.
             present: [K] bool, the tasks with a labelled sample in the batch (None: all);
                 an absent task's loss is a zero with its graph.
+            monitor: the Gram matrix is wanted (the conflict monitor's step); an
+                aggregator that does not need it (GradDrop) skips it otherwise.
 
         Returns:
             (effective weight [K] of each ``L_k`` in the shared update, or None when the
             aggregator does not combine rows linearly; the Gram matrix ``J J^T`` [K, K] of
             the task gradients, before scaling, for the conflict monitor; zero rows and
-            columns for tasks of weight 0 and absent tasks).
+            columns for tasks of weight 0 and absent tasks; None when the aggregator did
+            not need it and ``monitor`` is False).
         """
-        from torchjd.autojac import jac
-
         representation, cut = list(representation), list(cut)
         own = [p for p in task_params if p.requires_grad]
         k = self.num_tasks
         # weighted heads need this step's weights: they are backpropagated after the
         # aggregation, so the heads' graph is kept until then
         weighted = self.task_grads == "weighted" and bool(shared_params) and bool(own)
-        if own and not weighted:
-            torch.autograd.backward(losses.sum(), inputs=own, retain_graph=True)
+        tasks, row_scale = (
+            self._rows_of(present, losses.device) if shared_params else ([], torch.ones(0))
+        )
+        # The heads' gradient: the balanced tasks' per-task parts come with their passes at
+        # the cut below (cut_jacobian), summed plainly or with this step's weights; the
+        # other tasks' terms (weight 0 or absent: zeros with a graph; times 0 under
+        # weighted) here, so that a head only they reach gets a zero as under fixed.
+        rest = [i for i in range(k) if i not in tasks]
+        if own and rest:
+            part = losses[rest].sum() * (0.0 if weighted else 1.0)
+            torch.autograd.backward(part, inputs=own, retain_graph=True)
+        if own and not tasks:
             _average_grads(own)
         if not shared_params:  # an architecture that shares nothing: nothing to combine
             return None, torch.zeros(k, k, dtype=torch.float64)
-        tasks, row_scale = self._rows_of(present, losses.device)
         if not tasks:  # no task of positive weight has a label in this batch
-            if weighted:  # free the heads' graph; their loss terms are all zero
-                torch.autograd.backward((losses * 0).sum(), inputs=own)
-                _average_grads(own)
             return torch.zeros(k), torch.zeros(k, k, dtype=torch.float64)
         positions = [self.active.index(i) for i in tasks]
         with self._aggregator_for(positions) as (aggregator, scale):
             rows = [losses[i] for i in tasks]
-            # [K', *shape] per tensor of the representation; freeing the heads' graph
-            at_cut = jac(rows, inputs=cut, retain_graph=weighted, parallel_chunk_size=1)
+            # [K', *shape] per tensor of the representation; frees the heads' graph
+            at_cut, head_grads = cut_jacobian(rows, cut, own)
+            if not weighted:
+                _add_heads(weighted_sum([1.0] * len(rows), head_grads), own)
             combine = (
-                self._combine_parameter_gradients
+                partial(self._combine_parameter_gradients, monitor=monitor)
                 if self.wrt == "parameters"
                 else self._combine_representation_gradients
             )
@@ -337,13 +356,12 @@ class GradientBalancer(LossBalancer):
         index = torch.tensor(tasks)
         if weighted:
             assert head is not None  # refused at construction otherwise
-            full = torch.zeros(k, dtype=losses.dtype, device=losses.device)
-            full[index.to(losses.device)] = head.to(losses)
-            # the zero-weight tasks' terms keep their heads' .grad a zero (as fixed)
-            torch.autograd.backward((full * losses).sum(), inputs=own)
-            _average_grads(own)
-        full_gramian = torch.zeros(k, k, dtype=torch.float64)
-        full_gramian[index[:, None], index] = gramian
+            coefficients = [float(v) for v in head.to(losses.dtype).cpu()]
+            _add_heads(weighted_sum(coefficients, head_grads), own)
+        full_gramian = None
+        if gramian is not None:
+            full_gramian = torch.zeros(k, k, dtype=torch.float64)
+            full_gramian[index[:, None], index] = gramian
         if weights is None:
             return None, full_gramian
         full_weights = torch.zeros(k)
@@ -392,10 +410,12 @@ class GradientBalancer(LossBalancer):
         aggregator: Aggregator,
         scale: float,
         row_scale: Tensor,
-    ) -> tuple[Tensor | None, Tensor]:
+        monitor: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """The Jacobian with respect to ``shared`` per parameter (:mod:`~scenemtl.
         balancing.jacobian`), averaged over processes, aggregated into the ``.grad`` of
-        ``shared``."""
+        ``shared``; the Gram matrix unless neither ``monitor`` nor the aggregator needs
+        it (None then)."""
         # under autocast the representation may be bf16 while the losses are float32
         at_cut = [j.to(r.dtype) for j, r in zip(at_cut, representation, strict=True)]
         # One task at a time: torchjd's vmap over the tasks fails on bf16 autocast graphs
@@ -408,13 +428,18 @@ class GradientBalancer(LossBalancer):
                 all_reduce_mean(row)
                 if partial_rows:  # mean over the processes that have the task
                     row.mul_(float(row_scale[k]))
-        gramian = gram_matrix(parts)
+        rowwise = getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator)
+        gramian = gram_matrix(parts) if monitor or not rowwise else None
         weights, update = self._aggregate(parts, gramian, aggregator, scale)
         add_to_grads(update, shared)
         return (None if weights is None else weights * scale), gramian
 
     def _aggregate(
-        self, parts: list[list[Tensor]], gramian: Tensor, aggregator: Aggregator, scale: float
+        self,
+        parts: list[list[Tensor]],
+        gramian: Tensor | None,
+        aggregator: Aggregator,
+        scale: float,
     ) -> tuple[Tensor | None, list[Tensor]]:
         """The aggregator on ``scale * J``, ``J`` the parameters' rows side by side
         (:func:`~scenemtl.balancing.jacobian.parameter_jacobian`) with Gram matrix
@@ -425,15 +450,29 @@ class GradientBalancer(LossBalancer):
         the whole matrix, as the representation path does; its update is ``sum_k scale w_k
         row_k`` parameter by parameter. An aggregator that declares itself ``columnwise``
         (GradDrop) runs on column chunks of the stacked rows. Any other aggregator gets
-        the whole scaled matrix."""
+        the whole scaled matrix. One that declares itself ``rowwise`` (GradDrop's
+        default stream) combines each parameter's rows itself."""
         from torchjd.aggregation import WeightedAggregator
 
         first = parts[0][0]
+        if getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator):
+            # GradDrop's own stream: on each parameter's rows, in column chunks
+            return None, aggregator.combine_rows(parts, scale)  # type: ignore[attr-defined]
+        assert gramian is not None  # computed for every other aggregator
         if self.uses_gramian_only and not _has_hooks(aggregator):  # a subset's is the same class
             weights = aggregator.gramian_weighting(  # type: ignore[attr-defined]
                 (gramian * scale**2).to(device=first.device, dtype=first.dtype)
             )
             return weights, combine(weights.to(first.dtype) * scale, parts)
+        if self.aggregation.through_gramian and not _has_hooks(aggregator):
+            # the weights from a [K, K] factor of the Gram matrix (the same Gram matrix,
+            # summed in float64, as the Gram-based aggregators get)
+            weights = _captured_weights(aggregator, gramian_factor(gramian * scale**2, first))
+            return weights, combine(weights.to(first.dtype) * scale, parts)
+        if hasattr(aggregator, "gramian_combination") and not _has_hooks(aggregator):
+            # ConFIG: a combination of the rows that is not a weighting (no weights logged)
+            coefficients = aggregator.gramian_combination(gramian * scale**2)
+            return None, combine(coefficients.to(first.dtype) * scale, parts)
         blocks = stacked(parts)
         if scale != 1.0:
             for block in blocks:
@@ -448,15 +487,7 @@ class GradientBalancer(LossBalancer):
         if not isinstance(aggregator, WeightedAggregator):
             return None, list(aggregator(matrix).split(sizes))
         captured: list[Tensor] = []
-        # the weights after every hook of the aggregator's weighting (as torchjd's
-        # jac_to_grad captures them)
-        handle = aggregator.weighting.register_forward_hook(
-            lambda _m, _i, out: captured.append(out)
-        )
-        try:
-            direction = aggregator(matrix)
-        finally:
-            handle.remove()
+        direction = _captured_weights(aggregator, matrix, captured)
         return captured[-1], list(direction.split(sizes))
 
     def _combine_representation_gradients(
@@ -532,10 +563,42 @@ class GradientBalancer(LossBalancer):
             self.aggregation.restored(self.aggregator)
 
 
+def gramian_factor(gramian: Tensor, like: Tensor) -> Tensor:
+    """A [K, K] matrix ``F`` with ``F F^T = gramian`` (float64 [K, K], symmetric positive
+    semi-definite up to rounding): ``V sqrt(max(L, 0))`` of its eigendecomposition, in the
+    dtype and on the device of ``like``. Any ``J`` with ``J J^T = gramian`` is ``F Q^T``
+    with ``Q`` orthonormal columns, so an aggregator whose weights see ``J`` only through
+    ``J J^T`` gives ``F`` the weights it gives ``J``."""
+    values, vectors = torch.linalg.eigh(gramian)
+    factor = vectors * values.clamp_min(0).sqrt()
+    return factor.to(device=like.device, dtype=like.dtype)
+
+
+def _captured_weights(aggregator: Any, matrix: Tensor, captured: list[Tensor] | None = None) -> Any:
+    """Run ``aggregator`` on ``matrix``; with ``captured`` None return the weights its
+    weighting output last (after every hook, as torchjd's jac_to_grad captures them),
+    else append them to ``captured`` and return the aggregator's output."""
+    out: list[Tensor] = [] if captured is None else captured
+    handle = aggregator.weighting.register_forward_hook(lambda _m, _i, w: out.append(w))
+    try:
+        direction = aggregator(matrix)
+    finally:
+        handle.remove()
+    return out[-1] if captured is None else direction
+
+
 def _has_hooks(module: nn.Module) -> bool:
     """Hooks on an aggregator or its weighting (they must see the aggregator's own call)."""
     found = [module, getattr(module, "weighting", None), getattr(module, "gramian_weighting", None)]
     return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in found)
+
+
+def _add_heads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> None:
+    """Add ``grads`` (None: nothing) to the ``.grad`` of ``params``, then average them
+    over processes."""
+    reached = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+    add_to_grads([g.reshape(-1) for _, g in reached], [p for p, _ in reached])
+    _average_grads(params)
 
 
 def _average_grads(params: Sequence[nn.Parameter]) -> None:

@@ -19,8 +19,9 @@ whole:
 * the Gram matrix is summed over column chunks that stay in cache (:func:`gram_matrix`),
   the update of a Gram-based aggregator is ``sum_k w_k row_k`` written into the first row
   (:func:`combine`); an aggregator that needs the rows as a matrix gets them stacked per
-  parameter (:func:`stacked`), and one that works column by column (GradDrop) runs on
-  column chunks (:func:`columnwise`).
+  parameter (:func:`stacked`), and one that works column by column (GradDrop with
+  torchjd's stream) runs on column chunks (:func:`columnwise`);
+* the heads' passes at the cut also give the plain heads' gradient (:func:`cut_jacobian`).
 
 docs/balancing.md ("Where the time goes") has the profile behind these choices.
 """
@@ -104,7 +105,7 @@ def combine(weights: Tensor, parts: list[list[Tensor]]) -> list[Tensor]:
     w = [float(v) for v in weights]
     out = []
     for rows in parts:
-        vector = rows[0].mul_(w[0])
+        vector = rows[0] if w[0] == 1.0 else rows[0].mul_(w[0])  # x * 1 = x: one pass less
         for wk, row in zip(w[1:], rows[1:], strict=True):
             vector.add_(row, alpha=wk)
         out.append(vector)
@@ -137,9 +138,60 @@ def columnwise(aggregate: Callable[[Tensor], Tensor], blocks: Sequence[Tensor]) 
 def add_to_grads(parts: Sequence[Tensor], params: Sequence[Tensor]) -> None:
     """Accumulate ``parts`` (one flat [numel] per parameter) into the ``.grad`` of
     ``params`` (set to them, reshaped, where there is none)."""
+    taken: set[int] = set()
     for p, g in zip(params, parts, strict=True):
         g = g.view(p.shape).to(p.dtype)
         if p.grad is None:
+            # a later accumulation adds into .grad in place: one tensor per parameter
+            if g.untyped_storage().data_ptr() in taken:
+                g = g.clone()
+            taken.add(g.untyped_storage().data_ptr())
             p.grad = g
         else:
             p.grad += g
+
+
+def cut_jacobian(
+    losses: Sequence[Tensor], cut: Sequence[Tensor], own: Sequence[Tensor]
+) -> tuple[list[Tensor], list[list[Tensor | None]]]:
+    """The task losses' gradients at the cut and, in the same passes, their gradients
+    with respect to the task-specific parameters ``own``: one backward pass per loss
+    through the heads, where torchjd's ``jac`` made K for the cut and the heads' gradient
+    took one more. The graph is freed after the last pass.
+
+    Args:
+        losses: K' scalar losses computed from ``cut`` and ``own``.
+        cut: leaf tensors the losses were computed from.
+        own: parameters whose per-loss gradients are wanted.
+
+    Returns:
+        ([K', *c.shape] per tensor c of ``cut``, zeros where a loss does not reach it;
+        per loss, per parameter of ``own`` its gradient, None where the loss does not
+        reach it).
+    """
+    rows: list[list[Tensor]] = [[] for _ in cut]
+    per_loss: list[list[Tensor | None]] = []
+    inputs = [*cut, *own]
+    for i, loss in enumerate(losses):
+        grads = torch.autograd.grad(
+            loss, inputs, retain_graph=i < len(losses) - 1, allow_unused=True
+        )
+        for j, (c, g) in enumerate(zip(cut, grads[: len(cut)], strict=True)):
+            rows[j].append(torch.zeros_like(c) if g is None else g)
+        per_loss.append(list(grads[len(cut) :]))
+    return [torch.stack(r) for r in rows], per_loss
+
+
+def weighted_sum(
+    weights: Sequence[float], per_loss: Sequence[Sequence[Tensor | None]]
+) -> list[Tensor | None]:
+    """``sum_i weights[i] * per_loss[i][j]`` per parameter j, in loss order, skipping the
+    Nones (None where all are None); a weight of 1 multiplies nothing."""
+    out: list[Tensor | None] = [None] * (len(per_loss[0]) if per_loss else 0)
+    for w, grads in zip(weights, per_loss, strict=True):
+        for j, g in enumerate(grads):
+            if g is None:
+                continue
+            term = g if w == 1.0 else g * w
+            out[j] = term if out[j] is None else out[j] + term
+    return out
