@@ -3,7 +3,7 @@ docs/demo-budget/budget_runs.csv (short runs of configs/demo.yaml, each with its
 schedule) against the predicted wall time of `make demo` on the issue's 2-core AMD
 machine, the old 10-epoch run of docs/demo-budget/curve.csv, and the wall-time model.
 
-    python scripts/demo_budget_plot.py            # writes the PNG, prints the table
+    python scripts/demo_budget_plot.py   # writes the PNG, prints the table of docs/synth.md
 
 Cost of a run: its fit's CPU time of one thread (user + sys, /usr/bin/time), which other
 jobs on a shared machine inflate far less than wall time, made relative to the run named in
@@ -105,11 +105,24 @@ def main() -> None:
                     zorder=3,
                 )
         for p in points:
-            sub.annotate(p["run"], (p["minutes_amd"], p[key]), fontsize=7, xytext=(4, 3),
-                         textcoords="offset points")
+            sub.annotate(
+                p["run"],
+                (p["minutes_amd"], p[key]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
             if p["run"] == CHOSEN:
-                sub.scatter([p["minutes_amd"]], [p[key]], s=260, facecolors="none",
-                            edgecolors="red", linewidths=2, zorder=4, label="chosen (configs/demo.yaml)")
+                sub.scatter(
+                    [p["minutes_amd"]],
+                    [p[key]],
+                    s=260,
+                    facecolors="none",
+                    edgecolors="red",
+                    linewidths=2,
+                    zorder=4,
+                    label="chosen (configs/demo.yaml)",
+                )
         sub.axvline(LIMIT_MIN, color="red", ls=":", label="10 minutes")
         sub.set_xlim(7.0, 10.5)
         sub.set_xlabel("predicted `make demo` minutes, empty cache (AMD, 2 idle cores)")
@@ -121,7 +134,7 @@ def main() -> None:
     rows = _rows("curve.csv")
     steps = [int(r["steps"]) for r in rows]
     cx.plot(steps, [float(r["semseg_iou"]) for r in rows], "o-", label="old run: semseg IoU (%)")
-    cx.plot(steps, [float(r["depth_silog"]) for r in rows], "s-", label="old run: SI-logRMSE (x100)")
+    cx.plot(steps, [float(r["depth_silog"]) for r in rows], "s-", label="old run: SI-logRMSE")
     for p in points:
         marker, colour = AXIS_STYLE[str(p["axis"])]
         xs = [int(r["steps"]) for r in p["curve"]]
@@ -150,12 +163,11 @@ def main() -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(HERE / "curve.png", dpi=80)
-    print("| run | steps | CPU s | wall here (CPU/1.7) | AMD min | IoU | SI-log | grader |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for p in sorted(points, key=lambda p: p["minutes_amd"]):
+    for p in sorted(points, key=lambda p: (p["minutes_amd"], p["run"])):
         print(
-            f"| {p['run']} | {p['steps']} | {p['cpu_s']:.0f} | {p['wall_here_s']:.0f} s "
-            f"| {p['minutes_amd']:.1f} | {p['iou']:.1f} | {p['silog']:.1f} | {p['grader']:.1f} |"
+            f"| `{p['run']}` | {p['axis']} | {p['steps']} | {p['cpu_s']:.0f} "
+            f"| {p['wall_here_s']:.0f} s | {p['minutes_amd']:.1f} min "
+            f"| {p['iou']:.1f} | {p['silog']:.1f} | {p['grader']:.1f} |"
         )
 
 
