@@ -109,7 +109,7 @@ def main() -> None:
                 p["run"],
                 (p["minutes_amd"], p[key]),
                 fontsize=7,
-                xytext=(4, 3),
+                xytext=(4, -10 if p["axis"] == "seed" else 3),  # the seed repeat sits on e4
                 textcoords="offset points",
             )
             if p["run"] == CHOSEN:
