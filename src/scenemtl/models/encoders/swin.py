@@ -161,7 +161,12 @@ class WindowAttention(nn.Module):
             logits_bias = logits_bias.expand(*lead, self.heads, n, n)
             logits_bias = logits_bias.reshape(windows, self.heads, n, n)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias)
-        return self.proj(y.transpose(1, 2).reshape(*lead, n, c))
+        # the output projection contracts heads and head width in one einsum instead of
+        # transpose + reshape: under export at some sizes (256x512) torch 2.13's reshape
+        # decomposition takes that transposed tensor for a view and fails
+        weight = self.proj.weight.view(c, self.heads, c // self.heads)
+        y = torch.einsum("whnd,ohd->wno", y, weight) + self.proj.bias
+        return y.reshape(*lead, n, c)
 
 
 class SwinBlock(nn.Module):
