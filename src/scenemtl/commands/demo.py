@@ -6,7 +6,7 @@ trains the config and tests it. Before it starts, :func:`estimate` times this ma
 CPU time of one thread (a few seconds): the generator on two images and the demo network
 on two training steps and one validation batch, scaled to the run and spread over the
 cores. The probe's CPU per training step matched a whole 500-step run's within ~7 %
-(docs/synth.md, "The demo's budget"); :data:`THREAD_SPEEDUP` is an assumption.
+(docs/synth.md, "The demo's budget"); :data:`THREAD_SPEEDUP` is measured once, idle.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ STARTUP_CPU_S = 12.0
 RENDER_OVERHEAD = 1.1
 """CPU of a rendered image with its JPEG/PNG encoding and writing / rendering alone
 (docs/synth.md: encoding and writing are 2-4 % of an image, the rest ~5 %)."""
-THREAD_SPEEDUP = 1.7
-"""Training's speed-up from one intra-op thread to two on 2 free cores (assumed: the
-convolutions parallelize well, the loader workers take ~1 % of the CPU)."""
+THREAD_SPEEDUP = 1.5
+"""Training's speed-up from one intra-op thread to two on 2 free cores: an idle `make demo`
+on 2026-12-07 trained in 3 min 08 s where 1.7 predicted 2 min 44 s, i.e. ~1.5
+(docs/synth.md, "The demo's budget")."""
 
 
 @dataclass(frozen=True)
