@@ -52,7 +52,7 @@ def normalize(line: str) -> str:
 NOT_RUNNABLE: dict[str, str] = {
     normalize(k): v
     for k, v in {
-        "make demo": "renders the 2500-image dataset and trains 10 epochs (10-20 minutes)",
+        "make demo": "renders 1500 images and trains 4 epochs (4-10 minutes)",
         "make test": "the whole suite (8-10 minutes) and the install",
         "tensorboard --logdir runs": "a server that runs until stopped",
         "torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint "
@@ -62,6 +62,8 @@ NOT_RUNNABLE: dict[str, str] = {
         "studies/course.yaml": "18 trainings, about 70 minutes",
         "scenemtl study run studies/course.yaml --preset cpu": "18 trainings, about 70 minutes",
         "scenemtl study report studies/course.yaml": "reports the 18 runs of `study run`",
+        "scenemtl study run studies/backbones.yaml --preset cpu && scenemtl study report "
+        "studies/backbones.yaml --preset cpu": "16 trainings, about an hour",
         "scenemtl study tune studies/hyperparameters.yaml --preset cpu --trials 12": (
             "12 trainings, hours"
         ),
