@@ -10,11 +10,19 @@ import lightning as L
 
 
 class KillAtStep(L.Callback):
-    def __init__(self, step: int) -> None:
+    """SIGKILL at optimizer step ``step``, before that step's checkpoint (Lightning runs
+    checkpoint callbacks after the others); with ``flush``, right after the loggers wrote
+    what they hold, as if the kill fell just after a periodic flush."""
+
+    def __init__(self, step: int, flush: bool = False) -> None:
         self.step = step
+        self.flush = flush
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
+            if self.flush:
+                for logger in trainer.loggers:
+                    logger.save()
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -39,7 +39,7 @@ from scenemtl.engine.callbacks import (
     RunRecordCallback,
     VisualizationCallback,
 )
-from scenemtl.engine.checkpoint import read_checkpoint
+from scenemtl.engine.checkpoint import checkpoint_global_step, read_checkpoint
 from scenemtl.engine.interrupts import interrupts_raise
 from scenemtl.engine.loggers import AppendingCSVLogger
 from scenemtl.engine.module import MultiTaskModule
@@ -252,10 +252,23 @@ class SceneCLI(LightningCLI):
         cfg = self._run_config()
         run_dir: RunDir = self.run_dir
         root, name, version = run_dir.path.parent.parent, run_dir.name, run_dir.version
+        ckpt = cfg.get("ckpt_path")
+        resumes_here = (
+            self.subcommand == "fit"
+            and ckpt is not None
+            and Path(ckpt).resolve().is_relative_to(run_dir.path.resolve())
+        )
         loggers = [
             TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
-            # flushed often so that a killed run keeps its trace up to the crash
-            AppendingCSVLogger(root, name=name, version=version, flush_logs_every_n_steps=10),
+            # flushed often so that a killed run keeps its trace up to the crash; a resumed
+            # fit drops the rows its checkpoint had not seen (it logs them again)
+            AppendingCSVLogger(
+                root,
+                name=name,
+                version=version,
+                flush_logs_every_n_steps=10,
+                resume_step=checkpoint_global_step(ckpt) if resumes_here else None,
+            ),
         ]
         loggers += _user_loggers(self._get(self.config_init, "trainer", default={}).get("logger"))
         monitor, mode = self.model.monitor()

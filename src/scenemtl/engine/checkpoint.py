@@ -26,6 +26,19 @@ from scenemtl.models.config import ModelConfig
 from scenemtl.tasks import TaskSpecs, build_task, legacy_task_specs
 
 
+def checkpoint_global_step(path: str | os.PathLike) -> int | None:
+    """The optimizer steps a Lightning checkpoint had taken (``None`` if it does not say).
+
+    Memory-mapped and weights-only: the tensors are not read.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+    return step if isinstance(step, int) else None
+
+
 def read_checkpoint(
     path: str | os.PathLike, module_class: type, map_location: str = "cpu"
 ) -> dict[str, Any]:

@@ -20,7 +20,19 @@ class AppendingCSVLogger(CSVLogger):
     empty header. A resumed fit, or `test` logging into the run of its checkpoint, must
     extend the trace instead: the old file is put back and the writer continues from its
     header (new columns make the writer rewrite the file with the old rows kept).
+
+    Args:
+        resume_step: the ``global_step`` of the checkpoint a fit resumes from. Rows of
+            later steps were logged by the run that died before it saved its next
+            checkpoint; the resumed fit trains those steps again and logs them anew, so
+            they are dropped (the row of optimizer step ``g`` has ``step == g - 1``;
+            validation rows carry the step of their epoch's last batch).
+        **kwargs: :class:`CSVLogger`'s.
     """
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
 
     @property
     def experiment(self) -> Any:
@@ -33,10 +45,36 @@ class AppendingCSVLogger(CSVLogger):
                 previous = f.read()
         writer = super().experiment
         if previous:
+            header, rows = _read_csv(previous)
+            if self.resume_step is not None:
+                rows = [r for r in rows if not _logged_after(r, header, self.resume_step)]
+                previous = _write_csv(header, rows)
             atomic_write_bytes(path, previous)
-            header = next(csv.reader(io.StringIO(previous.decode("utf-8"))), [])
             writer.metrics_keys = sorted(set(header))
         return writer
+
+
+def _read_csv(data: bytes) -> tuple[list[str], list[list[str]]]:
+    table = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+    return (table[0], table[1:]) if table else ([], [])
+
+
+def _write_csv(header: list[str], rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerows([header, *rows])  # "\r\n" lines, as Lightning's writer
+    return out.getvalue().encode("utf-8")
+
+
+def _logged_after(row: list[str], header: list[str], global_step: int) -> bool:
+    """Whether ``row`` was logged after optimizer step ``global_step`` (a row without a
+    readable step is kept)."""
+    if "step" not in header:
+        return False
+    at = header.index("step")
+    try:
+        return at < len(row) and int(float(row[at])) >= global_step
+    except ValueError:
+        return False
 
 
 def log_image(logger: Logger, key: str, image: np.ndarray, step: int) -> bool:

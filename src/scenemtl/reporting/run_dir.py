@@ -4,7 +4,7 @@
 
     <root>/<name>/version_N/config.yaml       the configuration that trained it (fit only)
                             hparams.yaml      the module's hyperparameters (Lightning)
-                            metrics.csv       every logged value (appended on resume)
+                            metrics.csv       every logged value (continued on resume)
                             run.json          status, tasks (their labels, units and
                                               directions), monitor, parameters, time
                             events.out.tfevents.*   TensorBoard
