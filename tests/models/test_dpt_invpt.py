@@ -56,7 +56,7 @@ def assert_every_parameter_learns(module: nn.Module) -> None:
 
 
 @pytest.mark.parametrize(("h", "w"), SIZES)
-@pytest.mark.parametrize("head", ["depth", "segmentation"])
+@pytest.mark.parametrize("head", ["regression", "segmentation"])
 def test_dpt_on_a_pyramid_predicts_at_stride_one(h: int, w: int, head: str) -> None:
     net = DPTHead.for_pyramid(PYRAMID, 3, features=8, head=head).eval()
     x = pyramid(h, w)

@@ -102,18 +102,28 @@ def test_head_kind_and_batch_norm_follow_the_options() -> None:
     model = build_model(cfg, HEADS)
     seg, depth = model.decoder["semseg"], model.decoder["depth"]
     assert seg.head_kind == "segmentation" and rcu_bn(seg)  # the authors' segmentation model
-    assert depth.head_kind == "depth" and not rcu_bn(depth)  # the authors' depth model
+    assert depth.head_kind == "regression" and not rcu_bn(depth)  # the authors' depth model
     assert seg.feature_channels == 8 and depth.feature_channels == 32
     forced = small("branched", decoder="dpt", decoder_options={**DPT, "use_bn": True})
     assert rcu_bn(build_model(forced, HEADS).decoder["depth"])
 
 
 def test_options_default_to_the_authors_and_complete_the_comparable_fields() -> None:
-    assert DPTOptions().head_kwargs("depth") == {"features": 256, "head": "depth", "use_bn": False}
+    assert DPTOptions().head_kwargs("depth") == {
+        "features": 256,
+        "head": "regression",
+        "use_bn": False,
+    }
     fields = net_fields({"architecture": "branched", "decoder": "dpt"})
     assert fields["decoder"] == "dpt"
     assert fields["decoder_options.features"] == 256
-    assert fields["decoder_options.head"] == "depth"
+    assert fields["decoder_options.head"] == "regression"
+    # the head's name before it was `regression`: configs and checkpoints written then
+    # still read, and compare equal to today's default
+    old = {"architecture": "branched", "decoder": "dpt", "decoder_options": {"head": "depth"}}
+    assert net_fields(old) == fields
+    mapped = DPTOptions(head={"semseg": "segmentation", "depth": "depth"})
+    assert mapped.head_for("depth") == "regression" == mapped.head_for("normals")
     assert fields["decoder_options.use_bn"] is None
     plain = net_fields({"architecture": "branched"})  # a config from before the option
     assert plain["decoder"] == "deeplabv3plus"
@@ -154,7 +164,7 @@ BAD = [
     ),
     (
         {"decoder": "dpt", "decoder_options": {"head": "segment"}},
-        "model.net.decoder_options.head: expected depth or segmentation",
+        "model.net.decoder_options.head: expected regression or segmentation",
     ),
     (
         {"decoder": "dpt", "decoder_options": {"use_bn": "yes"}},

@@ -11,7 +11,8 @@ Prediction"), after the authors' code (isl-org/DPT: ``dpt/vit.py``, ``dpt/blocks
     fusion_4(l4) -> fusion_3(., l3) -> fusion_2(., l2) -> fusion_1(., l1)    (stride 2)
       fusion: x + RCU(skip) -> RCU -> bilinear up (to the next level's size, or 2x) -> 1x1
       RCU (residual conv unit): ReLU -> 3x3 -> [BN] -> ReLU -> 3x3 -> [BN] -> + input
-    head: "depth": 3x3 (F -> F/2) -> bilinear up 2x -> 3x3 (F/2 -> 32) -> ReLU -> 1x1
+    head: "regression" (DPT's depth head):
+          3x3 (F -> F/2) -> bilinear up 2x -> 3x3 (F/2 -> 32) -> ReLU -> 1x1
           "segmentation": 3x3 (no bias) -> BN -> ReLU -> dropout 0.1 -> 1x1 -> bilinear up 2x
 
 The output is at stride 1 of the stride-4 grid: [B, out, 4*ceil(H/4), 4*ceil(W/4)], or
@@ -33,7 +34,11 @@ from scenemtl.errors import UserError
 from scenemtl.models.encoders.reassemble import TARGET_STRIDES, Reassemble
 from scenemtl.models.options import OptionError, check_bool, check_int
 
-HEADS = ("depth", "segmentation")
+HEADS = ("regression", "segmentation")
+"""DPT's two published heads: DPTDepthModel's (also Depth Anything's), named for what it
+does here (it serves any task, not only depth), and DPTSegmentationModel's."""
+HEAD_ALIASES = {"depth": "regression"}
+"""Earlier names still read (configs and checkpoints written before the rename)."""
 
 
 @dataclass
@@ -44,19 +49,23 @@ class DPTOptions:
     Attributes:
         features: fusion width F (DPT-Hybrid and DPT-Large: 256; Depth Anything V2:
             64/128/256 for ViT-S/B/L).
-        head: ``depth`` (DPT's depth head, Depth Anything's; DPT's default for every
-            task here) or ``segmentation`` (DPT's segmentation head), or a mapping task ->
-            one of those (tasks left out get ``depth``).
+        head: ``regression`` (DPT's depth head, Depth Anything's; the default for every
+            task here; ``depth`` is read as this) or ``segmentation`` (DPT's segmentation
+            head), or a mapping task -> one of those (tasks left out get ``regression``).
         use_bn: BatchNorm in the residual conv units; null = as the authors' models:
-            on with the segmentation head, off with the depth head.
+            on with the segmentation head, off with the regression head.
     """
 
     features: int = 256
-    head: Any = "depth"
+    head: Any = "regression"
     use_bn: bool | None = None
 
     def __post_init__(self) -> None:
         check_int(self, "features", 2, 4096)
+        if isinstance(self.head, str):
+            self.head = HEAD_ALIASES.get(self.head, self.head)
+        elif isinstance(self.head, dict):
+            self.head = {t: HEAD_ALIASES.get(h, h) for t, h in self.head.items()}
         if self.features % 2:
             raise OptionError("features", f"expected an even number, got {self.features}")
         heads = self.head.values() if isinstance(self.head, dict) else [self.head]
@@ -79,9 +88,9 @@ class DPTOptions:
         if task is None:
             raise UserError(
                 "model.net.decoder_options.head: one DPT head serves every task here; give "
-                "one kind (depth or segmentation), not a per-task mapping"
+                "one kind (regression or segmentation), not a per-task mapping"
             )
-        return self.head.get(task, "depth")
+        return self.head.get(task, "regression")
 
     def head_kwargs(self, task: str | None) -> dict[str, Any]:
         """Keyword arguments of :class:`DPTHead` for ``task``."""
@@ -154,9 +163,9 @@ class DPTHead(nn.Module):
             ``None`` when the inputs have none; one value for all inputs or one per input
             (DPT-Hybrid: ``(None, None, "project", "project")``).
         use_bn: BN in the residual conv units (DPT: off for depth, on for segmentation).
-        head: ``"depth"`` (DPTDepthModel / Depth Anything, without the final ReLU: the
+        head: ``"regression"`` (DPTDepthModel / Depth Anything, without the final ReLU: the
             task's output activation applies) or ``"segmentation"`` (DPTSegmentationModel).
-        head_hidden: the depth head's hidden width (32).
+        head_hidden: the regression head's hidden width (32).
 
     Forward: ``features`` (a sequence of four [B, C_i, h_i, w_i], or a pyramid mapping
     stride -> map, see :meth:`for_pyramid`), optional class tokens (four [B, C_i]) and
@@ -173,7 +182,7 @@ class DPTHead(nn.Module):
         reassemble_channels: Sequence[int | None] | None = None,
         readout: str | Sequence[str | None] | None = None,
         use_bn: bool = False,
-        head: Literal["depth", "segmentation"] = "depth",
+        head: Literal["regression", "segmentation"] = "regression",
         head_hidden: int = 32,
     ) -> None:
         super().__init__()
@@ -182,6 +191,7 @@ class DPTHead(nn.Module):
             raise UserError(f"DPT takes {n} inputs, got {len(in_channels)} channels")
         if reassemble_channels is not None and len(reassemble_channels) != n:
             raise UserError(f"DPT: reassemble_channels needs {n} values")
+        head = HEAD_ALIASES.get(head, head)
         if head not in HEADS:
             raise UserError(f"DPT: head must be one of {', '.join(HEADS)}, got {head!r}")
         if features < 2 or features % 2:
@@ -201,8 +211,8 @@ class DPTHead(nn.Module):
         )
         self.fusion = nn.ModuleList(FusionBlock(features, use_bn, skip=i < n - 1) for i in range(n))
         self.head_kind = head
-        self._feature_channels = head_hidden if head == "depth" else features
-        if head == "depth":
+        self._feature_channels = head_hidden if head == "regression" else features
+        if head == "regression":
             self.head = nn.ModuleDict(
                 {
                     "conv1": nn.Conv2d(features, features // 2, 3, padding=1),
@@ -251,7 +261,7 @@ class DPTHead(nn.Module):
         size: Sequence[int] | None = None,
     ) -> Tensor:
         """Reassembly, fusion and the head up to its last conv (what :meth:`predict` maps
-        to the output): depth head [B, head_hidden, *size] (stride 1 without ``size``),
+        to the output): regression head [B, head_hidden, *size] (stride 1 without ``size``),
         segmentation head [B, features, h, w] (stride 2)."""
         if isinstance(features, Mapping):
             features = [features[s] for s in self.in_strides]
@@ -264,7 +274,7 @@ class DPTHead(nn.Module):
         for i in range(len(layers) - 2, -1, -1):
             nxt = layers[i - 1].shape[-2:] if i > 0 else None
             path = self.fusion[i](path, layers[i], size=nxt)
-        if self.head_kind == "depth":
+        if self.head_kind == "regression":
             conv3, relu = self.head["conv2"][0], self.head["conv2"][1]
             return relu(conv3(_upsample(self.head["conv1"](path), size)))
         return self.head["conv1"](path)
@@ -272,13 +282,13 @@ class DPTHead(nn.Module):
     def predict(self, features: Tensor, size: Sequence[int] | None = None) -> Tensor:
         """The last conv (and, for the segmentation head, the final upsampling to ``size``
         or 2x) on :meth:`features`' output -> [B, out_channels, *size] (stride 1 without)."""
-        if self.head_kind == "depth":
+        if self.head_kind == "regression":
             return self.head["conv2"][2](features)
         return _upsample(self.head["conv2"](features), size)
 
     def feature_modules(self) -> list[nn.Module]:
         """The modules :meth:`features` runs (all but the last conv)."""
-        last = self.head["conv2"][2] if self.head_kind == "depth" else self.head["conv2"]
+        last = self.head["conv2"][2] if self.head_kind == "regression" else self.head["conv2"]
         return [m for m in self.modules() if not list(m.children()) and m is not last]
 
     @property
