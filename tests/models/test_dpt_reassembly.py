@@ -220,6 +220,10 @@ def test_the_adapter_follows_the_decoders_unless_given(decoder, options, adapter
         ({"hooks": [0, 1, 2, 2]}, "ending at the last block 3"),
         ({"hooks": [2, 1, 0, 3]}, "non-decreasing"),
         ({"reassemble_channels": [8, 8, 8, 0]}, "reassemble_channels must be four positive"),
+        # an option of the other adapter would be dropped without a word
+        ({"pyramid_channels": 16}, "encoder_options.pyramid_channels: only with adapter: simple"),
+        ({"adapter": "simple", "hooks": [0, 1, 2, 3]}, "encoder_options.hooks: only with adapter"),
+        ({"adapter": "simple", "readout": "add"}, "encoder_options.readout: only with adapter"),
     ],
 )
 def test_bad_adapter_options_stop_in_one_line(tiny, options, words: str) -> None:
@@ -229,6 +233,11 @@ def test_bad_adapter_options_stop_in_one_line(tiny, options, words: str) -> None
         )
         build_model(cfg, {"semseg": 3, "depth": 1})
     assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_dpt_only_options_are_refused_when_the_decoder_picks_the_simple_adapter() -> None:
+    with pytest.raises(UserError, match="reassemble_channels: only with adapter: dpt"):
+        ModelConfig(encoder=TIMM, encoder_options={"reassemble_channels": [8, 8, 8, 8]})
 
 
 @pytest.mark.parametrize("name", [TIMM, DINO])

@@ -21,7 +21,7 @@ from scenemtl.models.encoders.weights import (
     is_checkpoint,
     load_weights_file,
 )
-from scenemtl.models.options import parse_options
+from scenemtl.models.options import OptionError, parse_options
 
 ENCODER_FAMILIES: dict[str, type[Encoder] | Family] = {
     "resnet": ResNetEncoder,
@@ -69,7 +69,12 @@ def encoder_options(
     owner = f"the {family_name(encoder)} encoder family"
     options = parse_options(family.Options, dict(values or {}), owner, where)
     resolve = getattr(options, "for_decoders", None)
-    return options if resolve is None else resolve(frozenset(filter(_is_str, decoders)))
+    if resolve is None:
+        return options
+    try:
+        return resolve(frozenset(filter(_is_str, decoders)))
+    except OptionError as e:  # an option that does not fit what the decoders chose
+        raise UserError(f"{where(e.key)}: {e.problem}") from None
 
 
 def _is_str(value: object) -> bool:

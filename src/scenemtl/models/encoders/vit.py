@@ -540,8 +540,8 @@ class ViTOptions:
 
     drop_path_rate: float = 0.0
     """Stochastic depth: the largest rate, reached linearly at the last block."""
-    pyramid_channels: int = 256
-    """Channels of every level of the simple feature pyramid (strides 4-32)."""
+    pyramid_channels: int | None = None
+    """``adapter: simple``: channels of every level of its pyramid (strides 4-32); null: 256."""
     adapter: str | None = None
     """The multi-scale adapter: ``simple`` (ViTDet's simple feature pyramid) or ``dpt``
     (DPT's reassembly of four blocks); null: ``dpt`` when a task's decoder is DPT, else
@@ -566,6 +566,20 @@ class ViTOptions:
                 object.__setattr__(self, key, tuple(value))
             elif value is not None and not isinstance(value, tuple):
                 raise OptionError(key, f"expected a list of four integers or null, got {value!r}")
+        if self.adapter is not None:
+            self._refuse_other_adapters_options()
+
+    def _refuse_other_adapters_options(self) -> None:
+        """An option of the adapter not in use would be dropped without a word."""
+        if self.adapter == "dpt":
+            if self.pyramid_channels is not None:
+                raise OptionError(
+                    "pyramid_channels", "only with adapter: simple (dpt: reassemble_channels)"
+                )
+            return
+        for key in ("hooks", "readout", "reassemble_channels"):
+            if getattr(self, key) is not None:
+                raise OptionError(key, f"only with adapter: dpt (this network's is {self.adapter})")
 
     def for_decoders(self, decoders: frozenset[str]) -> ViTOptions:
         """The options with ``adapter`` chosen for the decoder kinds the network uses:
@@ -573,14 +587,14 @@ class ViTOptions:
         simple feature pyramid."""
         if self.adapter is not None:
             return self
-        return replace(self, adapter="dpt" if "dpt" in decoders else "simple")
+        return replace(self, adapter="dpt" if "dpt" in decoders else "simple")  # checks
 
 
 def _build(name: str, options: ViTOptions) -> ViTEncoder:
     return ViTEncoder(
         name,
         options.drop_path_rate,
-        options.pyramid_channels,
+        256 if options.pyramid_channels is None else options.pyramid_channels,
         options.adapter,
         options.hooks,
         options.readout,
