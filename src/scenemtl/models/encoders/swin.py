@@ -161,12 +161,11 @@ class WindowAttention(nn.Module):
             logits_bias = logits_bias.expand(*lead, self.heads, n, n)
             logits_bias = logits_bias.reshape(windows, self.heads, n, n)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias)
-        # the output projection contracts heads and head width in one einsum instead of
-        # transpose + reshape: under export at some sizes (256x512) torch 2.13's reshape
-        # decomposition takes that transposed tensor for a view and fails
-        weight = self.proj.weight.view(c, self.heads, c // self.heads)
-        y = torch.einsum("whnd,ohd->wno", y, weight) + self.proj.bias
-        return y.reshape(*lead, n, c)
+        # heads back to channels on the one windows axis, then to the leading axes: a
+        # transposed tensor reshaped straight to ``lead`` made torch 2.13's export take it
+        # for a view at some sizes (256x512) and fail
+        y = y.transpose(1, 2).contiguous().view(windows, n, c)
+        return self.proj(y).reshape(*lead, n, c)
 
 
 class SwinBlock(nn.Module):
