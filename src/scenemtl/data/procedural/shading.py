@@ -500,19 +500,44 @@ def camera_response(post: Post, radiance: np.ndarray, rng: np.random.Generator) 
     luminance, white balance, a filmic shoulder, contrast, blur, vignette, noise."""
     lum = radiance @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     gain = post.key / np.exp(np.mean(np.log(lum + 1e-3)))
-    x = radiance * np.float32(gain) * post.white_balance.astype(np.float32)
-    x = x * (1 + x / 6.0) / (1 + x)
-    x = np.clip(x, 0.0, 1.0) ** (1 / 2.2)
-    x = (x - 0.5) * np.float32(post.contrast) + 0.5
+    # The steps below work in place on one [H, W, 3] buffer: the same operations on the
+    # same operands in the same order as the plain expressions they replace (noted in
+    # the comments; + and * are commutative in IEEE arithmetic), without a new array
+    # per step. The scalars are Python floats or float32, so every step stays float32.
+    x = radiance * np.float32(gain)
+    x *= post.white_balance.astype(np.float32)
+    # filmic shoulder: x * (1 + x / 6) / (1 + x)
+    shoulder = x / 6.0
+    shoulder += 1
+    shoulder *= x
+    x += 1
+    np.divide(shoulder, x, out=x)
+    np.clip(x, 0.0, 1.0, out=x)
+    np.power(x, 1 / 2.2, out=x)
+    # contrast: (x - 0.5) * contrast + 0.5
+    x -= 0.5
+    x *= np.float32(post.contrast)
+    x += 0.5
     if post.blur > 0:
         pad = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
-        box = (pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] + 4 * x) / 8
-        x = x * (1 - post.blur) + box * post.blur
+        # (up + down + left + right + 4 x) / 8, summed left to right
+        box = pad[:-2, 1:-1] + pad[2:, 1:-1]
+        box += pad[1:-1, :-2]
+        box += pad[1:-1, 2:]
+        box += 4 * x
+        box /= 8
+        # x * (1 - blur) + box * blur
+        x *= 1 - post.blur
+        box *= post.blur
+        x += box
     h, w = x.shape[:2]
     yy = (np.arange(h, dtype=np.float32)[:, None] - h / 2) / (h / 2)
     xx = (np.arange(w, dtype=np.float32)[None, :] - w / 2) / (w / 2)
-    x = x * (1 - post.vignette * 0.5 * (xx * xx + yy * yy))[..., None]
+    x *= (1 - post.vignette * 0.5 * (xx * xx + yy * yy))[..., None]
     sigma = np.float32(post.noise)
-    x = x + rng.standard_normal((h, w, 1), dtype=np.float32) * sigma
-    x = x + rng.standard_normal((h, w, 3), dtype=np.float32) * (sigma * 0.5)
-    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+    x += rng.standard_normal((h, w, 1), dtype=np.float32) * sigma
+    x += rng.standard_normal((h, w, 3), dtype=np.float32) * (sigma * 0.5)
+    x *= 255
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)

