@@ -198,6 +198,13 @@ def interval(prim: Prim, o, d, inv_d=None) -> tuple[np.ndarray, np.ndarray]:
     return _interval(prim.shape, o, d, tuple(half), tuple(radii), inv_d)
 
 
+def _table_interval(tab: PrimTable, k: int, shape: int, o, d, inv_d=None):
+    """:func:`interval` of primitive ``k`` with its sizes read from ``tab``: the same
+    float32 numbers (``tab.half`` and ``tab.radii`` round and multiply as ``interval``
+    does), without converting the primitive's arrays on every call."""
+    return _interval(shape, o, d, tuple(tab.half[k]), tuple(tab.radii[k]), inv_d)
+
+
 def pair_interval(tab: PrimTable, k: np.ndarray, o: np.ndarray, d: np.ndarray):
     """Intervals for a batch of (primitive, ray) pairs.
 
@@ -368,14 +375,14 @@ def cast_primary(
         if prim.axis_aligned:
             d = world
             inv = (inv_dirs[0, r0:r1, c0:c1], inv_dirs[1, r0:r1, c0:c1], inv_dirs[2, r0:r1, c0:c1])
-            tin, tout = interval(prim, tuple(o.tolist()), d, inv)
+            tin, tout = _table_interval(tab, k, prim.shape, tuple(o.tolist()), d, inv)
         else:
             rot = prim.rotation.astype(np.float32)
             o = o @ rot
             d = tuple(
                 world[0] * rot[0, j] + world[1] * rot[1, j] + world[2] * rot[2, j] for j in range(3)
             )
-            tin, tout = interval(prim, tuple(o.tolist()), d)
+            tin, tout = _table_interval(tab, k, prim.shape, tuple(o.tolist()), d)
         closer = (tin <= tout) & (tin > NEAR) & (tin < tb)
         if prim.cutout != CUT_NONE:
             idx = np.flatnonzero(closer)
@@ -482,7 +489,9 @@ def cast_shadows(
         pix = (cand_r + r0) * w + (cand_c + c0)
         o = (np.take(lifted, pix, axis=0) - tab.center[k]) @ rot
         d = sun32 @ rot
-        tin, tout = interval(prim, (o[:, 0], o[:, 1], o[:, 2]), tuple(d.tolist()))
+        tin, tout = _table_interval(
+            tab, k, prim.shape, (o[:, 0], o[:, 1], o[:, 2]), tuple(d.tolist())
+        )
         hit = (tin <= tout) & (tout > 1e-3)
         if prim.cutout != CUT_NONE and hit.any():
             sel = np.flatnonzero(hit)

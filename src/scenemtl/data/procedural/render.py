@@ -280,7 +280,7 @@ def _soft_shadows(
     up = np.repeat(np.repeat(shadow, 2, axis=0), 2, axis=1)[:h, :w]
     pad = np.pad(up, 1, mode="edge")
     soft = (pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] + 2 * up) / 6
-    return soft.ravel()[hit_idx] * lit
+    return soft.ravel().take(hit_idx) * lit
 
 
 class _EvenPixels:

@@ -85,29 +85,46 @@ def cutout_open(
         bool [N].
     """
     n = len(p_local)
-    kind = np.broadcast_to(np.asarray(kind), (n,))
-    half = np.broadcast_to(np.asarray(half, dtype=np.float32), (n, 3))
-    params = np.broadcast_to(np.asarray(params, dtype=np.float32), (n, 4))
-    tex = np.broadcast_to(np.asarray(tex, dtype=np.float32), (n,))
+
+    half = np.asarray(half, dtype=np.float32)
+    params = np.asarray(params, dtype=np.float32)
+    tex = np.asarray(tex, dtype=np.float32)
+
+    def rows(a: np.ndarray, sel: np.ndarray, ndim: int) -> np.ndarray:
+        # Rows ``sel`` of a per-point array, or one row (``ndim`` dimensions) repeated:
+        # the same numbers as ``np.broadcast_to(a, (n, ...))[sel]``, without NumPy's slow
+        # fancy indexing of broadcast and 2-D arrays (~20 us per 8000 rows against ~3-5).
+        if a.ndim == ndim:
+            return np.broadcast_to(a, (len(sel), *a.shape))
+        return a if len(sel) == n else np.take(a, sel, axis=0)
+
+    kind = np.asarray(kind)
     out = np.zeros(n, dtype=bool)
-    lat = np.flatnonzero(kind == CUT_LATTICE)
+
+    def where_kind(value: int) -> np.ndarray:
+        if kind.ndim == 0:
+            return np.arange(n) if kind == value else np.zeros(0, np.intp)
+        return np.flatnonzero(kind == value)
+
+    lat = where_kind(CUT_LATTICE)
     if len(lat):
         # A mesh or bar fence in the local x-y plane: bars every `spacing` meters of
         # fractional width `bar`, solid posts every `post` meters, top and bottom rails.
-        spacing, bar, post = params[lat, 0], params[lat, 1], params[lat, 2]
-        x = p_local[lat, 0] + half[lat, 0]
-        y = p_local[lat, 1] + half[lat, 1]
+        prm, h, p = rows(params, lat, 1), rows(half, lat, 1), rows(p_local, lat, 1)
+        spacing, bar, post = prm[:, 0], prm[:, 1], prm[:, 2]
+        x = p[:, 0] + h[:, 0]
+        y = p[:, 1] + h[:, 1]
         hole = ((x / spacing) % 1.0 > bar) & ((y / (spacing * 1.5)) % 1.0 > bar * 0.6)
-        rail = (y < 0.12) | (y > 2 * half[lat, 1] - 0.08)
+        rail = (y < 0.12) | (y > 2 * h[:, 1] - 0.08)
         posts = (x % post) < 0.1
         out[lat] = hole & ~rail & ~posts
-    fol = np.flatnonzero(kind == CUT_FOLIAGE)
+    fol = where_kind(CUT_FOLIAGE)
     if len(fol):
         # Gaps between leaf clumps, denser towards the silhouette.
-        h = half[fol]
-        q = p_local[fol] / h
-        u = (q[:, 0] * 1.3 + q[:, 2] * 0.9) * h[:, 0] * 9.0 + tex[fol]
-        v = q[:, 1] * h[:, 1] * 9.0 + tex[fol] * 0.7
+        h, t = rows(half, fol, 1), rows(tex, fol, 0)
+        q = rows(p_local, fol, 1) / h
+        u = (q[:, 0] * 1.3 + q[:, 2] * 0.9) * h[:, 0] * 9.0 + t
+        v = q[:, 1] * h[:, 1] * 9.0 + t * 0.7
         rim = sum3(q * q)
         out[fol] = noise(MEDIUM, u, v) > (0.78 - 0.25 * rim)
     return out
