@@ -448,15 +448,21 @@ def illuminate(
     """Radiance [M, 3] of surface points: Lambert sun (times 1 - ``shadow`` [M]), hemispherical
     sky ambient (times ``occlusion`` [M], 1 = open sky), a little sky reflection on glossy
     surfaces, and emission."""
+    # [M, 3] steps in place: the operations and operand order of
+    # albedo * (sun * ndotl + ambient * occlusion + 0.12 * sun * (0.5 - 0.5 n_y) * 0.3)
+    # + emission, without a new [M, 3] array per step
+    sun_rgb = light.sun_rgb.astype(np.float32)[None, :]
     ndotl = np.clip(n @ light.sun.astype(np.float32), 0.0, None) * (1.0 - shadow)
     ambient = light.ambient_rgb.astype(np.float32)[None, :] * (0.55 + 0.45 * n[:, 1:2])
     if occlusion is not None:
-        ambient = ambient * occlusion[:, None]
-    bounce = (
-        np.float32(0.12) * light.sun_rgb.astype(np.float32)[None, :] * (0.5 - 0.5 * n[:, 1:2]) * 0.3
-    )
-    irr = light.sun_rgb.astype(np.float32)[None, :] * ndotl[:, None] + ambient + bounce
-    out = shade.albedo * irr + shade.emission
+        ambient *= occlusion[:, None]
+    bounce = np.float32(0.12) * sun_rgb * (0.5 - 0.5 * n[:, 1:2])
+    bounce *= 0.3
+    out = sun_rgb * ndotl[:, None]
+    out += ambient
+    out += bounce
+    out *= shade.albedo
+    out += shade.emission
     g = np.flatnonzero(shade.gloss > 0)
     if len(g):
         # Mirror direction's sky colour, a Fresnel-ish boost at grazing angles.
@@ -492,7 +498,10 @@ def contact_occlusion(p: np.ndarray, footprints: np.ndarray) -> np.ndarray:
 def haze(light: Light, radiance: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """Blend towards the horizon colour with distance (Beer-Lambert transmittance)."""
     trans = np.exp(-np.minimum(dist, 1e4) / light.visibility)[:, None]
-    return radiance * trans + light.horizon_rgb.astype(np.float32)[None, :] * (1 - trans)
+    # radiance * trans + horizon * (1 - trans), the terms as before, in place
+    out = radiance * trans
+    out += light.horizon_rgb.astype(np.float32)[None, :] * (1 - trans)
+    return out
 
 
 def camera_response(post: Post, radiance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
