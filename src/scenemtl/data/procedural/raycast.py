@@ -387,7 +387,10 @@ def cast_primary(
         if prim.cutout != CUT_NONE:
             idx = np.flatnonzero(closer)
             if len(idx):
-                p = o + tin.flat[idx][:, None] * np.stack([c.flat[idx] for c in d], 1)
+                # ravel + take: ``.flat[idx]`` of a strided rectangle view costs ~6x more
+                p = o + tin.ravel().take(idx)[:, None] * np.stack(
+                    [c.ravel().take(idx) for c in d], 1
+                )
                 opened = cutout_open(prim.cutout, p, tab.half[k], tab.params[k], tab.tex[k])
                 closer.flat[idx[opened]] = False
         # masked copies: no gather/scatter of the selected pixels
@@ -399,7 +402,8 @@ def cast_primary(
     k, pix = _pairs(rects, small, w)
     tflat = t.reshape(-1)
     keep = lower[k] <= tflat[pix]
-    k, pix = k[keep], pix[keep]
+    keep = np.flatnonzero(keep)  # then gathers: boolean masks index ~4x slower
+    k, pix = k.take(keep), pix.take(keep)
     if len(k):
         rot = np.take(tab.rotation, k, axis=0)
         o = np.einsum("pi,pij->pj", origin[None, :] - np.take(tab.center, k, axis=0), rot)
@@ -501,7 +505,8 @@ def cast_shadows(
     small = casters[(area[casters] > 0) & (area[casters] <= BATCH_AREA)]
     k, pix = _pairs(rects, small, w)
     keep = lit.reshape(-1)[pix] & (ids.reshape(-1)[pix] != k) & ~shadow.reshape(-1)[pix]
-    k, pix = k[keep], pix[keep]
+    keep = np.flatnonzero(keep)  # then gathers: boolean masks index ~4x slower
+    k, pix = k.take(keep), pix.take(keep)
     if len(k):
         rot = np.take(tab.rotation, k, axis=0)
         o = np.einsum(
