@@ -202,3 +202,24 @@ def test_table_sizes_are_the_primitives_float32_sizes() -> None:
         radii = half * np.asarray(prim.round_scale, dtype=np.float32)
         assert table.half[k].tolist() == half.tolist()
         assert table.radii[k].tolist() == radii.tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_put_rows_writes_each_row_where_the_index_says(dtype: type) -> None:
+    """``put_rows`` against a row-by-row assignment loop: the selected rows get the given
+    values (float64 rows cast to the destination's dtype, as ``dst[idx] = rows`` casts
+    them, broadcast rows repeated) and every other row is left alone."""
+    rng = np.random.default_rng(11)
+    dst = rng.standard_normal((50, 3)).astype(dtype)
+    idx = rng.permutation(50)[:20]
+    rows = rng.standard_normal((20, 3))  # float64
+    want = dst.copy()
+    for i, r in zip(idx.tolist(), rows.tolist(), strict=True):
+        want[i] = np.asarray(r, dtype=dtype)
+    vec3.put_rows(dst, idx, rows)
+    assert dst.tolist() == want.tolist()
+    vec3.put_rows(dst, idx[:5], np.array([1.0, 2.0, 3.0]))
+    want[idx[:5]] = [1.0, 2.0, 3.0]
+    assert dst.tolist() == want.tolist()
+    with pytest.raises(ValueError):
+        vec3.put_rows(np.zeros((3, 4), dtype).T, idx[:1], rows[:1])  # not C-contiguous

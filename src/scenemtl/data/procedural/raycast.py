@@ -28,7 +28,7 @@ from scenemtl.data.procedural.geometry import (
     Prim,
 )
 from scenemtl.data.procedural.textures import cutout_open
-from scenemtl.data.procedural.vec3 import argmax3, max3, norm3, sum3
+from scenemtl.data.procedural.vec3 import argmax3, max3, norm3, put_rows, sum3
 
 SKY = -1
 """Buffer id of pixels whose ray hits nothing."""
@@ -272,21 +272,22 @@ def local_normal(prim: Prim, p: np.ndarray) -> np.ndarray:
 def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Batched :func:`local_normal`: unit local normals [N, 3] at local surface points
     ``p`` [N, 3] of primitives ``k`` [N]."""
-    n = np.zeros_like(p)
+    n = np.zeros(p.shape, p.dtype)  # C order: written by flat index below
     shapes = tab.shape[k]
     boxy = (shapes == BOX) | (shapes == ROUNDED_BOX)
     if boxy.any():
         b = np.flatnonzero(boxy)
         ratio = np.abs(np.take(p, b, axis=0)) / np.take(tab.half, k[b], axis=0)
-        axis = argmax3(ratio)
-        n[b, axis] = np.sign(p[b, axis])
+        # n[b, axis] = sign(p[b, axis]), by flat index (2-D fancy indexing is slower)
+        flat = b * 3 + argmax3(ratio)
+        n.reshape(-1)[flat] = np.sign(p.reshape(-1).take(flat))
         rb = shapes[b] == ROUNDED_BOX
         if rb.any():
             r = b[rb]
             radii = np.take(tab.radii, k[r], axis=0)
             ell = np.sqrt(sum3((np.take(p, r, axis=0) / radii) ** 2))
-            on = ell >= max3(ratio[rb])
-            n[r[on]] = p[r[on]] / radii[on] ** 2
+            on = np.flatnonzero(ell >= max3(ratio[rb]))
+            put_rows(n, r[on], np.take(p, r[on], axis=0) / np.take(radii, on, axis=0) ** 2)
     c = np.flatnonzero(shapes == CYLINDER)
     if len(c):
         half = np.take(tab.half, k[c], axis=0)
@@ -298,7 +299,7 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
         n[c, 2] = np.where(cap, 0.0, q[:, 2] / half[:, 2] ** 2)
     e = np.flatnonzero(shapes == ELLIPSOID)
     if len(e):
-        n[e] = np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2
+        put_rows(n, e, np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2)
     norm = norm3(n)[:, None]
     return (n / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 

@@ -30,7 +30,7 @@ from scenemtl.data.procedural.shading import (
     shade_ground,
     sky,
 )
-from scenemtl.data.procedural.vec3 import norm3, sum3
+from scenemtl.data.procedural.vec3 import norm3, put_rows, sum3
 
 
 def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,7 +151,7 @@ def render_layers(
         sel = np.flatnonzero((mats == key) & ~ground)
         if len(sel):
             shader(surf, sel, out)
-    out.albedo[gsel] = shade_ground(scene.ground, p_ground, labels[gsel])
+    put_rows(out.albedo, gsel, shade_ground(scene.ground, p_ground, labels[gsel]))
 
     lap("shading")
     light = scene.light
