@@ -14,9 +14,20 @@ import pytest
 
 from scenemtl.data.procedural import vec3
 from scenemtl.data.procedural.camera import make_camera
-from scenemtl.data.procedural.geometry import BOX, ROUNDED_BOX, make, rot_y
+from scenemtl.data.procedural.geometry import (
+    BOX,
+    CUT_FOLIAGE,
+    CUT_LATTICE,
+    CUT_NONE,
+    CYLINDER,
+    ELLIPSOID,
+    ROUNDED_BOX,
+    make,
+    rot_y,
+)
 from scenemtl.data.procedural.raycast import PrimTable, _pairs
 from scenemtl.data.procedural.render import _EvenPixels
+from scenemtl.data.procedural.textures import TILE, cutout_open, noise, noise_tiles
 
 
 def _pairs_by_loops(rects: np.ndarray, ks: np.ndarray, width: int) -> tuple[list, list]:
@@ -131,3 +142,113 @@ def test_row_reductions_of_three_components() -> None:
     rows = exact.tolist()
     assert vec3.max3(a).tolist() == [max(r) for r in a.tolist()]
     assert vec3.argmax3(a).tolist() == [r.index(max(r)) for r in rows]
+
+
+@pytest.mark.parametrize("kind", range(3))
+def test_noise_is_the_texel_at_the_wrapped_floor_of_the_coordinates(kind: int) -> None:
+    """Nearest-texel lookup with wrap-around, one point at a time with Python's floor and
+    modulo (negative and large coordinates included): the tile's values, copied."""
+    rng = np.random.default_rng(kind)
+    u = (rng.standard_normal(300) * 900).astype(np.float32)
+    v = (rng.standard_normal(300) * 900).astype(np.float32)
+    u[:3], v[:3] = (-0.5, 255.99, 256.0), (0.0, -256.0, -1e-3)
+    tile = noise_tiles()[kind]
+    want = [
+        tile[math.floor(b) % TILE, math.floor(a) % TILE]
+        for a, b in zip(u.tolist(), v.tolist(), strict=True)
+    ]
+    assert noise(kind, u, v).tolist() == want
+    assert (
+        noise(kind, u.reshape(20, 15), v.reshape(20, 15)).tolist()
+        == np.reshape(want, (20, 15)).tolist()
+    )
+
+
+def test_cutout_of_one_solid_is_the_cutout_of_its_rows_repeated() -> None:
+    """One solid's sizes given once (a primitive cast alone) or repeated per point (the
+    batch) select the same open points; with mixed kinds, every point as if alone."""
+    rng = np.random.default_rng(3)
+    n = 400
+    p = (rng.uniform(-1, 1, (n, 3)) * [1.5, 1.2, 0.8]).astype(np.float32)
+    half = np.array([1.5, 1.2, 0.8], np.float32)
+    params = np.array([0.12, 0.3, 1.1, 0.0], np.float32)
+    rows = (np.tile(half, (n, 1)), np.tile(params, (n, 1)), np.full(n, 17.0, np.float32))
+    for kind in (CUT_NONE, CUT_LATTICE, CUT_FOLIAGE):
+        one = cutout_open(kind, p, half, params, 17.0)
+        assert one.tolist() == cutout_open(np.full(n, kind), p, *rows).tolist()
+        assert (kind != CUT_NONE) == one.any() and not one.all()
+    kinds = rng.choice([CUT_NONE, CUT_LATTICE, CUT_FOLIAGE], n)
+    mixed = cutout_open(kinds, p, *rows)
+    alone = [cutout_open(kinds[i : i + 1], p[i : i + 1], half, params, 17.0)[0] for i in range(n)]
+    assert mixed.tolist() == alone
+
+
+def test_table_sizes_are_the_primitives_float32_sizes() -> None:
+    """Primitives cast one by one read their half sizes and ellipsoid radii from the
+    table: the float32 rounding of ``half``, and its product with ``round_scale`` in
+    float32, as the per-primitive :func:`raycast.interval` computes them."""
+    prims = [
+        make(BOX, (1.0, 0.5, 8.0), (0.51, 0.5, 1.3), 0, 0, (0.5, 0.5, 0.5)),
+        make(ROUNDED_BOX, (0, 1, 5), (1.1, 0.7, 2.3), 0, 0, (0.5,) * 3, round_scale=1.27),
+        make(
+            ROUNDED_BOX, (0, 1, 5), (1.1, 0.7, 2.3), 0, 0, (0.5,) * 3, round_scale=(1.3, 9.0, 1.1)
+        ),
+        make(CYLINDER, (2, 1, 9), (0.1, 1.7, 0.1), 0, 0, (0.5,) * 3),
+        make(ELLIPSOID, (2, 3, 9), (1.9, 1.3, 1.7), 0, 0, (0.5,) * 3),
+    ]
+    table = PrimTable.of(prims)
+    for k, prim in enumerate(prims):
+        half = prim.half.astype(np.float32)
+        radii = half * np.asarray(prim.round_scale, dtype=np.float32)
+        assert table.half[k].tolist() == half.tolist()
+        assert table.radii[k].tolist() == radii.tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_put_rows_writes_each_row_where_the_index_says(dtype: type) -> None:
+    """``put_rows`` against a row-by-row assignment loop: the selected rows get the given
+    values (float64 rows cast to the destination's dtype, as ``dst[idx] = rows`` casts
+    them, broadcast rows repeated) and every other row is left alone."""
+    rng = np.random.default_rng(11)
+    dst = rng.standard_normal((50, 3)).astype(dtype)
+    idx = rng.permutation(50)[:20]
+    rows = rng.standard_normal((20, 3))  # float64
+    want = dst.copy()
+    for i, r in zip(idx.tolist(), rows.tolist(), strict=True):
+        want[i] = np.asarray(r, dtype=dtype)
+    vec3.put_rows(dst, idx, rows)
+    assert dst.tolist() == want.tolist()
+    vec3.put_rows(dst, idx[:5], np.array([1.0, 2.0, 3.0]))
+    want[idx[:5]] = [1.0, 2.0, 3.0]
+    assert dst.tolist() == want.tolist()
+    with pytest.raises(ValueError):
+        vec3.put_rows(np.zeros((3, 4), dtype).T, idx[:1], rows[:1])  # not C-contiguous
+
+
+def test_draws_uniform_is_numpys_uniform_and_leaves_the_same_stream() -> None:
+    """``Draws.uniform`` against ``Generator.uniform`` from the same seed, call by call:
+    scalar bounds of every plain type (the fast path), arrays, sizes, equal and reversed
+    bounds (NumPy's own path). Both compute ``low + (high - low) * u`` from the same 53-bit
+    ``u``, so the values agree to the last bit here; the bound allows one rounding more
+    (2**-52 * (|low| + |high - low|)) for a NumPy built to fuse the multiply-add. The
+    generators' states must match exactly after every call: the same draws consumed."""
+    from scenemtl.data.procedural.draws import Draws
+
+    fast = Draws(np.random.PCG64(np.random.SeedSequence([5, 1, 9])))
+    ref = np.random.default_rng(np.random.SeedSequence([5, 1, 9]))
+    rng_cases = np.random.default_rng(0)
+    calls: list[tuple] = []
+    for _ in range(300):
+        low = float(rng_cases.normal() * 10.0 ** int(rng_cases.integers(-3, 4)))
+        span = float(rng_cases.random() * 10.0 ** int(rng_cases.integers(-3, 4)))
+        calls.append((low, low + span))
+    calls += [(0, 3), (np.float64(2.5), 7), (1.5, 1.5), ((0.0, 1.0), 2.0), (0.0, 1.0, 3)]
+    for args in calls:
+        got, want = fast.uniform(*args), ref.uniform(*args)
+        assert type(got) is type(want)
+        low, high = np.broadcast_arrays(*map(np.asarray, args[:2]))
+        bound = 2.0**-52 * (np.abs(low) + np.abs(high - low))
+        assert np.all(np.abs(np.asarray(got) - want) <= bound)
+        assert fast.bit_generator.state == ref.bit_generator.state
+    with pytest.raises(ValueError):
+        fast.uniform(2.0, 1.0)  # reversed bounds: NumPy's error

@@ -8,6 +8,8 @@ label a pixel.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 # Shader keys (see shading.py).
@@ -29,7 +31,13 @@ M_ROOF = 15
 
 
 def srgb(r: float, g: float, b: float) -> np.ndarray:
-    """sRGB 0-255 -> linear albedo."""
+    """sRGB 0-255 -> linear albedo (a new array: callers may change it)."""
+    return _srgb(r, g, b).copy()
+
+
+@cache
+def _srgb(r: float, g: float, b: float) -> np.ndarray:
+    # the layout asks for the same few constant colours ~150 times per image
     return (np.array([r, g, b], dtype=float) / 255.0) ** 2.2
 
 

@@ -28,7 +28,7 @@ from scenemtl.data.procedural.geometry import (
     Prim,
 )
 from scenemtl.data.procedural.textures import cutout_open
-from scenemtl.data.procedural.vec3 import argmax3, max3, norm3, sum3
+from scenemtl.data.procedural.vec3 import argmax3, max3, norm3, put_rows, sum3
 
 SKY = -1
 """Buffer id of pixels whose ray hits nothing."""
@@ -198,6 +198,13 @@ def interval(prim: Prim, o, d, inv_d=None) -> tuple[np.ndarray, np.ndarray]:
     return _interval(prim.shape, o, d, tuple(half), tuple(radii), inv_d)
 
 
+def _table_interval(tab: PrimTable, k: int, shape: int, o, d, inv_d=None):
+    """:func:`interval` of primitive ``k`` with its sizes read from ``tab``: the same
+    float32 numbers (``tab.half`` and ``tab.radii`` round and multiply as ``interval``
+    does), without converting the primitive's arrays on every call."""
+    return _interval(shape, o, d, tuple(tab.half[k]), tuple(tab.radii[k]), inv_d)
+
+
 def pair_interval(tab: PrimTable, k: np.ndarray, o: np.ndarray, d: np.ndarray):
     """Intervals for a batch of (primitive, ray) pairs.
 
@@ -265,21 +272,22 @@ def local_normal(prim: Prim, p: np.ndarray) -> np.ndarray:
 def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Batched :func:`local_normal`: unit local normals [N, 3] at local surface points
     ``p`` [N, 3] of primitives ``k`` [N]."""
-    n = np.zeros_like(p)
+    n = np.zeros(p.shape, p.dtype)  # C order: written by flat index below
     shapes = tab.shape[k]
     boxy = (shapes == BOX) | (shapes == ROUNDED_BOX)
     if boxy.any():
         b = np.flatnonzero(boxy)
         ratio = np.abs(np.take(p, b, axis=0)) / np.take(tab.half, k[b], axis=0)
-        axis = argmax3(ratio)
-        n[b, axis] = np.sign(p[b, axis])
+        # n[b, axis] = sign(p[b, axis]), by flat index (2-D fancy indexing is slower)
+        flat = b * 3 + argmax3(ratio)
+        n.reshape(-1)[flat] = np.sign(p.reshape(-1).take(flat))
         rb = shapes[b] == ROUNDED_BOX
         if rb.any():
             r = b[rb]
             radii = np.take(tab.radii, k[r], axis=0)
             ell = np.sqrt(sum3((np.take(p, r, axis=0) / radii) ** 2))
-            on = ell >= max3(ratio[rb])
-            n[r[on]] = p[r[on]] / radii[on] ** 2
+            on = np.flatnonzero(ell >= max3(ratio[rb]))
+            put_rows(n, r[on], np.take(p, r[on], axis=0) / np.take(radii, on, axis=0) ** 2)
     c = np.flatnonzero(shapes == CYLINDER)
     if len(c):
         half = np.take(tab.half, k[c], axis=0)
@@ -291,7 +299,7 @@ def pair_normal(tab: PrimTable, k: np.ndarray, p: np.ndarray) -> np.ndarray:
         n[c, 2] = np.where(cap, 0.0, q[:, 2] / half[:, 2] ** 2)
     e = np.flatnonzero(shapes == ELLIPSOID)
     if len(e):
-        n[e] = np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2
+        put_rows(n, e, np.take(p, e, axis=0) / np.take(tab.half, k[e], axis=0) ** 2)
     norm = norm3(n)[:, None]
     return (n / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 
@@ -368,19 +376,22 @@ def cast_primary(
         if prim.axis_aligned:
             d = world
             inv = (inv_dirs[0, r0:r1, c0:c1], inv_dirs[1, r0:r1, c0:c1], inv_dirs[2, r0:r1, c0:c1])
-            tin, tout = interval(prim, tuple(o.tolist()), d, inv)
+            tin, tout = _table_interval(tab, k, prim.shape, tuple(o.tolist()), d, inv)
         else:
             rot = prim.rotation.astype(np.float32)
             o = o @ rot
             d = tuple(
                 world[0] * rot[0, j] + world[1] * rot[1, j] + world[2] * rot[2, j] for j in range(3)
             )
-            tin, tout = interval(prim, tuple(o.tolist()), d)
+            tin, tout = _table_interval(tab, k, prim.shape, tuple(o.tolist()), d)
         closer = (tin <= tout) & (tin > NEAR) & (tin < tb)
         if prim.cutout != CUT_NONE:
             idx = np.flatnonzero(closer)
             if len(idx):
-                p = o + tin.flat[idx][:, None] * np.stack([c.flat[idx] for c in d], 1)
+                # ravel + take: ``.flat[idx]`` of a strided rectangle view costs ~6x more
+                p = o + tin.ravel().take(idx)[:, None] * np.stack(
+                    [c.ravel().take(idx) for c in d], 1
+                )
                 opened = cutout_open(prim.cutout, p, tab.half[k], tab.params[k], tab.tex[k])
                 closer.flat[idx[opened]] = False
         # masked copies: no gather/scatter of the selected pixels
@@ -392,7 +403,8 @@ def cast_primary(
     k, pix = _pairs(rects, small, w)
     tflat = t.reshape(-1)
     keep = lower[k] <= tflat[pix]
-    k, pix = k[keep], pix[keep]
+    keep = np.flatnonzero(keep)  # then gathers: boolean masks index ~4x slower
+    k, pix = k.take(keep), pix.take(keep)
     if len(k):
         rot = np.take(tab.rotation, k, axis=0)
         o = np.einsum("pi,pij->pj", origin[None, :] - np.take(tab.center, k, axis=0), rot)
@@ -482,7 +494,9 @@ def cast_shadows(
         pix = (cand_r + r0) * w + (cand_c + c0)
         o = (np.take(lifted, pix, axis=0) - tab.center[k]) @ rot
         d = sun32 @ rot
-        tin, tout = interval(prim, (o[:, 0], o[:, 1], o[:, 2]), tuple(d.tolist()))
+        tin, tout = _table_interval(
+            tab, k, prim.shape, (o[:, 0], o[:, 1], o[:, 2]), tuple(d.tolist())
+        )
         hit = (tin <= tout) & (tout > 1e-3)
         if prim.cutout != CUT_NONE and hit.any():
             sel = np.flatnonzero(hit)
@@ -492,7 +506,8 @@ def cast_shadows(
     small = casters[(area[casters] > 0) & (area[casters] <= BATCH_AREA)]
     k, pix = _pairs(rects, small, w)
     keep = lit.reshape(-1)[pix] & (ids.reshape(-1)[pix] != k) & ~shadow.reshape(-1)[pix]
-    k, pix = k[keep], pix[keep]
+    keep = np.flatnonzero(keep)  # then gathers: boolean masks index ~4x slower
+    k, pix = k.take(keep), pix.take(keep)
     if len(k):
         rot = np.take(tab.rotation, k, axis=0)
         o = np.einsum(

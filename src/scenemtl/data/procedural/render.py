@@ -30,7 +30,7 @@ from scenemtl.data.procedural.shading import (
     shade_ground,
     sky,
 )
-from scenemtl.data.procedural.vec3 import norm3, sum3
+from scenemtl.data.procedural.vec3 import norm3, put_rows, sum3
 
 
 def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,7 +151,7 @@ def render_layers(
         sel = np.flatnonzero((mats == key) & ~ground)
         if len(sel):
             shader(surf, sel, out)
-    out.albedo[gsel] = shade_ground(scene.ground, p_ground, labels[gsel])
+    put_rows(out.albedo, gsel, shade_ground(scene.ground, p_ground, labels[gsel]))
 
     lap("shading")
     light = scene.light
@@ -280,7 +280,7 @@ def _soft_shadows(
     up = np.repeat(np.repeat(shadow, 2, axis=0), 2, axis=1)[:h, :w]
     pad = np.pad(up, 1, mode="edge")
     soft = (pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] + 2 * up) / 6
-    return soft.ravel()[hit_idx] * lit
+    return soft.ravel().take(hit_idx) * lit
 
 
 class _EvenPixels:

@@ -15,7 +15,7 @@ from scenemtl.data.procedural import objects as ob
 from scenemtl.data.procedural import palette as pal
 from scenemtl.data.procedural.scene import Ground, Light, Post
 from scenemtl.data.procedural.textures import FINE, MEDIUM, SMOOTH, hash01, noise
-from scenemtl.data.procedural.vec3 import norm3, sum3
+from scenemtl.data.procedural.vec3 import norm3, put_rows, sum3
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _sidewalk(s: Surface, sel: np.ndarray, out: Shade) -> None:
     shade = np.where(grout & top, shade * 0.72, shade)
     # The curb's vertical face is granite: lighter and less regular.
     shade = np.where(top, shade, 1.12 * (0.85 + 0.3 * noise(FINE, p[:, 2] * 40, p[:, 1] * 40)))
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None])
 
 
 def _facade_uv(s: Surface, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +126,7 @@ def _building(s: Surface, sel: np.ndarray, out: Shade) -> None:
     albedo = np.where(plinth[:, None], albedo * 0.65, albedo)
     roof_col = np.float32(0.08) * (0.7 + 0.6 * noise(MEDIUM, s.p[sel, 0] * 2, s.p[sel, 2] * 2))
     albedo = np.where(roof[:, None], roof_col[:, None] * np.ones(3, np.float32), albedo)
-    out.albedo[sel] = albedo
+    put_rows(out.albedo, sel, albedo)
     out.gloss[sel] = np.where(window & ~roof, 0.35, 0.0)
 
 
@@ -134,7 +134,7 @@ def _roof(s: Surface, sel: np.ndarray, out: Shade) -> None:
     pl = np.take(s.pl, sel, axis=0)
     tiles = 0.8 + 0.25 * ((pl[:, 0] * 4 + pl[:, 1] * 4) % 1.0 < 0.8)
     shade = tiles * (0.8 + 0.4 * noise(MEDIUM, pl[:, 2] * 8 + s.tex[sel], pl[:, 1] * 8))
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None])
 
 
 def _wall(s: Surface, sel: np.ndarray, out: Shade) -> None:
@@ -153,20 +153,20 @@ def _wall(s: Surface, sel: np.ndarray, out: Shade) -> None:
     shade = np.where(stone, shade * (0.85 + 0.3 * cell) * np.where(joint, 0.7, 1.0), shade)
     top = s.nl[sel, 1] > 0.5
     shade = np.where(top, shade * 1.2, shade)
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None])
 
 
 def _fence(s: Surface, sel: np.ndarray, out: Shade) -> None:
     u, v = _facade_uv(s, sel)
     plank = 0.85 + 0.3 * hash01(np.floor(u / 0.14), np.floor(s.tex[sel]))
     shade = plank * (0.85 + 0.3 * noise(FINE, u * 20, v * 5))
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None])
 
 
 def _metal(s: Surface, sel: np.ndarray, out: Shade) -> None:
     p = np.take(s.p, sel, axis=0)
     shade = 0.85 + 0.3 * noise(FINE, (p[:, 0] + p[:, 2]) * 15, p[:, 1] * 4)
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None])
     out.gloss[sel] = 0.08
 
 
@@ -186,8 +186,8 @@ def _traffic_light(s: Surface, sel: np.ndarray, out: Shade) -> None:
         emission[on] = (lamp * 2.5).astype(np.float32)
         ring = front & (r >= 0.72) & (r < 0.95)
         albedo[ring] *= 0.5
-    out.albedo[sel] = albedo
-    out.emission[sel] = emission
+    put_rows(out.albedo, sel, albedo)
+    put_rows(out.emission, sel, emission)
 
 
 def _sign(s: Surface, sel: np.ndarray, out: Shade) -> None:
@@ -217,7 +217,7 @@ def _sign(s: Surface, sel: np.ndarray, out: Shade) -> None:
     albedo[(kind == 6) & (np.abs(qy) < 0.16) & (np.abs(qx) < 0.65)] = white
     back = nl[:, 2] > -0.5
     albedo[back] = pal.srgb(120, 122, 125).astype(np.float32)
-    out.albedo[sel] = albedo
+    put_rows(out.albedo, sel, albedo)
     out.gloss[sel] = np.where(back, 0.05, 0.12)
 
 
@@ -230,13 +230,13 @@ def _foliage(s: Surface, sel: np.ndarray, out: Shade) -> None:
     # Leaves under the crown's upper shell see less sky.
     shade *= 0.75 + 0.25 * s.nl[sel, 1]
     hue = np.stack([0.9 + 0.3 * leaves, np.ones_like(leaves), 0.9 + 0.2 * clumps], 1)
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None] * hue
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None] * hue)
 
 
 def _bark(s: Surface, sel: np.ndarray, out: Shade) -> None:
     p = np.take(s.p, sel, axis=0)
     shade = 0.65 + 0.55 * noise(FINE, (p[:, 0] + p[:, 2]) * 30 + s.tex[sel], p[:, 1] * 5)
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None])
 
 
 def _grass(s: Surface, sel: np.ndarray, out: Shade) -> None:
@@ -248,17 +248,17 @@ def _grass(s: Surface, sel: np.ndarray, out: Shade) -> None:
     side = s.nl[sel, 1] < 0.5
     albedo = np.take(s.color, sel, axis=0) * shade[:, None]
     albedo[side] = albedo[side] * np.array([1.1, 0.8, 0.7], np.float32)
-    out.albedo[sel] = albedo
+    put_rows(out.albedo, sel, albedo)
 
 
 def _skin(s: Surface, sel: np.ndarray, out: Shade) -> None:
-    out.albedo[sel] = np.take(s.color, sel, axis=0)
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0))
 
 
 def _cloth(s: Surface, sel: np.ndarray, out: Shade) -> None:
     p = np.take(s.p, sel, axis=0)
     shade = 0.85 + 0.25 * noise(MEDIUM, (p[:, 0] + p[:, 2]) * 20, p[:, 1] * 20)
-    out.albedo[sel] = np.take(s.color, sel, axis=0) * shade[:, None]
+    put_rows(out.albedo, sel, np.take(s.color, sel, axis=0) * shade[:, None])
 
 
 def _paint(s: Surface, sel: np.ndarray, out: Shade) -> None:
@@ -302,8 +302,8 @@ def _paint(s: Surface, sel: np.ndarray, out: Shade) -> None:
     emission[tail] = np.array([0.25, 0.01, 0.01], np.float32)
     plate = end & has_lights & (np.abs(pl[:, 0]) < 0.26) & (y_up > 0.1) & (y_up < 0.3)
     albedo[plate] = pal.srgb(215, 215, 205).astype(np.float32)
-    out.albedo[sel] = albedo
-    out.emission[sel] = emission
+    put_rows(out.albedo, sel, albedo)
+    put_rows(out.emission, sel, emission)
     out.gloss[sel] = np.where(glass, 0.3, 0.07)
 
 
@@ -315,7 +315,7 @@ def _tyre(s: Surface, sel: np.ndarray, out: Shade) -> None:
     rim = cap & (r < 0.6)
     albedo = np.take(s.color, sel, axis=0).copy()
     albedo[rim] = np.take(s.color2, sel, axis=0)[rim]
-    out.albedo[sel] = albedo
+    put_rows(out.albedo, sel, albedo)
 
 
 SHADERS = {
@@ -448,15 +448,21 @@ def illuminate(
     """Radiance [M, 3] of surface points: Lambert sun (times 1 - ``shadow`` [M]), hemispherical
     sky ambient (times ``occlusion`` [M], 1 = open sky), a little sky reflection on glossy
     surfaces, and emission."""
+    # [M, 3] steps in place: the operations and operand order of
+    # albedo * (sun * ndotl + ambient * occlusion + 0.12 * sun * (0.5 - 0.5 n_y) * 0.3)
+    # + emission, without a new [M, 3] array per step
+    sun_rgb = light.sun_rgb.astype(np.float32)[None, :]
     ndotl = np.clip(n @ light.sun.astype(np.float32), 0.0, None) * (1.0 - shadow)
     ambient = light.ambient_rgb.astype(np.float32)[None, :] * (0.55 + 0.45 * n[:, 1:2])
     if occlusion is not None:
-        ambient = ambient * occlusion[:, None]
-    bounce = (
-        np.float32(0.12) * light.sun_rgb.astype(np.float32)[None, :] * (0.5 - 0.5 * n[:, 1:2]) * 0.3
-    )
-    irr = light.sun_rgb.astype(np.float32)[None, :] * ndotl[:, None] + ambient + bounce
-    out = shade.albedo * irr + shade.emission
+        ambient *= occlusion[:, None]
+    bounce = np.float32(0.12) * sun_rgb * (0.5 - 0.5 * n[:, 1:2])
+    bounce *= 0.3
+    out = sun_rgb * ndotl[:, None]
+    out += ambient
+    out += bounce
+    out *= shade.albedo
+    out += shade.emission
     g = np.flatnonzero(shade.gloss > 0)
     if len(g):
         # Mirror direction's sky colour, a Fresnel-ish boost at grazing angles.
@@ -492,7 +498,10 @@ def contact_occlusion(p: np.ndarray, footprints: np.ndarray) -> np.ndarray:
 def haze(light: Light, radiance: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """Blend towards the horizon colour with distance (Beer-Lambert transmittance)."""
     trans = np.exp(-np.minimum(dist, 1e4) / light.visibility)[:, None]
-    return radiance * trans + light.horizon_rgb.astype(np.float32)[None, :] * (1 - trans)
+    # radiance * trans + horizon * (1 - trans), the terms as before, in place
+    out = radiance * trans
+    out += light.horizon_rgb.astype(np.float32)[None, :] * (1 - trans)
+    return out
 
 
 def camera_response(post: Post, radiance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -500,19 +509,44 @@ def camera_response(post: Post, radiance: np.ndarray, rng: np.random.Generator) 
     luminance, white balance, a filmic shoulder, contrast, blur, vignette, noise."""
     lum = radiance @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     gain = post.key / np.exp(np.mean(np.log(lum + 1e-3)))
-    x = radiance * np.float32(gain) * post.white_balance.astype(np.float32)
-    x = x * (1 + x / 6.0) / (1 + x)
-    x = np.clip(x, 0.0, 1.0) ** (1 / 2.2)
-    x = (x - 0.5) * np.float32(post.contrast) + 0.5
+    # The steps below work in place on one [H, W, 3] buffer: the same operations on the
+    # same operands in the same order as the plain expressions they replace (noted in
+    # the comments; + and * are commutative in IEEE arithmetic), without a new array
+    # per step. The scalars are Python floats or float32, so every step stays float32.
+    x = radiance * np.float32(gain)
+    x *= post.white_balance.astype(np.float32)
+    # filmic shoulder: x * (1 + x / 6) / (1 + x)
+    shoulder = x / 6.0
+    shoulder += 1
+    shoulder *= x
+    x += 1
+    np.divide(shoulder, x, out=x)
+    np.clip(x, 0.0, 1.0, out=x)
+    np.power(x, 1 / 2.2, out=x)
+    # contrast: (x - 0.5) * contrast + 0.5
+    x -= 0.5
+    x *= np.float32(post.contrast)
+    x += 0.5
     if post.blur > 0:
         pad = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
-        box = (pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] + 4 * x) / 8
-        x = x * (1 - post.blur) + box * post.blur
+        # (up + down + left + right + 4 x) / 8, summed left to right
+        box = pad[:-2, 1:-1] + pad[2:, 1:-1]
+        box += pad[1:-1, :-2]
+        box += pad[1:-1, 2:]
+        box += 4 * x
+        box /= 8
+        # x * (1 - blur) + box * blur
+        x *= 1 - post.blur
+        box *= post.blur
+        x += box
     h, w = x.shape[:2]
     yy = (np.arange(h, dtype=np.float32)[:, None] - h / 2) / (h / 2)
     xx = (np.arange(w, dtype=np.float32)[None, :] - w / 2) / (w / 2)
-    x = x * (1 - post.vignette * 0.5 * (xx * xx + yy * yy))[..., None]
+    x *= (1 - post.vignette * 0.5 * (xx * xx + yy * yy))[..., None]
     sigma = np.float32(post.noise)
-    x = x + rng.standard_normal((h, w, 1), dtype=np.float32) * sigma
-    x = x + rng.standard_normal((h, w, 3), dtype=np.float32) * (sigma * 0.5)
-    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+    x += rng.standard_normal((h, w, 1), dtype=np.float32) * sigma
+    x += rng.standard_normal((h, w, 3), dtype=np.float32) * (sigma * 0.5)
+    x *= 255
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)

@@ -14,7 +14,8 @@ import numpy as np
 from scenemtl.data.procedural.geometry import CUT_FOLIAGE, CUT_LATTICE
 from scenemtl.data.procedural.vec3 import sum3
 
-TILE = 256
+_TILE_BITS = 8
+TILE = 1 << _TILE_BITS  # 256
 SMOOTH = 0  # 1/f^2.4 spectrum: blotches, patches, clouds
 MEDIUM = 1  # 1/f^1.6: weathering, foliage clumps
 FINE = 2  # 1/f^0.8: grain (asphalt, bark, gravel)
@@ -42,10 +43,15 @@ def noise_tiles() -> np.ndarray:
 
 def noise(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Noise of tile ``kind`` at texel coordinates ``(u, v)`` (any equal shapes, float)."""
-    tile = noise_tiles()[kind]
-    iu = np.floor(u).astype(np.int64) & (TILE - 1)
-    iv = np.floor(v).astype(np.int64) & (TILE - 1)
-    return tile[iv, iu]
+    # One flat gather at iv * TILE + iu: the same texels as ``tile[iv, iu]``, whose 2-D
+    # fancy indexing costs ~1.8x more in NumPy 2.4 (~35 against ~20 us per 8000 points).
+    iu = np.floor(u).astype(np.int64)
+    iu &= TILE - 1
+    idx = np.floor(v).astype(np.int64)
+    idx &= TILE - 1
+    idx <<= _TILE_BITS
+    idx |= iu
+    return noise_tiles()[kind].reshape(-1).take(idx)
 
 
 def hash01(*keys: np.ndarray) -> np.ndarray:
@@ -79,29 +85,46 @@ def cutout_open(
         bool [N].
     """
     n = len(p_local)
-    kind = np.broadcast_to(np.asarray(kind), (n,))
-    half = np.broadcast_to(np.asarray(half, dtype=np.float32), (n, 3))
-    params = np.broadcast_to(np.asarray(params, dtype=np.float32), (n, 4))
-    tex = np.broadcast_to(np.asarray(tex, dtype=np.float32), (n,))
+
+    half = np.asarray(half, dtype=np.float32)
+    params = np.asarray(params, dtype=np.float32)
+    tex = np.asarray(tex, dtype=np.float32)
+
+    def rows(a: np.ndarray, sel: np.ndarray, ndim: int) -> np.ndarray:
+        # Rows ``sel`` of a per-point array, or one row (``ndim`` dimensions) repeated:
+        # the same numbers as ``np.broadcast_to(a, (n, ...))[sel]``, without NumPy's slow
+        # fancy indexing of broadcast and 2-D arrays (~20 us per 8000 rows against ~3-5).
+        if a.ndim == ndim:
+            return np.broadcast_to(a, (len(sel), *a.shape))
+        return a if len(sel) == n else np.take(a, sel, axis=0)
+
+    kind = np.asarray(kind)
     out = np.zeros(n, dtype=bool)
-    lat = np.flatnonzero(kind == CUT_LATTICE)
+
+    def where_kind(value: int) -> np.ndarray:
+        if kind.ndim == 0:
+            return np.arange(n) if kind == value else np.zeros(0, np.intp)
+        return np.flatnonzero(kind == value)
+
+    lat = where_kind(CUT_LATTICE)
     if len(lat):
         # A mesh or bar fence in the local x-y plane: bars every `spacing` meters of
         # fractional width `bar`, solid posts every `post` meters, top and bottom rails.
-        spacing, bar, post = params[lat, 0], params[lat, 1], params[lat, 2]
-        x = p_local[lat, 0] + half[lat, 0]
-        y = p_local[lat, 1] + half[lat, 1]
+        prm, h, p = rows(params, lat, 1), rows(half, lat, 1), rows(p_local, lat, 1)
+        spacing, bar, post = prm[:, 0], prm[:, 1], prm[:, 2]
+        x = p[:, 0] + h[:, 0]
+        y = p[:, 1] + h[:, 1]
         hole = ((x / spacing) % 1.0 > bar) & ((y / (spacing * 1.5)) % 1.0 > bar * 0.6)
-        rail = (y < 0.12) | (y > 2 * half[lat, 1] - 0.08)
+        rail = (y < 0.12) | (y > 2 * h[:, 1] - 0.08)
         posts = (x % post) < 0.1
         out[lat] = hole & ~rail & ~posts
-    fol = np.flatnonzero(kind == CUT_FOLIAGE)
+    fol = where_kind(CUT_FOLIAGE)
     if len(fol):
         # Gaps between leaf clumps, denser towards the silhouette.
-        h = half[fol]
-        q = p_local[fol] / h
-        u = (q[:, 0] * 1.3 + q[:, 2] * 0.9) * h[:, 0] * 9.0 + tex[fol]
-        v = q[:, 1] * h[:, 1] * 9.0 + tex[fol] * 0.7
+        h, t = rows(half, fol, 1), rows(tex, fol, 0)
+        q = rows(p_local, fol, 1) / h
+        u = (q[:, 0] * 1.3 + q[:, 2] * 0.9) * h[:, 0] * 9.0 + t
+        v = q[:, 1] * h[:, 1] * 9.0 + t * 0.7
         rim = sum3(q * q)
         out[fol] = noise(MEDIUM, u, v) > (0.78 - 0.25 * rim)
     return out
