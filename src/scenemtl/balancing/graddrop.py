@@ -227,7 +227,8 @@ class _Workspace:
         key = (like.dtype, like.device)
         if key not in self.buffers:
             self.buffers[key] = [like.new_empty(CHUNK) for _ in range(3 + self.k)]
-        return [b[:m] for b in self.buffers[key]]
+        buffers = self.buffers[key]
+        return buffers if m == CHUNK else [b[:m] for b in buffers]  # most chunks are full
 
 
 def _gather(
