@@ -61,7 +61,7 @@ class Draws:
     aggregation, seeded from torch's global generator.
 
     The numbers are those of ``numpy.random.Generator(PCG64(seed)).random(n, dtype)``
-    (tests/balancing/test_jacobian.py compares them), made from the generator's raw 64-bit
+    (tests/balancing/test_graddrop.py compares them), made from the generator's raw 64-bit
     words here: numpy's float32 draw is ``(w >> 8) 2^-24`` of each 32-bit half ``w`` of a
     word, low half first (the high half is kept for the next draw, across calls), its
     float64 draw ``(w >> 11) 2^-53`` of a whole word. Reading the raw words and converting
@@ -154,8 +154,9 @@ def drop(
     The kept entries of column j sum to S+ if f(P) > U, S- if f(P) < U, 0 if equal: with
     ``s = sign(f(P) - U)`` that is ``clamp(s BIG, S-, S+)``, BIG the dtype's largest
     finite number (S- <= 0 <= S+ <= BIG, so BIG gives S+, -BIG gives S-, 0 gives 0):
-    exact, and four passes where a product of masks takes six. Float arithmetic only:
-    boolean masks and ``torch.where`` cost 5-30x a float operation on this CPU."""
+    exact, and three passes (sign, scale, clamp) where masks and their products took
+    five. Float arithmetic only: boolean masks and ``torch.where`` cost 5-30x a float
+    operation on this CPU."""
     if work is None:
         work = [torch.empty_like(rows[0]) for _ in range(3)]
     positive, negative = _sums(rows, work)
@@ -190,7 +191,7 @@ def chunks(sizes: Sequence[int], size: int) -> Iterator[list[tuple[int, int, int
     neighbouring parameters' such columns where they follow each other (a chunk costs
     ~30 us of Python and dispatch whatever its size: the normalization layers' 64-512
     parameters between two convolutions of the demo network would otherwise make 256
-    chunks instead of ~190)."""
+    chunks instead of 200)."""
     pending: list[tuple[int, int, int]] = []
     room = size
     for p, n in enumerate(sizes):
