@@ -92,7 +92,10 @@ class _Given:
         return self
 
     def take(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        out = self.draws[self.used : self.used + n].to(dtype)
+        # as Draws: float64, else float32 whatever the rows' type
+        out = self.draws[self.used : self.used + n].to(
+            torch.float64 if dtype == torch.float64 else torch.float32
+        )
         self.used += n
         return out
 
@@ -144,3 +147,23 @@ def test_the_decision_is_exact_at_the_ends_of_the_float_range(monkeypatch):
     # each update is one entry of the column or 0: no arithmetic, so exact
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=0)
     assert float(got[-1]) == 0.0  # the tie keeps nothing
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("leak", [None, (0.0, 0.0)])
+def test_half_rows_of_one_sign_keep_their_whole_column(monkeypatch, dtype, leak):
+    """P = 1 (every entry positive) keeps the column for every draw U < 1, also for draws
+    just below 1, which a half type rounds to 1 (bfloat16 from 1 - 2^-9, float16 from
+    1 - 2^-12): a tie there would drop the column. With one sign per column the update
+    is the column's sum, exactly (two entries of one sign: one rounding each way)."""
+    draws = torch.tensor([1 - 2.0**-24, 1 - 2.0**-10, 1 - 2.0**-13, 0.5, 0.0])
+    matrix = torch.tensor([[1.0, 2.0, 0.25, 3.0, 1.0], [0.5, 4.0, 0.5, 1.0, 2.0]], dtype=dtype)
+    monkeypatch.setattr(graddrop, "Draws", _Given(draws))
+    aggregator = GradDrop(leak=None if leak is None else torch.tensor(leak))
+    got = aggregator(matrix)
+    assert got.dtype == dtype
+    assert torch.equal(got, matrix.sum(dim=0))
+    # and a column of negative entries (P = 0) is kept for every U > 0
+    monkeypatch.setattr(graddrop, "Draws", _Given(draws))
+    got = aggregator(-matrix[:, :4])
+    assert torch.equal(got, -matrix[:, :4].sum(dim=0))

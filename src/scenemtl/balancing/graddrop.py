@@ -135,8 +135,18 @@ def _margin(
     same two roundings as ``U - S+ / den``."""
     if f is _identity and positive.dtype in (torch.float32, torch.float64):
         return torch.addcdiv(draws.to(positive), positive, den, value=-1, out=out)
+    if positive.dtype not in (torch.float32, torch.float64):
+        purity = _decision_precision(f(torch.div(positive, den, out=out)))
+        return draws.to(purity) - purity
     purity = f(torch.div(positive, den, out=out))
     return torch.sub(draws.to(purity), purity, out=out if purity is out else None)
+
+
+def _decision_precision(purity: Tensor) -> Tensor:
+    """``purity`` in at least float32: the draws are on a 2^-24 grid, and rounded to a
+    half type those in [1 - 2^-9, 1) would become 1 and tie with a column of one sign
+    (P = 1), dropping it; the margin's sign must not depend on the rows' type."""
+    return purity if purity.dtype in (torch.float32, torch.float64) else purity.float()
 
 
 def drop(
@@ -163,6 +173,7 @@ def drop(
     den = _denominator(positive, negative, out=work[2])
     margin = _margin(positive, den, draws, f, out=work[2])  # U - f(P)
     side = margin.sign_().mul_(-torch.finfo(margin.dtype).max)  # BIG sign(f(P) - U)
+    # (float32 ``side`` for half rows: S+ and S- are exact in it, and so after the cast)
     return torch.clamp(side, negative, positive, out=out)
 
 
@@ -172,7 +183,7 @@ def drop_with_leak(
     """GradDrop with a leak [K]: ``sum_k (l_k + (1 - l_k) m_k) J_k`` per column, [m]."""
     work = [torch.empty_like(rows[0]) for _ in range(3)]
     positive, negative = _sums(rows, work)
-    purity = f(positive / _denominator(positive, negative, out=work[2]))
+    purity = _decision_precision(f(positive / _denominator(positive, negative, out=work[2])))
     draws = draws.to(purity)
     up, down = purity > draws, purity < draws
     out = torch.zeros_like(rows[0])
