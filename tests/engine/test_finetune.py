@@ -15,6 +15,7 @@ from scenemtl.engine.finetune import (
     LoRALinear,
     apply_finetuning,
     encoders_of,
+    inject_lora,
     trainable_summary,
     vit_layer_id,
 )
@@ -440,3 +441,29 @@ def test_layer_decay_names_the_family_it_refuses():
     assert max(_drop_rates(module.net.encoder)) == pytest.approx(0.1)
     with pytest.raises(UserError, match="ViT encoders only.*ConvNeXtEncoder has none"):
         MultiTaskModule(net=net, layer_decay=0.8)
+
+
+def test_lora_on_swin_attention_is_the_merged_weight() -> None:
+    """Swin's attention projects its heads with one einsum over a plain nn.Linear's
+    weight (models/encoders/swin.py: the export needs it); with LoRA injected there the
+    wrapper must run, and give what the merged weight W + (alpha / rank) B A gives on the
+    einsum path. Float64: two orders of the same sums, errors ~1e-15."""
+    from scenemtl.models.encoders.swin import WindowAttention
+
+    torch.manual_seed(0)
+    attention = WindowAttention(dim=8, heads=2, window=2).double()
+    x = torch.randn(3, 4, 4, 8, dtype=torch.float64)  # [B, windows, w*w, C]
+    plain = attention(x)
+    assert inject_lora(attention, LoRAConfig(rank=2, alpha=4.0, targets=["proj"])) == 1
+    lora = attention.proj
+    assert torch.allclose(attention(x), plain, rtol=0, atol=1e-12)  # B = 0 at the start
+    nn.init.normal_(lora.lora_B.weight)
+    adapted = attention(x)
+    merged = nn.Linear(8, 8).double()
+    with torch.no_grad():
+        merged.weight.copy_(lora.base_layer.weight + 2.0 * lora.lora_B.weight @ lora.lora_A.weight)
+        merged.bias.copy_(lora.base_layer.bias)
+    attention.proj = merged
+    expected = attention(x)
+    assert not torch.allclose(expected, plain, atol=1e-3)
+    torch.testing.assert_close(adapted, expected, rtol=1e-12, atol=1e-12)

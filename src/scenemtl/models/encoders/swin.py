@@ -160,12 +160,20 @@ class WindowAttention(nn.Module):
             logits_bias = logits_bias + mask[:, None].to(x.dtype)
             logits_bias = logits_bias.expand(*lead, self.heads, n, n)
             logits_bias = logits_bias.reshape(windows, self.heads, n, n)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias)
-        # heads back to channels on the one windows axis, then to the leading axes: a
-        # transposed tensor reshaped straight to ``lead`` made torch 2.13's export take it
-        # for a view at some sizes (256x512) and fail
-        y = y.transpose(1, 2).contiguous().view(windows, n, c)
-        return self.proj(y).reshape(*lead, n, c)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias)  # [w, h, n, d]
+        return self._project(y).reshape(*lead, n, c)
+
+    def _project(self, y: Tensor) -> Tensor:
+        """The output projection of the heads' outputs [windows, heads, n, d] -> [windows,
+        n, C]. A plain ``nn.Linear`` contracts heads and head width in one einsum: under
+        export at some sizes (256x512) torch 2.13's reshape decomposition takes the
+        transposed [windows, n, heads, d] tensor for a view and fails (also with
+        ``contiguous()``). Any other module there (LoRA's wrapper) gets the merged heads."""
+        windows, heads, n, d = y.shape
+        if type(self.proj) is nn.Linear:
+            weight = self.proj.weight.view(heads * d, heads, d)
+            return torch.einsum("whnd,ohd->wno", y, weight.to(y.dtype)) + self.proj.bias.to(y.dtype)
+        return self.proj(y.transpose(1, 2).reshape(windows, n, heads * d))
 
 
 class SwinBlock(nn.Module):
