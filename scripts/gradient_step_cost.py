@@ -6,7 +6,8 @@ losses, and the method's ``backward_step`` (for ``bound``: one plain backward pe
 the cost a gradient-level method cannot go below). Prints per method the median CPU
 seconds per step and the ratio of ``fixed``'s time to the method's per round (median,
 range), and the process's peak RSS. With ``--memory``, afterwards, per method the peak
-RSS of a fresh process that builds only that method's module and runs two steps
+RSS of a fresh process that builds only that method's module and runs three steps (a
+warm-up and two timed)
 (``VmHWM`` of /proc/self/status: the resident set's high-water mark of this process's
 memory map, what the system had to provide; ``ru_maxrss`` would carry the parent's over
 the exec, and torch has no allocator statistics on the CPU). docs/balancing.md ("Where

@@ -264,7 +264,9 @@ class GradientBalancer(LossBalancer):
         self, loss: Tensor, step: TrainingStep, network: SplitNetwork, *args: Any, **kwargs: Any
     ) -> BackwardResult:
         """The Jacobian of the task losses and its aggregation (:meth:`backward`); ``loss``
-        (the logged total) is not backpropagated. The Gram matrix comes with every step."""
+        (the logged total) is not backpropagated. The Gram matrix comes with every step
+        but those of an aggregator that combines rows itself (GradDrop's default stream)
+        off the conflict monitor's steps."""
         weights, gramian = self.backward(
             step.losses,
             step.representation,
@@ -428,8 +430,7 @@ class GradientBalancer(LossBalancer):
                 all_reduce_mean(row)
                 if partial_rows:  # mean over the processes that have the task
                     row.mul_(float(row_scale[k]))
-        rowwise = getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator)
-        gramian = gram_matrix(parts) if monitor or not rowwise else None
+        gramian = gram_matrix(parts) if monitor or not _runs_rowwise(aggregator) else None
         weights, update = self._aggregate(parts, gramian, aggregator, scale)
         add_to_grads(update, shared)
         return (None if weights is None else weights * scale), gramian
@@ -455,7 +456,7 @@ class GradientBalancer(LossBalancer):
         from torchjd.aggregation import WeightedAggregator
 
         first = parts[0][0]
-        if getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator):
+        if _runs_rowwise(aggregator):
             # GradDrop's own stream: on each parameter's rows, in column chunks
             return None, aggregator.combine_rows(parts, scale)  # type: ignore[attr-defined]
         assert gramian is not None  # computed for every other aggregator
@@ -585,6 +586,12 @@ def _captured_weights(aggregator: Any, matrix: Tensor, captured: list[Tensor] | 
     finally:
         handle.remove()
     return out[-1] if captured is None else direction
+
+
+def _runs_rowwise(aggregator: Aggregator) -> bool:
+    """Whether ``aggregator`` combines each parameter's rows itself (``rowwise``, GradDrop's
+    default stream) and no hook asks for the whole matrix."""
+    return getattr(aggregator, "rowwise", False) and not _has_hooks(aggregator)
 
 
 def _has_hooks(module: nn.Module) -> bool:
