@@ -11,6 +11,7 @@ import torch
 
 from scenemtl.balancing import graddrop
 from scenemtl.balancing.graddrop import Draws, GradDrop, chunks
+from tests.balancing.given_draws import GivenDraws
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -82,24 +83,6 @@ def test_combine_rows_of_small_parameters_is_the_whole_matrix():
     torch.testing.assert_close(got, 0.5 * whole, rtol=0, atol=eps * float(whole.abs().max()))
 
 
-class _Given:
-    """Stands in for graddrop.Draws: hands out the given draws in column order."""
-
-    def __init__(self, draws: torch.Tensor) -> None:
-        self.draws, self.used = draws, 0
-
-    def __call__(self) -> _Given:
-        return self
-
-    def take(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        # as Draws: float64, else float32 whatever the rows' type
-        out = self.draws[self.used : self.used + n].to(
-            torch.float64 if dtype == torch.float64 else torch.float32
-        )
-        self.used += n
-        return out
-
-
 def _papers_update(matrix: torch.Tensor, draws: torch.Tensor, f) -> torch.Tensor:
     """Algorithm 1 (lines 10-15) in float64, column by column, with purity function f:
     keep J_kj > 0 if f(P_j) > U_j, J_kj < 0 if f(P_j) < U_j; P_j = (1 + sum / sum|.|) / 2,
@@ -125,7 +108,7 @@ def test_a_purity_function_is_applied_as_the_paper_says(monkeypatch):
     near = (p**3 - draws).abs() < 1e-4
     draws[near] = (draws[near] + 0.25) % 1.0
     expected = _papers_update(matrix, draws, lambda v: v**3)
-    monkeypatch.setattr(graddrop, "Draws", _Given(draws))
+    monkeypatch.setattr(graddrop, "Draws", GivenDraws(draws))
     got = GradDrop(f=lambda t: t**3)(matrix)
     # float32 sums of at most two kept entries: one rounding of sum |J|
     atol = torch.finfo(torch.float32).eps * float(matrix.abs().sum(0).max())
@@ -142,7 +125,7 @@ def test_the_decision_is_exact_at_the_ends_of_the_float_range(monkeypatch):
     matrix = torch.tensor(columns, dtype=torch.float32).T.contiguous()
     draws = torch.tensor([0.3, 0.7, 0.2, 0.9, 0.1, 0.6, 0.75])  # the last one a tie: P = 3/4
     expected = _papers_update(matrix, draws, lambda v: v)
-    monkeypatch.setattr(graddrop, "Draws", _Given(draws))
+    monkeypatch.setattr(graddrop, "Draws", GivenDraws(draws))
     got = GradDrop()(matrix)
     # each update is one entry of the column or 0: no arithmetic, so exact
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=0)
@@ -158,12 +141,12 @@ def test_half_rows_of_one_sign_keep_their_whole_column(monkeypatch, dtype, leak)
     is the column's sum, exactly (two entries of one sign: one rounding each way)."""
     draws = torch.tensor([1 - 2.0**-24, 1 - 2.0**-10, 1 - 2.0**-13, 0.5, 0.0])
     matrix = torch.tensor([[1.0, 2.0, 0.25, 3.0, 1.0], [0.5, 4.0, 0.5, 1.0, 2.0]], dtype=dtype)
-    monkeypatch.setattr(graddrop, "Draws", _Given(draws))
+    monkeypatch.setattr(graddrop, "Draws", GivenDraws(draws))
     aggregator = GradDrop(leak=None if leak is None else torch.tensor(leak))
     got = aggregator(matrix)
     assert got.dtype == dtype
     assert torch.equal(got, matrix.sum(dim=0))
     # and a column of negative entries (P = 0) is kept for every U > 0
-    monkeypatch.setattr(graddrop, "Draws", _Given(draws))
+    monkeypatch.setattr(graddrop, "Draws", GivenDraws(draws))
     got = aggregator(-matrix[:, :4])
     assert torch.equal(got, -matrix[:, :4].sum(dim=0))

@@ -14,6 +14,7 @@ from scenemtl.balancing import build_balancer, jacobian
 from scenemtl.balancing.graddrop import GradDrop
 from scenemtl.errors import UserError
 from scenemtl.tasks import build_tasks, legacy_task_specs
+from tests.balancing.given_draws import GivenDraws
 
 TASKS = build_tasks(legacy_task_specs())
 
@@ -122,21 +123,6 @@ def graddrop_by_the_paper(matrix: torch.Tensor, draws: torch.Tensor, leak=None) 
     return out
 
 
-class _Injected:
-    """Stands in for graddrop.Draws: hands out the given draws in column order."""
-
-    def __init__(self, draws: torch.Tensor) -> None:
-        self.draws, self.used = draws, 0
-
-    def __call__(self) -> _Injected:
-        return self
-
-    def take(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        out = self.draws[self.used : self.used + n].to(dtype)
-        self.used += n
-        return out
-
-
 def _draws_away_from_the_purity(matrix: torch.Tensor, seed: int) -> torch.Tensor:
     """Uniform draws in [0, 1) on the float32 grid, moved off any column whose purity is
     within 1e-5 of the draw (there float32 and float64 purities may decide differently:
@@ -172,12 +158,12 @@ def test_graddrop_with_injected_draws_is_the_papers_mask(monkeypatch, k, dtype, 
     # float32: the kept entries summed in float32 instead of float64, <= K eps of sum |J|
     eps = torch.finfo(dtype).eps
     atol = k * eps * float(matrix.abs().sum(0).max())
-    monkeypatch.setattr(graddrop, "Draws", _Injected(draws))
+    monkeypatch.setattr(graddrop, "Draws", GivenDraws(draws))
     got = GradDrop(leak=leak_t)(matrix)
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=atol)
     # the balancer's path: each parameter's rows in chunks of 16 columns
     monkeypatch.setattr(graddrop, "CHUNK", 16)
-    monkeypatch.setattr(graddrop, "Draws", _Injected(draws))
+    monkeypatch.setattr(graddrop, "Draws", GivenDraws(draws))
     parts = [[r.clone() for r in block] for block in matrix.split([100, 1, 150, 49], dim=1)]
     got = torch.cat(GradDrop(leak=leak_t).combine_rows(parts, scale=2.0))
     torch.testing.assert_close(got.double(), 2 * expected, rtol=0, atol=2 * atol)
