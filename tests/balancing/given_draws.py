@@ -14,7 +14,7 @@ class GivenDraws:
     def __init__(self, draws: torch.Tensor) -> None:
         self.draws, self.used = draws, 0
 
-    def __call__(self) -> GivenDraws:
+    def __call__(self, device: torch.device | str = "cpu") -> GivenDraws:
         return self
 
     def take(self, n: int, dtype: torch.dtype) -> torch.Tensor:

@@ -30,10 +30,13 @@ def whole_batch():
     }
 
 
-def step_gradients(method: str, wrt: str, batch: dict) -> list[torch.Tensor]:
+def step_gradients(method: str, wrt: str, batch: dict, drift: int = 0) -> list[torch.Tensor]:
+    """One step's gradients; ``drift`` numbers are drawn from the global generator after
+    the network is built (processes whose generators went apart)."""
     torch.manual_seed(0)
     cfg = ModelConfig(architecture="branched", encoder="resnet18", channels=8, skip_channels=4)
     net = build_model(cfg, {"semseg": 19, "depth": 1}).eval()  # BN without batch statistics
+    torch.rand(drift)
     balancer = build_balancer(method, tasks=TASKS, wrt=wrt)
     crit = MultiTaskLoss(TASKS, balancer)
     shared = net.shared_forward(batch["image"])
@@ -57,6 +60,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for method, wrt in CASES:
             grads = step_gradients(method, wrt, half)
             torch.save(grads, Path(out_dir) / f"{method}-{wrt}-rank{rank}.pt")
+        grads = step_gradients("graddrop", "parameters", half, drift=rank)
+        torch.save(grads, Path(out_dir) / f"graddrop-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -81,6 +86,11 @@ def test_two_processes_make_the_update_of_one_on_the_union(tmp_path):
         for ddp, one in zip(ranks[0], single, strict=True):
             scale = float(one.abs().max()) + 1e-12
             torch.testing.assert_close(ddp, one, rtol=0, atol=1e-3 * scale, msg=f"{method} {wrt}")
+    # GradDrop's draws: rank 0's seed on both, though their global generators differ
+    # (without it the ranks drop other entries and their replicas part)
+    ranks = [torch.load(tmp_path / f"graddrop-rank{r}.pt") for r in range(2)]
+    for a, b in zip(*ranks, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     # the comparison can fail: one half alone (no averaging) is not the union's update
     alone = step_gradients("upgrad", "parameters", {k: v[:2] for k, v in whole_batch().items()})
     single = step_gradients("upgrad", "parameters", whole_batch())

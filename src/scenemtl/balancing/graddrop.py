@@ -40,8 +40,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torchjd.aggregation import GradDrop as TorchjdGradDrop
+
+from scenemtl.balancing.base import distributed_world
 
 GENERATORS = ("pcg64", "torchjd")
 
@@ -58,7 +61,9 @@ def _identity(p: Tensor) -> Tensor:
 class Draws:
     """Uniform draws in [0, 1) from numpy's PCG64, consumed in column order: chunks of
     any sizes give the draws of one call of their total size. One generator per
-    aggregation, seeded from torch's global generator.
+    aggregation, seeded from torch's global generator (rank 0's under torch.distributed:
+    every process applies the update to its replica, so all must drop the same entries,
+    and their global generators drift apart after any data-dependent draw).
 
     The numbers are those of ``numpy.random.Generator(PCG64(seed)).random(n, dtype)``
     (tests/balancing/test_graddrop.py compares them), made from the generator's raw 64-bit
@@ -68,9 +73,13 @@ class Draws:
     them in whole arrays takes ~1.2 ns a float32 draw against ~2 ns through
     ``Generator.random`` (one thread)."""
 
-    def __init__(self) -> None:
-        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
-        self.bits = np.random.PCG64(seed)
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        """``device``: where the process group's backend takes tensors (the rows')."""
+        seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+        if distributed_world() > 1:
+            seed = seed.to(device)
+            dist.broadcast(seed, src=0)
+        self.bits = np.random.PCG64(int(seed))
         self.spare: np.ndarray | None = None
         """[1] uint32: the high half of the last word, not handed out yet (numpy keeps it
         in the generator's state, ``has_uint32``)."""
@@ -325,7 +334,7 @@ class GradDrop(TorchjdGradDrop):
         """The update of each parameter's K rows [m] into its ``outs`` [m] (which may be
         its first row), chunk by chunk (:func:`chunks`) in column order with one stream
         of draws, each chunk finished (scaled included) while it is in cache."""
-        draws, work = Draws(), _Workspace(len(parts[0]))
+        draws, work = Draws(outs[0].device), _Workspace(len(parts[0]))
         for pieces in chunks([out.numel() for out in outs], CHUNK):
             m = sum(stop - start for _, start, stop in pieces)
             buffers = work.get(outs[pieces[0][0]], m)
