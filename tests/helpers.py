@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -165,3 +166,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     """The rows of a run's metrics.csv."""
     with open(run_dir / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child a test sends SIGINT: Python installs its Ctrl-C handler
+    only when SIGINT is not ignored at start, and a shell without job control starts
+    background jobs with it ignored (a suite run as ``(make test &)`` saw every such
+    child ignore the signal)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

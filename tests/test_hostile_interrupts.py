@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from scenemtl.cli import main
 from scenemtl.engine.interrupts import interrupts_raise
-from tests.helpers import REPO, slow_fixture, tiny_config, write_random_dataset
+from tests.helpers import REPO, default_sigint, slow_fixture, tiny_config, write_random_dataset
 
 # --------------------------------------------------------------------------------------
 # in process
@@ -119,7 +119,7 @@ def _interrupt(argv: list[str], cwd: Path, ready: str) -> tuple[int, str, float]
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,
     )
     seen = threading.Event()
     err: list[str] = []

@@ -19,7 +19,7 @@ from scenemtl.commands.serve import add_serve_parser
 from scenemtl.tasks.depth import format_meters
 from scenemtl.tasks.keys import log_ticks
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
-from tests.helpers import REPO
+from tests.helpers import REPO, default_sigint
 
 
 def run_serve(argv):
@@ -65,6 +65,7 @@ def start_server(ckpt, data, port):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=default_sigint,
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 from scenemtl.data.cityscapes import convert_cityscapes
 from scenemtl.data.staging import is_dead, partials, remove_dead_partials, staging
 from tests.data.test_cityscapes import _write_fake_cityscapes
+from tests.helpers import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
@@ -48,6 +49,7 @@ def test_ctrl_c_stops_data_synth_within_a_second_and_leaves_nothing(tmp_path: Pa
         stderr=subprocess.PIPE,
         env=ENV,
         start_new_session=True,  # a process group of its own, like a shell job
+        preexec_fn=default_sigint,
     )
 
     def rendering() -> bool:

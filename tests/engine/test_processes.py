@@ -18,15 +18,11 @@ import torch
 import yaml
 
 from scenemtl.reporting.runs import summarize_run
-from tests.helpers import REPO, read_metrics, run_scenemtl, tiny_config
+from tests.helpers import REPO, default_sigint, read_metrics, run_scenemtl, tiny_config
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(paths: list[Path], procs: list[subprocess.Popen], timeout: float = 300) -> None:
@@ -72,7 +68,7 @@ def test_ctrl_c_exits_130_as_interrupted_and_a_resume_finishes_clean(tmp_path, t
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     try:
         _wait_for([marker], [proc])

@@ -14,7 +14,7 @@ import yaml
 
 from scenemtl.studies.runner import RUN_ATTR, SEED_ATTR, VARIANT_ATTR, default_storage
 from tests.browser import browser_page, free_port, wait_for_http, why_no_browser
-from tests.helpers import REPO
+from tests.helpers import REPO, default_sigint
 from tests.studies.workers import scenemtl
 
 
@@ -77,6 +77,7 @@ def test_the_dashboard_shows_the_study_and_its_runs_in_a_browser(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=default_sigint,
     )
     try:
         url = f"http://127.0.0.1:{port}/"
