@@ -72,7 +72,7 @@ def test_joint_dpt_splits_the_head_s_last_conv_in_task_order() -> None:
     constants) and leaves semseg as it was."""
     model = build_model(dpt_config("joint"), HEADS).eval()
     assert model.aspp is None and isinstance(model.decoder, DPTHead)
-    last = model.decoder.head["conv2"][2]
+    last = model.decoder.head.last_conv
     assert last.out_channels == sum(HEADS.values())
     x = torch.randn(1, 3, 33, 47)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_joint_dpt_splits_the_head_s_last_conv_in_task_order() -> None:
 
 def test_joint_dpt_shares_everything_but_the_last_conv() -> None:
     model = build_model(dpt_config("joint"), HEADS)
-    last = model.decoder.head["conv2"][2]
+    last = model.decoder.head.last_conv
     own = {id(p) for p in model.task_parameters()}
     assert own == {id(last.weight), id(last.bias)}
     shared = model.shared_forward(torch.randn(1, 3, 32, 48))

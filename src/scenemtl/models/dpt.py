@@ -147,6 +147,67 @@ class FusionBlock(nn.Module):
         return self.out_conv(_upsample(self.rcu2(x), size))
 
 
+class RegressionHead(nn.Module):
+    """DPT's depth head (DPTDepthModel's, Depth Anything's) without its final ReLU:
+    fused map [B, F, h, w] -> 3x3 (F/2) -> bilinear to ``size`` (2x without) -> 3x3
+    (hidden) -> ReLU -> 1x1 -> [B, out, *size]."""
+
+    def __init__(self, features: int, out_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(features // 2, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, out_channels, 1),
+        )
+        self.feature_channels = hidden
+
+    @property
+    def last_conv(self) -> nn.Module:
+        return self.conv2[2]
+
+    def features(self, path: Tensor, size: Sequence[int] | None) -> Tensor:
+        """[B, hidden, *size]: everything up to the last conv."""
+        return self.conv2[1](self.conv2[0](_upsample(self.conv1(path), size)))
+
+    def predict(self, features: Tensor, size: Sequence[int] | None) -> Tensor:
+        return self.conv2[2](features)
+
+
+class SegmentationHead(nn.Module):
+    """DPT's segmentation head (DPTSegmentationModel's): fused map [B, F, h, w] -> 3x3
+    (no bias) -> BN -> ReLU -> dropout 0.1 -> 1x1 -> bilinear to ``size`` (2x without)."""
+
+    def __init__(self, features: int, out_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(features, features, 3, padding=1, bias=False),
+            nn.BatchNorm2d(features),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
+        )
+        self.conv2 = nn.Conv2d(features, out_channels, 1)
+        self.feature_channels = features
+
+    @property
+    def last_conv(self) -> nn.Module:
+        return self.conv2
+
+    def features(self, path: Tensor, size: Sequence[int] | None) -> Tensor:
+        """[B, F, h, w] (stride 2): everything up to the last conv."""
+        return self.conv1(path)
+
+    def predict(self, features: Tensor, size: Sequence[int] | None) -> Tensor:
+        return _upsample(self.conv2(features), size)
+
+
+HEAD_MODULES: dict[str, type[RegressionHead] | type[SegmentationHead]] = {
+    "regression": RegressionHead,
+    "segmentation": SegmentationHead,
+}
+"""The module of each of :data:`HEADS` (``hidden``: the regression head's hidden width)."""
+
+
 class DPTHead(nn.Module):
     """DPT's dense head for one task.
 
@@ -211,30 +272,7 @@ class DPTHead(nn.Module):
         )
         self.fusion = nn.ModuleList(FusionBlock(features, use_bn, skip=i < n - 1) for i in range(n))
         self.head_kind = head
-        self._feature_channels = head_hidden if head == "regression" else features
-        if head == "regression":
-            self.head = nn.ModuleDict(
-                {
-                    "conv1": nn.Conv2d(features, features // 2, 3, padding=1),
-                    "conv2": nn.Sequential(
-                        nn.Conv2d(features // 2, head_hidden, 3, padding=1),
-                        nn.ReLU(inplace=True),
-                        nn.Conv2d(head_hidden, out_channels, 1),
-                    ),
-                }
-            )
-        else:
-            self.head = nn.ModuleDict(
-                {
-                    "conv1": nn.Sequential(
-                        nn.Conv2d(features, features, 3, padding=1, bias=False),
-                        nn.BatchNorm2d(features),
-                        nn.ReLU(inplace=True),
-                        nn.Dropout(0.1),
-                    ),
-                    "conv2": nn.Conv2d(features, out_channels, 1),
-                }
-            )
+        self.head = HEAD_MODULES[head](features, out_channels, head_hidden)
 
     @classmethod
     def for_pyramid(
@@ -274,27 +312,22 @@ class DPTHead(nn.Module):
         for i in range(len(layers) - 2, -1, -1):
             nxt = layers[i - 1].shape[-2:] if i > 0 else None
             path = self.fusion[i](path, layers[i], size=nxt)
-        if self.head_kind == "regression":
-            conv3, relu = self.head["conv2"][0], self.head["conv2"][1]
-            return relu(conv3(_upsample(self.head["conv1"](path), size)))
-        return self.head["conv1"](path)
+        return self.head.features(path, size)
 
     def predict(self, features: Tensor, size: Sequence[int] | None = None) -> Tensor:
         """The last conv (and, for the segmentation head, the final upsampling to ``size``
         or 2x) on :meth:`features`' output -> [B, out_channels, *size] (stride 1 without)."""
-        if self.head_kind == "regression":
-            return self.head["conv2"][2](features)
-        return _upsample(self.head["conv2"](features), size)
+        return self.head.predict(features, size)
 
     def feature_modules(self) -> list[nn.Module]:
         """The modules :meth:`features` runs (all but the last conv)."""
-        last = self.head["conv2"][2] if self.head_kind == "regression" else self.head["conv2"]
+        last = self.head.last_conv
         return [m for m in self.modules() if not list(m.children()) and m is not last]
 
     @property
     def feature_channels(self) -> int:
         """Channels of :meth:`features`' output."""
-        return self._feature_channels
+        return self.head.feature_channels
 
 
 def pyramid_source(channels: Mapping[int, int], target: int) -> int:
